@@ -1,0 +1,495 @@
+//! Configuration: the TOML file, environment overrides, and the checks run before binding.
+//!
+//! Every key is documented in `config/pushgate.toml`. With no file, pushgate
+//! runs the demo configuration in `config/demo.toml` (loopback only, anonymous
+//! subscribe and publish, a simulated stock ticker).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The demo configuration, compiled in so the binary runs from any directory.
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+/// Environment variables with this prefix override file keys: `PUSHGATE__LIMITS__QUEUE_BYTES=65536`.
+pub const ENV_PREFIX: &str = "PUSHGATE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub source: SourceConfig,
+    pub embedded: EmbeddedConfig,
+    pub topics: Vec<TopicConfig>,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub sse: SseConfig,
+    pub auth: AuthConfig,
+    pub demo: DemoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Folder served at `/`; empty to serve no page.
+    pub static_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Records read back per partition at start to fill the ring and the view.
+    pub warm_start_records: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    pub data_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub retention_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicConfig {
+    pub name: String,
+    pub partitions: u32,
+    /// Keep at most this many records per partition (0 = no count limit).
+    pub retention_records: u64,
+    /// Drop records older than this (unset = no age limit).
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Option<Duration>,
+    /// Recent records kept in memory per partition for fast resume.
+    pub ring_records: usize,
+    /// Latest value kept per key for snapshots, per partition (0 = no snapshots).
+    pub view_max_keys: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub queue_bytes: usize,
+    pub max_connections: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub max_keys_per_subscription: usize,
+    pub max_message_bytes: usize,
+    pub max_publish_bytes: usize,
+    pub max_publish_records: usize,
+    pub max_key_bytes: usize,
+    pub max_snapshot_records: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub anonymous_subscribe: bool,
+    pub anonymous_publish: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
+    pub topic: String,
+    pub symbols: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            source: SourceConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            topics: Vec::new(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
+            auth: AuthConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            static_dir: PathBuf::from("static"),
+            shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Embedded,
+            warm_start_records: 10_000,
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            retention_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            partitions: 1,
+            retention_records: 1_000_000,
+            retention_age: None,
+            ring_records: 1024,
+            view_max_keys: 100_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            queue_bytes: 1 << 20,
+            max_connections: 100_000,
+            max_subscriptions_per_connection: 64,
+            max_keys_per_subscription: 1000,
+            max_message_bytes: 64 * 1024,
+            max_publish_bytes: 1 << 20,
+            max_publish_records: 1000,
+            max_key_bytes: 1024,
+            max_snapshot_records: 10_000,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 0,
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            retry: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        // Safe by default: nothing anonymous unless the config says so.
+        Self {
+            anonymous_subscribe: false,
+            anonymous_publish: false,
+        }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            topic: "prices".into(),
+            symbols: Vec::new(),
+            interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Config {
+    /// The built-in demo configuration.
+    pub fn demo() -> Self {
+        Self::from_toml_str(DEMO_TOML, std::iter::empty()).expect("demo config is valid")
+    }
+
+    /// Reads `path` (or the demo config when `None`) and applies `PUSHGATE__…` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => DEMO_TOML.to_owned(),
+        };
+        Self::from_toml_str(&text, env)
+    }
+
+    pub fn from_toml_str(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (name, value) in env {
+            if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, path, &value)?;
+            }
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    /// Checks that serde cannot express; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.topics.is_empty() {
+            return Err(invalid("topics", "must name at least one topic"));
+        }
+        let mut seen = HashSet::new();
+        for (i, topic) in self.topics.iter().enumerate() {
+            let key = |field: &str| format!("topics[{i}].{field}");
+            if !valid_topic_name(&topic.name) {
+                return Err(invalid(
+                    key("name"),
+                    "must be 1-249 characters of [a-zA-Z0-9._-]",
+                ));
+            }
+            if !seen.insert(topic.name.as_str()) {
+                return Err(invalid(key("name"), format!("repeats `{}`", topic.name)));
+            }
+            if topic.partitions == 0 || topic.partitions as usize > crate::cursor::MAX_PARTITIONS {
+                return Err(invalid(key("partitions"), "must be between 1 and 4096"));
+            }
+            if topic.ring_records == 0 {
+                return Err(invalid(key("ring_records"), "must be at least 1"));
+            }
+            if topic.retention_records != 0 && topic.retention_records < topic.ring_records as u64 {
+                return Err(invalid(
+                    key("retention_records"),
+                    "must be 0 (unlimited) or at least ring_records",
+                ));
+            }
+        }
+        let positive = [
+            ("limits.queue_bytes", self.limits.queue_bytes),
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_subscriptions_per_connection",
+                self.limits.max_subscriptions_per_connection,
+            ),
+            (
+                "limits.max_keys_per_subscription",
+                self.limits.max_keys_per_subscription,
+            ),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_publish_bytes", self.limits.max_publish_bytes),
+            (
+                "limits.max_publish_records",
+                self.limits.max_publish_records,
+            ),
+            ("limits.max_key_bytes", self.limits.max_key_bytes),
+            (
+                "websocket.read_buffer_bytes",
+                self.websocket.read_buffer_bytes,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        let durations = [
+            ("websocket.ping_interval", self.websocket.ping_interval),
+            ("sse.keepalive_interval", self.sse.keepalive_interval),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            (
+                "embedded.retention_check_interval",
+                self.embedded.retention_check_interval,
+            ),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if self.demo.enabled {
+            if self.topic(&self.demo.topic).is_none() {
+                return Err(invalid(
+                    "demo.topic",
+                    format!("names `{}`, which is not in [[topics]]", self.demo.topic),
+                ));
+            }
+            if self.demo.symbols.is_empty() {
+                return Err(invalid("demo.symbols", "must list at least one symbol"));
+            }
+            if self.demo.interval.is_zero() {
+                return Err(invalid("demo.interval", "must be longer than 0s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when this config lets anyone publish on a non-loopback address.
+    pub fn open_publish_on_network(&self) -> bool {
+        self.auth.anonymous_publish && !self.server.listen.ip().is_loopback()
+    }
+}
+
+/// Kafka's rule for topic names, so a topic name works in both sources.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Sets `section.key` (written `SECTION__KEY`) in `table` from an environment value.
+/// The value is read as TOML when it parses (numbers, booleans, arrays), else as a string.
+fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<(), ConfigError> {
+    let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let key_name = format!("{ENV_PREFIX}{path}");
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(invalid(key_name, "is not SECTION__KEY"));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, sections) = parts.split_last().expect("non-empty");
+    let mut current = table;
+    for section in sections {
+        current = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| invalid(key_name.clone(), format!("`{section}` is not a section")))?;
+    }
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let demo = Config::demo();
+        assert!(demo.demo.enabled);
+        assert!(demo.auth.anonymous_subscribe && demo.auth.anonymous_publish);
+        assert!(demo.server.listen.ip().is_loopback());
+        let full = include_str!("../config/pushgate.toml");
+        let config = Config::from_toml_str(full, std::iter::empty()).unwrap();
+        assert!(!config.demo.enabled);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml_str(
+            "[[topics]]\nname = \"a\"\npartitions = 0\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("topics[0].partitions"), "{err}");
+        let err = Config::from_toml_str(
+            "[limits]\nqueue_byte = 5\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("queue_byte"), "{err}");
+        let err = Config::from_toml_str(
+            "[websocket]\nping_interval = \"soon\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ping_interval"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let env = vec![
+            (
+                "PUSHGATE__LIMITS__QUEUE_BYTES".to_owned(),
+                "4096".to_owned(),
+            ),
+            (
+                "PUSHGATE__SERVER__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let config = Config::from_toml_str("[[topics]]\nname = \"a\"\n", env.into_iter()).unwrap();
+        assert_eq!(config.limits.queue_bytes, 4096);
+        assert_eq!(config.server.listen.port(), 9999);
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP surface: the router tests and `run` both build, plus health, readiness, metrics and topic listing.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower_http::services::ServeDir;
+
+use crate::cursor::Cursor;
+use crate::state::AppState;
+use crate::{publish, sse, telemetry, ws};
+
+/// Builds the whole application router for `state`.
+pub fn router(state: AppState) -> Router {
+    let static_dir = state.config.server.static_dir.clone();
+    let mut router = Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(sse::handler))
+        .route("/topics", get(topics))
+        .route("/topics/{topic}", post(publish::handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if !static_dir.as_os_str().is_empty() {
+        if !static_dir.is_dir() {
+            tracing::warn!(dir = %static_dir.display(), "server.static_dir does not exist; no page is served at /");
+        }
+        router = router.fallback_service(ServeDir::new(static_dir));
+    }
+    router.with_state(state)
+}
+
+/// A JSON error body: `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_triggered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !state.source.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "warming up\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        telemetry::render(),
+    )
+        .into_response()
+}
+
+/// Lists topics with their partition count and the current cursor (the live position).
+async fn topics(State(state): State<AppState>) -> Json<Value> {
+    let mut names = state.hub.topic_names();
+    names.sort();
+    let list: Vec<Value> = names
+        .iter()
+        .filter_map(|name| state.hub.topic(name).ok())
+        .map(|t| {
+            json!({
+                "name": &*t.name,
+                "partitions": t.partition_count(),
+                "cursor": Cursor::new(t.epoch, t.frontier()).encode(),
+            })
+        })
+        .collect();
+    Json(json!({ "topics": list }))
+}
+
+/// Upper bound on how long a request may take to send its header (slowloris guard).
+pub fn header_timeout(state: &AppState) -> Duration {
+    state.config.server.header_read_timeout
+}

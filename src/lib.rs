@@ -1,0 +1,113 @@
+//! pushgate: a push gateway from a log (Kafka, or an embedded log) to WebSocket and SSE clients.
+//!
+//! # Layout
+//!
+//! ```text
+//! source::{embedded}  reads/appends the log; feeds every record to the hub
+//!        │
+//!        ▼
+//! hub                 per topic: partitions (ring of recent records + latest value
+//!        │            per key), the subscription index (topic,key) -> subs, fan-out
+//!        ▼
+//! outbox              per connection: bounded (bytes) queue of shared records
+//!        │
+//!        ├─> ws       GET /ws: JSON frames, many subscriptions per connection
+//!        └─> sse      GET /sse: one subscription per stream, cursor as event id
+//!
+//! session   subscribe checks, snapshot / resume decision, catch-up (both transports)
+//! publish   POST /topics/{topic}
+//! record    the encoded-once record; Kafka-compatible key partitioner
+//! cursor    the resume token: epoch + next offset per partition
+//! protocol  client messages, control messages, error and close codes
+//! http      router, health, readiness, metrics;  server: accept loop
+//! config    TOML + environment, checked before binding
+//! state     the shared handle;  shutdown: drain signal and task tracking
+//! telemetry metric names;  demo: the simulated stock ticker
+//! ```
+//!
+//! [`run`] serves until its [`Shutdown`] is triggered, then drains: every
+//! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
+//! returns once all connections are gone or `server.shutdown_grace` elapsed.
+
+pub mod config;
+pub mod cursor;
+pub mod demo;
+pub mod http;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod publish;
+pub mod record;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod source;
+pub mod sse;
+pub mod state;
+pub mod telemetry;
+pub mod ws;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use shutdown::Shutdown;
+
+use hub::Hub;
+use source::embedded::{EmbeddedLog, LogError};
+use source::Source;
+use state::AppState;
+
+/// The sockets `run` serves; bound by the caller so tests can use port 0.
+pub struct Listeners {
+    pub http: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the embedded log: {0}")]
+    Log(#[from] LogError),
+    #[error("startup task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the gateway on `listeners` until `shutdown` is triggered, then drains.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
+    telemetry::install();
+    let hub = Arc::new(Hub::new());
+    let source: Arc<dyn Source> = match config.source.kind {
+        config::SourceKind::Embedded => {
+            let config = config.clone();
+            let hub = Arc::clone(&hub);
+            // redb I/O and the warm start block; keep them off the async workers.
+            let log =
+                tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
+            Arc::new(log)
+        }
+    };
+    if config.open_publish_on_network() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "ANONYMOUS PUBLISH IS ON AND THE LISTEN ADDRESS IS NOT LOOPBACK: anyone who can reach this port can write to your topics"
+        );
+    }
+    let grace = config.server.shutdown_grace;
+    let header_timeout = config.server.header_read_timeout;
+    let state = AppState::new(config, hub, source, shutdown.clone());
+    if state.config.demo.enabled {
+        demo::spawn(&state);
+    }
+    let app = http::router(state.clone());
+    server::serve(listeners.http, app, shutdown.clone(), header_timeout).await;
+
+    tracing::info!(connections = state.open_connections(), "draining");
+    match tokio::time::timeout(grace, shutdown.drained()).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(
+            connections = state.open_connections(),
+            "shutdown grace elapsed with connections still open"
+        ),
+    }
+    Ok(())
+}

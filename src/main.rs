@@ -1,0 +1,75 @@
+//! The `pushgate` binary: load and check the config, bind, run, drain on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use pushgate::{Config, Listeners, Shutdown};
+
+/// A push gateway: streams a log to WebSocket and SSE clients, with key filters and resume by cursor.
+///
+/// With no --config it runs the demo: loopback only, anonymous access, a
+/// simulated stock ticker on topic `prices`, the dashboard at /.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file (every key is documented in config/pushgate.toml).
+    #[arg(long, env = "PUSHGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides server.listen).
+    #[arg(long, env = "PUSHGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Folder of the embedded log (overrides embedded.data_dir).
+    #[arg(long, env = "PUSHGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.embedded.data_dir = dir;
+    }
+    config.validate()?;
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        let shutdown = Shutdown::new();
+        tokio::spawn(trigger_on_signal(shutdown.clone()));
+        pushgate::run(config, Listeners { http: listener }, shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn trigger_on_signal(shutdown: Shutdown) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    shutdown.trigger();
+}

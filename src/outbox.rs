@@ -1,0 +1,105 @@
+//! The per-connection outbound queue: bounded in bytes, filled by the hub, drained by one writer.
+//!
+//! Pushing never blocks and never allocates per record beyond one pointer: the
+//! queue holds `Arc<Record>`s whose bytes every subscriber shares. A push that
+//! would take the queue past its byte limit closes the outbox as
+//! [`CloseReason::Slow`]; the writer then disconnects the client, which resumes
+//! from its cursor.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::record::Record;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client fell more than the queue limit behind.
+    Slow,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    limit: usize,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Arc<Record>>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            limit,
+            notify: Notify::new(),
+        }
+    }
+
+    /// Queues `record`; false when the outbox is (now) closed.
+    pub fn push(&self, record: &Arc<Record>) -> bool {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if inner.closed.is_some() {
+            return false;
+        }
+        let cost = record.cost();
+        // One record larger than the whole limit still goes through an empty queue.
+        if inner.bytes + cost > self.limit && !inner.queue.is_empty() {
+            inner.closed = Some(CloseReason::Slow);
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            drop(inner);
+            crate::telemetry::slow_disconnect();
+            self.notify.notify_one();
+            return false;
+        }
+        inner.bytes += cost;
+        inner.queue.push_back(Arc::clone(record));
+        let was_empty = inner.queue.len() == 1;
+        drop(inner);
+        // Only the first record of a burst needs to wake the writer.
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Closes the outbox with `reason` (used when a subscription's catch-up backlog overflows).
+    pub fn close(&self, reason: CloseReason) {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if inner.closed.is_none() {
+            inner.closed = Some(reason);
+            inner.queue = VecDeque::new();
+            inner.bytes = 0;
+            drop(inner);
+            crate::telemetry::slow_disconnect();
+            self.notify.notify_one();
+        }
+    }
+
+    /// Moves everything queued into `out`. `Err` once the outbox is closed.
+    pub fn drain_into(&self, out: &mut Vec<Arc<Record>>) -> Result<(), CloseReason> {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if let Some(reason) = inner.closed {
+            return Err(reason);
+        }
+        out.extend(inner.queue.drain(..));
+        inner.bytes = 0;
+        if inner.queue.capacity() > 64 {
+            // Give back the memory of a burst so idle connections stay small.
+            inner.queue.shrink_to(16);
+        }
+        Ok(())
+    }
+
+    /// Resolves when something was pushed (or the outbox closed) since the last drain.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}

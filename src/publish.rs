@@ -1,0 +1,180 @@
+//! The publish API, `POST /topics/{topic}`: append records to the log and say where they landed.
+//!
+//! Body: `{"key": "...", "data": <any JSON>}` or `{"records": [ ... ]}`. The
+//! whole body is checked before anything is appended: a bad record anywhere
+//! means a 4xx with a JSON error and nothing written.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::http::json_error;
+use crate::record::NewRecord;
+use crate::source::SourceError;
+use crate::state::AppState;
+use crate::telemetry;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    Path(topic_name): Path<String>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    if !state.config.auth.anonymous_publish {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "authentication required",
+        );
+    }
+    let Ok(topic) = state.hub.topic(&topic_name) else {
+        return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic");
+    };
+    let limits = &state.config.limits;
+    let bytes = match axum::body::to_bytes(body, limits.max_publish_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("body is larger than {} bytes", limits.max_publish_bytes),
+            )
+        }
+    };
+    let (records, single) =
+        match parse_body(&bytes, limits.max_publish_records, limits.max_key_bytes) {
+            Ok(parsed) => parsed,
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
+        };
+    let appended = match state.source.publish(&topic_name, records).await {
+        Ok(appended) => appended,
+        Err(SourceError::UnknownTopic) => {
+            return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, topic = %topic_name, "publish failed");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the log is unavailable",
+            );
+        }
+    };
+    let mut results: Vec<Value> = appended
+        .iter()
+        .map(|a| {
+            json!({
+                "partition": a.partition,
+                "offset": a.offset,
+                "cursor": topic.cursor_after(a.partition, a.offset),
+            })
+        })
+        .collect();
+    telemetry::publish_latency(started.elapsed());
+    let body = if single && results.len() == 1 {
+        let mut one = results.remove(0);
+        one["topic"] = Value::String(topic_name);
+        one
+    } else {
+        json!({"topic": topic_name, "records": results})
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Parses and checks a publish body. Returns the records and whether it was the single-record form.
+pub fn parse_body(
+    bytes: &[u8],
+    max_records: usize,
+    max_key_bytes: usize,
+) -> Result<(Vec<NewRecord>, bool), String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Value::Object(object) = value else {
+        return Err("body must be a JSON object".into());
+    };
+    if let Some(records) = object.get("records") {
+        let Value::Array(items) = records else {
+            return Err("`records` must be an array".into());
+        };
+        if items.is_empty() {
+            return Err("`records` is empty".into());
+        }
+        if items.len() > max_records {
+            return Err(format!("at most {max_records} records per request"));
+        }
+        let records = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(o) => {
+                    one_record(o, max_key_bytes).map_err(|e| format!("records[{i}]: {e}"))
+                }
+                _ => Err(format!("records[{i}] must be an object")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((records, false));
+    }
+    Ok((vec![one_record(&object, max_key_bytes)?], true))
+}
+
+fn one_record(object: &Map<String, Value>, max_key_bytes: usize) -> Result<NewRecord, String> {
+    let key = match object.get("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if k.len() > max_key_bytes => {
+            return Err(format!("`key` is longer than {max_key_bytes} bytes"))
+        }
+        Some(Value::String(k)) => Some(Arc::from(k.as_str())),
+        Some(_) => return Err("`key` must be a string".into()),
+    };
+    let data = object.get("data").ok_or("`data` is missing")?;
+    // Compact text: no raw newlines, so it fits one SSE data line.
+    Ok(NewRecord {
+        key,
+        data: data.to_string().into_boxed_str(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_both_forms() {
+        let (r, single) = parse_body(br#"{"key":"A","data":{"x":[1,2]}}"#, 10, 8).unwrap();
+        assert!(single);
+        assert_eq!(&*r[0].data, r#"{"x":[1,2]}"#);
+        let (r, single) =
+            parse_body(br#"{"records":[{"data":1},{"key":"B","data":"s"}]}"#, 10, 8).unwrap();
+        assert!(!single);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].key.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_bodies_whole() {
+        for body in [
+            &b"nope"[..],
+            b"[1]",
+            br#"{"key":"A"}"#,
+            br#"{"key":5,"data":1}"#,
+            br#"{"records":[]}"#,
+            br#"{"records":{}}"#,
+            br#"{"records":[{"data":1},{"key":"A"}]}"#,
+            br#"{"key":"waytoolongkey","data":1}"#,
+        ] {
+            assert!(
+                parse_body(body, 10, 8).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let many = format!("{{\"records\":[{}]}}", vec!["{\"data\":1}"; 11].join(","));
+        assert!(parse_body(many.as_bytes(), 10, 8).is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! Records: what a source hands the hub, and the encoded form every subscriber shares.
+//!
+//! A [`Record`] is encoded once, at ingest, into a single buffer holding its SSE
+//! event (`id: <cursor>\ndata: <json>\n\n`); the WebSocket frame is a slice of
+//! the same buffer. Fan-out clones two reference counts, never the bytes.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+
+/// A record as stored in the log, before it is encoded for clients.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub partition: u32,
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<Arc<str>>,
+    /// Compact JSON text (no raw newlines, so it fits one SSE `data:` line).
+    pub data: Box<str>,
+    /// Extra JSON members (`"name":value` pairs, comma separated) placed before
+    /// `data`, for source-specific fields such as Kafka headers.
+    pub extra: Option<Box<str>>,
+}
+
+/// A record to append, as the publish API receives it.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub key: Option<Arc<str>>,
+    /// Compact JSON text.
+    pub data: Box<str>,
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A record encoded for clients; shared by every subscriber that receives it.
+#[derive(Debug)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Option<Arc<str>>,
+    /// The whole SSE event, `id:` line included.
+    pub sse: Bytes,
+    /// The WebSocket text frame: a slice of `sse`.
+    pub ws: Utf8Bytes,
+    data_start: u32,
+    data_end: u32,
+    extra_start: u32,
+    extra_end: u32,
+    timestamp: i64,
+}
+
+/// How a record is framed for one particular delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Live and replayed records: the SSE event carries the cursor as its id.
+    Normal,
+    /// Snapshot records: flagged, and only the last one carries an SSE id so an
+    /// `EventSource` that drops mid-snapshot starts over instead of resuming.
+    Snapshot { with_id: bool },
+}
+
+impl Record {
+    /// Encodes `log` for `topic`, with `cursor` as the position right after it.
+    pub fn encode(topic: &str, log: &LogRecord, cursor: &str, framing: Framing) -> Record {
+        let extra = log.extra.as_deref().unwrap_or("");
+        Self::build(
+            topic,
+            log.partition,
+            log.offset,
+            log.key.clone(),
+            log.timestamp,
+            extra,
+            &log.data,
+            cursor,
+            framing,
+        )
+    }
+
+    /// Re-encodes this record with another cursor (replay and snapshot paths only).
+    pub fn reframe(&self, topic: &str, cursor: &str, framing: Framing) -> Record {
+        let ws = self.ws.as_str();
+        let data = &ws[self.data_start as usize..self.data_end as usize];
+        let extra = &ws[self.extra_start as usize..self.extra_end as usize];
+        Self::build(
+            topic,
+            self.partition,
+            self.offset,
+            self.key.clone(),
+            self.timestamp,
+            extra,
+            data,
+            cursor,
+            framing,
+        )
+    }
+
+    /// The record's JSON value text.
+    pub fn data(&self) -> &str {
+        &self.ws.as_str()[self.data_start as usize..self.data_end as usize]
+    }
+
+    /// The cursor this record carries (from its SSE id line, or its JSON for snapshot records).
+    pub fn cursor(&self) -> &str {
+        let ws = self.ws.as_str();
+        let start = ws.find(",\"cursor\":\"").map(|i| i + 11).unwrap_or(0);
+        let end = ws[start..].find('"').map(|i| start + i).unwrap_or(start);
+        &ws[start..end]
+    }
+
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    /// Bytes this record counts for in a connection's queue.
+    pub fn cost(&self) -> usize {
+        self.sse.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        key: Option<Arc<str>>,
+        timestamp: i64,
+        extra: &str,
+        data: &str,
+        cursor: &str,
+        framing: Framing,
+    ) -> Record {
+        let mut buf = String::with_capacity(96 + topic.len() + cursor.len() * 2 + data.len());
+        let with_id = match framing {
+            Framing::Normal => true,
+            Framing::Snapshot { with_id } => with_id,
+        };
+        if with_id {
+            buf.push_str("id: ");
+            buf.push_str(cursor);
+            buf.push('\n');
+        }
+        buf.push_str("data: ");
+        let ws_start = buf.len();
+        buf.push_str("{\"type\":\"record\",\"topic\":");
+        push_json_str(&mut buf, topic);
+        buf.push_str(",\"key\":");
+        match &key {
+            Some(k) => push_json_str(&mut buf, k),
+            None => buf.push_str("null"),
+        }
+        buf.push_str(",\"partition\":");
+        buf.push_str(itoa(partition as u64).as_str());
+        buf.push_str(",\"offset\":");
+        buf.push_str(itoa(offset).as_str());
+        buf.push_str(",\"cursor\":\"");
+        buf.push_str(cursor);
+        buf.push_str("\",\"timestamp\":");
+        buf.push_str(&timestamp.to_string());
+        if matches!(framing, Framing::Snapshot { .. }) {
+            buf.push_str(",\"snapshot\":true");
+        }
+        buf.push(',');
+        let extra_start = buf.len() - ws_start;
+        if !extra.is_empty() {
+            buf.push_str(extra);
+            buf.push(',');
+        }
+        let extra_end = if extra.is_empty() {
+            extra_start
+        } else {
+            buf.len() - ws_start - 1
+        };
+        buf.push_str("\"data\":");
+        let data_start = buf.len() - ws_start;
+        buf.push_str(data);
+        let data_end = buf.len() - ws_start;
+        buf.push('}');
+        let ws_end = buf.len();
+        buf.push_str("\n\n");
+        let sse = Bytes::from(buf);
+        let ws = Utf8Bytes::try_from(sse.slice(ws_start..ws_end)).expect("built from a String");
+        Record {
+            partition,
+            offset,
+            key,
+            sse,
+            ws,
+            data_start: data_start as u32,
+            data_end: data_end as u32,
+            extra_start: extra_start as u32,
+            extra_end: extra_end as u32,
+            timestamp,
+        }
+    }
+}
+
+fn itoa(v: u64) -> String {
+    v.to_string()
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(buf: &mut String, s: &str) {
+    // serde_json's escaping, without a Value in between.
+    buf.push_str(&serde_json::to_string(s).expect("strings always serialize"));
+}
+
+/// Kafka's default partitioner (murmur2 of the key bytes, made positive, modulo
+/// the partition count), so the embedded log and a Kafka producer place a key
+/// in the same partition.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// Re-serializes any JSON text compactly (no raw newlines), or says why it is not JSON.
+pub fn compact_json(text: &str) -> Result<Box<str>, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    Ok(value.to_string().into_boxed_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's own UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+
+    #[test]
+    fn encodes_once_for_both_transports() {
+        let log = LogRecord {
+            partition: 2,
+            offset: 7,
+            timestamp: 1000,
+            key: Some("A\"B".into()),
+            data: "{\"p\":1}".into(),
+            extra: None,
+        };
+        let rec = Record::encode("prices", &log, "CUR", Framing::Normal);
+        let json: serde_json::Value = serde_json::from_str(rec.ws.as_str()).unwrap();
+        assert_eq!(json["key"], "A\"B");
+        assert_eq!(json["offset"], 7);
+        assert_eq!(json["cursor"], "CUR");
+        assert_eq!(json["data"]["p"], 1);
+        assert_eq!(rec.data(), "{\"p\":1}");
+        assert_eq!(rec.cursor(), "CUR");
+        let sse = std::str::from_utf8(&rec.sse).unwrap();
+        assert_eq!(sse, format!("id: CUR\ndata: {}\n\n", rec.ws.as_str()));
+        let again = rec.reframe("prices", "NEW", Framing::Snapshot { with_id: false });
+        assert!(!std::str::from_utf8(&again.sse).unwrap().contains("id:"));
+        let json: serde_json::Value = serde_json::from_str(again.ws.as_str()).unwrap();
+        assert_eq!(json["snapshot"], true);
+        assert_eq!(json["cursor"], "NEW");
+        assert_eq!(again.data(), "{\"p\":1}");
+    }
+
+    #[test]
+    fn extra_members_survive_reframing() {
+        let log = LogRecord {
+            partition: 0,
+            offset: 1,
+            timestamp: 5,
+            key: None,
+            data: "\"aGk=\"".into(),
+            extra: Some("\"encoding\":\"base64\"".into()),
+        };
+        let rec = Record::encode("t", &log, "C", Framing::Normal);
+        let again = rec.reframe("t", "D", Framing::Normal);
+        let json: serde_json::Value = serde_json::from_str(again.ws.as_str()).unwrap();
+        assert_eq!(json["encoding"], "base64");
+        assert_eq!(json["key"], serde_json::Value::Null);
+        assert_eq!(json["data"], "aGk=");
+    }
+}

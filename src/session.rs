@@ -1,0 +1,355 @@
+//! Opening a subscription: checks, registration, the recovery decision, and catch-up, for both transports.
+//!
+//! A subscription starts in one of three ways: live only, snapshot then live,
+//! or resume from a cursor. A resume is served from the ring when it covers
+//! the position, from the source's log when the position is older but still
+//! retained, and otherwise the client is told (`recovered: false` plus a `gap`
+//! message naming the earliest retained position) and gets a fresh snapshot.
+//! The transport drives [`CatchUp::next_batch`] until it returns `None`; the
+//! subscription is then live.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::LimitsConfig;
+use crate::cursor::Cursor;
+use crate::hub::{Filter, Registration, Replay, Sub, Topic};
+use crate::outbox::{CloseReason, Outbox};
+use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
+use crate::record::{Framing, Record};
+use crate::source::{Source, SourceError};
+use crate::state::AppState;
+use crate::telemetry;
+
+/// Records read from the log per catch-up step.
+const LOG_CHUNK: usize = 512;
+
+/// Builds the key filter of a request, within the configured limits.
+pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filter, ClientError> {
+    let bad = |m: String| ClientError::new(ErrorCode::BadFilter, m);
+    let keys = match &req.keys {
+        None => None,
+        Some(keys) if keys.is_empty() => {
+            return Err(bad(
+                "`keys` is empty: leave it out to receive all keys".into()
+            ))
+        }
+        Some(keys) if keys.len() > limits.max_keys_per_subscription => {
+            return Err(ClientError::new(
+                ErrorCode::TooManyKeys,
+                format!(
+                    "at most {} keys per subscription",
+                    limits.max_keys_per_subscription
+                ),
+            ))
+        }
+        Some(keys) => {
+            if let Some(long) = keys.iter().find(|k| k.len() > limits.max_key_bytes) {
+                return Err(bad(format!(
+                    "key of {} bytes is longer than {}",
+                    long.len(),
+                    limits.max_key_bytes
+                )));
+            }
+            Some(
+                keys.iter()
+                    .map(|k| Arc::from(k.as_str()))
+                    .collect::<HashSet<_>>(),
+            )
+        }
+    };
+    let prefix = match &req.prefix {
+        Some(p) if p.is_empty() => return Err(bad("`prefix` is empty".into())),
+        Some(p) if p.len() > limits.max_key_bytes => {
+            return Err(bad("`prefix` is too long".into()))
+        }
+        Some(p) => Some(p.clone().into_boxed_str()),
+        None => None,
+    };
+    Ok(Filter { keys, prefix })
+}
+
+/// Decodes an optional cursor, as a client error when it is malformed.
+pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ClientError> {
+    match text {
+        None => Ok(None),
+        Some(t) => Cursor::decode(t)
+            .map(Some)
+            .map_err(|e| ClientError::new(ErrorCode::BadCursor, e.to_string())),
+    }
+}
+
+/// Removes the subscription from the index when the connection lets go of it.
+pub struct SubGuard {
+    pub topic: Arc<Topic>,
+    pub sub: Arc<Sub>,
+}
+
+impl Drop for SubGuard {
+    fn drop(&mut self) {
+        self.topic.unregister(&self.sub);
+    }
+}
+
+/// A subscription that has been registered and is ready to catch up.
+pub struct Opened {
+    pub guard: SubGuard,
+    pub id: Value,
+    pub topic_name: Arc<str>,
+    /// The cursor reported in `subscribed`: where this subscription starts.
+    pub cursor: String,
+    pub recovered: bool,
+    /// (`reason`, earliest retained cursor) when a resume could not be honoured.
+    pub gap: Option<(&'static str, String)>,
+    pub snapshot_len: usize,
+    pub catch_up: CatchUp,
+}
+
+/// Registers a subscription for `req` on `outbox` and decides how it catches up.
+pub async fn open(
+    state: &AppState,
+    req: &SubscribeRequest,
+    cursor: Option<Cursor>,
+    outbox: Arc<Outbox>,
+) -> Result<Opened, ClientError> {
+    let limits = &state.config.limits;
+    let filter = filter_for(req, limits)?;
+    let topic = state.hub.topic(&req.topic).map_err(|_| {
+        ClientError::new(
+            ErrorCode::UnknownTopic,
+            format!("unknown topic `{}`", truncate(&req.topic)),
+        )
+    })?;
+    let want_snapshot = req.snapshot.unwrap_or(true);
+    let reg: Registration = topic.register(
+        filter,
+        outbox,
+        cursor.as_ref(),
+        want_snapshot,
+        limits.max_snapshot_records,
+        limits.queue_bytes,
+    );
+    let guard = SubGuard {
+        topic: Arc::clone(&topic),
+        sub: Arc::clone(&reg.sub),
+    };
+    let partitions = reg.high.len();
+
+    let mut gap_reason = reg.foreign_cursor.then_some("epoch");
+    let mut earliest = None;
+    if let (Some(_), None) = (&cursor, gap_reason) {
+        if reg.replay.iter().any(|r| matches!(r, Replay::Log { .. })) {
+            let e = state
+                .source
+                .earliest(&topic.name)
+                .await
+                .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
+            let below = reg.replay.iter().any(|r| match r {
+                Replay::Log {
+                    partition, from, ..
+                } => *from < e.get(*partition as usize).copied().unwrap_or(0),
+                Replay::Ring { .. } => false,
+            });
+            if below {
+                gap_reason = Some("retention");
+            }
+            earliest = Some(e);
+        }
+    }
+
+    let high_cursor = Cursor::new(topic.epoch, reg.high.clone()).encode();
+    let mut segments = VecDeque::new();
+    let (recovered, start_cursor, gap) = match (&cursor, gap_reason) {
+        (Some(c), None) => {
+            for replay in reg.replay {
+                segments.push_back(Segment::Replay(replay));
+            }
+            let mut offsets: Vec<u64> = (0..partitions).map(|p| c.offset(p)).collect();
+            offsets.truncate(partitions);
+            (true, Cursor::new(topic.epoch, offsets).encode(), None)
+        }
+        (cursor, reason) => {
+            let gap = match (cursor, reason) {
+                (Some(_), Some(reason)) => {
+                    telemetry::resume_gap();
+                    let e = match earliest {
+                        Some(e) => e,
+                        None => state
+                            .source
+                            .earliest(&topic.name)
+                            .await
+                            .unwrap_or_else(|_| vec![0; partitions]),
+                    };
+                    Some((reason, Cursor::new(topic.epoch, e).encode()))
+                }
+                _ => None,
+            };
+            if !reg.snapshot.is_empty() {
+                segments.push_back(Segment::Snapshot(reg.snapshot));
+            }
+            (cursor.is_none(), high_cursor.clone(), gap)
+        }
+    };
+    let snapshot_len = segments
+        .iter()
+        .map(|s| match s {
+            Segment::Snapshot(records) => records.len(),
+            Segment::Replay(_) => 0,
+        })
+        .sum();
+    let high = reg.high;
+    let position = match &cursor {
+        Some(c) if gap.is_none() => (0..partitions).map(|p| c.offset(p)).collect(),
+        _ => high.clone(),
+    };
+    Ok(Opened {
+        guard,
+        id: req
+            .id
+            .clone()
+            .unwrap_or_else(|| Value::String(req.topic.clone())),
+        topic_name: Arc::clone(&topic.name),
+        cursor: start_cursor,
+        recovered,
+        gap,
+        snapshot_len,
+        catch_up: CatchUp {
+            topic,
+            sub: reg.sub,
+            source: Arc::clone(&state.source),
+            segments,
+            position,
+            high,
+            high_cursor,
+            live: false,
+        },
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+enum Segment {
+    Snapshot(Vec<Arc<Record>>),
+    Replay(Replay),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    /// The client fell too far behind while catching up.
+    #[error("slow consumer")]
+    Slow,
+    /// The log dropped part of the range being replayed.
+    #[error("recovery lost: {0}")]
+    Lost(SourceError),
+}
+
+/// The records a new subscription must receive before it is live, in order.
+pub struct CatchUp {
+    topic: Arc<Topic>,
+    sub: Arc<Sub>,
+    source: Arc<dyn Source>,
+    segments: VecDeque<Segment>,
+    /// Running resume position: the cursor each replayed record carries.
+    position: Vec<u64>,
+    high: Vec<u64>,
+    high_cursor: String,
+    live: bool,
+}
+
+impl CatchUp {
+    /// The next records to send; `None` once the subscription is live.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Arc<Record>>>, CatchUpError> {
+        loop {
+            if self.live {
+                return Ok(None);
+            }
+            let Some(segment) = self.segments.pop_front() else {
+                self.live = true;
+                return match self.sub.go_live() {
+                    Ok(backlog) => Ok(Some(backlog)),
+                    Err(CloseReason::Slow) => Err(CatchUpError::Slow),
+                };
+            };
+            let batch = match segment {
+                Segment::Snapshot(records) => {
+                    let last = records.len().saturating_sub(1);
+                    records
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            let framing = Framing::Snapshot { with_id: i == last };
+                            Arc::new(r.reframe(&self.topic.name, &self.high_cursor, framing))
+                        })
+                        .collect()
+                }
+                Segment::Replay(Replay::Ring { partition, records }) => {
+                    telemetry::replayed("ring", records.len());
+                    let batch = records
+                        .iter()
+                        .map(|r| {
+                            let cursor = self.advance(partition, r.offset);
+                            Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal))
+                        })
+                        .collect();
+                    // Records the filter left out are behind the client too.
+                    self.position[partition as usize] = self.high[partition as usize];
+                    batch
+                }
+                Segment::Replay(Replay::Log {
+                    partition,
+                    from,
+                    until,
+                }) => {
+                    let records = self
+                        .source
+                        .read(&self.topic.name, partition, from, until, LOG_CHUNK)
+                        .await
+                        .map_err(CatchUpError::Lost)?;
+                    let next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
+                    if next_from < until {
+                        self.segments.push_front(Segment::Replay(Replay::Log {
+                            partition,
+                            from: next_from,
+                            until,
+                        }));
+                    }
+                    let sub = Arc::clone(&self.sub);
+                    let filter = &sub.filter;
+                    let batch: Vec<Arc<Record>> = records
+                        .iter()
+                        .filter(|r| filter.matches(r.key.as_deref()))
+                        .map(|r| {
+                            let cursor = self.advance(partition, r.offset);
+                            Arc::new(Record::encode(
+                                &self.topic.name,
+                                r,
+                                &cursor,
+                                Framing::Normal,
+                            ))
+                        })
+                        .collect();
+                    if next_from >= until {
+                        self.position[partition as usize] = until;
+                    }
+                    telemetry::replayed("log", batch.len());
+                    batch
+                }
+            };
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// Moves the running position past (`partition`, `offset`) and returns its cursor.
+    fn advance(&mut self, partition: u32, offset: u64) -> String {
+        if let Some(slot) = self.position.get_mut(partition as usize) {
+            *slot = offset + 1;
+        }
+        Cursor::new(self.topic.epoch, self.position.clone()).encode()
+    }
+}

@@ -1,0 +1,54 @@
+//! Sources: where records come from (the embedded log; Kafka slots in here too).
+//!
+//! A source feeds every record of its topics to the [`Hub`](crate::hub::Hub)
+//! through [`Topic::ingest`](crate::hub::Topic::ingest), in offset order per
+//! partition, and answers the three questions the rest of the gateway asks of
+//! it: append these records, read this older range back, and what is the
+//! earliest position still retained. The router and the transports only ever
+//! see this trait.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+
+use crate::record::{Appended, LogRecord, NewRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("unknown topic")]
+    UnknownTopic,
+    /// The requested position is older than anything retained.
+    #[error("position {requested} is no longer retained (earliest is {earliest})")]
+    Gap { requested: u64, earliest: u64 },
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// Appends `records` to `topic` and returns where each landed, in order.
+    async fn publish(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>, SourceError>;
+
+    /// Reads up to `max` records of one partition, from offset `from` up to (not
+    /// including) `until`. [`SourceError::Gap`] when `from` is no longer retained.
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, SourceError>;
+
+    /// The earliest retained offset of each partition of `topic`.
+    async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError>;
+
+    /// True once the source has filled the hub and follows its topics live.
+    fn is_ready(&self) -> bool;
+}

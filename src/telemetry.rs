@@ -1,0 +1,105 @@
+//! Telemetry: every metric name in one place, with low-cardinality labels only.
+//!
+//! Metrics go through the `metrics` facade; `/metrics` renders them in the
+//! Prometheus text format. Hot paths count per record (not per delivery) so
+//! fan-out to thousands of subscribers costs one counter update.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "pushgate_connections";
+pub const CONNECTIONS_TOTAL: &str = "pushgate_connections_total";
+pub const CONNECTIONS_REFUSED: &str = "pushgate_connections_refused_total";
+pub const SUBSCRIPTIONS: &str = "pushgate_subscriptions";
+pub const RECORDS_IN: &str = "pushgate_records_in_total";
+pub const DELIVERIES: &str = "pushgate_deliveries_total";
+pub const SLOW_DISCONNECTS: &str = "pushgate_slow_disconnects_total";
+pub const DROPS: &str = "pushgate_dropped_records_total";
+pub const REPLAYED: &str = "pushgate_replayed_records_total";
+pub const GAPS: &str = "pushgate_resume_gaps_total";
+pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
+pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
+pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process (a host application may
+/// already have installed its own; then `/metrics` says so).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    match install() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => "# metrics recorder owned by the host application\n".to_owned(),
+    }
+}
+
+/// `transport` is "ws" or "sse".
+pub fn connection_opened(transport: &'static str) {
+    gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+    counter!(CONNECTIONS_TOTAL, "transport" => transport).increment(1);
+}
+
+pub fn connection_closed(transport: &'static str) {
+    gauge!(CONNECTIONS, "transport" => transport).decrement(1.0);
+}
+
+/// `reason` is one of a fixed set: "limit", "draining".
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn subscription_opened() {
+    gauge!(SUBSCRIPTIONS).increment(1.0);
+}
+
+pub fn subscription_closed() {
+    gauge!(SUBSCRIPTIONS).decrement(1.0);
+}
+
+pub fn record_ingested(delivered: usize) {
+    counter!(RECORDS_IN).increment(1);
+    counter!(DELIVERIES).increment(delivered as u64);
+}
+
+pub fn slow_disconnect() {
+    counter!(SLOW_DISCONNECTS).increment(1);
+}
+
+/// Records skipped because they could not be used (bad encoding, too large).
+pub fn dropped(reason: &'static str) {
+    counter!(DROPS, "reason" => reason).increment(1);
+}
+
+/// `tier` is "ring" or "log".
+pub fn replayed(tier: &'static str, count: usize) {
+    counter!(REPLAYED, "tier" => tier).increment(count as u64);
+}
+
+pub fn resume_gap() {
+    counter!(GAPS).increment(1);
+}
+
+pub fn publish_latency(elapsed: Duration) {
+    histogram!(PUBLISH_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn append_latency(elapsed: Duration) {
+    histogram!(APPEND_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// `code` is one of the protocol's fixed error codes.
+pub fn client_error(code: &'static str) {
+    counter!(CLIENT_ERRORS, "code" => code).increment(1);
+}
