@@ -1,0 +1,2 @@
+//! Load generator for pushgate (being built; see issue 6).
+fn main() {}
