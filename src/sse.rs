@@ -96,24 +96,36 @@ pub async fn handler(
         );
     };
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
-    let mut opened = match session::open(&state, &req, cursor, Arc::clone(&outbox)).await {
+    let opened = match session::open(&state, &req, cursor, Arc::clone(&outbox)).await {
         Ok(opened) => opened,
         Err(err) => return client_error_response(&err),
     };
+    // Named whole: the stream must own the guard, or the subscription ends at once.
+    let session::Opened {
+        guard,
+        id,
+        topic_name,
+        cursor,
+        recovered,
+        gap,
+        snapshot_len,
+        mut catch_up,
+    } = opened;
 
     let retry = format!("retry: {}\n\n", state.config.sse.retry.as_millis());
     let keepalive_every = state.config.sse.keepalive_interval;
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
         let _slot = slot;
+        let _guard = guard;
         yield Ok::<Bytes, Infallible>(Bytes::from(retry.clone()));
-        let subscribed = protocol::subscribed(&opened.id, &opened.topic_name, &opened.cursor, opened.recovered, opened.snapshot_len);
+        let subscribed = protocol::subscribed(&id, &topic_name, &cursor, recovered, snapshot_len);
         yield Ok(event("subscribed", &subscribed));
-        if let Some((reason, earliest)) = &opened.gap {
-            yield Ok(event("gap", &protocol::gap(&opened.id, &opened.topic_name, reason, earliest)));
+        if let Some((reason, earliest)) = &gap {
+            yield Ok(event("gap", &protocol::gap(&id, &topic_name, reason, earliest)));
         }
         loop {
-            match opened.catch_up.next_batch().await {
+            match catch_up.next_batch().await {
                 Ok(Some(batch)) => {
                     for record in batch {
                         yield Ok(record.sse.clone());

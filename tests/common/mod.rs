@@ -1,0 +1,479 @@
+//! Test harness: a real gateway on 127.0.0.1:0 and real WebSocket, SSE and HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use pushgate::{Config, Listeners, Shutdown};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A config with test topics: `t` (3 partitions), `one` (1 partition),
+/// `small` (tiny ring and retention, fast retention checks).
+pub fn config_toml(data_dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+static_dir = ""
+shutdown_grace = "5s"
+[embedded]
+data_dir = "{dir}"
+retention_check_interval = "50ms"
+[auth]
+anonymous_subscribe = true
+anonymous_publish = true
+{extra}
+[[topics]]
+name = "t"
+partitions = 3
+ring_records = 8
+retention_records = 100000
+[[topics]]
+name = "one"
+partitions = 1
+ring_records = 64
+[[topics]]
+name = "small"
+partitions = 1
+ring_records = 5
+retention_records = 10
+"#,
+        dir = data_dir.display(),
+    )
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub handle: JoinHandle<Result<(), pushgate::RunError>>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// `extra` is TOML inserted before the topics (e.g. a `[limits]` section).
+    pub async fn start_with(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            Config::from_toml_str(&config_toml(dir.path(), extra), std::iter::empty()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(pushgate::run(
+            config,
+            Listeners { http: listener },
+            shutdown.clone(),
+        ));
+        let server = Self {
+            addr,
+            shutdown,
+            handle,
+            dir,
+            http: reqwest::Client::new(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn publish(&self, topic: &str, key: &str, data: Value) -> Value {
+        publish(&self.http, self.addr, topic, key, data).await
+    }
+
+    pub async fn publish_batch(&self, topic: &str, records: &[(String, Value)]) -> Value {
+        let body = json!({
+            "records": records.iter().map(|(k, d)| json!({"key": k, "data": d})).collect::<Vec<_>>()
+        });
+        let r = self
+            .http
+            .post(self.url(&format!("/topics/{topic}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    pub async fn ws(&self) -> WsClient {
+        WsClient::connect(self.addr).await
+    }
+
+    pub async fn sse(&self, query: &str, last_event_id: Option<&str>) -> SseClient {
+        SseClient::connect(&self.http, self.addr, query, last_event_id).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("run returns within the grace period")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub async fn publish(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    topic: &str,
+    key: &str,
+    data: Value,
+) -> Value {
+    let r = http
+        .post(format!("http://{addr}/topics/{topic}"))
+        .json(&json!({"key": key, "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "publish failed");
+    r.json().await.unwrap()
+}
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a WebSocket read produced.
+#[derive(Debug)]
+pub enum WsEvent {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("ws connect");
+        Self { stream }
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.stream
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message or close, skipping pings; panics after `WAIT`.
+    pub async fn event(&mut self) -> WsEvent {
+        self.event_within(WAIT)
+            .await
+            .expect("no websocket message in time")
+    }
+
+    pub async fn event_within(&mut self, wait: Duration) -> Option<WsEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(WsEvent::Json(serde_json::from_str(t.as_str()).unwrap()))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(WsEvent::Closed(frame.map(|f| u16::from(f.code))))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(WsEvent::Closed(None)),
+            }
+        }
+    }
+
+    pub async fn json(&mut self) -> Value {
+        match self.event().await {
+            WsEvent::Json(v) => v,
+            WsEvent::Closed(code) => panic!("closed ({code:?}) while waiting for a message"),
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` reply.
+    pub async fn subscribe(&mut self, request: Value) -> Value {
+        let mut msg = request;
+        msg["type"] = json!("subscribe");
+        self.send(msg).await;
+        let reply = self.json().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    /// Reads `n` record messages (fails on anything else).
+    pub async fn records(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.json().await;
+            assert_eq!(v["type"], "record", "expected a record, got {v}");
+            out.push(v);
+        }
+        out
+    }
+
+    /// Asserts nothing more arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(ev) = self.event_within(quiet).await {
+            panic!("expected nothing, got {ev:?}");
+        }
+    }
+
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.event().await {
+                WsEvent::Closed(code) => return code,
+                WsEvent::Json(_) => continue,
+            }
+        }
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+pub struct SseClient {
+    pub status: u16,
+    stream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: String,
+    pub retry_lines: usize,
+    pub ended: bool,
+}
+
+impl SseClient {
+    pub async fn connect(
+        http: &reqwest::Client,
+        addr: SocketAddr,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Self {
+        let mut req = http.get(format!("http://{addr}/sse?{query}"));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.expect("sse connect");
+        let status = resp.status().as_u16();
+        Self {
+            status,
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+            retry_lines: 0,
+            ended: false,
+        }
+    }
+
+    /// The next event with data (comments and retry-only blocks are skipped);
+    /// `None` when the stream ends or nothing arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent {
+                    event: "message".into(),
+                    ..Default::default()
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("data: ") {
+                        if has_data {
+                            ev.data.push('\n');
+                        }
+                        ev.data.push_str(v);
+                        has_data = true;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.to_owned();
+                    } else if line.starts_with("retry: ") {
+                        self.retry_lines += 1;
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(chunk))) => self.buf.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Err(_)) | None) => self.ended = true,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(WAIT).await.expect("no SSE event in time")
+    }
+
+    /// Reads `n` record events.
+    pub async fn records(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let ev = self.next().await;
+            assert_eq!(ev.event, "message", "expected a record, got {ev:?}");
+            out.push(ev);
+        }
+        out
+    }
+
+    /// Waits until the server ends the stream; true if it did within `wait`.
+    pub async fn wait_end(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.ended {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return false,
+                Ok(Some(Ok(chunk))) => self.buf.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Err(_)) | None) => self.ended = true,
+            }
+        }
+        // Count retry lines in what was left.
+        self.retry_lines += self.buf.matches("retry: ").count();
+        true
+    }
+}
+
+/// The `data.seq` field of record JSON.
+pub fn seq(record: &Value) -> u64 {
+    record["data"]["seq"].as_u64().expect("seq")
+}
+
+/// A gateway running as a separate process (the real binary).
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `pushgate --config <file>` with `config` written into `dir`.
+    pub async fn start(dir: &Path, config: &str, listen: &str) -> Self {
+        let file: PathBuf = dir.join("pushgate.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .arg("--config")
+            .arg(&file)
+            .arg("--listen")
+            .arg(listen)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pushgate");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    return strip_ansi(&addr).parse::<SocketAddr>().unwrap();
+                }
+            }
+            panic!("pushgate exited before listening");
+        })
+        .await
+        .expect("pushgate did not start listening");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, addr }
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for exit; returns the exit status code.
+    pub async fn wait(&mut self, within: Duration) -> Option<i32> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("process did not exit in time")
+            .unwrap()
+            .code()
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
