@@ -403,11 +403,14 @@ impl Process {
     pub async fn start(dir: &Path, config: &str, listen: &str) -> Self {
         let file: PathBuf = dir.join("pushgate.toml");
         std::fs::write(&file, config).unwrap();
+        let file = file.display().to_string();
+        Self::spawn(&["--config", &file, "--listen", listen]).await
+    }
+
+    /// Starts the binary with `args` and waits until it is ready.
+    pub async fn spawn(args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--listen")
-            .arg(listen)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
