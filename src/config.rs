@@ -36,7 +36,7 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -132,7 +132,8 @@ pub struct SseConfig {
     pub keepalive_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Safe by default: nothing anonymous unless the config says so.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub anonymous_subscribe: bool,
@@ -147,22 +148,6 @@ pub struct DemoConfig {
     pub symbols: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            source: SourceConfig::default(),
-            embedded: EmbeddedConfig::default(),
-            topics: Vec::new(),
-            limits: LimitsConfig::default(),
-            websocket: WebSocketConfig::default(),
-            sse: SseConfig::default(),
-            auth: AuthConfig::default(),
-            demo: DemoConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -238,16 +223,6 @@ impl Default for SseConfig {
         Self {
             retry: Duration::from_secs(2),
             keepalive_interval: Duration::from_secs(25),
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        // Safe by default: nothing anonymous unless the config says so.
-        Self {
-            anonymous_subscribe: false,
-            anonymous_publish: false,
         }
     }
 }

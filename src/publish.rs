@@ -174,7 +174,7 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        let many = format!("{{\"records\":[{}]}}", vec!["{\"data\":1}"; 11].join(","));
+        let many = format!("{{\"records\":[{}]}}", ["{\"data\":1}"; 11].join(","));
         assert!(parse_body(many.as_bytes(), 10, 8).is_err());
     }
 }
