@@ -5,7 +5,7 @@
 //! subscribe and publish, a simulated stock ticker).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +48,7 @@ pub struct Config {
     pub sse: SseConfig,
     pub auth: AuthConfig,
     pub demo: DemoConfig,
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +61,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -112,6 +115,10 @@ pub struct LimitsConfig {
     pub max_publish_records: usize,
     pub max_key_bytes: usize,
     pub max_snapshot_records: usize,
+    pub max_connections_per_ip: usize,
+    /// Records per second one caller (token subject, or IP when anonymous) may publish.
+    pub publish_rate: f64,
+    pub publish_burst: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +128,11 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Origins allowed to open a WebSocket; empty = same origin only; "*" = any.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not subscribed within this time is closed (4008).
+    #[serde(with = "humantime_serde")]
+    pub subscribe_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,12 +144,59 @@ pub struct SseConfig {
     pub keepalive_interval: Duration,
 }
 
-/// Safe by default: nothing anonymous unless the config says so.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub anonymous_subscribe: bool,
     pub anonymous_publish: bool,
+    /// The claim holding `{"subscribe": [...], "publish": [...]}` grants.
+    pub claim: String,
+    /// Cookie that may carry the token (empty: none).
+    pub cookie: String,
+    /// Accepted `iss` values (empty: not checked).
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values (empty: not checked).
+    pub audience: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// After `exp`, a connection has this long to send a fresh token.
+    #[serde(with = "humantime_serde")]
+    pub expiry_grace: Duration,
+    pub jwks_file: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed25519,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kind: KeyKind,
+    #[serde(default)]
+    pub kid: String,
+    /// HMAC secret (at least 32 bytes).
+    #[serde(default)]
+    pub secret: String,
+    /// PEM public key for rsa, ec and ed25519.
+    #[serde(default)]
+    pub pem_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Adds `GET /echo`, a WebSocket echo with the production framing settings,
+    /// for the Autobahn conformance suite. Never turn it on in production.
+    pub echo_endpoint: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +216,7 @@ impl Default for ServerConfig {
             static_dir: PathBuf::from("static"),
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -204,6 +264,9 @@ impl Default for LimitsConfig {
             max_publish_records: 1000,
             max_key_bytes: 1024,
             max_snapshot_records: 10_000,
+            max_connections_per_ip: 1000,
+            publish_rate: 1000.0,
+            publish_burst: 2000.0,
         }
     }
 }
@@ -214,6 +277,8 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(25),
             read_buffer_bytes: 4096,
             write_buffer_bytes: 0,
+            allowed_origins: Vec::new(),
+            subscribe_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -223,6 +288,25 @@ impl Default for SseConfig {
         Self {
             retry: Duration::from_secs(2),
             keepalive_interval: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        // Safe by default: nothing anonymous unless the config says so.
+        Self {
+            anonymous_subscribe: false,
+            anonymous_publish: false,
+            claim: "pushgate".into(),
+            cookie: String::new(),
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+            expiry_grace: Duration::from_secs(10),
+            jwks_file: PathBuf::new(),
+            jwks_refresh: Duration::from_secs(5),
+            keys: Vec::new(),
         }
     }
 }
@@ -350,10 +434,43 @@ impl Config {
                 "embedded.retention_check_interval",
                 self.embedded.retention_check_interval,
             ),
+            (
+                "websocket.subscribe_timeout",
+                self.websocket.subscribe_timeout,
+            ),
+            ("auth.jwks_refresh", self.auth.jwks_refresh),
         ];
         for (key, value) in durations {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if !(self.limits.publish_rate > 0.0 && self.limits.publish_rate.is_finite()) {
+            return Err(invalid("limits.publish_rate", "must be a positive number"));
+        }
+        if self.limits.publish_burst < 1.0 {
+            return Err(invalid("limits.publish_burst", "must be at least 1"));
+        }
+        if self.auth.claim.is_empty() {
+            return Err(invalid("auth.claim", "must not be empty"));
+        }
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            match key.kind {
+                KeyKind::Hmac if key.secret.len() < 32 => {
+                    return Err(invalid(
+                        format!("auth.keys[{i}].secret"),
+                        "must be at least 32 bytes",
+                    ))
+                }
+                KeyKind::Rsa | KeyKind::Ec | KeyKind::Ed25519
+                    if key.pem_file.as_os_str().is_empty() =>
+                {
+                    return Err(invalid(
+                        format!("auth.keys[{i}].pem_file"),
+                        "is required for this kind",
+                    ))
+                }
+                _ => {}
             }
         }
         if self.demo.enabled {

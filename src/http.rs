@@ -1,17 +1,19 @@
 //! The HTTP surface: the router tests and `run` both build, plus health, readiness, metrics and topic listing.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
+use crate::auth::{self, Identity};
 use crate::cursor::Cursor;
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionSlot, Refused};
 use crate::{publish, sse, telemetry, ws};
 
 /// Builds the whole application router for `state`.
@@ -25,6 +27,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    if state.config.testing.echo_endpoint {
+        tracing::warn!("testing.echo_endpoint is on: /echo echoes WebSocket messages");
+        router = router.route("/echo", get(ws::echo));
+    }
     if !static_dir.as_os_str().is_empty() {
         if !static_dir.is_dir() {
             tracing::warn!(dir = %static_dir.display(), "server.static_dir does not exist; no page is served at /");
@@ -82,4 +88,54 @@ async fn topics(State(state): State<AppState>) -> Json<Value> {
 /// Upper bound on how long a request may take to send its header (slowloris guard).
 pub fn header_timeout(state: &AppState) -> Duration {
     state.config.server.header_read_timeout
+}
+
+/// One generic answer for every authentication failure, so a prober learns nothing.
+pub fn unauthorized() -> Response {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "authentication required",
+    )
+}
+
+/// A streaming client let in: who it is and the connection slot it holds.
+pub struct Admission {
+    pub identity: Identity,
+    pub slot: ConnectionSlot,
+}
+
+/// Authenticates a streaming (WebSocket or SSE) client and takes its connection slot.
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Admission, Response> {
+    let token = auth::token_from(headers, query, &state.config.auth.cookie);
+    let anonymous_ok = state.config.auth.anonymous_subscribe;
+    let identity = match (token.as_deref(), anonymous_ok) {
+        (None, false) => return Err(unauthorized()),
+        (token, _) => state.auth.identify(token).map_err(|e| {
+            tracing::debug!(error = %e, %peer, "authentication failed");
+            unauthorized()
+        })?,
+    };
+    let ip = auth::client_ip(peer, headers, &state.config.server.trusted_proxies);
+    let slot = state
+        .connection_slot(transport, ip)
+        .map_err(|refused| match refused {
+            Refused::TooManyFromIp => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections from this address",
+            ),
+            Refused::TooMany | Refused::Draining => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "not accepting connections",
+            ),
+        })?;
+    Ok(Admission { identity, slot })
 }

@@ -19,6 +19,7 @@
 //! record    the encoded-once record; Kafka-compatible key partitioner
 //! cursor    the resume token: epoch + next offset per partition
 //! protocol  client messages, control messages, error and close codes
+//! auth      JWT verification, grants, origin checks, client IPs, publish rate
 //! http      router, health, readiness, metrics;  server: accept loop
 //! config    TOML + environment, checked before binding
 //! state     the shared handle;  shutdown: drain signal and task tracking
@@ -29,6 +30,7 @@
 //! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
+pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod demo;
@@ -68,6 +70,8 @@ pub struct Listeners {
 pub enum RunError {
     #[error("cannot open the embedded log: {0}")]
     Log(#[from] LogError),
+    #[error("{0}")]
+    Auth(#[from] auth::AuthSetupError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -94,9 +98,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     }
     let grace = config.server.shutdown_grace;
     let header_timeout = config.server.header_read_timeout;
-    let state = AppState::new(config, hub, source, shutdown.clone());
+    let state = AppState::new(config, hub, source, shutdown.clone())?;
     if state.config.demo.enabled {
         demo::spawn(&state);
+    }
+    if !state.config.auth.jwks_file.as_os_str().is_empty() {
+        spawn_jwks_reloader(&state);
     }
     let app = http::router(state.clone());
     server::serve(listeners.http, app, shutdown.clone(), header_timeout).await;
@@ -110,4 +117,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         ),
     }
     Ok(())
+}
+
+/// Re-reads the JWKS file when it changes, so keys rotate without a restart.
+fn spawn_jwks_reloader(state: &AppState) {
+    let auth = std::sync::Arc::clone(&state.auth);
+    let every = state.config.auth.jwks_refresh;
+    let shutdown = state.shutdown.clone();
+    state.shutdown.tracker().spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.triggered() => break,
+                _ = tick.tick() => {
+                    let auth = std::sync::Arc::clone(&auth);
+                    // File I/O and key parsing: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || auth.reload_jwks_if_changed()).await;
+                }
+            }
+        }
+    });
 }

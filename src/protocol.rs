@@ -27,8 +27,11 @@ pub mod close {
     pub const SLOW: u16 = 4001;
     /// A resume could not be completed (the log dropped the range being replayed).
     pub const RECOVERY_LOST: u16 = 4002;
-    /// The client sent no frame (not even a pong) for two ping intervals.
+    /// The client sent no frame (not even a pong) for two ping intervals, or
+    /// never subscribed within `websocket.subscribe_timeout`.
     pub const IDLE: u16 = 4008;
+    /// The token expired and no fresh one came within `auth.expiry_grace`.
+    pub const TOKEN_EXPIRED: u16 = 4010;
 }
 
 /// Error codes carried by `{"type":"error"}` messages (and JSON HTTP errors).
@@ -45,6 +48,7 @@ pub enum ErrorCode {
     TooManySubscriptions,
     TooManyKeys,
     Forbidden,
+    Unauthorized,
     Unavailable,
     Internal,
 }
@@ -63,6 +67,7 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::TooManyKeys => "too_many_keys",
             Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -113,6 +118,10 @@ pub enum ClientMessage {
     Ping {
         id: Option<Value>,
     },
+    /// A fresh token for a connection whose token is about to expire.
+    Refresh {
+        token: String,
+    },
 }
 
 impl PartialEq for SubscribeRequest {
@@ -138,6 +147,11 @@ struct UnsubscribeBody {
     id: Option<Value>,
     #[serde(default)]
     topic: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +191,10 @@ impl ClientMessage {
                 let body: PingBody = serde_json::from_str(text).map_err(bad)?;
                 ClientMessage::Ping { id: body.id }
             }
+            Some("refresh") => {
+                let body: RefreshBody = serde_json::from_str(text).map_err(bad)?;
+                ClientMessage::Refresh { token: body.token }
+            }
             Some(other) => {
                 let shown: String = other.chars().take(32).collect();
                 return Err(ClientError::new(
@@ -195,6 +213,7 @@ impl ClientMessage {
             ClientMessage::Subscribe(SubscribeRequest { id, .. })
             | ClientMessage::Unsubscribe { id, .. }
             | ClientMessage::Ping { id } => check_id(id.as_ref())?,
+            ClientMessage::Refresh { .. } => {}
         }
         Ok(message)
     }
@@ -253,6 +272,15 @@ pub fn error(id: Option<&Value>, err: &ClientError) -> String {
         "message": err.message,
     })
     .to_string()
+}
+
+/// Sent when the token expires: the connection closes (4010) after `grace_ms` unless refreshed.
+pub fn token_expiring(grace_ms: u128) -> String {
+    json!({"type": "token_expiring", "grace_ms": grace_ms as u64}).to_string()
+}
+
+pub fn refreshed(expires_at: Option<u64>) -> String {
+    json!({"type": "refreshed", "expires_at": expires_at}).to_string()
 }
 
 pub fn pong(id: Option<&Value>) -> String {

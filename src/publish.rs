@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::http::json_error;
+use crate::auth;
+use crate::http::{json_error, unauthorized};
 use crate::record::NewRecord;
 use crate::source::SourceError;
 use crate::state::AppState;
@@ -22,17 +25,24 @@ use crate::telemetry;
 
 pub async fn handler(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(topic_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    if !state.config.auth.anonymous_publish {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "authentication required",
-        );
+    let token = auth::token_from(&headers, query.as_deref(), &state.config.auth.cookie);
+    if token.is_none() && !state.config.auth.anonymous_publish {
+        return unauthorized();
     }
+    let identity = match state.auth.identify(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::debug!(error = %e, %peer, "publish authentication failed");
+            return unauthorized();
+        }
+    };
     let Ok(topic) = state.hub.topic(&topic_name) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic");
     };
@@ -52,6 +62,30 @@ pub async fn handler(
             Ok(parsed) => parsed,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
         };
+    if records
+        .iter()
+        .any(|r| !identity.publish.allows_key(&topic_name, r.key.as_deref()))
+    {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "not allowed to publish these keys to this topic",
+        );
+    }
+    let caller = match &identity.subject {
+        Some(subject) => format!("sub:{subject}"),
+        None => format!(
+            "ip:{}",
+            auth::client_ip(peer, &headers, &state.config.server.trusted_proxies)
+        ),
+    };
+    if !state.publish_limiter.allow(&caller, records.len() as f64) {
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "publish rate limit exceeded",
+        );
+    }
     let appended = match state.source.publish(&topic_name, records).await {
         Ok(appended) => appended,
         Err(SourceError::UnknownTopic) => {

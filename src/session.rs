@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::auth::Grants;
 use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
 use crate::hub::{Filter, Registration, Replay, Sub, Topic};
@@ -110,12 +111,19 @@ pub struct Opened {
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
 pub async fn open(
     state: &AppState,
+    grants: &Grants,
     req: &SubscribeRequest,
     cursor: Option<Cursor>,
     outbox: Arc<Outbox>,
 ) -> Result<Opened, ClientError> {
     let limits = &state.config.limits;
     let filter = filter_for(req, limits)?;
+    if !grants.allows_filter(&req.topic, &filter) {
+        return Err(ClientError::new(
+            ErrorCode::Forbidden,
+            "not allowed to subscribe to these keys of this topic",
+        ));
+    }
     let topic = state.hub.topic(&req.topic).map_err(|_| {
         ClientError::new(
             ErrorCode::UnknownTopic,

@@ -11,13 +11,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::http::json_error;
+use crate::http::{self, json_error, Admission};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientError, ErrorCode, SubscribeRequest};
 use crate::session::{self, CatchUpError};
@@ -60,16 +62,16 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
 
 pub async fn handler(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if !state.config.auth.anonymous_subscribe {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "authentication required",
-        );
-    }
+    // Authenticate first: an unauthenticated caller learns nothing else.
+    let Admission { identity, slot } =
+        match http::admit(&state, &headers, query.as_deref(), peer, "sse") {
+            Ok(admission) => admission,
+            Err(response) => return response,
+        };
     let mut req = match parse_query(query.as_deref().unwrap_or("")) {
         Ok(req) => req,
         Err(err) => return client_error_response(&err),
@@ -88,15 +90,9 @@ pub async fn handler(
         Ok(cursor) => cursor,
         Err(err) => return client_error_response(&err),
     };
-    let Some(slot) = state.connection_slot("sse") else {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "too many connections",
-        );
-    };
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
-    let opened = match session::open(&state, &req, cursor, Arc::clone(&outbox)).await {
+    let grants = &identity.subscribe;
+    let opened = match session::open(&state, grants, &req, cursor, Arc::clone(&outbox)).await {
         Ok(opened) => opened,
         Err(err) => return client_error_response(&err),
     };
@@ -139,6 +135,15 @@ pub async fn handler(
                 }
             }
         }
+        // The stream ends when the token expires; the client reconnects with a new one and its cursor.
+        let expires = identity.time_left().map(|left| Instant::now() + left);
+        let expired = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive_every, keepalive_every);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -157,6 +162,7 @@ pub async fn handler(
                     yield Ok(Bytes::from(retry.clone()));
                     return;
                 }
+                _ = &mut expired => return,
                 _ = outbox.ready() => {}
                 _ = keepalive.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
             }

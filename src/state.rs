@@ -1,8 +1,12 @@
 //! The shared state handle: one cloneable value every handler and task gets.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
+
+use crate::auth::{AuthSetupError, Authenticator, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::shutdown::Shutdown;
@@ -15,57 +19,107 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub source: Arc<dyn Source>,
     pub shutdown: Shutdown,
-    connections: Arc<AtomicUsize>,
+    pub auth: Arc<Authenticator>,
+    pub publish_limiter: Arc<RateLimiter>,
+    connections: Arc<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+}
+
+/// Why a streaming connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Draining,
+    TooMany,
+    TooManyFromIp,
 }
 
 impl AppState {
-    pub fn new(config: Config, hub: Arc<Hub>, source: Arc<dyn Source>, shutdown: Shutdown) -> Self {
-        Self {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        source: Arc<dyn Source>,
+        shutdown: Shutdown,
+    ) -> Result<Self, AuthSetupError> {
+        let auth = Arc::new(Authenticator::new(&config.auth)?);
+        let publish_limiter = Arc::new(RateLimiter::new(
+            config.limits.publish_rate,
+            config.limits.publish_burst,
+        ));
+        Ok(Self {
             config: Arc::new(config),
             hub,
             source,
             shutdown,
-            connections: Arc::new(AtomicUsize::new(0)),
-        }
+            auth,
+            publish_limiter,
+            connections: Arc::new(Connections::default()),
+        })
     }
 
-    /// Takes one of `limits.max_connections` slots for a streaming connection.
-    pub fn connection_slot(&self, transport: &'static str) -> Option<ConnectionSlot> {
+    /// Takes a slot for a streaming connection from `ip`, within
+    /// `limits.max_connections` and `limits.max_connections_per_ip`.
+    pub fn connection_slot(
+        &self,
+        transport: &'static str,
+        ip: IpAddr,
+    ) -> Result<ConnectionSlot, Refused> {
         if self.shutdown.is_triggered() {
             telemetry::connection_refused("draining");
-            return None;
+            return Err(Refused::Draining);
         }
-        let max = self.config.limits.max_connections;
+        let limits = &self.config.limits;
         let taken = self
             .connections
+            .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n < limits.max_connections).then_some(n + 1)
             });
         if taken.is_err() {
             telemetry::connection_refused("limit");
-            return None;
+            return Err(Refused::TooMany);
+        }
+        {
+            let mut count = self.connections.per_ip.entry(ip).or_insert(0);
+            if *count >= limits.max_connections_per_ip {
+                drop(count);
+                self.connections.total.fetch_sub(1, Ordering::AcqRel);
+                telemetry::connection_refused("ip_limit");
+                return Err(Refused::TooManyFromIp);
+            }
+            *count += 1;
         }
         telemetry::connection_opened(transport);
-        Some(ConnectionSlot {
+        Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
+            ip,
         })
     }
 
     pub fn open_connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+        self.connections.total.load(Ordering::Acquire)
     }
 }
 
 /// Held for the life of a WebSocket or SSE connection.
 pub struct ConnectionSlot {
-    connections: Arc<AtomicUsize>,
+    connections: Arc<Connections>,
     transport: &'static str,
+    ip: IpAddr,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.connections.total.fetch_sub(1, Ordering::AcqRel);
+        self.connections.per_ip.remove_if_mut(&self.ip, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
         telemetry::connection_closed(self.transport);
     }
 }

@@ -7,14 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::http::json_error;
+use crate::auth::{self, Identity};
+use crate::http::{self, json_error, Admission};
+use crate::hub::Filter;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
@@ -25,21 +30,38 @@ use crate::telemetry;
 /// How long we keep reading after sending a Close, for the client's Close to arrive.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
 
-pub async fn handler(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    if !state.config.auth.anonymous_subscribe {
+pub async fn handler(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Checked before any upgrade: a refused handshake never becomes a WebSocket.
+    if !auth::origin_allowed(&headers, &state.config.websocket.allowed_origins) {
         return json_error(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "authentication required",
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "origin not allowed",
         );
     }
-    let Some(slot) = state.connection_slot("ws") else {
-        return json_error(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "too many connections",
-        );
+    let admission = match http::admit(&state, &headers, query.as_deref(), peer, "ws") {
+        Ok(admission) => admission,
+        Err(response) => return response,
     };
+    configure(upgrade, &state)
+        .on_upgrade(move |socket| {
+            let tracked = state.shutdown.tracker().token();
+            async move {
+                Connection::new(state, admission).run(socket).await;
+                drop(tracked);
+            }
+        })
+        .into_response()
+}
+
+/// The production framing settings, shared with the conformance echo endpoint.
+fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let ws = &state.config.websocket;
     let max_message = state.config.limits.max_message_bytes;
     upgrade
@@ -47,11 +69,28 @@ pub async fn handler(State(state): State<AppState>, upgrade: WebSocketUpgrade) -
         .write_buffer_size(ws.write_buffer_bytes)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            let tracked = state.shutdown.tracker().token();
-            async move {
-                Connection::new(state, slot).run(socket).await;
-                drop(tracked);
+}
+
+/// `GET /echo` (only with `testing.echo_endpoint`): echoes every message, for Autobahn.
+pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    configure(upgrade, &state)
+        .on_upgrade(|mut socket| async move {
+            // Keep reading after a Close until the stream ends, so the close handshake completes.
+            while let Some(message) = socket.recv().await {
+                let reply = match message {
+                    Ok(Message::Text(t)) => Message::Text(t),
+                    Ok(Message::Binary(b)) => Message::Binary(b),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        if let Some((code, reason)) = read_error(&e) {
+                            close_socket(&mut socket, code, reason).await;
+                        }
+                        return;
+                    }
+                };
+                if socket.send(reply).await.is_err() {
+                    return;
+                }
             }
         })
         .into_response()
@@ -60,7 +99,15 @@ pub async fn handler(State(state): State<AppState>, upgrade: WebSocketUpgrade) -
 struct Active {
     id: Value,
     topic: Arc<str>,
+    filter: Filter,
     _guard: SubGuard,
+}
+
+#[derive(Clone, Copy)]
+enum Timer {
+    Expiring,
+    Expired,
+    NeverSubscribed,
 }
 
 /// Why the connection loop ended: a close frame to send, or nothing (the peer is gone).
@@ -71,19 +118,55 @@ struct Connection {
     outbox: Arc<Outbox>,
     subs: Vec<Active>,
     last_seen: Instant,
+    identity: Identity,
+    ever_subscribed: bool,
+    /// When the token expires: warn then, close `auth.expiry_grace` later.
+    expiry: Option<Instant>,
+    warned: bool,
     _slot: ConnectionSlot,
 }
 
 impl Connection {
-    fn new(state: AppState, slot: ConnectionSlot) -> Self {
+    fn new(state: AppState, admission: Admission) -> Self {
         let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
+        let expiry = admission
+            .identity
+            .time_left()
+            .map(|left| Instant::now() + left);
         Self {
             state,
             outbox,
             subs: Vec::new(),
             last_seen: Instant::now(),
-            _slot: slot,
+            identity: admission.identity,
+            ever_subscribed: false,
+            expiry,
+            warned: false,
+            _slot: admission.slot,
         }
+    }
+
+    /// The next time-based event: the expiry warning, the expiry close, or the
+    /// subscribe deadline for a connection that never subscribed.
+    fn deadline(&self, opened: Instant) -> Option<(Instant, Timer)> {
+        let grace = self.state.config.auth.expiry_grace;
+        let expiry = self.expiry.map(|at| {
+            if self.warned {
+                (at + grace, Timer::Expired)
+            } else {
+                (at, Timer::Expiring)
+            }
+        });
+        let subscribe = (!self.ever_subscribed).then(|| {
+            (
+                opened + self.state.config.websocket.subscribe_timeout,
+                Timer::NeverSubscribed,
+            )
+        });
+        [expiry, subscribe]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 
     async fn run(mut self, mut socket: WebSocket) {
@@ -91,15 +174,37 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
+        let opened = Instant::now();
         let ending: Ending = loop {
             // Drain first on every turn, whatever woke us, so no wake-up is lost.
             match self.flush_outbox(&mut socket).await {
                 Ok(()) => {}
                 Err(ending) => break ending,
             }
+            let deadline = self.deadline(opened);
+            let timer = async {
+                match deadline {
+                    Some((at, which)) => {
+                        tokio::time::sleep_until(at).await;
+                        which
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.triggered() => break Some((close::RESTART, "server restarting")),
+                which = timer => match which {
+                    Timer::Expiring => {
+                        self.warned = true;
+                        let grace = self.state.config.auth.expiry_grace.as_millis();
+                        if send_text(&mut socket, protocol::token_expiring(grace)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Timer::Expired => break Some((close::TOKEN_EXPIRED, "token expired")),
+                    Timer::NeverSubscribed => break Some((close::IDLE, "no subscription made in time")),
+                },
                 message = socket.recv() => {
                     self.last_seen = Instant::now();
                     match message {
@@ -183,8 +288,46 @@ impl Connection {
                 }
             }
             ClientMessage::Subscribe(req) => return self.subscribe(socket, req).await,
+            ClientMessage::Refresh { token } => return self.refresh(socket, &token).await,
         };
         sent.map_err(|_| None)
+    }
+
+    /// Swaps in a fresh token. It must name the same subject; subscriptions the
+    /// new grants no longer cover are ended with a `forbidden` error.
+    async fn refresh(&mut self, socket: &mut WebSocket, token: &str) -> Result<(), Ending> {
+        let fresh = match self.state.auth.verify(token) {
+            Ok(identity)
+                if identity.subject == self.identity.subject
+                    || self.identity.expires_at.is_none() =>
+            {
+                identity
+            }
+            Ok(_) | Err(_) => {
+                let err = ClientError::new(ErrorCode::Unauthorized, "token refused");
+                return send_error(socket, None, &err).await.map_err(|_| None);
+            }
+        };
+        self.expiry = fresh.time_left().map(|left| Instant::now() + left);
+        self.warned = false;
+        let mut kept = Vec::with_capacity(self.subs.len());
+        for active in std::mem::take(&mut self.subs) {
+            if fresh.subscribe.allows_filter(&active.topic, &active.filter) {
+                kept.push(active);
+            } else {
+                let err = ClientError::new(
+                    ErrorCode::Forbidden,
+                    "the new token does not cover this subscription",
+                );
+                send_error(socket, Some(&active.id), &err)
+                    .await
+                    .map_err(|_| None)?;
+            }
+        }
+        self.subs = kept;
+        let reply = protocol::refreshed(fresh.expires_at);
+        self.identity = fresh;
+        send_text(socket, reply).await.map_err(|_| None)
     }
 
     async fn subscribe(
@@ -217,7 +360,10 @@ impl Connection {
                 session::parse_cursor(req.cursor.as_deref())
             };
         let opened = match checked {
-            Ok(cursor) => session::open(&self.state, &req, cursor, Arc::clone(&self.outbox)).await,
+            Ok(cursor) => {
+                let grants = &self.identity.subscribe;
+                session::open(&self.state, grants, &req, cursor, Arc::clone(&self.outbox)).await
+            }
             Err(e) => Err(e),
         };
         let mut opened = match opened {
@@ -260,9 +406,11 @@ impl Connection {
                 }
             }
         }
+        self.ever_subscribed = true;
         self.subs.push(Active {
             id: opened.id,
             topic: opened.topic_name,
+            filter: opened.guard.sub.filter.clone(),
             _guard: opened.guard,
         });
         Ok(())

@@ -1,0 +1,622 @@
+//! Authentication and authorization: JWT verification, topic/key grants, origin checks, client IPs, publish rates.
+//!
+//! Keys come from the config (HMAC secrets; RSA, EC and Ed25519 public keys in
+//! PEM) and from an optional JWKS file that is re-read when it changes. The
+//! algorithms a key accepts are fixed by its type, never taken from the token,
+//! so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`,
+//! `iss` and `aud` are checked when configured. A token's `jku`, `jwk` and
+//! `x5u` headers are ignored: no key is ever fetched or taken from a token.
+//!
+//! Grants live in one claim (`auth.claim`, default `pushgate`):
+//! `{"subscribe": ["prices", "news:eu.*"], "publish": ["posts:user-1"]}`.
+//! A grant is `TOPIC` or `TOPIC:KEY`; either part may end in `*` (a prefix),
+//! and `*` alone matches everything.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use dashmap::DashMap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{AuthConfig, KeyKind};
+use crate::hub::Filter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("`auth.keys[{index}]`: {problem}")]
+    Key { index: usize, problem: String },
+    #[error("`auth.jwks_file` {path}: {problem}")]
+    Jwks { path: String, problem: String },
+}
+
+/// Why a request was refused. Clients only ever see one generic message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Who is asking, and what they may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject: Option<String>,
+    /// Unix seconds; `None` for anonymous access.
+    pub expires_at: Option<u64>,
+    pub subscribe: Grants,
+    pub publish: Grants,
+}
+
+impl Identity {
+    fn anonymous(subscribe: bool, publish: bool) -> Self {
+        Self {
+            subject: None,
+            expires_at: None,
+            subscribe: if subscribe {
+                Grants::everything()
+            } else {
+                Grants::default()
+            },
+            publish: if publish {
+                Grants::everything()
+            } else {
+                Grants::default()
+            },
+        }
+    }
+
+    /// Time left before the token expires (zero if it already has).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|exp| Duration::from_secs(exp.saturating_sub(unix_now())))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Grants(Vec<Grant>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some("") => Pattern::Any,
+            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
+            None => Pattern::Exact(text.to_owned()),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => e == value,
+            Pattern::Prefix(p) => value.starts_with(p.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    topic: Pattern,
+    key: Pattern,
+}
+
+impl Grants {
+    pub fn everything() -> Self {
+        Self(vec![Grant {
+            topic: Pattern::Any,
+            key: Pattern::Any,
+        }])
+    }
+
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(
+            items
+                .into_iter()
+                .map(|item| match item.split_once(':') {
+                    Some((topic, key)) => Grant {
+                        topic: Pattern::parse(topic),
+                        key: Pattern::parse(key),
+                    },
+                    None => Grant {
+                        topic: Pattern::parse(item),
+                        key: Pattern::Any,
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    fn for_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Pattern> + 'a {
+        self.0
+            .iter()
+            .filter(move |g| g.topic.matches(topic))
+            .map(|g| &g.key)
+    }
+
+    /// May a subscription with `filter` on `topic` receive every record it could match?
+    pub fn allows_filter(&self, topic: &str, filter: &Filter) -> bool {
+        let mut keys = self.for_topic(topic).peekable();
+        if keys.peek().is_none() {
+            return false;
+        }
+        let patterns: Vec<&Pattern> = keys.collect();
+        let any = patterns.iter().any(|p| **p == Pattern::Any);
+        if filter.is_all() {
+            return any;
+        }
+        let keys_ok = filter
+            .keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().all(|k| patterns.iter().any(|p| p.matches(k))));
+        let prefix_ok = filter.prefix.as_deref().is_none_or(|prefix| {
+            patterns.iter().any(|p| match p {
+                Pattern::Any => true,
+                Pattern::Prefix(q) => prefix.starts_with(q.as_str()),
+                Pattern::Exact(_) => false,
+            })
+        });
+        keys_ok && prefix_ok
+    }
+
+    /// May a record with `key` be published to `topic`? (A null key needs a whole-topic grant.)
+    pub fn allows_key(&self, topic: &str, key: Option<&str>) -> bool {
+        self.for_topic(topic).any(|p| match key {
+            Some(k) => p.matches(k),
+            None => *p == Pattern::Any,
+        })
+    }
+}
+
+struct Key {
+    kid: Option<String>,
+    decoding: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    configured: Vec<Arc<Key>>,
+    from_jwks: Vec<Arc<Key>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    exp: u64,
+    #[serde(flatten)]
+    rest: HashMap<String, Value>,
+}
+
+pub struct Authenticator {
+    config: AuthConfig,
+    keys: RwLock<Arc<KeySet>>,
+    validation: Validation,
+    jwks_seen: RwLock<Option<SystemTime>>,
+}
+
+impl Authenticator {
+    /// Loads every configured key (and the JWKS file); fails naming the bad one.
+    pub fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+        let mut configured = Vec::new();
+        for (index, key) in config.keys.iter().enumerate() {
+            configured.push(Arc::new(
+                load_key(key).map_err(|problem| AuthSetupError::Key { index, problem })?,
+            ));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if config.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&config.issuer);
+        }
+        if config.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&config.audience);
+        }
+        let auth = Self {
+            config: config.clone(),
+            keys: RwLock::new(Arc::new(KeySet {
+                configured,
+                from_jwks: Vec::new(),
+            })),
+            validation,
+            jwks_seen: RwLock::new(None),
+        };
+        if let Some(path) = auth.jwks_path() {
+            let keys = read_jwks(&path)?;
+            auth.set_jwks(keys, modified(&path));
+        }
+        Ok(auth)
+    }
+
+    fn jwks_path(&self) -> Option<PathBuf> {
+        (!self.config.jwks_file.as_os_str().is_empty()).then(|| self.config.jwks_file.clone())
+    }
+
+    fn set_jwks(&self, keys: Vec<Arc<Key>>, seen: Option<SystemTime>) {
+        let mut guard = self.keys.write().expect("keys lock");
+        *guard = Arc::new(KeySet {
+            configured: guard.configured.clone(),
+            from_jwks: keys,
+        });
+        *self.jwks_seen.write().expect("jwks lock") = seen;
+    }
+
+    /// Re-reads the JWKS file if it changed since last time. A broken file keeps the old keys.
+    pub fn reload_jwks_if_changed(&self) {
+        let Some(path) = self.jwks_path() else { return };
+        let now = modified(&path);
+        if now == *self.jwks_seen.read().expect("jwks lock") {
+            return;
+        }
+        match read_jwks(&path) {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), path = %path.display(), "JWKS reloaded");
+                self.set_jwks(keys, now);
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS reload failed; keeping the previous keys"),
+        }
+    }
+
+    /// Resolves the caller: a verified token, anonymous access where allowed, or an error.
+    /// A token that is present but invalid is refused even when anonymous access is on.
+    pub fn identify(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        match token {
+            Some(token) => self.verify(token),
+            None if self.config.anonymous_subscribe || self.config.anonymous_publish => {
+                Ok(Identity::anonymous(
+                    self.config.anonymous_subscribe,
+                    self.config.anonymous_publish,
+                ))
+            }
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > 16 * 1024 {
+            return Err(AuthError::Invalid("token too long".into()));
+        }
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let keys = Arc::clone(&self.keys.read().expect("keys lock"));
+        let candidates = keys
+            .configured
+            .iter()
+            .chain(keys.from_jwks.iter())
+            .filter(|k| match &header.kid {
+                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+                None => true,
+            })
+            .filter(|k| k.algorithms.contains(&header.alg));
+        let mut last = AuthError::Invalid("no key accepts this token".into());
+        for key in candidates {
+            let mut validation = self.validation.clone();
+            // The key decides the algorithms; the token's header only picks among them.
+            validation.algorithms = key.algorithms.clone();
+            match decode::<Claims>(token, &key.decoding, &validation) {
+                Ok(data) => return Ok(self.identity_from(data.claims)),
+                Err(e) => last = AuthError::Invalid(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    fn identity_from(&self, claims: Claims) -> Identity {
+        let grants = claims.rest.get(&self.config.claim);
+        let list = |field: &str| -> Grants {
+            let items = grants
+                .and_then(|g| g.get(field))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                .unwrap_or_default();
+            Grants::parse(items)
+        };
+        Identity {
+            subject: claims.sub,
+            expires_at: Some(claims.exp),
+            subscribe: list("subscribe"),
+            publish: list("publish"),
+        }
+    }
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn algorithms_for(kind: KeyKind) -> Vec<Algorithm> {
+    use Algorithm::*;
+    match kind {
+        KeyKind::Hmac => vec![HS256, HS384, HS512],
+        KeyKind::Rsa => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        KeyKind::Ec => vec![ES256, ES384],
+        KeyKind::Ed25519 => vec![EdDSA],
+    }
+}
+
+fn load_key(key: &crate::config::KeyConfig) -> Result<Key, String> {
+    let pem = || -> Result<Vec<u8>, String> {
+        if key.pem_file.as_os_str().is_empty() {
+            return Err("needs `pem_file`".into());
+        }
+        std::fs::read(&key.pem_file)
+            .map_err(|e| format!("cannot read {}: {e}", key.pem_file.display()))
+    };
+    let decoding = match key.kind {
+        KeyKind::Hmac => {
+            if key.secret.len() < 32 {
+                return Err("`secret` must be at least 32 bytes".into());
+            }
+            DecodingKey::from_secret(key.secret.as_bytes())
+        }
+        KeyKind::Rsa => DecodingKey::from_rsa_pem(&pem()?).map_err(|e| e.to_string())?,
+        KeyKind::Ec => DecodingKey::from_ec_pem(&pem()?).map_err(|e| e.to_string())?,
+        KeyKind::Ed25519 => DecodingKey::from_ed_pem(&pem()?).map_err(|e| e.to_string())?,
+    };
+    Ok(Key {
+        kid: (!key.kid.is_empty()).then(|| key.kid.clone()),
+        decoding,
+        algorithms: algorithms_for(key.kind),
+    })
+}
+
+fn read_jwks(path: &PathBuf) -> Result<Vec<Arc<Key>>, AuthSetupError> {
+    let fail = |problem: String| AuthSetupError::Jwks {
+        path: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithms = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => algorithms_for(KeyKind::Rsa),
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => vec![Algorithm::ES256],
+                EllipticCurve::P384 => vec![Algorithm::ES384],
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKeyPair(_) => algorithms_for(KeyKind::Ed25519),
+            AlgorithmParameters::OctetKey(_) => algorithms_for(KeyKind::Hmac),
+            _ => continue,
+        };
+        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| fail(e.to_string()))?;
+        keys.push(Arc::new(Key {
+            kid: jwk.common.key_id.clone(),
+            decoding,
+            algorithms,
+        }));
+    }
+    Ok(keys)
+}
+
+/// Finds the token: `Authorization: Bearer`, then the `access_token` query
+/// parameter, then the configured cookie.
+pub fn token_from<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    cookie: &str,
+) -> Option<String> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        if let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+            return Some(token.trim().to_owned());
+        }
+    }
+    if let Some(query) = query {
+        if let Some((_, v)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token")
+        {
+            return Some(v.into_owned());
+        }
+    }
+    if !cookie.is_empty() {
+        for value in headers.get_all(axum::http::header::COOKIE) {
+            let Ok(text) = value.to_str() else { continue };
+            for pair in text.split(';') {
+                if let Some((name, v)) = pair.trim().split_once('=') {
+                    if name == cookie {
+                        return Some(v.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Cross-Site WebSocket Hijacking guard: is this handshake's `Origin` allowed?
+/// No `Origin` (not a browser) is allowed; an empty list means same origin only.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    if !allowed.is_empty() {
+        return false;
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy,
+/// the right-most address in `X-Forwarded-For` that is not itself trusted.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let mut ip = peer.ip();
+    if !trusted.contains(&ip) {
+        return ip;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    for hop in hops.into_iter().rev() {
+        ip = hop;
+        if !trusted.contains(&hop) {
+            break;
+        }
+    }
+    ip
+}
+
+/// Per-caller token buckets for the publish rate limit.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: DashMap<String, (f64, Instant)>,
+}
+
+/// Buckets kept before idle full ones are swept.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: DashMap::new(),
+        }
+    }
+
+    /// Takes `cost` tokens from `caller`'s bucket; false when it has too few.
+    pub fn allow(&self, caller: &str, cost: f64) -> bool {
+        if self.buckets.len() > MAX_BUCKETS {
+            let now = Instant::now();
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let now = Instant::now();
+        let mut entry = self
+            .buckets
+            .entry(caller.to_owned())
+            .or_insert((self.burst, now));
+        let (tokens, at) = entry.value_mut();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= cost {
+            *tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn filter(keys: Option<&[&str]>, prefix: Option<&str>) -> Filter {
+        Filter {
+            keys: keys.map(|k| k.iter().map(|s| Arc::from(*s)).collect::<HashSet<_>>()),
+            prefix: prefix.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn grants_cover_topics_keys_and_prefixes() {
+        let g = Grants::parse(["prices", "news:eu.*", "chat.*", "posts:user-1"]);
+        assert!(g.allows_filter("prices", &filter(None, None)));
+        assert!(g.allows_filter("prices", &filter(Some(&["AAPL"]), None)));
+        assert!(
+            !g.allows_filter("news", &filter(None, None)),
+            "only eu.* keys"
+        );
+        assert!(g.allows_filter("news", &filter(Some(&["eu.fr"]), None)));
+        assert!(!g.allows_filter("news", &filter(Some(&["eu.fr", "us.ny"]), None)));
+        assert!(g.allows_filter("news", &filter(None, Some("eu.de"))));
+        assert!(!g.allows_filter("news", &filter(None, Some("e"))));
+        assert!(g.allows_filter("chat.room1", &filter(None, None)));
+        assert!(!g.allows_filter("other", &filter(None, None)));
+        assert!(g.allows_key("posts", Some("user-1")));
+        assert!(!g.allows_key("posts", Some("user-2")));
+        assert!(!g.allows_key("posts", None));
+        assert!(g.allows_key("prices", None));
+        assert!(Grants::parse(["*"]).allows_key("x", None));
+        assert!(!Grants::default().allows_key("x", Some("k")));
+    }
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "gw.example:8080".parse().unwrap());
+        assert!(origin_allowed(&h, &[]), "no Origin: not a browser");
+        h.insert("origin", "https://gw.example:8080".parse().unwrap());
+        assert!(origin_allowed(&h, &[]));
+        h.insert("origin", "https://evil.example".parse().unwrap());
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["https://evil.example".into()]));
+        assert!(origin_allowed(&h, &["*".into()]));
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "9.9.9.9, 10.0.0.7".parse().unwrap());
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let peer = SocketAddr::new(proxy, 5000);
+        assert_eq!(client_ip(peer, &h, &[]), proxy);
+        assert_eq!(
+            client_ip(peer, &h, &[proxy]),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
+        let inner: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &h, &[proxy, inner]),
+            "9.9.9.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn rate_limiter_refills() {
+        let r = RateLimiter::new(1000.0, 5.0);
+        assert!(r.allow("a", 5.0));
+        assert!(!r.allow("a", 1.0));
+        assert!(r.allow("b", 1.0), "buckets are per caller");
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(r.allow("a", 1.0));
+    }
+}
