@@ -1,2 +1,669 @@
-//! Load generator for pushgate (being built; see issue 6).
-fn main() {}
+//! pushgate-loadtest: a load generator for pushgate and its peers (Nchan, Pushpin).
+//!
+//! `run` opens N WebSocket or SSE subscribers (spread over several 127.0.0.x
+//! source addresses), subscribes each to a key from a distribution (hot,
+//! uniform, Zipf), then publishes at one or more fixed rates with a
+//! microsecond timestamp in every payload, and reports connection setup
+//! rate, deliveries/s, end-to-end latency percentiles (HdrHistogram),
+//! errors, and the server's CPU seconds and RSS from /proc. Everything is
+//! bounded in time and count. At the end it writes a JSON result and an SVG
+//! chart. `report` turns a folder of results into the comparison table;
+//! `grip-origin` is the tiny GRIP origin Pushpin needs.
+//!
+//! Modules: `client` (subscribers), `publish` (paced publishing), `stats`
+//! (histograms, counters), `procstat` (/proc sampling), `keys`
+//! (distributions), `chart` (SVG), `report` (table, RESULTS.md), `origin`.
+
+mod chart;
+mod client;
+mod keys;
+mod origin;
+mod procstat;
+mod publish;
+mod report;
+mod stats;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientConfig, Shared};
+use crate::keys::{key_name, Dist, Picker};
+use crate::procstat::Sample;
+use crate::stats::{load, new_histogram, percentiles, Counters, Percentiles, Stats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    Pushgate,
+    Nchan,
+    Pushpin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Sse,
+}
+
+#[derive(Parser)]
+#[command(version, about = "Load generator for pushgate, Nchan and Pushpin")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open subscribers, publish at fixed rates, measure.
+    Run(Box<RunArgs>),
+    /// Print the comparison table from a folder of JSON results; optionally write RESULTS.md.
+    Report(report::ReportArgs),
+    /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
+    GripOrigin {
+        #[arg(long, default_value = "127.0.0.1:7998")]
+        listen: SocketAddr,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+}
+
+#[derive(Parser, Clone)]
+struct RunArgs {
+    /// Which server is under test (selects subscribe paths and publish API).
+    #[arg(long, value_enum, default_value = "pushgate")]
+    system: System,
+    /// Base URL subscribers connect to.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Base URL of the publish API (Pushpin: its push_in_http_port). Default: --url.
+    #[arg(long)]
+    publish_url: Option<String>,
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+    /// pushgate topic (ignored by the peers, which use one channel per key).
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 1)]
+    keys: usize,
+    /// How subscribers pick their key.
+    #[arg(long, value_enum, default_value = "hot")]
+    dist: Dist,
+    /// How publishes pick their key (default: uniform, or hot when --dist hot).
+    #[arg(long, value_enum)]
+    publish_dist: Option<Dist>,
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
+    /// Publish rates in messages/s, one step each (comma-separated). Empty: idle run.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 10)]
+    step_secs: u64,
+    /// Stop stepping once a step's p99 exceeds this many milliseconds.
+    #[arg(long)]
+    stop_p99_ms: Option<f64>,
+    /// Seconds to wait after all connections are up before measuring idle memory.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// Give up waiting for connections after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    connect_timeout_secs: u64,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Source addresses 127.0.0.10 .. 127.0.0.(10+N-1).
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Server process ids (their descendants are included) for CPU and RSS.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Padding bytes in each payload.
+    #[arg(long, default_value_t = 64)]
+    pad_bytes: usize,
+    /// Most messages per publish request (pushgate, Pushpin).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent publish connections.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// Seconds to keep counting after the last step's publishing stops.
+    #[arg(long, default_value_t = 2)]
+    drain_secs: u64,
+    /// Hard bound on the whole run.
+    #[arg(long, default_value_t = 900)]
+    max_secs: u64,
+    /// Scenario name written into the result.
+    #[arg(long, default_value = "run")]
+    scenario: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Exit 1 unless at least this fraction of expected deliveries arrived (CI smoke).
+    #[arg(long)]
+    min_delivery_ratio: Option<f64>,
+    /// Print no progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepResult {
+    pub rate: f64,
+    pub secs: f64,
+    pub generated: u64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub delivery_ratio: f64,
+    pub latency: Percentiles,
+    pub server_cpu_secs: f64,
+    pub server_cpu_util: f64,
+    pub deliveries_per_cpu_sec: f64,
+    pub loadgen_cpu_secs: f64,
+    pub server_rss_kib: u64,
+    pub open: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimePoint {
+    pub t: f64,
+    pub rate: f64,
+    pub open: usize,
+    pub deliveries_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub server_cpu_util: f64,
+    pub server_rss_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub status: u64,
+    pub disconnects: u64,
+    pub publish: u64,
+    pub publish_dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub system: System,
+    pub transport: Transport,
+    pub scenario: String,
+    pub connections: usize,
+    pub keys: usize,
+    pub dist: String,
+    pub ready: usize,
+    pub connect_secs: f64,
+    pub connect_rate: f64,
+    pub server_before: Sample,
+    pub server_idle: Sample,
+    /// (idle RSS - RSS before connecting) / ready connections, bytes.
+    pub rss_per_conn_bytes: f64,
+    pub steps: Vec<StepResult>,
+    /// Index of the highest-throughput step whose p99 stayed within --stop-p99-ms.
+    pub best_step: Option<usize>,
+    pub all_latency: Percentiles,
+    pub errors: Errors,
+    pub timeline: Vec<TimePoint>,
+    pub elapsed_secs: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Run(args) => {
+            let bound = Duration::from_secs(args.max_secs);
+            let result = rt.block_on(async {
+                match tokio::time::timeout(bound, run(*args.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => bail!("run exceeded --max-secs {}", args.max_secs),
+                }
+            });
+            // Do not wait for thousands of subscriber tasks to wind down.
+            rt.shutdown_timeout(Duration::from_millis(200));
+            let code = match result {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+        Cmd::Report(args) => report::main(args),
+        Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
+    }
+}
+
+struct Progress {
+    start: Instant,
+    quiet: bool,
+    label: String,
+}
+
+impl Progress {
+    fn line(&self, text: &str) {
+        if !self.quiet {
+            eprintln!(
+                "[{} {:>6.1}s] {}",
+                self.label,
+                self.start.elapsed().as_secs_f64(),
+                text
+            );
+        }
+    }
+}
+
+/// Returns Ok(true) when the run met --min-delivery-ratio (or none was asked).
+async fn run(args: RunArgs) -> Result<bool> {
+    let nofile = procstat::raise_nofile();
+    if (nofile as usize) < args.connections + 256 {
+        eprintln!(
+            "warning: open-file limit {nofile} is below {} connections; raise `ulimit -n`",
+            args.connections
+        );
+    }
+    let started = Instant::now();
+    let progress = Progress {
+        start: started,
+        quiet: args.quiet,
+        label: format!(
+            "{} {} {}",
+            format!("{:?}", args.system).to_lowercase(),
+            format!("{:?}", args.transport).to_lowercase(),
+            args.scenario
+        ),
+    };
+    if args.system == System::Pushpin && args.transport == Transport::Ws {
+        bail!("Pushpin WebSocket needs a WebSocket-over-HTTP origin; use --transport sse");
+    }
+    let host = args
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let server: SocketAddr = host
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}"))?
+        .next()
+        .context("no address")?;
+    let keys = if args.dist == Dist::Hot {
+        1
+    } else {
+        args.keys.max(1)
+    };
+
+    // Assign keys.
+    let sub_picker = Picker::new(args.dist, keys, args.zipf_exponent);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let assigned: Vec<usize> = (0..args.connections)
+        .map(|_| sub_picker.pick(&mut rng))
+        .collect();
+
+    let cfg = Arc::new(ClientConfig {
+        system: args.system,
+        transport: args.transport,
+        server,
+        host: host.clone(),
+        topic: args.topic.clone(),
+        sources: args.sources,
+        handshake_timeout: Duration::from_secs(30),
+    });
+    let shared = Arc::new(Shared {
+        stats: Stats::new(),
+        counters: Counters::default(),
+        stop: CancellationToken::new(),
+        ready: (0..args.connections)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+    });
+    let _stop_on_exit = shared.stop.clone().drop_guard();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = procstat::sample(&args.server_pid);
+    progress.line(&format!(
+        "server before: {} KiB RSS, {:.2} CPU s, {} processes",
+        before.rss_kib, before.cpu_secs, before.processes
+    ));
+
+    // Connect.
+    let connect_start = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    {
+        let shared = Arc::clone(&shared);
+        let cfg = Arc::clone(&cfg);
+        let assigned = assigned.clone();
+        let gate = Arc::clone(&gate);
+        tokio::spawn(async move {
+            for (conn, key) in assigned.into_iter().enumerate() {
+                if shared.stop.is_cancelled() {
+                    break;
+                }
+                let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+                    break;
+                };
+                let shared = Arc::clone(&shared);
+                let cfg = Arc::clone(&cfg);
+                tokio::spawn(async move {
+                    // The permit is held until the subscription is confirmed or fails.
+                    let watch = {
+                        let shared = Arc::clone(&shared);
+                        async move {
+                            while !shared.ready[conn].load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    };
+                    let sub = client::subscriber(conn, key_name(key), cfg, Arc::clone(&shared));
+                    tokio::pin!(sub);
+                    tokio::select! {
+                        _ = &mut sub => { drop(permit); return; }
+                        _ = tokio::time::timeout(Duration::from_secs(30), watch) => {}
+                    }
+                    drop(permit);
+                    sub.await;
+                });
+            }
+        });
+    }
+    let connect_deadline = connect_start + Duration::from_secs(args.connect_timeout_secs);
+    let mut last_line = Instant::now();
+    loop {
+        let ready = shared.counters.ready.load(Ordering::Relaxed);
+        let failed = load(&shared.counters.connect_errors) + load(&shared.counters.status_errors);
+        if ready + failed as usize >= args.connections || Instant::now() >= connect_deadline {
+            break;
+        }
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            progress.line(&format!(
+                "connecting: {ready}/{} ready, {} failed, {:.0} conn/s",
+                args.connections,
+                failed,
+                ready as f64 / connect_start.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let ready = shared.counters.ready.load(Ordering::Relaxed);
+    let connect_rate = ready as f64 / connect_secs.max(1e-9);
+    progress.line(&format!(
+        "connected {ready}/{} in {connect_secs:.2}s ({connect_rate:.0} conn/s); settling {}s",
+        args.connections, args.settle_secs
+    ));
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let idle = procstat::sample(&args.server_pid);
+    let ready_now = shared.counters.ready.load(Ordering::Relaxed);
+    let rss_per_conn_bytes = if ready_now > 0 {
+        (idle.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / ready_now as f64
+    } else {
+        0.0
+    };
+    progress.line(&format!(
+        "idle: {ready_now} subscribers, server RSS {} KiB (+{} KiB), {:.0} B/conn",
+        idle.rss_kib,
+        idle.rss_kib as i64 - before.rss_kib as i64,
+        rss_per_conn_bytes
+    ));
+
+    // Subscribers per key, counting only confirmed subscriptions.
+    let mut subs_per_key = vec![0u64; keys];
+    for (conn, key) in assigned.iter().enumerate() {
+        if shared.ready[conn].load(Ordering::Relaxed) {
+            subs_per_key[*key] += 1;
+        }
+    }
+
+    let counters_arc = Arc::new(Counters::default());
+    let mut steps = Vec::new();
+    let mut timeline = Vec::new();
+    let mut all = new_histogram();
+    let publish_dist = args.publish_dist.unwrap_or(if args.dist == Dist::Hot {
+        Dist::Hot
+    } else {
+        Dist::Uniform
+    });
+    let pub_picker = Picker::new(publish_dist, keys, args.zipf_exponent);
+    if !args.rates.is_empty() {
+        let pool = publish::Pool::start(
+            publish::PublishConfig {
+                system: args.system,
+                base: args
+                    .publish_url
+                    .clone()
+                    .unwrap_or_else(|| args.url.clone())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                topic: args.topic.clone(),
+                batch: args.batch,
+                publishers: args.publishers,
+                pad: "x".repeat(args.pad_bytes),
+            },
+            Arc::clone(&counters_arc),
+        );
+        let pool = Arc::new(pool);
+        let picker = Arc::new(pub_picker);
+        let subs_per_key = Arc::new(subs_per_key);
+        let _ = shared.stats.take();
+        for (i, &rate) in args.rates.iter().enumerate() {
+            let last = i + 1 == args.rates.len();
+            let step_start = Instant::now();
+            let until = step_start + Duration::from_secs(args.step_secs);
+            let cpu0 = procstat::sample(&args.server_pid);
+            let self0 = procstat::self_cpu_secs();
+            let publisher = {
+                let pool = Arc::clone(&pool);
+                let picker = Arc::clone(&picker);
+                let subs = Arc::clone(&subs_per_key);
+                let counters = Arc::clone(&counters_arc);
+                tokio::spawn(
+                    async move { pool.run_rate(rate, until, &picker, &subs, &counters).await },
+                )
+            };
+            let mut step_hist = new_histogram();
+            let mut step_deliveries = 0u64;
+            let end = until
+                + if last {
+                    Duration::from_secs(args.drain_secs)
+                } else {
+                    Duration::ZERO
+                };
+            let mut prev = cpu0;
+            let mut prev_t = Instant::now();
+            while Instant::now() < end {
+                let wake = (prev_t + Duration::from_secs(1)).min(end);
+                tokio::time::sleep_until(wake.into()).await;
+                let (h, d) = shared.stats.take();
+                let now = procstat::sample(&args.server_pid);
+                let dt = prev_t.elapsed().as_secs_f64().max(1e-6);
+                prev_t = Instant::now();
+                let p = percentiles(&h);
+                let util = (now.cpu_secs - prev.cpu_secs) / dt;
+                prev = now;
+                let open = shared.counters.open.load(Ordering::Relaxed);
+                timeline.push(TimePoint {
+                    t: started.elapsed().as_secs_f64(),
+                    rate,
+                    open,
+                    deliveries_per_sec: d as f64 / dt,
+                    p50_ms: p.p50_ms,
+                    p99_ms: p.p99_ms,
+                    server_cpu_util: util,
+                    server_rss_kib: now.rss_kib,
+                });
+                progress.line(&format!(
+                    "rate {rate:>7.0}/s open {open} deliveries {:>9.0}/s p50 {:>7.2}ms p99 {:>8.2}ms server cpu {:>4.0}% rss {} MiB errors {}",
+                    d as f64 / dt,
+                    p.p50_ms,
+                    p.p99_ms,
+                    util * 100.0,
+                    now.rss_kib / 1024,
+                    load(&shared.counters.disconnects) + load(&counters_arc.publish_errors) + load(&counters_arc.publish_dropped)
+                ));
+                step_hist.add(&h).expect("same bounds");
+                step_deliveries += d;
+            }
+            let (generated, expected) = publisher.await.unwrap_or((0, 0));
+            let secs = step_start.elapsed().as_secs_f64();
+            let window = args.step_secs as f64;
+            let cpu1 = procstat::sample(&args.server_pid);
+            let cpu = cpu1.cpu_secs - cpu0.cpu_secs;
+            let lat = percentiles(&step_hist);
+            all.add(&step_hist).expect("same bounds");
+            let step = StepResult {
+                rate,
+                secs,
+                generated,
+                expected_deliveries: expected,
+                deliveries: step_deliveries,
+                deliveries_per_sec: step_deliveries as f64 / window,
+                delivery_ratio: if expected > 0 {
+                    step_deliveries as f64 / expected as f64
+                } else {
+                    0.0
+                },
+                latency: lat,
+                server_cpu_secs: cpu,
+                server_cpu_util: cpu / secs,
+                deliveries_per_cpu_sec: if cpu > 0.0 {
+                    step_deliveries as f64 / cpu
+                } else {
+                    0.0
+                },
+                loadgen_cpu_secs: procstat::self_cpu_secs() - self0,
+                server_rss_kib: cpu1.rss_kib,
+                open: shared.counters.open.load(Ordering::Relaxed),
+            };
+            progress.line(&format!(
+                "step {rate}/s: {:.0} deliveries/s ({:.1}% of expected), p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} ms, server {:.2} CPU s -> {:.0} deliveries/CPU s",
+                step.deliveries_per_sec,
+                step.delivery_ratio * 100.0,
+                lat.p50_ms,
+                lat.p90_ms,
+                lat.p99_ms,
+                lat.p999_ms,
+                cpu,
+                step.deliveries_per_cpu_sec
+            ));
+            let over = args.stop_p99_ms.is_some_and(|max| lat.p99_ms > max);
+            let lossy = expected > 0 && step.delivery_ratio < 0.5;
+            steps.push(step);
+            if over || lossy {
+                progress.line(if over {
+                    "p99 above the limit: stopping"
+                } else {
+                    "fewer than half the deliveries arrived: stopping"
+                });
+                break;
+            }
+        }
+    }
+    let best_step = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            args.stop_p99_ms.is_none_or(|max| s.latency.p99_ms <= max) && s.delivery_ratio >= 0.95
+        })
+        .max_by(|a, b| a.1.deliveries_per_sec.total_cmp(&b.1.deliveries_per_sec))
+        .map(|(i, _)| i);
+    let c = &shared.counters;
+    let result = RunResult {
+        system: args.system,
+        transport: args.transport,
+        scenario: args.scenario.clone(),
+        connections: args.connections,
+        keys,
+        dist: format!("{:?}", args.dist).to_lowercase(),
+        ready,
+        connect_secs,
+        connect_rate,
+        server_before: before,
+        server_idle: idle,
+        rss_per_conn_bytes,
+        steps,
+        best_step,
+        all_latency: percentiles(&all),
+        errors: Errors {
+            connect: load(&c.connect_errors),
+            status: load(&c.status_errors),
+            disconnects: load(&c.disconnects),
+            publish: load(&counters_arc.publish_errors),
+            publish_dropped: load(&counters_arc.publish_dropped),
+        },
+        timeline,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    };
+    shared.stop.cancel();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        if let Err(e) = chart::draw(&result, path) {
+            eprintln!("chart: {e:#}");
+        }
+    }
+    println!("{}", summary(&result));
+    if let Some(min) = args.min_delivery_ratio {
+        let expected: u64 = result.steps.iter().map(|s| s.expected_deliveries).sum();
+        let got: u64 = result.steps.iter().map(|s| s.deliveries).sum();
+        let ratio = if expected > 0 {
+            got as f64 / expected as f64
+        } else {
+            0.0
+        };
+        let ok = ready > 0 && expected > 0 && ratio >= min;
+        println!(
+            "delivery check: {got}/{expected} = {:.3} (need >= {min}) {}",
+            ratio,
+            if ok { "ok" } else { "FAILED" }
+        );
+        return Ok(ok);
+    }
+    Ok(true)
+}
+
+fn summary(r: &RunResult) -> String {
+    let mut s = format!(
+        "{:?}/{:?} {}: {}/{} subscribers in {:.2}s ({:.0}/s), idle {:.0} B/conn; errors connect {} status {} disconnect {} publish {} dropped {}",
+        r.system, r.transport, r.scenario, r.ready, r.connections, r.connect_secs, r.connect_rate,
+        r.rss_per_conn_bytes, r.errors.connect, r.errors.status, r.errors.disconnects, r.errors.publish, r.errors.publish_dropped
+    );
+    if let Some(b) = r.best_step.map(|i| &r.steps[i]) {
+        s.push_str(&format!(
+            "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s, p99 {:.2} ms",
+            b.rate, b.deliveries_per_sec, b.deliveries_per_cpu_sec, b.latency.p99_ms
+        ));
+    }
+    if r.all_latency.count > 0 {
+        let l = r.all_latency;
+        s.push_str(&format!(
+            "\nlatency over all steps: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} samples)",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        ));
+    }
+    s
+}

@@ -1,0 +1,356 @@
+//! Subscribers: one task per connection, WebSocket (tokio-tungstenite) or
+//! SSE (a small HTTP/1.1 reader with a chunked decoder), for pushgate, Nchan
+//! and Pushpin. Each counts deliveries and records latency from the `"ts":`
+//! microsecond timestamp the publisher put in every payload.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use memchr::memmem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{bump, Counters, Stats};
+use crate::{System, Transport};
+
+pub struct ClientConfig {
+    pub system: System,
+    pub transport: Transport,
+    pub server: SocketAddr,
+    pub host: String,
+    pub topic: String,
+    /// Number of 127.0.0.x source addresses to spread connections over.
+    pub sources: u8,
+    pub handshake_timeout: Duration,
+}
+
+pub struct Shared {
+    pub stats: Stats,
+    pub counters: Counters,
+    pub stop: CancellationToken,
+    /// Per subscriber: its subscription is confirmed.
+    pub ready: Vec<AtomicBool>,
+}
+
+fn source_addr(cfg: &ClientConfig, conn: usize) -> IpAddr {
+    let n = cfg.sources.max(1) as usize;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + (conn % n) as u8))
+}
+
+async fn connect(cfg: &ClientConfig, conn: usize) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if cfg.server.ip().is_loopback() {
+        socket.bind(SocketAddr::new(source_addr(cfg, conn), 0))?;
+    }
+    let stream = socket.connect(cfg.server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Finds `"ts":<digits>` in `bytes`.
+fn find_ts(bytes: &[u8]) -> Option<u64> {
+    let at = memmem::find(bytes, b"\"ts\":")? + 5;
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in &bytes[at..] {
+        if b.is_ascii_digit() {
+            v = v * 10 + (b - b'0') as u64;
+            any = true;
+        } else {
+            break;
+        }
+    }
+    any.then_some(v)
+}
+
+/// Runs one subscriber until the run stops. Never panics on network errors.
+pub async fn subscriber(conn: usize, key: String, cfg: Arc<ClientConfig>, sh: Arc<Shared>) {
+    let result = match cfg.transport {
+        Transport::Ws => ws(conn, &key, &cfg, &sh).await,
+        Transport::Sse => sse(conn, &key, &cfg, &sh).await,
+    };
+    let was_ready = sh.ready[conn].swap(false, Ordering::Relaxed);
+    if was_ready {
+        sh.counters.ready.fetch_sub(1, Ordering::Relaxed);
+    }
+    if !sh.stop.is_cancelled() {
+        match result {
+            Err(Failure::Connect) => bump(&sh.counters.connect_errors, 1),
+            Err(Failure::Status) => bump(&sh.counters.status_errors, 1),
+            _ => bump(&sh.counters.disconnects, 1),
+        }
+    }
+}
+
+enum Failure {
+    Connect,
+    Status,
+    Stream,
+}
+
+fn mark_ready(conn: usize, sh: &Shared) {
+    if !sh.ready[conn].swap(true, Ordering::Relaxed) {
+        sh.counters.ready.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct OpenGuard<'a>(&'a Shared);
+impl<'a> OpenGuard<'a> {
+    fn new(sh: &'a Shared) -> Self {
+        sh.counters.open.fetch_add(1, Ordering::Relaxed);
+        Self(sh)
+    }
+}
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
+    let path = match cfg.system {
+        System::Pushgate => "/ws".to_owned(),
+        System::Nchan => format!("/sub/{key}"),
+        System::Pushpin => format!("/ws/{key}"),
+    };
+    let url = format!("ws://{}{}", cfg.host, path);
+    let stream = connect(cfg, conn).await.map_err(|_| Failure::Connect)?;
+    let _open = OpenGuard::new(sh);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20);
+    let handshake = tokio_tungstenite::client_async_with_config(url, stream, Some(config));
+    let (mut socket, _resp) = match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(_))) => return Err(Failure::Status),
+        _ => return Err(Failure::Connect),
+    };
+    if cfg.system == System::Pushgate {
+        let sub = serde_json::json!({
+            "type": "subscribe", "id": 1, "topic": cfg.topic, "keys": [key], "snapshot": false
+        });
+        socket
+            .send(Message::text(sub.to_string()))
+            .await
+            .map_err(|_| Failure::Stream)?;
+    } else {
+        mark_ready(conn, sh);
+    }
+    loop {
+        let msg = tokio::select! {
+            _ = sh.stop.cancelled() => return Ok(()),
+            msg = socket.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                let bytes = text.as_bytes();
+                if let Some(ts) = find_ts(bytes) {
+                    sh.stats.record(conn, ts);
+                } else if memmem::find(bytes, b"\"subscribed\"").is_some() {
+                    mark_ready(conn, sh);
+                } else if memmem::find(bytes, b"\"error\"").is_some() {
+                    return Err(Failure::Status);
+                }
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                if let Some(ts) = find_ts(&bytes) {
+                    sh.stats.record(conn, ts);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(Failure::Stream),
+        }
+    }
+}
+
+/// A decoder for `Transfer-Encoding: chunked`, fed arbitrary slices.
+#[derive(Default)]
+struct Chunked {
+    state: u8,
+    size: usize,
+}
+
+const SIZE: u8 = 0;
+const EXT: u8 = 1;
+const SIZE_LF: u8 = 2;
+const DATA: u8 = 3;
+const DATA_CR: u8 = 4;
+const DATA_LF: u8 = 5;
+const DONE: u8 = 6;
+
+impl Chunked {
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.state == DATA {
+                let n = self.size.min(input.len());
+                out.extend_from_slice(&input[..n]);
+                input = &input[n..];
+                self.size -= n;
+                if self.size == 0 {
+                    self.state = DATA_CR;
+                }
+                continue;
+            }
+            let b = input[0];
+            input = &input[1..];
+            match self.state {
+                SIZE => match b {
+                    b'0'..=b'9' => self.size = self.size * 16 + (b - b'0') as usize,
+                    b'a'..=b'f' => self.size = self.size * 16 + (b - b'a' + 10) as usize,
+                    b'A'..=b'F' => self.size = self.size * 16 + (b - b'A' + 10) as usize,
+                    b'\r' => self.state = SIZE_LF,
+                    b'\n' => self.after_size(),
+                    _ => self.state = EXT,
+                },
+                EXT => {
+                    if b == b'\n' {
+                        self.after_size();
+                    }
+                }
+                SIZE_LF => self.after_size(),
+                DATA_CR => self.state = if b == b'\r' { DATA_LF } else { SIZE },
+                DATA_LF => self.state = SIZE,
+                _ => return,
+            }
+        }
+    }
+
+    fn after_size(&mut self) {
+        self.state = if self.size == 0 { DONE } else { DATA };
+    }
+
+    fn done(&self) -> bool {
+        self.state == DONE
+    }
+}
+
+async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
+    let path = match cfg.system {
+        System::Pushgate => format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key),
+        System::Nchan => format!("/sub/{key}"),
+        System::Pushpin => format!("/stream/{key}"),
+    };
+    let mut stream = connect(cfg, conn).await.map_err(|_| Failure::Connect)?;
+    let _open = OpenGuard::new(sh);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+        cfg.host
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|_| Failure::Connect)?;
+    let mut read = [0u8; 4096];
+    // Response head.
+    let mut head: Vec<u8> = Vec::new();
+    let header_end = loop {
+        let n = tokio::select! {
+            _ = sh.stop.cancelled() => return Ok(()),
+            r = tokio::time::timeout(cfg.handshake_timeout, stream.read(&mut read)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(Failure::Connect),
+                Ok(Ok(n)) => n,
+            },
+        };
+        head.extend_from_slice(&read[..n]);
+        if let Some(at) = memmem::find(&head, b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > 64 * 1024 {
+            return Err(Failure::Status);
+        }
+    };
+    let status_ok = head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200");
+    if !status_ok {
+        return Err(Failure::Status);
+    }
+    let head_lower = head[..header_end].to_ascii_lowercase();
+    let mut chunked = memmem::find(&head_lower, b"transfer-encoding: chunked")
+        .is_some()
+        .then(Chunked::default);
+    if cfg.system == System::Nchan {
+        mark_ready(conn, sh);
+    }
+    let mut body: Vec<u8> = Vec::new();
+    let mut first = head[header_end..].to_vec();
+    drop(head);
+    loop {
+        let input: &[u8] = if !first.is_empty() {
+            &first
+        } else {
+            let n = tokio::select! {
+                _ = sh.stop.cancelled() => return Ok(()),
+                r = stream.read(&mut read) => match r {
+                    Ok(0) | Err(_) => return Err(Failure::Stream),
+                    Ok(n) => n,
+                },
+            };
+            &read[..n]
+        };
+        match &mut chunked {
+            Some(dec) => {
+                dec.feed(input, &mut body);
+                if dec.done() {
+                    return Err(Failure::Stream);
+                }
+            }
+            None => body.extend_from_slice(input),
+        }
+        first.clear();
+        first.shrink_to_fit();
+        // Complete lines only.
+        let mut consumed = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &body[consumed..]) {
+            let line = &body[consumed..consumed + nl];
+            if line.starts_with(b"data:") {
+                if let Some(ts) = find_ts(line) {
+                    sh.stats.record(conn, ts);
+                } else if !sh.ready[conn].load(Ordering::Relaxed)
+                    && memmem::find(line, b"subscribed").is_some()
+                {
+                    mark_ready(conn, sh);
+                }
+            } else if line.starts_with(b"event: subscribed") {
+                mark_ready(conn, sh);
+            }
+            consumed += nl + 1;
+        }
+        body.drain(..consumed);
+        if body.capacity() > 64 * 1024 && body.len() < 1024 {
+            body.shrink_to(1024);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_decodes_split_input() {
+        let wire = b"5\r\nhello\r\n7;x=y\r\n world!\r\n0\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut d = Chunked::default();
+            let mut out = Vec::new();
+            d.feed(&wire[..split], &mut out);
+            d.feed(&wire[split..], &mut out);
+            assert_eq!(out, b"hello world!", "split at {split}");
+            assert!(d.done());
+        }
+    }
+
+    #[test]
+    fn finds_timestamp() {
+        assert_eq!(
+            find_ts(br#"data: {"timestamp":5,"data":{"ts":1234,"seq":1}}"#),
+            Some(1234)
+        );
+        assert_eq!(find_ts(br#"{"timestamp":5}"#), None);
+    }
+}
