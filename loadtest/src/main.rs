@@ -635,9 +635,10 @@ async fn run(args: RunArgs) -> Result<bool> {
         } else {
             0.0
         };
-        let ok = ready > 0 && expected > 0 && ratio >= min;
+        let ok = ready == args.connections && expected > 0 && ratio >= min;
         println!(
-            "delivery check: {got}/{expected} = {:.3} (need >= {min}) {}",
+            "delivery check: {ready}/{} subscribed, {got}/{expected} deliveries = {:.3} (need all subscribed and >= {min}) {}",
+            args.connections,
             ratio,
             if ok { "ok" } else { "FAILED" }
         );
