@@ -105,6 +105,32 @@ pub struct Admission {
     pub slot: ConnectionSlot,
 }
 
+/// Why a streaming client was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthorized,
+    TooManyFromIp,
+    Unavailable,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized => unauthorized(),
+            Refusal::TooManyFromIp => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections from this address",
+            ),
+            Refusal::Unavailable => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "not accepting connections",
+            ),
+        }
+    }
+}
+
 /// Authenticates a streaming (WebSocket or SSE) client and takes its connection slot.
 pub fn admit(
     state: &AppState,
@@ -112,30 +138,21 @@ pub fn admit(
     query: Option<&str>,
     peer: SocketAddr,
     transport: &'static str,
-) -> Result<Admission, Response> {
+) -> Result<Admission, Refusal> {
     let token = auth::token_from(headers, query, &state.config.auth.cookie);
-    let anonymous_ok = state.config.auth.anonymous_subscribe;
-    let identity = match (token.as_deref(), anonymous_ok) {
-        (None, false) => return Err(unauthorized()),
-        (token, _) => state.auth.identify(token).map_err(|e| {
-            tracing::debug!(error = %e, %peer, "authentication failed");
-            unauthorized()
-        })?,
-    };
+    if token.is_none() && !state.config.auth.anonymous_subscribe {
+        return Err(Refusal::Unauthorized);
+    }
+    let identity = state.auth.identify(token.as_deref()).map_err(|e| {
+        tracing::debug!(error = %e, %peer, "authentication failed");
+        Refusal::Unauthorized
+    })?;
     let ip = auth::client_ip(peer, headers, &state.config.server.trusted_proxies);
     let slot = state
         .connection_slot(transport, ip)
         .map_err(|refused| match refused {
-            Refused::TooManyFromIp => json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
-                "too many connections from this address",
-            ),
-            Refused::TooMany | Refused::Draining => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "not accepting connections",
-            ),
+            Refused::TooManyFromIp => Refusal::TooManyFromIp,
+            Refused::TooMany | Refused::Draining => Refusal::Unavailable,
         })?;
     Ok(Admission { identity, slot })
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -70,7 +70,7 @@ pub async fn handler(
     let Admission { identity, slot } =
         match http::admit(&state, &headers, query.as_deref(), peer, "sse") {
             Ok(admission) => admission,
-            Err(response) => return response,
+            Err(refusal) => return refusal.into_response(),
         };
     let mut req = match parse_query(query.as_deref().unwrap_or("")) {
         Ok(req) => req,

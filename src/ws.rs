@@ -47,7 +47,7 @@ pub async fn handler(
     }
     let admission = match http::admit(&state, &headers, query.as_deref(), peer, "ws") {
         Ok(admission) => admission,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     configure(upgrade, &state)
         .on_upgrade(move |socket| {

@@ -21,8 +21,23 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A config with test topics: `t` (3 partitions), `one` (1 partition),
-/// `small` (tiny ring and retention, fast retention checks).
+/// `small` (tiny ring and retention, fast retention checks). `extra` is TOML
+/// merged over it, key by key within each section.
 pub fn config_toml(data_dir: &Path, extra: &str) -> String {
+    let mut base: toml::Table = toml::from_str(&base_toml(data_dir)).unwrap();
+    let extra: toml::Table = toml::from_str(extra).expect("extra config is TOML");
+    for (section, value) in extra {
+        match (base.get_mut(&section), value) {
+            (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
+            (_, value) => {
+                base.insert(section, value);
+            }
+        }
+    }
+    toml::to_string(&base).unwrap()
+}
+
+fn base_toml(data_dir: &Path) -> String {
     format!(
         r#"
 [server]
@@ -35,7 +50,6 @@ retention_check_interval = "50ms"
 [auth]
 anonymous_subscribe = true
 anonymous_publish = true
-{extra}
 [[topics]]
 name = "t"
 partitions = 3

@@ -1,0 +1,494 @@
+//! Hostile clients: bad tokens, grants, expiry, key rotation, origins, limits, slowloris.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn key_file(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(KEYS).join(name)).unwrap()
+}
+
+/// Auth config: anonymous off, HMAC + RSA + EC + Ed25519 keys, iss/aud checked, a JWKS file.
+fn auth_toml(jwks: &Path, per_ip: usize) -> String {
+    format!(
+        r#"
+[auth]
+anonymous_subscribe = false
+anonymous_publish = false
+issuer = ["https://issuer.test"]
+audience = ["pushgate"]
+leeway = "0s"
+expiry_grace = "1s"
+jwks_file = "{jwks}"
+jwks_refresh = "100ms"
+cookie = "pg_token"
+[[auth.keys]]
+kind = "hmac"
+kid = "hs"
+secret = "{HMAC_SECRET}"
+[[auth.keys]]
+kind = "rsa"
+kid = "rs"
+pem_file = "{keys}/rsa.pub"
+[[auth.keys]]
+kind = "ec"
+kid = "ec"
+pem_file = "{keys}/ec.pub"
+[[auth.keys]]
+kind = "ed25519"
+kid = "ed"
+pem_file = "{keys}/ed25519.pub"
+[limits]
+publish_rate = 5.0
+publish_burst = 5.0
+max_connections_per_ip = {per_ip}
+[websocket]
+subscribe_timeout = "1500ms"
+[server]
+header_read_timeout = "1s"
+"#,
+        jwks = jwks.display(),
+        keys = KEYS,
+    )
+}
+
+fn claims(exp_in: i64) -> Value {
+    json!({
+        "sub": "user-1",
+        "iss": "https://issuer.test",
+        "aud": "pushgate",
+        "exp": (now() as i64 + exp_in),
+        "pushgate": {"subscribe": ["t", "one:k*"], "publish": ["one:k1"]},
+    })
+}
+
+fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&key_file("rsa.key")).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&key_file("ec.key")).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&key_file("ed25519.key")).unwrap(),
+        _ => unreachable!(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    encode(&header, claims, &key).unwrap()
+}
+
+/// A token with a hand-made header, signed with HMAC over `secret`.
+fn forge_hs256(header: Value, claims: &Value, secret: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{h}.{c}").as_bytes());
+    format!(
+        "{h}.{c}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+async fn start(dir: &tempfile::TempDir, per_ip: usize) -> TestServer {
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    TestServer::start_with(&auth_toml(&jwks, per_ip)).await
+}
+
+/// The WebSocket handshake status for `token` (101 = accepted).
+async fn ws_status(server: &TestServer, token: Option<&str>) -> u16 {
+    let mut req = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, resp)) => resp.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("handshake failed oddly: {e}"),
+    }
+}
+
+async fn sse_status(server: &TestServer, token: &str) -> u16 {
+    server
+        .http
+        .get(server.url(&format!("/sse?topic=t&access_token={token}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn publish_status(server: &TestServer, token: &str, key: &str) -> u16 {
+    server
+        .http
+        .post(server.url("/topics/one"))
+        .bearer_auth(token)
+        .json(&json!({"key": key, "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn ws_with_token(server: &TestServer, token: &str) -> WsClient {
+    let mut req = format!("ws://{}/ws?access_token={token}", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().remove("authorization");
+    let (stream, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    WsClient { stream }
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_and_valid_ones_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+    let good = claims(300);
+
+    // Valid tokens of each key type are accepted.
+    for (alg, kid) in [
+        (Algorithm::HS256, "hs"),
+        (Algorithm::RS256, "rs"),
+        (Algorithm::ES256, "ec"),
+        (Algorithm::EdDSA, "ed"),
+    ] {
+        let token = sign(alg, kid, &good);
+        assert_eq!(ws_status(&server, Some(&token)).await, 101, "{alg:?}");
+        assert_eq!(sse_status(&server, &token).await, 200, "{alg:?}");
+    }
+    // Cookie works too.
+    let token = sign(Algorithm::HS256, "hs", &good);
+    let r = server
+        .http
+        .get(server.url("/sse?topic=t"))
+        .header("cookie", format!("other=1; pg_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let mut bad_sig = sign(Algorithm::HS256, "hs", &good);
+    bad_sig.pop();
+    bad_sig.push(if bad_sig.ends_with('A') { 'B' } else { 'A' });
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(good.to_string())
+    );
+    let rsa_public_pem = key_file("rsa.pub");
+    let confused = forge_hs256(json!({"alg": "HS256", "kid": "rs"}), &good, &rsa_public_pem);
+    let confused_no_kid = forge_hs256(json!({"alg": "HS256"}), &good, &rsa_public_pem);
+    let expired = sign(Algorithm::HS256, "hs", &claims(-120));
+    let mut future = claims(300);
+    future["nbf"] = json!(now() + 3600);
+    let not_yet = sign(Algorithm::RS256, "rs", &future);
+    let mut wrong_iss = claims(300);
+    wrong_iss["iss"] = json!("https://evil.test");
+    let mut wrong_aud = claims(300);
+    wrong_aud["aud"] = json!("someone-else");
+    let mut no_exp = claims(300);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let unknown_kid = sign(Algorithm::HS256, "nope", &good);
+    // Signed by an attacker's key, pointing at the attacker's key set: never followed.
+    let attacker = EncodingKey::from_rsa_pem(&key_file("attacker_rsa.key")).unwrap();
+    let mut jku = Header::new(Algorithm::RS256);
+    jku.kid = Some("rs".into());
+    jku.jku = Some("http://127.0.0.1:9/jwks.json".into());
+    let jku_token = encode(&jku, &good, &attacker).unwrap();
+    let attacker_jwk: Value =
+        json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode("attacker-secret-attacker-secret-xx")});
+    let jwk_token = forge_hs256(
+        json!({"alg": "HS256", "jwk": attacker_jwk}),
+        &good,
+        b"attacker-secret-attacker-secret-xx",
+    );
+
+    let cases = [
+        ("bad signature", bad_sig),
+        ("alg none", none),
+        ("HS256 with RSA public key as secret", confused),
+        ("HS256 with RSA public key, no kid", confused_no_kid),
+        ("expired", expired),
+        ("nbf in the future", not_yet),
+        ("wrong iss", sign(Algorithm::HS256, "hs", &wrong_iss)),
+        ("wrong aud", sign(Algorithm::HS256, "hs", &wrong_aud)),
+        ("missing exp", sign(Algorithm::HS256, "hs", &no_exp)),
+        ("unknown kid", unknown_kid),
+        ("jku to elsewhere", jku_token),
+        ("embedded jwk", jwk_token),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    for (what, token) in &cases {
+        assert_eq!(ws_status(&server, Some(token)).await, 401, "ws: {what}");
+        assert_eq!(sse_status(&server, token).await, 401, "sse: {what}");
+        assert_eq!(
+            publish_status(&server, token, "k1").await,
+            401,
+            "publish: {what}"
+        );
+        let body: Value = server
+            .http
+            .get(server.url(&format!("/sse?topic=t&access_token={token}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["message"], "authentication required",
+            "one generic message"
+        );
+    }
+    // No token at all, with anonymous access off.
+    assert_eq!(ws_status(&server, None).await, 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grants_limit_subscriptions_and_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+    let token = sign(Algorithm::HS256, "hs", &claims(300));
+    let mut ws = ws_with_token(&server, &token).await;
+    for refused in [
+        json!({"type": "subscribe", "id": 1, "topic": "one"}),
+        json!({"type": "subscribe", "id": 2, "topic": "one", "keys": ["k1", "x"]}),
+        json!({"type": "subscribe", "id": 3, "topic": "posts"}),
+    ] {
+        ws.send(refused).await;
+        let err = ws.json().await;
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["code"], "forbidden", "{err}");
+    }
+    // The connection still works for what is granted.
+    ws.subscribe(json!({"id": 4, "topic": "one", "keys": ["k1", "k2"], "snapshot": false}))
+        .await;
+    ws.subscribe(json!({"id": 5, "topic": "t", "snapshot": false}))
+        .await;
+    assert_eq!(publish_status(&server, &token, "k1").await, 200);
+    assert_eq!(
+        publish_status(&server, &token, "k2").await,
+        403,
+        "publish grant is k1 only"
+    );
+    let rec = ws.json().await;
+    assert_eq!(rec["key"], "k1");
+    let r = server
+        .http
+        .post(server.url("/topics/t"))
+        .bearer_auth(&token)
+        .json(&json!({"key": "a", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // SSE outside the grants: 403.
+    let r = server
+        .http
+        .get(server.url(&format!("/sse?topic=one&access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Publish rate: burst 5 records, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(publish_status(&server, &token, "k1").await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expired_token_closes_the_connection_unless_refreshed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+
+    let short = sign(Algorithm::HS256, "hs", &claims(2));
+    let mut ws = ws_with_token(&server, &short).await;
+    ws.subscribe(json!({"topic": "t", "snapshot": false})).await;
+    let started = Instant::now();
+    let warning = ws.json().await;
+    assert_eq!(warning["type"], "token_expiring", "{warning}");
+    assert_eq!(ws.close_code().await, Some(4010));
+    assert!(started.elapsed() < Duration::from_secs(6));
+
+    // The same, but a fresh token arrives in time: the connection stays.
+    let short = sign(Algorithm::HS256, "hs", &claims(2));
+    let mut ws = ws_with_token(&server, &short).await;
+    ws.subscribe(json!({"topic": "t", "snapshot": false})).await;
+    assert_eq!(ws.json().await["type"], "token_expiring");
+    let fresh = sign(Algorithm::HS256, "hs", &claims(300));
+    ws.send(json!({"type": "refresh", "token": fresh})).await;
+    assert_eq!(ws.json().await["type"], "refreshed");
+    ws.expect_silence(Duration::from_millis(2500)).await;
+    // A refresh with a bad token is refused, the connection stays.
+    ws.send(json!({"type": "refresh", "token": "junk"})).await;
+    assert_eq!(ws.json().await["code"], "unauthorized");
+
+    // SSE ends at expiry.
+    let short = sign(Algorithm::HS256, "hs", &claims(2));
+    let mut sse = server
+        .sse(
+            &format!("topic=t&snapshot=false&access_token={short}"),
+            None,
+        )
+        .await;
+    assert_eq!(sse.status, 200);
+    assert!(
+        sse.wait_end(Duration::from_secs(6)).await,
+        "SSE stream ends at expiry"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_jwks_key_is_accepted_after_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+    let secret = "rotated-secret-rotated-secret-rotated-!!";
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("next".into());
+    let token = encode(
+        &header,
+        &claims(300),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        ws_status(&server, Some(&token)).await,
+        401,
+        "not yet published"
+    );
+    let jwks =
+        json!({"keys": [{"kty": "oct", "kid": "next", "k": URL_SAFE_NO_PAD.encode(secret)}]});
+    // Make sure the modification time moves even on coarse clocks.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if ws_status(&server, Some(&token)).await == 101 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated key never accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_origin_per_ip_limit_and_idle_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 5).await;
+    let token = sign(Algorithm::HS256, "hs", &claims(300));
+
+    let handshake = |origin: &'static str| {
+        let token = token.clone();
+        let addr = server.addr;
+        async move {
+            let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+            match tokio_tungstenite::connect_async(req).await {
+                Ok((_, resp)) => resp.status().as_u16(),
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(handshake("https://evil.example").await, 403);
+    let same = Box::leak(format!("http://{}", server.addr).into_boxed_str());
+    assert_eq!(handshake(same).await, 101);
+
+    // Five connections from 127.0.0.1 are allowed, the sixth is refused.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(ws_with_token(&server, &token).await);
+    }
+    assert_eq!(ws_status(&server, Some(&token)).await, 429);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A WebSocket that never subscribes is closed with 4008.
+    let mut idle = ws_with_token(&server, &token).await;
+    let started = Instant::now();
+    assert_eq!(idle.close_code().await, Some(4008));
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn half_sent_headers_are_cut_off_while_normal_clients_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push((Instant::now(), s));
+    }
+    // A normal client is still served while they hang.
+    let r = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Each half-sent request is closed by the server: 1 s header timeout, plus
+    // slack for a shared, loaded machine; never left open forever.
+    let mut closed = 0;
+    let mut latest = Duration::ZERO;
+    for (opened, mut s) in slow {
+        let mut buf = [0u8; 256];
+        let deadline = opened + Duration::from_secs(6);
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed += 1;
+                latest = latest.max(opened.elapsed());
+            }
+            Ok(Ok(_)) => panic!("the server answered a request it never fully got"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, 1000, "all slowloris connections closed");
+    assert!(
+        latest >= Duration::from_millis(900),
+        "closed by the timeout, not at once"
+    );
+    let r = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
