@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# WebSocket conformance: the Autobahn|Testsuite fuzzing client against the
+# gateway's WebSocket stack, with its production framing settings (buffer
+# sizes and so on from config/pushgate.toml defaults) and the test-only /echo
+# endpoint. Sections 1-7, 9 and 10. Fails on any FAILED, UNCLEAN or WRONG CODE
+# result, and on any difference from tests/autobahn/expected.txt.
+#
+#   tests/autobahn/run.sh            run and compare
+#   tests/autobahn/run.sh --update   run and rewrite expected.txt
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+here=tests/autobahn
+py2="${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin"
+if [ ! -x "$py2/wstest" ]; then
+  echo "autobahn: installing autobahntestsuite under Python 2.7.18"
+  "$py2/python" -m pip install --quiet autobahntestsuite
+fi
+bin=${PUSHGATE_BIN:-target/debug/pushgate}
+[ -x "$bin" ] || cargo build -q -p pushgate
+
+work=$(mktemp -d)
+cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/pushgate.toml" <<TOML
+[server]
+static_dir = ""
+[embedded]
+data_dir = "$work/data"
+[auth]
+anonymous_subscribe = true
+[limits]
+# Section 9 sends messages of up to 16 MiB; every other framing setting is the production default.
+max_message_bytes = 20000000
+[testing]
+echo_endpoint = true
+[[topics]]
+name = "t"
+TOML
+"$bin" --config "$work/pushgate.toml" --listen 127.0.0.1:0 2> "$work/pushgate.log" &
+pid=$!
+for _ in $(seq 1 100); do
+  port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/pushgate.log" | head -1)
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "${port:-}" ] || { cat "$work/pushgate.log"; echo "autobahn: gateway did not start"; exit 1; }
+
+cat > "$work/spec.json" <<JSON
+{
+  "outdir": "$work/reports",
+  "servers": [{"agent": "pushgate", "url": "ws://127.0.0.1:$port/echo"}],
+  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"],
+  "exclude-cases": [],
+  "exclude-agent-cases": {}
+}
+JSON
+echo "autobahn: running the fuzzing client against ws://127.0.0.1:$port/echo"
+(cd "$work" && timeout 1200 "$py2/wstest" -m fuzzingclient -s spec.json > wstest.log 2>&1) || {
+  tail -20 "$work/wstest.log"; echo "autobahn: wstest failed"; exit 1; }
+
+python3 - "$work/reports/index.json" "$work/results.txt" <<'PY'
+import json, sys
+index = json.load(open(sys.argv[1]))["pushgate"]
+def key(case):
+    return [int(p) for p in case.split(".")]
+lines = []
+for case in sorted(index, key=key):
+    r = index[case]
+    lines.append("%s %s %s" % (case, r["behavior"], r["behaviorClose"]))
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+PY
+bad=$(grep -E " (FAILED|UNCLEAN|WRONG CODE)" "$work/results.txt" || true)
+total=$(wc -l < "$work/results.txt")
+if [ "${1:-}" = "--update" ]; then
+  cp "$work/results.txt" "$here/expected.txt"
+  echo "autobahn: wrote $here/expected.txt ($total cases)"
+fi
+if [ -n "$bad" ]; then
+  echo "$bad"
+  echo "autobahn: $(echo "$bad" | wc -l) cases FAILED, UNCLEAN or WRONG CODE"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+if ! diff -u "$here/expected.txt" "$work/results.txt"; then
+  echo "autobahn: results differ from $here/expected.txt"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+echo "autobahn: $total cases match $here/expected.txt; none FAILED, UNCLEAN or WRONG CODE"
