@@ -69,7 +69,7 @@ function connect() {
     state.resumed ??= { missed: 0, topics: {} };
     state.resumed.missed += missed;
     state.resumed.topics[topic] = missed;
-    const detail = Object.entries(state.resumed.topics).map(([t, n]) => `${t} ${n}`).join(', ');
+    const detail = Object.entries(state.resumed.topics).sort().map(([t, n]) => `${t} ${n}`).join(', ');
     const line = $('[data-testid=resume-line]');
     line.textContent = `resumed: ${state.resumed.missed} missed update${state.resumed.missed === 1 ? '' : 's'} delivered (${detail})`;
     line.dataset.missed = String(state.resumed.missed);
