@@ -38,6 +38,7 @@ const state = {
   quotes: new Map(), // symbol -> {price, change, change_pct, history[]}
   posts: new Map(),  // key -> record
   resumed: null,     // {missed, topics} for the last reconnect
+  resets: null,      // topic -> reason, for the last reconnect
 };
 state.symbols = [...new Set(state.symbols)];
 
@@ -56,13 +57,16 @@ function connect() {
   const maxDelay = Number(params.get('maxDelay')) || undefined;
   client = new Pushgate({ transport: state.transport, maxDelay });
   client.on('state', (s) => {
-    if (s === 'reconnecting') state.resumed = null; // the next `resumed` events start a new tally
+    if (s === 'reconnecting') state.resumed = state.resets = null; // the next reconnect starts a new tally
     renderState(s);
   });
   client.on('record', renderCounters);
   client.on('reset', (info) => {
+    state.resets ??= new Map();
+    state.resets.set(info.topic, info.reason);
+    const what = [...state.resets].sort().map(([topic, reason]) => (reason ? `${topic} (${reason})` : topic)).join(', ');
     const line = $('[data-testid=reset-line]');
-    line.textContent = `missed data on ${info.topic}${info.reason ? ` (${info.reason})` : ''}: reloaded from a fresh snapshot`;
+    line.textContent = `missed data on ${what}: reloaded from a fresh snapshot`;
     line.hidden = false;
   });
   client.on('resumed', ({ topic, missed }) => {
@@ -78,7 +82,10 @@ function connect() {
   client.on('error', (err) => console.warn('pushgate:', err.code, err.message));
   renderState(client.state);
   subscribePrices();
-  client.subscribe('posts', { onRecord: onPost });
+  client.subscribe('posts', {
+    onRecord: onPost,
+    onReset: () => { state.posts.clear(); renderPosts(); }, // the fresh snapshot refills it
+  });
   renderTransport();
   renderCounters();
 }
@@ -90,7 +97,12 @@ function subscribePrices() {
   } else if (pricesSub) {
     pricesSub.setKeys(state.symbols);
   } else {
-    pricesSub = client.subscribe('prices', { keys: state.symbols, onRecord: onPrice });
+    pricesSub = client.subscribe('prices', {
+      keys: state.symbols,
+      onRecord: onPrice,
+      // Data was missed: forget what we had; the fresh snapshot that follows refills it.
+      onReset: () => { state.quotes.clear(); for (const sym of state.symbols) renderQuote(sym); },
+    });
   }
 }
 

@@ -223,6 +223,36 @@ for (const transport of ['ws', 'sse']) {
   });
 }
 
+for (const transport of ['ws', 'sse']) {
+  test(`a wiped log is reported plainly and reloaded from a snapshot over ${transport.toUpperCase()}`, T, async (t) => {
+    const { gw, page } = await setup(t);
+    await gw.price('AAPL', 100);
+    await page.goto(`${gw.url}/?transport=${transport}&symbols=AAPL,MSFT&maxDelay=2000`);
+    await waitLive(page);
+    await price(page, 'AAPL').filter({ hasText: '100.00' }).waitFor();
+    const reset = page.locator('[data-testid=reset-line]');
+    assert.equal(await reset.isHidden(), true);
+
+    // The gateway comes back on the same port with an empty log: the page's
+    // cursor names the old log (another epoch), so it cannot be honoured.
+    await gw.stop();
+    await page.locator('[data-testid=conn-state][data-state=reconnecting]').waitFor({ timeout: 5000 });
+    const wiped = new Gateway();
+    await wiped.start(0);
+    await wiped.price('MSFT', 250.25);
+    await wiped.stop();
+    gw.dataDir = wiped.dataDir;
+    await gw.start(gw.port);
+    await waitLive(page, 20000);
+    await reset.filter({ hasText: 'posts (epoch), prices (epoch)' }).waitFor({ timeout: 5000 });
+    assert.equal(await reset.textContent(), 'missed data on posts (epoch), prices (epoch): reloaded from a fresh snapshot');
+    // The fresh snapshot of the new log follows.
+    await price(page, 'MSFT').filter({ hasText: '250.25' }).waitFor({ timeout: 1000 });
+    assert.equal(await price(page, 'AAPL').textContent(), '—', 'values from the old log are dropped');
+    await screenshot(page, `reset-${transport}`);
+  });
+}
+
 test('switching transport in the page keeps the dashboard live', T, async (t) => {
   const { gw, page, errors } = await setup(t);
   await gw.price('NVDA', 500);
