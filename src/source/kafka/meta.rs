@@ -32,8 +32,38 @@ pub enum MetaError {
     Timeout(Duration),
 }
 
-/// Describes `names` (ids and partition counts) in one request.
+/// Describes `names` (ids and partition counts).
+///
+/// Only topics that exist are described: tansu 0.6 answers librdkafka's
+/// DescribeTopics (Metadata v12) for an unknown topic with an entry that makes
+/// librdkafka 2.12 crash in its metadata cache (a NULL topic name reaching
+/// `strcmp`). So the cluster's topic list is fetched first (a plain all-topics
+/// Metadata request), and a topic absent from it is reported `Missing`.
 pub fn describe_topics<C: ClientContext>(
+    client: &Client<C>,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, Described)>, MetaError> {
+    let listed = client
+        .fetch_metadata(None, timeout)
+        .map_err(|e| MetaError::Describe(e.to_string()))?;
+    let existing: std::collections::HashSet<&str> =
+        listed.topics().iter().map(|t| t.name()).collect();
+    let (present, missing): (Vec<String>, Vec<String>) = names
+        .iter()
+        .cloned()
+        .partition(|n| existing.contains(n.as_str()));
+    let mut out: Vec<(String, Described)> = missing
+        .into_iter()
+        .map(|n| (n, Described::Missing))
+        .collect();
+    if !present.is_empty() {
+        out.extend(describe_existing(client, &present, timeout)?);
+    }
+    Ok(out)
+}
+
+fn describe_existing<C: ClientContext>(
     client: &Client<C>,
     names: &[String],
     timeout: Duration,
