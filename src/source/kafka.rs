@@ -652,6 +652,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_kafka_config_is_valid() {
+        let text = include_str!("../../config/kafka.toml");
+        let config = Config::from_toml_str(text, std::iter::empty()).unwrap();
+        assert_eq!(config.source.kind, crate::config::SourceKind::Kafka);
+        assert_eq!(config.kafka.fetch_wait_max_ms, 10);
+        let bad = text.replace("catchup_readers = 4", "catchup_readers = 0");
+        let err = Config::from_toml_str(&bad, std::iter::empty()).unwrap_err();
+        assert!(err.to_string().contains("kafka.catchup_readers"), "{err}");
+    }
+
+    #[test]
     fn warm_start_range() {
         assert_eq!(warm_from(WarmStart::Tail, 100, 0, 1000), 900);
         assert_eq!(warm_from(WarmStart::Tail, 100, 950, 1000), 950);
