@@ -49,6 +49,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub demo: DemoConfig,
     pub testing: TestingConfig,
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +70,7 @@ pub struct ServerConfig {
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Embedded,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -473,6 +475,9 @@ impl Config {
                 _ => {}
             }
         }
+        if self.source.kind == SourceKind::Kafka {
+            self.kafka.validate(&self.topics)?;
+        }
         if self.demo.enabled {
             if self.topic(&self.demo.topic).is_none() {
                 return Err(invalid(
@@ -493,6 +498,115 @@ impl Config {
     /// True when this config lets anyone publish on a non-loopback address.
     pub fn open_publish_on_network(&self) -> bool {
         self.auth.anonymous_publish && !self.server.listen.ip().is_loopback()
+    }
+}
+
+/// How a Kafka node fills its ring and view at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmStart {
+    /// The last `source.warm_start_records` records of each partition.
+    Tail,
+    /// Everything retained (compacted topics that hold a full view).
+    Earliest,
+}
+
+/// `[kafka]`: used when `source.kind = "kafka"`; every key is documented in `config/kafka.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    pub client_id: String,
+    pub warm_start: WarmStart,
+    /// librdkafka `fetch.wait.max.ms`: the longest a fetch waits for data (its default, 500, would dominate latency).
+    pub fetch_wait_max_ms: u32,
+    /// librdkafka `linger.ms` for the publish API's producer.
+    pub linger_ms: u32,
+    /// How often topic metadata is checked for new partitions, new topics and recreated topics.
+    #[serde(with = "humantime_serde")]
+    pub metadata_refresh_interval: Duration,
+    /// How long start-up waits for the broker before giving up.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Catch-up readers (separate consumers) reading older ranges at once.
+    pub catchup_readers: usize,
+    /// Records kept per partition from recent catch-up reads, shared by nearby resumes.
+    pub catchup_cache_records: usize,
+    /// Longest a catch-up read waits for the broker.
+    #[serde(with = "humantime_serde")]
+    pub catchup_timeout: Duration,
+    /// Records whose value is larger than this are skipped (counted, logged, dead-lettered).
+    pub max_record_bytes: usize,
+    /// Topic that skipped records are copied to, unchanged; empty for none.
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties for every client (security.protocol, sasl.*, …).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "pushgate".into(),
+            warm_start: WarmStart::Tail,
+            fetch_wait_max_ms: 10,
+            linger_ms: 1,
+            metadata_refresh_interval: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(30),
+            catchup_readers: 4,
+            catchup_cache_records: 10_000,
+            catchup_timeout: Duration::from_secs(10),
+            max_record_bytes: 1 << 20,
+            dead_letter_topic: String::new(),
+            properties: Default::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self, topics: &[TopicConfig]) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        if self.fetch_wait_max_ms > 5_000 {
+            return Err(invalid("kafka.fetch_wait_max_ms", "must be at most 5000"));
+        }
+        for (key, value) in [
+            ("kafka.catchup_readers", self.catchup_readers),
+            ("kafka.max_record_bytes", self.max_record_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, value) in [
+            (
+                "kafka.metadata_refresh_interval",
+                self.metadata_refresh_interval,
+            ),
+            ("kafka.startup_timeout", self.startup_timeout),
+            ("kafka.catchup_timeout", self.catchup_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if !self.dead_letter_topic.is_empty() {
+            if !valid_topic_name(&self.dead_letter_topic) {
+                return Err(invalid(
+                    "kafka.dead_letter_topic",
+                    "must be 1-249 characters of [a-zA-Z0-9._-]",
+                ));
+            }
+            if topics.iter().any(|t| t.name == self.dead_letter_topic) {
+                return Err(invalid(
+                    "kafka.dead_letter_topic",
+                    "must not be one of the [[topics]] it guards",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -374,6 +374,29 @@ impl Topic {
         }
     }
 
+    /// Closes the connection queue of every subscription to this topic (used when
+    /// a source replaces the topic, e.g. a Kafka topic that was recreated): the
+    /// clients reconnect and resume with their cursor, whose epoch is then
+    /// foreign, and are told `recovered:false`. Returns how many were closed.
+    pub fn disconnect_all(&self) -> usize {
+        let mut subs: Vec<Arc<Sub>> = self.index.all.read().expect("index lock").clone();
+        subs.extend(
+            self.index
+                .prefixed
+                .read()
+                .expect("index lock")
+                .iter()
+                .cloned(),
+        );
+        for entry in self.index.by_key.iter() {
+            subs.extend(entry.value().iter().cloned());
+        }
+        for sub in &subs {
+            sub.outbox.close(CloseReason::Slow);
+        }
+        subs.len()
+    }
+
     /// Removes a subscription from the index; nothing more is queued for it.
     pub fn unregister(&self, sub: &Arc<Sub>) {
         self.index.remove(sub);

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//! source::{embedded}  reads/appends the log; feeds every record to the hub
+//! source::{embedded, kafka}  reads/appends the log; feeds every record to the hub
 //!        │
 //!        ▼
 //! hub                 per topic: partitions (ring of recent records + latest value
@@ -72,6 +72,8 @@ pub enum RunError {
     Log(#[from] LogError),
     #[error("{0}")]
     Auth(#[from] auth::AuthSetupError),
+    #[error("cannot start the Kafka source: {0}")]
+    Kafka(#[from] source::kafka::KafkaSourceError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -89,6 +91,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
             Arc::new(log)
         }
+        config::SourceKind::Kafka => Arc::new(
+            source::kafka::KafkaSource::open(&config, Arc::clone(&hub), shutdown.clone()).await?,
+        ),
     };
     if config.open_publish_on_network() {
         tracing::warn!(

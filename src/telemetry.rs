@@ -23,6 +23,10 @@ pub const GAPS: &str = "pushgate_resume_gaps_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
 pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
+pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
+pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
+pub const KAFKA_BAD_RECORDS: &str = "pushgate_kafka_bad_records_total";
+pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -102,4 +106,25 @@ pub fn append_latency(elapsed: Duration) {
 /// `code` is one of the protocol's fixed error codes.
 pub fn client_error(code: &'static str) {
     counter!(CLIENT_ERRORS, "code" => code).increment(1);
+}
+
+/// 1 while the Kafka consumer reaches its broker, 0 during an outage.
+pub fn kafka_connected(up: bool) {
+    gauge!(KAFKA_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records behind the high watermark, per partition (labels bounded by the partition count).
+pub fn kafka_lag(topic: &str, partition: u32, lag: u64) {
+    gauge!(KAFKA_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(lag as f64);
+}
+
+/// `reason` is "too_large" or "key_not_utf8".
+pub fn kafka_bad_record(reason: &'static str) {
+    counter!(KAFKA_BAD_RECORDS, "reason" => reason).increment(1);
+}
+
+/// `served` is "cache" (a nearby resume's read) or "kafka".
+pub fn kafka_catchup(served: &'static str) {
+    counter!(KAFKA_CATCHUP_READS, "served" => served).increment(1);
 }

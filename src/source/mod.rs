@@ -1,4 +1,4 @@
-//! Sources: where records come from (the embedded log; Kafka slots in here too).
+//! Sources: where records come from (the embedded log, or Kafka).
 //!
 //! A source feeds every record of its topics to the [`Hub`](crate::hub::Hub)
 //! through [`Topic::ingest`](crate::hub::Topic::ingest), in offset order per
@@ -8,6 +8,7 @@
 //! see this trait.
 
 pub mod embedded;
+pub mod kafka;
 
 use async_trait::async_trait;
 

@@ -1,0 +1,672 @@
+//! The Kafka source: every node assigns itself every partition of its topics and feeds the hub.
+//!
+//! - **Live consumer**: one librdkafka consumer on its own thread, `assign()`ed
+//!   (no consumer group, no `subscribe()`: rebalances would cut streams, and
+//!   every node needs every record) to all partitions of the configured topics,
+//!   tuned for latency (`fetch.wait.max.ms` small). It hands each record to
+//!   [`Topic::ingest`] in offset order. When the broker goes away librdkafka
+//!   keeps the fetch position and reconnects; delivery resumes from there, and
+//!   the hub ignores anything it has already seen.
+//! - **Positions** are Kafka offsets; the epoch of a topic is a hash of the
+//!   cluster id and the topic id (see [`meta`]), so a recreated topic gets a new
+//!   epoch and old cursors are answered with `recovered:false`.
+//! - **Warm start**: each partition is read from `max(low, high - warm_start_records)`
+//!   (or from the low watermark with `warm_start = "earliest"`) and the node is
+//!   ready once every partition has reached the high watermark seen at start.
+//! - **Metadata refresh** (every `metadata_refresh_interval`): added partitions
+//!   and topics created after start are assigned, a recreated topic replaces
+//!   the hub's topic (its subscribers are disconnected to resume), lag and
+//!   broker state are published as metrics.
+//! - **Catch-up reads** for resumes older than the ring: see [`catchup`].
+//! - **Publish** produces with an idempotent producer, `acks=all`, and Kafka's
+//!   own (murmur2) partitioner, the same as the embedded log and Java clients.
+
+mod catchup;
+pub mod decode;
+pub mod meta;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use self::catchup::CatchUpReader;
+use self::meta::{describe_topics, topic_epoch, Described};
+use super::{Source, SourceError};
+use crate::config::{Config, KafkaConfig, WarmStart};
+use crate::hub::{Hub, Topic, TopicSettings};
+use crate::record::{Appended, LogRecord, NewRecord};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+
+/// How long one metadata or watermark request may take.
+const META_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[from] KafkaError),
+    #[error("Kafka brokers {brokers} did not answer within {timeout:?}: {last}")]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("cannot start the Kafka consumer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// One configured topic as this node knows it.
+#[derive(Clone)]
+struct Known {
+    hub: Arc<Topic>,
+    id: Option<[u8; 16]>,
+    partitions: u32,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    settings: HashMap<String, TopicSettings>,
+    names: Vec<String>,
+    warm_records: u64,
+    hub: Arc<Hub>,
+    cluster_id: String,
+    /// Metadata, watermarks and topic ids; never assigned anything.
+    admin: BaseConsumer,
+    producer: FutureProducer,
+    topics: RwLock<HashMap<String, Known>>,
+    ready: AtomicBool,
+    catchup: CatchUpReader,
+}
+
+pub struct KafkaSource {
+    inner: Arc<Inner>,
+}
+
+/// Settings every client shares (user `properties` last, so they win).
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", &config.client_id)
+        .set("socket.nagle.disable", "true")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "4");
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer that is only ever `assign()`ed: no group, no commits, tuned for latency.
+fn consumer_config(config: &KafkaConfig, partition_eof: bool) -> ClientConfig {
+    let mut c = base_config(config);
+    // librdkafka's assign() needs a group id, but nothing here joins the group
+    // (no subscribe()) or commits to it: positions live in clients' cursors.
+    c.set("group.id", format!("{}-assign-only", config.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        .set("fetch.min.bytes", "1")
+        .set("fetch.error.backoff.ms", "50")
+        .set("fetch.queue.backoff.ms", "5")
+        .set(
+            "enable.partition.eof",
+            if partition_eof { "true" } else { "false" },
+        );
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaSource {
+    /// Connects, registers the configured topics with `hub` and starts the live
+    /// consumer; the node reports ready once the warm start has caught up.
+    pub async fn open(
+        config: &Config,
+        hub: Arc<Hub>,
+        shutdown: Shutdown,
+    ) -> Result<Self, KafkaSourceError> {
+        let kc = config.kafka.clone();
+        let admin: BaseConsumer = consumer_config(&kc, false).create()?;
+        let mut producer_config = base_config(&kc);
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", kc.linger_ms.to_string())
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &kc.properties {
+            producer_config.set(k, v);
+        }
+        let producer: FutureProducer = producer_config.create()?;
+        let names: Vec<String> = config.topics.iter().map(|t| t.name.clone()).collect();
+
+        // The first describe proves the broker is there; retry until startup_timeout.
+        let deadline = Instant::now() + kc.startup_timeout;
+        let (admin, cluster_id, described) = tokio::task::spawn_blocking({
+            let names = names.clone();
+            let brokers = kc.brokers.clone();
+            let timeout = kc.startup_timeout;
+            move || {
+                let mut last = String::from("no attempt");
+                while Instant::now() < deadline {
+                    let cluster = admin.client().fetch_cluster_id(META_TIMEOUT);
+                    match (
+                        cluster,
+                        describe_topics(admin.client(), &names, META_TIMEOUT),
+                    ) {
+                        (Some(cluster), Ok(described)) => return Ok((admin, cluster, described)),
+                        (None, _) => last = "no cluster id".into(),
+                        (_, Err(e)) => last = e.to_string(),
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(KafkaSourceError::Unreachable {
+                    brokers,
+                    timeout,
+                    last,
+                })
+            }
+        })
+        .await
+        .expect("describe task")?;
+        tracing::info!(cluster_id = %cluster_id, "connected to Kafka");
+
+        let settings = config
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    TopicSettings {
+                        ring_records: t.ring_records,
+                        view_max_keys: t.view_max_keys,
+                    },
+                )
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            catchup: CatchUpReader::new(&kc),
+            config: kc,
+            settings,
+            names,
+            warm_records: config.source.warm_start_records,
+            hub,
+            cluster_id,
+            admin,
+            producer,
+            topics: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+        });
+
+        let consumer: BaseConsumer = consumer_config(&inner.config, false).create()?;
+        let worker = Arc::clone(&inner);
+        let shutdown_flag = shutdown.clone();
+        std::thread::Builder::new()
+            .name("pushgate-kafka".into())
+            .spawn(move || {
+                let mut live = Live::new(worker, consumer);
+                live.apply(described);
+                live.run(&shutdown_flag);
+            })?;
+        Ok(Self { inner })
+    }
+}
+
+/// Offset at which a partition's warm start begins.
+fn warm_from(mode: WarmStart, records: u64, low: u64, high: u64) -> u64 {
+    match mode {
+        WarmStart::Earliest => low,
+        WarmStart::Tail => high.saturating_sub(records).max(low),
+    }
+}
+
+/// The live consumer thread's state.
+struct Live {
+    inner: Arc<Inner>,
+    consumer: Arc<BaseConsumer>,
+    /// Topic name -> hub topic, for the hot path (no lock per record).
+    by_name: HashMap<String, Arc<Topic>>,
+    /// (topic, partition) -> high watermark at start: ready once all are reached.
+    warm_targets: Vec<(Arc<Topic>, u32, u64)>,
+    last_refresh: Instant,
+    refresh_soon: bool,
+    connected: bool,
+    missing_logged: HashMap<String, bool>,
+}
+
+impl Live {
+    fn new(inner: Arc<Inner>, consumer: BaseConsumer) -> Self {
+        Self {
+            inner,
+            consumer: Arc::new(consumer),
+            by_name: HashMap::new(),
+            warm_targets: Vec::new(),
+            last_refresh: Instant::now(),
+            refresh_soon: false,
+            connected: true,
+            missing_logged: HashMap::new(),
+        }
+    }
+
+    fn run(&mut self, shutdown: &Shutdown) {
+        telemetry::kafka_connected(true);
+        let consumer = Arc::clone(&self.consumer);
+        while !shutdown.is_triggered() {
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(msg)) => {
+                    if !self.connected {
+                        self.set_connected(true);
+                    }
+                    self.handle(&msg);
+                }
+                Some(Err(e)) => self.on_error(e),
+            }
+            if !self.inner.ready.load(Ordering::Relaxed) {
+                self.check_warm();
+            }
+            let every = self.inner.config.metadata_refresh_interval;
+            let due = self.last_refresh.elapsed() >= every
+                || (self.refresh_soon && self.last_refresh.elapsed() >= Duration::from_millis(200));
+            if due {
+                self.last_refresh = Instant::now();
+                self.refresh_soon = false;
+                self.refresh();
+            }
+        }
+        tracing::debug!("kafka consumer stopped");
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(topic) = self.by_name.get(msg.topic()) else {
+            return;
+        };
+        match decode::decode(msg, self.inner.config.max_record_bytes) {
+            Ok(record) => {
+                topic.ingest(&record);
+            }
+            Err(bad) => {
+                self.inner.bad_record(msg, bad);
+                // The position moves past it, so cursors never point at it again.
+                topic.advance(msg.partition() as u32, msg.offset() as u64 + 1);
+            }
+        }
+    }
+
+    fn on_error(&mut self, e: KafkaError) {
+        let code = e.rdkafka_error_code();
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown)
+            | Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                if self.connected {
+                    tracing::warn!(error = %e, "Kafka broker connection lost; clients stay connected");
+                    self.set_connected(false);
+                }
+            }
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+            | Some(RDKafkaErrorCode::UnknownTopic)
+            | Some(RDKafkaErrorCode::UnknownPartition)
+            | Some(RDKafkaErrorCode::OffsetOutOfRange)
+            | Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                tracing::info!(error = %e, "Kafka reports a topic change; refreshing metadata");
+                self.refresh_soon = true;
+            }
+            _ => tracing::debug!(error = %e, "Kafka consumer error"),
+        }
+    }
+
+    fn set_connected(&mut self, up: bool) {
+        if up && !self.connected {
+            tracing::info!("Kafka broker connection restored");
+        }
+        self.connected = up;
+        telemetry::kafka_connected(up);
+    }
+
+    fn check_warm(&mut self) {
+        let done = self
+            .warm_targets
+            .iter()
+            .all(|(t, p, target)| t.frontier().get(*p as usize).copied().unwrap_or(0) >= *target);
+        if done {
+            self.warm_targets.clear();
+            self.inner.ready.store(true, Ordering::Release);
+            tracing::info!("Kafka warm start done: ready");
+        }
+    }
+
+    fn refresh(&mut self) {
+        let described = describe_topics(self.inner.admin.client(), &self.inner.names, META_TIMEOUT);
+        match described {
+            Ok(described) => {
+                if !self.connected {
+                    self.set_connected(true);
+                }
+                self.apply(described);
+                self.publish_lag();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata refresh failed");
+                if self.connected {
+                    self.set_connected(false);
+                }
+            }
+        }
+    }
+
+    /// Registers new topics, grows partitions, replaces recreated topics, and
+    /// re-assigns the consumer when anything changed.
+    fn apply(&mut self, described: Vec<(String, Described)>) {
+        let mut changed = false;
+        for (name, desc) in described {
+            let Some(settings) = self.inner.settings.get(&name).copied() else {
+                continue;
+            };
+            let known = self.inner.known(&name);
+            match (desc, known) {
+                (Described::Missing, Some(_)) => {
+                    // Deleted: stop reading it so a new incarnation is never
+                    // read into the old one; it is picked up again when it returns.
+                    if self.by_name.remove(&name).is_some() {
+                        tracing::warn!(topic = %name, "topic no longer exists in Kafka; waiting for it to return");
+                        changed = true;
+                    }
+                }
+                (Described::Missing, None) => {
+                    if !self
+                        .missing_logged
+                        .insert(name.clone(), true)
+                        .unwrap_or(false)
+                    {
+                        tracing::warn!(topic = %name, "configured topic does not exist in Kafka yet; it is picked up once created");
+                    }
+                }
+                (Described::Found { id, partitions }, Some(k)) if k.id == id => {
+                    if !self.by_name.contains_key(&name) {
+                        self.by_name.insert(name.clone(), Arc::clone(&k.hub));
+                        changed = true;
+                    }
+                    if partitions > k.partitions {
+                        tracing::info!(topic = %name, from = k.partitions, to = partitions, "partitions added");
+                        k.hub.ensure_partitions(partitions);
+                        self.inner.set_known(&name, Known { partitions, ..k });
+                        changed = true;
+                    }
+                }
+                (Described::Found { id, partitions }, known) => {
+                    let recreated = known.is_some();
+                    let epoch = topic_epoch(&self.inner.cluster_id, id.as_ref(), &name);
+                    if id.is_none() {
+                        tracing::warn!(topic = %name, "the broker reports no topic id: a recreated topic cannot be detected");
+                    }
+                    let hub_topic = self.inner.hub.add_topic(&name, epoch, partitions, settings);
+                    if let Some(old) = known {
+                        tracing::warn!(topic = %name, "topic was recreated (new topic id): new epoch, subscribers resume");
+                        old.hub.disconnect_all();
+                    }
+                    self.warm(&name, &hub_topic, partitions, recreated);
+                    self.inner.set_known(
+                        &name,
+                        Known {
+                            hub: Arc::clone(&hub_topic),
+                            id,
+                            partitions,
+                        },
+                    );
+                    self.by_name.insert(name.clone(), hub_topic);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.assign();
+        }
+    }
+
+    /// Positions a new topic's partitions for the warm start.
+    fn warm(&mut self, name: &str, topic: &Arc<Topic>, partitions: u32, recreated: bool) {
+        for p in 0..partitions {
+            let (low, high) = match self
+                .inner
+                .admin
+                .fetch_watermarks(name, p as i32, META_TIMEOUT)
+            {
+                Ok((l, h)) => (l.max(0) as u64, h.max(0) as u64),
+                Err(e) => {
+                    tracing::warn!(topic = %name, partition = p, error = %e, "cannot read watermarks; reading from the start");
+                    (0, 0)
+                }
+            };
+            // A recreated topic is new to every client: read all of it.
+            let mode = if recreated {
+                WarmStart::Earliest
+            } else {
+                self.inner.config.warm_start
+            };
+            topic.advance(p, warm_from(mode, self.inner.warm_records, low, high));
+            if !self.inner.ready.load(Ordering::Relaxed) {
+                self.warm_targets.push((Arc::clone(topic), p, high));
+            }
+        }
+    }
+
+    /// Assigns every partition of every live topic at the hub's next offset.
+    fn assign(&mut self) {
+        let mut list = TopicPartitionList::new();
+        for (name, topic) in &self.by_name {
+            for (p, next) in topic.frontier().into_iter().enumerate() {
+                if let Err(e) =
+                    list.add_partition_offset(name, p as i32, Offset::Offset(next as i64))
+                {
+                    tracing::error!(error = %e, "cannot build the assignment");
+                }
+            }
+        }
+        match self.consumer.assign(&list) {
+            Ok(()) => tracing::info!(partitions = list.count(), "assigned"),
+            Err(e) => {
+                tracing::error!(error = %e, "assign failed; retrying at the next refresh");
+                self.refresh_soon = true;
+            }
+        }
+    }
+
+    fn publish_lag(&self) {
+        for (name, topic) in &self.by_name {
+            for (p, next) in topic.frontier().into_iter().enumerate() {
+                if let Ok((_, high)) =
+                    self.inner
+                        .admin
+                        .fetch_watermarks(name, p as i32, META_TIMEOUT)
+                {
+                    let lag = (high.max(0) as u64).saturating_sub(next);
+                    telemetry::kafka_lag(name, p as u32, lag);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn known(&self, name: &str) -> Option<Known> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    fn set_known(&self, name: &str, known: Known) {
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_owned(), known);
+    }
+
+    /// Counts, logs and (if configured) dead-letters a record that cannot be used.
+    fn bad_record<M: Message>(&self, msg: &M, bad: decode::Bad) {
+        telemetry::kafka_bad_record(bad.label());
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = bad.label(),
+            bytes = msg.payload().map(<[u8]>::len).unwrap_or(0),
+            "bad record skipped"
+        );
+        let dlq = &self.config.dead_letter_topic;
+        if dlq.is_empty() {
+            return;
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(v) = msg.payload() {
+            record = record.payload(v);
+        }
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "pushgate.source",
+                value: Some(&format!(
+                    "{}/{}/{}",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset()
+                )),
+            })
+            .insert(rdkafka::message::Header {
+                key: "pushgate.reason",
+                value: Some(bad.label()),
+            });
+        record = record.headers(headers);
+        // Delivery is not awaited: the stream must never stop for the dead-letter topic.
+        if let Err((e, _)) = self.producer.send_result(record) {
+            tracing::error!(error = %e, topic = %dlq, "cannot queue a dead-letter record");
+        }
+    }
+
+    fn partitions(&self, topic: &str) -> Result<u32, SourceError> {
+        self.known(topic)
+            .map(|k| k.partitions)
+            .ok_or(SourceError::UnknownTopic)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SourceError {
+    SourceError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn publish(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>, SourceError> {
+        self.inner.partitions(topic)?;
+        let producer = &self.inner.producer;
+        let mut pending = Vec::with_capacity(records.len());
+        // Queue all first (in order; idempotence keeps per-partition order), then await.
+        for rec in &records {
+            let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(&rec.data);
+            if let Some(k) = &rec.key {
+                record = record.key(k);
+            }
+            let future = producer
+                .send_result(record)
+                .map_err(|(e, _)| unavailable(e))?;
+            pending.push(future);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for future in pending {
+            let delivery = future
+                .await
+                .map_err(|_| unavailable("producer stopped"))?
+                .map_err(|(e, _)| unavailable(e))?;
+            out.push(Appended {
+                partition: delivery.partition.max(0) as u32,
+                offset: delivery.offset.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, SourceError> {
+        self.inner.partitions(topic)?;
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .catchup
+            .read(inner, topic, partition, from, until, max)
+            .await
+    }
+
+    async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError> {
+        let partitions = self.inner.partitions(topic)?;
+        let inner = Arc::clone(&self.inner);
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    inner
+                        .admin
+                        .fetch_watermarks(&topic, p as i32, META_TIMEOUT)
+                        .map(|(low, _)| low.max(0) as u64)
+                        .map_err(unavailable)
+                })
+                .collect()
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Give queued dead-letter and publish records a moment to leave.
+        let _ = self.inner.producer.flush(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_kafka_config_is_valid() {
+        let text = include_str!("../../config/kafka.toml");
+        let config = Config::from_toml_str(text, std::iter::empty()).unwrap();
+        assert_eq!(config.source.kind, crate::config::SourceKind::Kafka);
+        assert_eq!(config.kafka.fetch_wait_max_ms, 10);
+        let bad = text.replace("catchup_readers = 4", "catchup_readers = 0");
+        let err = Config::from_toml_str(&bad, std::iter::empty()).unwrap_err();
+        assert!(err.to_string().contains("kafka.catchup_readers"), "{err}");
+    }
+
+    #[test]
+    fn warm_start_range() {
+        assert_eq!(warm_from(WarmStart::Tail, 100, 0, 1000), 900);
+        assert_eq!(warm_from(WarmStart::Tail, 100, 950, 1000), 950);
+        assert_eq!(warm_from(WarmStart::Tail, 100, 0, 10), 0);
+        assert_eq!(warm_from(WarmStart::Earliest, 100, 5, 1000), 5);
+    }
+}

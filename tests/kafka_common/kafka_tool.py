@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Independent Kafka client for pushgate's tests (kafka-python: shares no code with librdkafka).
+
+produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at a rate;
+         every record is retried until the broker acknowledges it (acks=all), so a
+         broker outage only delays the run. Prints "acked <count>" at the end.
+dump:    every record of a topic as JSON lines {"p","o","key","seq"}, then "end".
+"""
+import argparse, json, sys, time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+
+def produce(a):
+    producer = KafkaProducer(bootstrap_servers=a.brokers, acks="all", retries=5,
+                             request_timeout_ms=3000, max_block_ms=60000,
+                             reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, linger_ms=0)
+    interval = 1.0 / a.rate if a.rate > 0 else 0
+    start = time.time()
+    pending = []
+    for i in range(a.start, a.start + a.count):
+        due = start + (i - a.start) * interval
+        now = time.time()
+        if due > now:
+            time.sleep(due - now)
+        key = f"k{i % a.keys}".encode()
+        value = json.dumps({"seq": i, "t": time.time()}).encode()
+        headers = [("source", b"kafka-python")]
+        if a.wait:
+            while True:
+                try:
+                    producer.send(a.topic, key=key, value=value, headers=headers).get(timeout=10)
+                    break
+                except Exception as e:  # broker away: try again until it is back
+                    print(f"retry {i}: {e}", file=sys.stderr)
+                    time.sleep(0.2)
+        else:
+            pending.append(producer.send(a.topic, key=key, value=value, headers=headers))
+    for f in pending:
+        f.get(timeout=30)
+    producer.flush()
+    print(f"acked {a.count}", flush=True)
+
+
+def dump(a):
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    parts = consumer.partitions_for_topic(a.topic) or set()
+    tps = [TopicPartition(a.topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    deadline = time.time() + 30
+    while any(consumer.position(tp) < end[tp] for tp in tps) and time.time() < deadline:
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            for r in records:
+                if r.offset >= end[tp]:
+                    continue
+                try:
+                    seq = json.loads(r.value)["seq"]
+                except Exception:
+                    seq = None
+                print(json.dumps({"p": tp.partition, "o": r.offset,
+                                  "key": r.key.decode() if r.key else None, "seq": seq}))
+    print("end", flush=True)
+
+
+def low(a):
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
+    print(json.dumps([consumer.beginning_offsets(tps)[tp] for tp in tps]), flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["produce", "dump", "low"])
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--rate", type=float, default=0)
+    ap.add_argument("--keys", type=int, default=5)
+    ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
+    a = ap.parse_args()
+    {"produce": produce, "dump": dump, "low": low}[a.cmd](a)
