@@ -230,7 +230,14 @@ export class Subscription {
  *
  * Events (`client.on(name, fn)`): `state` (connecting | live | reconnecting |
  * closed), `record`, `subscribed`, `resumed` ({topic, missed}), `reset`
- * ({@link ResetInfo}), `error`, `disconnect` ({code, reason}).
+ * ({@link ResetInfo}), `error`, `disconnect` ({code, reason}), `refreshed`
+ * (the gateway took a fresh token in-band).
+ *
+ * Tokens: `getToken` is called before every (re)connect. On WebSocket the
+ * gateway warns with `token_expiring` before it closes (4010); the client
+ * then calls `getToken` and sends the new token in-band, so the connection
+ * stays up. SSE streams end at expiry and reconnect with a new token from
+ * their cursor, missing nothing.
  */
 export class Pushgate extends Emitter {
   /** @param {PushgateOptions} [options] */
@@ -466,6 +473,11 @@ export class Pushgate extends Emitter {
         break;
       }
       case 'gap': this._subById(msg.id)?._onGap(msg); break;
+      case 'token_expiring':
+        // The gateway closes (4010) after `grace_ms` unless a fresh token comes in-band.
+        this.refreshToken().catch((e) => this._emit('error', { code: 'token', message: String(e) }));
+        break;
+      case 'refreshed': this._emit('refreshed', msg); break;
       case 'pong':
         if (typeof msg.id === 'string' && msg.id.startsWith('caughtup:')) {
           this._subById(msg.id.slice(9))?._caughtUp();

@@ -3,6 +3,7 @@
 // PUSHGATE_BIN overrides the gateway binary (default: target/debug/pushgate);
 // CHROMIUM overrides the browser (default: /usr/bin/chromium).
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, mkdirSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
@@ -40,9 +41,10 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** One gateway process; `restart()` keeps its port and data dir. */
 export class Gateway {
-  /** @param {{config?: string, dataDir?: string}} [opts] */
+  /** @param {{config?: string, dataDir?: string, token?: () => string}} [opts] */
   constructor(opts = {}) {
     this.config = opts.config ?? join(HERE, 'pushgate-test.toml');
+    this.token = opts.token; // publish with this bearer token
     this.dataDir = opts.dataDir ?? tempDir('pushgate-data-');
     this.port = null;
     this.proc = null;
@@ -97,9 +99,9 @@ export class Gateway {
 
   /** Publishes one record (or a batch with `records`) through the HTTP API. */
   async publish(topic, body) {
-    const res = await fetch(`${this.url}/topics/${topic}`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
-    });
+    const headers = { 'content-type': 'application/json' };
+    if (this.token) headers.authorization = `Bearer ${this.token()}`;
+    const res = await fetch(`${this.url}/topics/${topic}`, { method: 'POST', headers, body: JSON.stringify(body) });
     const json = await res.json();
     if (!res.ok) throw new Error(`publish ${topic}: ${res.status} ${JSON.stringify(json)}`);
     return json;
@@ -136,7 +138,7 @@ export async function openBrowser({ width = 1280, height = 900 } = {}) {
   const page = context.pages()[0] ?? await context.newPage();
   page.setDefaultTimeout(10000);
   const errors = [];
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()} (${m.location()?.url ?? ''})`); });
   page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
   return { context, page, errors, close: () => context.close() };
 }
@@ -161,3 +163,10 @@ export async function waitLive(page, timeout = 10000) {
 }
 
 export const screenshot = (page, name) => page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+
+/** An HS256 JWT for `payload`, signed with `secret`. */
+export function jwt(payload, secret) {
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const head = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(payload)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
