@@ -392,7 +392,7 @@ impl Topic {
             subs.extend(entry.value().iter().cloned());
         }
         for sub in &subs {
-            sub.outbox.close(CloseReason::Slow);
+            sub.outbox.close(CloseReason::TopicReset);
         }
         subs.len()
     }
@@ -488,6 +488,9 @@ impl Sub {
         let mut backlog = self.backlog.lock().expect("backlog lock");
         if backlog.overflowed {
             return Err(CloseReason::Slow);
+        }
+        if let Some(reason) = self.outbox.closed_reason() {
+            return Err(reason);
         }
         let items = std::mem::take(&mut backlog.items);
         backlog.bytes = 0;

@@ -17,6 +17,8 @@ use crate::record::Record;
 pub enum CloseReason {
     /// The client fell more than the queue limit behind.
     Slow,
+    /// The topic was recreated (a new epoch): the client must resubscribe.
+    TopicReset,
 }
 
 #[derive(Debug)]
@@ -70,7 +72,7 @@ impl Outbox {
         true
     }
 
-    /// Closes the outbox with `reason` (used when a subscription's catch-up backlog overflows).
+    /// Closes the outbox with `reason` (a catch-up backlog overflowed, or the topic was recreated).
     pub fn close(&self, reason: CloseReason) {
         let mut inner = self.inner.lock().expect("outbox lock");
         if inner.closed.is_none() {
@@ -78,7 +80,9 @@ impl Outbox {
             inner.queue = VecDeque::new();
             inner.bytes = 0;
             drop(inner);
-            crate::telemetry::slow_disconnect();
+            if reason == CloseReason::Slow {
+                crate::telemetry::slow_disconnect();
+            }
             self.notify.notify_one();
         }
     }
@@ -96,6 +100,10 @@ impl Outbox {
             inner.queue.shrink_to(16);
         }
         Ok(())
+    }
+
+    pub fn closed_reason(&self) -> Option<CloseReason> {
+        self.inner.lock().expect("outbox lock").closed
     }
 
     /// Resolves when something was pushed (or the outbox closed) since the last drain.

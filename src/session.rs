@@ -250,6 +250,9 @@ pub enum CatchUpError {
     /// The client fell too far behind while catching up.
     #[error("slow consumer")]
     Slow,
+    /// The topic was recreated while catching up.
+    #[error("topic reset")]
+    TopicReset,
     /// The log dropped part of the range being replayed.
     #[error("recovery lost: {0}")]
     Lost(SourceError),
@@ -280,6 +283,7 @@ impl CatchUp {
                 return match self.sub.go_live() {
                     Ok(backlog) => Ok(Some(backlog)),
                     Err(CloseReason::Slow) => Err(CatchUpError::Slow),
+                    Err(CloseReason::TopicReset) => Err(CatchUpError::TopicReset),
                 };
             };
             let batch = match segment {

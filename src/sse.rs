@@ -128,7 +128,7 @@ pub async fn handler(
                     }
                 }
                 Ok(None) => break,
-                Err(CatchUpError::Slow) => return,
+                Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,
                 Err(CatchUpError::Lost(e)) => {
                     tracing::warn!(error = %e, "resume lost its range mid-replay");
                     return;

@@ -255,6 +255,12 @@ impl Connection {
                     "too slow: reconnect and resume from your last cursor",
                 )))
             }
+            Err(CloseReason::TopicReset) => {
+                return Err(Some((
+                    close::TOPIC_RESET,
+                    "topic was recreated: resubscribe",
+                )))
+            }
         }
         send_records(socket, &batch).await.map_err(|_| None)
     }
@@ -395,6 +401,12 @@ impl Connection {
                     return Err(Some((
                         close::SLOW,
                         "too slow: reconnect and resume from your last cursor",
+                    )))
+                }
+                Err(CatchUpError::TopicReset) => {
+                    return Err(Some((
+                        close::TOPIC_RESET,
+                        "topic was recreated: resubscribe",
                     )))
                 }
                 Err(CatchUpError::Lost(e)) => {

@@ -7,9 +7,10 @@
 //! Sharing: each partition keeps the last contiguous range it read
 //! (`kafka.catchup_cache_records` records at most). A resume whose position
 //! falls inside that range is served from memory, and reads of one partition
-//! are single-flight (an async mutex per partition, the only lock held across
-//! an `.await` here): when a node dies and its clients resume on this one from
-//! nearby positions, the first read fetches from Kafka and the others reuse it.
+//! are single-flight (an in-flight flag and a `Notify` per partition; no lock
+//! is held across an `.await`): when a node dies and its clients resume on
+//! this one from nearby positions, the first read fetches from Kafka and the
+//! others wait for it and reuse it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::{consumer_config, decode, Inner, META_TIMEOUT};
 use crate::config::KafkaConfig;
@@ -32,6 +33,25 @@ struct Segment {
     start: u64,
     end: u64,
     records: VecDeque<LogRecord>,
+    /// A read of this partition is under way; others wait for it.
+    fetching: bool,
+}
+
+/// One partition's cache and its single-flight state.
+#[derive(Default)]
+struct PartitionCache {
+    segment: Mutex<Segment>,
+    fetched: Notify,
+}
+
+/// Clears the in-flight flag even if the reading future is dropped mid-fetch.
+struct FetchingGuard<'a>(&'a PartitionCache);
+
+impl Drop for FetchingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.segment.lock().expect("segment lock").fetching = false;
+        self.0.fetched.notify_waiters();
+    }
 }
 
 impl Segment {
@@ -70,7 +90,7 @@ impl Segment {
     }
 }
 
-type SegmentLock = Arc<tokio::sync::Mutex<Segment>>;
+type SegmentLock = Arc<PartitionCache>;
 
 pub(super) struct CatchUpReader {
     permits: Semaphore,
@@ -110,11 +130,24 @@ impl CatchUpReader {
                 .entry((topic.to_owned(), partition))
                 .or_default(),
         );
-        let mut segment = lock.lock().await;
-        if let Some(records) = segment.serve(from, until, max) {
-            crate::telemetry::kafka_catchup("cache");
-            return Ok(records);
+        let cache = &*lock;
+        loop {
+            // Registered before the check, so a fetch ending in between still wakes us.
+            let fetched = cache.fetched.notified();
+            {
+                let mut segment = cache.segment.lock().expect("segment lock");
+                if let Some(records) = segment.serve(from, until, max) {
+                    crate::telemetry::kafka_catchup("cache");
+                    return Ok(records);
+                }
+                if !segment.fetching {
+                    segment.fetching = true;
+                    break;
+                }
+            }
+            fetched.await;
         }
+        let _fetching = FetchingGuard(cache);
         let _permit = self
             .permits
             .acquire()
@@ -148,6 +181,7 @@ impl CatchUpReader {
         self.idle.lock().expect("idle lock").push(consumer);
         crate::telemetry::kafka_catchup("kafka");
         let (records, end) = result?;
+        let mut segment = cache.segment.lock().expect("segment lock");
         segment.store(from, end, records, self.cache_records);
         Ok(segment.serve(from, until, max).unwrap_or_default())
     }
