@@ -268,6 +268,10 @@ async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<
     };
     let status_ok = head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200");
     if !status_ok {
+        if crate::publish::first_few() {
+            let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+            eprintln!("subscribe {path}: {}", String::from_utf8_lossy(line).trim());
+        }
         return Err(Failure::Status);
     }
     let head_lower = head[..header_end].to_ascii_lowercase();

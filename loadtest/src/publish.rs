@@ -117,6 +117,13 @@ impl Pool {
                     if system != System::Nchan {
                         builder = builder.header("content-type", "application/json");
                     }
+                    if system == System::Pushpin {
+                        // Pushpin 1.36's publish endpoint holds back deliveries of
+                        // requests that arrive on a kept-alive connection until
+                        // publishing pauses (seen here: all of a 4 s step delivered
+                        // at its end); one connection per request avoids that.
+                        builder = builder.header("connection", "close");
+                    }
                     match builder.send().await {
                         Ok(resp) if resp.status().is_success() => {
                             let _ = resp.bytes().await;
@@ -125,13 +132,13 @@ impl Pool {
                         Ok(resp) => {
                             let status = resp.status();
                             let text = resp.text().await.unwrap_or_default();
-                            if load_once() {
+                            if first_few() {
                                 eprintln!("publish: {status}: {}", text.trim());
                             }
                             bump(&counters.publish_errors, req.messages);
                         }
                         Err(e) => {
-                            if load_once() {
+                            if first_few() {
                                 eprintln!("publish: {e}");
                             }
                             bump(&counters.publish_errors, req.messages);
@@ -208,6 +215,6 @@ impl Pool {
 
 static ONCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// True for the first few error reports only.
-fn load_once() -> bool {
+pub fn first_few() -> bool {
     ONCE.fetch_add(1, Ordering::Relaxed) < 5
 }
