@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The demo configuration, compiled in so the binary runs from any directory.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
@@ -36,7 +36,7 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -52,7 +52,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -66,14 +66,14 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Embedded,
     Kafka,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     pub kind: SourceKind,
@@ -81,7 +81,7 @@ pub struct SourceConfig {
     pub warm_start_records: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
@@ -89,7 +89,7 @@ pub struct EmbeddedConfig {
     pub retention_check_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicConfig {
     pub name: String,
@@ -105,7 +105,7 @@ pub struct TopicConfig {
     pub view_max_keys: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub queue_bytes: usize,
@@ -123,7 +123,7 @@ pub struct LimitsConfig {
     pub publish_burst: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     #[serde(with = "humantime_serde")]
@@ -137,7 +137,7 @@ pub struct WebSocketConfig {
     pub subscribe_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SseConfig {
     #[serde(with = "humantime_serde")]
@@ -146,7 +146,7 @@ pub struct SseConfig {
     pub keepalive_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub anonymous_subscribe: bool,
@@ -170,7 +170,7 @@ pub struct AuthConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
     Hmac,
@@ -179,7 +179,7 @@ pub enum KeyKind {
     Ed25519,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub kind: KeyKind,
@@ -193,7 +193,7 @@ pub struct KeyConfig {
     pub pem_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TestingConfig {
     /// Adds `GET /echo`, a WebSocket echo with the production framing settings,
@@ -201,7 +201,7 @@ pub struct TestingConfig {
     pub echo_endpoint: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
     pub enabled: bool,
@@ -502,7 +502,7 @@ impl Config {
 }
 
 /// How a Kafka node fills its ring and view at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WarmStart {
     /// The last `source.warm_start_records` records of each partition.
@@ -512,7 +512,7 @@ pub enum WarmStart {
 }
 
 /// `[kafka]`: used when `source.kind = "kafka"`; every key is documented in `config/kafka.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
@@ -697,5 +697,56 @@ mod tests {
         let config = Config::from_toml_str("[[topics]]\nname = \"a\"\n", env.into_iter()).unwrap();
         assert_eq!(config.limits.queue_bytes, 4096);
         assert_eq!(config.server.listen.port(), 9999);
+    }
+}
+
+#[cfg(test)]
+mod documented {
+    use super::*;
+
+    /// Every `section.key` of the defaults (and every `[[topics]]` key).
+    fn keys(config: &Config) -> Vec<(String, String)> {
+        let mut with_topic = config.clone();
+        with_topic.topics = vec![TopicConfig {
+            retention_age: Some(Duration::from_secs(1)),
+            ..TopicConfig::default()
+        }];
+        let value = toml::Value::try_from(&with_topic).expect("config serializes");
+        let mut out = Vec::new();
+        for (section, body) in value.as_table().expect("table") {
+            match body {
+                toml::Value::Table(t) => {
+                    out.extend(t.keys().map(|k| (section.clone(), k.clone())));
+                }
+                toml::Value::Array(items) => {
+                    for item in items.iter().filter_map(|i| i.as_table()) {
+                        out.extend(item.keys().map(|k| (section.clone(), k.clone())));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_reference_configs() {
+        let reference = include_str!("../config/pushgate.toml");
+        let kafka = include_str!("../config/kafka.toml");
+        let mut missing = Vec::new();
+        for (section, key) in keys(&Config::default()) {
+            let text = if section == "kafka" { kafka } else { reference };
+            // Documented means the key appears as `key =` or as its own table, set or commented out.
+            let found = text.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{key} ="))
+                    || line == format!("[{section}.{key}]")
+                    || line == format!("[[{section}.{key}]]")
+            });
+            if !found {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+        assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
     }
 }
