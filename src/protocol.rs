@@ -250,6 +250,11 @@ pub fn subscribed(
     .to_string()
 }
 
+/// Catch-up is over: `replayed` records were replayed; what follows is live.
+pub fn live(id: &Value, topic: &str, replayed: usize) -> String {
+    json!({"type": "live", "id": id, "topic": topic, "replayed": replayed}).to_string()
+}
+
 pub fn unsubscribed(id: &Value, topic: &str) -> String {
     json!({"type": "unsubscribed", "id": id, "topic": topic}).to_string()
 }

@@ -232,6 +232,8 @@ pub async fn open(
             high,
             high_cursor,
             live: false,
+            marked: false,
+            replayed: 0,
         },
     })
 }
@@ -258,6 +260,16 @@ pub enum CatchUpError {
     Lost(SourceError),
 }
 
+/// One step of catch-up: records to send, or the point where catch-up ends.
+pub enum Step {
+    Records(Vec<Arc<Record>>),
+    /// Everything before was snapshot or replay; everything after is live.
+    /// `replayed` counts the records replayed from the ring or the log.
+    Live {
+        replayed: usize,
+    },
+}
+
 /// The records a new subscription must receive before it is live, in order.
 pub struct CatchUp {
     topic: Arc<Topic>,
@@ -269,19 +281,29 @@ pub struct CatchUp {
     high: Vec<u64>,
     high_cursor: String,
     live: bool,
+    marked: bool,
+    replayed: usize,
 }
 
 impl CatchUp {
-    /// The next records to send; `None` once the subscription is live.
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<Arc<Record>>>, CatchUpError> {
+    /// The next step; `None` once the subscription is live. The steps are the
+    /// snapshot or replayed records, then [`Step::Live`], then the live records
+    /// that arrived meanwhile.
+    pub async fn next_batch(&mut self) -> Result<Option<Step>, CatchUpError> {
         loop {
             if self.live {
                 return Ok(None);
             }
+            if self.segments.is_empty() && !self.marked {
+                self.marked = true;
+                return Ok(Some(Step::Live {
+                    replayed: self.replayed,
+                }));
+            }
             let Some(segment) = self.segments.pop_front() else {
                 self.live = true;
                 return match self.sub.go_live() {
-                    Ok(backlog) => Ok(Some(backlog)),
+                    Ok(backlog) => Ok(Some(Step::Records(backlog))),
                     Err(CloseReason::Slow) => Err(CatchUpError::Slow),
                     Err(CloseReason::TopicReset) => Err(CatchUpError::TopicReset),
                 };
@@ -300,6 +322,7 @@ impl CatchUp {
                 }
                 Segment::Replay(Replay::Ring { partition, records }) => {
                     telemetry::replayed("ring", records.len());
+                    self.replayed += records.len();
                     let batch = records
                         .iter()
                         .map(|r| {
@@ -348,11 +371,12 @@ impl CatchUp {
                         self.position[partition as usize] = until;
                     }
                     telemetry::replayed("log", batch.len());
+                    self.replayed += batch.len();
                     batch
                 }
             };
             if !batch.is_empty() {
-                return Ok(Some(batch));
+                return Ok(Some(Step::Records(batch)));
             }
         }
     }

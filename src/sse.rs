@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::http::{self, json_error, Admission};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientError, ErrorCode, SubscribeRequest};
-use crate::session::{self, CatchUpError};
+use crate::session::{self, CatchUpError, Step};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -122,10 +122,13 @@ pub async fn handler(
         }
         loop {
             match catch_up.next_batch().await {
-                Ok(Some(batch)) => {
+                Ok(Some(Step::Records(batch))) => {
                     for record in batch {
                         yield Ok(record.sse.clone());
                     }
+                }
+                Ok(Some(Step::Live { replayed })) => {
+                    yield Ok(event("live", &protocol::live(&id, &topic_name, replayed)));
                 }
                 Ok(None) => break,
                 Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,

@@ -23,7 +23,7 @@ use crate::hub::Filter;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
-use crate::session::{self, CatchUpError, SubGuard};
+use crate::session::{self, CatchUpError, Step, SubGuard};
 use crate::state::{AppState, ConnectionSlot};
 use crate::telemetry;
 
@@ -395,7 +395,13 @@ impl Connection {
         }
         loop {
             match opened.catch_up.next_batch().await {
-                Ok(Some(batch)) => send_records(socket, &batch).await.map_err(|_| None)?,
+                Ok(Some(Step::Records(batch))) => {
+                    send_records(socket, &batch).await.map_err(|_| None)?
+                }
+                Ok(Some(Step::Live { replayed })) => {
+                    let live = protocol::live(&opened.id, &opened.topic_name, replayed);
+                    send_text(socket, live).await.map_err(|_| None)?
+                }
                 Ok(None) => break,
                 Err(CatchUpError::Slow) => {
                     return Err(Some((

@@ -124,8 +124,6 @@ export class Subscription {
     this._pendingReset = false;
     this._catchingUp = false;
     this._missed = 0;
-    this._subscribedAt = 0;
-    this._settle = null;
   }
 
   /** Replaces the key set (resubscribes: with a snapshot, or from the cursor when `snapshot` is false). */
@@ -161,7 +159,6 @@ export class Subscription {
 
   _onSubscribed(msg) {
     this._active = true;
-    this._subscribedAt = Date.now();
     this._snapshotLeft = msg.snapshot || 0;
     // Until the whole snapshot is in, a resume must ask for a new snapshot.
     this.cursor = this._snapshotLeft > 0 ? null : msg.cursor;
@@ -194,7 +191,7 @@ export class Subscription {
       if (this._snapshotLeft === 0) this.cursor = rec.cursor;
     } else {
       this.cursor = rec.cursor;
-      if (this._catchingUp && this.client._isReplayed(this, rec)) {
+      if (this._catchingUp) {
         rec.replayed = true;
         this._missed++;
       }
@@ -203,18 +200,13 @@ export class Subscription {
     this.client.received++;
     this.handlers.onRecord?.(rec);
     this.client._emit('record', rec);
-    if (this._catchingUp && this.client.transport === 'sse') {
-      // SSE has no marker for the end of catch-up: settle once replayed records stop coming.
-      clearTimeout(this._settle);
-      this._settle = setTimeout(() => this._caughtUp(), 250);
-    }
   }
 
-  _caughtUp() {
-    clearTimeout(this._settle);
+  /** The gateway's `live` marker: `replayed` records were replayed before it. */
+  _caughtUp(replayed) {
     if (!this._catchingUp) return;
     this._catchingUp = false;
-    const info = { topic: this.topic, missed: this._missed };
+    const info = { topic: this.topic, missed: replayed ?? this._missed };
     this.handlers.onResumed?.(info);
     this.client._emit('resumed', info);
   }
@@ -348,13 +340,6 @@ export class Pushgate extends Emitter {
 
   _nextId(topic) { return `${topic}#${++this._seq}`; }
 
-  /** Whether a record that arrived during catch-up was published before we resumed. */
-  _isReplayed(sub, rec) {
-    // WebSocket: everything before the pong that follows the subscribe is catch-up.
-    // SSE: no such marker, so compare append times with when `subscribed` arrived.
-    return this.transport === 'ws' || rec.timestamp <= sub._subscribedAt;
-  }
-
   _remove(sub) {
     if (this.subs.get(sub.topic) !== sub) return;
     this.subs.delete(sub.topic);
@@ -388,9 +373,6 @@ export class Pushgate extends Emitter {
     if (this._ws?.readyState !== WebSocket.OPEN) return; // sent on open
     const id = this._nextId(sub.topic);
     this._send(sub._request(id));
-    // The gateway handles one message at a time and sends the whole catch-up
-    // before reading the next one, so this pong marks the end of catch-up.
-    if (sub._resuming) this._send({ type: 'ping', id: `caughtup:${id}` });
   }
 
   async _connectWs() {
@@ -432,7 +414,7 @@ export class Pushgate extends Emitter {
       if (this._ws !== ws) return;
       this._ws = null;
       clearInterval(this._beat);
-      for (const sub of this.subs.values()) { sub._active = false; clearTimeout(sub._settle); }
+      for (const sub of this.subs.values()) sub._active = false;
       this._emit('disconnect', { code, reason });
       this._scheduleWs();
     };
@@ -478,11 +460,8 @@ export class Pushgate extends Emitter {
         this.refreshToken().catch((e) => this._emit('error', { code: 'token', message: String(e) }));
         break;
       case 'refreshed': this._emit('refreshed', msg); break;
-      case 'pong':
-        if (typeof msg.id === 'string' && msg.id.startsWith('caughtup:')) {
-          this._subById(msg.id.slice(9))?._caughtUp();
-        }
-        break;
+      // Catch-up (snapshot or replay) is over; what follows is live.
+      case 'live': this._subById(msg.id)?._caughtUp(msg.replayed); break;
       case 'error': {
         const sub = msg.id != null ? this._subById(msg.id) : null;
         const err = { code: msg.code, message: msg.message };
@@ -527,7 +506,9 @@ export class Pushgate extends Emitter {
       st.live = true;
       st.attempt = 0;
       this._sseState();
-      if (sub._catchingUp) sub._settle = setTimeout(() => sub._caughtUp(), 250);
+    });
+    es.addEventListener('live', (ev) => {
+      try { sub._caughtUp(JSON.parse(ev.data).replayed); } catch { sub._caughtUp(); }
     });
     es.addEventListener('gap', (ev) => sub._onGap(JSON.parse(ev.data)));
     es.onmessage = (ev) => {
@@ -541,7 +522,6 @@ export class Pushgate extends Emitter {
       st.es = null;
       st.live = false;
       sub._active = false;
-      clearTimeout(sub._settle);
       this._emit('disconnect', { topic: sub.topic, code: null, reason: 'stream ended' });
       this._scheduleStream(sub, st);
     };

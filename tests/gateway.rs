@@ -167,6 +167,10 @@ async fn ws_resume_case(missed: u64) {
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(reply["snapshot"], 0);
     let replayed = check_partition_order(&ws.records(missed as usize).await);
+    // Catch-up ends with a `live` marker counting exactly the replayed records.
+    ws.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(ws.lives.len(), 1);
+    assert_eq!(ws.lives[0]["replayed"], missed);
     let mut got: Vec<u64> = replayed.iter().map(|(_, s)| *s).collect();
     got.sort();
     let want: Vec<u64> = published.iter().map(|(_, s)| *s).collect();
@@ -324,6 +328,12 @@ async fn snapshot_gives_latest_value_per_key_then_live() {
     assert!(snap.iter().all(|r| r["snapshot"] == true));
     server.publish("t", "AAPL", json!({"price": 103})).await;
     let live = ws.json().await;
+    assert_eq!(
+        ws.lives.len(),
+        1,
+        "snapshot, then the live marker, then live"
+    );
+    assert_eq!(ws.lives[0]["replayed"], 0);
     assert_eq!(live["data"]["price"], 103);
     assert!(live.get("snapshot").is_none());
 

@@ -159,7 +159,10 @@ async fn ws_with_token(server: &TestServer, token: &str) -> WsClient {
         .unwrap();
     req.headers_mut().remove("authorization");
     let (stream, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    WsClient { stream }
+    WsClient {
+        stream,
+        lives: Vec::new(),
+    }
 }
 
 #[tokio::test]

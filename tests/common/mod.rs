@@ -179,6 +179,8 @@ pub async fn publish(
 
 pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// `live` markers seen so far (set aside, not returned as messages).
+    pub lives: Vec<Value>,
 }
 
 /// What a WebSocket read produced.
@@ -193,7 +195,10 @@ impl WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
             .expect("ws connect");
-        Self { stream }
+        Self {
+            stream,
+            lives: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, value: Value) {
@@ -225,7 +230,12 @@ impl WsClient {
                 .ok()?;
             match next {
                 Some(Ok(Message::Text(t))) => {
-                    return Some(WsEvent::Json(serde_json::from_str(t.as_str()).unwrap()))
+                    let value: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if value["type"] == "live" {
+                        self.lives.push(value);
+                        continue;
+                    }
+                    return Some(WsEvent::Json(value));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Some(WsEvent::Closed(frame.map(|f| u16::from(f.code))))
@@ -300,6 +310,8 @@ impl SseEvent {
 
 pub struct SseClient {
     pub status: u16,
+    /// `live` events seen so far (set aside, not returned as events).
+    pub lives: Vec<Value>,
     stream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buf: String,
     pub retry_lines: usize,
@@ -323,6 +335,7 @@ impl SseClient {
             status,
             stream: Box::pin(resp.bytes_stream()),
             buf: String::new(),
+            lives: Vec::new(),
             retry_lines: 0,
             ended: false,
         }
@@ -355,7 +368,9 @@ impl SseClient {
                         self.retry_lines += 1;
                     }
                 }
-                if has_data {
+                if has_data && ev.event == "live" {
+                    self.lives.push(ev.json());
+                } else if has_data {
                     return Some(ev);
                 }
             }
