@@ -187,7 +187,8 @@ done
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
 } >"$OUT/notes.md"
 "$LT" report --dir "$OUT" --markdown "$OUT/RESULTS.md" --commands-file "$OUT/commands.txt" --notes-file "$OUT/notes.md"
-if [ "$QUICK" != 1 ]; then
+# WRITE_RESULTS=0: leave loadtest/RESULTS.md and loadtest/results/ alone.
+if [ "$QUICK" != 1 ] && [ "${WRITE_RESULTS:-1}" = 1 ]; then
     cp "$OUT/RESULTS.md" "$ROOT/loadtest/RESULTS.md"
     mkdir -p "$ROOT/loadtest/results"
     cp "$OUT"/*.json "$OUT"/*.svg "$ROOT/loadtest/results/"

@@ -124,6 +124,9 @@ struct RunArgs {
     /// Give up waiting for connections after this many seconds.
     #[arg(long, default_value_t = 120)]
     connect_timeout_secs: u64,
+    /// Stop waiting for connections after this many seconds without progress.
+    #[arg(long, default_value_t = 15)]
+    connect_stall_secs: u64,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
@@ -390,10 +393,27 @@ async fn run(args: RunArgs) -> Result<bool> {
     }
     let connect_deadline = connect_start + Duration::from_secs(args.connect_timeout_secs);
     let mut last_line = Instant::now();
+    // When the last subscriber was confirmed (or failed): the setup rate is
+    // measured up to there, not up to a timeout spent waiting for stragglers.
+    let mut last_change = Instant::now();
+    let mut seen = 0usize;
     loop {
         let ready = shared.counters.ready.load(Ordering::Relaxed);
         let failed = load(&shared.counters.connect_errors) + load(&shared.counters.status_errors);
-        if ready + failed as usize >= args.connections || Instant::now() >= connect_deadline {
+        let done = ready + failed as usize;
+        if done != seen {
+            seen = done;
+            last_change = Instant::now();
+        }
+        if done >= args.connections || Instant::now() >= connect_deadline {
+            break;
+        }
+        if last_change.elapsed() >= Duration::from_secs(args.connect_stall_secs) {
+            progress.line(&format!(
+                "no progress for {}s: {} subscribers never confirmed; going on",
+                args.connect_stall_secs,
+                args.connections - done
+            ));
             break;
         }
         if last_line.elapsed() >= Duration::from_secs(1) {
@@ -407,7 +427,7 @@ async fn run(args: RunArgs) -> Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let connect_secs = (last_change - connect_start).as_secs_f64();
     let ready = shared.counters.ready.load(Ordering::Relaxed);
     let connect_rate = ready as f64 / connect_secs.max(1e-9);
     progress.line(&format!(
