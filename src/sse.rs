@@ -147,6 +147,10 @@ pub async fn handler(
             }
         };
         tokio::pin!(expired);
+        // Created once: re-creating it on every wake-up registered a
+        // cancellation waiter per delivered record.
+        let shutdown_signal = shutdown.triggered();
+        tokio::pin!(shutdown_signal);
         let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive_every, keepalive_every);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -161,7 +165,7 @@ pub async fn handler(
             }
             tokio::select! {
                 biased;
-                _ = shutdown.triggered() => {
+                _ = &mut shutdown_signal => {
                     yield Ok(Bytes::from(retry.clone()));
                     return;
                 }

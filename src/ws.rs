@@ -175,35 +175,42 @@ impl Connection {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
         let opened = Instant::now();
+        // The shutdown signal and the deadline timer live across turns of the
+        // loop: re-creating them on every wake-up registered a timer and a
+        // cancellation waiter per delivered frame.
+        let shutdown_signal = shutdown.triggered();
+        tokio::pin!(shutdown_signal);
+        let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let timer = tokio::time::sleep_until(never);
+        tokio::pin!(timer);
+        let mut armed: Option<(Instant, Timer)> = None;
         let ending: Ending = loop {
             // Drain first on every turn, whatever woke us, so no wake-up is lost.
+            // Rarely-taken paths are boxed so the idle connection task stays
+            // small (its size is that of its largest suspended state).
             match self.flush_outbox(&mut socket).await {
                 Ok(()) => {}
                 Err(ending) => break ending,
             }
             let deadline = self.deadline(opened);
-            let timer = async {
-                match deadline {
-                    Some((at, which)) => {
-                        tokio::time::sleep_until(at).await;
-                        which
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            if deadline.map(|(at, _)| at) != armed.map(|(at, _)| at) {
+                timer.as_mut().reset(deadline.map_or(never, |(at, _)| at));
+            }
+            armed = deadline;
             tokio::select! {
                 biased;
-                _ = shutdown.triggered() => break Some((close::RESTART, "server restarting")),
-                which = timer => match which {
-                    Timer::Expiring => {
+                _ = &mut shutdown_signal => break Some((close::RESTART, "server restarting")),
+                which = async { (&mut timer).await; armed.map(|(_, which)| which) }, if armed.is_some() => match which {
+                    None => {}
+                    Some(Timer::Expiring) => {
                         self.warned = true;
                         let grace = self.state.config.auth.expiry_grace.as_millis();
-                        if send_text(&mut socket, protocol::token_expiring(grace)).await.is_err() {
+                        if Box::pin(send_text(&mut socket, protocol::token_expiring(grace))).await.is_err() {
                             break None;
                         }
                     }
-                    Timer::Expired => break Some((close::TOKEN_EXPIRED, "token expired")),
-                    Timer::NeverSubscribed => break Some((close::IDLE, "no subscription made in time")),
+                    Some(Timer::Expired) => break Some((close::TOKEN_EXPIRED, "token expired")),
+                    Some(Timer::NeverSubscribed) => break Some((close::IDLE, "no subscription made in time")),
                 },
                 message = socket.recv() => {
                     self.last_seen = Instant::now();
@@ -211,13 +218,13 @@ impl Connection {
                         None => break None,
                         Some(Err(e)) => break read_error(&e),
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(ending) = self.on_text(&mut socket, text.as_str()).await {
+                            if let Err(ending) = Box::pin(self.on_text(&mut socket, text.as_str())).await {
                                 break ending;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let err = ClientError::new(ErrorCode::BadMessage, "binary frames are not supported; send JSON text");
-                            if send_error(&mut socket, None, &err).await.is_err() {
+                            if Box::pin(send_error(&mut socket, None, &err)).await.is_err() {
                                 break None;
                             }
                         }
@@ -232,7 +239,7 @@ impl Connection {
                     if self.last_seen.elapsed() > interval * 2 {
                         break Some((close::IDLE, "no frames from client for two ping intervals"));
                     }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if Box::pin(socket.send(Message::Ping(Default::default()))).await.is_err() {
                         break None;
                     }
                 }
@@ -241,7 +248,7 @@ impl Connection {
         // Stop receiving before the close handshake, so nothing more is queued.
         self.subs.clear();
         if let Some((code, reason)) = ending {
-            close_socket(&mut socket, code, reason).await;
+            Box::pin(close_socket(&mut socket, code, reason)).await;
         }
     }
 
