@@ -35,12 +35,15 @@ enum Better {
     Higher,
 }
 
+/// Says whether a row's values meet its target, given (pushgate, Nchan, Pushpin).
+type TargetCheck = Box<dyn Fn(&[Option<f64>; 3]) -> String>;
+
 struct Row {
     metric: String,
     values: [Option<f64>; 3],
     better: Better,
     unit_fmt: fn(f64) -> String,
-    target: Option<Box<dyn Fn(&[Option<f64>; 3]) -> String>>,
+    target: Option<TargetCheck>,
 }
 
 fn kib(v: f64) -> String {
@@ -51,7 +54,7 @@ fn int(v: f64) -> String {
     let s = v.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -106,7 +109,7 @@ pub fn table(results: &BTreeMap<(String, String), RunResult>) -> String {
     let best = |r: &RunResult| r.best_step.map(|i| r.steps[i].clone());
     let last = |r: &RunResult| r.steps.last().cloned();
     let mut rows: Vec<Row> = Vec::new();
-    let idle_target = |limit: f64| -> Option<Box<dyn Fn(&[Option<f64>; 3]) -> String>> {
+    let idle_target = |limit: f64| -> Option<TargetCheck> {
         Some(Box::new(move |v: &[Option<f64>; 3]| match v[0] {
             Some(x) if x <= limit => format!("<= {} KiB: met", limit / 1024.0),
             Some(_) => format!("<= {} KiB: missed", limit / 1024.0),
