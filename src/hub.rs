@@ -96,6 +96,8 @@ impl Filter {
 pub struct Sub {
     pub id: u64,
     pub filter: Filter,
+    topic: Arc<str>,
+    epoch: u64,
     outbox: Arc<Outbox>,
     /// False while the subscription catches up; live records then wait in `backlog`.
     live: AtomicBool,
@@ -104,6 +106,9 @@ pub struct Sub {
     /// Set when the client's cursor is ahead of this node (another node had read
     /// further): records below these offsets were already delivered.
     skip_below: Option<Box<[u64]>>,
+    /// Set once this node's frontier has passed `skip_below` everywhere: from
+    /// then on records carry cursors at least as far as the client's.
+    ahead_resolved: AtomicBool,
 }
 
 #[derive(Default)]
@@ -356,11 +361,14 @@ impl Topic {
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             filter,
+            topic: Arc::clone(&self.name),
+            epoch: self.epoch,
             outbox,
             live: AtomicBool::new(false),
             backlog: Mutex::new(Backlog::default()),
             backlog_limit,
             skip_below,
+            ahead_resolved: AtomicBool::new(false),
         });
         self.index.insert(&sub);
         drop(guards);
@@ -458,7 +466,37 @@ impl Sub {
             if record.offset < skip.get(record.partition as usize).copied().unwrap_or(0) {
                 return false;
             }
+            if !self.ahead_resolved.load(Ordering::Relaxed) {
+                if let Some(merged) = self.merge_cursor(record, skip) {
+                    return self.enqueue(&Arc::new(merged));
+                }
+                self.ahead_resolved.store(true, Ordering::Relaxed);
+            }
         }
+        self.enqueue(record)
+    }
+
+    /// While this node is behind the client's cursor in some partition, a live
+    /// record's cursor (this node's frontier) would send the client back: it
+    /// gets a copy whose cursor is the larger of the two, per partition. Rare
+    /// (a resume on a lagging node), and only until the node catches up.
+    fn merge_cursor(&self, record: &Record, skip: &[u64]) -> Option<Record> {
+        let carried = Cursor::decode(record.cursor()).ok()?;
+        if skip
+            .iter()
+            .enumerate()
+            .all(|(p, &at)| carried.offset(p) >= at)
+        {
+            return None;
+        }
+        let offsets = (0..carried.offsets.len().max(skip.len()))
+            .map(|p| carried.offset(p).max(skip.get(p).copied().unwrap_or(0)))
+            .collect();
+        let cursor = Cursor::new(self.epoch, offsets).encode();
+        Some(record.reframe(&self.topic, &cursor, Framing::Normal))
+    }
+
+    fn enqueue(&self, record: &Arc<Record>) -> bool {
         if self.live.load(Ordering::Acquire) {
             return self.outbox.push(record);
         }
@@ -700,6 +738,46 @@ mod tests {
         );
         topic.ingest(&log(0, 2, "a"));
         assert_eq!(drain(&out), vec![2]);
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_node_never_gets_a_cursor_behind_its_own() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 2, settings());
+        // The client read partition 1 up to offset 10 on another node; this one has nothing yet.
+        let out = Arc::new(Outbox::new(1 << 20));
+        let ahead = Cursor::new(9, vec![0, 10]);
+        let reg = topic.register(Filter::all(), out.clone(), Some(&ahead), false, 10, 1 << 20);
+        reg.sub.go_live().unwrap();
+        topic.ingest(&log(0, 0, "a"));
+        for offset in 0..11 {
+            topic.ingest(&log(1, offset, "b"));
+        }
+        topic.ingest(&log(0, 1, "a"));
+        let mut got = Vec::new();
+        out.drain_into(&mut got).unwrap();
+        let seen: Vec<(u32, u64, Vec<u64>)> = got
+            .iter()
+            .map(|r| {
+                (
+                    r.partition,
+                    r.offset,
+                    Cursor::decode(r.cursor()).unwrap().offsets,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (0, 0, vec![1, 10]),  // merged: this node's frontier for p1 was 0
+                (1, 10, vec![1, 11]), // offsets 0..=9 were already delivered elsewhere
+                (0, 1, vec![2, 11]),  // caught up: the shared encoding again
+            ]
+        );
+        assert!(
+            Arc::ptr_eq(&got[2], &topic.latest("a").unwrap()),
+            "no copy once caught up"
+        );
     }
 
     #[test]
