@@ -116,6 +116,7 @@ type Ending = Option<(u16, &'static str)>;
 struct Connection {
     state: AppState,
     outbox: Arc<Outbox>,
+    batch: Vec<Arc<Record>>,
     subs: Vec<Active>,
     last_seen: Instant,
     identity: Identity,
@@ -136,6 +137,7 @@ impl Connection {
         Self {
             state,
             outbox,
+            batch: Vec::new(),
             subs: Vec::new(),
             last_seen: Instant::now(),
             identity: admission.identity,
@@ -253,7 +255,8 @@ impl Connection {
     }
 
     async fn flush_outbox(&mut self, socket: &mut WebSocket) -> Result<(), Ending> {
-        let mut batch = Vec::new();
+        // Reused across wake-ups: no allocation per delivery burst per subscriber.
+        let mut batch = std::mem::take(&mut self.batch);
         match self.outbox.drain_into(&mut batch) {
             Ok(()) => {}
             Err(CloseReason::Slow) => {
@@ -269,7 +272,14 @@ impl Connection {
                 )))
             }
         }
-        send_records(socket, &batch).await.map_err(|_| None)
+        let sent = send_records(socket, &batch).await;
+        batch.clear();
+        // Keep a small buffer for the next burst; give back what a big one grew.
+        if batch.capacity() > 64 {
+            batch = Vec::new();
+        }
+        self.batch = batch;
+        sent.map_err(|_| None)
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Ending> {
