@@ -100,7 +100,12 @@ impl TestServer {
             shutdown,
             handle,
             dir,
-            http: reqwest::Client::new(),
+            // A fresh connection per request: some tests run the server with a short
+            // header timeout, which rightly closes keep-alive connections left idle.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         };
         server.wait_ready().await;
         server
