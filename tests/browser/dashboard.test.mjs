@@ -276,6 +276,8 @@ test('looks right on the demo feed, desktop and phone width', T, async (t) => {
   const { gw, page, errors } = await setup(t, { config });
   await gw.publish('posts', { key: 'demo-1', data: { author: 'Grace', text: 'Markets open: watching NVDA and TSLA today.' } });
   await gw.publish('posts', { key: 'demo-2', data: { author: 'Linus', text: 'pushgate resumed my dashboard after a deploy without missing a tick.' } });
+  // The demo picks symbols at random: make sure AAPL has a value before the page asks for a snapshot.
+  await gw.publish('prices', { key: 'AAPL', data: { symbol: 'AAPL', price: 150.25, open: 150.25, change: 0, change_pct: 0, ts: Date.now() } });
   await page.goto(`${gw.url}/?transport=ws&symbols=AAPL,MSFT,NVDA,TSLA,AMZN`);
   await waitLive(page);
   // The demo ticker moves prices: the page follows.
