@@ -121,6 +121,9 @@ pub struct LimitsConfig {
     /// Records per second one caller (token subject, or IP when anonymous) may publish.
     pub publish_rate: f64,
     pub publish_burst: f64,
+    /// A connection whose socket takes no bytes for this long while a write waits is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -269,6 +272,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1000,
             publish_rate: 1000.0,
             publish_burst: 2000.0,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -441,6 +445,7 @@ impl Config {
                 self.websocket.subscribe_timeout,
             ),
             ("auth.jwks_refresh", self.auth.jwks_refresh),
+            ("limits.write_timeout", self.limits.write_timeout),
         ];
         for (key, value) in durations {
             if value.is_zero() {

@@ -21,6 +21,7 @@
 //! protocol  client messages, control messages, error and close codes
 //! auth      JWT verification, grants, origin checks, client IPs, publish rate
 //! http      router, health, readiness, metrics;  server: accept loop
+//! stall     write deadlines: notes when a client's socket stops taking bytes
 //! config    TOML + environment, checked before binding
 //! state     the shared handle;  shutdown: drain signal and task tracking
 //! telemetry metric names;  demo: the simulated stock ticker
@@ -45,6 +46,7 @@ pub mod session;
 pub mod shutdown;
 pub mod source;
 pub mod sse;
+pub mod stall;
 pub mod state;
 pub mod telemetry;
 pub mod ws;
@@ -102,7 +104,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         );
     }
     let grace = config.server.shutdown_grace;
-    let header_timeout = config.server.header_read_timeout;
+    let timeouts = server::Timeouts {
+        header_read: config.server.header_read_timeout,
+        write: config.limits.write_timeout,
+    };
     let state = AppState::new(config, hub, source, shutdown.clone())?;
     if state.config.demo.enabled {
         demo::spawn(&state);
@@ -111,7 +116,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         spawn_jwks_reloader(&state);
     }
     let app = http::router(state.clone());
-    server::serve(listeners.http, app, shutdown.clone(), header_timeout).await;
+    server::serve(listeners.http, app, shutdown.clone(), timeouts).await;
 
     tracing::info!(connections = state.open_connections(), "draining");
     match tokio::time::timeout(grace, shutdown.drained()).await {

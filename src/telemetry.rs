@@ -17,6 +17,7 @@ pub const SUBSCRIPTIONS: &str = "pushgate_subscriptions";
 pub const RECORDS_IN: &str = "pushgate_records_in_total";
 pub const DELIVERIES: &str = "pushgate_deliveries_total";
 pub const SLOW_DISCONNECTS: &str = "pushgate_slow_disconnects_total";
+pub const WRITE_TIMEOUTS: &str = "pushgate_write_timeouts_total";
 pub const DROPS: &str = "pushgate_dropped_records_total";
 pub const REPLAYED: &str = "pushgate_replayed_records_total";
 pub const GAPS: &str = "pushgate_resume_gaps_total";
@@ -79,6 +80,12 @@ pub fn record_ingested(delivered: usize) {
 
 pub fn slow_disconnect() {
     counter!(SLOW_DISCONNECTS).increment(1);
+}
+
+/// A client whose socket took no bytes within `limits.write_timeout`;
+/// `transport` is "ws" or "http" (SSE streams and other responses).
+pub fn write_timeout(transport: &'static str) {
+    counter!(WRITE_TIMEOUTS, "transport" => transport).increment(1);
 }
 
 /// Records skipped because they could not be used (bad encoding, too large).

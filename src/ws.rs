@@ -3,16 +3,24 @@
 //! One task per connection reads client messages, writes queued records,
 //! pings, and watches for shutdown; there is no second task and no channel in
 //! between. Records are written as the shared frames encoded at ingest.
+//!
+//! Every write goes through [`Connection::guarded`]: a socket with room takes
+//! it at once; a full one races the write against shutdown, the outbox
+//! closing (slow consumer) and `limits.write_timeout`, so a client that stops
+//! reading is dropped, and never holds this task, its slot or a drain.
 
-use std::sync::Arc;
-use std::time::Duration;
-
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -23,7 +31,9 @@ use crate::hub::Filter;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
+use crate::server::DRAIN_STALL;
 use crate::session::{self, CatchUpError, Step, SubGuard};
+use crate::stall::WriteWatch;
 use crate::state::{AppState, ConnectionSlot};
 use crate::telemetry;
 
@@ -33,6 +43,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(3);
 pub async fn handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    watch: Option<Extension<WriteWatch>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -53,7 +64,9 @@ pub async fn handler(
         .on_upgrade(move |socket| {
             let tracked = state.shutdown.tracker().token();
             async move {
-                Connection::new(state, admission).run(socket).await;
+                Connection::new(state, admission, watch.map(|w| w.0))
+                    .run(socket)
+                    .await;
                 drop(tracked);
             }
         })
@@ -82,8 +95,9 @@ pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> R
                     Ok(Message::Binary(b)) => Message::Binary(b),
                     Ok(_) => continue,
                     Err(e) => {
-                        if let Some((code, reason)) = read_error(&e) {
-                            close_socket(&mut socket, code, reason).await;
+                        if let Ending::Close(code, reason) = read_error(&e) {
+                            let frame = close_frame(code, reason);
+                            let _ = tokio::time::timeout(CLOSE_LINGER, socket.send(frame)).await;
                         }
                         return;
                     }
@@ -110,8 +124,28 @@ enum Timer {
     NeverSubscribed,
 }
 
-/// Why the connection loop ended: a close frame to send, or nothing (the peer is gone).
-type Ending = Option<(u16, &'static str)>;
+/// Why the connection loop ended, and what is left to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The peer is gone or the socket failed: nothing more to send.
+    Gone,
+    /// Send this close frame and wait (bounded) for the peer's.
+    Close(u16, &'static str),
+    /// The socket is not taking bytes: try this close frame once, then drop.
+    Abort(u16, &'static str),
+}
+
+impl Ending {
+    fn of(reason: CloseReason) -> (u16, &'static str) {
+        match reason {
+            CloseReason::Slow => (
+                close::SLOW,
+                "too slow: reconnect and resume from your last cursor",
+            ),
+            CloseReason::TopicReset => (close::TOPIC_RESET, "topic was recreated: resubscribe"),
+        }
+    }
+}
 
 struct Connection {
     state: AppState,
@@ -124,11 +158,14 @@ struct Connection {
     /// When the token expires: warn then, close `auth.expiry_grace` later.
     expiry: Option<Instant>,
     warned: bool,
+    /// Whether the socket is taking bytes; fed by the IO wrapper when `watched`.
+    watch: WriteWatch,
+    watched: bool,
     _slot: ConnectionSlot,
 }
 
 impl Connection {
-    fn new(state: AppState, admission: Admission) -> Self {
+    fn new(state: AppState, admission: Admission, watch: Option<WriteWatch>) -> Self {
         let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
         let expiry = admission
             .identity
@@ -144,6 +181,8 @@ impl Connection {
             ever_subscribed: false,
             expiry,
             warned: false,
+            watched: watch.is_some(),
+            watch: watch.unwrap_or_default(),
             _slot: admission.slot,
         }
     }
@@ -190,9 +229,8 @@ impl Connection {
             // Drain first on every turn, whatever woke us, so no wake-up is lost.
             // Rarely-taken paths are boxed so the idle connection task stays
             // small (its size is that of its largest suspended state).
-            match self.flush_outbox(&mut socket).await {
-                Ok(()) => {}
-                Err(ending) => break ending,
+            if let Err(ending) = self.flush_outbox(&mut socket).await {
+                break ending;
             }
             let deadline = self.deadline(opened);
             if deadline.map(|(at, _)| at) != armed.map(|(at, _)| at) {
@@ -201,23 +239,24 @@ impl Connection {
             armed = deadline;
             tokio::select! {
                 biased;
-                _ = &mut shutdown_signal => break Some((close::RESTART, "server restarting")),
+                _ = &mut shutdown_signal => break Ending::Close(close::RESTART, "server restarting"),
                 which = async { (&mut timer).await; armed.map(|(_, which)| which) }, if armed.is_some() => match which {
                     None => {}
                     Some(Timer::Expiring) => {
                         self.warned = true;
                         let grace = self.state.config.auth.expiry_grace.as_millis();
-                        if Box::pin(send_text(&mut socket, protocol::token_expiring(grace))).await.is_err() {
-                            break None;
+                        let warning = send_text(&mut socket, protocol::token_expiring(grace));
+                        if let Err(ending) = Box::pin(self.guarded(warning)).await {
+                            break ending;
                         }
                     }
-                    Some(Timer::Expired) => break Some((close::TOKEN_EXPIRED, "token expired")),
-                    Some(Timer::NeverSubscribed) => break Some((close::IDLE, "no subscription made in time")),
+                    Some(Timer::Expired) => break Ending::Close(close::TOKEN_EXPIRED, "token expired"),
+                    Some(Timer::NeverSubscribed) => break Ending::Close(close::IDLE, "no subscription made in time"),
                 },
                 message = socket.recv() => {
                     self.last_seen = Instant::now();
                     match message {
-                        None => break None,
+                        None => break Ending::Gone,
                         Some(Err(e)) => break read_error(&e),
                         Some(Ok(Message::Text(text))) => {
                             if let Err(ending) = Box::pin(self.on_text(&mut socket, text.as_str())).await {
@@ -226,8 +265,8 @@ impl Connection {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let err = ClientError::new(ErrorCode::BadMessage, "binary frames are not supported; send JSON text");
-                            if Box::pin(send_error(&mut socket, None, &err)).await.is_err() {
-                                break None;
+                            if let Err(ending) = Box::pin(self.guarded(send_error(&mut socket, None, &err))).await {
+                                break ending;
                             }
                         }
                         // tungstenite answers pings itself; a pong just proves liveness.
@@ -239,47 +278,116 @@ impl Connection {
                 _ = self.outbox.ready() => {}
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > interval * 2 {
-                        break Some((close::IDLE, "no frames from client for two ping intervals"));
+                        break Ending::Close(close::IDLE, "no frames from client for two ping intervals");
                     }
-                    if Box::pin(socket.send(Message::Ping(Default::default()))).await.is_err() {
-                        break None;
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if let Err(ending) = Box::pin(self.guarded(ping)).await {
+                        break ending;
                     }
                 }
             }
         };
         // Stop receiving before the close handshake, so nothing more is queued.
         self.subs.clear();
-        if let Some((code, reason)) = ending {
-            Box::pin(close_socket(&mut socket, code, reason)).await;
+        match ending {
+            Ending::Gone => {}
+            Ending::Close(code, reason) => Box::pin(self.close(&mut socket, code, reason)).await,
+            Ending::Abort(code, reason) => {
+                // One try, no wait: the frame usually cannot get past what is already queued.
+                let _ = poll_once(std::pin::pin!(socket.send(close_frame(code, reason)))).await;
+            }
         }
+    }
+
+    /// Runs one socket write. A socket with room finishes it at once (no timer,
+    /// no select); a full one races it against shutdown, the outbox closing and
+    /// the write deadline. Dropping the write mid-way is safe: tungstenite keeps
+    /// whole frames in its buffer, and the connection is ending anyway.
+    async fn guarded<F>(&self, write: F) -> Result<(), Ending>
+    where
+        F: Future<Output = Result<(), axum::Error>>,
+    {
+        let mut write = std::pin::pin!(write);
+        match poll_once(write.as_mut()).await {
+            Poll::Ready(result) => result.map_err(|_| Ending::Gone),
+            Poll::Pending => Box::pin(self.blocked(write)).await,
+        }
+    }
+
+    async fn blocked<F>(&self, write: Pin<&mut F>) -> Result<(), Ending>
+    where
+        F: Future<Output = Result<(), axum::Error>>,
+    {
+        if !self.watched {
+            // No IO wrapper reports progress: time the whole blocked write.
+            self.watch.note_blocked();
+        }
+        let limit = self.state.config.limits.write_timeout;
+        let outcome = tokio::select! {
+            biased;
+            result = write => result.map_err(|_| Ending::Gone),
+            _ = self.state.shutdown.triggered() => {
+                Err(Ending::Abort(close::RESTART, "server restarting"))
+            }
+            reason = closed(&self.outbox) => {
+                let (code, text) = Ending::of(reason);
+                Err(Ending::Abort(code, text))
+            }
+            _ = self.watch.stalled(limit) => {
+                telemetry::write_timeout("ws");
+                Err(Ending::Abort(close::SLOW, "write timeout: the client is not reading"))
+            }
+        };
+        if !self.watched {
+            self.watch.note_progress();
+        }
+        outcome
+    }
+
+    /// Sends a Close and reads until the client's Close (or EOF), so the
+    /// handshake completes cleanly. The send gives up when the socket takes
+    /// no bytes for the write timeout (during a drain, for [`DRAIN_STALL`]);
+    /// the read gives up after [`CLOSE_LINGER`].
+    async fn close(&self, socket: &mut WebSocket, code: u16, reason: &'static str) {
+        let limit = self.state.config.limits.write_timeout;
+        let stall = if self.state.shutdown.is_triggered() {
+            DRAIN_STALL
+        } else {
+            limit
+        };
+        let sent = tokio::select! {
+            result = socket.send(close_frame(code, reason)) => result.is_ok(),
+            _ = self.watch.stalled(stall) => false,
+            _ = tokio::time::sleep(limit) => false,
+        };
+        if !sent {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
     }
 
     async fn flush_outbox(&mut self, socket: &mut WebSocket) -> Result<(), Ending> {
         // Reused across wake-ups: no allocation per delivery burst per subscriber.
         let mut batch = std::mem::take(&mut self.batch);
-        match self.outbox.drain_into(&mut batch) {
-            Ok(()) => {}
-            Err(CloseReason::Slow) => {
-                return Err(Some((
-                    close::SLOW,
-                    "too slow: reconnect and resume from your last cursor",
-                )))
-            }
-            Err(CloseReason::TopicReset) => {
-                return Err(Some((
-                    close::TOPIC_RESET,
-                    "topic was recreated: resubscribe",
-                )))
-            }
+        if let Err(reason) = self.outbox.drain_into(&mut batch) {
+            let (code, text) = Ending::of(reason);
+            return Err(Ending::Close(code, text));
         }
-        let sent = send_records(socket, &batch).await;
+        let sent = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.guarded(send_records(socket, &batch)).await
+        };
         batch.clear();
         // Keep a small buffer for the next burst; give back what a big one grew.
         if batch.capacity() > 64 {
             batch = Vec::new();
         }
         self.batch = batch;
-        sent.map_err(|_| None)
+        sent
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Ending> {
@@ -287,11 +395,14 @@ impl Connection {
             Ok(m) => m,
             Err(err) => {
                 telemetry::client_error(err.code.as_str());
-                return send_error(socket, None, &err).await.map_err(|_| None);
+                return self.guarded(send_error(socket, None, &err)).await;
             }
         };
-        let sent = match message {
-            ClientMessage::Ping { id } => send_text(socket, protocol::pong(id.as_ref())).await,
+        match message {
+            ClientMessage::Ping { id } => {
+                self.guarded(send_text(socket, protocol::pong(id.as_ref())))
+                    .await
+            }
             ClientMessage::Unsubscribe { id, topic } => {
                 let found = self.subs.iter().position(|s| match (&id, &topic) {
                     (Some(id), _) => &s.id == id,
@@ -300,20 +411,25 @@ impl Connection {
                 });
                 match found {
                     Some(i) => {
+                        // Out of the index first: nothing more is queued for it.
                         let active = self.subs.swap_remove(i);
-                        send_text(socket, protocol::unsubscribed(&active.id, &active.topic)).await
+                        drop(active._guard);
+                        // Then what was queued before goes out ahead of the
+                        // answer: after `unsubscribed`, nothing of it arrives.
+                        self.flush_outbox(socket).await?;
+                        let reply = protocol::unsubscribed(&active.id, &active.topic);
+                        self.guarded(send_text(socket, reply)).await
                     }
                     None => {
                         let err =
                             ClientError::new(ErrorCode::NotSubscribed, "no such subscription");
-                        send_error(socket, id.as_ref(), &err).await
+                        self.guarded(send_error(socket, id.as_ref(), &err)).await
                     }
                 }
             }
-            ClientMessage::Subscribe(req) => return self.subscribe(socket, req).await,
-            ClientMessage::Refresh { token } => return self.refresh(socket, &token).await,
-        };
-        sent.map_err(|_| None)
+            ClientMessage::Subscribe(req) => self.subscribe(socket, req).await,
+            ClientMessage::Refresh { token } => self.refresh(socket, &token).await,
+        }
     }
 
     /// Swaps in a fresh token. It must name the same subject; subscriptions the
@@ -328,7 +444,7 @@ impl Connection {
             }
             Ok(_) | Err(_) => {
                 let err = ClientError::new(ErrorCode::Unauthorized, "token refused");
-                return send_error(socket, None, &err).await.map_err(|_| None);
+                return self.guarded(send_error(socket, None, &err)).await;
             }
         };
         self.expiry = fresh.time_left().map(|left| Instant::now() + left);
@@ -342,15 +458,14 @@ impl Connection {
                     ErrorCode::Forbidden,
                     "the new token does not cover this subscription",
                 );
-                send_error(socket, Some(&active.id), &err)
-                    .await
-                    .map_err(|_| None)?;
+                self.guarded(send_error(socket, Some(&active.id), &err))
+                    .await?;
             }
         }
         self.subs = kept;
         let reply = protocol::refreshed(fresh.expires_at);
         self.identity = fresh;
-        send_text(socket, reply).await.map_err(|_| None)
+        self.guarded(send_text(socket, reply)).await
     }
 
     async fn subscribe(
@@ -393,9 +508,7 @@ impl Connection {
             Ok(opened) => opened,
             Err(err) => {
                 telemetry::client_error(err.code.as_str());
-                return send_error(socket, id.as_ref(), &err)
-                    .await
-                    .map_err(|_| None);
+                return self.guarded(send_error(socket, id.as_ref(), &err)).await;
             }
         };
         let subscribed = protocol::subscribed(
@@ -405,39 +518,35 @@ impl Connection {
             opened.recovered,
             opened.snapshot_len,
         );
-        send_text(socket, subscribed).await.map_err(|_| None)?;
+        self.guarded(send_text(socket, subscribed)).await?;
         if let Some((reason, earliest)) = &opened.gap {
             let gap = protocol::gap(&opened.id, &opened.topic_name, reason, earliest);
-            send_text(socket, gap).await.map_err(|_| None)?;
+            self.guarded(send_text(socket, gap)).await?;
         }
         loop {
             match opened.catch_up.next_batch().await {
                 Ok(Some(Step::Records(batch))) => {
-                    send_records(socket, &batch).await.map_err(|_| None)?
+                    self.guarded(send_records(socket, &batch)).await?
                 }
                 Ok(Some(Step::Live { replayed })) => {
                     let live = protocol::live(&opened.id, &opened.topic_name, replayed);
-                    send_text(socket, live).await.map_err(|_| None)?
+                    self.guarded(send_text(socket, live)).await?
                 }
                 Ok(None) => break,
                 Err(CatchUpError::Slow) => {
-                    return Err(Some((
-                        close::SLOW,
-                        "too slow: reconnect and resume from your last cursor",
-                    )))
+                    let (code, text) = Ending::of(CloseReason::Slow);
+                    return Err(Ending::Close(code, text));
                 }
                 Err(CatchUpError::TopicReset) => {
-                    return Err(Some((
-                        close::TOPIC_RESET,
-                        "topic was recreated: resubscribe",
-                    )))
+                    let (code, text) = Ending::of(CloseReason::TopicReset);
+                    return Err(Ending::Close(code, text));
                 }
                 Err(CatchUpError::Lost(e)) => {
                     tracing::warn!(error = %e, "resume lost its range mid-replay");
-                    return Err(Some((
+                    return Err(Ending::Close(
                         close::RECOVERY_LOST,
                         "replay range is gone: resubscribe",
-                    )));
+                    ));
                 }
             }
         }
@@ -457,16 +566,38 @@ fn read_error(error: &axum::Error) -> Ending {
     // axum wraps tungstenite's error without a typed accessor; its Display is stable.
     let text = error.to_string();
     if text.contains("Space limit exceeded") {
-        return Some((close::TOO_BIG, "message too big"));
+        return Ending::Close(close::TOO_BIG, "message too big");
     }
     if text.contains("UTF-8 encoding error") {
-        return Some((close::BAD_DATA, "text frame is not UTF-8"));
+        return Ending::Close(close::BAD_DATA, "text frame is not UTF-8");
     }
     if text.contains("WebSocket protocol error") {
-        return Some((close::PROTOCOL, "protocol error"));
+        return Ending::Close(close::PROTOCOL, "protocol error");
     }
     tracing::debug!(error = %text, "websocket read failed");
-    None
+    Ending::Gone
+}
+
+/// Polls `future` once: `Ready` with its output, or `Pending` (then dropped by the caller or polled on).
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
+}
+
+/// Resolves with the reason once `outbox` is closed (it is woken on every push, too).
+async fn closed(outbox: &Outbox) -> CloseReason {
+    loop {
+        if let Some(reason) = outbox.closed_reason() {
+            return reason;
+        }
+        outbox.ready().await;
+    }
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
 async fn send_records(socket: &mut WebSocket, records: &[Arc<Record>]) -> Result<(), axum::Error> {
@@ -490,20 +621,4 @@ async fn send_error(
     err: &ClientError,
 ) -> Result<(), axum::Error> {
     send_text(socket, protocol::error(id, err)).await
-}
-
-/// Sends a Close and keeps reading until the client's Close (or EOF), so the
-/// handshake completes cleanly; gives up after [`CLOSE_LINGER`].
-async fn close_socket(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(_)) = socket.recv().await {}
-    })
-    .await;
 }

@@ -1,0 +1,182 @@
+//! Write stalls: an IO wrapper that notes when a client's socket stops taking bytes, and a future that fires when that lasts too long.
+//!
+//! Every accepted socket is wrapped in [`Watched`]. A write that returns
+//! `Pending` marks the connection blocked; any write that moves bytes clears
+//! the mark. [`WriteWatch::stalled`] resolves once the mark has stood for a
+//! given time, so the WebSocket loop and the HTTP connection (SSE) can race
+//! their writes against it: one client that stops reading never holds a task,
+//! a connection slot or a drain. The fast path costs one relaxed load per
+//! write; the clock is read only when a write blocks.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// One connection's write state, shared by the IO wrapper and whoever writes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteWatch {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Milliseconds (on [`now_ms`]'s clock) since a write has been waiting; 0 = not blocked.
+    blocked_since: AtomicU64,
+    /// Woken when the connection becomes blocked.
+    blocked: Notify,
+}
+
+/// A coarse monotonic clock in milliseconds, never 0.
+fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl WriteWatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A write could not go out: the socket is full.
+    pub fn note_blocked(&self) {
+        if self.inner.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.inner.blocked_since.store(now_ms(), Ordering::Relaxed);
+            self.inner.blocked.notify_one();
+        }
+    }
+
+    /// A write moved bytes: the client is reading.
+    pub fn note_progress(&self) {
+        if self.inner.blocked_since.load(Ordering::Relaxed) != 0 {
+            self.inner.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes have been waiting without the socket taking a byte.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        match self.inner.blocked_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
+        }
+    }
+
+    /// Resolves once the socket has taken no bytes for `limit` while a write
+    /// was waiting. Costs no timer while the connection is not blocked.
+    pub async fn stalled(&self, limit: Duration) {
+        loop {
+            match self.blocked_for() {
+                None => self.inner.blocked.notified().await,
+                Some(waited) if waited >= limit => return,
+                Some(waited) => tokio::time::sleep(limit - waited).await,
+            }
+        }
+    }
+}
+
+/// A socket whose writes report to a [`WriteWatch`].
+#[derive(Debug)]
+pub struct Watched<IO> {
+    io: IO,
+    watch: WriteWatch,
+}
+
+impl<IO> Watched<IO> {
+    pub fn new(io: IO, watch: WriteWatch) -> Self {
+        Self { io, watch }
+    }
+
+    fn noted(&self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &poll {
+            Poll::Pending => self.watch.note_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.watch.note_progress(),
+            Poll::Ready(_) => {}
+        }
+        poll
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.noted(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.noted(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_socket_nobody_reads_is_reported_stalled_and_reading_clears_it() {
+        let (client, server) = tokio::io::duplex(64);
+        let watch = WriteWatch::new();
+        let mut watched = Watched::new(server, watch.clone());
+        watched.write_all(&[0; 64]).await.unwrap();
+        assert_eq!(
+            watch.blocked_for(),
+            None,
+            "a write with room is not a stall"
+        );
+        let blocked = tokio::spawn(async move {
+            watched.write_all(&[1; 16]).await.unwrap();
+            watched
+        });
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch.stalled(Duration::from_millis(50)),
+        )
+        .await
+        .expect("stall reported");
+        assert!(watch.blocked_for().unwrap() >= Duration::from_millis(50));
+        // The peer reads: the blocked write completes and the mark clears.
+        let mut client = client;
+        let mut sink = vec![0; 80];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut sink)
+            .await
+            .unwrap();
+        blocked.await.unwrap();
+        assert_eq!(watch.blocked_for(), None);
+    }
+}
