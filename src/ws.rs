@@ -302,7 +302,10 @@ impl Connection {
     /// Runs one socket write. A socket with room finishes it at once (no timer,
     /// no select); a full one races it against shutdown, the outbox closing and
     /// the write deadline. Dropping the write mid-way is safe: tungstenite keeps
-    /// whole frames in its buffer, and the connection is ending anyway.
+    /// whole frames in its buffer, and the connection is ending anyway. The
+    /// close that follows is itself bounded (see [`Connection::close`]), so a
+    /// slow-closed or draining client is gone within the write timeout (during
+    /// a drain, [`DRAIN_STALL`]) even when its close frame cannot be written.
     async fn guarded<F>(&self, write: F) -> Result<(), Ending>
     where
         F: Future<Output = Result<(), axum::Error>>,
@@ -326,12 +329,14 @@ impl Connection {
         let outcome = tokio::select! {
             biased;
             result = write => result.map_err(|_| Ending::Gone),
+            // Both stop the batch here; the close frame then goes out behind
+            // what is already buffered, if the client takes it in time.
             _ = self.state.shutdown.triggered() => {
-                Err(Ending::Abort(close::RESTART, "server restarting"))
+                Err(Ending::Close(close::RESTART, "server restarting"))
             }
             reason = closed(&self.outbox) => {
                 let (code, text) = Ending::of(reason);
-                Err(Ending::Abort(code, text))
+                Err(Ending::Close(code, text))
             }
             _ = self.watch.stalled(limit) => {
                 telemetry::write_timeout("ws");

@@ -407,7 +407,9 @@ async fn evicted_position_answers_recovered_false_and_gap() {
 
 #[tokio::test]
 async fn slow_client_is_disconnected_while_others_keep_receiving() {
-    let server = TestServer::start_with("[limits]\nqueue_bytes = 1048576\n").await;
+    // A long write timeout: this client is slow, not gone, and reads its 4001 later.
+    let server =
+        TestServer::start_with("[limits]\nqueue_bytes = 1048576\nwrite_timeout = \"60s\"\n").await;
     let mut slow = server.ws().await;
     slow.subscribe(json!({"topic": "one", "snapshot": false}))
         .await;
@@ -577,6 +579,75 @@ async fn unsubscribe_stops_delivery_and_resubscribe_with_cursor_resumes() {
     ws.subscribe(json!({"id": "b", "topic": "one", "keys": ["x", "y"], "cursor": cursor}))
         .await;
     assert_eq!(seq(&ws.json().await), 1);
+    server.stop().await;
+}
+
+/// At a few thousand records a second, `unsubscribed` is the last word of a
+/// subscription: records already queued for it go out before the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_arrives_after_unsubscribed_at_a_high_publish_rate() {
+    let server =
+        TestServer::start_with("[limits]\npublish_rate = 100000.0\npublish_burst = 100000.0\n")
+            .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (http, addr, stop) = (server.http.clone(), server.addr, stop.clone());
+        tokio::spawn(async move {
+            let mut published = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let records: Vec<Value> = (0..30)
+                    .map(|i| json!({"key": format!("k{i}"), "data": {"n": published + i}}))
+                    .collect();
+                let r = http
+                    .post(format!("http://{addr}/topics/one"))
+                    .json(&json!({ "records": records }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                published += 30;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            published
+        })
+    };
+    let mut ws = server.ws().await;
+    let (mut late, mut rounds_with_late, mut delivered) = (0, 0, 0);
+    for round in 0..300 {
+        ws.subscribe(json!({"id": round, "topic": "one", "snapshot": false}))
+            .await;
+        // Let some records queue up, then unsubscribe with more in flight.
+        for _ in 0..3 {
+            let v = ws.json().await;
+            assert_eq!(v["type"], "record", "{v}");
+            delivered += 1;
+        }
+        ws.send(json!({"type": "unsubscribe", "id": round})).await;
+        loop {
+            let v = ws.json().await;
+            match v["type"].as_str() {
+                Some("record") => delivered += 1,
+                Some("unsubscribed") => break,
+                _ => panic!("unexpected {v}"),
+            }
+        }
+        // Anything of the old subscription arriving now is late.
+        let mut late_here = 0;
+        while let Some(WsEvent::Json(v)) = ws.event_within(Duration::from_millis(2)).await {
+            assert_eq!(v["type"], "record", "{v}");
+            late_here += 1;
+        }
+        late += late_here;
+        rounds_with_late += usize::from(late_here > 0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.await.unwrap();
+    println!("{published} records published, {delivered} delivered in 300 rounds, {late} late");
+    assert_eq!(
+        (late, rounds_with_late),
+        (0, 0),
+        "records arrived after `unsubscribed`"
+    );
     server.stop().await;
 }
 
