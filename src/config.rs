@@ -500,6 +500,11 @@ impl Config {
         Ok(())
     }
 
+    /// True when `name` is one of the `[[topics]]`.
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.topics.iter().any(|t| t.name == name)
+    }
+
     /// True when this config lets anyone publish on a non-loopback address.
     pub fn open_publish_on_network(&self) -> bool {
         self.auth.anonymous_publish && !self.server.listen.ip().is_loopback()

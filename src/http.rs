@@ -49,14 +49,24 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// 200 `{"ready":true}` once the source has opened and warmed the hub;
+/// 503 `{"ready":false,"waiting_for":...}` before that and during a drain.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_triggered() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
-    }
-    if !state.source.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "warming up\n").into_response();
-    }
-    (StatusCode::OK, "ready\n").into_response()
+    let waiting_for = if state.shutdown.is_triggered() {
+        "shutdown"
+    } else if !state.source.is_ready() {
+        match state.config.source.kind {
+            crate::config::SourceKind::Kafka => "kafka",
+            crate::config::SourceKind::Embedded => "embedded_log",
+        }
+    } else {
+        return Json(json!({"ready": true})).into_response();
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"ready": false, "waiting_for": waiting_for})),
+    )
+        .into_response()
 }
 
 async fn metrics() -> Response {

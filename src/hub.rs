@@ -48,6 +48,9 @@ pub struct Topic {
     settings: TopicSettings,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
+    /// Set by the source once the warm start has filled the ring and view up
+    /// to the log's end as it stood: before that, nothing is served from them.
+    ready: AtomicBool,
 }
 
 struct Partition {
@@ -166,6 +169,7 @@ impl Hub {
             settings,
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
+            ready: AtomicBool::new(false),
         });
         topic.ensure_partitions(partitions);
         self.topics
@@ -186,6 +190,15 @@ impl Hub {
 }
 
 impl Topic {
+    /// The warm start is done: subscriptions may be served.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     pub fn partition_count(&self) -> u32 {
         self.partitions.read().expect("partitions lock").len() as u32
     }

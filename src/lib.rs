@@ -81,22 +81,19 @@ pub enum RunError {
 }
 
 /// Runs the gateway on `listeners` until `shutdown` is triggered, then drains.
+///
+/// The HTTP surface answers from the first moment (`/healthz` 200, `/readyz`
+/// 503) while the source opens; subscriptions and publishes are refused as
+/// retryable until it has. A source that cannot open (a broker unreachable for
+/// `kafka.startup_timeout`, a log that cannot be read) ends the run with its error.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
     telemetry::install();
     let hub = Arc::new(Hub::new());
-    let source: Arc<dyn Source> = match config.source.kind {
-        config::SourceKind::Embedded => {
-            let config = config.clone();
-            let hub = Arc::clone(&hub);
-            // redb I/O and the warm start block; keep them off the async workers.
-            let log =
-                tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
-            Arc::new(log)
-        }
-        config::SourceKind::Kafka => Arc::new(
-            source::kafka::KafkaSource::open(&config, Arc::clone(&hub), shutdown.clone()).await?,
-        ),
+    let waiting_for = match config.source.kind {
+        config::SourceKind::Embedded => "embedded log",
+        config::SourceKind::Kafka => "kafka",
     };
+    let opening = Arc::new(source::Opening::new(waiting_for));
     if config.open_publish_on_network() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -108,15 +105,36 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         header_read: config.server.header_read_timeout,
         write: config.limits.write_timeout,
     };
-    let state = AppState::new(config, hub, source, shutdown.clone())?;
-    if state.config.demo.enabled {
-        demo::spawn(&state);
-    }
+    let source_config = config.clone();
+    let state = AppState::new(config, Arc::clone(&hub), opening.clone(), shutdown.clone())?;
     if !state.config.auth.jwks_file.as_os_str().is_empty() {
         spawn_jwks_reloader(&state);
     }
     let app = http::router(state.clone());
-    server::serve(listeners.http, app, shutdown.clone(), timeouts).await;
+    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts);
+    tokio::pin!(serving);
+    let opened = tokio::select! {
+        // Shut down before the source opened: nothing to drain but connections.
+        () = &mut serving => None,
+        opened = open_source(source_config, hub, shutdown.clone()) => Some(opened),
+    };
+    match opened {
+        Some(Ok(source)) => {
+            opening.set(source);
+            if state.config.demo.enabled {
+                demo::spawn(&state);
+            }
+            serving.await;
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the source could not open; stopping");
+            shutdown.trigger();
+            serving.await;
+            let _ = tokio::time::timeout(grace, shutdown.drained()).await;
+            return Err(e);
+        }
+        None => {}
+    }
 
     tracing::info!(connections = state.open_connections(), "draining");
     match tokio::time::timeout(grace, shutdown.drained()).await {
@@ -127,6 +145,26 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         ),
     }
     Ok(())
+}
+
+/// Opens the configured source: the embedded log (read and warmed on a
+/// blocking thread) or Kafka (connected within `kafka.startup_timeout`).
+async fn open_source(
+    config: Config,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+) -> Result<Arc<dyn Source>, RunError> {
+    Ok(match config.source.kind {
+        config::SourceKind::Embedded => {
+            // redb I/O and the warm start block; keep them off the async workers.
+            let log =
+                tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
+            Arc::new(log)
+        }
+        config::SourceKind::Kafka => {
+            Arc::new(source::kafka::KafkaSource::open(&config, hub, shutdown).await?)
+        }
+    })
 }
 
 /// Re-reads the JWKS file when it changes, so keys rotate without a restart.

@@ -23,6 +23,20 @@ use crate::source::SourceError;
 use crate::state::AppState;
 use crate::telemetry;
 
+/// 503 with `Retry-After` while this node's source or topic is still warming up.
+fn warming_up() -> Response {
+    let mut response = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "this node is still warming up: retry shortly",
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 pub async fn handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -43,8 +57,14 @@ pub async fn handler(
             return unauthorized();
         }
     };
-    let Ok(topic) = state.hub.topic(&topic_name) else {
-        return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic");
+    let topic = match state.hub.topic(&topic_name) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
+        // Warming up: the answer's cursor would be built from a partial frontier.
+        Ok(_) => return warming_up(),
+        Err(_) if !state.source.is_ready() && state.config.has_topic(&topic_name) => {
+            return warming_up()
+        }
+        Err(_) => return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic"),
     };
     let limits = &state.config.limits;
     let bytes = match axum::body::to_bytes(body, limits.max_publish_bytes).await {

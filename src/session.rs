@@ -124,12 +124,31 @@ pub async fn open(
             "not allowed to subscribe to these keys of this topic",
         ));
     }
-    let topic = state.hub.topic(&req.topic).map_err(|_| {
+    // Never serve from a ring and view the warm start has not filled: the
+    // client would get an empty snapshot and then history as if it were live.
+    let warming = || {
         ClientError::new(
-            ErrorCode::UnknownTopic,
-            format!("unknown topic `{}`", truncate(&req.topic)),
+            ErrorCode::Unavailable,
+            format!(
+                "topic `{}` is warming up on this node: retry shortly",
+                truncate(&req.topic)
+            ),
         )
-    })?;
+    };
+    let topic = match state.hub.topic(&req.topic) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
+        Ok(_) => return Err(warming()),
+        // A configured topic this node has not learned yet is not unknown.
+        Err(_) if !state.source.is_ready() && state.config.has_topic(&req.topic) => {
+            return Err(warming())
+        }
+        Err(_) => {
+            return Err(ClientError::new(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic `{}`", truncate(&req.topic)),
+            ))
+        }
+    };
     let want_snapshot = req.snapshot.unwrap_or(true);
     let reg: Registration = topic.register(
         filter,

@@ -203,7 +203,14 @@ fn client_error_response(err: &ClientError) -> Response {
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
-    json_error(status, err.code.as_str(), &err.message)
+    let mut response = json_error(status, err.code.as_str(), &err.message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Warming up or briefly unable to read the log: worth another try soon.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 #[cfg(test)]

@@ -454,6 +454,137 @@ async fn broker_stop_and_restart_under_load_loses_and_repeats_nothing() {
     assert_eq!(metric(n.addr, "pushgate_kafka_broker_connected").await, 1.0);
 }
 
+/// A node restarted while the broker is down answers health checks at once,
+/// refuses subscriptions and publishes as retryable (never "unknown topic"),
+/// and once the broker is back serves only after its warm start: the snapshot
+/// is the current state, the cursor the real end of the log, and no history
+/// arrives as if it were live.
+#[tokio::test]
+async fn a_node_restarted_with_the_broker_down_serves_nothing_until_warm() {
+    let mut broker = Broker::sqlite().await;
+    broker.create_topic("t", 3, &[]).await;
+    produce(&broker, "t", 0, 300).await;
+    let slow_start = [("startup_timeout = \"10s\"", "startup_timeout = \"60s\"")];
+    // A first node reads everything: its cursor is the end of the log.
+    let (first, _first_dir) = node(&broker, &[("t", 64)], &slow_start).await;
+    let mut ws = WsClient::connect(first.addr).await;
+    let end_cursor = ws.subscribe(json!({"topic": "t", "snapshot": false})).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        Cursor::decode(&end_cursor)
+            .unwrap()
+            .offsets
+            .iter()
+            .sum::<u64>(),
+        300
+    );
+    drop(ws);
+    drop(first);
+
+    broker.kill().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(&broker.addr(), &[("t", 64)], "")
+        .replace("startup_timeout = \"10s\"", "startup_timeout = \"60s\"");
+    let n = Process::start_listening(dir.path(), &config, "127.0.0.1:0").await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", n.addr);
+
+    // Health at once; readiness says what it waits for.
+    let health = tokio::time::timeout(Duration::from_secs(2), http.get(url("/healthz")).send())
+        .await
+        .expect("/healthz answers while the broker is down")
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = http.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body, json!({"ready": false, "waiting_for": "kafka"}));
+
+    // SSE: 503 with Retry-After, not 404 and not a stream from an empty view.
+    let sse = http
+        .get(url(&format!("/sse?topic=t&cursor={end_cursor}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 503);
+    assert!(sse.headers().get("retry-after").is_some(), "Retry-After");
+    let body: Value = sse.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    // WebSocket: an `unavailable` error, and the connection stays usable.
+    let mut ws = WsClient::connect(n.addr).await;
+    ws.send(json!({"type": "subscribe", "id": 1, "topic": "t"}))
+        .await;
+    let refused = ws.json().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{refused}"
+    );
+    ws.send(json!({"type": "ping", "id": 2})).await;
+    assert_eq!(ws.json().await["type"], "pong");
+    // Publish: retryable too.
+    let publish = http
+        .post(url("/topics/t"))
+        .json(&json!({"key": "k0", "data": {"seq": 999}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), 503);
+
+    broker.restart().await;
+    n.wait_ready(Duration::from_secs(60)).await;
+
+    // Fresh subscriber: the current state of each key, then silence (nothing is produced).
+    let mut sse = SseClient::connect(&http, n.addr, "topic=t", None).await;
+    assert_eq!(sse.status, 200);
+    let subscribed = sse.next().await;
+    assert_eq!(subscribed.event, "subscribed");
+    let subscribed = subscribed.json();
+    assert_eq!(
+        subscribed["cursor"], end_cursor,
+        "starts at the end of the log"
+    );
+    assert_eq!(
+        subscribed["snapshot"], 5,
+        "one snapshot record per key (k0..k4)"
+    );
+    let snapshot = sse.records(5).await;
+    for ev in &snapshot {
+        assert!(
+            ev.json()["data"]["seq"].as_u64().unwrap() >= 295,
+            "latest value per key"
+        );
+    }
+    assert!(
+        sse.next_within(Duration::from_millis(1500)).await.is_none(),
+        "no history as live"
+    );
+    // A cursor from the other node resumes with nothing replayed.
+    let mut ws = WsClient::connect(n.addr).await;
+    let resumed = ws
+        .subscribe(json!({"topic": "t", "cursor": end_cursor}))
+        .await;
+    assert_eq!(resumed["recovered"], true);
+    ws.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(ws.lives.last().unwrap()["replayed"], 0);
+    // Then live records, exactly once.
+    produce(&broker, "t", 300, 6).await;
+    let live: Vec<u64> = ws
+        .records(6)
+        .await
+        .iter()
+        .map(|r| r["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        live.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        (300..306).collect()
+    );
+}
+
 #[tokio::test]
 async fn resume_below_the_low_watermark_gets_recovered_false_and_a_gap() {
     // tansu does not support DeleteRecords; its sqlite engine applies

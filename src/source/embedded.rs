@@ -130,6 +130,7 @@ impl EmbeddedLog {
                 &next_offsets[t],
                 config.source.warm_start_records,
             )?;
+            topic.hub.mark_ready();
         }
 
         let topics = Arc::new(topics);

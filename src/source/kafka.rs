@@ -11,8 +11,11 @@
 //!   cluster id and the topic id (see [`meta`]), so a recreated topic gets a new
 //!   epoch and old cursors are answered with `recovered:false`.
 //! - **Warm start**: each partition is read from `max(low, high - warm_start_records)`
-//!   (or from the low watermark with `warm_start = "earliest"`) and the node is
-//!   ready once every partition has reached the high watermark seen at start.
+//!   (or from the low watermark with `warm_start = "earliest"`). A topic is
+//!   served once every one of its partitions has reached the high watermark
+//!   seen when it was added, and the node is ready once all the topics found
+//!   at start are. A topic whose watermarks cannot be read is not added yet
+//!   (it is retried): guessing them would serve history as if it were live.
 //! - **Metadata refresh** (every `metadata_refresh_interval`): added partitions
 //!   and topics created after start are assigned, a recreated topic replaces
 //!   the hub's topic (its subscribers are disconnected to resume), lag and
@@ -25,7 +28,7 @@ mod catchup;
 pub mod decode;
 pub mod meta;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -238,8 +241,11 @@ struct Live {
     consumer: Arc<BaseConsumer>,
     /// Topic name -> hub topic, for the hot path (no lock per record).
     by_name: HashMap<String, Arc<Topic>>,
-    /// (topic, partition) -> high watermark at start: ready once all are reached.
+    /// (topic, partition) -> high watermark when the topic was added: it is
+    /// served once all of its partitions reach theirs.
     warm_targets: Vec<(Arc<Topic>, u32, u64)>,
+    /// Topics found in Kafka whose watermarks could not be read yet.
+    unwatermarked: HashSet<String>,
     last_refresh: Instant,
     refresh_soon: bool,
     connected: bool,
@@ -253,6 +259,7 @@ impl Live {
             consumer: Arc::new(consumer),
             by_name: HashMap::new(),
             warm_targets: Vec::new(),
+            unwatermarked: HashSet::new(),
             last_refresh: Instant::now(),
             refresh_soon: false,
             connected: true,
@@ -274,7 +281,7 @@ impl Live {
                 }
                 Some(Err(e)) => self.on_error(e),
             }
-            if !self.inner.ready.load(Ordering::Relaxed) {
+            if !self.warm_targets.is_empty() || !self.inner.ready.load(Ordering::Relaxed) {
                 self.check_warm();
             }
             let every = self.inner.config.metadata_refresh_interval;
@@ -335,13 +342,35 @@ impl Live {
         telemetry::kafka_connected(up);
     }
 
+    /// Marks each topic whose partitions all reached their warm targets ready,
+    /// and the node once every topic is.
     fn check_warm(&mut self) {
-        let done = self
-            .warm_targets
-            .iter()
-            .all(|(t, p, target)| t.frontier().get(*p as usize).copied().unwrap_or(0) >= *target);
-        if done {
-            self.warm_targets.clear();
+        let reached = |(t, p, target): &(Arc<Topic>, u32, u64)| {
+            t.frontier().get(*p as usize).copied().unwrap_or(0) >= *target
+        };
+        let mut pending: Vec<&Arc<Topic>> = Vec::new();
+        for entry in &self.warm_targets {
+            if !reached(entry) && !pending.iter().any(|t| Arc::ptr_eq(t, &entry.0)) {
+                pending.push(&entry.0);
+            }
+        }
+        let mut done: Vec<Arc<Topic>> = Vec::new();
+        for (topic, _, _) in &self.warm_targets {
+            let waiting = pending.iter().any(|t| Arc::ptr_eq(t, topic));
+            if !waiting && !done.iter().any(|t| Arc::ptr_eq(t, topic)) {
+                done.push(Arc::clone(topic));
+            }
+        }
+        for topic in &done {
+            topic.mark_ready();
+            tracing::info!(topic = %topic.name, "warm start done: topic served");
+        }
+        self.warm_targets
+            .retain(|(t, _, _)| !done.iter().any(|d| Arc::ptr_eq(d, t)));
+        if self.warm_targets.is_empty()
+            && self.unwatermarked.is_empty()
+            && !self.inner.ready.load(Ordering::Relaxed)
+        {
             self.inner.ready.store(true, Ordering::Release);
             tracing::info!("Kafka warm start done: ready");
         }
@@ -406,6 +435,14 @@ impl Live {
                     }
                 }
                 (Described::Found { id, partitions }, known) => {
+                    let Some(marks) = self.watermarks(&name, partitions) else {
+                        // Retried soon; until then the topic is not served,
+                        // and the node is not ready.
+                        self.refresh_soon = true;
+                        self.unwatermarked.insert(name.clone());
+                        continue;
+                    };
+                    self.unwatermarked.remove(&name);
                     let recreated = known.is_some();
                     let epoch = topic_epoch(&self.inner.cluster_id, id.as_ref(), &name);
                     if id.is_none() {
@@ -416,7 +453,7 @@ impl Live {
                         tracing::warn!(topic = %name, "topic was recreated (new topic id): new epoch, subscribers resume");
                         old.hub.disconnect_all();
                     }
-                    self.warm(&name, &hub_topic, partitions, recreated);
+                    self.warm(&hub_topic, &marks, recreated);
                     self.inner.set_known(
                         &name,
                         Known {
@@ -435,30 +472,40 @@ impl Live {
         }
     }
 
-    /// Positions a new topic's partitions for the warm start.
-    fn warm(&mut self, name: &str, topic: &Arc<Topic>, partitions: u32, recreated: bool) {
-        for p in 0..partitions {
-            let (low, high) = match self
-                .inner
-                .admin
-                .fetch_watermarks(name, p as i32, META_TIMEOUT)
-            {
-                Ok((l, h)) => (l.max(0) as u64, h.max(0) as u64),
-                Err(e) => {
-                    tracing::warn!(topic = %name, partition = p, error = %e, "cannot read watermarks; reading from the start");
-                    (0, 0)
+    /// (low, high) watermarks of every partition, or `None` if any cannot be read.
+    fn watermarks(&self, name: &str, partitions: u32) -> Option<Vec<(u64, u64)>> {
+        (0..partitions)
+            .map(|p| {
+                match self
+                    .inner
+                    .admin
+                    .fetch_watermarks(name, p as i32, META_TIMEOUT)
+                {
+                    Ok((l, h)) => Some((l.max(0) as u64, h.max(0) as u64)),
+                    Err(e) => {
+                        tracing::warn!(topic = %name, partition = p, error = %e, "cannot read watermarks yet; the topic is served once they are known");
+                        None
+                    }
                 }
-            };
+            })
+            .collect()
+    }
+
+    /// Positions a new topic's partitions for the warm start; it is served
+    /// once each has reached the high watermark in `marks`.
+    fn warm(&mut self, topic: &Arc<Topic>, marks: &[(u64, u64)], recreated: bool) {
+        for (p, &(low, high)) in marks.iter().enumerate() {
             // A recreated topic is new to every client: read all of it.
             let mode = if recreated {
                 WarmStart::Earliest
             } else {
                 self.inner.config.warm_start
             };
-            topic.advance(p, warm_from(mode, self.inner.warm_records, low, high));
-            if !self.inner.ready.load(Ordering::Relaxed) {
-                self.warm_targets.push((Arc::clone(topic), p, high));
-            }
+            topic.advance(
+                p as u32,
+                warm_from(mode, self.inner.warm_records, low, high),
+            );
+            self.warm_targets.push((Arc::clone(topic), p as u32, high));
         }
     }
 

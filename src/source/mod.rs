@@ -10,6 +10,8 @@
 pub mod embedded;
 pub mod kafka;
 
+use std::sync::{Arc, OnceLock};
+
 use async_trait::async_trait;
 
 use crate::record::{Appended, LogRecord, NewRecord};
@@ -52,4 +54,69 @@ pub trait Source: Send + Sync + 'static {
 
     /// True once the source has filled the hub and follows its topics live.
     fn is_ready(&self) -> bool;
+}
+
+/// The source as the HTTP surface sees it from the first moment: not ready,
+/// and refusing with [`SourceError::Unavailable`], until the real one has
+/// opened (connected to its brokers, warmed the hub) and is [`set`](Opening::set).
+/// Health checks answer meanwhile, which is what a load balancer and an
+/// orchestrator need from a node that is still starting.
+pub struct Opening {
+    /// What the node waits for, for `/readyz` ("kafka", "embedded log").
+    waiting_for: &'static str,
+    source: OnceLock<Arc<dyn Source>>,
+}
+
+impl Opening {
+    pub fn new(waiting_for: &'static str) -> Self {
+        Self {
+            waiting_for,
+            source: OnceLock::new(),
+        }
+    }
+
+    /// Hands over the opened source; later calls are ignored.
+    pub fn set(&self, source: Arc<dyn Source>) {
+        let _ = self.source.set(source);
+    }
+
+    pub fn waiting_for(&self) -> &'static str {
+        self.waiting_for
+    }
+
+    fn get(&self) -> Result<&Arc<dyn Source>, SourceError> {
+        self.source.get().ok_or_else(|| {
+            SourceError::Unavailable(format!("still connecting to the {}", self.waiting_for))
+        })
+    }
+}
+
+#[async_trait]
+impl Source for Opening {
+    async fn publish(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>, SourceError> {
+        self.get()?.publish(topic, records).await
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, SourceError> {
+        self.get()?.read(topic, partition, from, until, max).await
+    }
+
+    async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError> {
+        self.get()?.earliest(topic).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.source.get().is_some_and(|s| s.is_ready())
+    }
 }

@@ -443,6 +443,40 @@ impl Process {
 
     /// Starts the binary with `args` and waits until it is ready.
     pub async fn spawn(args: &[&str]) -> Self {
+        let process = Self::spawn_listening(args).await;
+        process.wait_ready(WAIT).await;
+        process
+    }
+
+    /// Starts `pushgate --config <file>` and returns once it listens (it may still be warming up).
+    pub async fn start_listening(dir: &Path, config: &str, listen: &str) -> Self {
+        let file: PathBuf = dir.join("pushgate.toml");
+        std::fs::write(&file, config).unwrap();
+        let file = file.display().to_string();
+        Self::spawn_listening(&["--config", &file, "--listen", listen]).await
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(r) = http
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the binary with `args` and returns once it listens.
+    pub async fn spawn_listening(args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
             .args(args)
             .env("RUST_LOG", "info")
@@ -466,17 +500,6 @@ impl Process {
         .expect("pushgate did not start listening");
         // Keep draining stderr so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         Self { child, addr }
     }
 
