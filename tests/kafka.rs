@@ -755,3 +755,64 @@ async fn produce_to_client_latency() {
     assert!(p50 < 100.0, "p50 {p50:.1} ms");
     assert!(p99 < 500.0, "p99 {p99:.1} ms");
 }
+
+/// SSE through the shipped HAProxy config against SSE straight to a node, side
+/// by side in one run: HAProxy must not hold events back (it did by ~100 ms
+/// without `option http-no-delay`).
+#[tokio::test]
+async fn sse_latency_through_haproxy_matches_a_direct_stream() {
+    const RATE: u64 = 50;
+    const COUNT: u64 = 200;
+    let broker = Broker::memory().await;
+    broker.create_topic("lat", 3, &[]).await;
+    let a = node(&broker, &[("lat", 256)], &[]).await;
+    let b = node(&broker, &[("lat", 256)], &[]).await;
+    let lb = HaProxy::start(&[a.0.addr, b.0.addr]).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await; // health checks mark both up
+    let http = reqwest::Client::new();
+    let via_lb = SseClient::connect(&http, lb.addr, "topic=lat&snapshot=false", None).await;
+    let direct = SseClient::connect(&http, a.0.addr, "topic=lat&snapshot=false", None).await;
+    let measure = |mut sse: SseClient| {
+        tokio::spawn(async move {
+            assert_eq!(sse.status, 200);
+            assert_eq!(sse.next().await.event, "subscribed");
+            let mut latencies = Vec::with_capacity(COUNT as usize);
+            for _ in 0..COUNT {
+                let ev = sse.next().await;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64();
+                latencies.push((now - ev.json()["data"]["t"].as_f64().unwrap()) * 1000.0);
+            }
+            latencies.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let pct = |q: f64| {
+                latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
+            };
+            (pct(0.5), pct(0.99))
+        })
+    };
+    let (lb_task, direct_task) = (measure(via_lb), measure(direct));
+    let mut load = spawn_tool(&[
+        "produce",
+        "--brokers",
+        &broker.addr(),
+        "--topic",
+        "lat",
+        "--count",
+        &COUNT.to_string(),
+        "--rate",
+        &RATE.to_string(),
+    ]);
+    wait_exit(&mut load, Duration::from_secs(60)).await;
+    let (lb_p50, lb_p99) = lb_task.await.unwrap();
+    let (direct_p50, direct_p99) = direct_task.await.unwrap();
+    eprintln!(
+        "SSE latency, {RATE} records/s, {COUNT} records: through HAProxy p50 {lb_p50:.1} ms p99 {lb_p99:.1} ms; direct p50 {direct_p50:.1} ms p99 {direct_p99:.1} ms"
+    );
+    assert!(
+        lb_p50 < direct_p50 + 40.0,
+        "HAProxy adds {:.1} ms to the median SSE event",
+        lb_p50 - direct_p50
+    );
+}

@@ -300,30 +300,29 @@ impl HaProxy {
     }
 }
 
-/// The same shape as deploy/haproxy.cfg, on test ports.
+/// The shipped deploy/haproxy.cfg itself, on test ports: its frontend bound to
+/// 127.0.0.1:`port`, its servers replaced by `backends`, health checks every 200 ms.
 pub fn haproxy_config(port: u16, backends: &[SocketAddr]) -> String {
-    let mut cfg = format!(
-        r#"global
-    maxconn 4096
-defaults
-    mode http
-    option http-server-close
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-    timeout http-request 10s
-    option redispatch
-    retries 3
-frontend pushgate
-    bind 127.0.0.1:{port}
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 200ms fall 2 rise 2
-"#
+    let shipped = include_str!("../../deploy/haproxy.cfg");
+    let mut cfg = String::new();
+    for line in shipped.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("bind ") {
+            cfg.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+        } else if trimmed.starts_with("server ") {
+            continue;
+        } else if trimmed.starts_with("default-server ") {
+            cfg.push_str("    default-server inter 200ms fall 2 rise 2\n");
+        } else if trimmed.starts_with("maxconn ") {
+            cfg.push_str("    maxconn 4096\n");
+        } else {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+    }
+    assert!(
+        cfg.contains("backend nodes\n"),
+        "deploy/haproxy.cfg has a `nodes` backend"
     );
     for (i, b) in backends.iter().enumerate() {
         cfg.push_str(&format!("    server n{i} {b} check\n"));
