@@ -10,12 +10,16 @@
 //! chart. `report` turns a folder of results into the comparison table;
 //! `grip-origin` is the tiny GRIP origin Pushpin needs.
 //!
-//! Modules: `client` (subscribers), `publish` (paced publishing), `stats`
+//! `kafka-latency` measures pushgate's added latency over a bare librdkafka
+//! consumer reading the same broker in the same run.
+//!
+//! Modules: `client` (subscribers), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
 //! (histograms, counters), `procstat` (/proc sampling), `keys`
 //! (distributions), `chart` (SVG), `report` (table, RESULTS.md), `origin`.
 
 mod chart;
 mod client;
+mod kafka;
 mod keys;
 mod origin;
 mod procstat;
@@ -69,6 +73,8 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// Print the comparison table from a folder of JSON results; optionally write RESULTS.md.
     Report(report::ReportArgs),
+    /// pushgate's added latency over a bare librdkafka consumer, side by side (needs a broker and a pushgate on it).
+    KafkaLatency(Box<kafka::KafkaLatencyArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
@@ -254,6 +260,16 @@ fn main() -> Result<()> {
                 }
             };
             std::process::exit(code);
+        }
+        Cmd::KafkaLatency(args) => {
+            // Bounded: connections (60 s), warm-up and measurement, plus a margin.
+            let result = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(600), kafka::main(*args))
+                    .await
+                    .unwrap_or_else(|_| bail!("kafka-latency exceeded 600 s"))
+            });
+            rt.shutdown_timeout(Duration::from_millis(200));
+            result
         }
         Cmd::Report(args) => report::main(args),
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
