@@ -3,8 +3,9 @@
 //! Keys come from the config (HMAC secrets; RSA, EC and Ed25519 public keys in
 //! PEM) and from an optional JWKS file that is re-read when it changes. The
 //! algorithms a key accepts are fixed by its type, never taken from the token,
-//! so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`,
-//! `iss` and `aud` are checked when configured. A token's `jku`, `jwk` and
+//! so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`
+//! is checked when present; `iss` and `aud`, when configured, are required and
+//! checked. A token's `jku`, `jwk` and
 //! `x5u` headers are ignored: no key is ever fetched or taken from a token.
 //!
 //! Grants live in one claim (`auth.claim`, default `pushgate`):
@@ -222,17 +223,22 @@ impl Authenticator {
         validation.leeway = config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not merely checked when
+        // present: otherwise a token without the claim skips the check.
+        let mut required = vec!["exp"];
         if config.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&config.issuer);
+            required.push("iss");
         }
         if config.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&config.audience);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         let auth = Self {
             config: config.clone(),
             keys: RwLock::new(Arc::new(KeySet {

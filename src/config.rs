@@ -155,9 +155,9 @@ pub struct AuthConfig {
     pub claim: String,
     /// Cookie that may carry the token (empty: none).
     pub cookie: String,
-    /// Accepted `iss` values (empty: not checked).
+    /// Accepted `iss` values (empty: not checked; set: `iss` is required).
     pub issuer: Vec<String>,
-    /// Accepted `aud` values (empty: not checked).
+    /// Accepted `aud` values (empty: not checked; set: `aud` is required).
     pub audience: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,

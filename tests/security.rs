@@ -217,6 +217,11 @@ async fn every_bad_token_is_refused_and_valid_ones_accepted() {
     wrong_aud["aud"] = json!("someone-else");
     let mut no_exp = claims(300);
     no_exp.as_object_mut().unwrap().remove("exp");
+    // With `auth.issuer` and `auth.audience` configured, the claims are required.
+    let mut no_iss = claims(300);
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = claims(300);
+    no_aud.as_object_mut().unwrap().remove("aud");
     let unknown_kid = sign(Algorithm::HS256, "nope", &good);
     // Signed by an attacker's key, pointing at the attacker's key set: never followed.
     let attacker = EncodingKey::from_rsa_pem(&key_file("attacker_rsa.key")).unwrap();
@@ -242,6 +247,8 @@ async fn every_bad_token_is_refused_and_valid_ones_accepted() {
         ("wrong iss", sign(Algorithm::HS256, "hs", &wrong_iss)),
         ("wrong aud", sign(Algorithm::HS256, "hs", &wrong_aud)),
         ("missing exp", sign(Algorithm::HS256, "hs", &no_exp)),
+        ("missing iss", sign(Algorithm::HS256, "hs", &no_iss)),
+        ("missing aud", sign(Algorithm::RS256, "rs", &no_aud)),
         ("unknown kid", unknown_kid),
         ("jku to elsewhere", jku_token),
         ("embedded jwk", jwk_token),
