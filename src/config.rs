@@ -130,7 +130,7 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
-    /// Origins allowed to open a WebSocket; empty = same origin only; "*" = any.
+    /// Origins allowed to open a WebSocket (and to publish with the cookie token); empty = same origin only; "*" = any.
     pub allowed_origins: Vec<String>,
     /// A connection that has not subscribed within this time is closed (4008).
     #[serde(with = "humantime_serde")]
