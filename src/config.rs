@@ -87,7 +87,13 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub retention_check_interval: Duration,
+    /// redb's page cache, in bytes. redb's own default (1 GiB) would let memory
+    /// follow the size of the stored log.
+    pub cache_bytes: usize,
 }
+
+/// The smallest `embedded.cache_bytes` accepted: below this redb thrashes.
+pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,6 +243,7 @@ impl Default for EmbeddedConfig {
         Self {
             data_dir: PathBuf::from("data"),
             retention_check_interval: Duration::from_secs(1),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -446,6 +453,12 @@ impl Config {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
             }
+        }
+        if self.embedded.cache_bytes < MIN_EMBEDDED_CACHE_BYTES {
+            return Err(invalid(
+                "embedded.cache_bytes",
+                format!("must be at least {MIN_EMBEDDED_CACHE_BYTES} (1 MiB)"),
+            ));
         }
         if !(self.limits.publish_rate > 0.0 && self.limits.publish_rate.is_finite()) {
             return Err(invalid("limits.publish_rate", "must be a positive number"));
@@ -679,6 +692,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("ping_interval"), "{err}");
+    }
+
+    #[test]
+    fn embedded_cache_is_bounded_and_checked() {
+        let topic = "[[topics]]\nname = \"a\"\n";
+        let config = Config::from_toml_str(topic, std::iter::empty()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 64 << 20);
+        for bad in ["0", "1048575"] {
+            let err = Config::from_toml_str(
+                &format!("[embedded]\ncache_bytes = {bad}\n{topic}"),
+                std::iter::empty(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("embedded.cache_bytes"), "{err}");
+        }
+        let err = Config::from_toml_str(
+            &format!("[embedded]\ncache_bytes = -1\n{topic}"),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cache_bytes"), "{err}");
+        let env = [(
+            "PUSHGATE__EMBEDDED__CACHE_BYTES".to_owned(),
+            "4194304".to_owned(),
+        )];
+        let config = Config::from_toml_str(topic, env.into_iter()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 4 << 20);
     }
 
     #[test]
