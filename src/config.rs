@@ -87,7 +87,13 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub retention_check_interval: Duration,
+    /// redb's page cache, in bytes. redb's own default (1 GiB) would let memory
+    /// follow the size of the stored log.
+    pub cache_bytes: usize,
 }
+
+/// The smallest `embedded.cache_bytes` accepted: below this redb thrashes.
+pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,7 +139,7 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
-    /// Origins allowed to open a WebSocket; empty = same origin only; "*" = any.
+    /// Origins allowed to open a WebSocket (and to publish with the cookie token); empty = same origin only; "*" = any.
     pub allowed_origins: Vec<String>,
     /// A connection that has not subscribed within this time is closed (4008).
     #[serde(with = "humantime_serde")]
@@ -158,9 +164,9 @@ pub struct AuthConfig {
     pub claim: String,
     /// Cookie that may carry the token (empty: none).
     pub cookie: String,
-    /// Accepted `iss` values (empty: not checked).
+    /// Accepted `iss` values (empty: not checked; set: `iss` is required).
     pub issuer: Vec<String>,
-    /// Accepted `aud` values (empty: not checked).
+    /// Accepted `aud` values (empty: not checked; set: `aud` is required).
     pub audience: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -240,6 +246,7 @@ impl Default for EmbeddedConfig {
         Self {
             data_dir: PathBuf::from("data"),
             retention_check_interval: Duration::from_secs(1),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -451,6 +458,12 @@ impl Config {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
             }
+        }
+        if self.embedded.cache_bytes < MIN_EMBEDDED_CACHE_BYTES {
+            return Err(invalid(
+                "embedded.cache_bytes",
+                format!("must be at least {MIN_EMBEDDED_CACHE_BYTES} (1 MiB)"),
+            ));
         }
         if !(self.limits.publish_rate > 0.0 && self.limits.publish_rate.is_finite()) {
             return Err(invalid("limits.publish_rate", "must be a positive number"));
@@ -689,6 +702,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("ping_interval"), "{err}");
+    }
+
+    #[test]
+    fn embedded_cache_is_bounded_and_checked() {
+        let topic = "[[topics]]\nname = \"a\"\n";
+        let config = Config::from_toml_str(topic, std::iter::empty()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 64 << 20);
+        for bad in ["0", "1048575"] {
+            let err = Config::from_toml_str(
+                &format!("[embedded]\ncache_bytes = {bad}\n{topic}"),
+                std::iter::empty(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("embedded.cache_bytes"), "{err}");
+        }
+        let err = Config::from_toml_str(
+            &format!("[embedded]\ncache_bytes = -1\n{topic}"),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cache_bytes"), "{err}");
+        let env = [(
+            "PUSHGATE__EMBEDDED__CACHE_BYTES".to_owned(),
+            "4194304".to_owned(),
+        )];
+        let config = Config::from_toml_str(topic, env.into_iter()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 4 << 20);
     }
 
     #[test]

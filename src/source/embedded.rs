@@ -95,7 +95,11 @@ impl EmbeddedLog {
             path: dir.display().to_string(),
             source,
         })?;
-        let db = Database::create(dir.join("pushgate.redb")).map_err(storage)?;
+        // A bounded page cache: redb's default (1 GiB) grows with the file.
+        let db = redb::Builder::new()
+            .set_cache_size(config.embedded.cache_bytes)
+            .create(dir.join("pushgate.redb"))
+            .map_err(storage)?;
         let db = Arc::new(db);
 
         let (epoch, next_offsets) = prepare(&db, &config.topics)?;
