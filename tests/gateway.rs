@@ -522,6 +522,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
             .http
             .post(server.url("/topics/one"))
             .body(body)
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
@@ -533,6 +534,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
         .http
         .post(server.url("/topics/nope"))
         .body("{}")
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -542,6 +544,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
         .http
         .post(server.url("/topics/one"))
         .body(big)
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
