@@ -158,7 +158,10 @@ fn bare_consumer(
 }
 
 /// The paced producer: one record every 1/rate s, keys round robin, `ts` stamped at send.
-fn producer(args: &KafkaLatencyArgs, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<u64>> {
+fn producer(
+    args: &KafkaLatencyArgs,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<u64>> {
     let producer: BaseProducer = KafkaClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "0")
@@ -273,6 +276,8 @@ pub async fn run(args: KafkaLatencyArgs) -> Result<KafkaLatencyResult> {
     measuring.store(false, Ordering::Relaxed);
     let (ws_hist, _) = ws.stats.take();
     let (sse_hist, _) = sse.stats.take();
+    let ws_ready = ws.counters.ready.load(Ordering::Relaxed);
+    let sse_ready = sse.counters.ready.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     ws.stop.cancel();
     sse.stop.cancel();
@@ -291,8 +296,8 @@ pub async fn run(args: KafkaLatencyArgs) -> Result<KafkaLatencyResult> {
         bare_consumer: floor,
         pushgate_ws: ws_p,
         pushgate_sse: sse_p,
-        ws_clients_ready: ws.counters.ready.load(Ordering::Relaxed),
-        sse_clients_ready: sse.counters.ready.load(Ordering::Relaxed),
+        ws_clients_ready: ws_ready,
+        sse_clients_ready: sse_ready,
     })
 }
 
@@ -308,7 +313,10 @@ pub async fn main(args: KafkaLatencyArgs) -> Result<()> {
     };
     println!("| path | records | p50 ms | p99 ms | p99.9 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
-    println!("{}", row("bare librdkafka consumer (floor)", &r.bare_consumer));
+    println!(
+        "{}",
+        row("bare librdkafka consumer (floor)", &r.bare_consumer)
+    );
     println!(
         "{}",
         row(
@@ -343,7 +351,10 @@ mod tests {
 
     #[test]
     fn reads_the_timestamp() {
-        assert_eq!(ts_of(br#"{"ts":1700000000123456,"seq":4}"#), Some(1700000000123456));
+        assert_eq!(
+            ts_of(br#"{"ts":1700000000123456,"seq":4}"#),
+            Some(1700000000123456)
+        );
         assert_eq!(ts_of(b"no"), None);
         assert_eq!(ts_of(&[0xff, 0xfe]), None);
     }
