@@ -670,15 +670,7 @@ async fn publish_answers_positions_and_cursors() {
         .publish_batch("t", &[("a".into(), json!(1)), ("b".into(), json!(2))])
         .await;
     assert_eq!(batch["records"].as_array().unwrap().len(), 2);
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(metrics.contains("pushgate_records_in_total"), "{metrics}");
     server.stop().await;
 }
