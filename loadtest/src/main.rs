@@ -185,6 +185,12 @@ pub struct StepResult {
     pub server_cpu_secs: f64,
     pub server_cpu_util: f64,
     pub deliveries_per_cpu_sec: f64,
+    /// Server user-space CPU per delivery, microseconds.
+    #[serde(default)]
+    pub user_us_per_delivery: f64,
+    /// Server kernel CPU per delivery, microseconds.
+    #[serde(default)]
+    pub sys_us_per_delivery: f64,
     pub loadgen_cpu_secs: f64,
     pub server_rss_kib: u64,
     pub open: usize,
@@ -589,6 +595,14 @@ async fn run(args: RunArgs) -> Result<bool> {
                 } else {
                     0.0
                 },
+                user_us_per_delivery: per_delivery_us(
+                    cpu1.user_secs - cpu0.user_secs,
+                    step_deliveries,
+                ),
+                sys_us_per_delivery: per_delivery_us(
+                    cpu1.sys_secs - cpu0.sys_secs,
+                    step_deliveries,
+                ),
                 loadgen_cpu_secs: procstat::self_cpu_secs() - self0,
                 server_rss_kib: cpu1.rss_kib,
                 open: shared.counters.open.load(Ordering::Relaxed),
@@ -683,6 +697,15 @@ async fn run(args: RunArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// CPU seconds per delivery, in microseconds (0 when nothing was delivered).
+fn per_delivery_us(cpu_secs: f64, deliveries: u64) -> f64 {
+    if deliveries == 0 {
+        0.0
+    } else {
+        cpu_secs * 1e6 / deliveries as f64
+    }
+}
+
 fn summary(r: &RunResult) -> String {
     let mut s = format!(
         "{:?}/{:?} {}: {}/{} subscribers in {:.2}s ({:.0}/s), idle {:.0} B/conn; errors connect {} status {} disconnect {} publish {} dropped {}",
@@ -691,8 +714,8 @@ fn summary(r: &RunResult) -> String {
     );
     if let Some(b) = r.best_step.map(|i| &r.steps[i]) {
         s.push_str(&format!(
-            "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s, p99 {:.2} ms",
-            b.rate, b.deliveries_per_sec, b.deliveries_per_cpu_sec, b.latency.p99_ms
+            "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s (user {:.2} µs + system {:.2} µs per delivery), p99 {:.2} ms",
+            b.rate, b.deliveries_per_sec, b.deliveries_per_cpu_sec, b.user_us_per_delivery, b.sys_us_per_delivery, b.latency.p99_ms
         ));
     }
     if r.all_latency.count > 0 {

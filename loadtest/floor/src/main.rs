@@ -74,7 +74,10 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         .route("/readyz", get(|| async { "ready\n" }))
         .with_state(Keys::default());
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("pushgate-floor listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "pushgate-floor listening on http://{}",
+        listener.local_addr()?
+    );
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -91,11 +94,7 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-async fn publish(
-    State(keys): State<Keys>,
-    Path(topic): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn publish(State(keys): State<Keys>, Path(topic): Path<String>, body: Bytes) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
