@@ -49,6 +49,8 @@ use crate::stats::{load, new_histogram, percentiles, Counters, Percentiles, Stat
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Pushgate,
+    /// loadtest/floor: pushgate's wire protocol on the same stack, with nothing but fan-out.
+    Floor,
     Nchan,
     Pushpin,
 }
