@@ -756,6 +756,8 @@ impl Drop for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Filter;
+    use crate::outbox::{CloseReason, Outbox};
 
     #[test]
     fn shipped_kafka_config_is_valid() {
@@ -766,6 +768,119 @@ mod tests {
         let bad = text.replace("catchup_readers = 4", "catchup_readers = 0");
         let err = Config::from_toml_str(&bad, std::iter::empty()).unwrap_err();
         assert!(err.to_string().contains("kafka.catchup_readers"), "{err}");
+    }
+
+    fn rules(text: &str) -> Config {
+        let base = "[source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ndead_letter_topic = \"db.dlq\"\n";
+        Config::from_toml_str(&format!("{base}{text}"), std::iter::empty()).unwrap()
+    }
+
+    #[test]
+    fn wanted_lists_named_matched_and_known_topics() {
+        let config = rules(
+            "[[topics]]\nname = \"prices\"\n[[topics]]\npattern = \"db\\\\.inv\\\\..*\"\n",
+        );
+        let listed: Vec<String> = [
+            "db.inv.a",
+            "db.inv.b",
+            "db.invx",
+            "xdb.inv.a",
+            "other",
+            "__consumer_offsets",
+            "db.dlq",
+        ]
+        .map(String::from)
+        .into();
+        let known = vec!["db.inv.gone".to_owned()];
+        assert_eq!(
+            wanted(&config.topic_rules(), &listed, &known),
+            ["db.inv.a", "db.inv.b", "db.inv.gone", "prices"],
+            "a named topic is described even when missing (it is reported Missing); a known one so its deletion is seen"
+        );
+    }
+
+    /// A live consumer whose clients point at a closed port: `apply` of a
+    /// deletion needs no broker (assign() is local).
+    fn offline_live(config: &Config, hub: Arc<Hub>) -> Live {
+        let kc = config.kafka.clone();
+        let inner = Arc::new(Inner {
+            catchup: CatchUpReader::new(&kc),
+            admin: consumer_config(&kc, false).create().unwrap(),
+            producer: base_config(&kc).create().unwrap(),
+            config: kc.clone(),
+            rules: config.topic_rules(),
+            warm_records: 10,
+            hub,
+            cluster_id: "c".into(),
+            topics: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(true),
+        });
+        Live::new(inner, consumer_config(&kc, false).create().unwrap())
+    }
+
+    fn serve(live: &mut Live, name: &str, by_pattern: bool) -> (Arc<Topic>, Arc<Outbox>) {
+        let settings = TopicSettings {
+            ring_records: 4,
+            view_max_keys: 4,
+        };
+        let topic = live.inner.hub.add_topic(name, 7, 2, settings);
+        topic.mark_ready();
+        live.inner.set_known(
+            name,
+            Known {
+                hub: Arc::clone(&topic),
+                id: Some([1; 16]),
+                partitions: 2,
+                by_pattern,
+            },
+        );
+        live.by_name.insert(name.to_owned(), Arc::clone(&topic));
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        topic
+            .register(Filter::all(), outbox.clone(), None, false, 10, 1 << 20)
+            .sub
+            .go_live()
+            .unwrap();
+        (topic, outbox)
+    }
+
+    #[test]
+    fn a_deleted_pattern_topic_is_forgotten_and_its_subscribers_closed() {
+        let config = rules("[[topics]]\nname = \"named\"\n[[topics]]\npattern = \"db\\\\..*\"\n");
+        let hub = Arc::new(Hub::new());
+        let mut live = offline_live(&config, Arc::clone(&hub));
+        let (_, matched_out) = serve(&mut live, "db.a", true);
+        let (_, kept_out) = serve(&mut live, "db.b", true);
+        let (named, named_out) = serve(&mut live, "named", false);
+        live.warm_targets.push((hub.topic("db.a").unwrap(), 0, 100));
+
+        live.apply(vec![
+            ("db.a".into(), Described::Missing),
+            (
+                "db.b".into(),
+                Described::Found {
+                    id: Some([1; 16]),
+                    partitions: 2,
+                },
+            ),
+            ("named".into(), Described::Missing),
+        ]);
+
+        assert!(hub.topic("db.a").is_err(), "left GET /topics");
+        assert!(live.inner.known("db.a").is_none());
+        assert!(!live.by_name.contains_key("db.a"), "no longer read");
+        assert!(live.warm_targets.is_empty(), "nothing left to wait for");
+        assert_eq!(matched_out.closed_reason(), Some(CloseReason::TopicReset));
+        assert!(matches!(
+            live.inner.partitions("db.a"),
+            Err(SourceError::UnknownTopic)
+        ));
+        // Untouched: the one still there, and a named topic (waits for its return).
+        assert!(hub.topic("db.b").is_ok());
+        assert_eq!(kept_out.closed_reason(), None);
+        assert!(Arc::ptr_eq(&hub.topic("named").unwrap(), &named));
+        assert_eq!(named_out.closed_reason(), None);
+        assert!(!live.by_name.contains_key("named"), "not read while missing");
     }
 
     #[test]
