@@ -409,10 +409,7 @@ impl Config {
                         ));
                     }
                     if !seen_patterns.insert(p.as_str()) {
-                        return Err(invalid(
-                            key("pattern"),
-                            format!("repeats `{}`", p.as_str()),
-                        ));
+                        return Err(invalid(key("pattern"), format!("repeats `{}`", p.as_str())));
                     }
                     if topic.max_topics == 0 {
                         return Err(invalid(key("max_topics"), "must be at least 1"));
@@ -798,7 +795,10 @@ mod tests {
         assert_eq!(config.topic_for("db.inv.x").unwrap().ring_records, 5);
         assert!(!config.has_topic("db.invx"));
         assert!(!config.has_topic("b"));
-        assert!(config.topic("db.inv.x").is_none(), "`topic` is by name only");
+        assert!(
+            config.topic("db.inv.x").is_none(),
+            "`topic` is by name only"
+        );
 
         let cases = [
             (
@@ -806,7 +806,11 @@ mod tests {
                 "topics[0].pattern",
                 "together with `name`",
             ),
-            ("[[topics]]\npartitions = 2\n", "topics[0].name", "or `pattern`"),
+            (
+                "[[topics]]\npartitions = 2\n",
+                "topics[0].name",
+                "or `pattern`",
+            ),
             (
                 "[[topics]]\nname = \"a\"\n[[topics]]\npattern = \"(unclosed\"\n",
                 "topics[1].pattern",

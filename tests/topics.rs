@@ -279,7 +279,10 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
         .filter(|r| r.seq.unwrap() >= 10)
         .map(|r| (r.partition, r.offset))
         .collect();
-    assert_eq!(positions, expected, "live: every record, new partitions included");
+    assert_eq!(
+        positions, expected,
+        "live: every record, new partitions included"
+    );
     let new_cursor = after[29]["cursor"].as_str().unwrap().to_owned();
     assert_eq!(
         Cursor::decode(&new_cursor).unwrap().offsets.len(),
@@ -305,7 +308,11 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
         let got = ws.records(30).await;
         let mut seqs: Vec<u64> = got.iter().map(seq).collect();
         seqs.sort();
-        assert_eq!(seqs, (10..40).collect::<Vec<_>>(), "{tier}: 0 lost, 0 repeated");
+        assert_eq!(
+            seqs,
+            (10..40).collect::<Vec<_>>(),
+            "{tier}: 0 lost, 0 repeated"
+        );
         ws.expect_silence(Duration::from_millis(300)).await;
         // The cursor taken after the change resumes with nothing to replay.
         let mut ws = WsClient::connect(addr).await;

@@ -48,7 +48,10 @@ impl TopicPattern {
     }
 
     fn names_internal(&self) -> bool {
-        self.source.strip_prefix('^').unwrap_or(&self.source).starts_with("__")
+        self.source
+            .strip_prefix('^')
+            .unwrap_or(&self.source)
+            .starts_with("__")
     }
 }
 
@@ -87,7 +90,10 @@ pub fn select<'a>(
     name: &str,
     excluded: Option<&str>,
 ) -> Option<&'a TopicConfig> {
-    if let Some(named) = topics.iter().find(|t| t.pattern.is_none() && t.name == name) {
+    if let Some(named) = topics
+        .iter()
+        .find(|t| t.pattern.is_none() && t.name == name)
+    {
         return Some(named);
     }
     if !valid_topic_name(name) || excluded == Some(name) {
@@ -113,7 +119,10 @@ mod tests {
     fn matches_the_whole_name() {
         let p = TopicPattern::new(r"dbserver1\.inventory\..*").unwrap();
         assert!(p.matches("dbserver1.inventory.customers"));
-        assert!(!p.matches("xdbserver1.inventory.customers"), "anchored at the start");
+        assert!(
+            !p.matches("xdbserver1.inventory.customers"),
+            "anchored at the start"
+        );
         assert!(!p.matches("dbserver1.inventory"));
         let p = TopicPattern::new(r"^orders-\d+$").unwrap();
         assert!(p.matches("orders-12"));
@@ -171,7 +180,10 @@ mod tests {
             "the first matching pattern"
         );
         assert!(select(&topics, "other", None).is_none());
-        assert!(select(&topics, "db.dlq", Some("db.dlq")).is_none(), "excluded");
+        assert!(
+            select(&topics, "db.dlq", Some("db.dlq")).is_none(),
+            "excluded"
+        );
         assert!(
             select(&topics, "db.has space", None).is_none(),
             "never a name Kafka would refuse"

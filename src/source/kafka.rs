@@ -520,11 +520,7 @@ impl Live {
     /// hub and `GET /topics`, its subscribers disconnected.
     fn forget(&mut self, name: &str, known: &Known) {
         self.by_name.remove(name);
-        self.inner
-            .topics
-            .write()
-            .expect("topics lock")
-            .remove(name);
+        self.inner.topics.write().expect("topics lock").remove(name);
         self.warm_targets
             .retain(|(t, _, _)| !Arc::ptr_eq(t, &known.hub));
         let closed = self.inner.hub.remove_topic(&known.hub);
@@ -777,9 +773,8 @@ mod tests {
 
     #[test]
     fn wanted_lists_named_matched_and_known_topics() {
-        let config = rules(
-            "[[topics]]\nname = \"prices\"\n[[topics]]\npattern = \"db\\\\.inv\\\\..*\"\n",
-        );
+        let config =
+            rules("[[topics]]\nname = \"prices\"\n[[topics]]\npattern = \"db\\\\.inv\\\\..*\"\n");
         let listed: Vec<String> = [
             "db.inv.a",
             "db.inv.b",
@@ -880,7 +875,10 @@ mod tests {
         assert_eq!(kept_out.closed_reason(), None);
         assert!(Arc::ptr_eq(&hub.topic("named").unwrap(), &named));
         assert_eq!(named_out.closed_reason(), None);
-        assert!(!live.by_name.contains_key("named"), "not read while missing");
+        assert!(
+            !live.by_name.contains_key("named"),
+            "not read while missing"
+        );
     }
 
     #[test]
