@@ -136,11 +136,16 @@ impl Shared {
             pattern: tc.pattern.as_ref().map(|p| p.as_str().to_owned()),
         };
         warm(&self.db, &topic, &topic.start, self.warm_records)?;
-        topic.hub.mark_ready();
-        let mut registry = self.registry.write().expect("registry lock");
-        let index = registry.list.len();
-        registry.by_name.insert(name.to_owned(), index);
-        registry.list.push(Arc::new(topic));
+        let hub_topic = Arc::clone(&topic.hub);
+        let index = {
+            let mut registry = self.registry.write().expect("registry lock");
+            let index = registry.list.len();
+            registry.by_name.insert(name.to_owned(), index);
+            registry.list.push(Arc::new(topic));
+            index
+        };
+        // Served only once the log can answer reads of it (catch-up, earliest).
+        hub_topic.mark_ready();
         Ok(index)
     }
 
