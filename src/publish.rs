@@ -39,6 +39,10 @@ fn warming_up() -> Response {
     response
 }
 
+fn unknown_topic() -> Response {
+    json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic")
+}
+
 pub async fn handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -72,14 +76,17 @@ pub async fn handler(
             return unauthorized();
         }
     };
-    let topic = match state.hub.topic(&topic_name) {
-        Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
+    let existing = match state.hub.topic(&topic_name) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => Some(topic),
         // Warming up: the answer's cursor would be built from a partial frontier.
         Ok(_) => return warming_up(),
         Err(_) if !state.source.is_ready() && state.config.has_topic(&topic_name) => {
             return warming_up()
         }
-        Err(_) => return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic"),
+        // Matched by a `pattern`: the embedded log creates it with this publish
+        // (once every check below has passed); Kafka answers unknown_topic.
+        Err(_) if state.config.has_topic(&topic_name) => None,
+        Err(_) => return unknown_topic(),
     };
     // JSON only: this also keeps every cross-site publish out of the CORS
     // "simple request" path (text/plain, forms), which a browser sends unasked.
@@ -132,8 +139,9 @@ pub async fn handler(
     }
     let appended = match state.source.publish(&topic_name, records).await {
         Ok(appended) => appended,
-        Err(SourceError::UnknownTopic) => {
-            return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic")
+        Err(SourceError::UnknownTopic) => return unknown_topic(),
+        Err(e @ SourceError::TopicLimit { .. }) => {
+            return json_error(StatusCode::CONFLICT, "too_many_topics", &e.to_string())
         }
         Err(e) => {
             tracing::error!(error = %e, topic = %topic_name, "publish failed");
@@ -143,6 +151,11 @@ pub async fn handler(
                 "the log is unavailable",
             );
         }
+    };
+    let topic = match existing.or_else(|| state.hub.topic(&topic_name).ok()) {
+        Some(topic) => topic,
+        // Created and then deleted within this request: nothing left to point at.
+        None => return unknown_topic(),
     };
     let mut results: Vec<Value> = appended
         .iter()

@@ -5,8 +5,14 @@ produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at 
          every record is retried until the broker acknowledges it (acks=all), so a
          broker outage only delays the run. Prints "acked <count>" at the end.
 dump:    every record of a topic as JSON lines {"p","o","key","seq"}, then "end".
+add-partitions: grows a topic to --count partitions with the admin client's
+         CreatePartitions; tansu 0.6 does not implement that request, so with
+         --sqlite (the broker's sqlite storage file) the new partitions are
+         written into tansu's own tables instead, as its CreateTopics would
+         write them; the running broker serves them from its next request.
+         Prints "added via create_partitions" or "added via tansu storage".
 """
-import argparse, json, sys, time
+import argparse, json, sqlite3, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -64,6 +70,38 @@ def dump(a):
     print("end", flush=True)
 
 
+def add_partitions(a):
+    from kafka.admin import KafkaAdminClient, NewPartitions
+    from kafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError
+    admin = KafkaAdminClient(bootstrap_servers=a.brokers)
+    try:
+        admin.create_partitions({a.topic: NewPartitions(a.count)})
+        print("added via create_partitions", flush=True)
+        return
+    except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
+        if not a.sqlite:
+            raise
+        print(f"CreatePartitions unsupported ({e}); writing tansu storage", file=sys.stderr)
+    finally:
+        admin.close()
+    db = sqlite3.connect(a.sqlite, timeout=10)
+    with db:  # one transaction: the topic row, its topitions and their watermarks
+        row = db.execute("select id, partitions from topic where name = ?", (a.topic,)).fetchone()
+        if row is None:
+            sys.exit(f"no topic {a.topic} in {a.sqlite}")
+        tid, have = row
+        if a.count <= have:
+            sys.exit(f"{a.topic} already has {have} partitions")
+        for p in range(have, a.count):
+            tp = db.execute("insert into topition (topic, partition) values (?, ?) returning id",
+                            (tid, p)).fetchone()[0]
+            db.execute("insert into watermark (topition) values (?)", (tp,))
+        db.execute("update topic set partitions = ?, last_updated = current_timestamp where id = ?",
+                   (a.count, tid))
+    db.close()
+    print("added via tansu storage", flush=True)
+
+
 def low(a):
     consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
     tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
@@ -72,7 +110,7 @@ def low(a):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "add-partitions"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=10)
@@ -80,5 +118,6 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=0)
     ap.add_argument("--keys", type=int, default=5)
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
+    ap.add_argument("--sqlite", help="add-partitions: tansu's sqlite storage, used if CreatePartitions is unsupported")
     a = ap.parse_args()
-    {"produce": produce, "dump": dump, "low": low}[a.cmd](a)
+    {"produce": produce, "dump": dump, "low": low, "add-partitions": add_partitions}[a.cmd](a)
