@@ -25,6 +25,7 @@
 //!   own (murmur2) partitioner, the same as the embedded log and Java clients.
 
 mod catchup;
+pub mod debezium;
 pub mod decode;
 pub mod meta;
 
@@ -78,6 +79,8 @@ struct Known {
 struct Inner {
     config: KafkaConfig,
     settings: HashMap<String, TopicSettings>,
+    /// How each topic's messages are decoded (`format`, `key`).
+    decoding: HashMap<String, decode::Decoding>,
     names: Vec<String>,
     warm_records: u64,
     hub: Arc<Hub>,
@@ -203,6 +206,11 @@ impl KafkaSource {
             catchup: CatchUpReader::new(&kc),
             config: kc,
             settings,
+            decoding: config
+                .topics
+                .iter()
+                .map(|t| (t.name.clone(), decode::Decoding::of(t)))
+                .collect(),
             names,
             warm_records: config.source.warm_start_records,
             hub,
@@ -300,7 +308,8 @@ impl Live {
         let Some(topic) = self.by_name.get(msg.topic()) else {
             return;
         };
-        match decode::decode(msg, self.inner.config.max_record_bytes) {
+        let how = self.inner.decoding(msg.topic());
+        match decode::decode(msg, self.inner.config.max_record_bytes, how) {
             Ok(record) => {
                 topic.ingest(&record);
             }
@@ -558,6 +567,11 @@ impl Inner {
             .insert(name.to_owned(), known);
     }
 
+    /// How `topic`'s messages are decoded (json unless configured otherwise).
+    fn decoding(&self, topic: &str) -> decode::Decoding {
+        self.decoding.get(topic).copied().unwrap_or_default()
+    }
+
     /// Counts, logs and (if configured) dead-letters a record that cannot be used.
     fn bad_record<M: Message>(&self, msg: &M, bad: decode::Bad) {
         telemetry::kafka_bad_record(bad.label());
@@ -566,6 +580,7 @@ impl Inner {
             partition = msg.partition(),
             offset = msg.offset(),
             reason = bad.label(),
+            detail = %bad,
             bytes = msg.payload().map(<[u8]>::len).unwrap_or(0),
             "bad record skipped"
         );
@@ -580,7 +595,18 @@ impl Inner {
         if let Some(v) = msg.payload() {
             record = record.payload(v);
         }
-        let headers = rdkafka::message::OwnedHeaders::new()
+        if let Some(ms) = msg.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
+        // The record's own headers first, unchanged, then where and why it was skipped.
+        use rdkafka::message::Headers as _;
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        if let Some(own) = msg.headers() {
+            for h in own.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        let headers = headers
             .insert(rdkafka::message::Header {
                 key: "pushgate.source",
                 value: Some(&format!(
