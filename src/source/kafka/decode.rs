@@ -336,4 +336,53 @@ mod tests {
             Bad::KeyNotUtf8
         );
     }
+
+    #[test]
+    fn the_readme_examples_are_what_clients_receive() {
+        use crate::record::{Framing, Record};
+        let readme = include_str!("../../../README.md");
+        let examples: Vec<&str> = readme
+            .lines()
+            .filter(|l| {
+                l.starts_with(r#"{"type":"record","topic":"dbserver1.inventory.customers""#)
+            })
+            .collect();
+        assert_eq!(examples.len(), 3, "create, delete, tombstone");
+        let row = r#"{"id":1004,"first_name":"Anne","last_name":"Kretchmar","email":"annek@noanswer.org"}"#;
+        let source = |pos: u64, ts: u64| {
+            format!(
+                r#"{{"version":"2.7.0.Final","connector":"mysql","name":"dbserver1","ts_ms":{ts},"snapshot":"false","db":"inventory","table":"customers","server_id":223344,"file":"mysql-bin.000003","pos":{pos},"row":0}}"#
+            )
+        };
+        let create = format!(
+            r#"{{"before":null,"after":{row},"source":{},"op":"c","ts_ms":1700000000800,"transaction":null}}"#,
+            source(484, 1700000000000)
+        );
+        let delete = format!(
+            r#"{{"before":{row},"after":null,"source":{},"op":"d","ts_ms":1700000060100,"transaction":null}}"#,
+            source(1022, 1700000060000)
+        );
+        let message = |value: Option<&str>, offset: i64, ts: i64| {
+            OwnedMessage::new(
+                value.map(|v| v.as_bytes().to_vec()),
+                Some(br#"{"id":1004}"#.to_vec()),
+                "dbserver1.inventory.customers".into(),
+                Timestamp::CreateTime(ts),
+                0,
+                offset,
+                None,
+            )
+        };
+        let messages = [
+            message(Some(&create), 17, 1700000000812),
+            message(Some(&delete), 18, 1700000060112),
+            message(None, 19, 1700000060112),
+        ];
+        for (msg, example) in messages.iter().zip(examples) {
+            let log = decode(msg, 1 << 20, DEBEZIUM).unwrap();
+            let record =
+                Record::encode("dbserver1.inventory.customers", &log, "…", Framing::Normal);
+            assert_eq!(record.ws.as_str(), example);
+        }
+    }
 }
