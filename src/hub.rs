@@ -1,9 +1,10 @@
 //! The hub: per-topic recent history (ring + latest value per key), the subscription index, and fan-out.
 //!
 //! Sources call [`Hub::ingest`] once per record, in offset order per partition.
-//! Ingest encodes the record once, keeps it in the partition's ring and view,
-//! and pushes it to every matching subscription's outbox while holding that
-//! partition's lock. [`Hub::register`] takes the locks of all partitions of a
+//! Ingest encodes the record once, keeps it in the partition's ring and view
+//! (a delete or tombstone removes its key from the view instead), and pushes
+//! it to every matching subscription's outbox while holding that partition's
+//! lock. [`Hub::register`] takes the locks of all partitions of a
 //! topic to insert a subscription and read the positions it starts from, so
 //! every record is either before that point (replayed or snapshotted) or after
 //! it (delivered live): no gap, no duplicate.

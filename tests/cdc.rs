@@ -434,7 +434,7 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
 
     let good = |id: u64, pos: u64| Change::new(id, "c", Value::Null, customer(id, "x@y"), pos);
     let key = json!({"id": 7});
-    let bad = vec![
+    let bad = [
         json!({"key": key, "value_raw": "not json {", "headers": {"trace": "t-1"}}),
         json!({"key": key, "value": {"before": null, "after": customer(7, "a"), "source": source("customers", 3, false)}, "headers": {"trace": "t-2"}}),
         json!({"key": key, "value": {"op": "x", "after": customer(7, "a")}}),

@@ -10,6 +10,7 @@
 //! Layout: table `meta` (`epoch`), table `positions` (topic, partition) ->
 //! next offset, and one table per topic, `records/<topic>`:
 //! (partition, offset) -> `[timestamp i64 LE][key flag u8][key len u32 LE][key][json]`.
+//! A record whose JSON is `null` is a tombstone: it removes its key from the view.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -442,4 +442,55 @@ mod tests {
         canonical_json(&v, &mut out);
         assert_eq!(out, r#"{"a":"é\n","b":[{"x":2,"y":1}]}"#);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const VALID: &str = r#"{"schema":{"type":"struct"},"payload":{"before":{"id":1,"s":"a\nb"},"after":{"id":1,"s":"ü"},"source":{"table":"t","lsn":[1,2]},"op":"u","ts_ms":5}}"#;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_bytes_are_an_error_or_an_event(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse_value(&bytes);
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    let _ = record_key(text, KeyRule::Field);
+                    let _ = record_key(text, KeyRule::Json);
+                }
+            }
+
+            #[test]
+            fn json_shaped_text_never_panics(text in r#"[{}\[\]":, a-z0-9.\\-]{0,80}"#) {
+                let _ = parse_value(text.as_bytes());
+                let _ = record_key(&text, KeyRule::Field);
+            }
+
+            /// A real envelope cut or spliced anywhere: parsed or refused, and
+            /// what parses is compact, one-line JSON.
+            #[test]
+            fn damaged_envelopes(from in 0usize..200, len in 0usize..40, insert in "[{}\":,opcudr]{0,4}") {
+                let mut text = VALID.to_owned();
+                let from = from.min(text.len());
+                let to = (from + len).min(text.len());
+                if text.is_char_boundary(from) && text.is_char_boundary(to) {
+                    text.replace_range(from..to, &insert);
+                }
+                if let Ok(Event::Change { data, source, .. }) = parse_value(text.as_bytes()) {
+                    prop_assert!(!data.contains('\n') && !source.contains('\n'));
+                    prop_assert!(serde_json::from_str::<Value>(&data).is_ok());
+                    prop_assert!(serde_json::from_str::<Value>(&source).is_ok());
+                }
+            }
+
+            #[test]
+            fn canonical_keys_ignore_member_order(a in any::<i64>(), b in "[a-z]{0,8}") {
+                let one = format!(r#"{{"x":{a},"y":"{b}"}}"#);
+                let two = format!(r#"{{ "y" : "{b}", "x" : {a} }}"#);
+                prop_assert_eq!(record_key(&one, KeyRule::Field), record_key(&two, KeyRule::Field));
+                prop_assert_eq!(record_key(&one, KeyRule::Json), record_key(&two, KeyRule::Json));
+            }
+        }
+    }
 }
