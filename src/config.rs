@@ -116,6 +116,33 @@ pub struct TopicConfig {
     pub ring_records: usize,
     /// Latest value kept per key for snapshots, per partition (0 = no snapshots).
     pub view_max_keys: usize,
+    /// How record values are read (Kafka source): plain JSON, or Debezium change events.
+    pub format: RecordFormat,
+    /// How a Debezium key struct becomes the record key (`format = "debezium"` only).
+    pub key: KeyRule,
+}
+
+/// How the records of a topic are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// The value is passed on as it is (JSON, else base64); a tombstone deletes its key.
+    #[default]
+    Json,
+    /// Debezium change events (JSON, with or without the schema/payload wrapper).
+    Debezium,
+}
+
+/// How a Debezium key (a JSON struct such as `{"id":1001}`) becomes the record key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRule {
+    /// A struct of one field: that field's value (`{"id":1001}` -> `1001`);
+    /// a struct of several fields: its canonical JSON, as with `Json`.
+    #[default]
+    Field,
+    /// Always the canonical JSON of the struct: members sorted, compact.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -269,6 +296,8 @@ impl Default for TopicConfig {
             retention_age: None,
             ring_records: 1024,
             view_max_keys: 100_000,
+            format: RecordFormat::Json,
+            key: KeyRule::Field,
         }
     }
 }
@@ -450,6 +479,15 @@ impl Config {
                 return Err(invalid(
                     key("retention_records"),
                     "must be 0 (unlimited) or at least ring_records",
+                ));
+            }
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            // Change events come from Kafka Connect; the embedded log has no connector.
+            if topic.format == RecordFormat::Debezium && self.source.kind != SourceKind::Kafka {
+                return Err(invalid(
+                    format!("topics[{i}].format"),
+                    "\"debezium\" needs source.kind = \"kafka\"",
                 ));
             }
         }
@@ -905,6 +943,42 @@ mod tests {
         let config = Config::from_toml_str("[[topics]]\nname = \"a\"\n", env.into_iter()).unwrap();
         assert_eq!(config.limits.queue_bytes, 4096);
         assert_eq!(config.server.listen.port(), 9999);
+    }
+
+    #[test]
+    fn debezium_format_and_key_rule() {
+        let kafka = include_str!("../config/kafka.toml");
+        // The commented example at the end of the shipped Kafka config, switched on.
+        let at = kafka.find("# [[topics]]").expect("a commented example");
+        let example: String = kafka[at..]
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let example = format!("{}{example}", &kafka[..at]);
+        let config = Config::from_toml_str(&example, std::iter::empty()).unwrap();
+        let cdc = config
+            .topic("dbserver1.inventory.customers")
+            .expect("example topic");
+        assert_eq!(
+            (cdc.format, cdc.key),
+            (RecordFormat::Debezium, KeyRule::Field)
+        );
+        assert_eq!(config.topic("prices").unwrap().format, RecordFormat::Json);
+
+        let toml = "[[topics]]\nname = \"a\"\nformat = \"debezium\"\nkey = \"json\"\n";
+        let err = Config::from_toml_str(toml, std::iter::empty()).unwrap_err();
+        assert!(
+            err.to_string().contains("topics[0].format"),
+            "embedded: {err}"
+        );
+        let kafka_toml = format!("[source]\nkind = \"kafka\"\n{toml}");
+        let config = Config::from_toml_str(&kafka_toml, std::iter::empty()).unwrap();
+        assert_eq!(config.topics[0].key, KeyRule::Json);
+        let bad = kafka_toml.replace("\"json\"", "\"column\"");
+        assert!(Config::from_toml_str(&bad, std::iter::empty()).is_err());
+        let bad = kafka_toml.replace("\"debezium\"", "\"avro\"");
+        assert!(Config::from_toml_str(&bad, std::iter::empty()).is_err());
     }
 }
 

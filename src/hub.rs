@@ -1,9 +1,10 @@
 //! The hub: per-topic recent history (ring + latest value per key), the subscription index, and fan-out.
 //!
 //! Sources call [`Hub::ingest`] once per record, in offset order per partition.
-//! Ingest encodes the record once, keeps it in the partition's ring and view,
-//! and pushes it to every matching subscription's outbox while holding that
-//! partition's lock. [`Hub::register`] takes the locks of all partitions of a
+//! Ingest encodes the record once, keeps it in the partition's ring and view
+//! (a delete or tombstone removes its key from the view instead), and pushes
+//! it to every matching subscription's outbox while holding that partition's
+//! lock. [`Hub::register`] takes the locks of all partitions of a
 //! topic to insert a subscription and read the positions it starts from, so
 //! every record is either before that point (replayed or snapshotted) or after
 //! it (delivered live): no gap, no duplicate.
@@ -303,7 +304,11 @@ impl Topic {
             state.ring.pop_front();
         }
         if let Some(key) = &record.key {
-            if self.settings.view_max_keys > 0 {
+            if log.delete {
+                // The entity is gone: a snapshot lists only keys that exist. The
+                // ring keeps the record, so a resume across it replays it.
+                remove_from_view(&mut state, key);
+            } else if self.settings.view_max_keys > 0 {
                 update_view(&mut state, key, &record, self.settings.view_max_keys);
             }
         }
@@ -470,6 +475,12 @@ fn update_view(state: &mut PartitionState, key: &Arc<str>, record: &Arc<Record>,
             break;
         };
         state.view.remove(&oldest);
+    }
+}
+
+fn remove_from_view(state: &mut PartitionState, key: &str) {
+    if let Some(old) = state.view.remove(key) {
+        state.view_order.remove(&old.offset);
     }
 }
 
@@ -680,6 +691,7 @@ mod tests {
             key: Some(key.into()),
             data: format!("{offset}").into(),
             extra: None,
+            delete: false,
         }
     }
 
@@ -852,6 +864,77 @@ mod tests {
         hub.remove_topic(&old);
         assert!(Arc::ptr_eq(&hub.topic("t").unwrap(), &new));
         assert!(old.is_closed() && !new.is_closed());
+    }
+
+    #[test]
+    fn a_delete_leaves_the_view_but_is_delivered_and_replayed() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let live = Arc::new(Outbox::new(1 << 20));
+        topic
+            .register(Filter::all(), live.clone(), None, false, 10, 1 << 20)
+            .sub
+            .go_live()
+            .unwrap();
+        topic.ingest(&log(0, 0, "a"));
+        topic.ingest(&log(0, 1, "b"));
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(0, 2, "a")
+        });
+        // A second delete of a key already gone (a tombstone after a delete event).
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(0, 3, "a")
+        });
+        assert_eq!(
+            drain(&live),
+            vec![0, 1, 2, 3],
+            "live subscribers get the deletes"
+        );
+        assert!(topic.latest("a").is_none(), "a deleted key leaves the view");
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(Filter::all(), out.clone(), None, true, 10, 1 << 20);
+        let keys: Vec<&str> = reg
+            .snapshot
+            .iter()
+            .map(|r| r.key.as_deref().unwrap())
+            .collect();
+        assert_eq!(keys, vec!["b"], "the snapshot lists only keys that exist");
+        let keyed = Filter {
+            keys: Some([Arc::from("a")].into_iter().collect()),
+            prefix: None,
+        };
+        let reg = topic.register(keyed, out.clone(), None, true, 10, 1 << 20);
+        assert!(reg.snapshot.is_empty());
+        // A cursor from before the delete replays it from the ring.
+        let reg = topic.register(
+            Filter::all(),
+            out,
+            Some(&Cursor::new(9, vec![1])),
+            true,
+            10,
+            1 << 20,
+        );
+        match &reg.replay[0] {
+            Replay::Ring { records, .. } => {
+                assert_eq!(
+                    records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    vec![1, 2, 3]
+                )
+            }
+            Replay::Log { .. } => panic!("ring covers offset 1"),
+        }
+        // The key comes back with its next value; the view order stays consistent.
+        topic.ingest(&log(0, 4, "a"));
+        assert_eq!(topic.latest("a").unwrap().offset, 4);
+        topic.ingest(&log(0, 5, "c"));
+        topic.ingest(&log(0, 6, "d"));
+        assert!(
+            topic.latest("b").is_none(),
+            "eviction still takes the oldest key"
+        );
+        assert!(topic.latest("a").is_none());
     }
 
     #[test]

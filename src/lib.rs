@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! source::{embedded, kafka}  reads/appends the log; feeds every record to the hub
+//!                            (kafka::debezium: CDC change events and key structs)
 //!        │
 //!        ▼
 //! hub                 per topic: partitions (ring of recent records + latest value

@@ -22,7 +22,14 @@ pub struct LogRecord {
     /// Extra JSON members (`"name":value` pairs, comma separated) placed before
     /// `data`, for source-specific fields such as Kafka headers.
     pub extra: Option<Box<str>>,
+    /// The record deletes its key (a tombstone, or a change event with `op`
+    /// delete): the view forgets the key, while the record itself is still
+    /// delivered and replayed like any other.
+    pub delete: bool,
 }
+
+/// The extra members of a tombstone (a record without a value), on every source.
+pub const TOMBSTONE_EXTRA: &str = "\"op\":\"delete\",\"tombstone\":true";
 
 /// A record to append, as the publish API receives it.
 #[derive(Debug, Clone)]
@@ -281,6 +288,7 @@ mod tests {
             key: Some("A\"B".into()),
             data: "{\"p\":1}".into(),
             extra: None,
+            delete: false,
         };
         let rec = Record::encode("prices", &log, "CUR", Framing::Normal);
         let json: serde_json::Value = serde_json::from_str(rec.ws.as_str()).unwrap();
@@ -309,6 +317,7 @@ mod tests {
             key: None,
             data: "\"aGk=\"".into(),
             extra: Some("\"encoding\":\"base64\"".into()),
+            delete: false,
         };
         let rec = Record::encode("t", &log, "C", Framing::Normal);
         let again = rec.reframe("t", "D", Framing::Normal);

@@ -18,6 +18,8 @@
 //! again at every later start while a pattern still matches it. Its epoch, like
 //! every topic's, is made from the log's epoch and its name, so cursors resume
 //! across restarts.
+//!
+//! A record whose JSON is `null` is a tombstone: it removes its key from the view.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Source, SourceError};
 use crate::config::{Config, TopicConfig, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
-use crate::record::{partition_for_key, Appended, LogRecord, NewRecord};
+use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE_EXTRA};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POSITIONS: TableDefinition<(&str, u32), u64> = TableDefinition::new("positions");
@@ -468,17 +470,34 @@ fn decode(partition: u32, offset: u64, bytes: &[u8]) -> LogRecord {
     let key_len = u32::from_le_bytes(get(9..13).try_into().unwrap_or([0; 4])) as usize;
     let key = std::str::from_utf8(get(13..13 + key_len)).unwrap_or("");
     let data = std::str::from_utf8(bytes.get(13 + key_len..).unwrap_or(&[])).unwrap_or("null");
+    let data = if data.is_empty() { "null" } else { data };
+    stored(
+        partition,
+        offset,
+        timestamp,
+        has_key.then(|| Arc::from(key)),
+        data.into(),
+    )
+}
+
+/// A record of this log as the hub sees it. A publish with `"data": null` is
+/// this log's tombstone: it deletes its key from the view, like a Kafka tombstone.
+fn stored(
+    partition: u32,
+    offset: u64,
+    timestamp: i64,
+    key: Option<Arc<str>>,
+    data: Box<str>,
+) -> LogRecord {
+    let delete = &*data == "null";
     LogRecord {
         partition,
         offset,
         timestamp,
-        key: has_key.then(|| Arc::from(key)),
-        data: if data.is_empty() {
-            "null".into()
-        } else {
-            data.into()
-        },
-        extra: None,
+        key,
+        data,
+        extra: delete.then(|| TOMBSTONE_EXTRA.into()),
+        delete,
     }
 }
 
@@ -571,14 +590,13 @@ impl Writer {
         for (req, out) in batch.into_iter().zip(placed) {
             let topic = &topics[req.topic];
             for (rec, at) in req.records.into_iter().zip(&out) {
-                topic.hub.ingest(&LogRecord {
-                    partition: at.partition,
-                    offset: at.offset,
+                topic.hub.ingest(&stored(
+                    at.partition,
+                    at.offset,
                     timestamp,
-                    key: rec.key,
-                    data: rec.data,
-                    extra: None,
-                });
+                    rec.key,
+                    rec.data,
+                ));
             }
             let _ = req.reply.send(Ok(out));
         }

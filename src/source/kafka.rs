@@ -29,6 +29,7 @@
 //!   own (murmur2) partitioner, the same as the embedded log and Java clients.
 
 mod catchup;
+pub mod debezium;
 pub mod decode;
 pub mod meta;
 
@@ -84,7 +85,7 @@ struct Known {
 
 struct Inner {
     config: KafkaConfig,
-    /// Which topics this node serves, and with which settings.
+    /// Which topics this node serves, with which settings and decoding (`format`, `key`).
     rules: TopicRules,
     warm_records: u64,
     hub: Arc<Hub>,
@@ -257,6 +258,8 @@ struct Live {
     consumer: Arc<BaseConsumer>,
     /// Topic name -> hub topic, for the hot path (no lock per record).
     by_name: HashMap<String, Arc<Topic>>,
+    /// Topic name -> how its messages are decoded, filled as topics are seen.
+    decodings: HashMap<String, decode::Decoding>,
     /// (topic, partition) -> high watermark when the topic was added: it is
     /// served once all of its partitions reach theirs.
     warm_targets: Vec<(Arc<Topic>, u32, u64)>,
@@ -274,6 +277,7 @@ impl Live {
             inner,
             consumer: Arc::new(consumer),
             by_name: HashMap::new(),
+            decodings: HashMap::new(),
             warm_targets: Vec::new(),
             unwatermarked: HashSet::new(),
             last_refresh: Instant::now(),
@@ -316,7 +320,17 @@ impl Live {
         let Some(topic) = self.by_name.get(msg.topic()) else {
             return;
         };
-        match decode::decode(msg, self.inner.config.max_record_bytes) {
+        // Resolved once per topic name (a pattern match is not free), then cached:
+        // the rules never change while the node runs.
+        let how = match self.decodings.get(msg.topic()) {
+            Some(how) => *how,
+            None => {
+                let how = self.inner.decoding(msg.topic());
+                self.decodings.insert(msg.topic().to_owned(), how);
+                how
+            }
+        };
+        match decode::decode(msg, self.inner.config.max_record_bytes, how) {
             Ok(record) => {
                 topic.ingest(&record);
             }
@@ -613,6 +627,14 @@ impl Inner {
             .insert(name.to_owned(), known);
     }
 
+    /// How `topic`'s messages are decoded (json unless configured otherwise).
+    fn decoding(&self, topic: &str) -> decode::Decoding {
+        self.rules
+            .topic_for(topic)
+            .map(decode::Decoding::of)
+            .unwrap_or_default()
+    }
+
     /// Counts, logs and (if configured) dead-letters a record that cannot be used.
     fn bad_record<M: Message>(&self, msg: &M, bad: decode::Bad) {
         telemetry::kafka_bad_record(bad.label());
@@ -621,6 +643,7 @@ impl Inner {
             partition = msg.partition(),
             offset = msg.offset(),
             reason = bad.label(),
+            detail = %bad,
             bytes = msg.payload().map(<[u8]>::len).unwrap_or(0),
             "bad record skipped"
         );
@@ -635,7 +658,18 @@ impl Inner {
         if let Some(v) = msg.payload() {
             record = record.payload(v);
         }
-        let headers = rdkafka::message::OwnedHeaders::new()
+        if let Some(ms) = msg.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
+        // The record's own headers first, unchanged, then where and why it was skipped.
+        use rdkafka::message::Headers as _;
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        if let Some(own) = msg.headers() {
+            for h in own.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        let headers = headers
             .insert(rdkafka::message::Header {
                 key: "pushgate.source",
                 value: Some(&format!(

@@ -4,7 +4,15 @@
 produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at a rate;
          every record is retried until the broker acknowledges it (acks=all), so a
          broker outage only delays the run. Prints "acked <count>" at the end.
-dump:    every record of a topic as JSON lines {"p","o","key","seq"}, then "end".
+dump:    every record of a topic as JSON lines {"p","o","key","seq","value","headers"}, then "end"
+         (value: the raw value as text, null for a tombstone; headers: {"name": "value"}).
+         --expect N: read until N records were seen (at most 30 s) instead of up to the end
+         offsets, which tansu under-reports after a batch of several records.
+raw:     produces the records given on stdin, one JSON line each:
+         {"key": <JSON>, "value": <JSON>, "headers": {"name": "value"}}: key and value are
+         sent as their compact JSON text; a null (or missing) key is no key, a null value
+         a tombstone. "key_raw"/"value_raw" (strings) send those exact bytes instead
+         (e.g. a value that is not JSON). Waits for each ack; prints {"p","o"} per record.
 add-partitions: grows a topic to --count partitions with the admin client's
          CreatePartitions; tansu 0.6 does not implement that request, so with
          --sqlite (the broker's sqlite storage file) the new partitions are
@@ -55,18 +63,31 @@ def dump(a):
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     end = consumer.end_offsets(tps)
+    if a.expect:
+        end = {tp: float("inf") for tp in tps}
     deadline = time.time() + 30
-    while any(consumer.position(tp) < end[tp] for tp in tps) and time.time() < deadline:
+    seen = 0
+
+    def more():
+        if a.expect:
+            return seen < a.expect
+        return any(consumer.position(tp) < end[tp] for tp in tps)
+
+    while more() and time.time() < deadline:
         for tp, records in consumer.poll(timeout_ms=200).items():
             for r in records:
                 if r.offset >= end[tp]:
                     continue
+                seen += 1
                 try:
                     seq = json.loads(r.value)["seq"]
                 except Exception:
                     seq = None
                 print(json.dumps({"p": tp.partition, "o": r.offset,
-                                  "key": r.key.decode() if r.key else None, "seq": seq}))
+                                  "key": r.key.decode() if r.key else None, "seq": seq,
+                                  "value": r.value.decode(errors="replace") if r.value is not None else None,
+                                  "headers": {k: v.decode(errors="replace") if v is not None else None
+                                              for k, v in (r.headers or [])}}))
     print("end", flush=True)
 
 
@@ -102,6 +123,30 @@ def add_partitions(a):
     print("added via tansu storage", flush=True)
 
 
+def raw(a):
+    producer = KafkaProducer(bootstrap_servers=a.brokers, acks="all", retries=5,
+                             request_timeout_ms=3000, max_block_ms=30000, linger_ms=0)
+
+    def field(line, name):
+        if name + "_raw" in line:
+            return line[name + "_raw"].encode()
+        value = line.get(name)
+        return None if value is None else json.dumps(value, separators=(",", ":")).encode()
+
+    count = 0
+    for text in sys.stdin:
+        if not text.strip():
+            continue
+        line = json.loads(text)
+        headers = [(k, v.encode()) for k, v in (line.get("headers") or {}).items()]
+        meta = producer.send(a.topic, key=field(line, "key"), value=field(line, "value"),
+                             headers=headers).get(timeout=10)
+        print(json.dumps({"p": meta.partition, "o": meta.offset}), flush=True)
+        count += 1
+    producer.flush()
+    print(f"acked {count}", flush=True)
+
+
 def low(a):
     consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
     tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
@@ -110,14 +155,15 @@ def low(a):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low", "add-partitions"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "add-partitions", "raw"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--rate", type=float, default=0)
     ap.add_argument("--keys", type=int, default=5)
+    ap.add_argument("--expect", type=int, default=0, help="dump: read until this many records")
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
     ap.add_argument("--sqlite", help="add-partitions: tansu's sqlite storage, used if CreatePartitions is unsupported")
     a = ap.parse_args()
-    {"produce": produce, "dump": dump, "low": low, "add-partitions": add_partitions}[a.cmd](a)
+    {"produce": produce, "dump": dump, "low": low, "add-partitions": add_partitions, "raw": raw}[a.cmd](a)

@@ -234,6 +234,84 @@ pub async fn dump(broker: &Broker, topic: &str) -> Vec<Logged> {
     all
 }
 
+/// Produces `records` with kafka-python's `raw` subcommand (one JSON object per
+/// record: `key`/`value` sent as JSON text, `key_raw`/`value_raw` as exact
+/// bytes, a null value as a tombstone, `headers`), waiting for each ack.
+/// Returns where each record landed, in order.
+pub async fn produce_raw(
+    broker: &Broker,
+    topic: &str,
+    records: &[serde_json::Value],
+) -> Vec<(u32, u64)> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("python3")
+        .arg(tool_path())
+        .args(["raw", "--brokers", &broker.addr(), "--topic", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(&r.to_string());
+        lines.push('\n');
+    }
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kafka_tool raw did not finish in time")
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && stdout.contains(&format!("acked {}", records.len())),
+        "kafka_tool raw failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["p"].as_u64().unwrap() as u32, v["o"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Every record of `topic` as kafka-python reads it, in (partition, offset)
+/// order: `{"p","o","key","value","headers"}` (value as text, null for a tombstone).
+/// With `expect`, reads until that many records arrived (at most 30 s) rather
+/// than up to the end offsets: tansu reports the end of a batch of several
+/// records (librdkafka's) as its first offset + 1.
+pub async fn dump_raw(
+    broker: &Broker,
+    topic: &str,
+    expect: Option<usize>,
+) -> Vec<serde_json::Value> {
+    let expect = expect.unwrap_or(0).to_string();
+    let out = tool(&[
+        "dump",
+        "--brokers",
+        &broker.addr(),
+        "--topic",
+        topic,
+        "--expect",
+        &expect,
+    ])
+    .await;
+    assert!(out.trim_end().ends_with("end"), "{out}");
+    let mut all: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    all.sort_by_key(|v| (v["p"].as_u64(), v["o"].as_u64()));
+    all
+}
+
 pub async fn low_watermarks(broker: &Broker, topic: &str) -> Vec<u64> {
     let out = tool(&["low", "--brokers", &broker.addr(), "--topic", topic]).await;
     serde_json::from_str(out.trim()).unwrap()

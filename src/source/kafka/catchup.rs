@@ -222,6 +222,7 @@ fn fetch(
         .assign(&list)
         .map_err(|e| SourceError::Unavailable(e.to_string()))?;
     let deadline = Instant::now() + timeout;
+    let how = inner.decoding(topic);
     let mut out = Vec::new();
     let mut end = from;
     while end < until && out.len() < want {
@@ -245,7 +246,7 @@ fn fetch(
                     break;
                 }
                 end = offset + 1;
-                match decode::decode(&msg, inner.config.max_record_bytes) {
+                match decode::decode(&msg, inner.config.max_record_bytes, how) {
                     Ok(record) => out.push(record),
                     Err(bad) => crate::telemetry::kafka_bad_record(bad.label()),
                 }
@@ -277,6 +278,7 @@ mod tests {
             key: None,
             data: "1".into(),
             extra: None,
+            delete: false,
         }
     }
 

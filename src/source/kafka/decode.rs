@@ -1,16 +1,28 @@
 //! Turning a Kafka message into a [`LogRecord`]: key, JSON or base64 value, headers, timestamp.
 //!
+//! Topics with `format = "json"` (the default):
 //! - The key (UTF-8) is the subscription key; a record without a key has none.
 //! - A value that is JSON is passed on as compact JSON; any other value is
 //!   passed on as a base64 string with `"encoding":"base64"` next to it.
-//! - A missing value (a tombstone) is `null` with `"tombstone":true`.
+//! - A missing value (a tombstone) is `null` with `"op":"delete","tombstone":true`,
+//!   and deletes its key from the view.
+//!
+//! Topics with `format = "debezium"` (see [`debezium`](super::debezium)):
+//! - The key is taken from Debezium's key struct by the topic's `key` rule.
+//! - A change event becomes `"op":"create|update|delete|read","source":{…}`
+//!   with the row image as `data`; a delete removes its key from the view.
+//! - A tombstone (Debezium sends one after each delete) is the same as on a
+//!   json topic: `data` null, `"op":"delete","tombstone":true`.
+//!
+//! On both:
 //! - Headers become `"headers":{"name":"value"}`; a value that is not UTF-8 is
 //!   written `"base64:<base64>"`, a missing value `null`.
 //! - The Kafka timestamp (create or log-append time, ms) is the record's `timestamp`.
 //!
-//! A record whose key is not UTF-8, or whose value is larger than
-//! `kafka.max_record_bytes`, is bad: the caller counts it, logs its position,
-//! copies it to the dead-letter topic if one is set, and skips it.
+//! A record whose key is not UTF-8, whose value is larger than
+//! `kafka.max_record_bytes`, or (on a Debezium topic) whose value is not a
+//! change event, is bad: the caller counts it, logs its position, copies it to
+//! the dead-letter topic if one is set, and skips it.
 
 use std::sync::Arc;
 
@@ -18,13 +30,19 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rdkafka::message::{Headers, Message};
 
-use crate::record::{compact_json, push_json_str, LogRecord};
+use super::debezium::{self, EnvelopeError, Event};
+use crate::config::{KeyRule, RecordFormat, TopicConfig};
+use crate::record::{compact_json, push_json_str, LogRecord, TOMBSTONE_EXTRA};
 
-/// Why a record was skipped (a fixed set: used as a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a record was skipped (a fixed set: [`Bad::label`] is a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Bad {
+    #[error("the value is larger than kafka.max_record_bytes")]
     TooLarge,
+    #[error("the key is not UTF-8")]
     KeyNotUtf8,
+    #[error("not a Debezium change event: {0}")]
+    Envelope(#[from] EnvelopeError),
 }
 
 impl Bad {
@@ -32,34 +50,74 @@ impl Bad {
         match self {
             Bad::TooLarge => "too_large",
             Bad::KeyNotUtf8 => "key_not_utf8",
+            Bad::Envelope(_) => "bad_envelope",
         }
     }
 }
 
-pub fn decode<M: Message>(msg: &M, max_bytes: usize) -> Result<LogRecord, Bad> {
+/// How one topic's records are read: its `format` and `key` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Decoding {
+    pub format: RecordFormat,
+    pub key: KeyRule,
+}
+
+impl Decoding {
+    pub fn of(topic: &TopicConfig) -> Self {
+        Self {
+            format: topic.format,
+            key: topic.key,
+        }
+    }
+}
+
+pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<LogRecord, Bad> {
     let payload = msg.payload();
     if payload.map(<[u8]>::len).unwrap_or(0) > max_bytes {
         return Err(Bad::TooLarge);
     }
     let key = match msg.key() {
         None => None,
-        Some(k) => Some(Arc::<str>::from(
-            std::str::from_utf8(k).map_err(|_| Bad::KeyNotUtf8)?,
-        )),
+        Some(k) => {
+            let text = std::str::from_utf8(k).map_err(|_| Bad::KeyNotUtf8)?;
+            match how.format {
+                RecordFormat::Json => Some(Arc::<str>::from(text)),
+                RecordFormat::Debezium => debezium::record_key(text, how.key).map(Arc::from),
+            }
+        }
     };
     let mut extra = String::new();
-    let data: Box<str> = match payload {
-        None => {
-            extra.push_str("\"tombstone\":true");
+    let mut delete = false;
+    let data: Box<str> = match (payload, how.format) {
+        (None, _) => {
+            extra.push_str(TOMBSTONE_EXTRA);
+            delete = true;
             "null".into()
         }
-        Some(bytes) => match std::str::from_utf8(bytes).ok().map(compact_json) {
-            Some(Ok(json)) => json,
-            _ => {
-                extra.push_str("\"encoding\":\"base64\"");
-                let mut s = String::with_capacity(bytes.len() * 4 / 3 + 4);
-                push_json_str(&mut s, &STANDARD.encode(bytes));
-                s.into_boxed_str()
+        (Some(bytes), RecordFormat::Json) => {
+            match std::str::from_utf8(bytes).ok().map(compact_json) {
+                Some(Ok(json)) => json,
+                _ => {
+                    extra.push_str("\"encoding\":\"base64\"");
+                    let mut s = String::with_capacity(bytes.len() * 4 / 3 + 4);
+                    push_json_str(&mut s, &STANDARD.encode(bytes));
+                    s.into_boxed_str()
+                }
+            }
+        }
+        (Some(bytes), RecordFormat::Debezium) => match debezium::parse_value(bytes)? {
+            Event::Tombstone => {
+                extra.push_str(TOMBSTONE_EXTRA);
+                delete = true;
+                "null".into()
+            }
+            Event::Change { op, data, source } => {
+                extra.push_str("\"op\":\"");
+                extra.push_str(op.name());
+                extra.push_str("\",\"source\":");
+                extra.push_str(&source);
+                delete = op == debezium::Op::Delete;
+                data
             }
         },
     };
@@ -95,6 +153,7 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize) -> Result<LogRecord, Bad> {
         key,
         data,
         extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
+        delete,
     })
 }
 
@@ -121,14 +180,30 @@ mod tests {
 
     #[test]
     fn json_binary_tombstone_headers() {
-        let r = decode(&msg(Some(b"k"), Some(b"{ \"a\" :\n 1 }"), None), 100).unwrap();
+        let r = decode(
+            &msg(Some(b"k"), Some(b"{ \"a\" :\n 1 }"), None),
+            100,
+            Decoding::default(),
+        )
+        .unwrap();
         assert_eq!(&*r.data, "{\"a\":1}");
         assert!(r.extra.is_none());
+        assert!(!r.delete);
         assert_eq!((r.partition, r.offset, r.timestamp), (1, 7, 42));
-        let r = decode(&msg(Some(b"k"), Some(b"\xff\x00hi"), None), 100).unwrap();
+        let r = decode(
+            &msg(Some(b"k"), Some(b"\xff\x00hi"), None),
+            100,
+            Decoding::default(),
+        )
+        .unwrap();
         assert_eq!(&*r.data, "\"/wBoaQ==\"");
         assert_eq!(r.extra.as_deref(), Some("\"encoding\":\"base64\""));
-        let r = decode(&msg(Some(b"k"), Some(b"not json"), None), 100).unwrap();
+        let r = decode(
+            &msg(Some(b"k"), Some(b"not json"), None),
+            100,
+            Decoding::default(),
+        )
+        .unwrap();
         assert_eq!(r.extra.as_deref(), Some("\"encoding\":\"base64\""));
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -139,12 +214,14 @@ mod tests {
                 key: "bin",
                 value: Some(&[0xffu8][..]),
             });
-        let r = decode(&msg(None, None, Some(headers)), 100).unwrap();
+        let r = decode(&msg(None, None, Some(headers)), 100, Decoding::default()).unwrap();
         assert_eq!(&*r.data, "null");
         assert!(r.key.is_none());
         let extra = r.extra.unwrap();
         let json: serde_json::Value = serde_json::from_str(&format!("{{{extra}}}")).unwrap();
         assert_eq!(json["tombstone"], true);
+        assert_eq!(json["op"], "delete", "a tombstone deletes its key");
+        assert!(r.delete);
         assert_eq!(json["headers"]["trace"], "abc");
         assert_eq!(json["headers"]["bin"], "base64:/w==");
     }
@@ -152,12 +229,160 @@ mod tests {
     #[test]
     fn bad_records() {
         assert_eq!(
-            decode(&msg(Some(b"k"), Some(&[b'1'; 101]), None), 100).unwrap_err(),
+            decode(
+                &msg(Some(b"k"), Some(&[b'1'; 101]), None),
+                100,
+                Decoding::default()
+            )
+            .unwrap_err(),
             Bad::TooLarge
         );
         assert_eq!(
-            decode(&msg(Some(b"\xff"), Some(b"1"), None), 100).unwrap_err(),
+            decode(
+                &msg(Some(b"\xff"), Some(b"1"), None),
+                100,
+                Decoding::default()
+            )
+            .unwrap_err(),
             Bad::KeyNotUtf8
         );
+    }
+
+    const DEBEZIUM: Decoding = Decoding {
+        format: RecordFormat::Debezium,
+        key: KeyRule::Field,
+    };
+
+    fn members(r: &LogRecord) -> serde_json::Value {
+        let extra = r.extra.as_deref().unwrap_or("");
+        serde_json::from_str(&format!("{{{extra}}}")).unwrap()
+    }
+
+    #[test]
+    fn debezium_change_events() {
+        let key = br#"{"schema":{"type":"struct","fields":[{"type":"int32","field":"id"}]},"payload":{"id":1001}}"#;
+        let value = br#"{"before":null,"after":{"id":1001,"email":"a@x"},"source":{"table":"customers","lsn":7},"op":"c","ts_ms":1}"#;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some("t1"),
+        });
+        let r = decode(&msg(Some(key), Some(value), Some(headers)), 1000, DEBEZIUM).unwrap();
+        assert_eq!(r.key.as_deref(), Some("1001"));
+        assert_eq!(&*r.data, r#"{"email":"a@x","id":1001}"#);
+        assert!(!r.delete);
+        let m = members(&r);
+        assert_eq!(m["op"], "create");
+        assert_eq!(m["source"]["lsn"], 7);
+        assert_eq!(
+            m["headers"]["trace"], "t1",
+            "headers are kept on change events"
+        );
+
+        let value = br#"{"before":{"id":1001,"email":"a@x"},"after":null,"source":{"table":"customers"},"op":"d"}"#;
+        let json_key = Decoding {
+            key: KeyRule::Json,
+            ..DEBEZIUM
+        };
+        let r = decode(
+            &msg(Some(br#"{"id":1001}"#), Some(value), None),
+            1000,
+            json_key,
+        )
+        .unwrap();
+        assert_eq!(r.key.as_deref(), Some(r#"{"id":1001}"#));
+        assert_eq!(
+            &*r.data, r#"{"email":"a@x","id":1001}"#,
+            "a delete carries the before image"
+        );
+        assert!(r.delete);
+        assert_eq!(members(&r)["op"], "delete");
+
+        // The tombstone that follows a delete.
+        let r = decode(&msg(Some(br#"{"id":1001}"#), None, None), 1000, DEBEZIUM).unwrap();
+        assert_eq!(
+            (r.key.as_deref(), &*r.data, r.delete),
+            (Some("1001"), "null", true)
+        );
+        let m = members(&r);
+        assert_eq!(
+            (m["op"].as_str(), m["tombstone"].as_bool()),
+            (Some("delete"), Some(true))
+        );
+        assert!(m.get("source").is_none());
+    }
+
+    #[test]
+    fn debezium_bad_envelopes_are_bad_records() {
+        for value in [
+            &b"not json"[..],
+            b"{\"after\":{}}",
+            b"{\"op\":\"x\"}",
+            b"{\"op\":\"u\"}",
+        ] {
+            let err =
+                decode(&msg(Some(b"{\"id\":1}"), Some(value), None), 1000, DEBEZIUM).unwrap_err();
+            assert!(matches!(err, Bad::Envelope(_)), "{err:?}");
+            assert_eq!(err.label(), "bad_envelope");
+        }
+        // The same bytes on a json topic are fine (passed on as they are, or as base64).
+        assert!(decode(
+            &msg(Some(b"k"), Some(b"{\"op\":\"x\"}"), None),
+            1000,
+            Decoding::default()
+        )
+        .is_ok());
+        assert_eq!(
+            decode(&msg(Some(b"\xff"), Some(b"{}"), None), 1000, DEBEZIUM).unwrap_err(),
+            Bad::KeyNotUtf8
+        );
+    }
+
+    #[test]
+    fn the_readme_examples_are_what_clients_receive() {
+        use crate::record::{Framing, Record};
+        let readme = include_str!("../../../README.md");
+        let examples: Vec<&str> = readme
+            .lines()
+            .filter(|l| {
+                l.starts_with(r#"{"type":"record","topic":"dbserver1.inventory.customers""#)
+            })
+            .collect();
+        assert_eq!(examples.len(), 3, "create, delete, tombstone");
+        let row = r#"{"id":1004,"first_name":"Anne","last_name":"Kretchmar","email":"annek@noanswer.org"}"#;
+        let source = |pos: u64, ts: u64| {
+            format!(
+                r#"{{"version":"2.7.0.Final","connector":"mysql","name":"dbserver1","ts_ms":{ts},"snapshot":"false","db":"inventory","table":"customers","server_id":223344,"file":"mysql-bin.000003","pos":{pos},"row":0}}"#
+            )
+        };
+        let create = format!(
+            r#"{{"before":null,"after":{row},"source":{},"op":"c","ts_ms":1700000000800,"transaction":null}}"#,
+            source(484, 1700000000000)
+        );
+        let delete = format!(
+            r#"{{"before":{row},"after":null,"source":{},"op":"d","ts_ms":1700000060100,"transaction":null}}"#,
+            source(1022, 1700000060000)
+        );
+        let message = |value: Option<&str>, offset: i64, ts: i64| {
+            OwnedMessage::new(
+                value.map(|v| v.as_bytes().to_vec()),
+                Some(br#"{"id":1004}"#.to_vec()),
+                "dbserver1.inventory.customers".into(),
+                Timestamp::CreateTime(ts),
+                0,
+                offset,
+                None,
+            )
+        };
+        let messages = [
+            message(Some(&create), 17, 1700000000812),
+            message(Some(&delete), 18, 1700000060112),
+            message(None, 19, 1700000060112),
+        ];
+        for (msg, example) in messages.iter().zip(examples) {
+            let log = decode(msg, 1 << 20, DEBEZIUM).unwrap();
+            let record =
+                Record::encode("dbserver1.inventory.customers", &log, "…", Framing::Normal);
+            assert_eq!(record.ws.as_str(), example);
+        }
     }
 }
