@@ -950,9 +950,18 @@ mod tests {
         let kafka = include_str!("../config/kafka.toml");
         // The commented example at the end of the shipped Kafka config, switched on.
         let at = kafka.find("# [[topics]]").expect("a commented example");
+        // Only the TOML lines are switched on; the prose around them stays comment.
         let example: String = kafka[at..]
             .lines()
-            .map(|l| l.trim_start_matches("# "))
+            .map(|l| match l.strip_prefix("# ") {
+                Some(toml)
+                    if toml.starts_with("[[")
+                        || toml.starts_with(char::is_lowercase) && toml.contains(" = ") =>
+                {
+                    toml
+                }
+                _ => l,
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let example = format!("{}{example}", &kafka[..at]);

@@ -608,3 +608,62 @@ async fn a_null_publish_on_the_embedded_log_is_a_tombstone() {
         assert_eq!(replayed[0][member], got[2][member], "{member}");
     }
 }
+
+/// A Debezium topic found by a pattern (one topic per table, named by the
+/// connector) is decoded with the pattern's `format`, including a table
+/// created after the node started.
+#[tokio::test]
+async fn tables_found_by_a_pattern_are_decoded_as_debezium() {
+    let broker = Broker::memory().await;
+    broker
+        .create_topic("dbserver1.inventory.customers", 1, &[])
+        .await;
+    let topics = "[[topics]]\npattern = \"dbserver1\\\\.inventory\\\\..*\"\nformat = \"debezium\"\nring_records = 64\n";
+    let (node, _dir) = start_node(&broker, topics, "").await;
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe(json!({"topic": "dbserver1.inventory.customers", "snapshot": false}))
+        .await;
+    let create = Change::new(1001, "c", Value::Null, customer(1001, "a@x"), 10);
+    let delete = Change::new(1001, "d", customer(1001, "a@x"), Value::Null, 11);
+    let changes = [create, delete];
+    let expected = produce_changes(
+        &broker,
+        "dbserver1.inventory.customers",
+        "customers",
+        true,
+        &changes,
+    )
+    .await;
+    check_all(&ws.records(2).await, &expected, "customers");
+
+    // A table created while the node runs: found by the pattern, same format.
+    broker
+        .create_topic("dbserver1.inventory.orders", 1, &[])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut orders = WsClient::connect(node.addr).await;
+    loop {
+        orders
+            .send(json!({"type": "subscribe", "topic": "dbserver1.inventory.orders", "snapshot": false}))
+            .await;
+        let reply = orders.json().await;
+        if reply["type"] == "subscribed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let read = Change::new(7, "r", Value::Null, customer(7, "o@x"), 20);
+    let expected = produce_changes(
+        &broker,
+        "dbserver1.inventory.orders",
+        "orders",
+        false,
+        &[read],
+    )
+    .await;
+    check_all(&orders.records(1).await, &expected, "orders");
+}
