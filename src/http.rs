@@ -1,20 +1,17 @@
 //! The HTTP surface: the router tests and `run` both build, plus health, readiness, metrics and topic listing.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
-use crate::auth::{self, Identity};
 use crate::cursor::Cursor;
-use crate::state::{AppState, ConnectionSlot, Refused};
-use crate::{publish, sse, telemetry, ws};
+use crate::state::AppState;
+use crate::transport::{sse, ws};
+use crate::{publish, telemetry};
 
 /// Builds the whole application router for `state`.
 pub fn router(state: AppState) -> Router {
@@ -38,11 +35,6 @@ pub fn router(state: AppState) -> Router {
         router = router.fallback_service(ServeDir::new(static_dir));
     }
     router.with_state(state)
-}
-
-/// A JSON error body: `{"error": code, "message": message}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -97,76 +89,4 @@ async fn topics(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "topics": list }))
-}
-
-/// Upper bound on how long a request may take to send its header (slowloris guard).
-pub fn header_timeout(state: &AppState) -> Duration {
-    state.config.server.header_read_timeout
-}
-
-/// One generic answer for every authentication failure, so a prober learns nothing.
-pub fn unauthorized() -> Response {
-    json_error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "authentication required",
-    )
-}
-
-/// A streaming client let in: who it is and the connection slot it holds.
-pub struct Admission {
-    pub identity: Identity,
-    pub slot: ConnectionSlot,
-}
-
-/// Why a streaming client was not let in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Unauthorized,
-    TooManyFromIp,
-    Unavailable,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        match self {
-            Refusal::Unauthorized => unauthorized(),
-            Refusal::TooManyFromIp => json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
-                "too many connections from this address",
-            ),
-            Refusal::Unavailable => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "not accepting connections",
-            ),
-        }
-    }
-}
-
-/// Authenticates a streaming (WebSocket or SSE) client and takes its connection slot.
-pub fn admit(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    peer: SocketAddr,
-    transport: &'static str,
-) -> Result<Admission, Refusal> {
-    let token = auth::token_from(headers, query, &state.config.auth.cookie);
-    if token.is_none() && !state.config.auth.anonymous_subscribe {
-        return Err(Refusal::Unauthorized);
-    }
-    let identity = state.auth.identify(token.as_deref()).map_err(|e| {
-        tracing::debug!(error = %e, %peer, "authentication failed");
-        Refusal::Unauthorized
-    })?;
-    let ip = auth::client_ip(peer, headers, &state.config.server.trusted_proxies);
-    let slot = state
-        .connection_slot(transport, ip)
-        .map_err(|refused| match refused {
-            Refused::TooManyFromIp => Refusal::TooManyFromIp,
-            Refused::TooMany | Refused::Draining => Refusal::Unavailable,
-        })?;
-    Ok(Admission { identity, slot })
 }

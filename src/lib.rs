@@ -4,34 +4,44 @@
 //!
 //! ```text
 //! source::{embedded, kafka}  reads/appends the log; feeds every record to the hub
-//!                            (kafka::debezium: CDC change events and key structs)
+//!                            (kafka::debezium: CDC change events; kafka::security: TLS/SASL)
 //!        │
 //!        ▼
-//! hub                 per topic: partitions (ring of recent records + latest value
-//!        │            per key), the subscription index (topic,key) -> subs, fan-out
+//! hub                 per topic: partitions (hub::partition: ring of recent records +
+//!        │            latest value per key), hub::index (key -> subs), hub::sub
+//!        │            (filter, catch-up backlog); fan-out under the partition lock
 //!        ▼
 //! outbox              per connection: bounded (bytes) queue of shared records
 //!        │
-//!        ├─> ws       GET /ws: JSON frames, many subscriptions per connection
-//!        └─> sse      GET /sse: one subscription per stream, cursor as event id
+//!        ▼
+//! transport::{ws,sse} GET /ws (many subscriptions per connection), GET /sse (one per
+//!                     stream, cursor as event id); every write has a deadline (stall)
 //!
-//! session   subscribe checks, snapshot / resume decision, catch-up (both transports)
-//! publish   POST /topics/{topic}
-//! record    the encoded-once record; Kafka-compatible key partitioner
-//! cursor    the resume token: epoch + next offset per partition
-//! protocol  client messages, control messages, error and close codes
-//! auth      JWT verification, grants, origin checks, client IPs, publish rate
-//! http      router, health, readiness, metrics;  server: accept loop
-//! stall     write deadlines: notes when a client's socket stops taking bytes
-//! config    TOML + environment, checked before binding; [[topics]] by name or pattern
-//! state     the shared handle;  shutdown: drain signal and task tracking
-//! telemetry metric names;  demo: the simulated stock ticker
+//! session    subscribe checks, snapshot / resume decision, catch-up (every transport)
+//! admission  token, per-IP limit and connection slot of a streaming client
+//! publish    POST /topics/{topic};  reply: the JSON error body every endpoint uses
+//! http       router, health, readiness, metrics, topic list;  server: accept loop
+//! record     the encoded-once record; Kafka-compatible key partitioner
+//! cursor     the resume token: epoch + next offset per partition
+//! protocol   client messages, control messages, error and close codes
+//! auth       JWT verification, grants, origin checks, client IPs, publish rate
+//! stall      write deadlines: notes when a client's socket stops taking bytes
+//! config     TOML + environment, checked before binding; [[topics]] by name or pattern
+//! state      the shared handle;  shutdown: drain signal and task tracking
+//! telemetry  metric names;  demo: the simulated stock ticker
 //! ```
+//!
+//! Imports point one way (`tests/layout.rs` checks it): transports and
+//! publish depend on session, admission and reply; session on hub and source;
+//! hub on outbox, record and cursor; nothing depends back on http or a transport.
+//! The architecture, with its invariants and the tests that hold them, is in
+//! `docs/ARCHITECTURE.md`.
 //!
 //! [`run`] serves until its [`Shutdown`] is triggered, then drains: every
 //! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod cursor;
@@ -42,15 +52,15 @@ pub mod outbox;
 pub mod protocol;
 pub mod publish;
 pub mod record;
+pub mod reply;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod source;
-pub mod sse;
 pub mod stall;
 pub mod state;
 pub mod telemetry;
-pub mod ws;
+pub mod transport;
 
 use std::sync::Arc;
 

@@ -19,8 +19,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::auth;
-use crate::http::{json_error, unauthorized};
 use crate::record::NewRecord;
+use crate::reply::{json_error, unauthorized};
 use crate::source::SourceError;
 use crate::state::AppState;
 use crate::telemetry;

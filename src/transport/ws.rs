@@ -25,12 +25,13 @@ use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::admission::{self, Admission};
 use crate::auth::{self, Identity};
-use crate::http::{self, json_error, Admission};
 use crate::hub::Filter;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
+use crate::reply::json_error;
 use crate::server::DRAIN_STALL;
 use crate::session::{self, CatchUpError, Step, SubGuard};
 use crate::stall::WriteWatch;
@@ -56,7 +57,7 @@ pub async fn handler(
             "origin not allowed",
         );
     }
-    let admission = match http::admit(&state, &headers, query.as_deref(), peer, "ws") {
+    let admission = match admission::admit(&state, &headers, query.as_deref(), peer, "ws") {
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };

@@ -1,10 +1,10 @@
 //! The hub: per-topic recent history (ring + latest value per key), the subscription index, and fan-out.
 //!
-//! Sources call [`Hub::ingest`] once per record, in offset order per partition.
+//! Sources call [`Topic::ingest`] once per record, in offset order per partition.
 //! Ingest encodes the record once, keeps it in the partition's ring and view
 //! (a delete or tombstone removes its key from the view instead), and pushes
 //! it to every matching subscription's outbox while holding that partition's
-//! lock. [`Hub::register`] takes the locks of all partitions of a
+//! lock. [`Topic::register`] takes the locks of all partitions of a
 //! topic to insert a subscription and read the positions it starts from, so
 //! every record is either before that point (replayed or snapshotted) or after
 //! it (delivered live): no gap, no duplicate.
@@ -12,13 +12,26 @@
 //! The cursor a live record carries is the topic's ingest frontier right after
 //! it: every live subscriber has received all matching records up to that
 //! point, whatever its filter, so one encoding serves them all.
+//!
+//! Parts: `partition` (ring and view of one partition), `index` (which
+//! subscriptions a key goes to), `sub` (a subscription's filter and its
+//! catch-up backlog). Lock order: a topic's partitions lock, then partition
+//! states in partition order, then the index (a DashMap shard or an RwLock),
+//! then a subscription's backlog, then its outbox.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use dashmap::DashMap;
 
+mod index;
+mod partition;
+mod sub;
+
+use self::index::SubIndex;
+use self::partition::{collect_snapshot, remove_from_view, update_view, Partition, PartitionState};
+use self::sub::{Backlog, NEXT_SUB_ID};
+pub use self::sub::{Filter, Sub};
 use crate::cursor::{encode_into, Cursor};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
@@ -57,74 +70,6 @@ pub struct Topic {
     closed: AtomicBool,
 }
 
-struct Partition {
-    id: u32,
-    /// Next offset to ingest; written under `state`'s lock after fan-out, read without it.
-    frontier: AtomicU64,
-    state: Mutex<PartitionState>,
-}
-
-#[derive(Default)]
-struct PartitionState {
-    next_offset: u64,
-    ring: VecDeque<Arc<Record>>,
-    view: HashMap<Arc<str>, Arc<Record>>,
-    /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
-    view_order: BTreeMap<u64, Arc<str>>,
-}
-
-/// Which keys a subscription receives.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub keys: Option<HashSet<Arc<str>>>,
-    pub prefix: Option<Box<str>>,
-}
-
-impl Filter {
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    pub fn is_all(&self) -> bool {
-        self.keys.is_none() && self.prefix.is_none()
-    }
-
-    pub fn matches(&self, key: Option<&str>) -> bool {
-        if self.is_all() {
-            return true;
-        }
-        let Some(key) = key else { return false };
-        self.keys.as_ref().is_some_and(|k| k.contains(key))
-            || self.prefix.as_ref().is_some_and(|p| key.starts_with(&**p))
-    }
-}
-
-/// One subscription: a filter on one topic, feeding one connection's outbox.
-pub struct Sub {
-    pub id: u64,
-    pub filter: Filter,
-    topic: Arc<str>,
-    epoch: u64,
-    outbox: Arc<Outbox>,
-    /// False while the subscription catches up; live records then wait in `backlog`.
-    live: AtomicBool,
-    backlog: Mutex<Backlog>,
-    backlog_limit: usize,
-    /// Set when the client's cursor is ahead of this node (another node had read
-    /// further): records below these offsets were already delivered.
-    skip_below: Option<Box<[u64]>>,
-    /// Set once this node's frontier has passed `skip_below` everywhere: from
-    /// then on records carry cursors at least as far as the client's.
-    ahead_resolved: AtomicBool,
-}
-
-#[derive(Default)]
-struct Backlog {
-    items: Vec<Arc<Record>>,
-    bytes: usize,
-    overflowed: bool,
-}
-
 /// What a new subscription must be sent before it goes live.
 pub struct Registration {
     pub sub: Arc<Sub>,
@@ -151,8 +96,6 @@ pub enum Replay {
         until: u64,
     },
 }
-
-static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Hub {
     pub fn new() -> Self {
@@ -462,214 +405,6 @@ impl Topic {
 
 fn has_log(replay: &[Replay]) -> bool {
     replay.iter().any(|r| matches!(r, Replay::Log { .. }))
-}
-
-fn update_view(state: &mut PartitionState, key: &Arc<str>, record: &Arc<Record>, max_keys: usize) {
-    if let Some(old) = state.view.insert(Arc::clone(key), Arc::clone(record)) {
-        state.view_order.remove(&old.offset);
-    }
-    state.view_order.insert(record.offset, Arc::clone(key));
-    while state.view.len() > max_keys {
-        // Evict the key updated longest ago.
-        let Some((_, oldest)) = state.view_order.pop_first() else {
-            break;
-        };
-        state.view.remove(&oldest);
-    }
-}
-
-fn remove_from_view(state: &mut PartitionState, key: &str) {
-    if let Some(old) = state.view.remove(key) {
-        state.view_order.remove(&old.offset);
-    }
-}
-
-fn collect_snapshot(
-    guards: &[MutexGuard<'_, PartitionState>],
-    filter: &Filter,
-    max: usize,
-) -> Vec<Arc<Record>> {
-    let mut out = Vec::new();
-    match (&filter.keys, &filter.prefix) {
-        (Some(keys), None) => {
-            for key in keys {
-                if let Some(rec) = guards.iter().find_map(|g| g.view.get(key)) {
-                    out.push(Arc::clone(rec));
-                }
-            }
-            out.sort_by_key(|r| (r.partition, r.offset));
-        }
-        _ => {
-            for state in guards {
-                for key in state.view_order.values() {
-                    if filter.matches(Some(key)) {
-                        out.push(Arc::clone(&state.view[key]));
-                    }
-                }
-            }
-        }
-    }
-    out.truncate(max);
-    out
-}
-
-impl Sub {
-    /// Queues a live record for this subscription. Called under the partition lock.
-    fn deliver(&self, record: &Arc<Record>) -> bool {
-        if let Some(skip) = &self.skip_below {
-            if record.offset < skip.get(record.partition as usize).copied().unwrap_or(0) {
-                return false;
-            }
-            if !self.ahead_resolved.load(Ordering::Relaxed) {
-                if let Some(merged) = self.merge_cursor(record, skip) {
-                    return self.enqueue(&Arc::new(merged));
-                }
-                self.ahead_resolved.store(true, Ordering::Relaxed);
-            }
-        }
-        self.enqueue(record)
-    }
-
-    /// While this node is behind the client's cursor in some partition, a live
-    /// record's cursor (this node's frontier) would send the client back: it
-    /// gets a copy whose cursor is the larger of the two, per partition. Rare
-    /// (a resume on a lagging node), and only until the node catches up.
-    fn merge_cursor(&self, record: &Record, skip: &[u64]) -> Option<Record> {
-        let carried = Cursor::decode(record.cursor()).ok()?;
-        if skip
-            .iter()
-            .enumerate()
-            .all(|(p, &at)| carried.offset(p) >= at)
-        {
-            return None;
-        }
-        let offsets = (0..carried.offsets.len().max(skip.len()))
-            .map(|p| carried.offset(p).max(skip.get(p).copied().unwrap_or(0)))
-            .collect();
-        let cursor = Cursor::new(self.epoch, offsets).encode();
-        Some(record.reframe(&self.topic, &cursor, Framing::Normal))
-    }
-
-    fn enqueue(&self, record: &Arc<Record>) -> bool {
-        if self.live.load(Ordering::Acquire) {
-            return self.outbox.push(record);
-        }
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        if self.live.load(Ordering::Acquire) {
-            drop(backlog);
-            return self.outbox.push(record);
-        }
-        if backlog.overflowed {
-            return false;
-        }
-        backlog.bytes += record.cost();
-        if backlog.bytes > self.backlog_limit {
-            backlog.overflowed = true;
-            backlog.items = Vec::new();
-            drop(backlog);
-            self.outbox.close(CloseReason::Slow);
-            return false;
-        }
-        backlog.items.push(Arc::clone(record));
-        true
-    }
-
-    /// Ends catch-up: returns the live records that arrived meanwhile, and from
-    /// now on records go straight to the outbox. `Err` if the backlog overflowed.
-    pub fn go_live(&self) -> Result<Vec<Arc<Record>>, CloseReason> {
-        let mut backlog = self.backlog.lock().expect("backlog lock");
-        if backlog.overflowed {
-            return Err(CloseReason::Slow);
-        }
-        if let Some(reason) = self.outbox.closed_reason() {
-            return Err(reason);
-        }
-        let items = std::mem::take(&mut backlog.items);
-        backlog.bytes = 0;
-        self.live.store(true, Ordering::Release);
-        Ok(items)
-    }
-}
-
-/// The subscription index of one topic: exact keys in a sharded map, plus the
-/// (usually few) subscriptions to all keys or to key prefixes.
-#[derive(Default)]
-struct SubIndex {
-    by_key: DashMap<Arc<str>, Vec<Arc<Sub>>>,
-    all: RwLock<Vec<Arc<Sub>>>,
-    prefixed: RwLock<Vec<Arc<Sub>>>,
-}
-
-impl SubIndex {
-    fn insert(&self, sub: &Arc<Sub>) {
-        if sub.filter.is_all() {
-            self.all.write().expect("index lock").push(Arc::clone(sub));
-            return;
-        }
-        if let Some(keys) = &sub.filter.keys {
-            for key in keys {
-                self.by_key
-                    .entry(Arc::clone(key))
-                    .or_default()
-                    .push(Arc::clone(sub));
-            }
-        }
-        if sub.filter.prefix.is_some() {
-            self.prefixed
-                .write()
-                .expect("index lock")
-                .push(Arc::clone(sub));
-        }
-    }
-
-    fn remove(&self, sub: &Arc<Sub>) {
-        if sub.filter.is_all() {
-            self.all
-                .write()
-                .expect("index lock")
-                .retain(|s| s.id != sub.id);
-            return;
-        }
-        if let Some(keys) = &sub.filter.keys {
-            for key in keys {
-                if let Some(mut list) = self.by_key.get_mut(key) {
-                    list.retain(|s| s.id != sub.id);
-                }
-                self.by_key.remove_if(key, |_, list| list.is_empty());
-            }
-        }
-        if sub.filter.prefix.is_some() {
-            self.prefixed
-                .write()
-                .expect("index lock")
-                .retain(|s| s.id != sub.id);
-        }
-    }
-
-    /// Pushes `record` to every matching subscription, once each.
-    fn dispatch(&self, record: &Arc<Record>) -> usize {
-        let mut delivered = 0;
-        for sub in self.all.read().expect("index lock").iter() {
-            delivered += usize::from(sub.deliver(record));
-        }
-        let Some(key) = record.key.as_deref() else {
-            return delivered;
-        };
-        if let Some(list) = self.by_key.get(key) {
-            for sub in list.iter() {
-                delivered += usize::from(sub.deliver(record));
-            }
-        }
-        for sub in self.prefixed.read().expect("index lock").iter() {
-            let prefix = sub.filter.prefix.as_deref().unwrap_or("");
-            // A key the subscription also names exactly was delivered above.
-            let exact = sub.filter.keys.as_ref().is_some_and(|k| k.contains(key));
-            if key.starts_with(prefix) && !exact {
-                delivered += usize::from(sub.deliver(record));
-            }
-        }
-        delivered
-    }
 }
 
 #[cfg(test)]

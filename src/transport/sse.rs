@@ -19,9 +19,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::http::{self, json_error, Admission};
+use crate::admission::{self, Admission};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientError, ErrorCode, SubscribeRequest};
+use crate::reply::json_error;
 use crate::session::{self, CatchUpError, Step};
 use crate::state::AppState;
 use crate::telemetry;
@@ -68,7 +69,7 @@ pub async fn handler(
 ) -> Response {
     // Authenticate first: an unauthenticated caller learns nothing else.
     let Admission { identity, slot } =
-        match http::admit(&state, &headers, query.as_deref(), peer, "sse") {
+        match admission::admit(&state, &headers, query.as_deref(), peer, "sse") {
             Ok(admission) => admission,
             Err(refusal) => return refusal.into_response(),
         };

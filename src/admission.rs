@@ -1,0 +1,68 @@
+//! Admission of a streaming client (WebSocket or SSE): its token, its address's connection limit, and its connection slot.
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::{self, Identity};
+use crate::reply::{json_error, unauthorized};
+use crate::state::{AppState, ConnectionSlot, Refused};
+
+/// A streaming client let in: who it is and the connection slot it holds.
+pub struct Admission {
+    pub identity: Identity,
+    pub slot: ConnectionSlot,
+}
+
+/// Why a streaming client was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthorized,
+    TooManyFromIp,
+    Unavailable,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized => unauthorized(),
+            Refusal::TooManyFromIp => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections from this address",
+            ),
+            Refusal::Unavailable => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "not accepting connections",
+            ),
+        }
+    }
+}
+
+/// Authenticates a streaming (WebSocket or SSE) client and takes its connection slot.
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+    transport: &'static str,
+) -> Result<Admission, Refusal> {
+    let token = auth::token_from(headers, query, &state.config.auth.cookie);
+    if token.is_none() && !state.config.auth.anonymous_subscribe {
+        return Err(Refusal::Unauthorized);
+    }
+    let identity = state.auth.identify(token.as_deref()).map_err(|e| {
+        tracing::debug!(error = %e, %peer, "authentication failed");
+        Refusal::Unauthorized
+    })?;
+    let ip = auth::client_ip(peer, headers, &state.config.server.trusted_proxies);
+    let slot = state
+        .connection_slot(transport, ip)
+        .map_err(|refused| match refused {
+            Refused::TooManyFromIp => Refusal::TooManyFromIp,
+            Refused::TooMany | Refused::Draining => Refusal::Unavailable,
+        })?;
+    Ok(Admission { identity, slot })
+}

@@ -1,0 +1,141 @@
+//! A subscription: its key filter, the outbox it feeds, and the backlog that holds live records while it catches up.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::cursor::Cursor;
+use crate::outbox::{CloseReason, Outbox};
+use crate::record::{Framing, Record};
+
+/// Which keys a subscription receives.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub keys: Option<HashSet<Arc<str>>>,
+    pub prefix: Option<Box<str>>,
+}
+
+impl Filter {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.keys.is_none() && self.prefix.is_none()
+    }
+
+    pub fn matches(&self, key: Option<&str>) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let Some(key) = key else { return false };
+        self.keys.as_ref().is_some_and(|k| k.contains(key))
+            || self.prefix.as_ref().is_some_and(|p| key.starts_with(&**p))
+    }
+}
+
+/// One subscription: a filter on one topic, feeding one connection's outbox.
+pub struct Sub {
+    pub id: u64,
+    pub filter: Filter,
+    pub(super) topic: Arc<str>,
+    pub(super) epoch: u64,
+    pub(super) outbox: Arc<Outbox>,
+    /// False while the subscription catches up; live records then wait in `backlog`.
+    pub(super) live: AtomicBool,
+    pub(super) backlog: Mutex<Backlog>,
+    pub(super) backlog_limit: usize,
+    /// Set when the client's cursor is ahead of this node (another node had read
+    /// further): records below these offsets were already delivered.
+    pub(super) skip_below: Option<Box<[u64]>>,
+    /// Set once this node's frontier has passed `skip_below` everywhere: from
+    /// then on records carry cursors at least as far as the client's.
+    pub(super) ahead_resolved: AtomicBool,
+}
+
+#[derive(Default)]
+pub(super) struct Backlog {
+    items: Vec<Arc<Record>>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+pub(super) static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Sub {
+    /// Queues a live record for this subscription. Called under the partition lock.
+    pub(super) fn deliver(&self, record: &Arc<Record>) -> bool {
+        if let Some(skip) = &self.skip_below {
+            if record.offset < skip.get(record.partition as usize).copied().unwrap_or(0) {
+                return false;
+            }
+            if !self.ahead_resolved.load(Ordering::Relaxed) {
+                if let Some(merged) = self.merge_cursor(record, skip) {
+                    return self.enqueue(&Arc::new(merged));
+                }
+                self.ahead_resolved.store(true, Ordering::Relaxed);
+            }
+        }
+        self.enqueue(record)
+    }
+
+    /// While this node is behind the client's cursor in some partition, a live
+    /// record's cursor (this node's frontier) would send the client back: it
+    /// gets a copy whose cursor is the larger of the two, per partition. Rare
+    /// (a resume on a lagging node), and only until the node catches up.
+    fn merge_cursor(&self, record: &Record, skip: &[u64]) -> Option<Record> {
+        let carried = Cursor::decode(record.cursor()).ok()?;
+        if skip
+            .iter()
+            .enumerate()
+            .all(|(p, &at)| carried.offset(p) >= at)
+        {
+            return None;
+        }
+        let offsets = (0..carried.offsets.len().max(skip.len()))
+            .map(|p| carried.offset(p).max(skip.get(p).copied().unwrap_or(0)))
+            .collect();
+        let cursor = Cursor::new(self.epoch, offsets).encode();
+        Some(record.reframe(&self.topic, &cursor, Framing::Normal))
+    }
+
+    fn enqueue(&self, record: &Arc<Record>) -> bool {
+        if self.live.load(Ordering::Acquire) {
+            return self.outbox.push(record);
+        }
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if self.live.load(Ordering::Acquire) {
+            drop(backlog);
+            return self.outbox.push(record);
+        }
+        if backlog.overflowed {
+            return false;
+        }
+        backlog.bytes += record.cost();
+        if backlog.bytes > self.backlog_limit {
+            backlog.overflowed = true;
+            backlog.items = Vec::new();
+            drop(backlog);
+            self.outbox.close(CloseReason::Slow);
+            return false;
+        }
+        backlog.items.push(Arc::clone(record));
+        true
+    }
+
+    /// Ends catch-up: returns the live records that arrived meanwhile, and from
+    /// now on records go straight to the outbox. `Err` if the backlog overflowed.
+    pub fn go_live(&self) -> Result<Vec<Arc<Record>>, CloseReason> {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        if backlog.overflowed {
+            return Err(CloseReason::Slow);
+        }
+        if let Some(reason) = self.outbox.closed_reason() {
+            return Err(reason);
+        }
+        let items = std::mem::take(&mut backlog.items);
+        backlog.bytes = 0;
+        self.live.store(true, Ordering::Release);
+        Ok(items)
+    }
+}

@@ -1,0 +1,20 @@
+//! HTTP error answers: one JSON body, `{"error": code, "message": text}`, for every refusal of every endpoint.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// A JSON error body: `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+/// One generic answer for every authentication failure, so a prober learns nothing.
+pub fn unauthorized() -> Response {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "authentication required",
+    )
+}

@@ -1,0 +1,6 @@
+//! Transports: how records reach clients. Each one admits a client, opens its
+//! subscriptions through [`session`](crate::session), and writes the bytes the
+//! hub encoded once per record, with a deadline on every write.
+
+pub mod sse;
+pub mod ws;
