@@ -60,9 +60,9 @@ const META_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum KafkaSourceError {
     #[error("cannot create a Kafka client: {0}")]
     Client(#[from] KafkaError),
-    #[error("{0}")]
+    #[error(transparent)]
     Startup(#[from] security::StartupFailure),
-    #[error("{0}")]
+    #[error(transparent)]
     Security(#[from] security::SecurityError),
     #[error("cannot start the Kafka consumer thread: {0}")]
     Thread(#[from] std::io::Error),

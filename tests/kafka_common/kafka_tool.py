@@ -5,14 +5,32 @@ produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at 
          every record is retried until the broker acknowledges it (acks=all), so a
          broker outage only delays the run. Prints "acked <count>" at the end.
 dump:    every record of a topic as JSON lines {"p","o","key","seq"}, then "end".
+low:     the low watermark of each partition, as a JSON list.
+create:  creates a topic (--partitions, --config k=v ...); delete: deletes it.
+
+--security-protocol SSL|SASL_SSL|SASL_PLAINTEXT with --ssl-cafile/--ssl-certfile/--ssl-keyfile
+and --sasl-mechanism/--sasl-username/--sasl-password reach a secured broker (every command).
 """
-import argparse, json, sys, time
+import argparse, json, os, signal, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+
+def security(a):
+    """kafka-python keyword arguments for the --security-protocol/--ssl-*/--sasl-* options."""
+    kw = {"security_protocol": a.security_protocol}
+    if "SSL" in a.security_protocol:
+        kw.update(ssl_cafile=a.ssl_cafile, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile,
+                  ssl_check_hostname=True)
+    if a.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_username,
+                  sasl_plain_password=a.sasl_password)
+    return kw
 
 
 def produce(a):
-    producer = KafkaProducer(bootstrap_servers=a.brokers, acks="all", retries=5,
+    producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all", retries=5,
                              request_timeout_ms=3000, max_block_ms=60000,
                              reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, linger_ms=0)
     interval = 1.0 / a.rate if a.rate > 0 else 0
@@ -43,7 +61,7 @@ def produce(a):
 
 
 def dump(a):
-    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
     parts = consumer.partitions_for_topic(a.topic) or set()
     tps = [TopicPartition(a.topic, p) for p in sorted(parts)]
     consumer.assign(tps)
@@ -65,14 +83,30 @@ def dump(a):
 
 
 def low(a):
-    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
     tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
     print(json.dumps([consumer.beginning_offsets(tps)[tp] for tp in tps]), flush=True)
 
 
+def admin(a):
+    return KafkaAdminClient(bootstrap_servers=a.brokers, **security(a), request_timeout_ms=5000)
+
+
+def create(a):
+    configs = dict(c.split("=", 1) for c in a.config)
+    admin(a).create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1,
+                                     topic_configs=configs)])
+    print("created", flush=True)
+
+
+def delete(a):
+    admin(a).delete_topics([a.topic])
+    print("deleted", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=10)
@@ -80,5 +114,20 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=0)
     ap.add_argument("--keys", type=int, default=5)
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--config", action="append", default=[], help="topic config k=v (create)")
+    ap.add_argument("--security-protocol", default="PLAINTEXT",
+                    choices=["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"])
+    ap.add_argument("--ssl-cafile")
+    ap.add_argument("--ssl-certfile")
+    ap.add_argument("--ssl-keyfile")
+    ap.add_argument("--sasl-mechanism", default="SCRAM-SHA-512")
+    ap.add_argument("--sasl-username")
+    ap.add_argument("--sasl-password")
+    ap.add_argument("--timeout", type=float, default=0,
+                    help="exit 3 after this many seconds (kafka-python waits long on a refused login)")
     a = ap.parse_args()
-    {"produce": produce, "dump": dump, "low": low}[a.cmd](a)
+    if a.timeout > 0:
+        signal.signal(signal.SIGALRM, lambda *_: (print("timed out", file=sys.stderr, flush=True), os._exit(3)))
+        signal.setitimer(signal.ITIMER_REAL, a.timeout)
+    {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete}[a.cmd](a)
