@@ -573,6 +573,11 @@ pub async fn low_watermarks(broker: &Broker, topic: &str) -> Vec<u64> {
 /// A pushgate config for the Kafka source, secured as `PUSHGATE_TEST_KAFKA_SECURITY`
 /// says. `topics`: (name, ring_records).
 pub fn kafka_config(brokers: &str, topics: &[(&str, usize)], extra: &str) -> String {
+    kafka_config_as(Mode::from_env(), brokers, topics, extra)
+}
+
+/// [`kafka_config`] for brokers reached as `mode` says.
+pub fn kafka_config_as(mode: Mode, brokers: &str, topics: &[(&str, usize)], extra: &str) -> String {
     let mut out = format!(
         r#"
 [server]
@@ -592,7 +597,7 @@ metadata_refresh_interval = "500ms"
 catchup_timeout = "5s"
 startup_timeout = "10s"
 {security}"#,
-        security = Mode::from_env().pushgate_toml(),
+        security = mode.pushgate_toml(),
     );
     for (name, ring) in topics {
         out.push_str(&format!(
