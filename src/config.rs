@@ -921,10 +921,7 @@ fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::File::open(path) {
         Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => Ok(()),
         Ok(_) => Err(invalid(key, format!("{} is not a file", path.display()))),
-        Err(e) => Err(invalid(
-            key,
-            format!("cannot read {}: {e}", path.display()),
-        )),
+        Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
     }
 }
 
@@ -1094,7 +1091,10 @@ mod tests {
             &[("PUSHGATE__KAFKA__SASL__OAUTH_CLIENT_SECRET", "oauth-secret-42")],
         )
         .unwrap();
-        assert_eq!(config.kafka.sasl.oauth_client_secret.expose(), "oauth-secret-42");
+        assert_eq!(
+            config.kafka.sasl.oauth_client_secret.expose(),
+            "oauth-secret-42"
+        );
         let config2 = kafka(
             "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"alice\"\n",
             &[("PUSHGATE__KAFKA__SASL__PASSWORD", "pa55-w0rd-99")],

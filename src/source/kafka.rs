@@ -184,7 +184,7 @@ impl KafkaSource {
                             admin.context().started();
                             return Ok((admin, cluster, described));
                         }
-                        (None, _) => last = "no cluster id".into(),
+                        (None, _) => last = "no answer to a metadata request".into(),
                         (_, Some(Err(e))) => last = e.to_string(),
                         (_, None) => {}
                     }

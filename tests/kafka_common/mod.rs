@@ -196,7 +196,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn make_certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     for (name, cn) in [("ca", "pushgate test CA"), ("other-ca", "untrusted CA")] {
         let (key, pem, subj) = (
             format!("{name}.key"),
@@ -214,11 +220,7 @@ fn make_certs() -> Certs {
             "localhost",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         ),
-        (
-            "client",
-            "pushgate-client",
-            "extendedKeyUsage=clientAuth\n",
-        ),
+        ("client", "pushgate-client", "extendedKeyUsage=clientAuth\n"),
     ];
     for (name, cn, ext) in leaves {
         let (key, csr, pem, extfile, subj) = (
@@ -240,8 +242,21 @@ fn make_certs() -> Certs {
         openssl(
             d,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &pem, "-days", "3", "-extfile", &extfile,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "3",
+                "-extfile",
+                &extfile,
             ],
         );
     }
@@ -322,7 +337,10 @@ impl Broker {
             ] {
                 let out = Command::new(tansu_bin())
                     .args(["user", "create", user, password, "--mechanism", mechanism])
-                    .args(["--broker", &format!("tcp://127.0.0.1:{}", broker.tansu_port)])
+                    .args([
+                        "--broker",
+                        &format!("tcp://127.0.0.1:{}", broker.tansu_port),
+                    ])
                     .output()
                     .await
                     .unwrap();

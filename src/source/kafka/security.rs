@@ -139,6 +139,10 @@ fn classify(code: Option<RDKafkaErrorCode>, reason: &str) -> Cause {
         || lower.contains("ssl handshake failed")
         || lower.contains("certificate verify failed")
         || lower.contains("in state ssl_handshake")
+        // TLS 1.3: the broker's verdict on our certificate arrives as an
+        // alert on the first read, after the handshake seemed done.
+        || lower.contains("ssl routines")
+        || lower.contains("ssl alert")
     {
         Cause::Tls
     } else {
@@ -189,8 +193,14 @@ impl Probe {
 
     fn note(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
         let cause = classify(code, reason);
+        // "1/1 brokers are down" follows every failure; it says less than what came before.
+        let generic = reason.contains("brokers are down");
         let mut seen = self.seen.lock().expect("probe lock");
-        if seen.worst.as_ref().is_none_or(|(c, _)| cause >= *c) {
+        if seen
+            .worst
+            .as_ref()
+            .is_none_or(|(c, _)| cause > *c || (cause == *c && !generic))
+        {
             seen.worst = Some((cause, reason.to_owned()));
         }
     }
@@ -216,15 +226,36 @@ impl Probe {
             },
             Some((Cause::Tls, detail)) => {
                 let lower = detail.to_ascii_lowercase();
-                let lead = if lower.contains("certificate verify failed")
+                let (lead, hint) = if lower.contains("certificate verify failed")
                     || lower.contains("could not be verified")
                 {
-                    "certificate not trusted"
+                    (
+                        "certificate not trusted",
+                        "kafka.tls.ca_file (or the system CA bundle) must hold the CA that signed the broker's certificate, and that certificate must name the host in kafka.brokers",
+                    )
+                } else if [
+                    "certificate required",
+                    "bad certificate",
+                    "unknown ca",
+                    "certificate unknown",
+                ]
+                .iter()
+                .any(|alert| lower.contains(alert))
+                {
+                    // The broker's alert about the certificate we sent (or did not).
+                    (
+                        "client certificate refused",
+                        "the broker wants a client certificate it trusts: kafka.tls.cert_file and kafka.tls.key_file",
+                    )
                 } else {
-                    "TLS handshake failed"
+                    (
+                        "TLS handshake failed",
+                        "is the broker port a TLS listener? check kafka.brokers and [kafka.tls]",
+                    )
                 };
                 StartupFailure::Tls {
                     lead,
+                    hint,
                     brokers,
                     detail,
                 }
@@ -254,9 +285,10 @@ pub enum StartupFailure {
         username: String,
         detail: String,
     },
-    #[error("{lead} (TLS handshake with the Kafka brokers {brokers} failed): kafka.tls.ca_file must hold the CA that signed the broker's certificate, which must name the host in kafka.brokers; for mutual TLS the broker must accept kafka.tls.cert_file [{detail}]")]
+    #[error("{lead}: TLS handshake with the Kafka brokers ({brokers}) failed; {hint} [{detail}]")]
     Tls {
         lead: &'static str,
+        hint: &'static str,
         brokers: String,
         detail: String,
     },
@@ -372,8 +404,34 @@ mod tests {
             KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
             "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused",
         );
-        let f = p.failure(&config(true, "SCRAM-SHA-512"), Duration::from_secs(1), false, "x".into());
-        assert!(f.to_string().starts_with("no broker reachable"), "{f}");
+        p.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let f = p
+            .failure(
+                &config(true, "SCRAM-SHA-512"),
+                Duration::from_secs(1),
+                false,
+                "x".into(),
+            )
+            .to_string();
+        assert!(f.starts_with("no broker reachable"), "{f}");
+        assert!(
+            f.contains("Connection refused"),
+            "the specific error is kept: {f}"
+        );
+        let mtls = Probe::new(&config(true, ""));
+        mtls.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "ssl://127.0.0.1:1/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert certificate required: SSL alert number 116 (after 0ms in state APIVERSION_QUERY)",
+        );
+        let f = mtls.failure(&config(true, ""), Duration::from_secs(1), false, "x".into());
+        assert!(
+            f.to_string().starts_with("client certificate refused"),
+            "{f}"
+        );
         p.error(
             KafkaError::Global(RDKafkaErrorCode::SSL),
             "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed",
@@ -382,14 +440,24 @@ mod tests {
             KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
             "1/1 brokers are down",
         );
-        let f = p.failure(&config(true, "SCRAM-SHA-512"), Duration::from_secs(1), false, "x".into());
+        let f = p.failure(
+            &config(true, "SCRAM-SHA-512"),
+            Duration::from_secs(1),
+            false,
+            "x".into(),
+        );
         assert!(f.to_string().starts_with("certificate not trusted"), "{f}");
         p.error(
             KafkaError::Global(RDKafkaErrorCode::Authentication),
             "SASL authentication error: Authentication failed with password s3cret-pw",
         );
         let f = p
-            .failure(&config(true, "SCRAM-SHA-512"), Duration::from_secs(1), true, "x".into())
+            .failure(
+                &config(true, "SCRAM-SHA-512"),
+                Duration::from_secs(1),
+                true,
+                "x".into(),
+            )
             .to_string();
         assert!(f.starts_with("authentication failed"), "{f}");
         assert!(!f.contains("s3cret-pw"), "scrubbed: {f}");
