@@ -648,9 +648,56 @@ impl KafkaSaslConfig {
 
 /// A secret string: Debug and Serialize print `[redacted]` (or nothing when
 /// empty), so it never reaches a log line, an error or a dump of the config.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// Reads a TOML string; anything else is refused without echoing it (serde's
+/// usual "invalid type: integer `12345`" would print the secret).
+struct SecretVisitor;
+
+const NOT_A_STRING: &str = "a secret must be a quoted string";
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a quoted string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretVisitor)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -690,9 +737,41 @@ impl Serialize for Secret {
 /// `[kafka.properties]`: raw librdkafka settings. Values of secret-looking
 /// keys (`*password*`, `*secret*`, `*.pem`, `sasl.oauthbearer.config`) are
 /// redacted in Debug and Serialize.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+/// One librdkafka value: a string, or a number or boolean written bare
+/// (librdkafka takes them all as strings); anything else is refused without echoing it.
+struct PropertyValue(String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::S(s)) => Ok(Self(s)),
+            Ok(Raw::I(i)) => Ok(Self(i.to_string())),
+            Ok(Raw::F(f)) => Ok(Self(f.to_string())),
+            Ok(Raw::B(b)) => Ok(Self(b.to_string())),
+            Err(_) => Err(serde::de::Error::custom(
+                "a librdkafka property must be a string, a number or a boolean",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, PropertyValue>::deserialize(d)?;
+        Ok(Self(map.into_iter().map(|(k, v)| (k, v.0)).collect()))
+    }
+}
 
 impl KafkaProperties {
     /// Whether librdkafka treats `key` as sensitive (or it looks like it should).
@@ -1119,6 +1198,33 @@ mod tests {
             }
         }
         assert!(format!("{:?}", config.kafka.properties).contains("1000"));
+        // A secret of the wrong type is refused without being echoed.
+        for (bad, secret) in [
+            (
+                "[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"a\"\npassword = 987654321\n",
+                "987654321",
+            ),
+            (
+                "[kafka.properties]\n\"sasl.password\" = [\"x-secret-list\"]\n",
+                "x-secret-list",
+            ),
+        ] {
+            let err = kafka(bad, &[]).unwrap_err().to_string();
+            assert!(err.contains("string"), "{err}");
+            assert!(!err.contains(secret), "{err}");
+        }
+        let numbers = kafka("[kafka.properties]\n\"socket.timeout.ms\" = 1000\n\"enable.ssl.certificate.verification\" = true\n", &[]).unwrap();
+        assert_eq!(
+            numbers.kafka.properties.get("socket.timeout.ms"),
+            Some("1000")
+        );
+        assert_eq!(
+            numbers
+                .kafka
+                .properties
+                .get("enable.ssl.certificate.verification"),
+            Some("true")
+        );
     }
 
     #[test]
