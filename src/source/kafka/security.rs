@@ -217,6 +217,14 @@ impl Probe {
         let worst = self.seen.lock().expect("probe lock").worst.clone();
         let brokers = config.brokers.clone();
         let protocol = protocol(config).to_ascii_uppercase();
+        if answered {
+            // A cluster id came back: connection, TLS and credentials worked.
+            return StartupFailure::NoMetadata {
+                brokers,
+                timeout,
+                detail: last,
+            };
+        }
         match worst {
             Some((Cause::Authentication, detail)) => StartupFailure::Authentication {
                 brokers,
@@ -260,11 +268,6 @@ impl Probe {
                     detail,
                 }
             }
-            _ if answered => StartupFailure::NoMetadata {
-                brokers,
-                timeout,
-                detail: last,
-            },
             worst => StartupFailure::Unreachable {
                 brokers,
                 protocol,
@@ -455,12 +458,24 @@ mod tests {
             .failure(
                 &config(true, "SCRAM-SHA-512"),
                 Duration::from_secs(1),
-                true,
+                false,
                 "x".into(),
             )
             .to_string();
         assert!(f.starts_with("authentication failed"), "{f}");
         assert!(!f.contains("s3cret-pw"), "scrubbed: {f}");
+        let answered = p
+            .failure(
+                &config(true, "SCRAM-SHA-512"),
+                Duration::from_secs(1),
+                true,
+                "topic list failed".into(),
+            )
+            .to_string();
+        assert!(
+            answered.contains("answered but did not describe"),
+            "{answered}"
+        );
         assert!(f.contains("alice"), "{f}");
     }
 }
