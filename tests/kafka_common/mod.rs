@@ -425,7 +425,16 @@ impl Broker {
         if self.authentication {
             // tansu's CLI cannot authenticate: create it through kafka-python.
             let (partitions, addr) = (partitions.to_string(), self.addr());
-            let mut args = vec!["create", "--brokers", &addr, "--topic", name];
+            // Bounded: kafka-python waits long on a broker that refuses its login.
+            let mut args = vec![
+                "create",
+                "--brokers",
+                &addr,
+                "--topic",
+                name,
+                "--timeout",
+                "60",
+            ];
             args.extend(["--partitions", &partitions]);
             for c in config {
                 args.extend(["--config", c]);
@@ -454,7 +463,15 @@ impl Broker {
         if self.authentication {
             let out = tool_as(
                 self.mode,
-                &["delete", "--brokers", &self.addr(), "--topic", name],
+                &[
+                    "delete",
+                    "--brokers",
+                    &self.addr(),
+                    "--topic",
+                    name,
+                    "--timeout",
+                    "60",
+                ],
             )
             .await;
             assert!(out.contains("deleted"), "{out}");
