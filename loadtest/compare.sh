@@ -25,7 +25,7 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${OUT:-$ROOT/loadtest/out/$STAMP}
-SYSTEMS=${SYSTEMS:-"pushgate nchan pushpin"}
+SYSTEMS=${SYSTEMS:-"floor pushgate nchan pushpin"}
 SCENARIOS=${SCENARIOS:-"idle broadcast filtered"}
 if [ "$QUICK" = 1 ]; then
     IDLE_CONNS=${IDLE_CONNS:-500}; SUBS=${SUBS:-200}; RATES=${RATES:-"10,50"}
@@ -37,7 +37,7 @@ else
     STEP_SECS=${STEP_SECS:-8}; FILTERED_SECS=${FILTERED_SECS:-15}; SETTLE=${SETTLE:-10}
     FILTERED_RATE=${FILTERED_RATE:-2000}
 fi
-PG_PORT=18080 NCHAN_PORT=18081 PUSHPIN_PORT=18082 PUSHPIN_PUB_PORT=18083 ORIGIN_PORT=18084
+PG_PORT=18080 NCHAN_PORT=18081 PUSHPIN_PORT=18082 PUSHPIN_PUB_PORT=18083 ORIGIN_PORT=18084 FLOOR_PORT=18085
 
 log() { echo "== $*" >&2; }
 
@@ -56,8 +56,9 @@ fi
 # PUSHGATE_BIN / LOADTEST_BIN: use these binaries instead of building.
 if [ -z "${PUSHGATE_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
     log "building release binaries"
-    cargo build --release -p pushgate -p pushgate-loadtest
+    cargo build --release -p pushgate -p pushgate-loadtest -p pushgate-floor
 fi
+FLOOR=${FLOOR_BIN:-$ROOT/target/release/pushgate-floor}
 PG=${PUSHGATE_BIN:-$ROOT/target/release/pushgate}
 LT=${LOADTEST_BIN:-$ROOT/target/release/pushgate-loadtest}
 
@@ -106,6 +107,12 @@ start_pushgate() {
     wait_port $PG_PORT
 }
 
+start_floor() {
+    "$FLOOR" --listen "127.0.0.1:$FLOOR_PORT" 2>"$RUN/floor.log" &
+    PIDS+=($!); SERVER_PIDS=$!
+    wait_port $FLOOR_PORT
+}
+
 start_nchan() {
     mkdir -p "$RUN/nginx/tmp"
     nginx -p "$RUN/nginx/" -c "$ROOT/loadtest/peers/nchan/nginx.conf" 2>"$RUN/nginx.stderr" &
@@ -136,6 +143,7 @@ start_pushpin() {
 urls() {
     case $1 in
         pushgate) echo "--url http://127.0.0.1:$PG_PORT" ;;
+        floor) echo "--url http://127.0.0.1:$FLOOR_PORT" ;;
         nchan) echo "--url http://127.0.0.1:$NCHAN_PORT" ;;
         pushpin) echo "--url http://127.0.0.1:$PUSHPIN_PORT --publish-url http://127.0.0.1:$PUSHPIN_PUB_PORT" ;;
     esac

@@ -3,8 +3,9 @@
 //! Keys come from the config (HMAC secrets; RSA, EC and Ed25519 public keys in
 //! PEM) and from an optional JWKS file that is re-read when it changes. The
 //! algorithms a key accepts are fixed by its type, never taken from the token,
-//! so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`,
-//! `iss` and `aud` are checked when configured. A token's `jku`, `jwk` and
+//! so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`
+//! is checked when present; `iss` and `aud`, when configured, are required and
+//! checked. A token's `jku`, `jwk` and
 //! `x5u` headers are ignored: no key is ever fetched or taken from a token.
 //!
 //! Grants live in one claim (`auth.claim`, default `pushgate`):
@@ -222,17 +223,22 @@ impl Authenticator {
         validation.leeway = config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not merely checked when
+        // present: otherwise a token without the claim skips the check.
+        let mut required = vec!["exp"];
         if config.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&config.issuer);
+            required.push("iss");
         }
         if config.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&config.audience);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         let auth = Self {
             config: config.clone(),
             keys: RwLock::new(Arc::new(KeySet {
@@ -410,6 +416,15 @@ fn read_jwks(path: &PathBuf) -> Result<Vec<Arc<Key>>, AuthSetupError> {
     Ok(keys)
 }
 
+/// Where a request's token came from. A cookie is sent by the browser on its
+/// own, even on requests another site's page makes, so it needs the origin check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
 /// Finds the token: `Authorization: Bearer`, then the `access_token` query
 /// parameter, then the configured cookie.
 pub fn token_from<'a>(
@@ -417,16 +432,25 @@ pub fn token_from<'a>(
     query: Option<&'a str>,
     cookie: &str,
 ) -> Option<String> {
+    find_token(headers, query, cookie).map(|(token, _)| token)
+}
+
+/// Like [`token_from`], and says where the token was found.
+pub fn find_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    cookie: &str,
+) -> Option<(String, TokenSource)> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
         if let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
-            return Some(token.trim().to_owned());
+            return Some((token.trim().to_owned(), TokenSource::Header));
         }
     }
     if let Some(query) = query {
         if let Some((_, v)) =
             form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token")
         {
-            return Some(v.into_owned());
+            return Some((v.into_owned(), TokenSource::Query));
         }
     }
     if !cookie.is_empty() {
@@ -435,7 +459,7 @@ pub fn token_from<'a>(
             for pair in text.split(';') {
                 if let Some((name, v)) = pair.trim().split_once('=') {
                     if name == cookie {
-                        return Some(v.to_owned());
+                        return Some((v.to_owned(), TokenSource::Cookie));
                     }
                 }
             }
@@ -453,6 +477,48 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
+    origin_in(origin, headers, allowed)
+}
+
+/// Cross-site request forgery guard for requests authenticated by a cookie:
+/// the request's origin (`Origin`, else the origin of `Referer`) must be
+/// allowed by the same rule as [`origin_allowed`]. Unlike a WebSocket
+/// handshake, a request with neither header is refused: the cookie alone
+/// proves nothing about which page sent it.
+pub fn request_origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        return origin
+            .to_str()
+            .is_ok_and(|origin| origin_in(origin, headers, allowed));
+    }
+    headers
+        .get(axum::http::header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .and_then(referer_origin)
+        .is_some_and(|origin| origin_in(origin, headers, allowed))
+}
+
+/// `scheme://authority` of a `Referer` URL; `None` when it is not an absolute
+/// URL or carries user info (never sent by browsers; not trusted).
+fn referer_origin(referer: &str) -> Option<&str> {
+    let (scheme, rest) = referer.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some(&referer[..scheme.len() + 3 + authority_len])
+}
+
+/// Is `origin` in `allowed` (or, with an empty list, the request's own `Host`)?
+fn origin_in(origin: &str, headers: &HeaderMap, allowed: &[String]) -> bool {
     if allowed
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
@@ -590,6 +656,75 @@ mod tests {
         assert!(!origin_allowed(&h, &[]));
         assert!(origin_allowed(&h, &["https://evil.example".into()]));
         assert!(origin_allowed(&h, &["*".into()]));
+    }
+
+    #[test]
+    fn cookie_request_origins() {
+        fn allowed_same(pairs: &[(&'static str, &str)], allowed: &[String]) -> bool {
+            let mut h = HeaderMap::new();
+            h.insert("host", "gw.example:8080".parse().unwrap());
+            for (name, value) in pairs {
+                h.insert(*name, value.parse().unwrap());
+            }
+            request_origin_allowed(&h, allowed)
+        }
+        assert!(!allowed_same(&[], &[]), "neither header: refused");
+        assert!(allowed_same(&[("origin", "https://gw.example:8080")], &[]));
+        assert!(!allowed_same(&[("origin", "https://evil.example")], &[]));
+        assert!(!allowed_same(&[("origin", "null")], &[]));
+        // Origin wins over Referer.
+        assert!(!allowed_same(
+            &[
+                ("origin", "https://evil.example"),
+                ("referer", "https://gw.example:8080/app")
+            ],
+            &[]
+        ));
+        assert!(allowed_same(
+            &[("referer", "https://gw.example:8080/app?x=1#y")],
+            &[]
+        ));
+        assert!(allowed_same(&[("referer", "https://gw.example:8080")], &[]));
+        assert!(!allowed_same(
+            &[("referer", "https://evil.example/gw.example:8080")],
+            &[]
+        ));
+        assert!(!allowed_same(
+            &[("referer", "https://gw.example:8080@evil.example/")],
+            &[]
+        ));
+        assert!(!allowed_same(&[("referer", "/relative/path")], &[]));
+        assert!(!allowed_same(&[("referer", "")], &[]));
+        let list = ["https://app.example".to_owned()];
+        assert!(allowed_same(
+            &[("referer", "https://app.example/page")],
+            &list
+        ));
+        assert!(!allowed_same(
+            &[("referer", "https://gw.example:8080/page")],
+            &list
+        ));
+        assert!(allowed_same(&[("origin", "https://APP.example")], &list));
+    }
+
+    #[test]
+    fn token_source_is_reported() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "a=1; pg=c".parse().unwrap());
+        assert_eq!(
+            find_token(&h, None, "pg"),
+            Some(("c".into(), TokenSource::Cookie))
+        );
+        assert_eq!(
+            find_token(&h, Some("access_token=q"), "pg"),
+            Some(("q".into(), TokenSource::Query))
+        );
+        h.insert("authorization", "Bearer b".parse().unwrap());
+        assert_eq!(
+            find_token(&h, Some("access_token=q"), "pg"),
+            Some(("b".into(), TokenSource::Header))
+        );
+        assert_eq!(find_token(&HeaderMap::new(), None, "pg"), None);
     }
 
     #[test]

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod pattern;
+pub use pattern::TopicPattern;
+
 /// The demo configuration, compiled in so the binary runs from any directory.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
 /// Environment variables with this prefix override file keys: `PUSHGATE__LIMITS__QUEUE_BYTES=65536`.
@@ -87,12 +90,22 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub retention_check_interval: Duration,
+    /// redb's page cache, in bytes. redb's own default (1 GiB) would let memory
+    /// follow the size of the stored log.
+    pub cache_bytes: usize,
 }
+
+/// The smallest `embedded.cache_bytes` accepted: below this redb thrashes.
+pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicConfig {
     pub name: String,
+    /// Instead of `name`: every topic whose whole name this regex matches (see [`pattern`]).
+    pub pattern: Option<TopicPattern>,
+    /// Embedded log, `pattern` entries: how many topics publishes may create through it.
+    pub max_topics: usize,
     pub partitions: u32,
     /// Keep at most this many records per partition (0 = no count limit).
     pub retention_records: u64,
@@ -133,7 +146,7 @@ pub struct WebSocketConfig {
     pub ping_interval: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
-    /// Origins allowed to open a WebSocket; empty = same origin only; "*" = any.
+    /// Origins allowed to open a WebSocket (and to publish with the cookie token); empty = same origin only; "*" = any.
     pub allowed_origins: Vec<String>,
     /// A connection that has not subscribed within this time is closed (4008).
     #[serde(with = "humantime_serde")]
@@ -158,9 +171,9 @@ pub struct AuthConfig {
     pub claim: String,
     /// Cookie that may carry the token (empty: none).
     pub cookie: String,
-    /// Accepted `iss` values (empty: not checked).
+    /// Accepted `iss` values (empty: not checked; set: `iss` is required).
     pub issuer: Vec<String>,
-    /// Accepted `aud` values (empty: not checked).
+    /// Accepted `aud` values (empty: not checked; set: `aud` is required).
     pub audience: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -240,6 +253,7 @@ impl Default for EmbeddedConfig {
         Self {
             data_dir: PathBuf::from("data"),
             retention_check_interval: Duration::from_secs(1),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -248,6 +262,8 @@ impl Default for TopicConfig {
     fn default() -> Self {
         Self {
             name: String::new(),
+            pattern: None,
+            max_topics: 100,
             partitions: 1,
             retention_records: 1_000_000,
             retention_age: None,
@@ -368,7 +384,9 @@ impl Config {
     }
 
     pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
-        self.topics.iter().find(|t| t.name == name)
+        self.topics
+            .iter()
+            .find(|t| t.pattern.is_none() && t.name == name)
     }
 
     /// Checks that serde cannot express; every error names its key.
@@ -377,16 +395,50 @@ impl Config {
             return Err(invalid("topics", "must name at least one topic"));
         }
         let mut seen = HashSet::new();
+        let mut seen_patterns = HashSet::new();
         for (i, topic) in self.topics.iter().enumerate() {
             let key = |field: &str| format!("topics[{i}].{field}");
-            if !valid_topic_name(&topic.name) {
-                return Err(invalid(
-                    key("name"),
-                    "must be 1-249 characters of [a-zA-Z0-9._-]",
-                ));
-            }
-            if !seen.insert(topic.name.as_str()) {
-                return Err(invalid(key("name"), format!("repeats `{}`", topic.name)));
+            match &topic.pattern {
+                Some(_) if !topic.name.is_empty() => {
+                    return Err(invalid(
+                        key("pattern"),
+                        "cannot be given together with `name`: use one of them",
+                    ))
+                }
+                Some(p) => {
+                    if p.as_str().is_empty() {
+                        return Err(invalid(key("pattern"), "must not be empty"));
+                    }
+                    if let Some(e) = p.error() {
+                        return Err(invalid(
+                            key("pattern"),
+                            format!("is not a valid regex: {e}"),
+                        ));
+                    }
+                    if !seen_patterns.insert(p.as_str()) {
+                        return Err(invalid(key("pattern"), format!("repeats `{}`", p.as_str())));
+                    }
+                    if topic.max_topics == 0 {
+                        return Err(invalid(key("max_topics"), "must be at least 1"));
+                    }
+                }
+                None if topic.name.is_empty() => {
+                    return Err(invalid(
+                        key("name"),
+                        "is required (or `pattern`, a regex for many topics)",
+                    ))
+                }
+                None => {
+                    if !valid_topic_name(&topic.name) {
+                        return Err(invalid(
+                            key("name"),
+                            "must be 1-249 characters of [a-zA-Z0-9._-]",
+                        ));
+                    }
+                    if !seen.insert(topic.name.as_str()) {
+                        return Err(invalid(key("name"), format!("repeats `{}`", topic.name)));
+                    }
+                }
             }
             if topic.partitions == 0 || topic.partitions as usize > crate::cursor::MAX_PARTITIONS {
                 return Err(invalid(key("partitions"), "must be between 1 and 4096"));
@@ -452,6 +504,12 @@ impl Config {
                 return Err(invalid(key, "must be longer than 0s"));
             }
         }
+        if self.embedded.cache_bytes < MIN_EMBEDDED_CACHE_BYTES {
+            return Err(invalid(
+                "embedded.cache_bytes",
+                format!("must be at least {MIN_EMBEDDED_CACHE_BYTES} (1 MiB)"),
+            ));
+        }
         if !(self.limits.publish_rate > 0.0 && self.limits.publish_rate.is_finite()) {
             return Err(invalid("limits.publish_rate", "must be a positive number"));
         }
@@ -500,14 +558,61 @@ impl Config {
         Ok(())
     }
 
-    /// True when `name` is one of the `[[topics]]`.
+    /// True when `name` is one of the `[[topics]]`, or a valid topic name one of their patterns matches.
     pub fn has_topic(&self, name: &str) -> bool {
-        self.topics.iter().any(|t| t.name == name)
+        self.topic_for(name).is_some()
+    }
+
+    /// The `[[topics]]` entry that serves `name`: the one naming it, else the
+    /// first `pattern` (in file order) matching it. The Kafka dead-letter
+    /// topic is never served by a pattern: its own bad records would be
+    /// copied back into it.
+    pub fn topic_for(&self, name: &str) -> Option<&TopicConfig> {
+        pattern::select(&self.topics, name, self.pattern_excluded())
+    }
+
+    /// The rules `topic_for` applies, owned, for a source to keep.
+    pub fn topic_rules(&self) -> TopicRules {
+        TopicRules {
+            topics: self.topics.clone(),
+            excluded: self.pattern_excluded().map(str::to_owned),
+        }
+    }
+
+    fn pattern_excluded(&self) -> Option<&str> {
+        (self.source.kind == SourceKind::Kafka && !self.kafka.dead_letter_topic.is_empty())
+            .then_some(self.kafka.dead_letter_topic.as_str())
     }
 
     /// True when this config lets anyone publish on a non-loopback address.
     pub fn open_publish_on_network(&self) -> bool {
         self.auth.anonymous_publish && !self.server.listen.ip().is_loopback()
+    }
+}
+
+/// Which topics a node serves ([`Config::topic_for`]), kept by a source.
+#[derive(Debug, Clone, Default)]
+pub struct TopicRules {
+    topics: Vec<TopicConfig>,
+    excluded: Option<String>,
+}
+
+impl TopicRules {
+    /// The entry serving `name`, as [`Config::topic_for`].
+    pub fn topic_for(&self, name: &str) -> Option<&TopicConfig> {
+        pattern::select(&self.topics, name, self.excluded.as_deref())
+    }
+
+    /// The topics named outright (not by a pattern).
+    pub fn named(&self) -> impl Iterator<Item = &str> {
+        self.topics
+            .iter()
+            .filter(|t| t.pattern.is_none())
+            .map(|t| t.name.as_str())
+    }
+
+    pub fn has_patterns(&self) -> bool {
+        self.topics.iter().any(|t| t.pattern.is_some())
     }
 }
 
@@ -1114,6 +1219,99 @@ mod tests {
     }
 
     #[test]
+    fn embedded_cache_is_bounded_and_checked() {
+        let topic = "[[topics]]\nname = \"a\"\n";
+        let config = Config::from_toml_str(topic, std::iter::empty()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 64 << 20);
+        for bad in ["0", "1048575"] {
+            let err = Config::from_toml_str(
+                &format!("[embedded]\ncache_bytes = {bad}\n{topic}"),
+                std::iter::empty(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("embedded.cache_bytes"), "{err}");
+        }
+        let err = Config::from_toml_str(
+            &format!("[embedded]\ncache_bytes = -1\n{topic}"),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cache_bytes"), "{err}");
+        let env = [(
+            "PUSHGATE__EMBEDDED__CACHE_BYTES".to_owned(),
+            "4194304".to_owned(),
+        )];
+        let config = Config::from_toml_str(topic, env.into_iter()).unwrap();
+        assert_eq!(config.embedded.cache_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn topics_by_pattern_are_validated_naming_the_key() {
+        let load = |topics: &str| Config::from_toml_str(topics, std::iter::empty());
+        let config = load(
+            "[[topics]]\nname = \"a\"\n[[topics]]\npattern = \"^db\\\\.inv\\\\..*\"\nring_records = 5\n",
+        )
+        .unwrap();
+        assert!(config.has_topic("a"));
+        assert!(config.has_topic("db.inv.customers"));
+        assert_eq!(config.topic_for("db.inv.x").unwrap().ring_records, 5);
+        assert!(!config.has_topic("db.invx"));
+        assert!(!config.has_topic("b"));
+        assert!(
+            config.topic("db.inv.x").is_none(),
+            "`topic` is by name only"
+        );
+
+        let cases = [
+            (
+                "[[topics]]\nname = \"a\"\npattern = \"a.*\"\n",
+                "topics[0].pattern",
+                "together with `name`",
+            ),
+            (
+                "[[topics]]\npartitions = 2\n",
+                "topics[0].name",
+                "or `pattern`",
+            ),
+            (
+                "[[topics]]\nname = \"a\"\n[[topics]]\npattern = \"(unclosed\"\n",
+                "topics[1].pattern",
+                "not a valid regex",
+            ),
+            ("[[topics]]\npattern = \"\"\n", "topics[0].pattern", "empty"),
+            (
+                "[[topics]]\npattern = \"a.*\"\n[[topics]]\npattern = \"a.*\"\n",
+                "topics[1].pattern",
+                "repeats",
+            ),
+            (
+                "[[topics]]\npattern = \"a.*\"\nmax_topics = 0\n",
+                "topics[0].max_topics",
+                "at least 1",
+            ),
+            (
+                "[[topics]]\npattern = \"a.*\"\nring_records = 0\n",
+                "topics[0].ring_records",
+                "at least 1",
+            ),
+        ];
+        for (toml, key, problem) in cases {
+            let err = load(toml).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(problem), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_topic_is_never_served_by_a_pattern() {
+        let text = "[source]\nkind = \"kafka\"\n[kafka]\ndead_letter_topic = \"app.dlq\"\n[[topics]]\npattern = \"app\\\\..*\"\n";
+        let config = Config::from_toml_str(text, std::iter::empty()).unwrap();
+        assert!(config.has_topic("app.orders"));
+        assert!(!config.has_topic("app.dlq"));
+        assert!(config.topic_rules().topic_for("app.dlq").is_none());
+        assert!(config.topic_rules().topic_for("app.orders").is_some());
+    }
+
+    #[test]
     fn environment_overrides_file() {
         let env = vec![
             (
@@ -1293,6 +1491,7 @@ mod documented {
         let mut with_topic = config.clone();
         with_topic.topics = vec![TopicConfig {
             retention_age: Some(Duration::from_secs(1)),
+            pattern: Some(TopicPattern::new("a.*").expect("valid")),
             ..TopicConfig::default()
         }];
         // Keys that serialize only when set.

@@ -77,7 +77,10 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// Lists topics with their partition count and the current cursor (the live position).
+/// Lists the topics this node has now (a Kafka topic deleted, or no longer
+/// matched, leaves the list) with their partition count, the current cursor
+/// (the live position), and `ready`: false while a topic's warm start runs
+/// (subscribing then answers a retryable `unavailable`).
 async fn topics(State(state): State<AppState>) -> Json<Value> {
     let mut names = state.hub.topic_names();
     names.sort();
@@ -89,6 +92,7 @@ async fn topics(State(state): State<AppState>) -> Json<Value> {
                 "name": &*t.name,
                 "partitions": t.partition_count(),
                 "cursor": Cursor::new(t.epoch, t.frontier()).encode(),
+                "ready": t.is_ready() && state.source.is_ready(),
             })
         })
         .collect();

@@ -51,6 +51,9 @@ pub struct Topic {
     /// Set by the source once the warm start has filled the ring and view up
     /// to the log's end as it stood: before that, nothing is served from them.
     ready: AtomicBool,
+    /// Set once the topic was deleted or replaced: a subscription that
+    /// registers after [`Topic::close`] collected the others is closed too.
+    closed: AtomicBool,
 }
 
 struct Partition {
@@ -170,6 +173,7 @@ impl Hub {
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
             ready: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         topic.ensure_partitions(partitions);
         self.topics
@@ -182,6 +186,15 @@ impl Hub {
             .get(name)
             .map(|t| Arc::clone(t.value()))
             .ok_or(HubError::UnknownTopic)
+    }
+
+    /// Removes `topic` (a topic deleted from the log) if it is still the one
+    /// registered under its name, and [closes](Topic::close) it. Returns how
+    /// many subscriptions were disconnected.
+    pub fn remove_topic(&self, topic: &Arc<Topic>) -> usize {
+        self.topics
+            .remove_if(&topic.name, |_, current| Arc::ptr_eq(current, topic));
+        topic.close()
     }
 
     pub fn topic_names(&self) -> Vec<Arc<str>> {
@@ -386,6 +399,11 @@ impl Topic {
         self.index.insert(&sub);
         drop(guards);
         telemetry::subscription_opened();
+        // Closed meanwhile (deleted or replaced): `close` may have collected the
+        // subscriptions before this one was inserted, so close it here.
+        if self.closed.load(Ordering::SeqCst) {
+            sub.outbox.close(CloseReason::TopicReset);
+        }
         Registration {
             sub,
             high,
@@ -416,6 +434,18 @@ impl Topic {
             sub.outbox.close(CloseReason::TopicReset);
         }
         subs.len()
+    }
+
+    /// This incarnation of the topic is gone (deleted, or replaced by a
+    /// recreated one): its subscribers are disconnected (close 4004) and any
+    /// that registers later is too. Returns how many were disconnected.
+    pub fn close(&self) -> usize {
+        self.closed.store(true, Ordering::SeqCst);
+        self.disconnect_all()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Removes a subscription from the index; nothing more is queued for it.
@@ -791,6 +821,37 @@ mod tests {
             Arc::ptr_eq(&got[2], &topic.latest("a").unwrap()),
             "no copy once caught up"
         );
+    }
+
+    #[test]
+    fn a_removed_topic_disconnects_its_subscribers_and_later_ones() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let before = Arc::new(Outbox::new(1 << 20));
+        topic
+            .register(Filter::all(), before.clone(), None, false, 10, 1 << 20)
+            .sub
+            .go_live()
+            .unwrap();
+        assert_eq!(hub.remove_topic(&topic), 1);
+        assert!(hub.topic("t").is_err(), "no longer listed");
+        assert!(hub.topic_names().is_empty());
+        assert_eq!(before.closed_reason(), Some(CloseReason::TopicReset));
+        // A client that looked the topic up just before the removal.
+        let late = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(Filter::all(), late.clone(), None, false, 10, 1 << 20);
+        assert_eq!(late.closed_reason(), Some(CloseReason::TopicReset));
+        assert!(matches!(reg.sub.go_live(), Err(CloseReason::TopicReset)));
+    }
+
+    #[test]
+    fn removing_a_replaced_topic_keeps_the_new_one() {
+        let hub = Hub::new();
+        let old = hub.add_topic("t", 1, 1, settings());
+        let new = hub.add_topic("t", 2, 1, settings());
+        hub.remove_topic(&old);
+        assert!(Arc::ptr_eq(&hub.topic("t").unwrap(), &new));
+        assert!(old.is_closed() && !new.is_closed());
     }
 
     #[test]

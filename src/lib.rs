@@ -22,7 +22,7 @@
 //! auth      JWT verification, grants, origin checks, client IPs, publish rate
 //! http      router, health, readiness, metrics;  server: accept loop
 //! stall     write deadlines: notes when a client's socket stops taking bytes
-//! config    TOML + environment, checked before binding
+//! config    TOML + environment, checked before binding; [[topics]] by name or pattern
 //! state     the shared handle;  shutdown: drain signal and task tracking
 //! telemetry metric names;  demo: the simulated stock ticker
 //! ```

@@ -17,7 +17,7 @@ use crate::record::Record;
 pub enum CloseReason {
     /// The client fell more than the queue limit behind.
     Slow,
-    /// The topic was recreated (a new epoch): the client must resubscribe.
+    /// The topic was recreated (a new epoch) or deleted: the client must resubscribe.
     TopicReset,
 }
 

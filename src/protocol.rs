@@ -27,7 +27,8 @@ pub mod close {
     pub const SLOW: u16 = 4001;
     /// A resume could not be completed (the log dropped the range being replayed).
     pub const RECOVERY_LOST: u16 = 4002;
-    /// The topic was recreated (new epoch): resubscribe; the old cursor gets `recovered: false`.
+    /// The topic was recreated (new epoch: resubscribe; the old cursor gets
+    /// `recovered: false`) or deleted (resubscribing answers `unknown_topic`).
     pub const TOPIC_RESET: u16 = 4004;
     /// The client sent no frame (not even a pong) for two ping intervals, or
     /// never subscribed within `websocket.subscribe_timeout`.

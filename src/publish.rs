@@ -2,7 +2,9 @@
 //!
 //! Body: `{"key": "...", "data": <any JSON>}` or `{"records": [ ... ]}`. The
 //! whole body is checked before anything is appended: a bad record anywhere
-//! means a 4xx with a JSON error and nothing written.
+//! means a 4xx with a JSON error and nothing written. The body must be
+//! `Content-Type: application/json` (415 otherwise), and a publish whose token
+//! is the cookie must come from an allowed origin (403 `forbidden_origin`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +39,10 @@ fn warming_up() -> Response {
     response
 }
 
+fn unknown_topic() -> Response {
+    json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic")
+}
+
 pub async fn handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -46,7 +52,20 @@ pub async fn handler(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let token = auth::token_from(&headers, query.as_deref(), &state.config.auth.cookie);
+    let found = auth::find_token(&headers, query.as_deref(), &state.config.auth.cookie);
+    // A browser attaches the cookie to requests any site's page makes: a publish
+    // it authenticates must come from an allowed page (cross-site request forgery).
+    if matches!(found, Some((_, auth::TokenSource::Cookie)))
+        && !auth::request_origin_allowed(&headers, &state.config.websocket.allowed_origins)
+    {
+        tracing::debug!(%peer, "cookie publish from a foreign or unknown origin refused");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "origin not allowed",
+        );
+    }
+    let token = found.map(|(token, _)| token);
     if token.is_none() && !state.config.auth.anonymous_publish {
         return unauthorized();
     }
@@ -57,15 +76,27 @@ pub async fn handler(
             return unauthorized();
         }
     };
-    let topic = match state.hub.topic(&topic_name) {
-        Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
+    let existing = match state.hub.topic(&topic_name) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => Some(topic),
         // Warming up: the answer's cursor would be built from a partial frontier.
         Ok(_) => return warming_up(),
         Err(_) if !state.source.is_ready() && state.config.has_topic(&topic_name) => {
             return warming_up()
         }
-        Err(_) => return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic"),
+        // Matched by a `pattern`: the embedded log creates it with this publish
+        // (once every check below has passed); Kafka answers unknown_topic.
+        Err(_) if state.config.has_topic(&topic_name) => None,
+        Err(_) => return unknown_topic(),
     };
+    // JSON only: this also keeps every cross-site publish out of the CORS
+    // "simple request" path (text/plain, forms), which a browser sends unasked.
+    if !is_json(&headers) {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be sent as Content-Type: application/json",
+        );
+    }
     let limits = &state.config.limits;
     let bytes = match axum::body::to_bytes(body, limits.max_publish_bytes).await {
         Ok(bytes) => bytes,
@@ -108,8 +139,9 @@ pub async fn handler(
     }
     let appended = match state.source.publish(&topic_name, records).await {
         Ok(appended) => appended,
-        Err(SourceError::UnknownTopic) => {
-            return json_error(StatusCode::NOT_FOUND, "unknown_topic", "unknown topic")
+        Err(SourceError::UnknownTopic) => return unknown_topic(),
+        Err(e @ SourceError::TopicLimit { .. }) => {
+            return json_error(StatusCode::CONFLICT, "too_many_topics", &e.to_string())
         }
         Err(e) => {
             tracing::error!(error = %e, topic = %topic_name, "publish failed");
@@ -119,6 +151,11 @@ pub async fn handler(
                 "the log is unavailable",
             );
         }
+    };
+    let topic = match existing.or_else(|| state.hub.topic(&topic_name).ok()) {
+        Some(topic) => topic,
+        // Created and then deleted within this request: nothing left to point at.
+        None => return unknown_topic(),
     };
     let mut results: Vec<Value> = appended
         .iter()
@@ -139,6 +176,15 @@ pub async fn handler(
         json!({"topic": topic_name, "records": results})
     };
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Is the request's `Content-Type` `application/json` (parameters allowed, any case)?
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Parses and checks a publish body. Returns the records and whether it was the single-record form.
@@ -208,6 +254,32 @@ mod tests {
         assert!(!single);
         assert_eq!(r.len(), 2);
         assert!(r[0].key.is_none());
+    }
+
+    #[test]
+    fn only_json_content_types() {
+        let with = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert("content-type", v.parse().unwrap());
+            }
+            is_json(&h)
+        };
+        assert!(with(Some("application/json")));
+        assert!(with(Some("Application/JSON; charset=utf-8")));
+        assert!(with(Some(" application/json ;charset=UTF-8")));
+        for refused in [
+            None,
+            Some(""),
+            Some("text/plain"),
+            Some("text/plain; charset=application/json"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+            Some("application/json-seq"),
+        ] {
+            assert!(!with(refused), "{refused:?}");
+        }
     }
 
     #[test]

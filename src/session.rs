@@ -138,7 +138,7 @@ pub async fn open(
     let topic = match state.hub.topic(&req.topic) {
         Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
         Ok(_) => return Err(warming()),
-        // A configured topic this node has not learned yet is not unknown.
+        // A configured topic (by name or pattern) this node has not learned yet is not unknown.
         Err(_) if !state.source.is_ready() && state.config.has_topic(&req.topic) => {
             return Err(warming())
         }
@@ -149,6 +149,20 @@ pub async fn open(
             ))
         }
     };
+    // Partitions are only ever added: a cursor of this incarnation naming more
+    // than this node knows comes from a node that saw them first. Retrying
+    // after this node's next metadata check resumes it exactly; a gap would not.
+    if let Some(c) = &cursor {
+        if c.epoch == topic.epoch && c.offsets.len() > topic.partition_count() as usize {
+            return Err(ClientError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the cursor names partitions of `{}` this node has not seen yet: retry shortly",
+                    truncate(&req.topic)
+                ),
+            ));
+        }
+    }
     let want_snapshot = req.snapshot.unwrap_or(true);
     let reg: Registration = topic.register(
         filter,

@@ -142,7 +142,10 @@ impl Ending {
                 close::SLOW,
                 "too slow: reconnect and resume from your last cursor",
             ),
-            CloseReason::TopicReset => (close::TOPIC_RESET, "topic was recreated: resubscribe"),
+            CloseReason::TopicReset => (
+                close::TOPIC_RESET,
+                "topic was recreated or deleted: resubscribe",
+            ),
         }
     }
 }

@@ -522,6 +522,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
             .http
             .post(server.url("/topics/one"))
             .body(body)
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
@@ -533,6 +534,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
         .http
         .post(server.url("/topics/nope"))
         .body("{}")
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -542,6 +544,7 @@ async fn bad_input_gets_clear_errors_and_harms_nobody() {
         .http
         .post(server.url("/topics/one"))
         .body(big)
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -667,15 +670,7 @@ async fn publish_answers_positions_and_cursors() {
         .publish_batch("t", &[("a".into(), json!(1)), ("b".into(), json!(2))])
         .await;
     assert_eq!(batch["records"].as_array().unwrap().len(), 2);
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     assert!(metrics.contains("pushgate_records_in_total"), "{metrics}");
     server.stop().await;
 }

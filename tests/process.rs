@@ -137,3 +137,184 @@ async fn invalid_config_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("queue_bytes"), "{stderr}");
 }
+
+#[tokio::test]
+async fn embedded_cache_below_one_mib_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[embedded]\ncache_bytes = 65536\n[[topics]]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("embedded.cache_bytes"), "{stderr}");
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory does not follow the size of the stored log: the real binary with a
+/// small `embedded.cache_bytes` and unlimited retention takes a steady stream
+/// of 1 KiB records over HTTP while VmRSS is sampled from /proc. A measurement,
+/// so it runs only by name (Linux; 127.0.0.1 only):
+///
+/// `cargo test --release -p pushgate --test process rss -- --ignored --nocapture`
+///
+/// Environment: `PUSHGATE_RSS_SECS` (default 90), `PUSHGATE_RSS_RATE`
+/// (records/s, default 2000), `PUSHGATE_RSS_CACHE_BYTES` (default 4194304;
+/// `unset` leaves the key out, so the binary's own default applies).
+#[tokio::test]
+#[ignore = "a 90 s measurement; run it by name"]
+async fn rss_stays_flat_while_the_embedded_log_grows() {
+    const MIB: u64 = 1 << 20;
+    // Generous: allocator noise and the hub's ring filling up, never the log's size.
+    const RSS_BOUND: u64 = 16 * MIB;
+    let secs: u64 = env_or("PUSHGATE_RSS_SECS", 90);
+    let rate: u64 = env_or("PUSHGATE_RSS_RATE", 2000);
+    let cache = std::env::var("PUSHGATE_RSS_CACHE_BYTES").unwrap_or_else(|_| "4194304".into());
+    let cache_line = if cache == "unset" {
+        String::new()
+    } else {
+        format!("cache_bytes = {cache}")
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = format!(
+        r#"
+[server]
+static_dir = ""
+[embedded]
+data_dir = "{data}"
+{cache_line}
+[auth]
+anonymous_publish = true
+[limits]
+publish_rate = 1000000.0
+publish_burst = 1000000.0
+[[topics]]
+name = "m"
+partitions = 4
+retention_records = 0
+ring_records = 1024
+view_max_keys = 1000
+"#,
+        data = data.display(),
+    );
+    let mut node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let pid = node.child.id().unwrap();
+    let addr = node.addr;
+    let file = data.join("pushgate.redb");
+
+    // Publisher: a batch every 50 ms, 64 keys, ~1 KiB of JSON per record.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publisher = {
+        let (stop, published) = (stop.clone(), published.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            let http = reqwest::Client::new();
+            let per_tick = (rate / 20).max(1);
+            let pad = "x".repeat(1000);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            while !stop.load(Relaxed) {
+                tick.tick().await;
+                let records: Vec<String> = (0..per_tick)
+                    .map(|i| {
+                        let n = seq + i;
+                        format!(
+                            r#"{{"key":"k{}","data":{{"seq":{n},"pad":"{pad}"}}}}"#,
+                            n % 64
+                        )
+                    })
+                    .collect();
+                let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+                let r = http
+                    .post(format!("http://{addr}/topics/m"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "publish failed");
+                seq += per_tick;
+                published.store(seq, Relaxed);
+            }
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let mut samples: Vec<(u64, u64, u64)> = Vec::new(); // (seconds, rss bytes, file bytes)
+    println!("cache_bytes={cache} rate={rate}/s secs={secs}");
+    println!(
+        "{:>5} {:>10} {:>10} {:>10}",
+        "t_s", "rss_mib", "log_mib", "records"
+    );
+    loop {
+        let t = started.elapsed().as_secs();
+        let rss = vm_rss_kib(pid) * 1024;
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{t:>5} {:>10.1} {:>10.1} {:>10}",
+            rss as f64 / MIB as f64,
+            size as f64 / MIB as f64,
+            published.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        samples.push((t, rss, size));
+        if t >= secs || publisher.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+    node.sigterm();
+    assert_eq!(node.wait(Duration::from_secs(15)).await, Some(0));
+
+    // Second half of the run: the cache is full and only the log keeps growing.
+    let mid = samples.iter().position(|s| s.0 >= secs / 2).unwrap();
+    let (_, rss_mid, size_mid) = samples[mid];
+    let rss_max = samples[mid..].iter().map(|s| s.1).max().unwrap();
+    let size_end = samples.last().unwrap().2;
+    let rss_growth = rss_max.saturating_sub(rss_mid);
+    let log_growth = size_end.saturating_sub(size_mid);
+    println!(
+        "second half: RSS +{:.1} MiB, log file +{:.1} MiB",
+        rss_growth as f64 / MIB as f64,
+        log_growth as f64 / MIB as f64
+    );
+    assert!(
+        log_growth > 2 * RSS_BOUND,
+        "the log grew too little for the measurement to mean anything"
+    );
+    assert!(
+        rss_growth < RSS_BOUND,
+        "RSS grew {rss_growth} bytes while the log grew {log_growth}"
+    );
+}

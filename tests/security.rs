@@ -217,6 +217,11 @@ async fn every_bad_token_is_refused_and_valid_ones_accepted() {
     wrong_aud["aud"] = json!("someone-else");
     let mut no_exp = claims(300);
     no_exp.as_object_mut().unwrap().remove("exp");
+    // With `auth.issuer` and `auth.audience` configured, the claims are required.
+    let mut no_iss = claims(300);
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = claims(300);
+    no_aud.as_object_mut().unwrap().remove("aud");
     let unknown_kid = sign(Algorithm::HS256, "nope", &good);
     // Signed by an attacker's key, pointing at the attacker's key set: never followed.
     let attacker = EncodingKey::from_rsa_pem(&key_file("attacker_rsa.key")).unwrap();
@@ -242,6 +247,8 @@ async fn every_bad_token_is_refused_and_valid_ones_accepted() {
         ("wrong iss", sign(Algorithm::HS256, "hs", &wrong_iss)),
         ("wrong aud", sign(Algorithm::HS256, "hs", &wrong_aud)),
         ("missing exp", sign(Algorithm::HS256, "hs", &no_exp)),
+        ("missing iss", sign(Algorithm::HS256, "hs", &no_iss)),
+        ("missing aud", sign(Algorithm::RS256, "rs", &no_aud)),
         ("unknown kid", unknown_kid),
         ("jku to elsewhere", jku_token),
         ("embedded jwk", jwk_token),
@@ -492,5 +499,186 @@ async fn half_sent_headers_are_cut_off_while_normal_clients_are_served() {
     );
     let r = normal.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+/// `POST /topics/one` with `headers` and `body` as raw text; returns the status and JSON body.
+async fn raw_publish(server: &TestServer, headers: &[(&str, String)], body: &str) -> (u16, Value) {
+    let mut req = server
+        .http
+        .post(server.url("/topics/one"))
+        .body(body.to_owned());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn cookie_publish_needs_an_allowed_origin_and_every_publish_needs_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 2000).await;
+    let token = sign(Algorithm::HS256, "hs", &claims(300));
+    // Reads back what is appended to `one` (publish grant: key k1).
+    let mut ws = ws_with_token(&server, &token).await;
+    ws.subscribe(json!({"topic": "one", "keys": ["k1"], "snapshot": false}))
+        .await;
+
+    let cookie = ("cookie", format!("pg_token={token}"));
+    let json_type = ("content-type", "application/json".to_owned());
+    let text_type = ("content-type", "text/plain".to_owned());
+    let evil = ("origin", "http://evil.example".to_owned());
+    let body = |n: u32| json!({"key": "k1", "data": {"n": n}}).to_string();
+    let forbidden_origin = |(status, body): (u16, Value), what: &str| {
+        assert_eq!(status, 403, "{what}: {body}");
+        assert_eq!(body["error"], "forbidden_origin", "{what}");
+        assert!(body["message"].is_string(), "{what}");
+    };
+
+    // The attack as seen: a page on another site posts text/plain with the user's cookie.
+    forbidden_origin(
+        raw_publish(
+            &server,
+            &[cookie.clone(), evil.clone(), text_type.clone()],
+            &body(1),
+        )
+        .await,
+        "cookie, evil Origin, text/plain",
+    );
+    forbidden_origin(
+        raw_publish(
+            &server,
+            &[cookie.clone(), evil.clone(), json_type.clone()],
+            &body(2),
+        )
+        .await,
+        "cookie, evil Origin, JSON",
+    );
+    forbidden_origin(
+        raw_publish(
+            &server,
+            &[
+                cookie.clone(),
+                json_type.clone(),
+                ("referer", "http://evil.example/page".to_owned()),
+            ],
+            &body(3),
+        )
+        .await,
+        "cookie, no Origin, evil Referer",
+    );
+    forbidden_origin(
+        raw_publish(&server, &[cookie.clone(), json_type.clone()], &body(4)).await,
+        "cookie, neither Origin nor Referer",
+    );
+    // A foreign Origin wins over a same-origin Referer.
+    forbidden_origin(
+        raw_publish(
+            &server,
+            &[
+                cookie.clone(),
+                json_type.clone(),
+                evil.clone(),
+                ("referer", format!("http://{}/app", server.addr)),
+            ],
+            &body(5),
+        )
+        .await,
+        "cookie, evil Origin, same-origin Referer",
+    );
+
+    // Nothing of the above was appended: the first record the subscriber sees
+    // is the allowed one below, at offset 0 of the topic's only partition.
+    let (status, reply) = raw_publish(
+        &server,
+        &[
+            cookie.clone(),
+            json_type.clone(),
+            ("origin", format!("http://{}", server.addr)),
+        ],
+        &body(10),
+    )
+    .await;
+    assert_eq!(status, 200, "cookie, same Origin: {reply}");
+    assert_eq!(reply["offset"], 0, "nothing was appended before: {reply}");
+    let rec = ws.json().await;
+    assert_eq!(rec["type"], "record", "{rec}");
+    assert_eq!(rec["data"]["n"], 10, "{rec}");
+    assert_eq!(rec["offset"], 0, "{rec}");
+    // Without Origin, a same-origin Referer is enough.
+    let (status, reply) = raw_publish(
+        &server,
+        &[
+            cookie.clone(),
+            json_type.clone(),
+            ("referer", format!("http://{}/app?x=1", server.addr)),
+        ],
+        &body(11),
+    )
+    .await;
+    assert_eq!(status, 200, "cookie, same-origin Referer: {reply}");
+    assert_eq!(ws.json().await["data"]["n"], 11);
+
+    // Bearer tokens are not subject to the origin check, but every publish must be JSON.
+    let bearer = ("authorization", format!("Bearer {token}"));
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+    ] {
+        let mut headers = vec![bearer.clone(), evil.clone()];
+        if let Some(t) = content_type {
+            headers.push(("content-type", t.to_owned()));
+        }
+        let (status, reply) = raw_publish(&server, &headers, &body(20)).await;
+        assert_eq!(status, 415, "bearer, {content_type:?}: {reply}");
+        assert_eq!(reply["error"], "unsupported_media_type", "{content_type:?}");
+        assert!(reply["message"].is_string());
+    }
+    let (status, reply) = raw_publish(
+        &server,
+        &[
+            bearer.clone(),
+            evil.clone(),
+            ("content-type", "Application/JSON; charset=utf-8".to_owned()),
+        ],
+        &body(21),
+    )
+    .await;
+    assert_eq!(status, 200, "bearer, JSON with charset: {reply}");
+    let rec = ws.json().await;
+    assert_eq!(rec["data"]["n"], 21, "the 415s appended nothing: {rec}");
+    assert_eq!(rec["offset"], 2, "{rec}");
+    ws.expect_silence(Duration::from_millis(300)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_publish_needs_json_but_no_origin() {
+    let server = TestServer::start().await;
+    let (status, reply) = raw_publish(
+        &server,
+        &[("content-type", "text/plain".to_owned())],
+        r#"{"key":"a","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 415, "{reply}");
+    assert_eq!(reply["error"], "unsupported_media_type");
+    let (status, reply) = raw_publish(
+        &server,
+        &[
+            ("content-type", "application/json".to_owned()),
+            ("origin", "http://evil.example".to_owned()),
+        ],
+        r#"{"key":"a","data":1}"#,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "anonymous publish has no cookie to forge: {reply}"
+    );
     server.stop().await;
 }

@@ -65,15 +65,7 @@ async fn stalled_sse(server: &TestServer, topic: &str) -> TcpStream {
 
 /// Open connections by transport, from `/metrics`.
 async fn connections(server: &TestServer) -> (u64, u64) {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let gauge = |transport: &str| {
         let prefix = format!("pushgate_connections{{transport=\"{transport}\"}} ");
         text.lines()
@@ -159,6 +151,22 @@ fn healthy_sse(
 
 const STALLED: usize = 8;
 
+/// A healthy WS and SSE client, and STALLED stalled ones of each, all on `one`.
+async fn healthy_and_stalled(
+    server: &TestServer,
+) -> (common::WsClient, common::SseClient, Vec<TcpStream>) {
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    let sse = server.sse("topic=one&snapshot=false", None).await;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(stalled_ws(server, "one").await);
+        stalled.push(stalled_sse(server, "one").await);
+    }
+    (ws, sse, stalled)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_are_dropped_and_never_hold_a_drain() {
     write_timeout_drops_stalled_ws_and_sse().await;
@@ -173,15 +181,7 @@ async fn write_timeout_drops_stalled_ws_and_sse() {
         "[limits]\nwrite_timeout = \"1s\"\nqueue_bytes = 67108864\n[websocket]\nping_interval = \"60s\"\n",
     )
     .await;
-    let mut ws = server.ws().await;
-    ws.subscribe(json!({"topic": "one", "snapshot": false}))
-        .await;
-    let sse = server.sse("topic=one&snapshot=false", None).await;
-    let mut stalled = Vec::new();
-    for _ in 0..STALLED {
-        stalled.push(stalled_ws(&server, "one").await);
-        stalled.push(stalled_sse(&server, "one").await);
-    }
+    let (ws, sse, stalled) = healthy_and_stalled(&server).await;
     let n = STALLED as u64;
     wait_connections(&server, (n + 1, n + 1), common::WAIT).await;
 
@@ -239,16 +239,10 @@ async fn overflow_while_blocked_closes_at_once() {
 }
 
 async fn slow_disconnects(server: &TestServer) -> u64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
+    server
+        .metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("pushgate_slow_disconnects_total "))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
@@ -260,15 +254,7 @@ async fn shutdown_is_not_held_by_stalled_clients() {
         "[server]\nshutdown_grace = \"30s\"\n[limits]\nwrite_timeout = \"60s\"\nqueue_bytes = 67108864\n[websocket]\nping_interval = \"60s\"\n",
     )
     .await;
-    let mut ws = server.ws().await;
-    ws.subscribe(json!({"topic": "one", "snapshot": false}))
-        .await;
-    let sse = server.sse("topic=one&snapshot=false", None).await;
-    let mut stalled = Vec::new();
-    for _ in 0..STALLED {
-        stalled.push(stalled_ws(&server, "one").await);
-        stalled.push(stalled_sse(&server, "one").await);
-    }
+    let (ws, sse, stalled) = healthy_and_stalled(&server).await;
     let total = 20 * BATCH;
     let ws_reader = healthy_ws(ws, total);
     let sse_reader = healthy_sse(sse, total);

@@ -115,7 +115,7 @@ impl Drop for OpenGuard<'_> {
 
 async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
     let path = match cfg.system {
-        System::Pushgate => "/ws".to_owned(),
+        System::Pushgate | System::Floor => "/ws".to_owned(),
         System::Nchan => format!("/sub/{key}"),
         System::Pushpin => format!("/ws/{key}"),
     };
@@ -132,7 +132,7 @@ async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(_))) => return Err(Failure::Status),
         _ => return Err(Failure::Connect),
     };
-    if cfg.system == System::Pushgate {
+    if matches!(cfg.system, System::Pushgate | System::Floor) {
         let sub = serde_json::json!({
             "type": "subscribe", "id": 1, "topic": cfg.topic, "keys": [key], "snapshot": false
         });
@@ -233,7 +233,9 @@ impl Chunked {
 
 async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
     let path = match cfg.system {
-        System::Pushgate => format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key),
+        System::Pushgate | System::Floor => {
+            format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key)
+        }
         System::Nchan => format!("/sub/{key}"),
         System::Pushpin => format!("/stream/{key}"),
     };

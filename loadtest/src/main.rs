@@ -10,12 +10,16 @@
 //! chart. `report` turns a folder of results into the comparison table;
 //! `grip-origin` is the tiny GRIP origin Pushpin needs.
 //!
-//! Modules: `client` (subscribers), `publish` (paced publishing), `stats`
+//! `kafka-latency` measures pushgate's added latency over a bare librdkafka
+//! consumer reading the same broker in the same run.
+//!
+//! Modules: `client` (subscribers), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
 //! (histograms, counters), `procstat` (/proc sampling), `keys`
 //! (distributions), `chart` (SVG), `report` (table, RESULTS.md), `origin`.
 
 mod chart;
 mod client;
+mod kafka;
 mod keys;
 mod origin;
 mod procstat;
@@ -45,6 +49,8 @@ use crate::stats::{load, new_histogram, percentiles, Counters, Percentiles, Stat
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Pushgate,
+    /// loadtest/floor: pushgate's wire protocol on the same stack, with nothing but fan-out.
+    Floor,
     Nchan,
     Pushpin,
 }
@@ -69,6 +75,8 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// Print the comparison table from a folder of JSON results; optionally write RESULTS.md.
     Report(report::ReportArgs),
+    /// pushgate's added latency over a bare librdkafka consumer, side by side (needs a broker and a pushgate on it).
+    KafkaLatency(Box<kafka::KafkaLatencyArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
@@ -179,6 +187,12 @@ pub struct StepResult {
     pub server_cpu_secs: f64,
     pub server_cpu_util: f64,
     pub deliveries_per_cpu_sec: f64,
+    /// Server user-space CPU per delivery, microseconds.
+    #[serde(default)]
+    pub user_us_per_delivery: f64,
+    /// Server kernel CPU per delivery, microseconds.
+    #[serde(default)]
+    pub sys_us_per_delivery: f64,
     pub loadgen_cpu_secs: f64,
     pub server_rss_kib: u64,
     pub open: usize,
@@ -254,6 +268,16 @@ fn main() -> Result<()> {
                 }
             };
             std::process::exit(code);
+        }
+        Cmd::KafkaLatency(args) => {
+            // Bounded: connections (60 s), warm-up and measurement, plus a margin.
+            let result = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(600), kafka::main(*args))
+                    .await
+                    .unwrap_or_else(|_| bail!("kafka-latency exceeded 600 s"))
+            });
+            rt.shutdown_timeout(Duration::from_millis(200));
+            result
         }
         Cmd::Report(args) => report::main(args),
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
@@ -573,6 +597,14 @@ async fn run(args: RunArgs) -> Result<bool> {
                 } else {
                     0.0
                 },
+                user_us_per_delivery: per_delivery_us(
+                    cpu1.user_secs - cpu0.user_secs,
+                    step_deliveries,
+                ),
+                sys_us_per_delivery: per_delivery_us(
+                    cpu1.sys_secs - cpu0.sys_secs,
+                    step_deliveries,
+                ),
                 loadgen_cpu_secs: procstat::self_cpu_secs() - self0,
                 server_rss_kib: cpu1.rss_kib,
                 open: shared.counters.open.load(Ordering::Relaxed),
@@ -667,6 +699,15 @@ async fn run(args: RunArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// CPU seconds per delivery, in microseconds (0 when nothing was delivered).
+fn per_delivery_us(cpu_secs: f64, deliveries: u64) -> f64 {
+    if deliveries == 0 {
+        0.0
+    } else {
+        cpu_secs * 1e6 / deliveries as f64
+    }
+}
+
 fn summary(r: &RunResult) -> String {
     let mut s = format!(
         "{:?}/{:?} {}: {}/{} subscribers in {:.2}s ({:.0}/s), idle {:.0} B/conn; errors connect {} status {} disconnect {} publish {} dropped {}",
@@ -675,8 +716,8 @@ fn summary(r: &RunResult) -> String {
     );
     if let Some(b) = r.best_step.map(|i| &r.steps[i]) {
         s.push_str(&format!(
-            "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s, p99 {:.2} ms",
-            b.rate, b.deliveries_per_sec, b.deliveries_per_cpu_sec, b.latency.p99_ms
+            "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s (user {:.2} µs + system {:.2} µs per delivery), p99 {:.2} ms",
+            b.rate, b.deliveries_per_sec, b.deliveries_per_cpu_sec, b.user_us_per_delivery, b.sys_us_per_delivery, b.latency.p99_ms
         ));
     }
     if r.all_latency.count > 0 {

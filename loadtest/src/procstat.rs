@@ -8,6 +8,12 @@ use std::fs;
 pub struct Sample {
     /// user + system CPU seconds, summed over the process tree.
     pub cpu_secs: f64,
+    /// The user-space part of `cpu_secs`.
+    #[serde(default)]
+    pub user_secs: f64,
+    /// The kernel part of `cpu_secs` (for a push server: mostly socket writes).
+    #[serde(default)]
+    pub sys_secs: f64,
     /// VmRSS summed over the process tree, KiB.
     pub rss_kib: u64,
     /// Processes counted.
@@ -26,6 +32,11 @@ fn clock_ticks() -> f64 {
 
 /// (ppid, utime+stime ticks) of one process.
 fn stat(pid: u32) -> Option<(u32, u64)> {
+    stat_split(pid).map(|(ppid, user, sys)| (ppid, user + sys))
+}
+
+/// (ppid, utime ticks, stime ticks) of one process.
+fn stat_split(pid: u32) -> Option<(u32, u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -33,7 +44,7 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some((ppid, utime, stime))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -85,8 +96,10 @@ pub fn sample(roots: &[u32]) -> Sample {
     let ticks = clock_ticks();
     let mut s = Sample::default();
     for pid in tree(roots) {
-        if let Some((_, t)) = stat(pid) {
-            s.cpu_secs += t as f64 / ticks;
+        if let Some((_, user, sys)) = stat_split(pid) {
+            s.user_secs += user as f64 / ticks;
+            s.sys_secs += sys as f64 / ticks;
+            s.cpu_secs += (user + sys) as f64 / ticks;
             s.rss_kib += rss_kib(pid);
             s.processes += 1;
         }

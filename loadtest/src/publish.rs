@@ -40,7 +40,7 @@ pub fn payload(ts: u64, seq: u64, pad: &str) -> String {
 
 fn build(cfg: &PublishConfig, msgs: &[(usize, String)]) -> Request {
     match cfg.system {
-        System::Pushgate => {
+        System::Pushgate | System::Floor => {
             let mut body = String::from("{\"records\":[");
             for (i, (key, data)) in msgs.iter().enumerate() {
                 if i > 0 {

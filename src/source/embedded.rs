@@ -7,13 +7,21 @@
 //! snapshots, so they never wait for the writer. Retention (by count and age)
 //! runs on the writer thread between batches.
 //!
-//! Layout: table `meta` (`epoch`), table `positions` (topic, partition) ->
-//! next offset, and one table per topic, `records/<topic>`:
+//! Layout: table `meta` (`epoch`), table `partitions` topic -> partition
+//! count (every topic the log has, listed or created), table `positions`
+//! (topic, partition) -> next offset, and one table per topic, `records/<topic>`:
 //! (partition, offset) -> `[timestamp i64 LE][key flag u8][key len u32 LE][key][json]`.
+//!
+//! Topics: the `[[topics]]` listed by name exist from the start. A name a
+//! `[[topics]] pattern` matches is created by its first publish (with that
+//! entry's settings and `partitions`), recorded in `partitions`, and found
+//! again at every later start while a pattern still matches it. Its epoch, like
+//! every topic's, is made from the log's epoch and its name, so cursors resume
+//! across restarts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -21,7 +29,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Source, SourceError};
-use crate::config::{Config, TopicConfig};
+use crate::config::{Config, TopicConfig, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{partition_for_key, Appended, LogRecord, NewRecord};
 
@@ -63,6 +71,142 @@ struct TopicLog {
     retention_age: Option<Duration>,
     earliest: Vec<AtomicU64>,
     hub: Arc<Topic>,
+    /// Next offset per partition when the topic was registered (the writer starts from it).
+    start: Vec<u64>,
+    /// The `[[topics]] pattern` it was found by; `None` when listed by name.
+    pattern: Option<String>,
+}
+
+/// The topics the log serves, by index (appends name topics by index).
+#[derive(Default)]
+struct Registry {
+    list: Vec<Arc<TopicLog>>,
+    by_name: HashMap<String, usize>,
+}
+
+/// What the log, its writer thread and topic creation (on the blocking pool) share.
+struct Shared {
+    db: Database,
+    epoch: u64,
+    registry: RwLock<Registry>,
+    rules: TopicRules,
+    hub: Arc<Hub>,
+    warm_records: u64,
+    /// Serializes topic creation, so two first publishes to one name create it once.
+    creating: Mutex<()>,
+}
+
+impl Shared {
+    fn topic(&self, name: &str) -> Option<(usize, Arc<TopicLog>)> {
+        let registry = self.registry.read().expect("registry lock");
+        let index = *registry.by_name.get(name)?;
+        Some((index, Arc::clone(&registry.list[index])))
+    }
+
+    fn topics(&self) -> Vec<Arc<TopicLog>> {
+        self.registry.read().expect("registry lock").list.clone()
+    }
+
+    /// Registers a topic with the hub, warms it from the log, and serves it.
+    fn register(
+        &self,
+        name: &str,
+        tc: &TopicConfig,
+        partitions: u32,
+        next: Vec<u64>,
+    ) -> Result<usize, LogError> {
+        let hub_topic = self.hub.add_topic(
+            name,
+            topic_epoch(self.epoch, name),
+            partitions,
+            TopicSettings {
+                ring_records: tc.ring_records,
+                view_max_keys: tc.view_max_keys,
+            },
+        );
+        let topic = TopicLog {
+            name: name.to_owned(),
+            table: table_name(name),
+            partitions,
+            retention_records: tc.retention_records,
+            retention_age: tc.retention_age,
+            earliest: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            hub: hub_topic,
+            start: next,
+            pattern: tc.pattern.as_ref().map(|p| p.as_str().to_owned()),
+        };
+        warm(&self.db, &topic, &topic.start, self.warm_records)?;
+        let hub_topic = Arc::clone(&topic.hub);
+        let index = {
+            let mut registry = self.registry.write().expect("registry lock");
+            let index = registry.list.len();
+            registry.by_name.insert(name.to_owned(), index);
+            registry.list.push(Arc::new(topic));
+            index
+        };
+        // Served only once the log can answer reads of it (catch-up, earliest).
+        hub_topic.mark_ready();
+        Ok(index)
+    }
+
+    /// Creates `name`, which a `[[topics]] pattern` matches, for its first publish.
+    fn create(&self, name: &str) -> Result<usize, SourceError> {
+        let _creating = self.creating.lock().expect("create lock");
+        if let Some((index, _)) = self.topic(name) {
+            return Ok(index);
+        }
+        let tc = match self.rules.topic_for(name) {
+            Some(tc) if tc.pattern.is_some() => tc,
+            // Listed topics exist from the start; anything else is not ours.
+            _ => return Err(SourceError::UnknownTopic),
+        };
+        let pattern = tc.pattern.as_ref().map(|p| p.as_str()).unwrap_or("");
+        let served = self
+            .topics()
+            .iter()
+            .filter(|t| t.pattern.as_deref() == Some(pattern))
+            .count();
+        if served >= tc.max_topics {
+            return Err(SourceError::TopicLimit {
+                pattern: pattern.to_owned(),
+                max: tc.max_topics,
+            });
+        }
+        let fail = |e: LogError| SourceError::Storage(e.to_string());
+        // Recorded before it is served: a restart finds it even if no record lands.
+        let (partitions, next) = record_topic(&self.db, name, tc.partitions).map_err(fail)?;
+        let index = self.register(name, tc, partitions, next).map_err(fail)?;
+        tracing::info!(topic = %name, pattern = %pattern, partitions, "topic created by its first publish");
+        Ok(index)
+    }
+}
+
+/// Records `name` in the `partitions` table (keeping a larger stored count) and
+/// creates its records table; returns its partition count and next offsets.
+fn record_topic(db: &Database, name: &str, partitions: u32) -> Result<(u32, Vec<u64>), LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let result;
+    {
+        let mut parts = txn.open_table(PARTITIONS).map_err(storage)?;
+        let stored = parts.get(name).map_err(storage)?.map(|v| v.value());
+        let partitions = stored.unwrap_or(0).max(partitions);
+        parts.insert(name, partitions).map_err(storage)?;
+        txn.open_table(records_table(&table_name(name)))
+            .map_err(storage)?;
+        let positions = txn.open_table(POSITIONS).map_err(storage)?;
+        let mut next = Vec::new();
+        for p in 0..partitions {
+            let n = positions
+                .get((name, p))
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            next.push(n);
+        }
+        result = (partitions, next);
+    }
+    txn.commit().map_err(storage)?;
+    Ok(result)
 }
 
 enum Message {
@@ -78,68 +222,47 @@ struct Append {
 }
 
 pub struct EmbeddedLog {
-    db: Arc<Database>,
-    topics: Arc<Vec<TopicLog>>,
-    by_name: HashMap<String, usize>,
+    shared: Arc<Shared>,
     appends: mpsc::Sender<Message>,
     ready: AtomicBool,
 }
 
 impl EmbeddedLog {
     /// Opens (or creates) the log in `config.embedded.data_dir`, registers its
-    /// topics with `hub`, warms the hub from the tail of each partition, and
-    /// starts the writer thread. The thread ends when the log is dropped.
-    pub fn open(config: &Config, hub: &Hub) -> Result<Self, LogError> {
+    /// topics with `hub` (the listed ones, and those created earlier through a
+    /// pattern that still matches them), warms the hub from the tail of each
+    /// partition, and starts the writer thread. The thread ends when the log is dropped.
+    pub fn open(config: &Config, hub: &Arc<Hub>) -> Result<Self, LogError> {
         let dir = &config.embedded.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| LogError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
-        let db = Database::create(dir.join("pushgate.redb")).map_err(storage)?;
-        let db = Arc::new(db);
-
-        let (epoch, next_offsets) = prepare(&db, &config.topics)?;
-        let mut topics = Vec::new();
-        let mut by_name = HashMap::new();
-        for (i, tc) in config.topics.iter().enumerate() {
-            let hub_topic = hub.add_topic(
-                &tc.name,
-                topic_epoch(epoch, &tc.name),
-                tc.partitions,
-                TopicSettings {
-                    ring_records: tc.ring_records,
-                    view_max_keys: tc.view_max_keys,
-                },
-            );
-            let earliest = (0..tc.partitions).map(|_| AtomicU64::new(0)).collect();
-            by_name.insert(tc.name.clone(), i);
-            topics.push(TopicLog {
-                name: tc.name.clone(),
-                table: table_name(&tc.name),
-                partitions: tc.partitions,
-                retention_records: tc.retention_records,
-                retention_age: tc.retention_age,
-                earliest,
-                hub: hub_topic,
-            });
-        }
-        for (t, topic) in topics.iter().enumerate() {
-            warm(
-                &db,
-                topic,
-                &next_offsets[t],
-                config.source.warm_start_records,
-            )?;
-            topic.hub.mark_ready();
+        // A bounded page cache: redb's default (1 GiB) grows with the file.
+        let db = redb::Builder::new()
+            .set_cache_size(config.embedded.cache_bytes)
+            .create(dir.join("pushgate.redb"))
+            .map_err(storage)?;
+        let rules = config.topic_rules();
+        let (epoch, prepared) = prepare(&db, &config.topics, &rules)?;
+        let shared = Arc::new(Shared {
+            db,
+            epoch,
+            registry: RwLock::new(Registry::default()),
+            rules,
+            hub: Arc::clone(hub),
+            warm_records: config.source.warm_start_records,
+            creating: Mutex::new(()),
+        });
+        for topic in prepared {
+            shared.register(&topic.name, &topic.config, topic.partitions, topic.next)?;
         }
 
-        let topics = Arc::new(topics);
         let (appends, rx) = mpsc::channel(1024);
         let writer = Writer {
-            db: Arc::clone(&db),
-            topics: Arc::clone(&topics),
-            next: next_offsets,
-            round_robin: vec![0; config.topics.len()],
+            shared: Arc::clone(&shared),
+            next: Vec::new(),
+            round_robin: Vec::new(),
             retention_every: config.embedded.retention_check_interval,
             last_retention: Instant::now() - config.embedded.retention_check_interval,
         };
@@ -161,27 +284,35 @@ impl EmbeddedLog {
             }
         });
         Ok(Self {
-            db,
-            topics,
-            by_name,
+            shared,
             appends,
             ready: AtomicBool::new(true),
         })
     }
 
-    fn topic_index(&self, topic: &str) -> Result<usize, SourceError> {
-        self.by_name
-            .get(topic)
-            .copied()
-            .ok_or(SourceError::UnknownTopic)
+    fn topic(&self, topic: &str) -> Result<(usize, Arc<TopicLog>), SourceError> {
+        self.shared.topic(topic).ok_or(SourceError::UnknownTopic)
     }
 }
 
-/// Creates tables, the epoch and positions; returns the epoch and next offset per partition.
-fn prepare(db: &Database, topics: &[TopicConfig]) -> Result<(u64, Vec<Vec<u64>>), LogError> {
+/// A topic found at open, before it is registered.
+struct Prepared {
+    name: String,
+    config: TopicConfig,
+    partitions: u32,
+    next: Vec<u64>,
+}
+
+/// Creates tables and the epoch, and lists the topics to serve: the listed
+/// ones, then stored ones a pattern matches, with their next offset per partition.
+fn prepare(
+    db: &Database,
+    topics: &[TopicConfig],
+    rules: &TopicRules,
+) -> Result<(u64, Vec<Prepared>), LogError> {
     let txn = db.begin_write().map_err(storage)?;
     let epoch;
-    let mut next_offsets = Vec::new();
+    let mut prepared = Vec::new();
     {
         let mut meta = txn.open_table(META).map_err(storage)?;
         let existing = meta.get("epoch").map_err(storage)?.map(|v| v.value());
@@ -196,6 +327,9 @@ fn prepare(db: &Database, topics: &[TopicConfig]) -> Result<(u64, Vec<Vec<u64>>)
         let mut parts = txn.open_table(PARTITIONS).map_err(storage)?;
         let positions = txn.open_table(POSITIONS).map_err(storage)?;
         for (index, tc) in topics.iter().enumerate() {
+            if tc.pattern.is_some() {
+                continue;
+            }
             let existing = parts
                 .get(tc.name.as_str())
                 .map_err(storage)?
@@ -210,25 +344,54 @@ fn prepare(db: &Database, topics: &[TopicConfig]) -> Result<(u64, Vec<Vec<u64>>)
                     });
                 }
             }
+            prepared.push(Prepared {
+                name: tc.name.clone(),
+                config: tc.clone(),
+                partitions: tc.partitions,
+                next: Vec::new(),
+            });
+        }
+        if rules.has_patterns() {
+            let mut stored = Vec::new();
+            for entry in parts.iter().map_err(storage)? {
+                let (name, count) = entry.map_err(storage)?;
+                stored.push((name.value().to_owned(), count.value()));
+            }
+            for (name, count) in stored {
+                if prepared.iter().any(|p| p.name == name) {
+                    continue;
+                }
+                // Not matched any more: kept on disk, not served.
+                let Some(tc) = rules.topic_for(&name).filter(|t| t.pattern.is_some()) else {
+                    continue;
+                };
+                prepared.push(Prepared {
+                    config: tc.clone(),
+                    // Never fewer than stored; more if the pattern's `partitions` grew.
+                    partitions: count.max(tc.partitions),
+                    name,
+                    next: Vec::new(),
+                });
+            }
+        }
+        for topic in &mut prepared {
             parts
-                .insert(tc.name.as_str(), tc.partitions)
+                .insert(topic.name.as_str(), topic.partitions)
                 .map_err(storage)?;
-            let table = table_name(&tc.name);
-            txn.open_table(records_table(&table)).map_err(storage)?;
-            let mut next = Vec::new();
-            for p in 0..tc.partitions {
+            txn.open_table(records_table(&table_name(&topic.name)))
+                .map_err(storage)?;
+            for p in 0..topic.partitions {
                 let n = positions
-                    .get((tc.name.as_str(), p))
+                    .get((topic.name.as_str(), p))
                     .map_err(storage)?
                     .map(|v| v.value())
                     .unwrap_or(0);
-                next.push(n);
+                topic.next.push(n);
             }
-            next_offsets.push(next);
         }
     }
     txn.commit().map_err(storage)?;
-    Ok((epoch, next_offsets))
+    Ok((epoch, prepared))
 }
 
 /// Feeds the last `count` records of each partition to the hub, and sets earliest offsets.
@@ -327,8 +490,8 @@ fn now_ms() -> i64 {
 }
 
 struct Writer {
-    db: Arc<Database>,
-    topics: Arc<Vec<TopicLog>>,
+    shared: Arc<Shared>,
+    /// Next offset per partition of each topic (by registry index), as committed.
     next: Vec<Vec<u64>>,
     round_robin: Vec<u32>,
     retention_every: Duration,
@@ -358,13 +521,25 @@ impl Writer {
         tracing::debug!("log writer stopped");
     }
 
+    /// The registry's topics, with `next` and `round_robin` grown to cover
+    /// topics created since the last call.
+    fn topics(&mut self) -> Vec<Arc<TopicLog>> {
+        let topics = self.shared.topics();
+        for topic in &topics[self.next.len().min(topics.len())..] {
+            self.next.push(topic.start.clone());
+            self.round_robin.push(0);
+        }
+        topics
+    }
+
     fn append(&mut self, batch: Vec<Append>) {
         let started = Instant::now();
         let timestamp = now_ms();
+        let topics = self.topics();
         let mut next = self.next.clone();
         let mut placed: Vec<Vec<Appended>> = Vec::with_capacity(batch.len());
         for req in &batch {
-            let parts = self.topics[req.topic].partitions;
+            let parts = topics[req.topic].partitions;
             let mut out = Vec::with_capacity(req.records.len());
             for rec in &req.records {
                 let partition = match &rec.key {
@@ -384,7 +559,7 @@ impl Writer {
             }
             placed.push(out);
         }
-        if let Err(e) = self.commit(&batch, &placed, &next, timestamp) {
+        if let Err(e) = self.commit(&topics, &batch, &placed, &next, timestamp) {
             tracing::error!(error = %e, "append failed");
             for req in batch {
                 let _ = req.reply.send(Err(SourceError::Storage(e.to_string())));
@@ -394,7 +569,7 @@ impl Writer {
         self.next = next;
         // Visible to subscribers before the publisher hears back.
         for (req, out) in batch.into_iter().zip(placed) {
-            let topic = &self.topics[req.topic];
+            let topic = &topics[req.topic];
             for (rec, at) in req.records.into_iter().zip(&out) {
                 topic.hub.ingest(&LogRecord {
                     partition: at.partition,
@@ -412,26 +587,27 @@ impl Writer {
 
     fn commit(
         &self,
+        topics: &[Arc<TopicLog>],
         batch: &[Append],
         placed: &[Vec<Appended>],
         next: &[Vec<u64>],
         timestamp: i64,
     ) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.shared.db.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         {
             let mut positions = txn.open_table(POSITIONS)?;
-            let mut touched = vec![false; self.topics.len()];
+            let mut touched = vec![false; topics.len()];
             for (req, out) in batch.iter().zip(placed) {
                 touched[req.topic] = true;
-                let topic = &self.topics[req.topic];
+                let topic = &topics[req.topic];
                 let mut table = txn.open_table(records_table(&topic.table))?;
                 for (rec, at) in req.records.iter().zip(out) {
                     table.insert((at.partition, at.offset), encode(timestamp, rec).as_slice())?;
                 }
             }
-            for (t, topic) in self.topics.iter().enumerate() {
+            for (t, topic) in topics.iter().enumerate() {
                 if touched[t] {
                     for (p, n) in next[t].iter().enumerate() {
                         positions.insert((topic.name.as_str(), p as u32), *n)?;
@@ -454,12 +630,13 @@ impl Writer {
     }
 
     /// Deletes records beyond each topic's count and age limits.
-    fn retain(&self) -> Result<(), redb::Error> {
+    fn retain(&mut self) -> Result<(), redb::Error> {
         let now = now_ms();
         let mut updates = Vec::new();
-        let txn = self.db.begin_write()?;
+        let topics = self.topics();
+        let txn = self.shared.db.begin_write()?;
         {
-            for (t, topic) in self.topics.iter().enumerate() {
+            for (t, topic) in topics.iter().enumerate() {
                 if topic.retention_records == 0 && topic.retention_age.is_none() {
                     continue;
                 }
@@ -491,7 +668,7 @@ impl Writer {
         }
         txn.commit()?;
         for (t, p, cut) in updates {
-            self.topics[t].earliest[p as usize].store(cut, Ordering::Release);
+            topics[t].earliest[p as usize].store(cut, Ordering::Release);
         }
         Ok(())
     }
@@ -504,7 +681,17 @@ impl Source for EmbeddedLog {
         topic: &str,
         records: Vec<NewRecord>,
     ) -> Result<Vec<Appended>, SourceError> {
-        let topic = self.topic_index(topic)?;
+        let topic = match self.shared.topic(topic) {
+            Some((index, _)) => index,
+            // Not served yet: a name a pattern matches is created now (redb I/O: off the async workers).
+            None => {
+                let shared = Arc::clone(&self.shared);
+                let name = topic.to_owned();
+                tokio::task::spawn_blocking(move || shared.create(&name))
+                    .await
+                    .map_err(|e| SourceError::Storage(e.to_string()))??
+            }
+        };
         let (reply, answer) = oneshot::channel();
         self.appends
             .send(Message::Append(Append {
@@ -527,13 +714,11 @@ impl Source for EmbeddedLog {
         until: u64,
         max: usize,
     ) -> Result<Vec<LogRecord>, SourceError> {
-        let t = self.topic_index(topic)?;
-        let db = Arc::clone(&self.db);
-        let topics = Arc::clone(&self.topics);
+        let (_, topic) = self.topic(topic)?;
+        let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let topic = &topics[t];
             let fail = |e: LogError| SourceError::Storage(e.to_string());
-            let txn = db.begin_read().map_err(|e| fail(storage(e)))?;
+            let txn = shared.db.begin_read().map_err(|e| fail(storage(e)))?;
             let table = txn
                 .open_table(records_table(&topic.table))
                 .map_err(|e| fail(storage(e)))?;
@@ -563,8 +748,8 @@ impl Source for EmbeddedLog {
     }
 
     async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError> {
-        let t = self.topic_index(topic)?;
-        Ok(self.topics[t]
+        let (_, topic) = self.topic(topic)?;
+        Ok(topic
             .earliest
             .iter()
             .map(|e| e.load(Ordering::Acquire))

@@ -16,10 +16,14 @@
 //!   seen when it was added, and the node is ready once all the topics found
 //!   at start are. A topic whose watermarks cannot be read is not added yet
 //!   (it is retried): guessing them would serve history as if it were live.
-//! - **Metadata refresh** (every `metadata_refresh_interval`): added partitions
-//!   and topics created after start are assigned, a recreated topic replaces
-//!   the hub's topic (its subscribers are disconnected to resume), lag and
-//!   broker state are published as metrics.
+//! - **Metadata refresh** (every `metadata_refresh_interval`): the cluster's
+//!   topics are listed, and those this node serves (named in `[[topics]]`, or
+//!   matched by a `[[topics]] pattern`) are described. Added partitions and
+//!   topics created after start are assigned (and warmed like any new topic),
+//!   a recreated topic replaces the hub's topic (its subscribers are
+//!   disconnected to resume), a deleted topic a pattern matched is no longer
+//!   served (its subscribers are disconnected with 4004 and it leaves
+//!   `GET /topics`), lag and broker state are published as metrics.
 //! - **Catch-up reads** for resumes older than the ring: see [`catchup`].
 //! - **Publish** produces with an idempotent producer, `acks=all`, and Kafka's
 //!   own (murmur2) partitioner, the same as the embedded log and Java clients.
@@ -31,12 +35,13 @@ pub mod decode;
 pub mod meta;
 pub mod security;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -45,9 +50,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use self::catchup::CatchUpReader;
-use self::meta::{describe_topics, topic_epoch, Described};
+use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
 use super::{Source, SourceError};
-use crate::config::{Config, KafkaConfig, WarmStart};
+use crate::config::{Config, KafkaConfig, TopicRules, WarmStart};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
@@ -74,12 +79,14 @@ struct Known {
     hub: Arc<Topic>,
     id: Option<[u8; 16]>,
     partitions: u32,
+    /// Served because a `[[topics]] pattern` matches it: once deleted, it is no longer served.
+    by_pattern: bool,
 }
 
 struct Inner {
     config: KafkaConfig,
-    settings: HashMap<String, TopicSettings>,
-    names: Vec<String>,
+    /// Which topics this node serves, and with which settings.
+    rules: TopicRules,
     warm_records: u64,
     hub: Arc<Hub>,
     cluster_id: String,
@@ -149,13 +156,13 @@ impl KafkaSource {
         let kc = security::resolve(&config.kafka)?;
         let admin: BaseConsumer<security::Probe> =
             consumer_config(&kc, false).create_with_context(security::Probe::new(&kc))?;
-        let names: Vec<String> = config.topics.iter().map(|t| t.name.clone()).collect();
+        let rules = config.topic_rules();
 
         // The first describe proves the broker is there (and takes our TLS and
         // credentials); retry until startup_timeout, then say what went wrong.
         let deadline = Instant::now() + kc.startup_timeout;
         let (admin, cluster_id, described) = tokio::task::spawn_blocking({
-            let names = names.clone();
+            let rules = rules.clone();
             let kc = kc.clone();
             move || {
                 let mut last = String::from("no attempt");
@@ -173,11 +180,7 @@ impl KafkaSource {
                         // Without a cluster id there is no point describing.
                         None => None,
                         Some(_) if left.is_zero() => None,
-                        Some(_) => Some(describe_topics(
-                            admin.client(),
-                            &names,
-                            META_TIMEOUT.min(left),
-                        )),
+                        Some(_) => Some(discover(admin.client(), &rules, &[])),
                     };
                     match (cluster, described) {
                         (Some(cluster), Some(Ok(described))) => {
@@ -222,24 +225,10 @@ impl KafkaSource {
         let producer: FutureProducer = producer_config.create()?;
         tracing::info!(cluster_id = %cluster_id, "connected to Kafka");
 
-        let settings = config
-            .topics
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    TopicSettings {
-                        ring_records: t.ring_records,
-                        view_max_keys: t.view_max_keys,
-                    },
-                )
-            })
-            .collect();
         let inner = Arc::new(Inner {
             catchup: CatchUpReader::new(&kc),
             config: kc,
-            settings,
-            names,
+            rules,
             warm_records: config.source.warm_start_records,
             hub,
             cluster_id,
@@ -261,6 +250,32 @@ impl KafkaSource {
             })?;
         Ok(Self { inner })
     }
+}
+
+/// Lists the cluster's topics and describes those this node serves: the ones
+/// named in `[[topics]]`, those a pattern matches, and `known` (so that a
+/// deleted one is reported `Missing`).
+fn discover<C: ClientContext>(
+    client: &Client<C>,
+    rules: &TopicRules,
+    known: &[String],
+) -> Result<Vec<(String, Described)>, MetaError> {
+    let listed = list_topics(client, META_TIMEOUT)?;
+    let names = wanted(rules, &listed, known);
+    describe_topics(client, &names, &listed, META_TIMEOUT)
+}
+
+/// The topic names to describe, sorted: named, matched in `listed`, and `known`.
+fn wanted(rules: &TopicRules, listed: &[String], known: &[String]) -> Vec<String> {
+    let mut names: BTreeSet<String> = rules.named().map(str::to_owned).collect();
+    names.extend(
+        listed
+            .iter()
+            .filter(|n| rules.topic_for(n).is_some())
+            .cloned(),
+    );
+    names.extend(known.iter().cloned());
+    names.into_iter().collect()
 }
 
 /// Offset at which a partition's warm start begins.
@@ -413,7 +428,15 @@ impl Live {
     }
 
     fn refresh(&mut self) {
-        let described = describe_topics(self.inner.admin.client(), &self.inner.names, META_TIMEOUT);
+        let known: Vec<String> = self
+            .inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .keys()
+            .cloned()
+            .collect();
+        let described = discover(self.inner.admin.client(), &self.inner.rules, &known);
         match described {
             Ok(described) => {
                 if !self.connected {
@@ -436,11 +459,23 @@ impl Live {
     fn apply(&mut self, described: Vec<(String, Described)>) {
         let mut changed = false;
         for (name, desc) in described {
-            let Some(settings) = self.inner.settings.get(&name).copied() else {
+            let Some(tc) = self.inner.rules.topic_for(&name) else {
                 continue;
             };
+            let settings = TopicSettings {
+                ring_records: tc.ring_records,
+                view_max_keys: tc.view_max_keys,
+            };
+            let by_pattern = tc.pattern.is_some();
             let known = self.inner.known(&name);
             match (desc, known) {
+                (Described::Missing, Some(k)) if k.by_pattern => {
+                    // Deleted, and nothing names it: no longer served. Its
+                    // subscribers are closed (4004); resubscribing answers
+                    // unknown_topic until a topic of that name exists again.
+                    self.forget(&name, &k);
+                    changed = true;
+                }
                 (Described::Missing, Some(_)) => {
                     // Deleted: stop reading it so a new incarnation is never
                     // read into the old one; it is picked up again when it returns.
@@ -450,6 +485,11 @@ impl Live {
                     }
                 }
                 (Described::Missing, None) => {
+                    // Gone before its watermarks could be read: nothing to wait for.
+                    self.unwatermarked.remove(&name);
+                    if by_pattern {
+                        continue;
+                    }
                     if !self
                         .missing_logged
                         .insert(name.clone(), true)
@@ -487,7 +527,9 @@ impl Live {
                     let hub_topic = self.inner.hub.add_topic(&name, epoch, partitions, settings);
                     if let Some(old) = known {
                         tracing::warn!(topic = %name, "topic was recreated (new topic id): new epoch, subscribers resume");
-                        old.hub.disconnect_all();
+                        old.hub.close();
+                        self.warm_targets
+                            .retain(|(t, _, _)| !Arc::ptr_eq(t, &old.hub));
                     }
                     self.warm(&hub_topic, &marks, recreated);
                     self.inner.set_known(
@@ -496,6 +538,7 @@ impl Live {
                             hub: Arc::clone(&hub_topic),
                             id,
                             partitions,
+                            by_pattern,
                         },
                     );
                     self.by_name.insert(name.clone(), hub_topic);
@@ -506,6 +549,17 @@ impl Live {
         if changed {
             self.assign();
         }
+    }
+
+    /// Stops serving a deleted topic: unassigned (by the caller), out of the
+    /// hub and `GET /topics`, its subscribers disconnected.
+    fn forget(&mut self, name: &str, known: &Known) {
+        self.by_name.remove(name);
+        self.inner.topics.write().expect("topics lock").remove(name);
+        self.warm_targets
+            .retain(|(t, _, _)| !Arc::ptr_eq(t, &known.hub));
+        let closed = self.inner.hub.remove_topic(&known.hub);
+        tracing::warn!(topic = %name, subscribers = closed, "topic deleted in Kafka: no longer served; its subscribers were closed (4004)");
     }
 
     /// (low, high) watermarks of every partition, or `None` if any cannot be read.
@@ -733,6 +787,8 @@ impl Drop for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Filter;
+    use crate::outbox::{CloseReason, Outbox};
 
     #[test]
     fn shipped_kafka_config_is_valid() {
@@ -743,6 +799,123 @@ mod tests {
         let bad = text.replace("catchup_readers = 4", "catchup_readers = 0");
         let err = Config::from_toml_str(&bad, std::iter::empty()).unwrap_err();
         assert!(err.to_string().contains("kafka.catchup_readers"), "{err}");
+    }
+
+    fn rules(text: &str) -> Config {
+        let base = "[source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ndead_letter_topic = \"db.dlq\"\n";
+        Config::from_toml_str(&format!("{base}{text}"), std::iter::empty()).unwrap()
+    }
+
+    #[test]
+    fn wanted_lists_named_matched_and_known_topics() {
+        let config =
+            rules("[[topics]]\nname = \"prices\"\n[[topics]]\npattern = \"db\\\\.inv\\\\..*\"\n");
+        let listed: Vec<String> = [
+            "db.inv.a",
+            "db.inv.b",
+            "db.invx",
+            "xdb.inv.a",
+            "other",
+            "__consumer_offsets",
+            "db.dlq",
+        ]
+        .map(String::from)
+        .into();
+        let known = vec!["db.inv.gone".to_owned()];
+        assert_eq!(
+            wanted(&config.topic_rules(), &listed, &known),
+            ["db.inv.a", "db.inv.b", "db.inv.gone", "prices"],
+            "a named topic is described even when missing (it is reported Missing); a known one so its deletion is seen"
+        );
+    }
+
+    /// A live consumer whose clients point at a closed port: `apply` of a
+    /// deletion needs no broker (assign() is local).
+    fn offline_live(config: &Config, hub: Arc<Hub>) -> Live {
+        let kc = config.kafka.clone();
+        let inner = Arc::new(Inner {
+            catchup: CatchUpReader::new(&kc),
+            admin: consumer_config(&kc, false)
+                .create_with_context(security::Probe::new(&kc))
+                .unwrap(),
+            producer: base_config(&kc).create().unwrap(),
+            config: kc.clone(),
+            rules: config.topic_rules(),
+            warm_records: 10,
+            hub,
+            cluster_id: "c".into(),
+            topics: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(true),
+        });
+        Live::new(inner, consumer_config(&kc, false).create().unwrap())
+    }
+
+    fn serve(live: &mut Live, name: &str, by_pattern: bool) -> (Arc<Topic>, Arc<Outbox>) {
+        let settings = TopicSettings {
+            ring_records: 4,
+            view_max_keys: 4,
+        };
+        let topic = live.inner.hub.add_topic(name, 7, 2, settings);
+        topic.mark_ready();
+        live.inner.set_known(
+            name,
+            Known {
+                hub: Arc::clone(&topic),
+                id: Some([1; 16]),
+                partitions: 2,
+                by_pattern,
+            },
+        );
+        live.by_name.insert(name.to_owned(), Arc::clone(&topic));
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        topic
+            .register(Filter::all(), outbox.clone(), None, false, 10, 1 << 20)
+            .sub
+            .go_live()
+            .unwrap();
+        (topic, outbox)
+    }
+
+    #[test]
+    fn a_deleted_pattern_topic_is_forgotten_and_its_subscribers_closed() {
+        let config = rules("[[topics]]\nname = \"named\"\n[[topics]]\npattern = \"db\\\\..*\"\n");
+        let hub = Arc::new(Hub::new());
+        let mut live = offline_live(&config, Arc::clone(&hub));
+        let (_, matched_out) = serve(&mut live, "db.a", true);
+        let (_, kept_out) = serve(&mut live, "db.b", true);
+        let (named, named_out) = serve(&mut live, "named", false);
+        live.warm_targets.push((hub.topic("db.a").unwrap(), 0, 100));
+
+        live.apply(vec![
+            ("db.a".into(), Described::Missing),
+            (
+                "db.b".into(),
+                Described::Found {
+                    id: Some([1; 16]),
+                    partitions: 2,
+                },
+            ),
+            ("named".into(), Described::Missing),
+        ]);
+
+        assert!(hub.topic("db.a").is_err(), "left GET /topics");
+        assert!(live.inner.known("db.a").is_none());
+        assert!(!live.by_name.contains_key("db.a"), "no longer read");
+        assert!(live.warm_targets.is_empty(), "nothing left to wait for");
+        assert_eq!(matched_out.closed_reason(), Some(CloseReason::TopicReset));
+        assert!(matches!(
+            live.inner.partitions("db.a"),
+            Err(SourceError::UnknownTopic)
+        ));
+        // Untouched: the one still there, and a named topic (waits for its return).
+        assert!(hub.topic("db.b").is_ok());
+        assert_eq!(kept_out.closed_reason(), None);
+        assert!(Arc::ptr_eq(&hub.topic("named").unwrap(), &named));
+        assert_eq!(named_out.closed_reason(), None);
+        assert!(
+            !live.by_name.contains_key("named"),
+            "not read while missing"
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum SourceError {
     Unavailable(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// A publish would create a topic, but its `pattern` already serves `max` topics.
+    #[error("`{pattern}` already serves {max} topics (its max_topics)")]
+    TopicLimit { pattern: String, max: usize },
 }
 
 #[async_trait]

@@ -147,6 +147,12 @@ impl TestServer {
         r.json().await.unwrap()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     pub async fn ws(&self) -> WsClient {
         WsClient::connect(self.addr).await
     }

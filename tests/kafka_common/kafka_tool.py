@@ -7,11 +7,17 @@ produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at 
 dump:    every record of a topic as JSON lines {"p","o","key","seq"}, then "end".
 low:     the low watermark of each partition, as a JSON list.
 create:  creates a topic (--partitions, --config k=v ...); delete: deletes it.
+add-partitions: grows a topic to --count partitions with the admin client's
+         CreatePartitions; tansu 0.6 does not implement that request, so with
+         --sqlite (the broker's sqlite storage file) the new partitions are
+         written into tansu's own tables instead, as its CreateTopics would
+         write them; the running broker serves them from its next request.
+         Prints "added via create_partitions" or "added via tansu storage".
 
 --security-protocol SSL|SASL_SSL|SASL_PLAINTEXT with --ssl-cafile/--ssl-certfile/--ssl-keyfile
 and --sasl-mechanism/--sasl-username/--sasl-password reach a secured broker (every command).
 """
-import argparse, json, os, signal, sys, time
+import argparse, json, os, signal, sqlite3, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -82,6 +88,38 @@ def dump(a):
     print("end", flush=True)
 
 
+def add_partitions(a):
+    from kafka.admin import KafkaAdminClient, NewPartitions
+    from kafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError
+    admin = KafkaAdminClient(bootstrap_servers=a.brokers, **security(a))
+    try:
+        admin.create_partitions({a.topic: NewPartitions(a.count)})
+        print("added via create_partitions", flush=True)
+        return
+    except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
+        if not a.sqlite:
+            raise
+        print(f"CreatePartitions unsupported ({e}); writing tansu storage", file=sys.stderr)
+    finally:
+        admin.close()
+    db = sqlite3.connect(a.sqlite, timeout=10)
+    with db:  # one transaction: the topic row, its topitions and their watermarks
+        row = db.execute("select id, partitions from topic where name = ?", (a.topic,)).fetchone()
+        if row is None:
+            sys.exit(f"no topic {a.topic} in {a.sqlite}")
+        tid, have = row
+        if a.count <= have:
+            sys.exit(f"{a.topic} already has {have} partitions")
+        for p in range(have, a.count):
+            tp = db.execute("insert into topition (topic, partition) values (?, ?) returning id",
+                            (tid, p)).fetchone()[0]
+            db.execute("insert into watermark (topition) values (?)", (tp,))
+        db.execute("update topic set partitions = ?, last_updated = current_timestamp where id = ?",
+                   (a.count, tid))
+    db.close()
+    print("added via tansu storage", flush=True)
+
+
 def low(a):
     consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
     tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
@@ -106,7 +144,7 @@ def delete(a):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete", "add-partitions"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=10)
@@ -116,6 +154,7 @@ if __name__ == "__main__":
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--config", action="append", default=[], help="topic config k=v (create)")
+    ap.add_argument("--sqlite", help="add-partitions: tansu's sqlite storage, used if CreatePartitions is unsupported")
     ap.add_argument("--security-protocol", default="PLAINTEXT",
                     choices=["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"])
     ap.add_argument("--ssl-cafile")
@@ -130,4 +169,5 @@ if __name__ == "__main__":
     if a.timeout > 0:
         signal.signal(signal.SIGALRM, lambda *_: (print("timed out", file=sys.stderr, flush=True), os._exit(3)))
         signal.setitimer(signal.ITIMER_REAL, a.timeout)
-    {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete}[a.cmd](a)
+    {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete,
+     "add-partitions": add_partitions}[a.cmd](a)

@@ -726,3 +726,50 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Produces `count` records (seq `start..`) over keys k0..k{keys-1}, waiting for each ack.
+pub async fn produce_keys(broker: &Broker, topic: &str, start: u64, count: u64, keys: u32) {
+    let out = tool_as(
+        broker.mode,
+        &[
+            "produce",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+            "--start",
+            &start.to_string(),
+            "--count",
+            &count.to_string(),
+            "--keys",
+            &keys.to_string(),
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(out.contains(&format!("acked {count}")), "{out}");
+}
+
+/// Grows `topic` to `partitions` while the broker runs; returns how (tansu 0.6
+/// lacks CreatePartitions: its sqlite storage is written instead, so the
+/// broker must be `Broker::sqlite`).
+pub async fn add_partitions(broker: &Broker, topic: &str, partitions: u32) -> String {
+    let db = broker.dir.path().join("tansu.db");
+    let out = tool_as(
+        broker.mode,
+        &[
+            "add-partitions",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+            "--count",
+            &partitions.to_string(),
+            "--sqlite",
+            &db.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(out.contains("added via"), "{out}");
+    out.trim().to_owned()
+}

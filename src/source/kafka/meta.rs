@@ -32,7 +32,23 @@ pub enum MetaError {
     Timeout(Duration),
 }
 
-/// Describes `names` (ids and partition counts).
+/// Every topic in the cluster, from a plain all-topics Metadata request.
+pub fn list_topics<C: ClientContext>(
+    client: &Client<C>,
+    timeout: Duration,
+) -> Result<Vec<String>, MetaError> {
+    let listed = client
+        .fetch_metadata(None, timeout)
+        .map_err(|e| MetaError::Describe(e.to_string()))?;
+    Ok(listed
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect())
+}
+
+/// Describes `names` (ids and partition counts); those not in `listed` (the
+/// cluster's topics, from [`list_topics`]) are reported `Missing` unasked.
 ///
 /// Only topics that exist are described: tansu 0.6 answers librdkafka's
 /// DescribeTopics (Metadata v12) for an unknown topic with an entry that makes
@@ -42,13 +58,10 @@ pub enum MetaError {
 pub fn describe_topics<C: ClientContext>(
     client: &Client<C>,
     names: &[String],
+    listed: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, Described)>, MetaError> {
-    let listed = client
-        .fetch_metadata(None, timeout)
-        .map_err(|e| MetaError::Describe(e.to_string()))?;
-    let existing: std::collections::HashSet<&str> =
-        listed.topics().iter().map(|t| t.name()).collect();
+    let existing: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
     let (present, missing): (Vec<String>, Vec<String>) = names
         .iter()
         .cloned()

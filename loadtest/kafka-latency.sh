@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# pushgate's added latency over a bare librdkafka consumer (issue 10, part 5).
+#
+#   loadtest/kafka-latency.sh             # 1,000 records/s, 1,000 WS + 1,000 SSE clients, 30 s
+#   SECS=10 CLIENTS=200 loadtest/kafka-latency.sh
+#
+# Starts a tansu broker (memory storage) and one pushgate (release build) on
+# loopback ports, creates a 3-partition topic, then runs
+# `pushgate-loadtest kafka-latency`: a librdkafka producer at RATE records/s
+# over KEYS keys; a bare librdkafka consumer with pushgate's fetch settings
+# (the floor); CLIENTS WebSocket and CLIENTS SSE clients of pushgate, each on
+# one key. Everything it starts is stopped at the end; every step is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RATE=${RATE:-1000}
+SECS=${SECS:-30}
+CLIENTS=${CLIENTS:-1000}
+KEYS=${KEYS:-1000}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BROKER_PORT=${BROKER_PORT:-$(free_port)}
+PG_PORT=${PG_PORT:-$(free_port)}
+OUT=${OUT:-$ROOT/loadtest/out/kafka-latency-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v tansu >/dev/null || scripts/kafka-setup
+
+if [ -z "${PUSHGATE_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
+    cargo build --release -p pushgate -p pushgate-loadtest
+fi
+PUSHGATE_BIN=${PUSHGATE_BIN:-$ROOT/target/release/pushgate}
+LOADTEST_BIN=${LOADTEST_BIN:-$ROOT/target/release/pushgate-loadtest}
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listening on $1" >&2; return 1
+}
+
+(cd "$OUT" && exec tansu broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --storage-engine memory://tansu/ 2>broker.log) &
+pids+=($!)
+wait_port "$BROKER_PORT"
+tansu topic create lat --partitions 3 --broker "tcp://127.0.0.1:$BROKER_PORT"
+
+cat > "$OUT/pushgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PG_PORT"
+static_dir = ""
+shutdown_grace = "2s"
+[source]
+kind = "kafka"
+warm_start_records = 0
+[limits]
+max_connections = 60000
+max_connections_per_ip = 100000
+[auth]
+anonymous_subscribe = true
+[demo]
+enabled = false
+[kafka]
+brokers = "127.0.0.1:$BROKER_PORT"
+fetch_wait_max_ms = 10
+[[topics]]
+name = "lat"
+ring_records = 1024
+view_max_keys = 10000
+TOML
+RUST_LOG=warn "$PUSHGATE_BIN" --config "$OUT/pushgate.toml" 2>"$OUT/pushgate.log" &
+pids+=($!)
+for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null || { echo "pushgate never ready" >&2; exit 1; }
+
+timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "127.0.0.1:$BROKER_PORT" --topic lat \
+    --url "http://127.0.0.1:$PG_PORT" --rate "$RATE" --keys "$KEYS" \
+    --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
+    --json "$OUT/kafka-latency.json" | tee "$OUT/kafka-latency.md"
+echo "results in $OUT" >&2
