@@ -8,8 +8,10 @@ COPY loadtest ./loadtest
 RUN cargo build --release --locked -p pushgate
 
 FROM debian:bookworm-slim
+# librdkafka is linked against Debian's OpenSSL and libcurl (Kafka TLS, SASL, OIDC);
+# ca-certificates is the CA bundle it trusts when kafka.tls.ca_file is not set.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/pushgate --create-home pushgate
 COPY --from=build /src/target/release/pushgate /usr/local/bin/pushgate

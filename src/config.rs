@@ -693,8 +693,273 @@ pub struct KafkaConfig {
     pub max_record_bytes: usize,
     /// Topic that skipped records are copied to, unchanged; empty for none.
     pub dead_letter_topic: String,
-    /// Extra librdkafka properties for every client (security.protocol, sasl.*, …).
-    pub properties: std::collections::BTreeMap<String, String>,
+    /// TLS to the brokers (`[kafka.tls]`).
+    pub tls: KafkaTlsConfig,
+    /// SASL authentication (`[kafka.sasl]`).
+    pub sasl: KafkaSaslConfig,
+    /// Extra librdkafka properties for every client; they win over everything above.
+    pub properties: KafkaProperties,
+}
+
+/// `[kafka.tls]`: TLS to the brokers. On when `enabled = true` or when any file is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTlsConfig {
+    /// Unset: TLS is on exactly when a file below is set. `true` with no
+    /// `ca_file` trusts the system's CA bundle (managed clusters).
+    pub enabled: Option<bool>,
+    /// PEM CA certificate(s) that signed the brokers' certificates.
+    pub ca_file: PathBuf,
+    /// PEM client certificate, for brokers that require mutual TLS.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (unencrypted).
+    pub key_file: PathBuf,
+}
+
+impl KafkaTlsConfig {
+    /// Whether clients connect with TLS.
+    pub fn is_on(&self) -> bool {
+        self.enabled.unwrap_or_else(|| {
+            [&self.ca_file, &self.cert_file, &self.key_file]
+                .iter()
+                .any(|f| !f.as_os_str().is_empty())
+        })
+    }
+}
+
+/// A SASL mechanism pushgate configures by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+    OauthBearer,
+}
+
+impl SaslMechanism {
+    pub const ALL: [(&'static str, SaslMechanism); 4] = [
+        ("PLAIN", SaslMechanism::Plain),
+        ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
+        ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
+        ("OAUTHBEARER", SaslMechanism::OauthBearer),
+    ];
+
+    /// librdkafka's (and Kafka's) name of the mechanism.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("PLAIN")
+    }
+}
+
+/// `[kafka.sasl]`: authentication; on when `mechanism` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSaslConfig {
+    /// "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512" or "OAUTHBEARER"; empty: no SASL.
+    pub mechanism: String,
+    pub username: String,
+    /// Best from the environment: `PUSHGATE__KAFKA__SASL__PASSWORD`.
+    pub password: Secret,
+    /// File holding the password (one trailing newline is ignored).
+    pub password_file: PathBuf,
+    /// OAUTHBEARER (OIDC client credentials): the token endpoint URL.
+    pub oauth_token_endpoint: String,
+    pub oauth_client_id: String,
+    /// Best from the environment: `PUSHGATE__KAFKA__SASL__OAUTH_CLIENT_SECRET`.
+    pub oauth_client_secret: Secret,
+    pub oauth_client_secret_file: PathBuf,
+    /// Space-separated scopes to ask for; empty: none.
+    pub oauth_scope: String,
+}
+
+impl KafkaSaslConfig {
+    /// The configured mechanism; `None` when SASL is off or the name is unknown.
+    pub fn mechanism(&self) -> Option<SaslMechanism> {
+        SaslMechanism::ALL
+            .iter()
+            .find(|(n, _)| self.mechanism.eq_ignore_ascii_case(n))
+            .map(|(_, m)| *m)
+    }
+
+    pub fn is_on(&self) -> bool {
+        !self.mechanism.is_empty()
+    }
+}
+
+/// A secret string: Debug and Serialize print `[redacted]` (or nothing when
+/// empty), so it never reaches a log line, an error or a dump of the config.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// Reads a TOML string; anything else is refused without echoing it (serde's
+/// usual "invalid type: integer `12345`" would print the secret).
+struct SecretVisitor;
+
+const NOT_A_STRING: &str = "a secret must be a quoted string";
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a quoted string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the Kafka client and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() {
+            ""
+        } else {
+            "[redacted]"
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+
+/// `[kafka.properties]`: raw librdkafka settings. Values of secret-looking
+/// keys (`*password*`, `*secret*`, `*.pem`, `sasl.oauthbearer.config`) are
+/// redacted in Debug and Serialize.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+/// One librdkafka value: a string, or a number or boolean written bare
+/// (librdkafka takes them all as strings); anything else is refused without echoing it.
+struct PropertyValue(String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::S(s)) => Ok(Self(s)),
+            Ok(Raw::I(i)) => Ok(Self(i.to_string())),
+            Ok(Raw::F(f)) => Ok(Self(f.to_string())),
+            Ok(Raw::B(b)) => Ok(Self(b.to_string())),
+            Err(_) => Err(serde::de::Error::custom(
+                "a librdkafka property must be a string, a number or a boolean",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, PropertyValue>::deserialize(d)?;
+        Ok(Self(map.into_iter().map(|(k, v)| (k, v.0)).collect()))
+    }
+}
+
+impl KafkaProperties {
+    /// Whether librdkafka treats `key` as sensitive (or it looks like it should).
+    pub fn is_secret(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "passphrase"]
+            .iter()
+            .any(|w| key.contains(w))
+            || key.ends_with(".pem")
+            || key == "sasl.oauthbearer.config"
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn redacted(&self) -> std::collections::BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if Self::is_secret(k) { "[redacted]" } else { v };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.redacted().fmt(f)
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
 }
 
 impl Default for KafkaConfig {
@@ -712,6 +977,8 @@ impl Default for KafkaConfig {
             catchup_timeout: Duration::from_secs(10),
             max_record_bytes: 1 << 20,
             dead_letter_topic: String::new(),
+            tls: KafkaTlsConfig::default(),
+            sasl: KafkaSaslConfig::default(),
             properties: Default::default(),
         }
     }
@@ -759,8 +1026,153 @@ impl KafkaConfig {
                 ));
             }
         }
+        self.validate_security()
+    }
+
+    /// `[kafka.tls]` and `[kafka.sasl]`: files readable, mechanism known, credentials complete.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        for (key, path) in [
+            ("kafka.tls.ca_file", &tls.ca_file),
+            ("kafka.tls.cert_file", &tls.cert_file),
+            ("kafka.tls.key_file", &tls.key_file),
+        ] {
+            if tls.enabled == Some(false) && !path.as_os_str().is_empty() {
+                return Err(invalid(key, "is set but kafka.tls.enabled is false"));
+            }
+            check_readable(key, path)?;
+        }
+        let has = |p: &PathBuf| !p.as_os_str().is_empty();
+        if has(&tls.cert_file) != has(&tls.key_file) {
+            let key = if has(&tls.cert_file) {
+                "kafka.tls.key_file"
+            } else {
+                "kafka.tls.cert_file"
+            };
+            return Err(invalid(
+                key,
+                "is required: a client certificate needs both cert_file and key_file",
+            ));
+        }
+        let sasl = &self.sasl;
+        if !sasl.is_on() {
+            let stray = [
+                ("kafka.sasl.username", !sasl.username.is_empty()),
+                ("kafka.sasl.password", !sasl.password.is_empty()),
+                ("kafka.sasl.password_file", has(&sasl.password_file)),
+                (
+                    "kafka.sasl.oauth_token_endpoint",
+                    !sasl.oauth_token_endpoint.is_empty(),
+                ),
+            ];
+            if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    *key,
+                    "is set but kafka.sasl.mechanism is empty (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)",
+                ));
+            }
+            return Ok(());
+        }
+        let Some(mechanism) = sasl.mechanism() else {
+            return Err(invalid(
+                "kafka.sasl.mechanism",
+                format!(
+                    "is `{}`; must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
+                    sasl.mechanism
+                ),
+            ));
+        };
+        check_secret_pair(
+            "kafka.sasl.password",
+            &sasl.password,
+            "kafka.sasl.password_file",
+            &sasl.password_file,
+        )?;
+        check_secret_pair(
+            "kafka.sasl.oauth_client_secret",
+            &sasl.oauth_client_secret,
+            "kafka.sasl.oauth_client_secret_file",
+            &sasl.oauth_client_secret_file,
+        )?;
+        if mechanism == SaslMechanism::OauthBearer {
+            let endpoint = &sasl.oauth_token_endpoint;
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(invalid(
+                    "kafka.sasl.oauth_token_endpoint",
+                    "is required for OAUTHBEARER: the OIDC token endpoint, https://...",
+                ));
+            }
+            if sasl.oauth_client_id.is_empty() {
+                return Err(invalid(
+                    "kafka.sasl.oauth_client_id",
+                    "is required for OAUTHBEARER",
+                ));
+            }
+            if sasl.oauth_client_secret.is_empty() && !has(&sasl.oauth_client_secret_file) {
+                return Err(invalid(
+                    "kafka.sasl.oauth_client_secret",
+                    "is required for OAUTHBEARER (or kafka.sasl.oauth_client_secret_file; env PUSHGATE__KAFKA__SASL__OAUTH_CLIENT_SECRET)",
+                ));
+            }
+        } else {
+            if sasl.username.is_empty() {
+                return Err(invalid(
+                    "kafka.sasl.username",
+                    format!("is required for {}", mechanism.name()),
+                ));
+            }
+            if sasl.password.is_empty() && !has(&sasl.password_file) {
+                return Err(invalid(
+                    "kafka.sasl.password",
+                    format!(
+                        "is required for {} (or kafka.sasl.password_file; env PUSHGATE__KAFKA__SASL__PASSWORD)",
+                        mechanism.name()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// A file key, when set, must name a file this process can read.
+fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    match std::fs::File::open(path) {
+        Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => Ok(()),
+        Ok(_) => Err(invalid(key, format!("{} is not a file", path.display()))),
+        Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// A secret comes from the config/environment or from a file, not both.
+fn check_secret_pair(
+    key: &str,
+    value: &Secret,
+    file_key: &str,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    if !value.is_empty() && !file.as_os_str().is_empty() {
+        return Err(invalid(
+            key,
+            format!("and {file_key} are both set; set one"),
+        ));
+    }
+    check_readable(file_key, file)
+}
+
+/// Reads a secret file; one trailing newline (as `echo` writes) is not part of the secret.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret::new(text))
 }
 
 /// Kafka's rule for topic names, so a topic name works in both sources.
@@ -772,7 +1184,8 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Sets `section.key` (written `SECTION__KEY`) in `table` from an environment value.
+/// Sets `section.key` (written `SECTION__KEY`, or `SECTION__SUB__KEY` for
+/// `[section.sub]`, e.g. `PUSHGATE__KAFKA__SASL__PASSWORD`) in `table` from an environment value.
 /// The value is read as TOML when it parses (numbers, booleans, arrays), else as a string.
 fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<(), ConfigError> {
     let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -780,10 +1193,19 @@ fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<()
     if parts.iter().any(|p| p.is_empty()) {
         return Err(invalid(key_name, "is not SECTION__KEY"));
     }
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let dotted = parts.join(".");
+    // Credentials and paths are taken verbatim: a password such as `12345`,
+    // `true` or `[x]` must not turn into a number, a boolean or an array.
+    let verbatim = dotted.starts_with("kafka.sasl.")
+        || (dotted.starts_with("kafka.tls.") && dotted != "kafka.tls.enabled");
+    let parsed = if verbatim {
+        toml::Value::String(value.to_owned())
+    } else {
+        toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+    };
     let (last, sections) = parts.split_last().expect("non-empty");
     let mut current = table;
     for section in sections {
@@ -989,6 +1411,158 @@ mod tests {
         let bad = kafka_toml.replace("\"debezium\"", "\"avro\"");
         assert!(Config::from_toml_str(&bad, std::iter::empty()).is_err());
     }
+
+    const KAFKA: &str = "[source]\nkind = \"kafka\"\n[[topics]]\nname = \"a\"\n";
+
+    fn kafka(extra: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml_str(&format!("{KAFKA}{extra}"), env.into_iter())
+    }
+
+    #[test]
+    fn sasl_password_comes_from_the_nested_environment_key_verbatim() {
+        let sasl = "[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"alice\"\n";
+        for password in ["hunter2-\"quoted\"", "12345", "true", "[x, y]"] {
+            let config = kafka(sasl, &[("PUSHGATE__KAFKA__SASL__PASSWORD", password)]).unwrap();
+            assert_eq!(config.kafka.sasl.password.expose(), password);
+        }
+        // The whole section from the environment, no file keys at all.
+        let config = kafka(
+            "",
+            &[
+                ("PUSHGATE__KAFKA__SASL__MECHANISM", "PLAIN"),
+                ("PUSHGATE__KAFKA__SASL__USERNAME", "key"),
+                ("PUSHGATE__KAFKA__SASL__PASSWORD", "pw"),
+                ("PUSHGATE__KAFKA__TLS__ENABLED", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(config.kafka.tls.is_on());
+        assert_eq!(config.kafka.sasl.mechanism(), Some(SaslMechanism::Plain));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_serialized_config() {
+        let config = kafka(
+            "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\noauth_token_endpoint = \"https://idp/token\"\noauth_client_id = \"pushgate\"\n[kafka.properties]\n\"ssl.key.password\" = \"keypass-77\"\n\"socket.timeout.ms\" = \"1000\"\n",
+            &[("PUSHGATE__KAFKA__SASL__OAUTH_CLIENT_SECRET", "oauth-secret-42")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.kafka.sasl.oauth_client_secret.expose(),
+            "oauth-secret-42"
+        );
+        let config2 = kafka(
+            "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"alice\"\n",
+            &[("PUSHGATE__KAFKA__SASL__PASSWORD", "pa55-w0rd-99")],
+        )
+        .unwrap();
+        for (config, secrets) in [
+            (&config, &["oauth-secret-42", "keypass-77"][..]),
+            (&config2, &["pa55-w0rd-99"][..]),
+        ] {
+            let shown = [
+                format!("{config:?}"),
+                format!("{config:#?}"),
+                format!("{:?}", config.kafka),
+                toml::to_string(config).unwrap(),
+                serde_json::to_string(config).unwrap(),
+            ];
+            for text in &shown {
+                for secret in secrets {
+                    assert!(!text.contains(secret), "{secret} leaked in {text}");
+                }
+                assert!(text.contains("[redacted]"), "{text}");
+            }
+        }
+        assert!(format!("{:?}", config.kafka.properties).contains("1000"));
+        // A secret of the wrong type is refused without being echoed.
+        for (bad, secret) in [
+            (
+                "[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"a\"\npassword = 987654321\n",
+                "987654321",
+            ),
+            (
+                "[kafka.properties]\n\"sasl.password\" = [\"x-secret-list\"]\n",
+                "x-secret-list",
+            ),
+        ] {
+            let err = kafka(bad, &[]).unwrap_err().to_string();
+            assert!(err.contains("string"), "{err}");
+            assert!(!err.contains(secret), "{err}");
+        }
+        let numbers = kafka("[kafka.properties]\n\"socket.timeout.ms\" = 1000\n\"enable.ssl.certificate.verification\" = true\n", &[]).unwrap();
+        assert_eq!(
+            numbers.kafka.properties.get("socket.timeout.ms"),
+            Some("1000")
+        );
+        assert_eq!(
+            numbers
+                .kafka
+                .properties
+                .get("enable.ssl.certificate.verification"),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn kafka_security_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        let ca = ca.display().to_string();
+        let missing = dir.path().join("nope.pem").display().to_string();
+        let cases: Vec<(String, &str)> = vec![
+            (format!("[kafka.tls]\nca_file = \"{missing}\"\n"), "kafka.tls.ca_file"),
+            (format!("[kafka.tls]\ncert_file = \"{ca}\"\n"), "kafka.tls.key_file"),
+            (
+                format!("[kafka.tls]\nenabled = false\nca_file = \"{ca}\"\n"),
+                "kafka.tls.ca_file",
+            ),
+            ("[kafka.sasl]\nmechanism = \"GSSAPI\"\n".into(), "kafka.sasl.mechanism"),
+            ("[kafka.sasl]\nusername = \"a\"\n".into(), "kafka.sasl.username"),
+            (
+                "[kafka.sasl]\nmechanism = \"PLAIN\"\npassword = \"x\"\n".into(),
+                "kafka.sasl.username",
+            ),
+            (
+                "[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"a\"\n".into(),
+                "kafka.sasl.password",
+            ),
+            (
+                format!("[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"a\"\npassword = \"x\"\npassword_file = \"{ca}\"\n"),
+                "kafka.sasl.password",
+            ),
+            (
+                format!("[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"a\"\npassword_file = \"{missing}\"\n"),
+                "kafka.sasl.password_file",
+            ),
+            (
+                "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\n".into(),
+                "kafka.sasl.oauth_token_endpoint",
+            ),
+            (
+                "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\noauth_token_endpoint = \"https://x\"\noauth_client_id = \"c\"\n".into(),
+                "kafka.sasl.oauth_client_secret",
+            ),
+        ];
+        for (extra, key) in cases {
+            let err = kafka(&extra, &[])
+                .map(|_| ())
+                .expect_err(&extra)
+                .to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
+        let ok = kafka(
+            &format!("[kafka.tls]\nca_file = \"{ca}\"\ncert_file = \"{ca}\"\nkey_file = \"{ca}\"\n[kafka.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"a\"\npassword_file = \"{ca}\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(ok.kafka.tls.is_on() && ok.kafka.sasl.is_on());
+    }
 }
 
 #[cfg(test)]
@@ -1003,12 +1577,21 @@ mod documented {
             pattern: Some(TopicPattern::new("a.*").expect("valid")),
             ..TopicConfig::default()
         }];
+        // Keys that serialize only when set.
+        with_topic.kafka.tls.enabled = Some(true);
         let value = toml::Value::try_from(&with_topic).expect("config serializes");
         let mut out = Vec::new();
         for (section, body) in value.as_table().expect("table") {
             match body {
                 toml::Value::Table(t) => {
                     out.extend(t.keys().map(|k| (section.clone(), k.clone())));
+                    // Sub-sections such as [kafka.tls]: each of their keys too.
+                    for (sub, inner) in t {
+                        if let toml::Value::Table(inner) = inner {
+                            let name = format!("{section}.{sub}");
+                            out.extend(inner.keys().map(|k| (name.clone(), k.clone())));
+                        }
+                    }
                 }
                 toml::Value::Array(items) => {
                     for item in items.iter().filter_map(|i| i.as_table()) {
@@ -1027,7 +1610,11 @@ mod documented {
         let kafka = include_str!("../config/kafka.toml");
         let mut missing = Vec::new();
         for (section, key) in keys(&Config::default()) {
-            let text = if section == "kafka" { kafka } else { reference };
+            let text = if section == "kafka" || section.starts_with("kafka.") {
+                kafka
+            } else {
+                reference
+            };
             // Documented means the key appears as `key =` or as its own table, set or commented out.
             let found = text.lines().any(|line| {
                 let line = line.trim_start_matches(['#', ' ']);

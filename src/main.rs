@@ -52,7 +52,10 @@ fn main() -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let shutdown = Shutdown::new();
         tokio::spawn(trigger_on_signal(shutdown.clone()));
-        pushgate::run(config, Listeners { http: listener }, shutdown).await?;
+        // One line: RunError's message already carries its cause.
+        pushgate::run(config, Listeners { http: listener }, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     })
 }

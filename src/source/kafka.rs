@@ -27,11 +27,14 @@
 //! - **Catch-up reads** for resumes older than the ring: see [`catchup`].
 //! - **Publish** produces with an idempotent producer, `acks=all`, and Kafka's
 //!   own (murmur2) partitioner, the same as the embedded log and Java clients.
+//! - **Security**: every client (live, admin, catch-up, producer) gets the
+//!   `[kafka.tls]`/`[kafka.sasl]` settings from [`security`] in [`base_config`].
 
 mod catchup;
 pub mod debezium;
 pub mod decode;
 pub mod meta;
+pub mod security;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,12 +66,10 @@ const META_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum KafkaSourceError {
     #[error("cannot create a Kafka client: {0}")]
     Client(#[from] KafkaError),
-    #[error("Kafka brokers {brokers} did not answer within {timeout:?}: {last}")]
-    Unreachable {
-        brokers: String,
-        timeout: Duration,
-        last: String,
-    },
+    #[error(transparent)]
+    Startup(#[from] security::StartupFailure),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
     #[error("cannot start the Kafka consumer thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -91,7 +92,7 @@ struct Inner {
     hub: Arc<Hub>,
     cluster_id: String,
     /// Metadata, watermarks and topic ids; never assigned anything.
-    admin: BaseConsumer,
+    admin: BaseConsumer<security::Probe>,
     producer: FutureProducer,
     topics: RwLock<HashMap<String, Known>>,
     ready: AtomicBool,
@@ -111,6 +112,9 @@ fn base_config(config: &KafkaConfig) -> ClientConfig {
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "4");
+    for (k, v) in security::settings(config) {
+        c.set(k, v);
+    }
     for (k, v) in &config.properties {
         c.set(k, v);
     }
@@ -148,8 +152,67 @@ impl KafkaSource {
         hub: Arc<Hub>,
         shutdown: Shutdown,
     ) -> Result<Self, KafkaSourceError> {
-        let kc = config.kafka.clone();
-        let admin: BaseConsumer = consumer_config(&kc, false).create()?;
+        // Secret files are read once here; every client below, and every
+        // catch-up reader made later, is built from `kc`.
+        let kc = security::resolve(&config.kafka)?;
+        let admin: BaseConsumer<security::Probe> =
+            consumer_config(&kc, false).create_with_context(security::Probe::new(&kc))?;
+        let rules = config.topic_rules();
+
+        // The first describe proves the broker is there (and takes our TLS and
+        // credentials); retry until startup_timeout, then say what went wrong.
+        let deadline = Instant::now() + kc.startup_timeout;
+        let (admin, cluster_id, described) = tokio::task::spawn_blocking({
+            let rules = rules.clone();
+            let kc = kc.clone();
+            move || {
+                let mut last = String::from("no attempt");
+                let mut answered = false;
+                loop {
+                    // No request may outlast the deadline.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let cluster = admin.client().fetch_cluster_id(META_TIMEOUT.min(left));
+                    answered |= cluster.is_some();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let described = match cluster {
+                        // Without a cluster id there is no point describing.
+                        None => None,
+                        Some(_) if left.is_zero() => None,
+                        Some(_) => Some(discover(admin.client(), &rules, &[])),
+                    };
+                    match (cluster, described) {
+                        (Some(cluster), Some(Ok(described))) => {
+                            admin.context().started();
+                            return Ok((admin, cluster, described));
+                        }
+                        (None, _) => last = "no answer to a metadata request".into(),
+                        (_, Some(Err(e))) => last = e.to_string(),
+                        (_, None) => {}
+                    }
+                    // Serve the admin client's events (errors reach its Probe
+                    // this way) while waiting before the next attempt.
+                    let pause = Instant::now() + Duration::from_millis(200);
+                    while Instant::now() < pause.min(deadline) {
+                        let _ = admin.poll(Duration::from_millis(50));
+                    }
+                }
+                // What queued during the last request. No early stop: a served
+                // log event also reads as `None`, like an empty queue.
+                for _ in 0..1000 {
+                    let _ = admin.poll(Duration::ZERO);
+                }
+                Err(admin
+                    .context()
+                    .failure(&kc, kc.startup_timeout, answered, last))
+            }
+        })
+        .await
+        .expect("describe task")?;
+        // Made once the brokers are known to take our settings, so a failed
+        // start-up reports once, from the admin client, not from each client.
         let mut producer_config = base_config(&kc);
         producer_config
             .set("enable.idempotence", "true")
@@ -161,34 +224,6 @@ impl KafkaSource {
             producer_config.set(k, v);
         }
         let producer: FutureProducer = producer_config.create()?;
-        let rules = config.topic_rules();
-
-        // The first describe proves the broker is there; retry until startup_timeout.
-        let deadline = Instant::now() + kc.startup_timeout;
-        let (admin, cluster_id, described) = tokio::task::spawn_blocking({
-            let rules = rules.clone();
-            let brokers = kc.brokers.clone();
-            let timeout = kc.startup_timeout;
-            move || {
-                let mut last = String::from("no attempt");
-                while Instant::now() < deadline {
-                    let cluster = admin.client().fetch_cluster_id(META_TIMEOUT);
-                    match (cluster, discover(admin.client(), &rules, &[])) {
-                        (Some(cluster), Ok(described)) => return Ok((admin, cluster, described)),
-                        (None, _) => last = "no cluster id".into(),
-                        (_, Err(e)) => last = e.to_string(),
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(KafkaSourceError::Unreachable {
-                    brokers,
-                    timeout,
-                    last,
-                })
-            }
-        })
-        .await
-        .expect("describe task")?;
         tracing::info!(cluster_id = %cluster_id, "connected to Kafka");
 
         let inner = Arc::new(Inner {
@@ -834,7 +869,9 @@ mod tests {
         let kc = config.kafka.clone();
         let inner = Arc::new(Inner {
             catchup: CatchUpReader::new(&kc),
-            admin: consumer_config(&kc, false).create().unwrap(),
+            admin: consumer_config(&kc, false)
+                .create_with_context(security::Probe::new(&kc))
+                .unwrap(),
             producer: base_config(&kc).create().unwrap(),
             config: kc.clone(),
             rules: config.topic_rules(),

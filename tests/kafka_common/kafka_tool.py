@@ -13,20 +13,38 @@ raw:     produces the records given on stdin, one JSON line each:
          sent as their compact JSON text; a null (or missing) key is no key, a null value
          a tombstone. "key_raw"/"value_raw" (strings) send those exact bytes instead
          (e.g. a value that is not JSON). Waits for each ack; prints {"p","o"} per record.
+low:     the low watermark of each partition, as a JSON list.
+create:  creates a topic (--partitions, --config k=v ...); delete: deletes it.
 add-partitions: grows a topic to --count partitions with the admin client's
          CreatePartitions; tansu 0.6 does not implement that request, so with
          --sqlite (the broker's sqlite storage file) the new partitions are
          written into tansu's own tables instead, as its CreateTopics would
          write them; the running broker serves them from its next request.
          Prints "added via create_partitions" or "added via tansu storage".
+
+--security-protocol SSL|SASL_SSL|SASL_PLAINTEXT with --ssl-cafile/--ssl-certfile/--ssl-keyfile
+and --sasl-mechanism/--sasl-username/--sasl-password reach a secured broker (every command).
 """
-import argparse, json, sqlite3, sys, time
+import argparse, json, os, signal, sqlite3, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+
+def security(a):
+    """kafka-python keyword arguments for the --security-protocol/--ssl-*/--sasl-* options."""
+    kw = {"security_protocol": a.security_protocol}
+    if "SSL" in a.security_protocol:
+        kw.update(ssl_cafile=a.ssl_cafile, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile,
+                  ssl_check_hostname=True)
+    if a.security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_username,
+                  sasl_plain_password=a.sasl_password)
+    return kw
 
 
 def produce(a):
-    producer = KafkaProducer(bootstrap_servers=a.brokers, acks="all", retries=5,
+    producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all", retries=5,
                              request_timeout_ms=3000, max_block_ms=60000,
                              reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, linger_ms=0)
     interval = 1.0 / a.rate if a.rate > 0 else 0
@@ -57,7 +75,7 @@ def produce(a):
 
 
 def dump(a):
-    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
     parts = consumer.partitions_for_topic(a.topic) or set()
     tps = [TopicPartition(a.topic, p) for p in sorted(parts)]
     consumer.assign(tps)
@@ -94,7 +112,7 @@ def dump(a):
 def add_partitions(a):
     from kafka.admin import KafkaAdminClient, NewPartitions
     from kafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError
-    admin = KafkaAdminClient(bootstrap_servers=a.brokers)
+    admin = KafkaAdminClient(bootstrap_servers=a.brokers, **security(a))
     try:
         admin.create_partitions({a.topic: NewPartitions(a.count)})
         print("added via create_partitions", flush=True)
@@ -124,7 +142,7 @@ def add_partitions(a):
 
 
 def raw(a):
-    producer = KafkaProducer(bootstrap_servers=a.brokers, acks="all", retries=5,
+    producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all", retries=5,
                              request_timeout_ms=3000, max_block_ms=30000, linger_ms=0)
 
     def field(line, name):
@@ -148,14 +166,30 @@ def raw(a):
 
 
 def low(a):
-    consumer = KafkaConsumer(bootstrap_servers=a.brokers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
     tps = [TopicPartition(a.topic, p) for p in sorted(consumer.partitions_for_topic(a.topic) or set())]
     print(json.dumps([consumer.beginning_offsets(tps)[tp] for tp in tps]), flush=True)
 
 
+def admin(a):
+    return KafkaAdminClient(bootstrap_servers=a.brokers, **security(a), request_timeout_ms=5000)
+
+
+def create(a):
+    configs = dict(c.split("=", 1) for c in a.config)
+    admin(a).create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1,
+                                     topic_configs=configs)])
+    print("created", flush=True)
+
+
+def delete(a):
+    admin(a).delete_topics([a.topic])
+    print("deleted", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low", "add-partitions", "raw"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete", "add-partitions", "raw"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=10)
@@ -164,6 +198,22 @@ if __name__ == "__main__":
     ap.add_argument("--keys", type=int, default=5)
     ap.add_argument("--expect", type=int, default=0, help="dump: read until this many records")
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--config", action="append", default=[], help="topic config k=v (create)")
     ap.add_argument("--sqlite", help="add-partitions: tansu's sqlite storage, used if CreatePartitions is unsupported")
+    ap.add_argument("--security-protocol", default="PLAINTEXT",
+                    choices=["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"])
+    ap.add_argument("--ssl-cafile")
+    ap.add_argument("--ssl-certfile")
+    ap.add_argument("--ssl-keyfile")
+    ap.add_argument("--sasl-mechanism", default="SCRAM-SHA-512")
+    ap.add_argument("--sasl-username")
+    ap.add_argument("--sasl-password")
+    ap.add_argument("--timeout", type=float, default=0,
+                    help="exit 3 after this many seconds (kafka-python waits long on a refused login)")
     a = ap.parse_args()
-    {"produce": produce, "dump": dump, "low": low, "add-partitions": add_partitions, "raw": raw}[a.cmd](a)
+    if a.timeout > 0:
+        signal.signal(signal.SIGALRM, lambda *_: (print("timed out", file=sys.stderr, flush=True), os._exit(3)))
+        signal.setitimer(signal.ITIMER_REAL, a.timeout)
+    {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete,
+     "add-partitions": add_partitions, "raw": raw}[a.cmd](a)

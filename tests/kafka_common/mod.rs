@@ -1,5 +1,8 @@
 //! Kafka test harness: a real tansu broker, the independent kafka-python client, HAProxy.
 //!
+//! `PUSHGATE_TEST_KAFKA_SECURITY=sasl_ssl` runs every broker with SCRAM behind
+//! a TLS terminator (HAProxy) and makes pushgate and kafka-python use SASL_SSL.
+//!
 //! Everything is started on free 127.0.0.1 ports and stopped on drop
 //! (`kill_on_drop`), so a failing test leaves nothing behind.
 #![allow(dead_code)]
@@ -55,48 +58,354 @@ async fn wait_port(port: u16) {
     }
 }
 
-/// A tansu broker on its own port; `sqlite` storage survives a restart.
+/// How a test broker is reached. `PUSHGATE_TEST_KAFKA_SECURITY=sasl_ssl`
+/// makes every [`Broker::memory`]/[`Broker::sqlite`] a SCRAM broker behind a
+/// TLS terminator, and [`kafka_config`] and the tool use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// A TLS terminator (HAProxy) in front of the broker; clients use TLS.
+    pub tls: bool,
+    /// The terminator requires a client certificate signed by the test CA.
+    pub mtls: bool,
+    /// tansu requires SASL/SCRAM (`--authentication`).
+    pub sasl: bool,
+}
+
+impl Mode {
+    pub const PLAINTEXT: Mode = Mode {
+        tls: false,
+        mtls: false,
+        sasl: false,
+    };
+    pub const SASL_SSL: Mode = Mode {
+        tls: true,
+        mtls: false,
+        sasl: true,
+    };
+    /// SSL with a client certificate, no SASL.
+    pub const MTLS: Mode = Mode {
+        tls: true,
+        mtls: true,
+        sasl: false,
+    };
+
+    /// The mode chosen by `PUSHGATE_TEST_KAFKA_SECURITY` (`plaintext`, the default, or `sasl_ssl`).
+    pub fn from_env() -> Mode {
+        match std::env::var("PUSHGATE_TEST_KAFKA_SECURITY")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "plaintext" => Mode::PLAINTEXT,
+            "sasl_ssl" => Mode::SASL_SSL,
+            other => panic!("PUSHGATE_TEST_KAFKA_SECURITY={other}: use plaintext or sasl_ssl"),
+        }
+    }
+
+    pub fn protocol(self) -> &'static str {
+        match (self.tls, self.sasl) {
+            (false, false) => "PLAINTEXT",
+            (true, false) => "SSL",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, true) => "SASL_SSL",
+        }
+    }
+
+    /// kafka_tool.py options for this mode.
+    pub fn tool_args(self) -> Vec<String> {
+        let mut out = vec!["--security-protocol".into(), self.protocol().into()];
+        let c = certs();
+        let path = |p: &Path| p.display().to_string();
+        if self.tls {
+            out.extend(["--ssl-cafile".into(), path(&c.ca)]);
+        }
+        if self.mtls {
+            out.extend(["--ssl-certfile".into(), path(&c.client_cert)]);
+            out.extend(["--ssl-keyfile".into(), path(&c.client_key)]);
+        }
+        if self.sasl {
+            out.extend([
+                "--sasl-mechanism".into(),
+                "SCRAM-SHA-512".into(),
+                "--sasl-username".into(),
+                SCRAM_USER.into(),
+                "--sasl-password".into(),
+                SCRAM_PASSWORD.into(),
+            ]);
+        }
+        out
+    }
+
+    /// pushgate's `[kafka.tls]`/`[kafka.sasl]` for this mode (TOML, after `[kafka]`).
+    pub fn pushgate_toml(self) -> String {
+        let c = certs();
+        let mut out = String::new();
+        if self.tls {
+            out.push_str(&format!("[kafka.tls]\nca_file = \"{}\"\n", c.ca.display()));
+        }
+        if self.mtls {
+            out.push_str(&format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                c.client_cert.display(),
+                c.client_key.display()
+            ));
+        }
+        if self.sasl {
+            out.push_str(&format!(
+                "[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{SCRAM_USER}\"\npassword = \"{SCRAM_PASSWORD}\"\n"
+            ));
+        }
+        out
+    }
+}
+
+/// The SCRAM-SHA-512 user every SASL test broker has.
+pub const SCRAM_USER: &str = "pushgate-test";
+pub const SCRAM_PASSWORD: &str = "Scram-512-test-pa55word";
+/// A SCRAM-SHA-256 user on the same brokers.
+pub const SCRAM256_USER: &str = "pushgate-test-256";
+pub const SCRAM256_PASSWORD: &str = "Scram-256-test-pa55word";
+
+/// Test PKI made once per test binary with the openssl CLI: a CA, a server
+/// certificate for 127.0.0.1/localhost, a client certificate, and a second CA
+/// that signed nothing the brokers use.
+pub struct Certs {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    /// Server certificate + key in one PEM, as HAProxy's `crt` wants it.
+    pub server_bundle: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+pub fn certs() -> &'static Certs {
+    static CERTS: std::sync::OnceLock<Certs> = std::sync::OnceLock::new();
+    CERTS.get_or_init(make_certs)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl not found: run scripts/kafka-setup");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+fn make_certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for (name, cn) in [("ca", "pushgate test CA"), ("other-ca", "untrusted CA")] {
+        let (key, pem, subj) = (
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("/CN={cn}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem, "-days", "3", "-subj", &subj]);
+        openssl(d, &args);
+    }
+    let leaves = [
+        (
+            "server",
+            "localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "pushgate-client", "extendedKeyUsage=clientAuth\n"),
+    ];
+    for (name, cn, ext) in leaves {
+        let (key, csr, pem, extfile, subj) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+            format!("/CN={cn}"),
+        );
+        std::fs::write(
+            d.join(&extfile),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n{ext}"),
+        )
+        .unwrap();
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(d, &args);
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "3",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    }
+    let bundle = [
+        std::fs::read_to_string(d.join("server.pem")).unwrap(),
+        std::fs::read_to_string(d.join("server.key")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("server-bundle.pem"), bundle).unwrap();
+    Certs {
+        ca: d.join("ca.pem"),
+        server_bundle: d.join("server-bundle.pem"),
+        client_cert: d.join("client.pem"),
+        client_key: d.join("client.key"),
+        other_ca: d.join("other-ca.pem"),
+        _dir: dir,
+    }
+}
+
+/// A tansu broker on its own port; `sqlite` storage survives a restart. With
+/// TLS, HAProxy terminates it in front of the broker and stays up when the
+/// broker is killed or restarted; with SASL, tansu requires SCRAM.
 pub struct Broker {
     child: Option<Child>,
+    /// The port clients use: the terminator's with TLS, else tansu's.
     pub port: u16,
+    tansu_port: u16,
     storage: String,
     pub dir: tempfile::TempDir,
+    pub mode: Mode,
+    authentication: bool,
+    terminator: Option<Child>,
 }
 
 impl Broker {
+    /// An in-memory broker (sqlite when the mode has SASL: its users must survive restarts).
     pub async fn memory() -> Self {
-        Self::start("memory://tansu/".into(), tempfile::tempdir().unwrap()).await
+        Self::with_mode(Mode::from_env()).await
     }
 
     pub async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // tansu reads the sqlite URL's path relative to its working directory.
-        Self::start("sqlite://tansu.db".into(), dir).await
+        Self::sqlite_with(Mode::from_env()).await
     }
 
-    async fn start(storage: String, dir: tempfile::TempDir) -> Self {
+    /// A broker reached as `mode` says.
+    pub async fn with_mode(mode: Mode) -> Self {
+        if mode.sasl {
+            return Self::sqlite_with(mode).await;
+        }
+        Self::start("memory://tansu/".into(), tempfile::tempdir().unwrap(), mode).await
+    }
+
+    pub async fn sqlite_with(mode: Mode) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // tansu reads the sqlite URL's path relative to its working directory.
+        Self::start("sqlite://tansu.db".into(), dir, mode).await
+    }
+
+    async fn start(storage: String, dir: tempfile::TempDir, mode: Mode) -> Self {
+        let tansu_port = free_port();
         let mut broker = Self {
             child: None,
-            port: free_port(),
+            port: if mode.tls { free_port() } else { tansu_port },
+            tansu_port,
             storage,
             dir,
+            mode,
+            authentication: false,
+            terminator: None,
         };
         broker.spawn().await;
+        if mode.sasl {
+            // tansu's CLI cannot log in once --authentication is on, so the
+            // users are made first and the broker restarted on the same storage.
+            for (user, password, mechanism) in [
+                (SCRAM_USER, SCRAM_PASSWORD, "scram512"),
+                (SCRAM256_USER, SCRAM256_PASSWORD, "scram256"),
+            ] {
+                let out = Command::new(tansu_bin())
+                    .args(["user", "create", user, password, "--mechanism", mechanism])
+                    .args([
+                        "--broker",
+                        &format!("tcp://127.0.0.1:{}", broker.tansu_port),
+                    ])
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(out.status.success(), "user create: {out:?}");
+            }
+            broker.authentication = true;
+            broker.restart().await;
+        }
+        if mode.tls {
+            broker.terminator = Some(broker.start_terminator().await);
+        }
         broker
     }
 
+    async fn start_terminator(&self) -> Child {
+        let c = certs();
+        let verify = if self.mode.mtls {
+            format!(" ca-file {} verify required", c.ca.display())
+        } else {
+            String::new()
+        };
+        let cfg = format!(
+            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n\
+             frontend kafka_tls\n    bind 127.0.0.1:{port} ssl crt {crt}{verify}\n    default_backend broker\n\
+             backend broker\n    server tansu 127.0.0.1:{tansu}\n",
+            port = self.port,
+            crt = c.server_bundle.display(),
+            tansu = self.tansu_port,
+        );
+        let path = self.dir.path().join("terminator.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("haproxy not found: run scripts/kafka-setup");
+        wait_port(self.port).await;
+        child
+    }
+
     async fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &self.storage])
+        let listen = format!("tcp://127.0.0.1:{}", self.tansu_port);
+        // Clients are sent to the terminator when there is one.
+        let advertised = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .unwrap();
+        let mut cmd = Command::new(tansu_bin());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &listen,
+            "--advertised-listener-url",
+            &advertised,
+        ])
+        .args(["--storage-engine", &self.storage]);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
+        let child = cmd
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -104,14 +413,36 @@ impl Broker {
             .spawn()
             .expect("start tansu");
         self.child = Some(child);
-        wait_port(self.port).await;
+        wait_port(self.tansu_port).await;
     }
 
+    /// The address clients use (the TLS terminator's when there is one).
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32, config: &[&str]) {
+        if self.authentication {
+            // tansu's CLI cannot authenticate: create it through kafka-python.
+            let (partitions, addr) = (partitions.to_string(), self.addr());
+            // Bounded: kafka-python waits long on a broker that refuses its login.
+            let mut args = vec![
+                "create",
+                "--brokers",
+                &addr,
+                "--topic",
+                name,
+                "--timeout",
+                "60",
+            ];
+            args.extend(["--partitions", &partitions]);
+            for c in config {
+                args.extend(["--config", c]);
+            }
+            let out = tool_as(self.mode, &args).await;
+            assert!(out.contains("created"), "{out}");
+            return;
+        }
         let mut cmd = Command::new(tansu_bin());
         cmd.args([
             "topic",
@@ -120,7 +451,7 @@ impl Broker {
             "--partitions",
             &partitions.to_string(),
         ])
-        .args(["--broker", &format!("tcp://{}", self.addr())]);
+        .args(["--broker", &format!("tcp://127.0.0.1:{}", self.tansu_port)]);
         for c in config {
             cmd.args(["--config", c]);
         }
@@ -129,13 +460,30 @@ impl Broker {
     }
 
     pub async fn delete_topic(&self, name: &str) {
+        if self.authentication {
+            let out = tool_as(
+                self.mode,
+                &[
+                    "delete",
+                    "--brokers",
+                    &self.addr(),
+                    "--topic",
+                    name,
+                    "--timeout",
+                    "60",
+                ],
+            )
+            .await;
+            assert!(out.contains("deleted"), "{out}");
+            return;
+        }
         let out = Command::new(tansu_bin())
             .args([
                 "topic",
                 "delete",
                 name,
                 "--broker",
-                &format!("tcp://{}", self.addr()),
+                &format!("tcp://127.0.0.1:{}", self.tansu_port),
             ])
             .output()
             .await
@@ -143,7 +491,7 @@ impl Broker {
         assert!(out.status.success(), "topic delete: {out:?}");
     }
 
-    /// SIGKILL: the broker vanishes mid-request.
+    /// SIGKILL: the broker vanishes mid-request (the TLS terminator stays).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
@@ -157,11 +505,17 @@ impl Broker {
     }
 }
 
-/// Runs the kafka-python tool and returns its stdout.
+/// Runs the kafka-python tool against brokers of the `PUSHGATE_TEST_KAFKA_SECURITY` mode.
 pub async fn tool(args: &[&str]) -> String {
+    tool_as(Mode::from_env(), args).await
+}
+
+/// Runs the kafka-python tool with `mode`'s security options and returns its stdout.
+pub async fn tool_as(mode: Mode, args: &[&str]) -> String {
     let out = Command::new("python3")
         .arg(tool_path())
         .args(args)
+        .args(mode.tool_args())
         .kill_on_drop(true)
         .output()
         .await
@@ -179,6 +533,7 @@ pub fn spawn_tool(args: &[&str]) -> Child {
     Command::new("python3")
         .arg(tool_path())
         .args(args)
+        .args(Mode::from_env().tool_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -188,18 +543,21 @@ pub fn spawn_tool(args: &[&str]) -> Child {
 
 /// Produces `count` records (seq `start..`) with kafka-python, waiting for each ack.
 pub async fn produce(broker: &Broker, topic: &str, start: u64, count: u64) {
-    let out = tool(&[
-        "produce",
-        "--brokers",
-        &broker.addr(),
-        "--topic",
-        topic,
-        "--start",
-        &start.to_string(),
-        "--count",
-        &count.to_string(),
-        "--wait",
-    ])
+    let out = tool_as(
+        broker.mode,
+        &[
+            "produce",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+            "--start",
+            &start.to_string(),
+            "--count",
+            &count.to_string(),
+            "--wait",
+        ],
+    )
     .await;
     assert!(out.contains(&format!("acked {count}")), "{out}");
 }
@@ -215,7 +573,11 @@ pub struct Logged {
 
 /// Every record of `topic`, read back by kafka-python.
 pub async fn dump(broker: &Broker, topic: &str) -> Vec<Logged> {
-    let out = tool(&["dump", "--brokers", &broker.addr(), "--topic", topic]).await;
+    let out = tool_as(
+        broker.mode,
+        &["dump", "--brokers", &broker.addr(), "--topic", topic],
+    )
+    .await;
     assert!(out.trim_end().ends_with("end"), "{out}");
     let mut all: Vec<Logged> = out
         .lines()
@@ -313,12 +675,22 @@ pub async fn dump_raw(
 }
 
 pub async fn low_watermarks(broker: &Broker, topic: &str) -> Vec<u64> {
-    let out = tool(&["low", "--brokers", &broker.addr(), "--topic", topic]).await;
+    let out = tool_as(
+        broker.mode,
+        &["low", "--brokers", &broker.addr(), "--topic", topic],
+    )
+    .await;
     serde_json::from_str(out.trim()).unwrap()
 }
 
-/// A pushgate config for the Kafka source. `topics`: (name, ring_records).
+/// A pushgate config for the Kafka source, secured as `PUSHGATE_TEST_KAFKA_SECURITY`
+/// says. `topics`: (name, ring_records).
 pub fn kafka_config(brokers: &str, topics: &[(&str, usize)], extra: &str) -> String {
+    kafka_config_as(Mode::from_env(), brokers, topics, extra)
+}
+
+/// [`kafka_config`] for brokers reached as `mode` says.
+pub fn kafka_config_as(mode: Mode, brokers: &str, topics: &[(&str, usize)], extra: &str) -> String {
     let mut out = format!(
         r#"
 [server]
@@ -337,7 +709,8 @@ brokers = "{brokers}"
 metadata_refresh_interval = "500ms"
 catchup_timeout = "5s"
 startup_timeout = "10s"
-"#
+{security}"#,
+        security = mode.pushgate_toml(),
     );
     for (name, ring) in topics {
         out.push_str(&format!(
@@ -434,20 +807,23 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
 
 /// Produces `count` records (seq `start..`) over keys k0..k{keys-1}, waiting for each ack.
 pub async fn produce_keys(broker: &Broker, topic: &str, start: u64, count: u64, keys: u32) {
-    let out = tool(&[
-        "produce",
-        "--brokers",
-        &broker.addr(),
-        "--topic",
-        topic,
-        "--start",
-        &start.to_string(),
-        "--count",
-        &count.to_string(),
-        "--keys",
-        &keys.to_string(),
-        "--wait",
-    ])
+    let out = tool_as(
+        broker.mode,
+        &[
+            "produce",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+            "--start",
+            &start.to_string(),
+            "--count",
+            &count.to_string(),
+            "--keys",
+            &keys.to_string(),
+            "--wait",
+        ],
+    )
     .await;
     assert!(out.contains(&format!("acked {count}")), "{out}");
 }
@@ -457,17 +833,20 @@ pub async fn produce_keys(broker: &Broker, topic: &str, start: u64, count: u64, 
 /// broker must be `Broker::sqlite`).
 pub async fn add_partitions(broker: &Broker, topic: &str, partitions: u32) -> String {
     let db = broker.dir.path().join("tansu.db");
-    let out = tool(&[
-        "add-partitions",
-        "--brokers",
-        &broker.addr(),
-        "--topic",
-        topic,
-        "--count",
-        &partitions.to_string(),
-        "--sqlite",
-        &db.display().to_string(),
-    ])
+    let out = tool_as(
+        broker.mode,
+        &[
+            "add-partitions",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+            "--count",
+            &partitions.to_string(),
+            "--sqlite",
+            &db.display().to_string(),
+        ],
+    )
     .await;
     assert!(out.contains("added via"), "{out}");
     out.trim().to_owned()
