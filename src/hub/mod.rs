@@ -477,6 +477,37 @@ mod tests {
     }
 
     #[test]
+    fn one_encoding_is_shared_by_every_subscriber() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        for outbox in &outboxes {
+            topic
+                .register(Filter::all(), Arc::clone(outbox), None, false, 10, 1 << 20)
+                .sub
+                .go_live()
+                .unwrap();
+        }
+        topic.ingest(&log(0, 0, "a"));
+        let got: Vec<Arc<Record>> = outboxes
+            .iter()
+            .map(|o| {
+                let mut out = Vec::new();
+                o.drain_into(&mut out).unwrap();
+                out.pop().unwrap()
+            })
+            .collect();
+        assert!(
+            got.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])),
+            "one record, shared"
+        );
+        assert!(
+            Arc::ptr_eq(&got[0], &topic.latest("a").unwrap()),
+            "the view holds the same bytes"
+        );
+    }
+
+    #[test]
     fn view_is_bounded_and_ring_is_bounded() {
         let hub = Hub::new();
         let topic = hub.add_topic("t", 9, 1, settings());
