@@ -163,7 +163,8 @@ async fn the_harness_checks_what_it_receives() {
     let mut ws = server.ws().await;
     ws.subscribe(json!({"id": 1, "topic": "one"})).await;
     assert_eq!(ws.records(1).await[0]["snapshot"], true);
-    ws.expect_silence(std::time::Duration::from_millis(200)).await;
+    ws.expect_silence(std::time::Duration::from_millis(200))
+        .await;
     assert_eq!(ws.lives.len(), 1, "the live marker was read (and checked)");
     let mut sse = server.sse("topic=one", None).await;
     assert_eq!(sse.next().await.event, "subscribed");
