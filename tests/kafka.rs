@@ -250,6 +250,7 @@ impl Collector {
                             Some(Ok(_)) => continue,
                         };
                         let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                        check_server_message(&v);
                         match v["type"].as_str() {
                             Some("subscribed") => {
                                 if cursor.is_none() {

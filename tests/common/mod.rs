@@ -1,10 +1,12 @@
 //! Test harness: a real gateway on 127.0.0.1:0 and real WebSocket, SSE and HTTP clients.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -242,6 +244,7 @@ impl WsClient {
             match next {
                 Some(Ok(Message::Text(t))) => {
                     let value: Value = serde_json::from_str(t.as_str()).unwrap();
+                    check_server_message(&value);
                     if value["type"] == "live" {
                         self.lives.push(value);
                         continue;
@@ -379,6 +382,9 @@ impl SseClient {
                         self.retry_lines += 1;
                     }
                 }
+                if has_data {
+                    check_sse_event(&ev);
+                }
                 if has_data && ev.event == "live" {
                     self.lives.push(ev.json());
                 } else if has_data {
@@ -424,6 +430,94 @@ impl SseClient {
         // Count retry lines in what was left.
         self.retry_lines += self.buf.matches("retry: ").count();
         true
+    }
+}
+
+/// The protocol's message schemas (api/schemas/messages.json, the file the
+/// AsyncAPI document references), compiled once per test process: one
+/// validator per `$defs` entry.
+fn message_validators() -> &'static HashMap<String, jsonschema::Validator> {
+    static VALIDATORS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        let document: Value =
+            serde_json::from_str(include_str!("../../api/schemas/messages.json")).unwrap();
+        let defs = document["$defs"]
+            .as_object()
+            .expect("messages.json has $defs");
+        defs.keys()
+            .map(|name| {
+                let mut schema = document.clone();
+                schema["$ref"] = json!(format!("#/$defs/{name}"));
+                let validator = jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("messages.json $defs/{name} does not compile: {e}"));
+                (name.clone(), validator)
+            })
+            .collect()
+    })
+}
+
+/// What is wrong with `message` as a `$defs/{def}` of api/schemas/messages.json (empty: nothing).
+pub fn message_errors(def: &str, message: &Value) -> Vec<String> {
+    let validator = message_validators()
+        .get(def)
+        .unwrap_or_else(|| panic!("api/schemas/messages.json has no $defs/{def}"));
+    validator
+        .iter_errors(message)
+        .map(|e| format!("{e} (at `{}`)", e.instance_path()))
+        .collect()
+}
+
+/// Panics unless `message` matches `$defs/{def}` of api/schemas/messages.json.
+pub fn check_message(def: &str, message: &Value) {
+    let errors = message_errors(def, message);
+    assert!(
+        errors.is_empty(),
+        "message does not match api/schemas/messages.json#/$defs/{def}:\n  {message}\n  {}",
+        errors.join("\n  ")
+    );
+}
+
+/// Checks a message the server sent over the WebSocket against the schema its `type` names.
+pub fn check_server_message(message: &Value) {
+    let def = match message["type"].as_str() {
+        Some("subscribed") => "Subscribed",
+        Some("record") => "Record",
+        Some("live") => "Live",
+        Some("gap") => "Gap",
+        Some("error") => "Error",
+        Some("unsubscribed") => "Unsubscribed",
+        Some("pong") => "Pong",
+        Some("token_expiring") => "TokenExpiring",
+        Some("refreshed") => "Refreshed",
+        _ => panic!(
+            "a server message of a type api/schemas/messages.json does not define: {message}"
+        ),
+    };
+    check_message(def, message);
+}
+
+/// Checks an SSE event: its name picks the schema (`message` is a record),
+/// and only records carry an `id:`, which is their cursor (snapshot records
+/// other than the last carry none).
+pub fn check_sse_event(ev: &SseEvent) {
+    let def = match ev.event.as_str() {
+        "subscribed" => "Subscribed",
+        "gap" => "Gap",
+        "live" => "Live",
+        "message" => "Record",
+        other => panic!("an SSE event api/asyncapi.yaml does not define: `{other}` {ev:?}"),
+    };
+    let data: Value = serde_json::from_str(&ev.data)
+        .unwrap_or_else(|e| panic!("SSE event data is not JSON ({e}): {ev:?}"));
+    check_message(def, &data);
+    match (&ev.id, def) {
+        (Some(id), "Record") => assert_eq!(id, &data["cursor"], "an SSE record's id is its cursor"),
+        (None, "Record") => assert_eq!(
+            data["snapshot"], true,
+            "an SSE record without an id: {ev:?}"
+        ),
+        (Some(_), _) => panic!("only records carry an SSE id: {ev:?}"),
+        (None, _) => {}
     }
 }
 
