@@ -1,14 +1,16 @@
 //! The HTTP surface: the router tests and `run` both build, plus health, readiness, metrics and topic listing.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
+use crate::auth;
 use crate::cursor::Cursor;
+use crate::reply::unauthorized;
 use crate::state::AppState;
 use crate::transport::{sse, ws};
 use crate::{publish, telemetry};
@@ -73,7 +75,20 @@ async fn metrics() -> Response {
 /// matched, leaves the list) with their partition count, the current cursor
 /// (the live position), and `ready`: false while a topic's warm start runs
 /// (subscribing then answers a retryable `unavailable`).
-async fn topics(State(state): State<AppState>) -> Json<Value> {
+///
+/// With `auth.anonymous_subscribe` off, listing needs a valid token too:
+/// topic names and positions are not for anyone who can reach the port.
+async fn topics(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if !state.config.auth.anonymous_subscribe {
+        let token = auth::token_from(&headers, query.as_deref(), &state.config.auth.cookie);
+        if token.is_none() || state.auth.identify(token.as_deref()).is_err() {
+            return unauthorized();
+        }
+    }
     let mut names = state.hub.topic_names();
     names.sort();
     let list: Vec<Value> = names
@@ -88,5 +103,5 @@ async fn topics(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "topics": list }))
+    Json(json!({ "topics": list })).into_response()
 }

@@ -98,13 +98,23 @@ pub async fn handler(
         );
     }
     let limits = &state.config.limits;
-    let bytes = match axum::body::to_bytes(body, limits.max_publish_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
+    // The body gets the same deadline as the header: a client trickling a
+    // body must not hold its connection and this task for ever.
+    let read = axum::body::to_bytes(body, limits.max_publish_bytes);
+    let bytes = match tokio::time::timeout(state.config.server.header_read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 &format!("body is larger than {} bytes", limits.max_publish_bytes),
+            )
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the body did not arrive within server.header_read_timeout",
             )
         }
     };

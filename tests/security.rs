@@ -682,3 +682,68 @@ async fn anonymous_publish_needs_json_but_no_origin() {
     );
     server.stop().await;
 }
+
+/// A publish whose body trickles in is cut off at the header timeout with 408
+/// (it held its connection and task for ever before); the topic list needs a
+/// token when anonymous subscribing is off.
+#[tokio::test]
+async fn a_trickled_publish_body_times_out_and_the_topic_list_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, 100).await;
+    let token = sign(Algorithm::HS256, "hs", &claims(60));
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /topics/one HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server never answered the trickled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut off by the timeout, not at once"
+    );
+
+    let anonymous = server.http.get(server.url("/topics")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let forged = server
+        .http
+        .get(server.url("/topics"))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let listed = server
+        .http
+        .get(server.url("/topics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let body: Value = listed.json().await.unwrap();
+    assert!(
+        body["topics"].as_array().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    server.stop().await;
+}

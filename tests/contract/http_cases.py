@@ -152,7 +152,8 @@ expect("publish by cookie from an allowed Origin", P, "POST",
             headers={"Origin": "https://app.example"}), 200)
 
 # Topics and operations.
-expect("list topics", "/topics", "GET", requests.get(f"{BASE}/topics", timeout=TIMEOUT), 200)
+expect("list topics without a token", "/topics", "GET", requests.get(f"{BASE}/topics", timeout=TIMEOUT), 401, "unauthorized")
+expect("list topics", "/topics", "GET", requests.get(f"{BASE}/topics", headers=bearer(PUBLISHER), timeout=TIMEOUT), 200)
 health = requests.get(f"{BASE}/healthz", timeout=TIMEOUT)
 expect("healthz", "/healthz", "GET", health, 200)
 if health.text != "ok\n":  # schemathesis checks JSON bodies only
