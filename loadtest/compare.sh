@@ -13,6 +13,14 @@
 #                  per server CPU-second
 #   (c) filtered:  5,000 subscribers over 1,000 keys (Zipf), 2,000 publishes/s
 #                  (uniform over the keys), latency percentiles
+#   (d) fanout:    19,000 WebSocket subscribers (the open-file limit is 20,000),
+#                  one key each of 10,000, 10,000 publishes/s uniform over the
+#                  keys (each key about once a second), after Kafkorama's shape
+# Every scenario also runs the floor (loadtest/floor): pushgate's protocol on
+# the same stack with nothing but fan-out; RESULTS.md gives each system's CPU
+# per delivery (user and system) and deliveries per CPU-second as a fraction
+# of the floor's. Broadcast steps run twice each (sustained = both hold the
+# p99 bound) and go one rate past the first failure.
 # SSE for all three; WebSocket for pushgate and Nchan too (Pushpin's WebSocket
 # mode needs a WebSocket-over-HTTP origin, which this setup does not have).
 #
@@ -26,13 +34,13 @@ QUICK=${QUICK:-0}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${OUT:-$ROOT/loadtest/out/$STAMP}
 SYSTEMS=${SYSTEMS:-"floor pushgate nchan pushpin"}
-SCENARIOS=${SCENARIOS:-"idle broadcast filtered"}
+SCENARIOS=${SCENARIOS:-"idle broadcast filtered fanout"}
 if [ "$QUICK" = 1 ]; then
-    IDLE_CONNS=${IDLE_CONNS:-500}; SUBS=${SUBS:-200}; RATES=${RATES:-"10,50"}
+    IDLE_CONNS=${IDLE_CONNS:-500}; SUBS=${SUBS:-200}; RATES=${RATES:-"10,50"}; FANOUT_CONNS=${FANOUT_CONNS:-500}
     STEP_SECS=${STEP_SECS:-3}; FILTERED_SECS=${FILTERED_SECS:-4}; SETTLE=${SETTLE:-2}
     FILTERED_RATE=${FILTERED_RATE:-200}
 else
-    IDLE_CONNS=${IDLE_CONNS:-20000}; SUBS=${SUBS:-5000}
+    IDLE_CONNS=${IDLE_CONNS:-20000}; SUBS=${SUBS:-5000}; FANOUT_CONNS=${FANOUT_CONNS:-19000}
     RATES=${RATES:-"10,20,50,100,150,200,300,400,600,800"}
     STEP_SECS=${STEP_SECS:-8}; FILTERED_SECS=${FILTERED_SECS:-15}; SETTLE=${SETTLE:-10}
     FILTERED_RATE=${FILTERED_RATE:-2000}
@@ -68,6 +76,9 @@ NOFILE=$(ulimit -n)
 if [ "$IDLE_CONNS" -gt $((NOFILE - 500)) ]; then
     log "open-file limit is $NOFILE (hard); idle scenario capped at $((NOFILE - 500)) connections"
     IDLE_CONNS=$((NOFILE - 500))
+fi
+if [ "$FANOUT_CONNS" -gt $((NOFILE - 500)) ]; then
+    FANOUT_CONNS=$((NOFILE - 500))
 fi
 
 mkdir -p "$OUT"
@@ -176,7 +187,12 @@ for scenario in $SCENARIOS; do
                 idle) run "$system" idle "$t" --connections "$IDLE_CONNS" --dist uniform --keys 1000 \
                         --settle-secs "$SETTLE" --connect-timeout-secs 180 ;;
                 broadcast) run "$system" broadcast "$t" --connections "$SUBS" --dist hot \
-                        --settle-secs 3 --rates "$RATES" --step-secs "$STEP_SECS" --stop-p99-ms 100 ;;
+                        --settle-secs 3 --rates "$RATES" --step-secs "$STEP_SECS" --stop-p99-ms 100 \
+                        --repeat 2 --steps-past-failure 1 ;;
+                fanout) [ "$t" = ws ] && [ "$system" != pushpin ] && \
+                    run "$system" fanout "$t" --connections "$FANOUT_CONNS" --dist uniform --keys 10000 \
+                        --publish-dist uniform --settle-secs 3 --rates 10000 --step-secs "$FILTERED_SECS" \
+                        --connect-timeout-secs 180 ;;
                 filtered) run "$system" filtered "$t" --connections "$SUBS" --dist zipf --keys 1000 \
                         --publish-dist uniform --settle-secs 3 --rates "$FILTERED_RATE" --step-secs "$FILTERED_SECS" ;;
             esac

@@ -126,6 +126,14 @@ struct RunArgs {
     /// Stop stepping once a step's p99 exceeds this many milliseconds.
     #[arg(long)]
     stop_p99_ms: Option<f64>,
+    /// Runs of each rate: a rate is sustained only when every run of it holds
+    /// the p99 bound (one noisy run neither makes nor breaks it).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Rates still tried after the first one that is not sustained (a noisy
+    /// step must not hide the higher rates).
+    #[arg(long, default_value_t = 0)]
+    steps_past_failure: usize,
     /// Seconds to wait after all connections are up before measuring idle memory.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
@@ -512,8 +520,19 @@ async fn run(args: RunArgs) -> Result<bool> {
         let picker = Arc::new(pub_picker);
         let subs_per_key = Arc::new(subs_per_key);
         let _ = shared.stats.take();
-        for (i, &rate) in args.rates.iter().enumerate() {
-            let last = i + 1 == args.rates.len();
+        let repeat = args.repeat.max(1);
+        let schedule: Vec<f64> = args
+            .rates
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(*r, repeat))
+            .collect();
+        let mut failed_rates: Vec<f64> = Vec::new();
+        for (i, &rate) in schedule.iter().enumerate() {
+            if failed_rates.contains(&rate) {
+                // One run of this rate already failed: it cannot be sustained.
+                continue;
+            }
+            let last = i + 1 == schedule.len();
             let step_start = Instant::now();
             let until = step_start + Duration::from_secs(args.step_secs);
             let cpu0 = procstat::sample(&args.server_pid);
@@ -624,21 +643,27 @@ async fn run(args: RunArgs) -> Result<bool> {
             let lossy = expected > 0 && step.delivery_ratio < 0.5;
             steps.push(step);
             if over || lossy {
-                progress.line(if over {
-                    "p99 above the limit: stopping"
-                } else {
-                    "fewer than half the deliveries arrived: stopping"
-                });
-                break;
+                failed_rates.push(rate);
+                if failed_rates.len() > args.steps_past_failure {
+                    progress.line(if over {
+                        "p99 above the limit: stopping"
+                    } else {
+                        "fewer than half the deliveries arrived: stopping"
+                    });
+                    break;
+                }
             }
         }
     }
+    // Sustained: every run of the rate held the bound and delivered 95%.
+    let holds = |s: &StepResult| {
+        args.stop_p99_ms.is_none_or(|max| s.latency.p99_ms <= max) && s.delivery_ratio >= 0.95
+    };
     let best_step = steps
         .iter()
         .enumerate()
-        .filter(|(_, s)| {
-            args.stop_p99_ms.is_none_or(|max| s.latency.p99_ms <= max) && s.delivery_ratio >= 0.95
-        })
+        .filter(|(_, s)| steps.iter().filter(|o| o.rate == s.rate).all(holds))
+        .filter(|(_, s)| steps.iter().filter(|o| o.rate == s.rate).count() >= args.repeat.max(1))
         .max_by(|a, b| a.1.deliveries_per_sec.total_cmp(&b.1.deliveries_per_sec))
         .map(|(i, _)| i);
     let c = &shared.counters;

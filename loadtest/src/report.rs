@@ -293,6 +293,58 @@ pub fn table(results: &BTreeMap<(String, String), RunResult>) -> String {
     out
 }
 
+/// Every system against the floor (loadtest/floor), per scenario, at one load
+/// all of them carried: user and system CPU per delivery (from /proc, split),
+/// deliveries per server CPU-second, and that as a fraction of the floor's.
+/// Broadcast: the highest rate every system sustained; filtered: its one step.
+pub fn floor_table(results: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut out = String::from(
+        "| scenario | load (msg/s) | system | user µs / delivery | system µs / delivery | deliveries / CPU-s | fraction of the floor |\n|---|---:|---|---:|---:|---:|---:|\n",
+    );
+    let systems = ["floor", "pushgate", "nchan", "pushpin"];
+    let scenarios: std::collections::BTreeSet<&String> = results.keys().map(|(_, sc)| sc).collect();
+    for sc in scenarios {
+        if sc.starts_with("idle") {
+            continue;
+        }
+        let runs: Vec<(&str, &RunResult)> = systems
+            .iter()
+            .filter_map(|s| results.get(&(s.to_string(), sc.clone())).map(|r| (*s, r)))
+            .collect();
+        let rate = if sc.starts_with("broadcast") {
+            runs.iter()
+                .filter_map(|(_, r)| r.best_step.map(|i| r.steps[i].rate))
+                .reduce(f64::min)
+        } else {
+            runs.iter()
+                .filter_map(|(_, r)| r.steps.last().map(|s| s.rate))
+                .reduce(f64::min)
+        };
+        let Some(rate) = rate else { continue };
+        let at = |r: &RunResult| r.steps.iter().find(|s| s.rate == rate).cloned();
+        let floor = results
+            .get(&("floor".to_string(), sc.clone()))
+            .and_then(at)
+            .map(|s| s.deliveries_per_cpu_sec)
+            .filter(|v| *v > 0.0);
+        for (system, r) in runs {
+            let Some(step) = at(r) else { continue };
+            let fraction = floor.map_or("-".to_owned(), |f| {
+                format!("{:.2}", step.deliveries_per_cpu_sec / f)
+            });
+            let _ = writeln!(
+                out,
+                "| {sc} | {} | {system} | {:.2} | {:.2} | {} | {fraction} |",
+                int(rate),
+                step.user_us_per_delivery,
+                step.sys_us_per_delivery,
+                int(step.deliveries_per_cpu_sec)
+            );
+        }
+    }
+    out
+}
+
 fn errors_table(results: &BTreeMap<(String, String), RunResult>) -> String {
     let mut out = String::from(
         "| system | scenario | subscribers ready | connect errors | status errors | disconnects | publish errors | publishes dropped (publishers busy) |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
@@ -387,6 +439,9 @@ pub fn main(args: ReportArgs) -> Result<()> {
         md.push_str("\n## Results\n\n");
         md.push_str("\"pushgate vs better peer\" is how many times better pushgate is than the better of Nchan and Pushpin on that row (above 1: pushgate ahead; for memory and latency rows that is peer / pushgate).\n\n");
         md.push_str(&table);
+        md.push_str("\n### CPU per delivery, against the floor\n\n");
+        md.push_str("The floor is `loadtest/floor`: pushgate's wire protocol on the same stack (tokio, hyper, axum's WebSocket with the same buffer sizes) doing nothing but fan-out of pre-encoded frames, one broadcast channel per key. System CPU is mostly the kernel's socket writes, the same for everyone; user CPU is what each server adds.\n\n");
+        md.push_str(&floor_table(&results));
         md.push_str("\n### Every step\n\n");
         md.push_str(&steps_table(&results));
         md.push_str("\n### Errors\n\n");
