@@ -442,6 +442,14 @@ impl Live {
     }
 
     fn refresh(&mut self) {
+        // The admin client is never assigned anything, so nothing else polls it:
+        // serve its queued error and log events here, or they pile up for as
+        // long as a broker outage lasts.
+        for _ in 0..1024 {
+            if self.inner.admin.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
         let known: Vec<String> = self
             .inner
             .topics
