@@ -108,6 +108,9 @@ pub struct SubscribeRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub snapshot: Option<bool>,
+    /// A value filter on records' `data` (see `spec::filter`).
+    #[serde(default)]
+    pub filter: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +138,7 @@ impl PartialEq for SubscribeRequest {
             && self.prefix == other.prefix
             && self.cursor == other.cursor
             && self.snapshot == other.snapshot
+            && self.filter == other.filter
     }
 }
 
@@ -252,8 +256,13 @@ pub fn subscribed(
 }
 
 /// Catch-up is over: `replayed` records were replayed; what follows is live.
-pub fn live(id: &Value, topic: &str, replayed: usize) -> String {
-    json!({"type": "live", "id": id, "topic": topic, "replayed": replayed}).to_string()
+/// `cursor` (subscriptions with a filter) covers what the filter left out.
+pub fn live(id: &Value, topic: &str, replayed: usize, cursor: Option<&str>) -> String {
+    let mut live = json!({"type": "live", "id": id, "topic": topic, "replayed": replayed});
+    if let Some(cursor) = cursor {
+        live["cursor"] = json!(cursor);
+    }
+    live.to_string()
 }
 
 pub fn unsubscribed(id: &Value, topic: &str) -> String {

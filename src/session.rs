@@ -21,6 +21,7 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Framing, Record};
 use crate::source::{Source, SourceError};
+use crate::spec::{Spec, ValueFilter};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -72,6 +73,27 @@ pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filte
     Ok(Filter { keys, prefix })
 }
 
+/// Builds the delivery spec of a request: the client's value filter ANDed
+/// with the one `grants` enforce on the topic. `None`: a plain subscription.
+pub fn spec_for(
+    req: &SubscribeRequest,
+    grants: &Grants,
+    limits: &LimitsConfig,
+) -> Result<Option<Arc<Spec>>, ClientError> {
+    let client = match &req.filter {
+        None => None,
+        Some(value) => Some(
+            ValueFilter::compile(value, &limits.filter_limits())
+                .map_err(|e| ClientError::new(ErrorCode::BadFilter, e.0))?,
+        ),
+    };
+    let filter = match (client, grants.enforced(&req.topic)) {
+        (Some(client), Some(enforced)) => Some(client.and(&enforced)),
+        (client, enforced) => client.or(enforced),
+    };
+    Ok(Spec::new(filter).map(Arc::new))
+}
+
 /// Decodes an optional cursor, as a client error when it is malformed.
 pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ClientError> {
     match text {
@@ -106,6 +128,8 @@ pub struct Opened {
     pub gap: Option<(&'static str, String)>,
     pub snapshot_len: usize,
     pub catch_up: CatchUp,
+    /// The canonical filter the token enforced (a refreshed token must enforce the same).
+    pub enforced: Option<Box<str>>,
 }
 
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
@@ -124,6 +148,8 @@ pub async fn open(
             "not allowed to subscribe to these keys of this topic",
         ));
     }
+    let spec = spec_for(req, grants, limits)?;
+    let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
     // Never serve from a ring and view the warm start has not filled: the
     // client would get an empty snapshot and then history as if it were live.
     let warming = || {
@@ -164,8 +190,9 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register(
+    let reg: Registration = topic.register_spec(
         filter,
+        spec,
         outbox,
         cursor.as_ref(),
         want_snapshot,
@@ -268,6 +295,7 @@ pub async fn open(
             marked: false,
             replayed: 0,
         },
+        enforced,
     })
 }
 
@@ -298,8 +326,11 @@ pub enum Step {
     Records(Vec<Arc<Record>>),
     /// Everything before was snapshot or replay; everything after is live.
     /// `replayed` counts the records replayed from the ring or the log.
+    /// `cursor` (subscriptions with a spec only) covers everything up to
+    /// here, records the spec left out included.
     Live {
         replayed: usize,
+        cursor: Option<String>,
     },
 }
 
@@ -329,8 +360,13 @@ impl CatchUp {
             }
             if self.segments.is_empty() && !self.marked {
                 self.marked = true;
+                let cursor = self
+                    .sub
+                    .spec()
+                    .map(|_| Cursor::new(self.topic.epoch, self.position.clone()).encode());
                 return Ok(Some(Step::Live {
                     replayed: self.replayed,
+                    cursor,
                 }));
             }
             let Some(segment) = self.segments.pop_front() else {
@@ -387,9 +423,13 @@ impl CatchUp {
                     }
                     let sub = Arc::clone(&self.sub);
                     let filter = &sub.filter;
+                    let spec = sub.spec();
                     let batch: Vec<Arc<Record>> = records
                         .iter()
-                        .filter(|r| filter.matches(r.key.as_deref()))
+                        .filter(|r| {
+                            filter.matches(r.key.as_deref())
+                                && spec.is_none_or(|s| s.admits(r.key.as_deref(), &r.data))
+                        })
                         .map(|r| {
                             let cursor = self.advance(partition, r.offset);
                             Arc::new(Record::encode(

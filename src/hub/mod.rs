@@ -19,15 +19,18 @@
 //! states in partition order, then the index (a DashMap shard or an RwLock),
 //! then a subscription's backlog, then its outbox.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use dashmap::DashMap;
 
+mod group;
 mod index;
 mod partition;
 mod sub;
 
+use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{collect_snapshot, remove_from_view, update_view, Partition, PartitionState};
 use self::sub::{Backlog, NEXT_SUB_ID};
@@ -35,7 +38,10 @@ pub use self::sub::{Filter, Sub};
 use crate::cursor::{encode_into, Cursor};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
+use crate::spec::Spec;
 use crate::telemetry;
+
+static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
@@ -62,6 +68,8 @@ pub struct Topic {
     settings: TopicSettings,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
+    /// Groups by canonical spec, so equal specs share one (see `hub::group`).
+    groups: Mutex<HashMap<Box<str>, Weak<Group>>>,
     /// Set by the source once the warm start has filled the ring and view up
     /// to the log's end as it stood: before that, nothing is served from them.
     ready: AtomicBool,
@@ -116,6 +124,7 @@ impl Hub {
             settings,
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
+            groups: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -279,6 +288,50 @@ impl Topic {
         max_snapshot: usize,
         backlog_limit: usize,
     ) -> Registration {
+        self.register_spec(
+            filter,
+            None,
+            outbox,
+            cursor,
+            snapshot,
+            max_snapshot,
+            backlog_limit,
+        )
+    }
+
+    /// The group for `spec`: the existing one with the same canonical text, or a new one.
+    fn group_for(&self, spec: Arc<Spec>) -> Arc<Group> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(group) = groups.get(spec.canonical()).and_then(Weak::upgrade) {
+            return group;
+        }
+        if groups.len() >= 64 && groups.len().is_power_of_two() {
+            // Forget groups whose last member left, now and then.
+            groups.retain(|_, g| g.strong_count() > 0);
+        }
+        let group = Arc::new(Group::new(
+            NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
+            Arc::clone(&spec),
+        ));
+        groups.insert(spec.canonical().into(), Arc::downgrade(&group));
+        group
+    }
+
+    /// [`Topic::register`] with a delivery spec: the subscription joins the
+    /// group of its spec, and its snapshot and ring replay hold only records
+    /// the spec admits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register_spec(
+        &self,
+        filter: Filter,
+        spec: Option<Arc<Spec>>,
+        outbox: Arc<Outbox>,
+        cursor: Option<&Cursor>,
+        snapshot: bool,
+        max_snapshot: usize,
+        backlog_limit: usize,
+    ) -> Registration {
+        let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
         let guards: Vec<MutexGuard<'_, PartitionState>> = parts
             .iter()
@@ -326,8 +379,15 @@ impl Topic {
         }
 
         let needs_snapshot = snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay));
-        let snapshot = if needs_snapshot {
-            collect_snapshot(&guards, &filter, max_snapshot)
+        // With a value filter, the snapshot is cut to size after filtering,
+        // outside the locks (parsing values must not hold up ingest).
+        let collect_max = if group.is_some() {
+            usize::MAX
+        } else {
+            max_snapshot
+        };
+        let mut snapshot = if needs_snapshot {
+            collect_snapshot(&guards, &filter, collect_max)
         } else {
             Vec::new()
         };
@@ -335,6 +395,7 @@ impl Topic {
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             filter,
+            group,
             topic: Arc::clone(&self.name),
             epoch: self.epoch,
             outbox,
@@ -346,6 +407,16 @@ impl Topic {
         });
         self.index.insert(&sub);
         drop(guards);
+        if let Some(spec) = sub.spec() {
+            let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
+            snapshot.retain(admits);
+            snapshot.truncate(max_snapshot);
+            for part in &mut replay {
+                if let Replay::Ring { records, .. } = part {
+                    records.retain(admits);
+                }
+            }
+        }
         telemetry::subscription_opened();
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.
@@ -366,7 +437,14 @@ impl Topic {
     /// clients reconnect and resume with their cursor, whose epoch is then
     /// foreign, and are told `recovered:false`. Returns how many were closed.
     pub fn disconnect_all(&self) -> usize {
-        let mut subs: Vec<Arc<Sub>> = self.index.all.read().expect("index lock").clone();
+        let mut subs: Vec<Arc<Sub>> = self
+            .index
+            .all
+            .read()
+            .expect("index lock")
+            .subs()
+            .cloned()
+            .collect();
         subs.extend(
             self.index
                 .prefixed
@@ -376,7 +454,7 @@ impl Topic {
                 .cloned(),
         );
         for entry in self.index.by_key.iter() {
-            subs.extend(entry.value().iter().cloned());
+            subs.extend(entry.value().subs().cloned());
         }
         for sub in &subs {
             sub.outbox.close(CloseReason::TopicReset);
@@ -670,6 +748,87 @@ mod tests {
             "eviction still takes the oldest key"
         );
         assert!(topic.latest("a").is_none());
+    }
+
+    fn spec(filter: serde_json::Value) -> Arc<Spec> {
+        let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
+        Arc::new(Spec::new(Some(f)).unwrap())
+    }
+
+    #[test]
+    fn a_group_is_evaluated_once_per_record_and_shares_the_bytes() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
+        let register = |filter: Filter, spec: Arc<Spec>| {
+            let out = Arc::new(Outbox::new(1 << 20));
+            let reg =
+                topic.register_spec(filter, Some(spec), out.clone(), None, false, 10, 1 << 20);
+            reg.sub.go_live().unwrap();
+            (out, reg.sub)
+        };
+        // The same filter written two ways, in the all-keys list, a key's
+        // list and the prefix list: one group.
+        let (all, s1) = register(Filter::all(), spec(serde_json::json!({"n": {"gte": 1}})));
+        let (keyed, s2) = register(
+            Filter {
+                keys: keys(&["a"]),
+                prefix: None,
+            },
+            spec(serde_json::json!({"and": [{"n": {"gte": 1}}]})),
+        );
+        let (prefixed, s3) = register(
+            Filter {
+                keys: None,
+                prefix: Some("a".into()),
+            },
+            spec(serde_json::json!({"n": {"gte": 1}})),
+        );
+        let (other, s4) = register(Filter::all(), spec(serde_json::json!({"n": {"lt": 1}})));
+        assert!(Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s2.group.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s3.group.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s4.group.as_ref().unwrap()
+        ));
+        group::EVALUATIONS.with(|n| n.set(0));
+        let ingest = |offset: u64, n: i64| {
+            topic.ingest(&LogRecord {
+                data: format!("{{\"n\":{n}}}").into(),
+                ..log(0, offset, "a")
+            })
+        };
+        assert_eq!(ingest(0, 5), 3);
+        assert_eq!(ingest(1, 0), 1);
+        assert_eq!(
+            group::EVALUATIONS.with(|n| n.get()),
+            4,
+            "two groups, two records: four evaluations for four subscribers"
+        );
+        let mut got = Vec::new();
+        for out in [&all, &keyed, &prefixed] {
+            let mut batch = Vec::new();
+            out.drain_into(&mut batch).unwrap();
+            assert_eq!(batch.len(), 1);
+            got.push(batch.pop().unwrap());
+        }
+        assert!(Arc::ptr_eq(&got[0], &got[1]) && Arc::ptr_eq(&got[0], &got[2]));
+        let first = Arc::clone(
+            &topic.partitions.read().unwrap()[0]
+                .state
+                .lock()
+                .unwrap()
+                .ring[0],
+        );
+        assert!(Arc::ptr_eq(&got[0], &first), "the ingest encoding itself");
+        assert_eq!(drain(&other), vec![1]);
+        assert_eq!(topic.groups.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -4,9 +4,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::group::Group;
 use crate::cursor::Cursor;
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, Record};
+use crate::spec::Spec;
 
 /// Which keys a subscription receives.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +40,8 @@ impl Filter {
 pub struct Sub {
     pub id: u64,
     pub filter: Filter,
+    /// The group of subscriptions sharing this one's delivery spec; `None`: plain.
+    pub(super) group: Option<Arc<Group>>,
     pub(super) topic: Arc<str>,
     pub(super) epoch: u64,
     pub(super) outbox: Arc<Outbox>,
@@ -63,6 +67,11 @@ pub(super) struct Backlog {
 pub(super) static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Sub {
+    /// The delivery spec this subscription shares with its group, if any.
+    pub fn spec(&self) -> Option<&Arc<Spec>> {
+        self.group.as_ref().map(|g| &g.spec)
+    }
+
     /// Queues a live record for this subscription. Called under the partition lock.
     pub(super) fn deliver(&self, record: &Arc<Record>) -> bool {
         if let Some(skip) = &self.skip_below {

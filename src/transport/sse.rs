@@ -38,6 +38,11 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
             "key" => keys.push(value.into_owned()),
             "prefix" => req.prefix = Some(value.into_owned()),
             "cursor" => req.cursor = Some(value.into_owned()),
+            "filter" => {
+                req.filter = Some(serde_json::from_str(&value).map_err(|e| {
+                    ClientError::new(ErrorCode::BadFilter, format!("`filter` is not JSON: {e}"))
+                })?)
+            }
             "snapshot" => {
                 req.snapshot = Some(match &*value {
                     "true" | "1" => true,
@@ -107,6 +112,7 @@ pub async fn handler(
         gap,
         snapshot_len,
         mut catch_up,
+        enforced: _,
     } = opened;
 
     let retry = format!("retry: {}\n\n", state.config.sse.retry.as_millis());
@@ -128,8 +134,13 @@ pub async fn handler(
                         yield Ok(record.sse.clone());
                     }
                 }
-                Ok(Some(Step::Live { replayed })) => {
-                    yield Ok(event("live", &protocol::live(&id, &topic_name, replayed)));
+                Ok(Some(Step::Live { replayed, cursor })) => {
+                    let live = protocol::live(&id, &topic_name, replayed, cursor.as_deref());
+                    match cursor {
+                        // An id moves EventSource's Last-Event-ID past what the filter left out.
+                        Some(cursor) => yield Ok(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),
+                        None => yield Ok(event("live", &live)),
+                    }
                 }
                 Ok(None) => break,
                 Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,

@@ -1,0 +1,400 @@
+//! Value-aware delivery end to end (issue 11): filters on records' data over WebSocket and SSE, live, in snapshots and on resume.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use pushgate::cursor::Cursor;
+use serde_json::{json, Value};
+
+const QUIET: Duration = Duration::from_millis(250);
+
+/// `value` as a URL query parameter value.
+fn enc(value: &Value) -> String {
+    form_urlencoded::byte_serialize(value.to_string().as_bytes()).collect()
+}
+
+/// Record messages until nothing arrives for `QUIET`.
+async fn ws_drain(ws: &mut WsClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(ev) = ws.event_within(QUIET).await {
+        match ev {
+            WsEvent::Json(v) if v["type"] == "record" => out.push(v),
+            WsEvent::Json(v) => panic!("unexpected message {v}"),
+            WsEvent::Closed(code) => panic!("closed ({code:?})"),
+        }
+    }
+    out
+}
+
+async fn sse_drain(sse: &mut SseClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(ev) = sse.next_within(QUIET).await {
+        assert_eq!(ev.event, "message", "{ev:?}");
+        let v = ev.json();
+        // Snapshot events carry no id but the last (a drop mid-snapshot starts over).
+        if v["snapshot"] != true {
+            assert_eq!(
+                ev.id.as_deref(),
+                v["cursor"].as_str(),
+                "SSE id is the cursor"
+            );
+        }
+        out.push(v);
+    }
+    out
+}
+
+fn keys(records: &[Value]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| (*k).to_owned()).collect()
+}
+
+/// Records r0..r7: numbers, numbers as strings, nulls, missing fields,
+/// nested objects, arrays and a value that is not an object.
+fn corpus() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "r0",
+            json!({"price": 150, "sector": "tech", "name": "Apple", "tags": ["big", "us"], "customer": {"id": "42"}}),
+        ),
+        (
+            "r1",
+            json!({"price": 99.5, "sector": "energy", "name": "BP", "tags": ["uk"], "customer": {"id": 42}}),
+        ),
+        (
+            "r2",
+            json!({"price": "150", "sector": "tech", "name": "apple-fake"}),
+        ),
+        ("r3", json!({"sector": null, "name": "Nothing"})),
+        (
+            "r4",
+            json!({"price": 200, "sector": "health", "name": "Pfizer", "customer": {"id": "43"}, "status": "open"}),
+        ),
+        ("r5", json!("just a string")),
+        (
+            "r6",
+            json!({"price": 10, "sector": "tech", "status": "closed", "tags": []}),
+        ),
+        (
+            "r7",
+            json!({"price": 150.0, "sector": "TECH", "name": "Applied"}),
+        ),
+    ]
+}
+
+/// Each operator and combinator, with the keys of `corpus` it must select.
+fn cases() -> Vec<(Value, BTreeSet<String>)> {
+    vec![
+        (json!({"price": {"gt": 100}}), set(&["r0", "r4", "r7"])),
+        (json!({"price": 150}), set(&["r0", "r7"])),
+        (json!({"price": "150"}), set(&["r2"])),
+        (
+            json!({"price": {"gte": 99.5, "lte": 150}}),
+            set(&["r0", "r1", "r7"]),
+        ),
+        (
+            json!({"price": {"between": [10, 99.5]}}),
+            set(&["r1", "r6"]),
+        ),
+        (json!({"price": {"lt": 100}}), set(&["r1", "r6"])),
+        (
+            json!({"price": {"ne": 150}}),
+            set(&["r1", "r2", "r3", "r4", "r5", "r6"]),
+        ),
+        (
+            json!({"sector": {"in": ["tech", "energy"]}}),
+            set(&["r0", "r1", "r2", "r6"]),
+        ),
+        (
+            json!({"sector": {"nin": ["tech", "energy"]}}),
+            set(&["r3", "r4", "r5", "r7"]),
+        ),
+        (json!({"name": {"prefix": "Appl"}}), set(&["r0", "r7"])),
+        (
+            json!({"name": {"contains": "pp"}}),
+            set(&["r0", "r2", "r7"]),
+        ),
+        (json!({"tags": {"contains": "us"}}), set(&["r0"])),
+        (json!({"customer.id": "42"}), set(&["r0"])),
+        (
+            json!({"customer.id": {"in": [42, "43"]}}),
+            set(&["r1", "r4"]),
+        ),
+        (json!({"sector": {"exists": false}}), set(&["r5"])),
+        (json!({"status": {"exists": true}}), set(&["r4", "r6"])),
+        (
+            json!({"or": [{"status": "open"}, {"and": [{"sector": "tech"}, {"not": {"price": {"gte": 100}}}]}]}),
+            set(&["r2", "r4", "r6"]),
+        ),
+        (json!({"name": {"gt": "Apple", "lt": "B"}}), set(&["r7"])),
+        (
+            json!({"price": {"not": {"in": [150]}}, "sector": "tech"}),
+            set(&["r2", "r6"]),
+        ),
+        (json!({"tags": []}), set(&["r6"])),
+        (json!({"customer": {"eq": {"id": "43"}}}), set(&["r4"])),
+        (
+            json!({"price": {"or": [{"lt": 50}, {"gt": 199}]}}),
+            set(&["r4", "r6"]),
+        ),
+    ]
+}
+
+async fn publish_corpus(server: &TestServer, topic: &str) {
+    let records: Vec<(String, Value)> = corpus()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    server.publish_batch(topic, &records).await;
+}
+
+#[tokio::test]
+async fn every_operator_and_combinator_live_on_ws_and_sse() {
+    let server = TestServer::start().await;
+    let cases = cases();
+    let mut ws_clients = Vec::new();
+    let mut sse_clients = Vec::new();
+    for (filter, _) in &cases {
+        let mut ws = server.ws().await;
+        ws.subscribe(json!({"topic": "one", "filter": filter, "snapshot": false}))
+            .await;
+        ws_clients.push(ws);
+        let mut sse = server
+            .sse(
+                &format!("topic=one&snapshot=false&filter={}", enc(filter)),
+                None,
+            )
+            .await;
+        assert_eq!(sse.status, 200, "{filter}");
+        assert_eq!(sse.next().await.event, "subscribed");
+        sse_clients.push(sse);
+    }
+    // A subscriber without a filter still gets everything, unchanged.
+    let mut plain = server.ws().await;
+    plain
+        .subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    publish_corpus(&server, "one").await;
+    let ws_got = join_all(ws_clients.iter_mut().map(ws_drain)).await;
+    let sse_got = join_all(sse_clients.iter_mut().map(sse_drain)).await;
+    for (((filter, want), ws), sse) in cases.iter().zip(&ws_got).zip(&sse_got) {
+        assert_eq!(&keys(ws), want, "ws {filter}");
+        assert_eq!(&keys(sse), want, "sse {filter}");
+        assert_eq!(ws.len(), want.len(), "each once: {filter}");
+        assert_eq!(ws, sse, "same record JSON on both transports: {filter}");
+    }
+    let all = ws_drain(&mut plain).await;
+    assert_eq!(all.len(), 8);
+    // Filtered records are the very bytes the unfiltered subscriber got.
+    let by_offset = |o: &Value| all.iter().find(|r| r["offset"] == *o).unwrap().clone();
+    for r in ws_got.iter().flatten() {
+        assert_eq!(*r, by_offset(&r["offset"]));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn snapshots_and_resumes_hold_only_matching_records() {
+    let server = TestServer::start().await;
+    let filter = json!({"sector": {"in": ["tech", "energy"]}});
+    let want = set(&["r0", "r1", "r2", "r6"]);
+    publish_corpus(&server, "one").await;
+
+    // Snapshot: only matching keys, on both transports.
+    let mut ws = server.ws().await;
+    let reply = ws
+        .subscribe(json!({"topic": "one", "filter": filter}))
+        .await;
+    assert_eq!(reply["snapshot"], 4, "{reply}");
+    let snap = ws.records(4).await;
+    assert!(snap.iter().all(|r| r["snapshot"] == true));
+    assert_eq!(keys(&snap), want);
+    let mut sse = server
+        .sse(&format!("topic=one&filter={}", enc(&filter)), None)
+        .await;
+    assert_eq!(sse.next().await.json()["snapshot"], 4);
+    assert_eq!(keys(&sse_drain(&mut sse).await), want);
+
+    // Resume from the start (ring): only matching records; the `live`
+    // message's cursor covers the filtered-out tail (r7 is last).
+    let start = Cursor::new(
+        Cursor::decode(snap[0]["cursor"].as_str().unwrap())
+            .unwrap()
+            .epoch,
+        vec![0],
+    )
+    .encode();
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "one", "filter": filter, "cursor": start}))
+        .await;
+    let replayed = ws_drain(&mut ws).await;
+    assert_eq!(keys(&replayed), want);
+    assert_eq!(ws.lives.len(), 1);
+    assert_eq!(ws.lives[0]["replayed"], 4);
+    let live_cursor = ws.lives[0]["cursor"].as_str().unwrap().to_owned();
+    assert_eq!(Cursor::decode(&live_cursor).unwrap().offsets, vec![8]);
+    let last = replayed.last().unwrap()["cursor"].as_str().unwrap();
+    assert_eq!(
+        Cursor::decode(last).unwrap().offsets,
+        vec![7],
+        "r6 at offset 6"
+    );
+    // Resuming from the `live` cursor replays nothing: r7 is behind it.
+    let mut again = server.ws().await;
+    again
+        .subscribe(json!({"topic": "one", "filter": filter, "cursor": live_cursor}))
+        .await;
+    assert!(ws_drain(&mut again).await.is_empty());
+    assert_eq!(again.lives[0]["replayed"], 0);
+
+    // SSE: the `live` event carries the cursor as its id too.
+    let mut sse = server
+        .sse(
+            &format!("topic=one&cursor={start}&filter={}", enc(&filter)),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next().await.event, "subscribed");
+    assert_eq!(keys(&sse_drain(&mut sse).await), want);
+    assert_eq!(sse.lives[0]["cursor"], live_cursor.as_str());
+
+    // A plain subscription's `live` message is unchanged (no cursor).
+    let mut plain = server.ws().await;
+    plain
+        .subscribe(json!({"topic": "one", "cursor": start}))
+        .await;
+    assert_eq!(ws_drain(&mut plain).await.len(), 8);
+    assert!(plain.lives[0].get("cursor").is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resume_from_the_log_beyond_the_ring_is_filtered_too() {
+    let server = TestServer::start().await;
+    // `small` keeps 5 records in its ring: 9 records push the start out of it.
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "small", "snapshot": false}))
+        .await;
+    let first = server.publish("small", "a", json!({"n": 0})).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    for n in 1..9 {
+        let key = if n % 2 == 0 { "even" } else { "odd" };
+        server.publish("small", key, json!({"n": n})).await;
+    }
+    let filter = json!({"n": {"in": [2, 3, 4]}});
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "small", "filter": filter, "cursor": cursor}))
+        .await;
+    let got: Vec<u64> = ws_drain(&mut ws)
+        .await
+        .iter()
+        .map(|r| r["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![2, 3, 4]);
+    assert_eq!(ws.lives[0]["replayed"], 3);
+    let covered = Cursor::decode(ws.lives[0]["cursor"].as_str().unwrap()).unwrap();
+    assert_eq!(covered.offsets, vec![9]);
+    // Live continues through the filter.
+    server.publish("small", "odd", json!({"n": 3})).await;
+    server.publish("small", "odd", json!({"n": 5})).await;
+    let live = ws_drain(&mut ws).await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["offset"], 9);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_filters_get_bad_filter_and_the_connection_stays() {
+    let server =
+        TestServer::start_with("[limits]\nmax_filter_depth = 3\nmax_filter_list = 4\nmax_filter_operators = 6\nmax_filter_bytes = 300\n")
+            .await;
+    let mut ws = server.ws().await;
+    let mut deep = json!({"a": 1});
+    for _ in 0..5 {
+        deep = json!({"not": deep});
+    }
+    let many: serde_json::Map<String, Value> =
+        (0..8).map(|i| (format!("f{i}"), json!(i))).collect();
+    let cases = [
+        (json!(5), "JSON object"),
+        (json!("price > 5"), "JSON object"),
+        (json!([{"a": 1}]), "JSON object"),
+        (json!({"a": {"gt": [1]}}), "`gt` needs a number or a string"),
+        (
+            json!({"a": {"gt": null}}),
+            "`gt` needs a number or a string",
+        ),
+        (json!({"a": {"in": "x"}}), "`in` takes a list"),
+        (json!({"a": {"in": [1, 2, 3, 4, 5]}}), "at most 4"),
+        (json!({"a": {"between": [3]}}), "between"),
+        (json!({"a": {"exists": 1}}), "exists"),
+        (json!({"a": {"prefix": 1}}), "prefix"),
+        (json!({"a": {"lt": 1, "b": 2}}), "mixed"),
+        (json!({"a.": 1}), "field path"),
+        (json!({"and": {"a": 1}}), "`and` takes a list"),
+        (json!({"or": []}), "at least one"),
+        (deep, "deeper than 3"),
+        (Value::Object(many), "more than 6 operators"),
+        (json!({"a": "x".repeat(400)}), "at most 300"),
+    ];
+    for (filter, says) in &cases {
+        ws.send(json!({"type": "subscribe", "id": 9, "topic": "one", "filter": filter}))
+            .await;
+        let err = ws.json().await;
+        assert_eq!(err["type"], "error", "{filter}");
+        assert_eq!(err["code"], "bad_filter", "{filter}: {err}");
+        assert_eq!(err["id"], 9);
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(says), "{filter}: {message}");
+        // SSE: 400 with the same code and message.
+        let r = server
+            .http
+            .get(server.url(&format!("/sse?topic=one&filter={}", enc(filter))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{filter}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "bad_filter");
+        assert_eq!(body["message"], message);
+    }
+    // SSE: a filter that is not JSON at all.
+    let r = server.sse("topic=one&filter=%7Bprice", None).await;
+    assert_eq!(r.status, 400);
+    // Nesting past the JSON parser's own depth: refused, nothing panics.
+    let abyss = format!("{}1{}", "{\"not\":".repeat(300), "}".repeat(300));
+    ws.send_raw(&format!(
+        "{{\"type\":\"subscribe\",\"topic\":\"one\",\"filter\":{abyss}}}"
+    ))
+    .await;
+    assert_eq!(ws.json().await["type"], "error");
+    let r = server
+        .http
+        .get(server.url(&format!(
+            "/sse?topic=one&filter={}",
+            form_urlencoded::byte_serialize(abyss.as_bytes()).collect::<String>()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The connection still works, with a filter within the limits.
+    ws.subscribe(json!({"topic": "one", "filter": {"a": {"in": [1, 2]}}, "snapshot": false}))
+        .await;
+    server.publish("one", "k", json!({"a": 3})).await;
+    server.publish("one", "k", json!({"a": 2})).await;
+    let got = ws_drain(&mut ws).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["data"]["a"], 2);
+    server.stop().await;
+}
