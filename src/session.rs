@@ -19,9 +19,9 @@ use crate::cursor::Cursor;
 use crate::hub::{Filter, Registration, Replay, Sub, Topic};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
-use crate::record::{Framing, Record};
+use crate::record::{Body, Framing, LogRecord, Record};
 use crate::source::{Source, SourceError};
-use crate::spec::{Spec, ValueFilter};
+use crate::spec::{Replayer, Spec, ValueFilter, Verdict};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -294,6 +294,7 @@ pub async fn open(
             live: false,
             marked: false,
             replayed: 0,
+            replayer: Replayer::default(),
         },
         enforced,
     })
@@ -301,6 +302,15 @@ pub async fn open(
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+/// The `enter`, `leave` or data-less delete form of `record`.
+fn variant(topic: &str, record: &Record, verdict: Verdict) -> Record {
+    match verdict {
+        Verdict::Enter => record.variant(topic, "enter", (Body::Data, record.data())),
+        Verdict::Leave => record.variant(topic, "leave", (Body::None, "")),
+        _ => record.variant(topic, "delete", (Body::None, "")),
+    }
 }
 
 enum Segment {
@@ -347,6 +357,8 @@ pub struct CatchUp {
     live: bool,
     marked: bool,
     replayed: usize,
+    /// Whether each key's last replayed value matched the value filter.
+    replayer: Replayer,
 }
 
 impl CatchUp {
@@ -389,7 +401,12 @@ impl CatchUp {
                         })
                         .collect()
                 }
-                Segment::Replay(Replay::Ring { partition, records }) => {
+                Segment::Replay(Replay::Ring {
+                    partition,
+                    records,
+                    lookback,
+                }) => {
+                    let records = self.through_filter_ring(&lookback, records);
                     telemetry::replayed("ring", records.len());
                     self.replayed += records.len();
                     let batch = records
@@ -423,23 +440,13 @@ impl CatchUp {
                     }
                     let sub = Arc::clone(&self.sub);
                     let filter = &sub.filter;
-                    let spec = sub.spec();
-                    let batch: Vec<Arc<Record>> = records
-                        .iter()
-                        .filter(|r| {
-                            filter.matches(r.key.as_deref())
-                                && spec.is_none_or(|s| s.admits(r.key.as_deref(), &r.data))
-                        })
-                        .map(|r| {
-                            let cursor = self.advance(partition, r.offset);
-                            Arc::new(Record::encode(
-                                &self.topic.name,
-                                r,
-                                &cursor,
-                                Framing::Normal,
-                            ))
-                        })
-                        .collect();
+                    let mut batch: Vec<Arc<Record>> = Vec::new();
+                    for r in records.iter().filter(|r| filter.matches(r.key.as_deref())) {
+                        let cursor = self.advance(partition, r.offset);
+                        if let Some(record) = self.through_filter_log(r, &cursor) {
+                            batch.push(record);
+                        }
+                    }
                     if next_from >= until {
                         self.position[partition as usize] = until;
                     }
@@ -451,6 +458,52 @@ impl CatchUp {
             if !batch.is_empty() {
                 return Ok(Some(Step::Records(batch)));
             }
+        }
+    }
+
+    /// Ring records as this subscription's value filter lets them through:
+    /// dropped, as they are, or as `enter`/`leave` variants.
+    fn through_filter_ring(
+        &mut self,
+        lookback: &[Arc<Record>],
+        records: Vec<Arc<Record>>,
+    ) -> Vec<Arc<Record>> {
+        let Some(filter) = self.sub.spec().and_then(|s| s.filter.clone()) else {
+            return records;
+        };
+        for r in lookback {
+            if let Some(key) = &r.key {
+                self.replayer.seed(&filter, key, r.data(), r.delete);
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let verdict = self
+                .replayer
+                .step(&filter, r.key.as_ref(), r.data(), r.delete);
+            match verdict {
+                Verdict::Drop => {}
+                Verdict::Same => out.push(r),
+                other => out.push(Arc::new(variant(&self.topic.name, &r, other))),
+            }
+        }
+        out
+    }
+
+    /// A record read back from the log, encoded with `cursor`, as the value
+    /// filter lets it through (`None`: left out).
+    fn through_filter_log(&mut self, r: &LogRecord, cursor: &str) -> Option<Arc<Record>> {
+        let record = Record::encode(&self.topic.name, r, cursor, Framing::Normal);
+        let Some(filter) = self.sub.spec().and_then(|s| s.filter.clone()) else {
+            return Some(Arc::new(record));
+        };
+        match self
+            .replayer
+            .step(&filter, r.key.as_ref(), &r.data, r.delete)
+        {
+            Verdict::Drop => None,
+            Verdict::Same => Some(Arc::new(record)),
+            other => Some(Arc::new(variant(&self.topic.name, &record, other))),
         }
     }
 

@@ -295,20 +295,32 @@ async fn resume_from_the_log_beyond_the_ring_is_filtered_too() {
     let mut ws = server.ws().await;
     ws.subscribe(json!({"topic": "small", "filter": filter, "cursor": cursor}))
         .await;
-    let got: Vec<u64> = ws_drain(&mut ws)
-        .await
+    let replayed = ws_drain(&mut ws).await;
+    let got: Vec<(u64, String)> = replayed
         .iter()
-        .map(|r| r["data"]["n"].as_u64().unwrap())
+        .map(|r| {
+            (
+                r["offset"].as_u64().unwrap(),
+                r["op"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(got, vec![2, 3, 4]);
-    assert_eq!(ws.lives[0]["replayed"], 3);
+    // 2 (even, first seen), 3 (odd was 1: enters), 4, then 5 and 6 leave;
+    // 7 and 8 stay out.
+    let want: Vec<(u64, String)> = [(2, ""), (3, "enter"), (4, ""), (5, "leave"), (6, "leave")]
+        .iter()
+        .map(|(o, op)| (*o, (*op).to_owned()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(ws.lives[0]["replayed"], 5);
     let covered = Cursor::decode(ws.lives[0]["cursor"].as_str().unwrap()).unwrap();
     assert_eq!(covered.offsets, vec![9]);
     // Live continues through the filter.
     server.publish("small", "odd", json!({"n": 3})).await;
     server.publish("small", "odd", json!({"n": 5})).await;
+    server.publish("small", "odd", json!({"n": 7})).await;
     let live = ws_drain(&mut ws).await;
-    assert_eq!(live.len(), 1);
+    assert_eq!(ops(&live), pairs(&[("odd", "enter"), ("odd", "leave")]));
     assert_eq!(live[0]["offset"], 9);
     server.stop().await;
 }
@@ -396,5 +408,176 @@ async fn bad_filters_get_bad_filter_and_the_connection_stays() {
     let got = ws_drain(&mut ws).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["data"]["a"], 2);
+    server.stop().await;
+}
+
+/// (key, op) of each record; `op` is "" when absent. Leave records must carry no value.
+fn ops(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let op = r["op"].as_str().unwrap_or("").to_owned();
+            if op == "leave" {
+                assert!(r.get("data").is_none() && r.get("patch").is_none(), "{r}");
+                assert!(r["cursor"].is_string() && r["offset"].is_u64(), "{r}");
+            } else {
+                assert!(r.get("data").is_some(), "{r}");
+            }
+            (r["key"].as_str().unwrap().to_owned(), op)
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, o)| ((*k).to_owned(), (*o).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn enter_and_leave_live_in_snapshots_and_on_resume() {
+    let server = TestServer::start().await;
+    let filter = json!({"status": "open"});
+    server.publish("one", "o1", json!({"status": "open"})).await;
+    server
+        .publish("one", "o2", json!({"status": "closed"}))
+        .await;
+    let mut ws = server.ws().await;
+    let reply = ws
+        .subscribe(json!({"topic": "one", "filter": filter}))
+        .await;
+    let start = reply["cursor"].as_str().unwrap().to_owned();
+    assert_eq!(
+        keys(&ws.records(1).await),
+        set(&["o1"]),
+        "snapshot: matching keys only"
+    );
+    let mut sse = server
+        .sse(
+            &format!("topic=one&snapshot=false&filter={}", enc(&filter)),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next().await.event, "subscribed");
+    let mut plain = server.ws().await;
+    plain
+        .subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+
+    for (key, data) in [
+        ("o2", json!({"status": "open"})),           // enter
+        ("o1", json!({"status": "closed"})),         // leave
+        ("o1", json!({"status": "closed", "n": 1})), // still out: nothing
+        ("o3", json!({"status": "open"})),           // a key never seen: no op
+        ("o3", json!({"status": "open", "n": 2})),   // still in: no op
+        ("o4", json!({"status": "closed"})),         // never in: nothing
+        ("o1", json!({"status": "open"})),           // enter again
+        ("o3", Value::Null),                         // delete of a matching key
+        ("o2", json!({"n": 3})),                     // status gone: leave
+    ] {
+        server.publish("one", key, data).await;
+    }
+    let want = pairs(&[
+        ("o2", "enter"),
+        ("o1", "leave"),
+        ("o3", ""),
+        ("o3", ""),
+        ("o1", "enter"),
+        ("o3", "delete"),
+        ("o2", "leave"),
+    ]);
+    let live = ws_drain(&mut ws).await;
+    assert_eq!(ops(&live), want, "websocket");
+    assert_eq!(
+        live[0]["data"],
+        json!({"status": "open"}),
+        "enter carries whole data"
+    );
+    assert_eq!(live[5]["data"], Value::Null);
+    assert_eq!(live[5]["tombstone"], true);
+    assert_eq!(ops(&sse_drain(&mut sse).await), want, "sse");
+    // Subscribers without a filter see no `op` on ordinary records.
+    let all = ws_drain(&mut plain).await;
+    assert_eq!(all.len(), 9);
+    assert!(all
+        .iter()
+        .filter(|r| r["data"].is_object())
+        .all(|r| r.get("op").is_none()));
+
+    // Resuming from before all that (the ring) replays the same decisions:
+    // the ring's older records tell what o1 and o2 were.
+    let mut again = server.ws().await;
+    again
+        .subscribe(json!({"topic": "one", "filter": filter, "cursor": start}))
+        .await;
+    assert_eq!(ops(&ws_drain(&mut again).await), want, "ring replay");
+    assert_eq!(again.lives[0]["replayed"], 7);
+    let mut sse = server
+        .sse(
+            &format!("topic=one&cursor={start}&filter={}", enc(&filter)),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next().await.event, "subscribed");
+    assert_eq!(ops(&sse_drain(&mut sse).await), want, "sse ring replay");
+
+    // A new snapshot lists only the keys now matching: o1.
+    let mut fresh = server.ws().await;
+    let reply = fresh
+        .subscribe(json!({"topic": "one", "filter": filter}))
+        .await;
+    assert_eq!(reply["snapshot"], 1);
+    let snap = fresh.records(1).await;
+    assert_eq!(snap[0]["key"], "o1");
+    assert!(snap[0].get("op").is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn enter_and_leave_on_a_resume_from_the_log() {
+    let server = TestServer::start().await;
+    let filter = json!({"status": "open"});
+    let first = server
+        .publish("small", "a", json!({"status": "open"}))
+        .await;
+    let epoch = Cursor::decode(first["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    for (key, status) in [
+        ("b", "closed"),
+        ("a", "closed"),
+        ("b", "open"),
+        ("c", "closed"),
+        ("c", "closed"),
+        ("c", "closed"),
+        ("c", "closed"),
+        ("a", "open"),
+    ] {
+        server
+            .publish("small", key, json!({"status": status}))
+            .await;
+    }
+    // Offset 0 is older than the ring of 5: read back from the log.
+    let zero = Cursor::new(epoch, vec![0]).encode();
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "small", "filter": filter, "cursor": zero}))
+        .await;
+    assert_eq!(
+        ops(&ws_drain(&mut ws).await),
+        pairs(&[("a", ""), ("a", "leave"), ("b", "enter"), ("a", "enter")]),
+        "b was first closed (not sent), then entered"
+    );
+    // From offset 2 on (still the log), a's first replayed value (closed) is
+    // out of the filter and nothing before it is read: no leave can be told;
+    // its next value enters.
+    let three = Cursor::new(epoch, vec![2]).encode();
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "small", "filter": filter, "cursor": three}))
+        .await;
+    assert_eq!(
+        ops(&ws_drain(&mut ws).await),
+        pairs(&[("b", ""), ("a", "enter")])
+    );
     server.stop().await;
 }

@@ -4,13 +4,17 @@
 //! bucket, or through a prefix subscription); [`Dispatch::outcome`] decides
 //! for the whole group once per record and remembers it, so every member,
 //! in whichever list it sits, gets the same bytes without another evaluation.
+//! The record's data and the key's previous value (read from the view, which
+//! still holds it during fan-out) are parsed at most once per record, and an
+//! `enter` or `leave` variant is encoded at most once, whatever the groups.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::record::Record;
-use crate::spec::{self, Spec};
+use crate::record::{Body, Record};
+use crate::spec::{self, Spec, Verdict};
 
 /// Subscriptions with one normalized spec; interned per topic by its canonical text.
 pub(crate) struct Group {
@@ -24,20 +28,44 @@ impl Group {
     }
 }
 
+/// A lazily computed value: not looked at yet, or what was found.
+enum Lazy<T> {
+    Unread,
+    Read(T),
+}
+
 /// One record's fan-out: its data parsed at most once, each group's outcome computed at most once.
 pub(super) struct Dispatch<'a> {
+    topic: &'a str,
     record: &'a Arc<Record>,
-    /// `None`: not parsed yet; `Some(None)`: not JSON.
-    data: Option<Option<Value>>,
+    /// The partition's latest value per key, not yet updated with `record`.
+    view: &'a HashMap<Arc<str>, Arc<Record>>,
+    /// `None` inside: not JSON.
+    data: Lazy<Option<Value>>,
+    /// The key's previous value: `None` when the view has none.
+    prev: Lazy<Option<Option<Value>>>,
+    enter: Option<Arc<Record>>,
+    leave: Option<Arc<Record>>,
+    stripped: Option<Arc<Record>>,
     /// (group id, what its members get); few entries, so a list beats a map.
     memo: Vec<(u64, Option<Arc<Record>>)>,
 }
 
 impl<'a> Dispatch<'a> {
-    pub(super) fn new(record: &'a Arc<Record>) -> Self {
+    pub(super) fn new(
+        topic: &'a str,
+        record: &'a Arc<Record>,
+        view: &'a HashMap<Arc<str>, Arc<Record>>,
+    ) -> Self {
         Self {
+            topic,
             record,
-            data: None,
+            view,
+            data: Lazy::Unread,
+            prev: Lazy::Unread,
+            enter: None,
+            leave: None,
+            stripped: None,
             memo: Vec::new(),
         }
     }
@@ -60,16 +88,43 @@ impl<'a> Dispatch<'a> {
         #[cfg(test)]
         EVALUATIONS.with(|n| n.set(n.get() + 1));
         let record = self.record;
-        if let Some(filter) = &group.spec.filter {
-            let data = self
-                .data
-                .get_or_insert_with(|| spec::parse(record.data()))
-                .as_ref();
-            if !filter.matches(record.key.as_deref(), data) {
-                return None;
+        let Some(filter) = &group.spec.filter else {
+            return Some(Arc::clone(record));
+        };
+        let key = record.key.as_deref();
+        if let Lazy::Unread = self.data {
+            self.data = Lazy::Read(spec::parse(record.data()));
+        }
+        let Lazy::Read(data) = &self.data else {
+            unreachable!("read above")
+        };
+        let now = filter.matches(key, data.as_ref());
+        if let Lazy::Unread = self.prev {
+            let prev = key
+                .and_then(|k| self.view.get(k))
+                .map(|p| spec::parse(p.data()));
+            self.prev = Lazy::Read(prev);
+        }
+        let Lazy::Read(prev) = &self.prev else {
+            unreachable!("read above")
+        };
+        let before = prev.as_ref().map(|p| filter.matches(key, p.as_ref()));
+        let data_is_null = matches!(data, Some(Value::Null));
+        match spec::classify(now, before, record.delete, data_is_null) {
+            Verdict::Drop => None,
+            Verdict::Same => Some(Arc::clone(record)),
+            Verdict::Enter => Some(Arc::clone(self.enter.get_or_insert_with(|| {
+                Arc::new(record.variant(self.topic, "enter", (Body::Data, record.data())))
+            }))),
+            Verdict::Leave => Some(Arc::clone(self.leave.get_or_insert_with(|| {
+                Arc::new(record.variant(self.topic, "leave", (Body::None, "")))
+            }))),
+            Verdict::DeleteWithoutData => {
+                Some(Arc::clone(self.stripped.get_or_insert_with(|| {
+                    Arc::new(record.variant(self.topic, "delete", (Body::None, "")))
+                })))
             }
         }
-        Some(Arc::clone(record))
     }
 }
 

@@ -1,5 +1,6 @@
 //! The subscription index of one topic: which subscriptions a record with a given key goes to.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -119,9 +120,15 @@ impl SubIndex {
         }
     }
 
-    /// Pushes `record` to every matching subscription, once each.
-    pub(super) fn dispatch(&self, record: &Arc<Record>) -> usize {
-        let mut dispatch = Dispatch::new(record);
+    /// Pushes `record` to every matching subscription, once each. `view`
+    /// still holds the key's previous value (for `enter` and `leave`).
+    pub(super) fn dispatch(
+        &self,
+        topic: &str,
+        record: &Arc<Record>,
+        view: &HashMap<Arc<str>, Arc<Record>>,
+    ) -> usize {
+        let mut dispatch = Dispatch::new(topic, record, view);
         let mut delivered = self.all.read().expect("index lock").dispatch(&mut dispatch);
         let Some(key) = record.key.as_deref() else {
             return delivered;

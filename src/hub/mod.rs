@@ -92,10 +92,13 @@ pub struct Registration {
 
 /// Records one partition must replay to bring a resuming subscription up to `high`.
 pub enum Replay {
-    /// Served from the in-memory ring (already filtered).
+    /// Served from the in-memory ring (already filtered by key).
     Ring {
         partition: u32,
         records: Vec<Arc<Record>>,
+        /// With a value filter: the ring's records of those keys from before
+        /// the cursor, which tell whether the client's values matched.
+        lookback: Vec<Arc<Record>>,
     },
     /// Older than the ring: read `[from, until)` from the source.
     Log {
@@ -255,6 +258,10 @@ impl Topic {
         while state.ring.len() > self.settings.ring_records {
             state.ring.pop_front();
         }
+        state.next_offset = next;
+        // Fan-out before the view takes the record: groups with a value
+        // filter compare the new value with the key's previous one.
+        let delivered = self.index.dispatch(&self.name, &record, &state.view);
         if let Some(key) = &record.key {
             if log.delete {
                 // The entity is gone: a snapshot lists only keys that exist. The
@@ -264,8 +271,6 @@ impl Topic {
                 update_view(&mut state, key, &record, self.settings.view_max_keys);
             }
         }
-        state.next_offset = next;
-        let delivered = self.index.dispatch(&record);
         // Published only after fan-out: a record that reads this frontier into its
         // cursor is queued behind every record the frontier covers.
         part.frontier.store(next, Ordering::Release);
@@ -358,15 +363,27 @@ impl Topic {
                 }
                 let ring_covers = state.ring.front().is_some_and(|r| r.offset <= from);
                 if ring_covers {
-                    let records = state
+                    let records: Vec<Arc<Record>> = state
                         .ring
                         .iter()
                         .filter(|r| r.offset >= from && filter.matches(r.key.as_deref()))
                         .cloned()
                         .collect();
+                    let lookback = if group.is_some() {
+                        state
+                            .ring
+                            .iter()
+                            .take_while(|r| r.offset < from)
+                            .filter(|r| filter.matches(r.key.as_deref()))
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     replay.push(Replay::Ring {
                         partition: p as u32,
                         records,
+                        lookback,
                     });
                 } else {
                     replay.push(Replay::Log {
@@ -411,11 +428,6 @@ impl Topic {
             let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
             snapshot.retain(admits);
             snapshot.truncate(max_snapshot);
-            for part in &mut replay {
-                if let Replay::Ring { records, .. } = part {
-                    records.retain(admits);
-                }
-            }
         }
         telemetry::subscription_opened();
         // Closed meanwhile (deleted or replaced): `close` may have collected the
@@ -805,20 +817,23 @@ mod tests {
             })
         };
         assert_eq!(ingest(0, 5), 3);
-        assert_eq!(ingest(1, 0), 1);
+        // 5 -> 0: the first group's members get one shared `leave`, the other an `enter`.
+        assert_eq!(ingest(1, 0), 4);
         assert_eq!(
             group::EVALUATIONS.with(|n| n.get()),
             4,
-            "two groups, two records: four evaluations for four subscribers"
+            "two groups, two records: four evaluations for eight deliveries"
         );
         let mut got = Vec::new();
         for out in [&all, &keyed, &prefixed] {
             let mut batch = Vec::new();
             out.drain_into(&mut batch).unwrap();
-            assert_eq!(batch.len(), 1);
-            got.push(batch.pop().unwrap());
+            assert_eq!(batch.len(), 2);
+            got.push(batch);
         }
-        assert!(Arc::ptr_eq(&got[0], &got[1]) && Arc::ptr_eq(&got[0], &got[2]));
+        for (a, (b, c)) in got[0].iter().zip(got[1].iter().zip(&got[2])) {
+            assert!(Arc::ptr_eq(a, b) && Arc::ptr_eq(a, c));
+        }
         let first = Arc::clone(
             &topic.partitions.read().unwrap()[0]
                 .state
@@ -826,8 +841,15 @@ mod tests {
                 .unwrap()
                 .ring[0],
         );
-        assert!(Arc::ptr_eq(&got[0], &first), "the ingest encoding itself");
-        assert_eq!(drain(&other), vec![1]);
+        assert!(
+            Arc::ptr_eq(&got[0][0], &first),
+            "the ingest encoding itself"
+        );
+        assert!(got[0][1].ws.as_str().contains("\"op\":\"leave\""));
+        let mut other_got = Vec::new();
+        other.drain_into(&mut other_got).unwrap();
+        assert_eq!(other_got.len(), 1);
+        assert!(other_got[0].ws.as_str().contains("\"op\":\"enter\""));
         assert_eq!(topic.groups.lock().unwrap().len(), 2);
     }
 

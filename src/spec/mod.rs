@@ -6,6 +6,7 @@
 
 pub mod filter;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use filter::{FilterError, FilterLimits, KeyTest, ValueFilter};
@@ -41,6 +42,87 @@ impl Spec {
             None => true,
             Some(filter) => filter.matches(key, parse(data).as_ref()),
         }
+    }
+}
+
+/// What a subscriber with a value filter gets for one record of a key,
+/// given whether the new value matches and whether the key's previous value
+/// did (`None`: unknown, e.g. a key the view never held or evicted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing (the cursor of later records still covers it).
+    Drop,
+    /// The record as it is.
+    Same,
+    /// `op: "enter"` with whole data: the key now matches and did not before.
+    Enter,
+    /// `op: "leave"`, no data: the key matched and no longer does.
+    Leave,
+    /// A delete of a key that matched, whose own data does not: `op:
+    /// "delete"` without the data (it may be outside a token's filter).
+    DeleteWithoutData,
+}
+
+/// Decides enter, leave and the rest. A key whose previous value is unknown
+/// gets no `leave` (the subscriber may never have been allowed to see it)
+/// and no `enter`.
+pub fn classify(now: bool, before: Option<bool>, delete: bool, data_is_null: bool) -> Verdict {
+    match (delete, now, before) {
+        (true, true, _) => Verdict::Same,
+        (true, false, Some(true)) if data_is_null => Verdict::Same,
+        (true, false, Some(true)) => Verdict::DeleteWithoutData,
+        (true, false, _) => Verdict::Drop,
+        (false, true, Some(false)) => Verdict::Enter,
+        (false, true, _) => Verdict::Same,
+        (false, false, Some(true)) => Verdict::Leave,
+        (false, false, _) => Verdict::Drop,
+    }
+}
+
+/// Follows, key by key, whether a subscriber's last value matched its
+/// filter, for replays (live fan-out reads the view instead).
+#[derive(Default)]
+pub struct Replayer {
+    matched: HashMap<Arc<str>, bool>,
+}
+
+impl Replayer {
+    /// Notes a record from before the replay (the ring's older records): it
+    /// tells whether the subscriber's value of its key matched.
+    pub fn seed(&mut self, filter: &ValueFilter, key: &Arc<str>, data: &str, delete: bool) {
+        if delete {
+            self.matched.remove(key);
+        } else {
+            let now = filter.matches(Some(key), parse(data).as_ref());
+            self.matched.insert(Arc::clone(key), now);
+        }
+    }
+
+    /// What to send for a replayed record, and notes it.
+    pub fn step(
+        &mut self,
+        filter: &ValueFilter,
+        key: Option<&Arc<str>>,
+        data: &str,
+        delete: bool,
+    ) -> Verdict {
+        let parsed = parse(data);
+        let now = filter.matches(key.map(|k| &**k), parsed.as_ref());
+        let before = key.and_then(|k| self.matched.get(k).copied());
+        let verdict = classify(
+            now,
+            before,
+            delete,
+            matches!(parsed, Some(serde_json::Value::Null)),
+        );
+        if let Some(key) = key {
+            if delete {
+                self.matched.remove(key);
+            } else {
+                self.matched.insert(Arc::clone(key), now);
+            }
+        }
+        verdict
     }
 }
 
