@@ -111,6 +111,9 @@ pub struct SubscribeRequest {
     /// A value filter on records' `data` (see `spec::filter`).
     #[serde(default)]
     pub filter: Option<Value>,
+    /// Paths of `data` to receive (a projection).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +142,7 @@ impl PartialEq for SubscribeRequest {
             && self.cursor == other.cursor
             && self.snapshot == other.snapshot
             && self.filter == other.filter
+            && self.fields == other.fields
     }
 }
 

@@ -21,7 +21,7 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
 use crate::source::{Source, SourceError};
-use crate::spec::{Replayer, Spec, ValueFilter, Verdict};
+use crate::spec::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -91,7 +91,14 @@ pub fn spec_for(
         (Some(client), Some(enforced)) => Some(client.and(&enforced)),
         (client, enforced) => client.or(enforced),
     };
-    Ok(Spec::new(filter).map(Arc::new))
+    let fields = match &req.fields {
+        None => None,
+        Some(list) => Some(
+            Fields::new(list, limits.max_filter_list)
+                .map_err(|e| ClientError::new(ErrorCode::BadMessage, e))?,
+        ),
+    };
+    Ok(Spec::new(filter, fields).map(Arc::new))
 }
 
 /// Decodes an optional cursor, as a client error when it is malformed.
@@ -397,6 +404,7 @@ impl CatchUp {
                         .enumerate()
                         .map(|(i, r)| {
                             let framing = Framing::Snapshot { with_id: i == last };
+                            let r = self.shaped(r);
                             Arc::new(r.reframe(&self.topic.name, &self.high_cursor, framing))
                         })
                         .collect()
@@ -413,6 +421,7 @@ impl CatchUp {
                         .iter()
                         .map(|r| {
                             let cursor = self.advance(partition, r.offset);
+                            let r = self.shaped(r);
                             Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal))
                         })
                         .collect();
@@ -444,7 +453,7 @@ impl CatchUp {
                     for r in records.iter().filter(|r| filter.matches(r.key.as_deref())) {
                         let cursor = self.advance(partition, r.offset);
                         if let Some(record) = self.through_filter_log(r, &cursor) {
-                            batch.push(record);
+                            batch.push(self.shaped(&record));
                         }
                     }
                     if next_from >= until {
@@ -458,6 +467,18 @@ impl CatchUp {
             if !batch.is_empty() {
                 return Ok(Some(Step::Records(batch)));
             }
+        }
+    }
+
+    /// `record` projected onto the subscription's `fields`, if it has any.
+    fn shaped(&self, record: &Arc<Record>) -> Arc<Record> {
+        match self
+            .sub
+            .spec()
+            .and_then(|s| s.shape(&self.topic.name, record))
+        {
+            Some(shaped) => Arc::new(shaped),
+            None => Arc::clone(record),
         }
     }
 

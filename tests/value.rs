@@ -581,3 +581,86 @@ async fn enter_and_leave_on_a_resume_from_the_log() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn fields_project_data_everywhere_and_filters_may_use_other_fields() {
+    let server = TestServer::start().await;
+    let quote = |price: f64, sector: &str| json!({"price": price, "change": 0.5, "sector": sector, "meta": {"ts": 7, "src": "feed"}});
+    server.publish("one", "A", quote(10.0, "tech")).await;
+    server.publish("one", "B", quote(20.0, "energy")).await;
+    // `sector` filters but is not projected.
+    let spec =
+        json!({"topic": "one", "fields": ["price", "meta.ts"], "filter": {"sector": "tech"}});
+    let mut ws = server.ws().await;
+    let reply = ws.subscribe(spec.clone()).await;
+    let start = reply["cursor"].as_str().unwrap().to_owned();
+    let snap = ws.records(1).await;
+    assert_eq!(snap[0]["data"], json!({"price": 10.0, "meta": {"ts": 7}}));
+    assert_eq!(snap[0]["snapshot"], true);
+    let mut sse = server
+        .sse(
+            &format!(
+                "topic=one&snapshot=false&field=price&field=meta.ts&filter={}",
+                enc(&json!({"sector": "tech"}))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.next().await.event, "subscribed");
+    let mut only_fields = server.ws().await;
+    only_fields
+        .subscribe(json!({"topic": "one", "fields": ["nothing.here"], "snapshot": false}))
+        .await;
+
+    server.publish("one", "B", quote(21.0, "tech")).await; // enter
+    server
+        .publish("one", "A", json!({"price": 11.0, "sector": "tech"}))
+        .await; // no meta
+    server.publish("one", "A", json!({"sector": "tech"})).await; // none of the fields
+    server.publish("one", "A", quote(12.0, "energy")).await; // leave
+    let want_ops = pairs(&[("B", "enter"), ("A", ""), ("A", ""), ("A", "leave")]);
+    let want_data = [
+        json!({"price": 21.0, "meta": {"ts": 7}}),
+        json!({"price": 11.0}),
+        json!({}),
+    ];
+    let live = ws_drain(&mut ws).await;
+    assert_eq!(ops(&live), want_ops);
+    for (r, want) in live.iter().zip(&want_data) {
+        assert_eq!(r["data"], *want);
+    }
+    let over_sse = sse_drain(&mut sse).await;
+    assert_eq!(over_sse, live, "the same bytes over SSE");
+    let empty = ws_drain(&mut only_fields).await;
+    assert_eq!(empty.len(), 4);
+    assert!(empty.iter().all(|r| r["data"] == json!({})));
+
+    // Resume from the start (ring): projected and filtered the same way.
+    let mut again = server.ws().await;
+    let mut resume = spec.clone();
+    resume["cursor"] = json!(start);
+    again.subscribe(resume).await;
+    let replayed = ws_drain(&mut again).await;
+    assert_eq!(ops(&replayed), want_ops);
+    for (r, want) in replayed.iter().zip(&want_data) {
+        assert_eq!(r["data"], *want);
+    }
+
+    // Bad lists: bad_message, the connection stays; SSE 400.
+    for bad in [
+        json!([]),
+        json!(["a..b"]),
+        json!([""]),
+        json!("price"),
+        json!([1]),
+    ] {
+        ws.send(json!({"type": "subscribe", "id": "x", "topic": "t", "fields": bad}))
+            .await;
+        let err = ws.json().await;
+        assert_eq!(err["code"], "bad_message", "{bad}: {err}");
+    }
+    let r = server.sse("topic=one&field=a..b", None).await;
+    assert_eq!(r.status, 400);
+    server.stop().await;
+}

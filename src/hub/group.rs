@@ -49,6 +49,9 @@ pub(super) struct Dispatch<'a> {
     stripped: Option<Arc<Record>>,
     /// (group id, what its members get); few entries, so a list beats a map.
     memo: Vec<(u64, Option<Arc<Record>>)>,
+    /// (projection, record projected, the projection of it): one encoding
+    /// per distinct `fields` per record, whatever the filters around it.
+    shaped: Vec<(Arc<str>, *const Record, Arc<Record>)>,
 }
 
 impl<'a> Dispatch<'a> {
@@ -67,6 +70,7 @@ impl<'a> Dispatch<'a> {
             leave: None,
             stripped: None,
             memo: Vec::new(),
+            shaped: Vec::new(),
         }
     }
 
@@ -79,9 +83,31 @@ impl<'a> Dispatch<'a> {
         if let Some((_, out)) = self.memo.iter().find(|(id, _)| *id == group.id) {
             return out.clone();
         }
-        let out = self.evaluate(group);
+        let out = self.evaluate(group).map(|out| self.shape(group, out));
         self.memo.push((group.id, out.clone()));
         out
+    }
+
+    /// `out` as the group's projection makes it, encoded once per projection.
+    fn shape(&mut self, group: &Group, out: Arc<Record>) -> Arc<Record> {
+        let Some(key) = &group.spec.fields_key else {
+            return out;
+        };
+        let source = Arc::as_ptr(&out);
+        if let Some((_, _, done)) = self
+            .shaped
+            .iter()
+            .find(|(k, s, _)| *s == source && **k == **key)
+        {
+            return Arc::clone(done);
+        }
+        let Some(shaped) = group.spec.shape(self.topic, &out) else {
+            return out;
+        };
+        let shaped = Arc::new(shaped);
+        self.shaped
+            .push((Arc::clone(key), source, Arc::clone(&shaped)));
+        shaped
     }
 
     fn evaluate(&mut self, group: &Group) -> Option<Arc<Record>> {

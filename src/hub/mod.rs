@@ -764,7 +764,7 @@ mod tests {
 
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
         let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
-        Arc::new(Spec::new(Some(f)).unwrap())
+        Arc::new(Spec::new(Some(f), None).unwrap())
     }
 
     #[test]
@@ -851,6 +851,55 @@ mod tests {
         assert_eq!(other_got.len(), 1);
         assert!(other_got[0].ws.as_str().contains("\"op\":\"enter\""));
         assert_eq!(topic.groups.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn groups_with_one_projection_share_its_encoding() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let fields = || crate::spec::Fields::new(&["a".to_owned()], 10).unwrap();
+        let compile = |v: serde_json::Value| {
+            crate::spec::ValueFilter::compile(&v, &Default::default()).unwrap()
+        };
+        let specs = [
+            Spec::new(Some(compile(serde_json::json!({"b": 1}))), Some(fields())),
+            Spec::new(
+                Some(compile(serde_json::json!({"b": {"lt": 5}}))),
+                Some(fields()),
+            ),
+            Spec::new(None, Some(fields())),
+        ];
+        let mut outs = Vec::new();
+        let mut subs = Vec::new();
+        for spec in specs {
+            let out = Arc::new(Outbox::new(1 << 20));
+            let reg = topic.register_spec(
+                Filter::all(),
+                Some(Arc::new(spec.unwrap())),
+                out.clone(),
+                None,
+                false,
+                10,
+                1 << 20,
+            );
+            reg.sub.go_live().unwrap();
+            subs.push(reg.sub);
+            outs.push(out);
+        }
+        topic.ingest(&LogRecord {
+            data: "{\"a\":{\"x\":1},\"b\":1,\"c\":2}".into(),
+            ..log(0, 0, "k")
+        });
+        let got: Vec<Arc<Record>> = outs
+            .iter()
+            .map(|o| {
+                let mut batch = Vec::new();
+                o.drain_into(&mut batch).unwrap();
+                batch.pop().unwrap()
+            })
+            .collect();
+        assert_eq!(got[0].data(), "{\"a\":{\"x\":1}}");
+        assert!(Arc::ptr_eq(&got[0], &got[1]) && Arc::ptr_eq(&got[0], &got[2]));
     }
 
     #[test]

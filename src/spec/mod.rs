@@ -4,11 +4,13 @@
 //! one group in the hub: each record is evaluated once per group, and every
 //! member gets the same bytes.
 
+pub mod fields;
 pub mod filter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use fields::Fields;
 pub use filter::{FilterError, FilterLimits, KeyTest, ValueFilter};
 
 /// A normalized delivery spec. Subscriptions without one take the plain path.
@@ -16,18 +18,51 @@ pub use filter::{FilterError, FilterLimits, KeyTest, ValueFilter};
 pub struct Spec {
     /// The client's filter ANDed with the one its token enforces.
     pub filter: Option<Arc<ValueFilter>>,
+    /// The paths of `data` the subscriber receives.
+    pub fields: Option<Fields>,
+    /// `fields`' canonical text: groups with equal projections share encodings.
+    pub fields_key: Option<Arc<str>>,
     canonical: Box<str>,
 }
 
 impl Spec {
     /// The spec of a subscription, or `None` when nothing beyond keys shapes it.
-    pub fn new(filter: Option<ValueFilter>) -> Option<Spec> {
-        let filter = filter?;
-        let canonical = format!("{{\"filter\":{}}}", filter.canonical()).into_boxed_str();
+    pub fn new(filter: Option<ValueFilter>, fields: Option<Fields>) -> Option<Spec> {
+        if filter.is_none() && fields.is_none() {
+            return None;
+        }
+        let fields_key: Option<Arc<str>> = fields.as_ref().map(|f| f.canonical().into());
+        let canonical = format!(
+            "{{\"filter\":{},\"fields\":{}}}",
+            filter.as_ref().map_or("null", |f| f.canonical()),
+            fields_key.as_deref().unwrap_or("null"),
+        )
+        .into_boxed_str();
         Some(Spec {
-            filter: Some(Arc::new(filter)),
+            filter: filter.map(Arc::new),
+            fields,
+            fields_key,
             canonical,
         })
+    }
+
+    /// `record` as this spec shapes its value: projected onto `fields`
+    /// (records without `data`, such as `leave`, are left as they are).
+    pub fn shape(
+        &self,
+        topic: &str,
+        record: &crate::record::Record,
+    ) -> Option<crate::record::Record> {
+        let fields = self.fields.as_ref()?;
+        if record.body() != crate::record::Body::Data {
+            return None;
+        }
+        let projected = match parse(record.data()) {
+            Some(data) => fields.project(&data),
+            // Not JSON: nothing of it can be selected.
+            None => serde_json::Value::Object(serde_json::Map::new()),
+        };
+        Some(record.with_body(topic, (crate::record::Body::Data, &projected.to_string())))
     }
 
     /// Equal for specs that deliver the same bytes for the same record.

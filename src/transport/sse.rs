@@ -32,10 +32,12 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
     let mut req = SubscribeRequest::default();
     let mut topic = None;
     let mut keys: Vec<String> = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
+            "field" => fields.push(value.into_owned()),
             "prefix" => req.prefix = Some(value.into_owned()),
             "cursor" => req.cursor = Some(value.into_owned()),
             "filter" => {
@@ -62,6 +64,9 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
         topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
     if !keys.is_empty() {
         req.keys = Some(keys);
+    }
+    if !fields.is_empty() {
+        req.fields = Some(fields);
     }
     Ok(req)
 }
