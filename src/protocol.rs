@@ -114,6 +114,9 @@ pub struct SubscribeRequest {
     /// Paths of `data` to receive (a projection).
     #[serde(default)]
     pub fields: Option<Vec<String>>,
+    /// At most this many records per second per key (conflation).
+    #[serde(default)]
+    pub max_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +146,7 @@ impl PartialEq for SubscribeRequest {
             && self.snapshot == other.snapshot
             && self.filter == other.filter
             && self.fields == other.fields
+            && self.max_rate == other.max_rate
     }
 }
 

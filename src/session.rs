@@ -98,7 +98,17 @@ pub fn spec_for(
                 .map_err(|e| ClientError::new(ErrorCode::BadMessage, e))?,
         ),
     };
-    Ok(Spec::new(filter, fields).map(Arc::new))
+    let max_rate = match req.max_rate {
+        None => None,
+        Some(rate) if rate > 0.0 && rate.is_finite() && rate <= 1e6 => Some(rate),
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`max_rate` must be a number > 0 (records per second per key, at most 1000000)",
+            ))
+        }
+    };
+    Ok(Spec::new(filter, fields, max_rate).map(Arc::new))
 }
 
 /// Decodes an optional cursor, as a client error when it is malformed.

@@ -664,3 +664,109 @@ async fn fields_project_data_everywhere_and_filters_may_use_other_fields() {
     assert_eq!(r.status, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn max_rate_conflates_per_key_keeps_the_latest_and_cursors_exact() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "one", "snapshot": false, "max_rate": 4}))
+        .await;
+    let mut sse = server
+        .sse("topic=one&snapshot=false&max_rate=4", None)
+        .await;
+    assert_eq!(sse.next().await.event, "subscribed");
+    let mut plain = server.ws().await;
+    plain
+        .subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+
+    // 100 updates of one key over about half a second, read as they come.
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut arrivals = Vec::new();
+        let mut got = Vec::new();
+        while let Some(WsEvent::Json(v)) = ws.event_within(Duration::from_millis(800)).await {
+            arrivals.push(started.elapsed());
+            got.push(v);
+        }
+        (ws, arrivals, got)
+    });
+    for burst in 0..10u64 {
+        let batch: Vec<(String, Value)> = (0..10)
+            .map(|i| ("hot".to_owned(), json!({"seq": burst * 10 + i})))
+            .collect();
+        server.publish_batch("one", &batch).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut ws, arrivals, got) = reader.await.unwrap();
+    let seqs: Vec<u64> = got.iter().map(seq).collect();
+    assert_eq!(
+        *seqs.last().unwrap(),
+        99,
+        "the latest value always arrives: {seqs:?}"
+    );
+    assert!(seqs.len() >= 2 && seqs.len() <= 6, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    for gap in arrivals.windows(2) {
+        assert!(
+            gap[1] - gap[0] >= Duration::from_millis(200),
+            "at most 4 a second: {arrivals:?}"
+        );
+    }
+    let over_sse: Vec<u64> = sse_drain(&mut sse).await.iter().map(seq).collect();
+    assert_eq!(*over_sse.last().unwrap(), 99);
+    assert!(over_sse.len() <= 6, "{over_sse:?}");
+    assert_eq!(
+        ws_drain(&mut plain).await.len(),
+        100,
+        "others get everything"
+    );
+
+    // The last record's cursor covers all that was conflated away.
+    let last = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    let mut resumed = server.ws().await;
+    resumed
+        .subscribe(json!({"topic": "one", "cursor": last}))
+        .await;
+    assert!(ws_drain(&mut resumed).await.is_empty());
+    assert_eq!(resumed.lives[0]["replayed"], 0);
+
+    // While a value waits, other keys' cursors stay below it: a resume from
+    // them gets the waiting value, never skips it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.publish("one", "hot", json!({"seq": 1000})).await; // sent at once
+    let waiting = server.publish("one", "hot", json!({"seq": 1001})).await; // waits
+    server.publish("one", "cold", json!({"seq": 2000})).await; // sent at once
+    let first = ws.records(2).await;
+    assert_eq!(seq(&first[0]), 1000);
+    assert_eq!(seq(&first[1]), 2000);
+    let cold_cursor = Cursor::decode(first[1]["cursor"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cold_cursor.offsets[0],
+        waiting["offset"].as_u64().unwrap(),
+        "capped below the waiting record"
+    );
+    let mut from_cold = server.ws().await;
+    from_cold
+        .subscribe(json!({"topic": "one", "cursor": first[1]["cursor"]}))
+        .await;
+    let replay: Vec<u64> = ws_drain(&mut from_cold).await.iter().map(seq).collect();
+    assert_eq!(replay, vec![1001, 2000]);
+    // And the waiting value arrives when due.
+    let later = ws.records(1).await;
+    assert_eq!(seq(&later[0]), 1001);
+
+    // Bad rates: bad_message, the connection stays; SSE 400.
+    for bad in [json!(0), json!(-1), json!("4"), json!(1e9), json!([4])] {
+        ws.send(json!({"type": "subscribe", "id": "r", "topic": "t", "max_rate": bad}))
+            .await;
+        let err = ws.json().await;
+        assert_eq!(err["code"], "bad_message", "{bad}: {err}");
+    }
+    assert_eq!(
+        server.sse("topic=one&max_rate=fast", None).await.status,
+        400
+    );
+    assert_eq!(server.sse("topic=one&max_rate=0", None).await.status, 400);
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::rate::Rate;
 use crate::record::{Body, Record};
 use crate::spec::{self, Spec, Verdict};
 
@@ -20,11 +21,23 @@ use crate::spec::{self, Spec, Verdict};
 pub(crate) struct Group {
     pub(super) id: u64,
     pub(super) spec: Arc<Spec>,
+    /// Conflation state and timer hook, with `max_rate`.
+    pub(super) rate: Option<Rate>,
 }
 
 impl Group {
     pub(super) fn new(id: u64, spec: Arc<Spec>) -> Self {
-        Self { id, spec }
+        let rate = spec.max_rate.map(Rate::new);
+        Self { id, spec, rate }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // Lets the group's timer see it is gone and end.
+        if let Some(rate) = &self.rate {
+            rate.wake.notify_one();
+        }
     }
 }
 
@@ -37,6 +50,7 @@ enum Lazy<T> {
 /// One record's fan-out: its data parsed at most once, each group's outcome computed at most once.
 pub(super) struct Dispatch<'a> {
     topic: &'a str,
+    epoch: u64,
     record: &'a Arc<Record>,
     /// The partition's latest value per key, not yet updated with `record`.
     view: &'a HashMap<Arc<str>, Arc<Record>>,
@@ -57,11 +71,13 @@ pub(super) struct Dispatch<'a> {
 impl<'a> Dispatch<'a> {
     pub(super) fn new(
         topic: &'a str,
+        epoch: u64,
         record: &'a Arc<Record>,
         view: &'a HashMap<Arc<str>, Arc<Record>>,
     ) -> Self {
         Self {
             topic,
+            epoch,
             record,
             view,
             data: Lazy::Unread,
@@ -83,7 +99,10 @@ impl<'a> Dispatch<'a> {
         if let Some((_, out)) = self.memo.iter().find(|(id, _)| *id == group.id) {
             return out.clone();
         }
-        let out = self.evaluate(group).map(|out| self.shape(group, out));
+        let mut out = self.evaluate(group).map(|out| self.shape(group, out));
+        if let Some(rate) = &group.rate {
+            out = out.and_then(|record| rate.admit(self.topic, self.epoch, record));
+        }
         self.memo.push((group.id, out.clone()));
         out
     }

@@ -81,6 +81,35 @@ impl Bucket {
 }
 
 impl SubIndex {
+    /// Pushes `record` (already shaped for `group`) to the members of `group`
+    /// whose keys it matches, once each: a conflated record sent by the timer.
+    pub(super) fn dispatch_group(&self, record: &Arc<Record>, group: &Group) -> usize {
+        let members = |bucket: &Bucket| -> Vec<Arc<Sub>> {
+            bucket
+                .grouped
+                .iter()
+                .find(|(g, _)| g.id == group.id)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default()
+        };
+        let mut subs = members(&self.all.read().expect("index lock"));
+        if let Some(key) = record.key.as_deref() {
+            if let Some(bucket) = self.by_key.get(key) {
+                subs.extend(members(&bucket));
+            }
+            for sub in self.prefixed.read().expect("index lock").iter() {
+                let is_member = sub.group.as_ref().is_some_and(|g| g.id == group.id);
+                let prefix = sub.filter.prefix.as_deref().unwrap_or("");
+                let exact = sub.filter.keys.as_ref().is_some_and(|k| k.contains(key));
+                if is_member && key.starts_with(prefix) && !exact {
+                    subs.push(Arc::clone(sub));
+                }
+            }
+        }
+        // Pushed with no index lock held (the lists were copied).
+        subs.iter().map(|s| usize::from(s.deliver(record))).sum()
+    }
+
     pub(super) fn insert(&self, sub: &Arc<Sub>) {
         if sub.filter.is_all() {
             self.all.write().expect("index lock").insert(sub);
@@ -125,10 +154,11 @@ impl SubIndex {
     pub(super) fn dispatch(
         &self,
         topic: &str,
+        epoch: u64,
         record: &Arc<Record>,
         view: &HashMap<Arc<str>, Arc<Record>>,
     ) -> usize {
-        let mut dispatch = Dispatch::new(topic, record, view);
+        let mut dispatch = Dispatch::new(topic, epoch, record, view);
         let mut delivered = self.all.read().expect("index lock").dispatch(&mut dispatch);
         let Some(key) = record.key.as_deref() else {
             return delivered;

@@ -28,6 +28,7 @@ use dashmap::DashMap;
 mod group;
 mod index;
 mod partition;
+mod rate;
 mod sub;
 
 use self::group::Group;
@@ -261,7 +262,9 @@ impl Topic {
         state.next_offset = next;
         // Fan-out before the view takes the record: groups with a value
         // filter compare the new value with the key's previous one.
-        let delivered = self.index.dispatch(&self.name, &record, &state.view);
+        let delivered = self
+            .index
+            .dispatch(&self.name, self.epoch, &record, &state.view);
         if let Some(key) = &record.key {
             if log.delete {
                 // The entity is gone: a snapshot lists only keys that exist. The
@@ -285,7 +288,7 @@ impl Topic {
     /// latest value of the requested keys (also taken with a cursor, in case the
     /// cursor turns out to be unrecoverable).
     pub fn register(
-        &self,
+        self: &Arc<Self>,
         filter: Filter,
         outbox: Arc<Outbox>,
         cursor: Option<&Cursor>,
@@ -305,7 +308,7 @@ impl Topic {
     }
 
     /// The group for `spec`: the existing one with the same canonical text, or a new one.
-    fn group_for(&self, spec: Arc<Spec>) -> Arc<Group> {
+    fn group_for(self: &Arc<Self>, spec: Arc<Spec>) -> Arc<Group> {
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(group) = groups.get(spec.canonical()).and_then(Weak::upgrade) {
             return group;
@@ -319,6 +322,13 @@ impl Topic {
             Arc::clone(&spec),
         ));
         groups.insert(spec.canonical().into(), Arc::downgrade(&group));
+        if let Some(rate) = &group.rate {
+            rate::spawn_timer(
+                Arc::downgrade(self),
+                Arc::downgrade(&group),
+                Arc::clone(&rate.wake),
+            );
+        }
         group
     }
 
@@ -327,7 +337,7 @@ impl Topic {
     /// the spec admits.
     #[allow(clippy::too_many_arguments)]
     pub fn register_spec(
-        &self,
+        self: &Arc<Self>,
         filter: Filter,
         spec: Option<Arc<Spec>>,
         outbox: Arc<Outbox>,
@@ -764,7 +774,7 @@ mod tests {
 
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
         let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
-        Arc::new(Spec::new(Some(f), None).unwrap())
+        Arc::new(Spec::new(Some(f), None, None).unwrap())
     }
 
     #[test]
@@ -862,12 +872,17 @@ mod tests {
             crate::spec::ValueFilter::compile(&v, &Default::default()).unwrap()
         };
         let specs = [
-            Spec::new(Some(compile(serde_json::json!({"b": 1}))), Some(fields())),
+            Spec::new(
+                Some(compile(serde_json::json!({"b": 1}))),
+                Some(fields()),
+                None,
+            ),
             Spec::new(
                 Some(compile(serde_json::json!({"b": {"lt": 5}}))),
                 Some(fields()),
+                None,
             ),
-            Spec::new(None, Some(fields())),
+            Spec::new(None, Some(fields()), None),
         ];
         let mut outs = Vec::new();
         let mut subs = Vec::new();

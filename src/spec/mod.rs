@@ -22,26 +22,34 @@ pub struct Spec {
     pub fields: Option<Fields>,
     /// `fields`' canonical text: groups with equal projections share encodings.
     pub fields_key: Option<Arc<str>>,
+    /// Records per second per key, at most (conflation).
+    pub max_rate: Option<f64>,
     canonical: Box<str>,
 }
 
 impl Spec {
     /// The spec of a subscription, or `None` when nothing beyond keys shapes it.
-    pub fn new(filter: Option<ValueFilter>, fields: Option<Fields>) -> Option<Spec> {
-        if filter.is_none() && fields.is_none() {
+    pub fn new(
+        filter: Option<ValueFilter>,
+        fields: Option<Fields>,
+        max_rate: Option<f64>,
+    ) -> Option<Spec> {
+        if filter.is_none() && fields.is_none() && max_rate.is_none() {
             return None;
         }
         let fields_key: Option<Arc<str>> = fields.as_ref().map(|f| f.canonical().into());
         let canonical = format!(
-            "{{\"filter\":{},\"fields\":{}}}",
+            "{{\"filter\":{},\"fields\":{},\"max_rate\":{}}}",
             filter.as_ref().map_or("null", |f| f.canonical()),
             fields_key.as_deref().unwrap_or("null"),
+            serde_json::json!(max_rate),
         )
         .into_boxed_str();
         Some(Spec {
             filter: filter.map(Arc::new),
             fields,
             fields_key,
+            max_rate,
             canonical,
         })
     }

@@ -38,6 +38,11 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
             "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
             "field" => fields.push(value.into_owned()),
+            "max_rate" => {
+                req.max_rate = Some(value.parse().map_err(|_| {
+                    ClientError::new(ErrorCode::BadMessage, "`max_rate` must be a number > 0")
+                })?)
+            }
             "prefix" => req.prefix = Some(value.into_owned()),
             "cursor" => req.cursor = Some(value.into_owned()),
             "filter" => {
