@@ -117,6 +117,9 @@ pub struct SubscribeRequest {
     /// At most this many records per second per key (conflation).
     #[serde(default)]
     pub max_rate: Option<f64>,
+    /// `"all"` (default) or `"latest"`: a resume sends only each key's latest missed record.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +150,7 @@ impl PartialEq for SubscribeRequest {
             && self.filter == other.filter
             && self.fields == other.fields
             && self.max_rate == other.max_rate
+            && self.resume == other.resume
     }
 }
 
@@ -265,10 +269,21 @@ pub fn subscribed(
 
 /// Catch-up is over: `replayed` records were replayed; what follows is live.
 /// `cursor` (subscriptions with a filter) covers what the filter left out.
-pub fn live(id: &Value, topic: &str, replayed: usize, cursor: Option<&str>) -> String {
+/// `compacted` (`resume: "latest"`) counts the missed records left out
+/// because a later record of their key was sent.
+pub fn live(
+    id: &Value,
+    topic: &str,
+    replayed: usize,
+    cursor: Option<&str>,
+    compacted: Option<usize>,
+) -> String {
     let mut live = json!({"type": "live", "id": id, "topic": topic, "replayed": replayed});
     if let Some(cursor) = cursor {
         live["cursor"] = json!(cursor);
+    }
+    if let Some(compacted) = compacted {
+        live["compacted"] = json!(compacted);
     }
     live.to_string()
 }

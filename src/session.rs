@@ -8,7 +8,7 @@
 //! The transport drives [`CatchUp::next_batch`] until it returns `None`; the
 //! subscription is then live.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -166,6 +166,16 @@ pub async fn open(
         ));
     }
     let spec = spec_for(req, grants, limits)?;
+    let latest = match req.resume.as_deref() {
+        None | Some("all") => false,
+        Some("latest") => true,
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`resume` must be \"all\" or \"latest\"",
+            ))
+        }
+    };
     let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
     // Never serve from a ring and view the warm start has not filled: the
     // client would get an empty snapshot and then history as if it were live.
@@ -312,6 +322,9 @@ pub async fn open(
             marked: false,
             replayed: 0,
             replayer: Replayer::default(),
+            latest,
+            compacted: 0,
+            last_of: HashMap::new(),
         },
         enforced,
     })
@@ -358,6 +371,8 @@ pub enum Step {
     Live {
         replayed: usize,
         cursor: Option<String>,
+        /// With `resume: "latest"`: missed records left out for a later one of their key.
+        compacted: Option<usize>,
     },
 }
 
@@ -376,6 +391,11 @@ pub struct CatchUp {
     replayed: usize,
     /// Whether each key's last replayed value matched the value filter.
     replayer: Replayer,
+    /// `resume: "latest"`: replay only the latest missed record of each key.
+    latest: bool,
+    compacted: usize,
+    /// Per partition (read ahead before its log replay): each key's last offset in the range.
+    last_of: HashMap<u32, HashMap<Arc<str>, u64>>,
 }
 
 impl CatchUp {
@@ -396,6 +416,7 @@ impl CatchUp {
                 return Ok(Some(Step::Live {
                     replayed: self.replayed,
                     cursor,
+                    compacted: self.latest.then_some(self.compacted),
                 }));
             }
             let Some(segment) = self.segments.pop_front() else {
@@ -424,6 +445,7 @@ impl CatchUp {
                     records,
                     lookback,
                 }) => {
+                    let records = self.compact(records);
                     let records = self.through_filter_ring(&lookback, records);
                     telemetry::replayed("ring", records.len());
                     self.replayed += records.len();
@@ -444,6 +466,10 @@ impl CatchUp {
                     from,
                     until,
                 }) => {
+                    if self.latest && !self.last_of.contains_key(&partition) {
+                        let last = self.last_offsets(partition, from, until).await?;
+                        self.last_of.insert(partition, last);
+                    }
                     let records = self
                         .source
                         .read(&self.topic.name, partition, from, until, LOG_CHUNK)
@@ -461,6 +487,15 @@ impl CatchUp {
                     let filter = &sub.filter;
                     let mut batch: Vec<Arc<Record>> = Vec::new();
                     for r in records.iter().filter(|r| filter.matches(r.key.as_deref())) {
+                        let last = match (&r.key, self.last_of.get(&partition)) {
+                            (Some(key), Some(last)) => last.get(key).copied(),
+                            _ => None,
+                        };
+                        if last.is_some_and(|at| at != r.offset) {
+                            // A later record of this key is in the range: only it goes out.
+                            self.compacted += 1;
+                            continue;
+                        }
                         let cursor = self.advance(partition, r.offset);
                         if let Some(record) = self.through_filter_log(r, &cursor) {
                             batch.push(self.shaped(&record));
@@ -478,6 +513,62 @@ impl CatchUp {
                 return Ok(Some(Step::Records(batch)));
             }
         }
+    }
+
+    /// With `resume: "latest"`, keeps only the last record of each key (records
+    /// without a key all stay), in offset order.
+    fn compact(&mut self, records: Vec<Arc<Record>>) -> Vec<Arc<Record>> {
+        if !self.latest {
+            return records;
+        }
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for r in &records {
+            if let Some(key) = &r.key {
+                last.insert(key, r.offset);
+            }
+        }
+        let keep: Vec<bool> = records
+            .iter()
+            .map(|r| r.key.as_deref().is_none_or(|k| last[k] == r.offset))
+            .collect();
+        let before = records.len();
+        let kept: Vec<Arc<Record>> = records
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(r, keep)| keep.then_some(r))
+            .collect();
+        self.compacted += before - kept.len();
+        kept
+    }
+
+    /// Reads `[from, until)` of `partition` once ahead of a compacted log
+    /// replay: the last offset of each key the subscription takes.
+    async fn last_offsets(
+        &self,
+        partition: u32,
+        mut from: u64,
+        until: u64,
+    ) -> Result<HashMap<Arc<str>, u64>, CatchUpError> {
+        let mut last = HashMap::new();
+        while from < until {
+            let records = self
+                .source
+                .read(&self.topic.name, partition, from, until, LOG_CHUNK)
+                .await
+                .map_err(CatchUpError::Lost)?;
+            let Some(end) = records.last().map(|r| r.offset + 1) else {
+                break;
+            };
+            for r in &records {
+                if let Some(key) = &r.key {
+                    if self.sub.filter.matches(Some(key)) {
+                        last.insert(Arc::clone(key), r.offset);
+                    }
+                }
+            }
+            from = end;
+        }
+        Ok(last)
     }
 
     /// `record` projected onto the subscription's `fields`, if it has any.

@@ -770,3 +770,102 @@ async fn max_rate_conflates_per_key_keeps_the_latest_and_cursors_exact() {
     assert_eq!(server.sse("topic=one&max_rate=0", None).await.status, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn resume_latest_sends_each_keys_latest_missed_record_in_offset_order() {
+    let server = TestServer::start().await;
+    let first = server.publish("one", "k0", json!({"seq": 0})).await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    // Missed: 30 records over 5 keys; the last of each key is 25..29.
+    let batch: Vec<(String, Value)> = (1..=30u64)
+        .map(|n| (format!("k{}", n % 5), json!({"seq": n})))
+        .collect();
+    server.publish_batch("one", &batch).await;
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "one", "cursor": cursor, "resume": "latest"}))
+        .await;
+    let got = ws_drain(&mut ws).await;
+    assert_eq!(
+        got.iter().map(seq).collect::<Vec<_>>(),
+        vec![26, 27, 28, 29, 30]
+    );
+    assert_eq!(ws.lives[0]["replayed"], 5);
+    assert_eq!(ws.lives[0]["compacted"], 25);
+    // The last one's cursor covers the whole range: nothing more to replay.
+    let end = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    let mut again = server.ws().await;
+    again
+        .subscribe(json!({"topic": "one", "cursor": end, "resume": "latest"}))
+        .await;
+    assert!(ws_drain(&mut again).await.is_empty());
+    assert_eq!(again.lives[0]["compacted"], 0);
+    // SSE, with keys and a projection on top.
+    let mut sse = server
+        .sse(
+            &format!("topic=one&cursor={cursor}&resume=latest&key=k1&key=k2&field=seq"),
+            None,
+        )
+        .await;
+    assert_eq!(sse.next().await.event, "subscribed");
+    let over_sse = sse_drain(&mut sse).await;
+    assert_eq!(over_sse.iter().map(seq).collect::<Vec<_>>(), vec![26, 27]);
+    assert_eq!(sse.lives[0]["replayed"], 2);
+    assert_eq!(sse.lives[0]["compacted"], 10);
+    // `all` (the default) is unchanged, and says nothing of compaction.
+    let mut all = server.ws().await;
+    all.subscribe(json!({"topic": "one", "cursor": cursor, "resume": "all"}))
+        .await;
+    assert_eq!(ws_drain(&mut all).await.len(), 30);
+    assert!(all.lives[0].get("compacted").is_none());
+    // With a filter: the latest of each key, then the filter (k0's latest, 30, is even).
+    let mut filtered = server.ws().await;
+    filtered
+        .subscribe(json!({"topic": "one", "cursor": cursor, "resume": "latest", "filter": {"seq": {"in": [26, 28, 30]}}}))
+        .await;
+    assert_eq!(
+        ws_drain(&mut filtered)
+            .await
+            .iter()
+            .map(seq)
+            .collect::<Vec<_>>(),
+        vec![26, 28, 30]
+    );
+    // Bad modes: bad_message; SSE 400.
+    for bad in [json!("some"), json!(true), json!("LATEST")] {
+        ws.send(json!({"type": "subscribe", "id": "z", "topic": "t", "resume": bad}))
+            .await;
+        assert_eq!(ws.json().await["code"], "bad_message", "{bad}");
+    }
+    assert_eq!(server.sse("topic=one&resume=most", None).await.status, 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resume_latest_from_the_log_beyond_the_ring() {
+    let server = TestServer::start().await;
+    let first = server.publish("small", "a", json!({"seq": 0})).await;
+    let epoch = Cursor::decode(first["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    let batch: Vec<(String, Value)> = (1..9u64)
+        .map(|n| {
+            (
+                ["a", "b", "c"][n as usize % 3].to_owned(),
+                json!({"seq": n}),
+            )
+        })
+        .collect();
+    server.publish_batch("small", &batch).await;
+    // Offset 0 is older than the ring of 5: compacted from the log.
+    let zero = Cursor::new(epoch, vec![0]).encode();
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "small", "cursor": zero, "resume": "latest"}))
+        .await;
+    assert_eq!(
+        ws_drain(&mut ws).await.iter().map(seq).collect::<Vec<_>>(),
+        vec![6, 7, 8]
+    );
+    assert_eq!(ws.lives[0]["replayed"], 3);
+    assert_eq!(ws.lives[0]["compacted"], 6);
+    server.stop().await;
+}

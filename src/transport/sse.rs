@@ -38,6 +38,7 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
             "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
             "field" => fields.push(value.into_owned()),
+            "resume" => req.resume = Some(value.into_owned()),
             "max_rate" => {
                 req.max_rate = Some(value.parse().map_err(|_| {
                     ClientError::new(ErrorCode::BadMessage, "`max_rate` must be a number > 0")
@@ -144,8 +145,8 @@ pub async fn handler(
                         yield Ok(record.sse.clone());
                     }
                 }
-                Ok(Some(Step::Live { replayed, cursor })) => {
-                    let live = protocol::live(&id, &topic_name, replayed, cursor.as_deref());
+                Ok(Some(Step::Live { replayed, cursor, compacted })) => {
+                    let live = protocol::live(&id, &topic_name, replayed, cursor.as_deref(), compacted);
                     match cursor {
                         // An id moves EventSource's Last-Event-ID past what the filter left out.
                         Some(cursor) => yield Ok(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),

@@ -543,9 +543,18 @@ impl Connection {
                 Ok(Some(Step::Records(batch))) => {
                     self.guarded(send_records(socket, &batch)).await?
                 }
-                Ok(Some(Step::Live { replayed, cursor })) => {
-                    let live =
-                        protocol::live(&opened.id, &opened.topic_name, replayed, cursor.as_deref());
+                Ok(Some(Step::Live {
+                    replayed,
+                    cursor,
+                    compacted,
+                })) => {
+                    let live = protocol::live(
+                        &opened.id,
+                        &opened.topic_name,
+                        replayed,
+                        cursor.as_deref(),
+                        compacted,
+                    );
                     self.guarded(send_text(socket, live)).await?
                 }
                 Ok(None) => break,
