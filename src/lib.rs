@@ -10,7 +10,8 @@
 //! hub                 per topic: partitions (hub::partition: ring of recent records +
 //!        │            latest value per key), hub::index (key -> subs), hub::sub
 //!        │            (filter, catch-up backlog), hub::group (subs sharing a spec:
-//!        │            evaluated once per record); fan-out under the partition lock
+//!        │            evaluated and encoded once per record), hub::rate (max_rate:
+//!        │            one timer per group); fan-out under the partition lock
 //!        ▼
 //! outbox              per connection: bounded (bytes) queue of shared records
 //!        │
@@ -24,7 +25,8 @@
 //! http       router, health, readiness, metrics, topic list;  server: accept loop
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition
-//! spec       delivery specs: value filters (client's AND token's), normalized for grouping
+//! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
+//!            delta (JSON Patch), normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, client IPs, publish rate
 //! stall      write deadlines: notes when a client's socket stops taking bytes

@@ -120,6 +120,9 @@ pub struct SubscribeRequest {
     /// `"all"` (default) or `"latest"`: a resume sends only each key's latest missed record.
     #[serde(default)]
     pub resume: Option<String>,
+    /// `"json-patch"`: later records of a key carry an RFC 6902 patch instead of `data`.
+    #[serde(default)]
+    pub delta: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +154,7 @@ impl PartialEq for SubscribeRequest {
             && self.fields == other.fields
             && self.max_rate == other.max_rate
             && self.resume == other.resume
+            && self.delta == other.delta
     }
 }
 

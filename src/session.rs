@@ -108,7 +108,17 @@ pub fn spec_for(
             ))
         }
     };
-    Ok(Spec::new(filter, fields, max_rate).map(Arc::new))
+    let delta = match req.delta.as_deref() {
+        None => false,
+        Some("json-patch") => true,
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`delta` must be \"json-patch\"",
+            ))
+        }
+    };
+    Ok(Spec::new(filter, fields, max_rate, delta).map(Arc::new))
 }
 
 /// Decodes an optional cursor, as a client error when it is malformed.
@@ -325,6 +335,7 @@ pub async fn open(
             latest,
             compacted: 0,
             last_of: HashMap::new(),
+            delta_base: HashMap::new(),
         },
         enforced,
     })
@@ -396,6 +407,8 @@ pub struct CatchUp {
     compacted: usize,
     /// Per partition (read ahead before its log replay): each key's last offset in the range.
     last_of: HashMap<u32, HashMap<Arc<str>, u64>>,
+    /// With `delta`: the last value of each key this replay sent, the base of the next patch.
+    delta_base: HashMap<Arc<str>, serde_json::Value>,
 }
 
 impl CatchUp {
@@ -454,7 +467,8 @@ impl CatchUp {
                         .map(|r| {
                             let cursor = self.advance(partition, r.offset);
                             let r = self.shaped(r);
-                            Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal))
+                            let r = Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal));
+                            self.delta(r)
                         })
                         .collect();
                     // Records the filter left out are behind the client too.
@@ -498,7 +512,8 @@ impl CatchUp {
                         }
                         let cursor = self.advance(partition, r.offset);
                         if let Some(record) = self.through_filter_log(r, &cursor) {
-                            batch.push(self.shaped(&record));
+                            let record = self.shaped(&record);
+                            batch.push(self.delta(record));
                         }
                     }
                     if next_from >= until {
@@ -569,6 +584,32 @@ impl CatchUp {
             from = end;
         }
         Ok(last)
+    }
+
+    /// With `delta`, a replayed record as a patch from the previous value of
+    /// its key in this replay; the first of each key (and any after a
+    /// `leave`, a delete or an `enter`) carries whole data.
+    fn delta(&mut self, record: Arc<Record>) -> Arc<Record> {
+        if !self.sub.spec().is_some_and(|s| s.delta) {
+            return record;
+        }
+        let Some(key) = record.key.clone() else {
+            return record;
+        };
+        if record.body() != Body::Data || record.delete {
+            self.delta_base.remove(&key);
+            return record;
+        }
+        let Some(value) = crate::spec::parse(record.data()) else {
+            self.delta_base.remove(&key);
+            return record;
+        };
+        let enter = record.ws.as_str().contains(",\"op\":\"enter\",");
+        let patch = match self.delta_base.insert(key, value.clone()) {
+            Some(before) if !enter => crate::spec::delta::diff(&before, &value),
+            _ => return record,
+        };
+        Arc::new(record.with_body(&self.topic.name, (Body::Patch, &patch)))
     }
 
     /// `record` projected onto the subscription's `fields`, if it has any.

@@ -9,7 +9,7 @@
 //! `enter` or `leave` variant is encoded at most once, whatever the groups.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -23,12 +23,63 @@ pub(crate) struct Group {
     pub(super) spec: Arc<Spec>,
     /// Conflation state and timer hook, with `max_rate`.
     pub(super) rate: Option<Rate>,
+    /// With `delta`: the last whole record the group sent per key, the base
+    /// of the next patch (keys are partition-local: one lock serves all).
+    delta: Option<Mutex<HashMap<Arc<str>, Arc<Record>>>>,
+}
+
+/// What a group's members get for one record: the whole record, and with
+/// `delta` a patch from the key's previous value, for the members that hold
+/// that value (those that were live at its `base` offset).
+#[derive(Clone)]
+pub(super) struct Outcome {
+    pub(super) whole: Arc<Record>,
+    pub(super) patch: Option<(Arc<Record>, u64)>,
 }
 
 impl Group {
     pub(super) fn new(id: u64, spec: Arc<Spec>) -> Self {
         let rate = spec.max_rate.map(Rate::new);
-        Self { id, spec, rate }
+        let delta = spec.delta.then(|| Mutex::new(HashMap::new()));
+        Self {
+            id,
+            spec,
+            rate,
+            delta,
+        }
+    }
+
+    /// Turns the record the group sends into its outcome: with `delta`, a
+    /// patch against the key's previous value, built once for all members.
+    pub(super) fn finish(&self, topic: &str, whole: Arc<Record>) -> Outcome {
+        let (Some(last), Some(key)) = (&self.delta, whole.key.clone()) else {
+            return Outcome { whole, patch: None };
+        };
+        let mut last = last.lock().expect("delta lock");
+        // An `enter` (or a leave or delete before it) starts over with whole data.
+        let fresh = whole.body() != Body::Data
+            || whole.delete
+            || whole.ws.as_str().contains(",\"op\":\"enter\",");
+        if whole.body() != Body::Data || whole.delete {
+            last.remove(&key);
+            return Outcome { whole, patch: None };
+        }
+        let base = last.insert(key, Arc::clone(&whole));
+        drop(last);
+        let patch = match base {
+            Some(base) if !fresh => {
+                let (Some(before), Some(after)) =
+                    (spec::parse(base.data()), spec::parse(whole.data()))
+                else {
+                    return Outcome { whole, patch: None };
+                };
+                let text = crate::spec::delta::diff(&before, &after);
+                let patch = whole.with_body(topic, (Body::Patch, &text));
+                Some((Arc::new(patch), base.offset))
+            }
+            _ => None,
+        };
+        Outcome { whole, patch }
     }
 }
 
@@ -62,7 +113,7 @@ pub(super) struct Dispatch<'a> {
     leave: Option<Arc<Record>>,
     stripped: Option<Arc<Record>>,
     /// (group id, what its members get); few entries, so a list beats a map.
-    memo: Vec<(u64, Option<Arc<Record>>)>,
+    memo: Vec<(u64, Option<Outcome>)>,
     /// (projection, record projected, the projection of it): one encoding
     /// per distinct `fields` per record, whatever the filters around it.
     shaped: Vec<(Arc<str>, *const Record, Arc<Record>)>,
@@ -95,7 +146,7 @@ impl<'a> Dispatch<'a> {
     }
 
     /// What the members of `group` receive for this record (`None`: nothing).
-    pub(super) fn outcome(&mut self, group: &Group) -> Option<Arc<Record>> {
+    pub(super) fn outcome(&mut self, group: &Group) -> Option<Outcome> {
         if let Some((_, out)) = self.memo.iter().find(|(id, _)| *id == group.id) {
             return out.clone();
         }
@@ -103,6 +154,7 @@ impl<'a> Dispatch<'a> {
         if let Some(rate) = &group.rate {
             out = out.and_then(|record| rate.admit(self.topic, self.epoch, record));
         }
+        let out = out.map(|whole| group.finish(self.topic, whole));
         self.memo.push((group.id, out.clone()));
         out
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
-use super::group::{Dispatch, Group};
+use super::group::{Dispatch, Group, Outcome};
 use super::sub::Sub;
 use crate::record::Record;
 
@@ -72,7 +72,7 @@ impl Bucket {
         for (group, members) in &self.grouped {
             if let Some(out) = dispatch.outcome(group) {
                 for sub in members {
-                    delivered += usize::from(sub.deliver(&out));
+                    delivered += usize::from(sub.deliver_outcome(&out));
                 }
             }
         }
@@ -83,7 +83,8 @@ impl Bucket {
 impl SubIndex {
     /// Pushes `record` (already shaped for `group`) to the members of `group`
     /// whose keys it matches, once each: a conflated record sent by the timer.
-    pub(super) fn dispatch_group(&self, record: &Arc<Record>, group: &Group) -> usize {
+    pub(super) fn dispatch_group(&self, out: &Outcome, group: &Group) -> usize {
+        let record = &out.whole;
         let members = |bucket: &Bucket| -> Vec<Arc<Sub>> {
             bucket
                 .grouped
@@ -107,7 +108,9 @@ impl SubIndex {
             }
         }
         // Pushed with no index lock held (the lists were copied).
-        subs.iter().map(|s| usize::from(s.deliver(record))).sum()
+        subs.iter()
+            .map(|s| usize::from(s.deliver_outcome(out)))
+            .sum()
     }
 
     pub(super) fn insert(&self, sub: &Arc<Sub>) {
@@ -171,12 +174,13 @@ impl SubIndex {
             // A key the subscription also names exactly was delivered above.
             let exact = sub.filter.keys.as_ref().is_some_and(|k| k.contains(key));
             if key.starts_with(prefix) && !exact {
-                let out = match &sub.group {
-                    None => Some(Arc::clone(record)),
-                    Some(group) => dispatch.outcome(group),
-                };
-                if let Some(out) = out {
-                    delivered += usize::from(sub.deliver(&out));
+                match &sub.group {
+                    None => delivered += usize::from(sub.deliver(record)),
+                    Some(group) => {
+                        if let Some(out) = dispatch.outcome(group) {
+                            delivered += usize::from(sub.deliver_outcome(&out));
+                        }
+                    }
                 }
             }
         }

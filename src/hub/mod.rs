@@ -422,6 +422,14 @@ impl Topic {
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             filter,
+            in_step_from: match &skip_below {
+                Some(skip) => high
+                    .iter()
+                    .enumerate()
+                    .map(|(p, h)| (*h).max(skip.get(p).copied().unwrap_or(0)))
+                    .collect(),
+                None => high.clone().into_boxed_slice(),
+            },
             group,
             topic: Arc::clone(&self.name),
             epoch: self.epoch,
@@ -774,7 +782,7 @@ mod tests {
 
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
         let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
-        Arc::new(Spec::new(Some(f), None, None).unwrap())
+        Arc::new(Spec::new(Some(f), None, None, false).unwrap())
     }
 
     #[test]
@@ -876,13 +884,15 @@ mod tests {
                 Some(compile(serde_json::json!({"b": 1}))),
                 Some(fields()),
                 None,
+                false,
             ),
             Spec::new(
                 Some(compile(serde_json::json!({"b": {"lt": 5}}))),
                 Some(fields()),
                 None,
+                false,
             ),
-            Spec::new(None, Some(fields()), None),
+            Spec::new(None, Some(fields()), None, false),
         ];
         let mut outs = Vec::new();
         let mut subs = Vec::new();

@@ -191,7 +191,8 @@ pub(super) fn spawn_timer(topic: Weak<Topic>, group: Weak<Group>, wake: Arc<Noti
                 let mut offsets = frontier.clone();
                 lower(&mut offsets, &waiting);
                 let record = Arc::new(reframed(&topic.name, topic.epoch, &record, offsets));
-                topic.index.dispatch_group(&record, &group);
+                let out = group.finish(&topic.name, record);
+                topic.index.dispatch_group(&out, &group);
             }
         }
     });

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::group::Group;
+use super::group::{Group, Outcome};
 use crate::cursor::Cursor;
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, Record};
@@ -42,6 +42,10 @@ pub struct Sub {
     pub filter: Filter,
     /// The group of subscriptions sharing this one's delivery spec; `None`: plain.
     pub(super) group: Option<Arc<Group>>,
+    /// With `delta`: per partition, the offset from which this subscription
+    /// received every record of the group live; a patch whose base is older
+    /// would apply to a value it may not hold, so it gets whole data.
+    pub(super) in_step_from: Box<[u64]>,
     pub(super) topic: Arc<str>,
     pub(super) epoch: u64,
     pub(super) outbox: Arc<Outbox>,
@@ -70,6 +74,22 @@ impl Sub {
     /// The delivery spec this subscription shares with its group, if any.
     pub fn spec(&self) -> Option<&Arc<Spec>> {
         self.group.as_ref().map(|g| &g.spec)
+    }
+
+    /// Queues what the group sends for a record: the patch when this
+    /// subscription holds its base value, else the whole record.
+    pub(super) fn deliver_outcome(&self, out: &Outcome) -> bool {
+        match &out.patch {
+            Some((patch, base))
+                if self
+                    .in_step_from
+                    .get(patch.partition as usize)
+                    .is_some_and(|from| base >= from) =>
+            {
+                self.deliver(patch)
+            }
+            _ => self.deliver(&out.whole),
+        }
     }
 
     /// Queues a live record for this subscription. Called under the partition lock.

@@ -4,6 +4,7 @@
 //! one group in the hub: each record is evaluated once per group, and every
 //! member gets the same bytes.
 
+pub mod delta;
 pub mod fields;
 pub mod filter;
 
@@ -24,6 +25,8 @@ pub struct Spec {
     pub fields_key: Option<Arc<str>>,
     /// Records per second per key, at most (conflation).
     pub max_rate: Option<f64>,
+    /// `delta: "json-patch"`: later records of a key carry a patch.
+    pub delta: bool,
     canonical: Box<str>,
 }
 
@@ -33,16 +36,18 @@ impl Spec {
         filter: Option<ValueFilter>,
         fields: Option<Fields>,
         max_rate: Option<f64>,
+        delta: bool,
     ) -> Option<Spec> {
-        if filter.is_none() && fields.is_none() && max_rate.is_none() {
+        if filter.is_none() && fields.is_none() && max_rate.is_none() && !delta {
             return None;
         }
         let fields_key: Option<Arc<str>> = fields.as_ref().map(|f| f.canonical().into());
         let canonical = format!(
-            "{{\"filter\":{},\"fields\":{},\"max_rate\":{}}}",
+            "{{\"filter\":{},\"fields\":{},\"max_rate\":{},\"delta\":{}}}",
             filter.as_ref().map_or("null", |f| f.canonical()),
             fields_key.as_deref().unwrap_or("null"),
             serde_json::json!(max_rate),
+            delta,
         )
         .into_boxed_str();
         Some(Spec {
@@ -50,6 +55,7 @@ impl Spec {
             fields,
             fields_key,
             max_rate,
+            delta,
             canonical,
         })
     }

@@ -39,6 +39,7 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
             "key" => keys.push(value.into_owned()),
             "field" => fields.push(value.into_owned()),
             "resume" => req.resume = Some(value.into_owned()),
+            "delta" => req.delta = Some(value.into_owned()),
             "max_rate" => {
                 req.max_rate = Some(value.parse().map_err(|_| {
                     ClientError::new(ErrorCode::BadMessage, "`max_rate` must be a number > 0")
