@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use pushgate::cursor::Cursor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -241,4 +242,55 @@ async fn delta_clients_always_hold_the_full_value_through_joins_resumes_gaps_and
         c_delta.wholes
     );
     server.stop().await;
+}
+
+/// The JavaScript client's `applyPatch` (static/pushgate.js) rebuilds every
+/// value from the gateway's patches. Needs `node`; skipped without it.
+#[test]
+fn the_js_client_applies_the_gateways_patches() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("node not found: skipped");
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut cases = Vec::new();
+    for _ in 0..500 {
+        let a = arb_json().new_tree(&mut runner).unwrap().current();
+        let b = arb_json().new_tree(&mut runner).unwrap().current();
+        let patch: Value = serde_json::from_str(&pushgate::spec::delta::diff(&a, &b)).unwrap();
+        cases.push(json!({"a": a, "b": b, "patch": patch}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, Value::from(cases).to_string()).unwrap();
+    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/static/pushgate.js");
+    let script = format!(
+        "import {{ applyPatch }} from 'file://{module}';
+         import {{ readFileSync }} from 'node:fs';
+         const cases = JSON.parse(readFileSync({file:?}, 'utf8'));
+         const canon = (v) => JSON.stringify(v, (k, x) => x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort()) : x);
+         let bad = 0;
+         for (const c of cases) {{
+           const before = canon(c.a);
+           const got = applyPatch(c.a, c.patch);
+           if (canon(got) !== canon(c.b) || canon(c.a) !== before) {{ bad++; console.error(JSON.stringify(c)); }}
+         }}
+         console.log(cases.length - bad, 'ok');
+         process.exit(bad ? 1 : 0);"
+    );
+    let out = std::process::Command::new("node")
+        .args(["--input-type=module", "-e", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("500 ok"));
 }
