@@ -11,7 +11,10 @@
 //! Grants live in one claim (`auth.claim`, default `pushgate`):
 //! `{"subscribe": ["prices", "news:eu.*"], "publish": ["posts:user-1"]}`.
 //! A grant is `TOPIC` or `TOPIC:KEY`; either part may end in `*` (a prefix),
-//! and `*` alone matches everything.
+//! and `*` alone matches everything. A subscribe grant may also be an object,
+//! `{"topic": "orders", "filter": {"customer_id": "42"}}` (`topic` as in the
+//! string form): the server ANDs its filter with whatever the client asks
+//! for. A grant object that is malformed grants nothing (fail closed).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +31,7 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, KeyKind};
 use crate::hub::Filter;
+use crate::spec::{FilterLimits, KeyTest, ValueFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -113,6 +117,23 @@ impl Pattern {
 struct Grant {
     topic: Pattern,
     key: Pattern,
+    /// Records of this grant must also match this (a grant object's `filter`).
+    filter: Option<Arc<ValueFilter>>,
+}
+
+fn grant_of(item: &str, filter: Option<Arc<ValueFilter>>) -> Grant {
+    match item.split_once(':') {
+        Some((topic, key)) => Grant {
+            topic: Pattern::parse(topic),
+            key: Pattern::parse(key),
+            filter,
+        },
+        None => Grant {
+            topic: Pattern::parse(item),
+            key: Pattern::Any,
+            filter,
+        },
+    }
 }
 
 impl Grants {
@@ -120,25 +141,72 @@ impl Grants {
         Self(vec![Grant {
             topic: Pattern::Any,
             key: Pattern::Any,
+            filter: None,
         }])
     }
 
     pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(
-            items
-                .into_iter()
-                .map(|item| match item.split_once(':') {
-                    Some((topic, key)) => Grant {
-                        topic: Pattern::parse(topic),
-                        key: Pattern::parse(key),
-                    },
-                    None => Grant {
-                        topic: Pattern::parse(item),
-                        key: Pattern::Any,
-                    },
-                })
-                .collect(),
-        )
+        Self(items.into_iter().map(|item| grant_of(item, None)).collect())
+    }
+
+    /// Subscribe grants from a claim list: strings, and objects
+    /// `{"topic": "…", "filter": {…}}`. An object with other members, a
+    /// topic that is not a string, or a filter that does not compile within
+    /// `limits` is dropped, so a mistake grants less, never more.
+    pub fn parse_subscribe(items: &[Value], limits: &FilterLimits) -> Self {
+        let mut grants = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(s) => grants.push(grant_of(s, None)),
+                Value::Object(m) => {
+                    let topic = m.get("topic").and_then(Value::as_str);
+                    let known = m.keys().all(|k| k == "topic" || k == "filter");
+                    let filter = match m.get("filter") {
+                        None => Ok(None),
+                        Some(f) => ValueFilter::compile(f, limits).map(|f| Some(Arc::new(f))),
+                    };
+                    match (topic, known, filter) {
+                        (Some(topic), true, Ok(filter)) => grants.push(grant_of(topic, filter)),
+                        (_, _, Err(e)) => {
+                            tracing::warn!(error = %e, "a token's grant filter does not compile; the grant is ignored")
+                        }
+                        _ => tracing::warn!("a token's grant object is malformed; it is ignored"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Self(grants)
+    }
+
+    /// The filter the token enforces on `topic`: `None` when a grant without
+    /// a filter covers every key; otherwise the OR, over the grants of the
+    /// topic, of (the grant's keys AND its filter). The caller ANDs it with
+    /// the client's own filter, so a client can only narrow it.
+    pub fn enforced(&self, topic: &str) -> Option<ValueFilter> {
+        let grants: Vec<&Grant> = self.0.iter().filter(|g| g.topic.matches(topic)).collect();
+        if grants.iter().all(|g| g.filter.is_none())
+            || grants
+                .iter()
+                .any(|g| g.filter.is_none() && g.key == Pattern::Any)
+        {
+            return None;
+        }
+        let parts: Vec<ValueFilter> = grants
+            .iter()
+            .map(|g| {
+                let key = ValueFilter::key(match &g.key {
+                    Pattern::Any => KeyTest::Any,
+                    Pattern::Exact(k) => KeyTest::Exact(k.as_str().into()),
+                    Pattern::Prefix(p) => KeyTest::Prefix(p.as_str().into()),
+                });
+                match &g.filter {
+                    Some(f) => key.and(f),
+                    None => key,
+                }
+            })
+            .collect();
+        Some(ValueFilter::any(&parts))
     }
 
     fn for_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Pattern> + 'a {
@@ -205,6 +273,8 @@ struct Claims {
 
 pub struct Authenticator {
     config: AuthConfig,
+    /// Bounds for grant filters, the same as for clients' filters.
+    filter_limits: FilterLimits,
     keys: RwLock<Arc<KeySet>>,
     validation: Validation,
     jwks_seen: RwLock<Option<SystemTime>>,
@@ -212,7 +282,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Loads every configured key (and the JWKS file); fails naming the bad one.
-    pub fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+    pub fn new(config: &AuthConfig, filter_limits: FilterLimits) -> Result<Self, AuthSetupError> {
         let mut configured = Vec::new();
         for (index, key) in config.keys.iter().enumerate() {
             configured.push(Arc::new(
@@ -241,6 +311,7 @@ impl Authenticator {
         validation.set_required_spec_claims(&required);
         let auth = Self {
             config: config.clone(),
+            filter_limits,
             keys: RwLock::new(Arc::new(KeySet {
                 configured,
                 from_jwks: Vec::new(),
@@ -337,10 +408,15 @@ impl Authenticator {
                 .unwrap_or_default();
             Grants::parse(items)
         };
+        let subscribe = grants
+            .and_then(|g| g.get("subscribe"))
+            .and_then(Value::as_array)
+            .map(|items| Grants::parse_subscribe(items, &self.filter_limits))
+            .unwrap_or_default();
         Identity {
             subject: claims.sub,
             expires_at: Some(claims.exp),
-            subscribe: list("subscribe"),
+            subscribe,
             publish: list("publish"),
         }
     }

@@ -158,6 +158,11 @@ pub struct LimitsConfig {
     pub max_key_bytes: usize,
     pub max_snapshot_records: usize,
     pub max_connections_per_ip: usize,
+    /// A subscription's value filter: compact JSON size, nesting, operators, list length.
+    pub max_filter_bytes: usize,
+    pub max_filter_depth: usize,
+    pub max_filter_operators: usize,
+    pub max_filter_list: usize,
     /// Records per second one caller (token subject, or IP when anonymous) may publish.
     pub publish_rate: f64,
     pub publish_burst: f64,
@@ -302,6 +307,18 @@ impl Default for TopicConfig {
     }
 }
 
+impl LimitsConfig {
+    /// The bounds a client's (or a grant's) value filter must stay within.
+    pub fn filter_limits(&self) -> crate::spec::FilterLimits {
+        crate::spec::FilterLimits {
+            max_bytes: self.max_filter_bytes,
+            max_depth: self.max_filter_depth,
+            max_operators: self.max_filter_operators,
+            max_list: self.max_filter_list,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -315,6 +332,10 @@ impl Default for LimitsConfig {
             max_key_bytes: 1024,
             max_snapshot_records: 10_000,
             max_connections_per_ip: 1000,
+            max_filter_bytes: 4096,
+            max_filter_depth: 8,
+            max_filter_operators: 64,
+            max_filter_list: 256,
             publish_rate: 1000.0,
             publish_burst: 2000.0,
             write_timeout: Duration::from_secs(10),
@@ -509,6 +530,13 @@ impl Config {
                 self.limits.max_publish_records,
             ),
             ("limits.max_key_bytes", self.limits.max_key_bytes),
+            ("limits.max_filter_bytes", self.limits.max_filter_bytes),
+            ("limits.max_filter_depth", self.limits.max_filter_depth),
+            (
+                "limits.max_filter_operators",
+                self.limits.max_filter_operators,
+            ),
+            ("limits.max_filter_list", self.limits.max_filter_list),
             (
                 "websocket.read_buffer_bytes",
                 self.websocket.read_buffer_bytes,
@@ -547,6 +575,10 @@ impl Config {
                 "embedded.cache_bytes",
                 format!("must be at least {MIN_EMBEDDED_CACHE_BYTES} (1 MiB)"),
             ));
+        }
+        if self.limits.max_filter_depth > 32 {
+            // Evaluation recurses once per level: keep it far from the stack's end.
+            return Err(invalid("limits.max_filter_depth", "must be at most 32"));
         }
         if !(self.limits.publish_rate > 0.0 && self.limits.publish_rate.is_finite()) {
             return Err(invalid("limits.publish_rate", "must be a positive number"));

@@ -9,7 +9,9 @@
 //!        ▼
 //! hub                 per topic: partitions (hub::partition: ring of recent records +
 //!        │            latest value per key), hub::index (key -> subs), hub::sub
-//!        │            (filter, catch-up backlog); fan-out under the partition lock
+//!        │            (filter, catch-up backlog), hub::group (subs sharing a spec:
+//!        │            evaluated and encoded once per record), hub::rate (max_rate:
+//!        │            one timer per group); fan-out under the partition lock
 //!        ▼
 //! outbox              per connection: bounded (bytes) queue of shared records
 //!        │
@@ -23,6 +25,8 @@
 //! http       router, health, readiness, metrics, topic list;  server: accept loop
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition
+//! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
+//!            delta (JSON Patch), normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, client IPs, publish rate
 //! stall      write deadlines: notes when a client's socket stops taking bytes
@@ -57,6 +61,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod source;
+pub mod spec;
 pub mod stall;
 pub mod state;
 pub mod telemetry;

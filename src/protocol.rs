@@ -108,6 +108,21 @@ pub struct SubscribeRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub snapshot: Option<bool>,
+    /// A value filter on records' `data` (see `spec::filter`).
+    #[serde(default)]
+    pub filter: Option<Value>,
+    /// Paths of `data` to receive (a projection).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// At most this many records per second per key (conflation).
+    #[serde(default)]
+    pub max_rate: Option<f64>,
+    /// `"all"` (default) or `"latest"`: a resume sends only each key's latest missed record.
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// `"json-patch"`: later records of a key carry an RFC 6902 patch instead of `data`.
+    #[serde(default)]
+    pub delta: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +150,11 @@ impl PartialEq for SubscribeRequest {
             && self.prefix == other.prefix
             && self.cursor == other.cursor
             && self.snapshot == other.snapshot
+            && self.filter == other.filter
+            && self.fields == other.fields
+            && self.max_rate == other.max_rate
+            && self.resume == other.resume
+            && self.delta == other.delta
     }
 }
 
@@ -252,8 +272,24 @@ pub fn subscribed(
 }
 
 /// Catch-up is over: `replayed` records were replayed; what follows is live.
-pub fn live(id: &Value, topic: &str, replayed: usize) -> String {
-    json!({"type": "live", "id": id, "topic": topic, "replayed": replayed}).to_string()
+/// `cursor` (subscriptions with a filter) covers what the filter left out.
+/// `compacted` (`resume: "latest"`) counts the missed records left out
+/// because a later record of their key was sent.
+pub fn live(
+    id: &Value,
+    topic: &str,
+    replayed: usize,
+    cursor: Option<&str>,
+    compacted: Option<usize>,
+) -> String {
+    let mut live = json!({"type": "live", "id": id, "topic": topic, "replayed": replayed});
+    if let Some(cursor) = cursor {
+        live["cursor"] = json!(cursor);
+    }
+    if let Some(compacted) = compacted {
+        live["compacted"] = json!(compacted);
+    }
+    live.to_string()
 }
 
 pub fn unsubscribed(id: &Value, topic: &str) -> String {

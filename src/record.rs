@@ -52,6 +52,10 @@ pub struct Record {
     pub partition: u32,
     pub offset: u64,
     pub key: Option<Arc<str>>,
+    /// The record deletes its key (a tombstone or a change event's delete).
+    pub delete: bool,
+    /// What the body member holds: `data`, a `patch`, or nothing (`leave`).
+    body: Body,
     /// The whole SSE event, `id:` line included.
     pub sse: Bytes,
     /// The WebSocket text frame: a slice of `sse`.
@@ -61,6 +65,17 @@ pub struct Record {
     extra_start: u32,
     extra_end: u32,
     timestamp: i64,
+}
+
+/// The member that carries a record's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `"data": <the value>`.
+    Data,
+    /// `"patch": <RFC 6902 operations>` (delta subscriptions).
+    Patch,
+    /// No value at all (`op: "leave"`, or a delete the subscriber may not see).
+    None,
 }
 
 /// How a record is framed for one particular delivery.
@@ -77,17 +92,66 @@ impl Record {
     /// Encodes `log` for `topic`, with `cursor` as the position right after it.
     pub fn encode(topic: &str, log: &LogRecord, cursor: &str, framing: Framing) -> Record {
         let extra = log.extra.as_deref().unwrap_or("");
-        Self::build(
+        let mut record = Self::build(
             topic,
             log.partition,
             log.offset,
             log.key.clone(),
             log.timestamp,
             extra,
-            &log.data,
+            (Body::Data, &log.data),
             cursor,
             framing,
-        )
+        );
+        record.delete = log.delete;
+        record
+    }
+
+    /// This record with `op` set (replacing any `op` it had, e.g. a change
+    /// event's) and `body` as its value member: `enter`, `leave`, or a delete
+    /// without its data. Built once per record and group, never per subscriber.
+    pub fn variant(&self, topic: &str, op: &str, body: (Body, &str)) -> Record {
+        let extra = with_op(self.extra(), op);
+        let mut record = Self::build(
+            topic,
+            self.partition,
+            self.offset,
+            self.key.clone(),
+            self.timestamp,
+            &extra,
+            body,
+            self.cursor(),
+            Framing::Normal,
+        );
+        record.delete = self.delete;
+        record
+    }
+
+    /// This record with another value member, everything else kept (a
+    /// projection of `data`, or a patch in its place).
+    pub fn with_body(&self, topic: &str, body: (Body, &str)) -> Record {
+        let mut record = Self::build(
+            topic,
+            self.partition,
+            self.offset,
+            self.key.clone(),
+            self.timestamp,
+            self.extra(),
+            body,
+            self.cursor(),
+            Framing::Normal,
+        );
+        record.delete = self.delete;
+        record
+    }
+
+    fn extra(&self) -> &str {
+        &self.ws.as_str()[self.extra_start as usize..self.extra_end as usize]
+    }
+
+    /// What the value member holds.
+    pub fn body(&self) -> Body {
+        self.body
     }
 
     /// Re-encodes this record with another cursor (replay and snapshot paths only).
@@ -95,20 +159,22 @@ impl Record {
         let ws = self.ws.as_str();
         let data = &ws[self.data_start as usize..self.data_end as usize];
         let extra = &ws[self.extra_start as usize..self.extra_end as usize];
-        Self::build(
+        let mut record = Self::build(
             topic,
             self.partition,
             self.offset,
             self.key.clone(),
             self.timestamp,
             extra,
-            data,
+            (self.body, data),
             cursor,
             framing,
-        )
+        );
+        record.delete = self.delete;
+        record
     }
 
-    /// The record's JSON value text.
+    /// The record's value member text (`data`, or the `patch`; empty for `Body::None`).
     pub fn data(&self) -> &str {
         &self.ws.as_str()[self.data_start as usize..self.data_end as usize]
     }
@@ -138,7 +204,7 @@ impl Record {
         key: Option<Arc<str>>,
         timestamp: i64,
         extra: &str,
-        data: &str,
+        (body, data): (Body, &str),
         cursor: &str,
         framing: Framing,
     ) -> Record {
@@ -183,9 +249,18 @@ impl Record {
         } else {
             buf.len() - ws_start - 1
         };
-        buf.push_str("\"data\":");
+        match body {
+            Body::Data => buf.push_str("\"data\":"),
+            Body::Patch => buf.push_str("\"patch\":"),
+            Body::None => {
+                // No value member: drop the comma that would have preceded it.
+                buf.pop();
+            }
+        }
         let data_start = buf.len() - ws_start;
-        buf.push_str(data);
+        if body != Body::None {
+            buf.push_str(data);
+        }
         let data_end = buf.len() - ws_start;
         buf.push('}');
         let ws_end = buf.len();
@@ -196,6 +271,8 @@ impl Record {
             partition,
             offset,
             key,
+            delete: false,
+            body,
             sse,
             ws,
             data_start: data_start as u32,
@@ -205,6 +282,36 @@ impl Record {
             timestamp,
         }
     }
+}
+
+/// `extra` (`"name":value` members) with `op` set to `op`: a change event's
+/// own `op` is replaced, so the member appears once.
+fn with_op(extra: &str, op: &str) -> String {
+    let mut out = String::with_capacity(extra.len() + 16);
+    out.push_str("\"op\":");
+    push_json_str(&mut out, op);
+    if extra.is_empty() {
+        return out;
+    }
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&format!(
+        "{{{extra}}}"
+    )) {
+        Ok(mut members) => {
+            members.remove("op");
+            for (name, value) in members {
+                out.push(',');
+                push_json_str(&mut out, &name);
+                out.push(':');
+                out.push_str(&value.to_string());
+            }
+        }
+        Err(_) => {
+            // Never expected (sources write valid members); keep them as they are.
+            out.push(',');
+            out.push_str(extra);
+        }
+    }
+    out
 }
 
 fn itoa(v: u64) -> String {
@@ -325,5 +432,48 @@ mod tests {
         assert_eq!(json["encoding"], "base64");
         assert_eq!(json["key"], serde_json::Value::Null);
         assert_eq!(json["data"], "aGk=");
+    }
+
+    #[test]
+    fn variants_replace_op_and_value_members() {
+        let log = LogRecord {
+            partition: 0,
+            offset: 1,
+            timestamp: 5,
+            key: Some("k".into()),
+            data: "{\"a\":1}".into(),
+            extra: Some("\"op\":\"update\",\"source\":{\"op\":\"x\"}".into()),
+            delete: false,
+        };
+        let rec = Record::encode("t", &log, "C", Framing::Normal);
+        let enter = rec.variant("t", "enter", (Body::Data, rec.data()));
+        let json: serde_json::Value = serde_json::from_str(enter.ws.as_str()).unwrap();
+        assert_eq!(json["op"], "enter");
+        assert_eq!(json["source"]["op"], "x");
+        assert_eq!(json["data"]["a"], 1);
+        assert_eq!(
+            enter.ws.as_str().matches("\"op\":\"").count(),
+            2,
+            "one op member, one in source"
+        );
+        let leave = rec.variant("t", "leave", (Body::None, ""));
+        let json: serde_json::Value = serde_json::from_str(leave.ws.as_str()).unwrap();
+        assert_eq!(json["op"], "leave");
+        assert!(json.get("data").is_none() && json.get("patch").is_none());
+        assert_eq!(json["cursor"], "C");
+        let again = leave.reframe("t", "D", Framing::Normal);
+        let json: serde_json::Value = serde_json::from_str(again.ws.as_str()).unwrap();
+        assert!(json.get("data").is_none(), "reframing keeps the body kind");
+        assert_eq!(json["cursor"], "D");
+        let patch = rec.with_body("t", (Body::Patch, "[]"));
+        let json: serde_json::Value = serde_json::from_str(patch.ws.as_str()).unwrap();
+        assert_eq!(json["patch"], serde_json::json!([]));
+        assert_eq!(json["op"], "update");
+        let plain = Record::encode("t", &LogRecord { extra: None, ..log }, "C", Framing::Normal);
+        let json: serde_json::Value =
+            serde_json::from_str(plain.variant("t", "enter", (Body::Data, "2")).ws.as_str())
+                .unwrap();
+        assert_eq!(json["op"], "enter");
+        assert_eq!(json["data"], 2);
     }
 }

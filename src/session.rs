@@ -8,7 +8,7 @@
 //! The transport drives [`CatchUp::next_batch`] until it returns `None`; the
 //! subscription is then live.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -19,8 +19,9 @@ use crate::cursor::Cursor;
 use crate::hub::{Filter, Registration, Replay, Sub, Topic};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
-use crate::record::{Framing, Record};
+use crate::record::{Body, Framing, LogRecord, Record};
 use crate::source::{Source, SourceError};
+use crate::spec::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -72,6 +73,54 @@ pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filte
     Ok(Filter { keys, prefix })
 }
 
+/// Builds the delivery spec of a request: the client's value filter ANDed
+/// with the one `grants` enforce on the topic. `None`: a plain subscription.
+pub fn spec_for(
+    req: &SubscribeRequest,
+    grants: &Grants,
+    limits: &LimitsConfig,
+) -> Result<Option<Arc<Spec>>, ClientError> {
+    let client = match &req.filter {
+        None => None,
+        Some(value) => Some(
+            ValueFilter::compile(value, &limits.filter_limits())
+                .map_err(|e| ClientError::new(ErrorCode::BadFilter, e.0))?,
+        ),
+    };
+    let filter = match (client, grants.enforced(&req.topic)) {
+        (Some(client), Some(enforced)) => Some(client.and(&enforced)),
+        (client, enforced) => client.or(enforced),
+    };
+    let fields = match &req.fields {
+        None => None,
+        Some(list) => Some(
+            Fields::new(list, limits.max_filter_list)
+                .map_err(|e| ClientError::new(ErrorCode::BadMessage, e))?,
+        ),
+    };
+    let max_rate = match req.max_rate {
+        None => None,
+        Some(rate) if rate > 0.0 && rate.is_finite() && rate <= 1e6 => Some(rate),
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`max_rate` must be a number > 0 (records per second per key, at most 1000000)",
+            ))
+        }
+    };
+    let delta = match req.delta.as_deref() {
+        None => false,
+        Some("json-patch") => true,
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`delta` must be \"json-patch\"",
+            ))
+        }
+    };
+    Ok(Spec::new(filter, fields, max_rate, delta).map(Arc::new))
+}
+
 /// Decodes an optional cursor, as a client error when it is malformed.
 pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ClientError> {
     match text {
@@ -106,6 +155,8 @@ pub struct Opened {
     pub gap: Option<(&'static str, String)>,
     pub snapshot_len: usize,
     pub catch_up: CatchUp,
+    /// The canonical filter the token enforced (a refreshed token must enforce the same).
+    pub enforced: Option<Box<str>>,
 }
 
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
@@ -124,6 +175,18 @@ pub async fn open(
             "not allowed to subscribe to these keys of this topic",
         ));
     }
+    let spec = spec_for(req, grants, limits)?;
+    let latest = match req.resume.as_deref() {
+        None | Some("all") => false,
+        Some("latest") => true,
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`resume` must be \"all\" or \"latest\"",
+            ))
+        }
+    };
+    let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
     // Never serve from a ring and view the warm start has not filled: the
     // client would get an empty snapshot and then history as if it were live.
     let warming = || {
@@ -164,8 +227,9 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register(
+    let reg: Registration = topic.register_spec(
         filter,
+        spec,
         outbox,
         cursor.as_ref(),
         want_snapshot,
@@ -267,12 +331,27 @@ pub async fn open(
             live: false,
             marked: false,
             replayed: 0,
+            replayer: Replayer::default(),
+            latest,
+            compacted: 0,
+            last_of: HashMap::new(),
+            delta_base: HashMap::new(),
         },
+        enforced,
     })
 }
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+/// The `enter`, `leave` or data-less delete form of `record`.
+fn variant(topic: &str, record: &Record, verdict: Verdict) -> Record {
+    match verdict {
+        Verdict::Enter => record.variant(topic, "enter", (Body::Data, record.data())),
+        Verdict::Leave => record.variant(topic, "leave", (Body::None, "")),
+        _ => record.variant(topic, "delete", (Body::None, "")),
+    }
 }
 
 enum Segment {
@@ -298,8 +377,13 @@ pub enum Step {
     Records(Vec<Arc<Record>>),
     /// Everything before was snapshot or replay; everything after is live.
     /// `replayed` counts the records replayed from the ring or the log.
+    /// `cursor` (subscriptions with a spec only) covers everything up to
+    /// here, records the spec left out included.
     Live {
         replayed: usize,
+        cursor: Option<String>,
+        /// With `resume: "latest"`: missed records left out for a later one of their key.
+        compacted: Option<usize>,
     },
 }
 
@@ -316,6 +400,15 @@ pub struct CatchUp {
     live: bool,
     marked: bool,
     replayed: usize,
+    /// Whether each key's last replayed value matched the value filter.
+    replayer: Replayer,
+    /// `resume: "latest"`: replay only the latest missed record of each key.
+    latest: bool,
+    compacted: usize,
+    /// Per partition (read ahead before its log replay): each key's last offset in the range.
+    last_of: HashMap<u32, HashMap<Arc<str>, u64>>,
+    /// With `delta`: the last value of each key this replay sent, the base of the next patch.
+    delta_base: HashMap<Arc<str>, serde_json::Value>,
 }
 
 impl CatchUp {
@@ -329,8 +422,14 @@ impl CatchUp {
             }
             if self.segments.is_empty() && !self.marked {
                 self.marked = true;
+                let cursor = self
+                    .sub
+                    .spec()
+                    .map(|_| Cursor::new(self.topic.epoch, self.position.clone()).encode());
                 return Ok(Some(Step::Live {
                     replayed: self.replayed,
+                    cursor,
+                    compacted: self.latest.then_some(self.compacted),
                 }));
             }
             let Some(segment) = self.segments.pop_front() else {
@@ -349,18 +448,27 @@ impl CatchUp {
                         .enumerate()
                         .map(|(i, r)| {
                             let framing = Framing::Snapshot { with_id: i == last };
+                            let r = self.shaped(r);
                             Arc::new(r.reframe(&self.topic.name, &self.high_cursor, framing))
                         })
                         .collect()
                 }
-                Segment::Replay(Replay::Ring { partition, records }) => {
+                Segment::Replay(Replay::Ring {
+                    partition,
+                    records,
+                    lookback,
+                }) => {
+                    let records = self.compact(records);
+                    let records = self.through_filter_ring(&lookback, records);
                     telemetry::replayed("ring", records.len());
                     self.replayed += records.len();
                     let batch = records
                         .iter()
                         .map(|r| {
                             let cursor = self.advance(partition, r.offset);
-                            Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal))
+                            let r = self.shaped(r);
+                            let r = Arc::new(r.reframe(&self.topic.name, &cursor, Framing::Normal));
+                            self.delta(r)
                         })
                         .collect();
                     // Records the filter left out are behind the client too.
@@ -372,6 +480,10 @@ impl CatchUp {
                     from,
                     until,
                 }) => {
+                    if self.latest && !self.last_of.contains_key(&partition) {
+                        let last = self.last_offsets(partition, from, until).await?;
+                        self.last_of.insert(partition, last);
+                    }
                     let records = self
                         .source
                         .read(&self.topic.name, partition, from, until, LOG_CHUNK)
@@ -387,19 +499,23 @@ impl CatchUp {
                     }
                     let sub = Arc::clone(&self.sub);
                     let filter = &sub.filter;
-                    let batch: Vec<Arc<Record>> = records
-                        .iter()
-                        .filter(|r| filter.matches(r.key.as_deref()))
-                        .map(|r| {
-                            let cursor = self.advance(partition, r.offset);
-                            Arc::new(Record::encode(
-                                &self.topic.name,
-                                r,
-                                &cursor,
-                                Framing::Normal,
-                            ))
-                        })
-                        .collect();
+                    let mut batch: Vec<Arc<Record>> = Vec::new();
+                    for r in records.iter().filter(|r| filter.matches(r.key.as_deref())) {
+                        let last = match (&r.key, self.last_of.get(&partition)) {
+                            (Some(key), Some(last)) => last.get(key).copied(),
+                            _ => None,
+                        };
+                        if last.is_some_and(|at| at != r.offset) {
+                            // A later record of this key is in the range: only it goes out.
+                            self.compacted += 1;
+                            continue;
+                        }
+                        let cursor = self.advance(partition, r.offset);
+                        if let Some(record) = self.through_filter_log(r, &cursor) {
+                            let record = self.shaped(&record);
+                            batch.push(self.delta(record));
+                        }
+                    }
                     if next_from >= until {
                         self.position[partition as usize] = until;
                     }
@@ -411,6 +527,146 @@ impl CatchUp {
             if !batch.is_empty() {
                 return Ok(Some(Step::Records(batch)));
             }
+        }
+    }
+
+    /// With `resume: "latest"`, keeps only the last record of each key (records
+    /// without a key all stay), in offset order.
+    fn compact(&mut self, records: Vec<Arc<Record>>) -> Vec<Arc<Record>> {
+        if !self.latest {
+            return records;
+        }
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for r in &records {
+            if let Some(key) = &r.key {
+                last.insert(key, r.offset);
+            }
+        }
+        let keep: Vec<bool> = records
+            .iter()
+            .map(|r| r.key.as_deref().is_none_or(|k| last[k] == r.offset))
+            .collect();
+        let before = records.len();
+        let kept: Vec<Arc<Record>> = records
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(r, keep)| keep.then_some(r))
+            .collect();
+        self.compacted += before - kept.len();
+        kept
+    }
+
+    /// Reads `[from, until)` of `partition` once ahead of a compacted log
+    /// replay: the last offset of each key the subscription takes.
+    async fn last_offsets(
+        &self,
+        partition: u32,
+        mut from: u64,
+        until: u64,
+    ) -> Result<HashMap<Arc<str>, u64>, CatchUpError> {
+        let mut last = HashMap::new();
+        while from < until {
+            let records = self
+                .source
+                .read(&self.topic.name, partition, from, until, LOG_CHUNK)
+                .await
+                .map_err(CatchUpError::Lost)?;
+            let Some(end) = records.last().map(|r| r.offset + 1) else {
+                break;
+            };
+            for r in &records {
+                if let Some(key) = &r.key {
+                    if self.sub.filter.matches(Some(key)) {
+                        last.insert(Arc::clone(key), r.offset);
+                    }
+                }
+            }
+            from = end;
+        }
+        Ok(last)
+    }
+
+    /// With `delta`, a replayed record as a patch from the previous value of
+    /// its key in this replay; the first of each key (and any after a
+    /// `leave`, a delete or an `enter`) carries whole data.
+    fn delta(&mut self, record: Arc<Record>) -> Arc<Record> {
+        if !self.sub.spec().is_some_and(|s| s.delta) {
+            return record;
+        }
+        let Some(key) = record.key.clone() else {
+            return record;
+        };
+        if record.body() != Body::Data || record.delete {
+            self.delta_base.remove(&key);
+            return record;
+        }
+        let Some(value) = crate::spec::parse(record.data()) else {
+            self.delta_base.remove(&key);
+            return record;
+        };
+        let enter = record.ws.as_str().contains(",\"op\":\"enter\",");
+        let patch = match self.delta_base.insert(key, value.clone()) {
+            Some(before) if !enter => crate::spec::delta::diff(&before, &value),
+            _ => return record,
+        };
+        Arc::new(record.with_body(&self.topic.name, (Body::Patch, &patch)))
+    }
+
+    /// `record` projected onto the subscription's `fields`, if it has any.
+    fn shaped(&self, record: &Arc<Record>) -> Arc<Record> {
+        match self
+            .sub
+            .spec()
+            .and_then(|s| s.shape(&self.topic.name, record))
+        {
+            Some(shaped) => Arc::new(shaped),
+            None => Arc::clone(record),
+        }
+    }
+
+    /// Ring records as this subscription's value filter lets them through:
+    /// dropped, as they are, or as `enter`/`leave` variants.
+    fn through_filter_ring(
+        &mut self,
+        lookback: &[Arc<Record>],
+        records: Vec<Arc<Record>>,
+    ) -> Vec<Arc<Record>> {
+        let Some(filter) = self.sub.spec().and_then(|s| s.filter.clone()) else {
+            return records;
+        };
+        for r in lookback {
+            if let Some(key) = &r.key {
+                self.replayer.seed(&filter, key, r.data(), r.delete);
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let verdict = self
+                .replayer
+                .step(&filter, r.key.as_ref(), r.data(), r.delete);
+            match verdict {
+                Verdict::Drop => {}
+                Verdict::Same => out.push(r),
+                other => out.push(Arc::new(variant(&self.topic.name, &r, other))),
+            }
+        }
+        out
+    }
+
+    /// A record read back from the log, encoded with `cursor`, as the value
+    /// filter lets it through (`None`: left out).
+    fn through_filter_log(&mut self, r: &LogRecord, cursor: &str) -> Option<Arc<Record>> {
+        let record = Record::encode(&self.topic.name, r, cursor, Framing::Normal);
+        let Some(filter) = self.sub.spec().and_then(|s| s.filter.clone()) else {
+            return Some(Arc::new(record));
+        };
+        match self
+            .replayer
+            .step(&filter, r.key.as_ref(), &r.data, r.delete)
+        {
+            Verdict::Drop => None,
+            Verdict::Same => Some(Arc::new(record)),
+            other => Some(Arc::new(variant(&self.topic.name, &record, other))),
         }
     }
 

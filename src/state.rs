@@ -45,7 +45,10 @@ impl AppState {
         source: Arc<dyn Source>,
         shutdown: Shutdown,
     ) -> Result<Self, AuthSetupError> {
-        let auth = Arc::new(Authenticator::new(&config.auth)?);
+        let auth = Arc::new(Authenticator::new(
+            &config.auth,
+            config.limits.filter_limits(),
+        )?);
         let publish_limiter = Arc::new(RateLimiter::new(
             config.limits.publish_rate,
             config.limits.publish_burst,

@@ -52,7 +52,13 @@
  * @property {string} [prefix]       Only keys starting with this.
  * @property {boolean} [snapshot=true] Start with the current value of each key.
  * @property {string} [cursor]       Start right after this position instead.
- * @property {(r: PushRecord) => void} [onRecord]
+ * @property {object} [filter]       Only records whose `data` matches (the gateway's filter language).
+ * @property {string[]} [fields]     Only these paths of `data` (e.g. ['price', 'meta.ts']).
+ * @property {'json-patch'} [delta]  Later records of a key come as patches; the client applies
+ *                                   them, so `onRecord` always sees whole values in `data`.
+ * @property {number} [maxRate]      At most this many records per second per key (conflation).
+ * @property {'all'|'latest'} [resume] 'latest': a resume brings only each key's latest missed record.
+ * @property {(r: PushRecord) => void} [onRecord]  `r.op` is 'enter' or 'leave' (no `data`) with a filter.
  * @property {(info: ResetInfo) => void} [onReset]
  * @property {(msg: object) => void} [onSubscribed] The gateway's `subscribed` message.
  * @property {(info: {topic: string, missed: number}) => void} [onResumed] Catch-up after a reconnect is done.
@@ -101,6 +107,51 @@ class Emitter {
 /**
  * A subscription to one topic. Created by {@link Pushgate#subscribe}.
  */
+/**
+ * Applies an RFC 6902 JSON Patch to a copy of `doc` and returns it (all six
+ * operations; `test` failing throws).
+ */
+export function applyPatch(doc, ops) {
+  let root = structuredClone(doc);
+  const parse = (path) => path === '' ? [] : path.slice(1).split('/').map((t) => t.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const get = (tokens) => tokens.reduce((at, t) => {
+    if (at === null || typeof at !== 'object' || !(t in at)) throw new Error(`no value at /${tokens.join('/')}`);
+    return at[t];
+  }, root);
+  const put = (tokens, value, insert) => {
+    if (tokens.length === 0) { root = value; return; }
+    const parent = get(tokens.slice(0, -1));
+    const last = tokens[tokens.length - 1];
+    if (Array.isArray(parent)) {
+      const i = last === '-' ? parent.length : Number(last);
+      if (insert) parent.splice(i, 0, value); else parent[i] = value;
+    } else parent[last] = value;
+  };
+  const remove = (tokens) => {
+    const value = get(tokens);
+    if (tokens.length === 0) { root = null; return value; }
+    const parent = get(tokens.slice(0, -1));
+    const last = tokens[tokens.length - 1];
+    if (Array.isArray(parent)) parent.splice(Number(last), 1); else delete parent[last];
+    return value;
+  };
+  for (const op of ops) {
+    const path = parse(op.path);
+    switch (op.op) {
+      case 'add': put(path, structuredClone(op.value), true); break;
+      case 'replace': get(path); put(path, structuredClone(op.value), false); break;
+      case 'remove': remove(path); break;
+      case 'move': { const v = remove(parse(op.from)); put(path, v, true); break; }
+      case 'copy': put(path, structuredClone(get(parse(op.from))), true); break;
+      case 'test':
+        if (JSON.stringify(get(path)) !== JSON.stringify(op.value)) throw new Error(`test failed at ${op.path}`);
+        break;
+      default: throw new Error(`unknown patch op ${op.op}`);
+    }
+  }
+  return root;
+}
+
 export class Subscription {
   /** @param {Pushgate} client @param {string} topic @param {SubscribeOptions} opts */
   constructor(client, topic, opts) {
@@ -110,6 +161,13 @@ export class Subscription {
     this.keys = opts.keys ? [...opts.keys] : undefined;
     this.prefix = opts.prefix;
     this.snapshot = opts.snapshot !== false;
+    this.filter = opts.filter;
+    this.fields = opts.fields ? [...opts.fields] : undefined;
+    this.delta = opts.delta;
+    this.maxRate = opts.maxRate;
+    this.resume = opts.resume;
+    /** With `delta`: the last whole value of each key, the base of the next patch. */
+    this._values = new Map();
     /** Latest cursor: where a resume starts. Null while a snapshot is still arriving. */
     this.cursor = opts.cursor ?? null;
     /** Records delivered to this subscription (snapshot included). */
@@ -154,6 +212,11 @@ export class Subscription {
     if (this.keys) req.keys = this.keys;
     if (this.prefix) req.prefix = this.prefix;
     if (this.cursor) req.cursor = this.cursor;
+    if (this.filter !== undefined) req.filter = this.filter;
+    if (this.fields) req.fields = this.fields;
+    if (this.delta) req.delta = this.delta;
+    if (this.maxRate !== undefined) req.max_rate = this.maxRate;
+    if (this.resume) req.resume = this.resume;
     return req;
   }
 
@@ -182,6 +245,7 @@ export class Subscription {
 
   _onRecord(rec) {
     if (!this._active) return; // left over from an earlier request
+    if (!this._whole(rec)) return;
     if (this._pendingReset) {
       this._pendingReset = false;
       this._reset({ topic: this.topic, reason: null, earliest: null });
@@ -203,7 +267,36 @@ export class Subscription {
   }
 
   /** The gateway's `live` marker: `replayed` records were replayed before it. */
-  _caughtUp(replayed) {
+  /** With `delta`: turns a patch into whole `data`; false if it cannot be applied. */
+  _whole(rec) {
+    if (!this.delta || rec.key == null) return true;
+    if (rec.op === 'leave' || rec.op === 'delete') {
+      this._values.delete(rec.key);
+      return true;
+    }
+    if (rec.patch === undefined) {
+      this._values.set(rec.key, rec.data);
+      return true;
+    }
+    if (!this._values.has(rec.key)) {
+      // Never expected: the gateway sends whole data first. Resync from a snapshot.
+      this._onError({ code: 'delta', message: `a patch for ${rec.key} without its base value` });
+      return false;
+    }
+    try {
+      rec.data = applyPatch(this._values.get(rec.key), rec.patch);
+    } catch (e) {
+      this._onError({ code: 'delta', message: String(e) });
+      return false;
+    }
+    delete rec.patch;
+    this._values.set(rec.key, rec.data);
+    return true;
+  }
+
+  _caughtUp(replayed, cursor) {
+    // With a filter, `live` carries a cursor past records the filter left out.
+    if (cursor && this._snapshotLeft === 0) this.cursor = cursor;
     if (!this._catchingUp) return;
     this._catchingUp = false;
     const info = { topic: this.topic, missed: replayed ?? this._missed };
@@ -461,7 +554,7 @@ export class Pushgate extends Emitter {
         break;
       case 'refreshed': this._emit('refreshed', msg); break;
       // Catch-up (snapshot or replay) is over; what follows is live.
-      case 'live': this._subById(msg.id)?._caughtUp(msg.replayed); break;
+      case 'live': this._subById(msg.id)?._caughtUp(msg.replayed, msg.cursor); break;
       case 'error': {
         const sub = msg.id != null ? this._subById(msg.id) : null;
         const err = { code: msg.code, message: msg.message };
@@ -496,6 +589,11 @@ export class Pushgate extends Emitter {
     if (req.prefix) url.searchParams.set('prefix', req.prefix);
     if (req.cursor) url.searchParams.set('cursor', req.cursor);
     if (!req.snapshot) url.searchParams.set('snapshot', 'false');
+    if (req.filter !== undefined) url.searchParams.set('filter', JSON.stringify(req.filter));
+    for (const f of req.fields ?? []) url.searchParams.append('field', f);
+    if (req.delta) url.searchParams.set('delta', req.delta);
+    if (req.max_rate !== undefined) url.searchParams.set('max_rate', String(req.max_rate));
+    if (req.resume) url.searchParams.set('resume', req.resume);
     const es = new EventSource(url);
     st.es = es;
     es.addEventListener('subscribed', (ev) => {
@@ -508,7 +606,10 @@ export class Pushgate extends Emitter {
       this._sseState();
     });
     es.addEventListener('live', (ev) => {
-      try { sub._caughtUp(JSON.parse(ev.data).replayed); } catch { sub._caughtUp(); }
+      try {
+        const msg = JSON.parse(ev.data);
+        sub._caughtUp(msg.replayed, msg.cursor);
+      } catch { sub._caughtUp(); }
     });
     es.addEventListener('gap', (ev) => sub._onGap(JSON.parse(ev.data)));
     es.onmessage = (ev) => {

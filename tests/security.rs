@@ -747,3 +747,321 @@ async fn a_trickled_publish_body_times_out_and_the_topic_list_needs_a_token() {
     );
     server.stop().await;
 }
+
+/// Anonymous publish (so records of every tenant can be written), tokens to subscribe.
+async fn start_tenants() -> TestServer {
+    TestServer::start_with(&format!(
+        r#"
+[auth]
+anonymous_subscribe = false
+anonymous_publish = true
+[[auth.keys]]
+kind = "hmac"
+kid = "hs"
+secret = "{HMAC_SECRET}"
+"#
+    ))
+    .await
+}
+
+fn tenant_token(subscribe: Value, publish: Value) -> String {
+    sign(
+        Algorithm::HS256,
+        "hs",
+        &json!({
+            "sub": "tenant-user",
+            "exp": now() + 300,
+            "pushgate": {"subscribe": subscribe, "publish": publish},
+        }),
+    )
+}
+
+/// Records with data until `quiet` passes with nothing; every one must be
+/// of tenant `a`. A `leave` (a key of tenant a that moved out) carries no
+/// value at all and is not returned.
+async fn tenant_records(ws: &mut WsClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(ev) = ws.event_within(Duration::from_millis(250)).await {
+        match ev {
+            WsEvent::Json(v) if v["type"] == "record" && v["op"] == "leave" => {
+                assert!(
+                    v.get("data").is_none() && v.get("patch").is_none(),
+                    "leaked: {v}"
+                );
+            }
+            WsEvent::Json(v) if v["type"] == "record" => {
+                assert_eq!(v["data"]["tenant"], "a", "leaked: {v}");
+                out.push(v);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+fn seqs(records: &[Value]) -> Vec<u64> {
+    let mut s: Vec<u64> = records.iter().map(seq).collect();
+    s.sort();
+    s
+}
+
+#[tokio::test]
+async fn token_filters_hold_against_every_spec_cursor_prefix_snapshot_and_resume() {
+    let server = start_tenants().await;
+    let grant = json!([{"topic": "t", "filter": {"tenant": "a"}}]);
+    let token = tenant_token(grant, json!([]));
+    // 60 records over 3 partitions: the ring (8 per partition) holds the
+    // last ones only, so a cursor at 0 is replayed from the log.
+    let tenant = |n: u64| match n % 3 {
+        0 => json!("a"),
+        1 => json!("b"),
+        _ => Value::Null,
+    };
+    let mut batch = Vec::new();
+    for n in 0..60u64 {
+        let mut data = json!({"seq": n, "secret": format!("s{n}")});
+        if !tenant(n).is_null() {
+            data["tenant"] = tenant(n);
+        }
+        batch.push((format!("k{}", n % 7), data));
+    }
+    server.publish_batch("t", &batch).await;
+    let of_a: Vec<u64> = (0..60).filter(|n| n % 3 == 0).collect();
+    let mut probe = ws_with_token(&server, &token).await;
+    let reply = probe
+        .subscribe(json!({"topic": "t", "snapshot": false}))
+        .await;
+    let epoch = pushgate::cursor::Cursor::decode(reply["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    let zero = pushgate::cursor::Cursor::new(epoch, vec![0, 0, 0]).encode();
+
+    // Resumes from 0 (log) with every spec a client might try.
+    for (spec, want) in [
+        (json!({}), of_a.clone()),
+        (
+            json!({"filter": {"or": [{"tenant": "b"}, {"tenant": "a"}]}}),
+            of_a.clone(),
+        ),
+        (json!({"filter": {"seq": {"gte": 0}}}), of_a.clone()),
+        (json!({"filter": {"tenant": {"ne": "a"}}}), vec![]),
+        (json!({"filter": {"tenant": "b"}}), vec![]),
+        (json!({"filter": {"not": {"tenant": "a"}}}), vec![]),
+        (json!({"filter": {"tenant": {"exists": false}}}), vec![]),
+        (
+            json!({"filter": {"or": [{"not": {"tenant": "a"}}, {"tenant": "a"}]}}),
+            of_a.clone(),
+        ),
+        (json!({"prefix": "k"}), of_a.clone()),
+        (
+            json!({"keys": ["k1", "k2"]}),
+            of_a.iter()
+                .copied()
+                .filter(|n| [1, 2].contains(&(n % 7)))
+                .collect(),
+        ),
+    ] {
+        let mut ws = ws_with_token(&server, &token).await;
+        let mut request = json!({"topic": "t", "cursor": zero});
+        for (k, v) in spec.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        ws.subscribe(request).await;
+        let got = seqs(&tenant_records(&mut ws).await);
+        assert_eq!(got, want, "{spec}");
+    }
+    // Snapshot: only keys whose latest value is tenant a (k0..k6: the last
+    // record of each key is seq 53..59).
+    let mut ws = ws_with_token(&server, &token).await;
+    ws.subscribe(json!({"topic": "t", "filter": {"tenant": {"in": ["a", "b"]}}}))
+        .await;
+    let snap = tenant_records(&mut ws).await;
+    assert_eq!(seqs(&snap), vec![54, 57], "{snap:?}");
+    // A recent cursor (ring) and a foreign-epoch cursor (gap, then snapshot).
+    let recent = snap[0]["cursor"].as_str().unwrap().to_owned();
+    let foreign = pushgate::cursor::Cursor::new(epoch ^ 1, vec![0, 0, 0]).encode();
+    for cursor in [recent.clone(), foreign] {
+        let mut ws = ws_with_token(&server, &token).await;
+        ws.send(json!({"type": "subscribe", "topic": "t", "cursor": cursor}))
+            .await;
+        assert_eq!(ws.json().await["type"], "subscribed");
+        let mut n = 0;
+        while let Some(WsEvent::Json(v)) = ws.event_within(Duration::from_millis(250)).await {
+            if v["type"] == "record" && v["op"] != "leave" {
+                assert_eq!(v["data"]["tenant"], "a", "leaked: {v}");
+                n += 1;
+            }
+        }
+        assert!(n <= 2);
+    }
+
+    // Live, on WebSocket and SSE, whatever the client asks.
+    let mut live_ws = ws_with_token(&server, &token).await;
+    live_ws
+        .subscribe(json!({"topic": "t", "snapshot": false, "filter": {"or": [{"tenant": "b"}, {"seq": {"gte": 0}}]}}))
+        .await;
+    let mut sse_plain = server
+        .sse(
+            &format!("topic=t&snapshot=false&access_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(sse_plain.status, 200);
+    let widen = form_urlencoded::byte_serialize(br#"{"tenant":"b"}"#).collect::<String>();
+    let mut sse_b = server
+        .sse(
+            &format!("topic=t&snapshot=false&filter={widen}&access_token={token}"),
+            None,
+        )
+        .await;
+    // Last-Event-ID at 0: the log again, through the token's filter.
+    let mut sse_resume = server
+        .sse(&format!("topic=t&access_token={token}"), Some(&zero))
+        .await;
+    for sse in [&mut sse_plain, &mut sse_b, &mut sse_resume] {
+        assert_eq!(sse.next().await.event, "subscribed");
+    }
+    for n in 100..112u64 {
+        let t = if n % 2 == 0 { "a" } else { "b" };
+        server
+            .publish("t", &format!("k{n}"), json!({"seq": n, "tenant": t}))
+            .await;
+    }
+    let live = seqs(&tenant_records(&mut live_ws).await);
+    assert_eq!(live, (100..112).filter(|n| n % 2 == 0).collect::<Vec<_>>());
+    let mut plain = Vec::new();
+    while let Some(ev) = sse_plain.next_within(Duration::from_millis(250)).await {
+        let v = ev.json();
+        if v["op"] == "leave" {
+            assert!(v.get("data").is_none(), "leaked over SSE: {v}");
+            continue;
+        }
+        assert_eq!(v["data"]["tenant"], "a", "leaked over SSE: {v}");
+        plain.push(seq(&v));
+    }
+    assert_eq!(plain, (100..112).filter(|n| n % 2 == 0).collect::<Vec<_>>());
+    assert!(sse_b
+        .next_within(Duration::from_millis(250))
+        .await
+        .is_none());
+    let mut resumed = Vec::new();
+    while let Some(ev) = sse_resume.next_within(Duration::from_millis(250)).await {
+        let v = ev.json();
+        if v["op"] == "leave" {
+            assert!(v.get("data").is_none(), "leaked over SSE resume: {v}");
+            continue;
+        }
+        assert_eq!(v["data"]["tenant"], "a", "leaked over SSE resume: {v}");
+        resumed.push(seq(&v));
+    }
+    resumed.sort();
+    let mut want = of_a.clone();
+    want.extend((100..112).filter(|n| n % 2 == 0));
+    assert_eq!(resumed, want);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grant_objects_mix_with_string_grants_and_fail_closed() {
+    let server = start_tenants().await;
+    // Keys x* of `one` in full; keys k* only where tenant is a.
+    let token = tenant_token(
+        json!(["one:x*", {"topic": "one:k*", "filter": {"tenant": "a"}}]),
+        json!([{"topic": "one"}]),
+    );
+    let mut ws = ws_with_token(&server, &token).await;
+    ws.send(json!({"type": "subscribe", "id": 1, "topic": "one"}))
+        .await;
+    assert_eq!(
+        ws.json().await["code"],
+        "forbidden",
+        "not every key is granted"
+    );
+    ws.subscribe(json!({"topic": "one", "keys": ["x1", "k1"], "snapshot": false}))
+        .await;
+    for (key, tenant) in [("x1", "b"), ("k1", "b"), ("k1", "a"), ("x1", "a")] {
+        server.publish("one", key, json!({"tenant": tenant})).await;
+    }
+    let got: Vec<(String, String)> = ws
+        .records(3)
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_owned(),
+                r["data"]["tenant"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("x1".into(), "b".into()),
+            ("k1".into(), "a".into()),
+            ("x1".into(), "a".into())
+        ]
+    );
+    ws.expect_silence(Duration::from_millis(250)).await;
+    // Publishing needs a string grant: an object in `publish` grants nothing.
+    let r = server
+        .http
+        .post(server.url("/topics/one"))
+        .bearer_auth(&token)
+        .json(&json!({"key": "k1", "data": {"tenant": "z"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let publisher = tenant_token(json!([]), json!(["one"]));
+    let r = server
+        .http
+        .post(server.url("/topics/one"))
+        .bearer_auth(&publisher)
+        .json(&json!({"key": "k1", "data": {"tenant": "z"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "grant filters do not limit publishing");
+
+    // Malformed grant objects grant nothing.
+    for bad in [
+        json!([{"topic": "one", "filter": {"tenant": {"gt": true}}}]),
+        json!([{"topic": "one", "filter": {"tenant": "a"}, "keys": ["k1"]}]),
+        json!([{"topic": 5, "filter": {"tenant": "a"}}]),
+        json!([{"filter": {"tenant": "a"}}]),
+        json!([{"topic": "one", "filter": "tenant = a"}]),
+    ] {
+        let token = tenant_token(bad.clone(), json!([]));
+        let mut ws = ws_with_token(&server, &token).await;
+        ws.send(json!({"type": "subscribe", "topic": "one", "keys": ["k1"]}))
+            .await;
+        assert_eq!(ws.json().await["code"], "forbidden", "{bad}");
+    }
+
+    // A refreshed token that enforces another filter ends the subscription;
+    // one that enforces the same keeps it.
+    let a = tenant_token(
+        json!([{"topic": "one", "filter": {"tenant": "a"}}]),
+        json!([]),
+    );
+    let b = tenant_token(
+        json!([{"topic": "one", "filter": {"tenant": "b"}}]),
+        json!([]),
+    );
+    let mut ws = ws_with_token(&server, &a).await;
+    ws.subscribe(json!({"id": 7, "topic": "one", "snapshot": false}))
+        .await;
+    ws.send(json!({"type": "refresh", "token": a})).await;
+    assert_eq!(ws.json().await["type"], "refreshed");
+    server.publish("one", "k9", json!({"tenant": "a"})).await;
+    assert_eq!(ws.json().await["data"]["tenant"], "a");
+    ws.send(json!({"type": "refresh", "token": b})).await;
+    let ended = ws.json().await;
+    assert_eq!(ended["code"], "forbidden", "{ended}");
+    assert_eq!(ended["id"], 7);
+    assert_eq!(ws.json().await["type"], "refreshed");
+    server.publish("one", "k9", json!({"tenant": "a"})).await;
+    server.publish("one", "k9", json!({"tenant": "b"})).await;
+    ws.expect_silence(Duration::from_millis(300)).await;
+    server.stop().await;
+}

@@ -19,15 +19,19 @@
 //! states in partition order, then the index (a DashMap shard or an RwLock),
 //! then a subscription's backlog, then its outbox.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use dashmap::DashMap;
 
+mod group;
 mod index;
 mod partition;
+mod rate;
 mod sub;
 
+use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{collect_snapshot, remove_from_view, update_view, Partition, PartitionState};
 use self::sub::{Backlog, NEXT_SUB_ID};
@@ -35,7 +39,10 @@ pub use self::sub::{Filter, Sub};
 use crate::cursor::{encode_into, Cursor};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
+use crate::spec::Spec;
 use crate::telemetry;
+
+static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
@@ -62,6 +69,8 @@ pub struct Topic {
     settings: TopicSettings,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
+    /// Groups by canonical spec, so equal specs share one (see `hub::group`).
+    groups: Mutex<HashMap<Box<str>, Weak<Group>>>,
     /// Set by the source once the warm start has filled the ring and view up
     /// to the log's end as it stood: before that, nothing is served from them.
     ready: AtomicBool,
@@ -84,10 +93,13 @@ pub struct Registration {
 
 /// Records one partition must replay to bring a resuming subscription up to `high`.
 pub enum Replay {
-    /// Served from the in-memory ring (already filtered).
+    /// Served from the in-memory ring (already filtered by key).
     Ring {
         partition: u32,
         records: Vec<Arc<Record>>,
+        /// With a value filter: the ring's records of those keys from before
+        /// the cursor, which tell whether the client's values matched.
+        lookback: Vec<Arc<Record>>,
     },
     /// Older than the ring: read `[from, until)` from the source.
     Log {
@@ -116,6 +128,7 @@ impl Hub {
             settings,
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
+            groups: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -246,6 +259,12 @@ impl Topic {
         while state.ring.len() > self.settings.ring_records {
             state.ring.pop_front();
         }
+        state.next_offset = next;
+        // Fan-out before the view takes the record: groups with a value
+        // filter compare the new value with the key's previous one.
+        let delivered = self
+            .index
+            .dispatch(&self.name, self.epoch, &record, &state.view);
         if let Some(key) = &record.key {
             if log.delete {
                 // The entity is gone: a snapshot lists only keys that exist. The
@@ -255,8 +274,6 @@ impl Topic {
                 update_view(&mut state, key, &record, self.settings.view_max_keys);
             }
         }
-        state.next_offset = next;
-        let delivered = self.index.dispatch(&record);
         // Published only after fan-out: a record that reads this frontier into its
         // cursor is queued behind every record the frontier covers.
         part.frontier.store(next, Ordering::Release);
@@ -271,7 +288,7 @@ impl Topic {
     /// latest value of the requested keys (also taken with a cursor, in case the
     /// cursor turns out to be unrecoverable).
     pub fn register(
-        &self,
+        self: &Arc<Self>,
         filter: Filter,
         outbox: Arc<Outbox>,
         cursor: Option<&Cursor>,
@@ -279,6 +296,57 @@ impl Topic {
         max_snapshot: usize,
         backlog_limit: usize,
     ) -> Registration {
+        self.register_spec(
+            filter,
+            None,
+            outbox,
+            cursor,
+            snapshot,
+            max_snapshot,
+            backlog_limit,
+        )
+    }
+
+    /// The group for `spec`: the existing one with the same canonical text, or a new one.
+    fn group_for(self: &Arc<Self>, spec: Arc<Spec>) -> Arc<Group> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(group) = groups.get(spec.canonical()).and_then(Weak::upgrade) {
+            return group;
+        }
+        if groups.len() >= 64 && groups.len().is_power_of_two() {
+            // Forget groups whose last member left, now and then.
+            groups.retain(|_, g| g.strong_count() > 0);
+        }
+        let group = Arc::new(Group::new(
+            NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
+            Arc::clone(&spec),
+        ));
+        groups.insert(spec.canonical().into(), Arc::downgrade(&group));
+        if let Some(rate) = &group.rate {
+            rate::spawn_timer(
+                Arc::downgrade(self),
+                Arc::downgrade(&group),
+                Arc::clone(&rate.wake),
+            );
+        }
+        group
+    }
+
+    /// [`Topic::register`] with a delivery spec: the subscription joins the
+    /// group of its spec, and its snapshot and ring replay hold only records
+    /// the spec admits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register_spec(
+        self: &Arc<Self>,
+        filter: Filter,
+        spec: Option<Arc<Spec>>,
+        outbox: Arc<Outbox>,
+        cursor: Option<&Cursor>,
+        snapshot: bool,
+        max_snapshot: usize,
+        backlog_limit: usize,
+    ) -> Registration {
+        let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
         let guards: Vec<MutexGuard<'_, PartitionState>> = parts
             .iter()
@@ -305,15 +373,27 @@ impl Topic {
                 }
                 let ring_covers = state.ring.front().is_some_and(|r| r.offset <= from);
                 if ring_covers {
-                    let records = state
+                    let records: Vec<Arc<Record>> = state
                         .ring
                         .iter()
                         .filter(|r| r.offset >= from && filter.matches(r.key.as_deref()))
                         .cloned()
                         .collect();
+                    let lookback = if group.is_some() {
+                        state
+                            .ring
+                            .iter()
+                            .take_while(|r| r.offset < from)
+                            .filter(|r| filter.matches(r.key.as_deref()))
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     replay.push(Replay::Ring {
                         partition: p as u32,
                         records,
+                        lookback,
                     });
                 } else {
                     replay.push(Replay::Log {
@@ -326,8 +406,15 @@ impl Topic {
         }
 
         let needs_snapshot = snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay));
-        let snapshot = if needs_snapshot {
-            collect_snapshot(&guards, &filter, max_snapshot)
+        // With a value filter, the snapshot is cut to size after filtering,
+        // outside the locks (parsing values must not hold up ingest).
+        let collect_max = if group.is_some() {
+            usize::MAX
+        } else {
+            max_snapshot
+        };
+        let mut snapshot = if needs_snapshot {
+            collect_snapshot(&guards, &filter, collect_max)
         } else {
             Vec::new()
         };
@@ -335,6 +422,15 @@ impl Topic {
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             filter,
+            in_step_from: match &skip_below {
+                Some(skip) => high
+                    .iter()
+                    .enumerate()
+                    .map(|(p, h)| (*h).max(skip.get(p).copied().unwrap_or(0)))
+                    .collect(),
+                None => high.clone().into_boxed_slice(),
+            },
+            group,
             topic: Arc::clone(&self.name),
             epoch: self.epoch,
             outbox,
@@ -346,6 +442,11 @@ impl Topic {
         });
         self.index.insert(&sub);
         drop(guards);
+        if let Some(spec) = sub.spec() {
+            let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
+            snapshot.retain(admits);
+            snapshot.truncate(max_snapshot);
+        }
         telemetry::subscription_opened();
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.
@@ -366,7 +467,14 @@ impl Topic {
     /// clients reconnect and resume with their cursor, whose epoch is then
     /// foreign, and are told `recovered:false`. Returns how many were closed.
     pub fn disconnect_all(&self) -> usize {
-        let mut subs: Vec<Arc<Sub>> = self.index.all.read().expect("index lock").clone();
+        let mut subs: Vec<Arc<Sub>> = self
+            .index
+            .all
+            .read()
+            .expect("index lock")
+            .subs()
+            .cloned()
+            .collect();
         subs.extend(
             self.index
                 .prefixed
@@ -376,7 +484,7 @@ impl Topic {
                 .cloned(),
         );
         for entry in self.index.by_key.iter() {
-            subs.extend(entry.value().iter().cloned());
+            subs.extend(entry.value().subs().cloned());
         }
         for sub in &subs {
             sub.outbox.close(CloseReason::TopicReset);
@@ -701,6 +809,153 @@ mod tests {
             "eviction still takes the oldest key"
         );
         assert!(topic.latest("a").is_none());
+    }
+
+    fn spec(filter: serde_json::Value) -> Arc<Spec> {
+        let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
+        Arc::new(Spec::new(Some(f), None, None, false).unwrap())
+    }
+
+    #[test]
+    fn a_group_is_evaluated_once_per_record_and_shares_the_bytes() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
+        let register = |filter: Filter, spec: Arc<Spec>| {
+            let out = Arc::new(Outbox::new(1 << 20));
+            let reg =
+                topic.register_spec(filter, Some(spec), out.clone(), None, false, 10, 1 << 20);
+            reg.sub.go_live().unwrap();
+            (out, reg.sub)
+        };
+        // The same filter written two ways, in the all-keys list, a key's
+        // list and the prefix list: one group.
+        let (all, s1) = register(Filter::all(), spec(serde_json::json!({"n": {"gte": 1}})));
+        let (keyed, s2) = register(
+            Filter {
+                keys: keys(&["a"]),
+                prefix: None,
+            },
+            spec(serde_json::json!({"and": [{"n": {"gte": 1}}]})),
+        );
+        let (prefixed, s3) = register(
+            Filter {
+                keys: None,
+                prefix: Some("a".into()),
+            },
+            spec(serde_json::json!({"n": {"gte": 1}})),
+        );
+        let (other, s4) = register(Filter::all(), spec(serde_json::json!({"n": {"lt": 1}})));
+        assert!(Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s2.group.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s3.group.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            s1.group.as_ref().unwrap(),
+            s4.group.as_ref().unwrap()
+        ));
+        group::EVALUATIONS.with(|n| n.set(0));
+        let ingest = |offset: u64, n: i64| {
+            topic.ingest(&LogRecord {
+                data: format!("{{\"n\":{n}}}").into(),
+                ..log(0, offset, "a")
+            })
+        };
+        assert_eq!(ingest(0, 5), 3);
+        // 5 -> 0: the first group's members get one shared `leave`, the other an `enter`.
+        assert_eq!(ingest(1, 0), 4);
+        assert_eq!(
+            group::EVALUATIONS.with(|n| n.get()),
+            4,
+            "two groups, two records: four evaluations for eight deliveries"
+        );
+        let mut got = Vec::new();
+        for out in [&all, &keyed, &prefixed] {
+            let mut batch = Vec::new();
+            out.drain_into(&mut batch).unwrap();
+            assert_eq!(batch.len(), 2);
+            got.push(batch);
+        }
+        for (a, (b, c)) in got[0].iter().zip(got[1].iter().zip(&got[2])) {
+            assert!(Arc::ptr_eq(a, b) && Arc::ptr_eq(a, c));
+        }
+        let first = Arc::clone(
+            &topic.partitions.read().unwrap()[0]
+                .state
+                .lock()
+                .unwrap()
+                .ring[0],
+        );
+        assert!(
+            Arc::ptr_eq(&got[0][0], &first),
+            "the ingest encoding itself"
+        );
+        assert!(got[0][1].ws.as_str().contains("\"op\":\"leave\""));
+        let mut other_got = Vec::new();
+        other.drain_into(&mut other_got).unwrap();
+        assert_eq!(other_got.len(), 1);
+        assert!(other_got[0].ws.as_str().contains("\"op\":\"enter\""));
+        assert_eq!(topic.groups.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn groups_with_one_projection_share_its_encoding() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let fields = || crate::spec::Fields::new(&["a".to_owned()], 10).unwrap();
+        let compile = |v: serde_json::Value| {
+            crate::spec::ValueFilter::compile(&v, &Default::default()).unwrap()
+        };
+        let specs = [
+            Spec::new(
+                Some(compile(serde_json::json!({"b": 1}))),
+                Some(fields()),
+                None,
+                false,
+            ),
+            Spec::new(
+                Some(compile(serde_json::json!({"b": {"lt": 5}}))),
+                Some(fields()),
+                None,
+                false,
+            ),
+            Spec::new(None, Some(fields()), None, false),
+        ];
+        let mut outs = Vec::new();
+        let mut subs = Vec::new();
+        for spec in specs {
+            let out = Arc::new(Outbox::new(1 << 20));
+            let reg = topic.register_spec(
+                Filter::all(),
+                Some(Arc::new(spec.unwrap())),
+                out.clone(),
+                None,
+                false,
+                10,
+                1 << 20,
+            );
+            reg.sub.go_live().unwrap();
+            subs.push(reg.sub);
+            outs.push(out);
+        }
+        topic.ingest(&LogRecord {
+            data: "{\"a\":{\"x\":1},\"b\":1,\"c\":2}".into(),
+            ..log(0, 0, "k")
+        });
+        let got: Vec<Arc<Record>> = outs
+            .iter()
+            .map(|o| {
+                let mut batch = Vec::new();
+                o.drain_into(&mut batch).unwrap();
+                batch.pop().unwrap()
+            })
+            .collect();
+        assert_eq!(got[0].data(), "{\"a\":{\"x\":1}}");
+        assert!(Arc::ptr_eq(&got[0], &got[1]) && Arc::ptr_eq(&got[0], &got[2]));
     }
 
     #[test]

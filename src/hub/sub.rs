@@ -4,9 +4,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::group::{Group, Outcome};
 use crate::cursor::Cursor;
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, Record};
+use crate::spec::Spec;
 
 /// Which keys a subscription receives.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +40,12 @@ impl Filter {
 pub struct Sub {
     pub id: u64,
     pub filter: Filter,
+    /// The group of subscriptions sharing this one's delivery spec; `None`: plain.
+    pub(super) group: Option<Arc<Group>>,
+    /// With `delta`: per partition, the offset from which this subscription
+    /// received every record of the group live; a patch whose base is older
+    /// would apply to a value it may not hold, so it gets whole data.
+    pub(super) in_step_from: Box<[u64]>,
     pub(super) topic: Arc<str>,
     pub(super) epoch: u64,
     pub(super) outbox: Arc<Outbox>,
@@ -63,6 +71,27 @@ pub(super) struct Backlog {
 pub(super) static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Sub {
+    /// The delivery spec this subscription shares with its group, if any.
+    pub fn spec(&self) -> Option<&Arc<Spec>> {
+        self.group.as_ref().map(|g| &g.spec)
+    }
+
+    /// Queues what the group sends for a record: the patch when this
+    /// subscription holds its base value, else the whole record.
+    pub(super) fn deliver_outcome(&self, out: &Outcome) -> bool {
+        match &out.patch {
+            Some((patch, base))
+                if self
+                    .in_step_from
+                    .get(patch.partition as usize)
+                    .is_some_and(|from| base >= from) =>
+            {
+                self.deliver(patch)
+            }
+            _ => self.deliver(&out.whole),
+        }
+    }
+
     /// Queues a live record for this subscription. Called under the partition lock.
     pub(super) fn deliver(&self, record: &Arc<Record>) -> bool {
         if let Some(skip) = &self.skip_below {

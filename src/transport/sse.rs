@@ -32,12 +32,26 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
     let mut req = SubscribeRequest::default();
     let mut topic = None;
     let mut keys: Vec<String> = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
             "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
+            "field" => fields.push(value.into_owned()),
+            "resume" => req.resume = Some(value.into_owned()),
+            "delta" => req.delta = Some(value.into_owned()),
+            "max_rate" => {
+                req.max_rate = Some(value.parse().map_err(|_| {
+                    ClientError::new(ErrorCode::BadMessage, "`max_rate` must be a number > 0")
+                })?)
+            }
             "prefix" => req.prefix = Some(value.into_owned()),
             "cursor" => req.cursor = Some(value.into_owned()),
+            "filter" => {
+                req.filter = Some(serde_json::from_str(&value).map_err(|e| {
+                    ClientError::new(ErrorCode::BadFilter, format!("`filter` is not JSON: {e}"))
+                })?)
+            }
             "snapshot" => {
                 req.snapshot = Some(match &*value {
                     "true" | "1" => true,
@@ -57,6 +71,9 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
         topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
     if !keys.is_empty() {
         req.keys = Some(keys);
+    }
+    if !fields.is_empty() {
+        req.fields = Some(fields);
     }
     Ok(req)
 }
@@ -107,6 +124,7 @@ pub async fn handler(
         gap,
         snapshot_len,
         mut catch_up,
+        enforced: _,
     } = opened;
 
     let retry = format!("retry: {}\n\n", state.config.sse.retry.as_millis());
@@ -128,8 +146,13 @@ pub async fn handler(
                         yield Ok(record.sse.clone());
                     }
                 }
-                Ok(Some(Step::Live { replayed })) => {
-                    yield Ok(event("live", &protocol::live(&id, &topic_name, replayed)));
+                Ok(Some(Step::Live { replayed, cursor, compacted })) => {
+                    let live = protocol::live(&id, &topic_name, replayed, cursor.as_deref(), compacted);
+                    match cursor {
+                        // An id moves EventSource's Last-Event-ID past what the filter left out.
+                        Some(cursor) => yield Ok(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),
+                        None => yield Ok(event("live", &live)),
+                    }
                 }
                 Ok(None) => break,
                 Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,

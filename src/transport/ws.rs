@@ -115,6 +115,8 @@ struct Active {
     id: Value,
     topic: Arc<str>,
     filter: Filter,
+    /// The filter the token enforced when this subscription opened.
+    enforced: Option<Box<str>>,
     _guard: SubGuard,
 }
 
@@ -460,7 +462,11 @@ impl Connection {
         self.warned = false;
         let mut kept = Vec::with_capacity(self.subs.len());
         for active in std::mem::take(&mut self.subs) {
-            if fresh.subscribe.allows_filter(&active.topic, &active.filter) {
+            // A token that enforces another filter cannot take over: the
+            // subscription's group and history were shaped by the old one.
+            let enforced = fresh.subscribe.enforced(&active.topic);
+            let same = enforced.as_ref().map(|f| f.canonical()) == active.enforced.as_deref();
+            if fresh.subscribe.allows_filter(&active.topic, &active.filter) && same {
                 kept.push(active);
             } else {
                 let err = ClientError::new(
@@ -537,8 +543,18 @@ impl Connection {
                 Ok(Some(Step::Records(batch))) => {
                     self.guarded(send_records(socket, &batch)).await?
                 }
-                Ok(Some(Step::Live { replayed })) => {
-                    let live = protocol::live(&opened.id, &opened.topic_name, replayed);
+                Ok(Some(Step::Live {
+                    replayed,
+                    cursor,
+                    compacted,
+                })) => {
+                    let live = protocol::live(
+                        &opened.id,
+                        &opened.topic_name,
+                        replayed,
+                        cursor.as_deref(),
+                        compacted,
+                    );
                     self.guarded(send_text(socket, live)).await?
                 }
                 Ok(None) => break,
@@ -564,6 +580,7 @@ impl Connection {
             id: opened.id,
             topic: opened.topic_name,
             filter: opened.guard.sub.filter.clone(),
+            enforced: opened.enforced,
             _guard: opened.guard,
         });
         Ok(())
