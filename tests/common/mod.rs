@@ -497,8 +497,8 @@ pub fn check_server_message(message: &Value) {
 }
 
 /// Checks an SSE event: its name picks the schema (`message` is a record),
-/// and only records carry an `id:`, which is their cursor (snapshot records
-/// other than the last carry none).
+/// and only records (and `live` with a value filter) carry an `id:`, which is
+/// their cursor (snapshot records other than the last carry none).
 pub fn check_sse_event(ev: &SseEvent) {
     let def = match ev.event.as_str() {
         "subscribed" => "Subscribed",
@@ -512,6 +512,8 @@ pub fn check_sse_event(ev: &SseEvent) {
     check_message(def, &data);
     match (&ev.id, def) {
         (Some(id), "Record") => assert_eq!(id, &data["cursor"], "an SSE record's id is its cursor"),
+        // With a value filter, `live` carries the position catch-up reached.
+        (Some(id), "Live") => assert_eq!(id, &data["cursor"], "a live event's id is its cursor"),
         (None, "Record") => assert_eq!(
             data["snapshot"], true,
             "an SSE record without an id: {ev:?}"
