@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, Identity};
-use crate::reply::{json_error, unauthorized};
+use crate::reply::{json_error, unauthorized, unavailable};
 use crate::state::{AppState, ConnectionSlot, Refused};
 
 /// A streaming client let in: who it is and the connection slot it holds.
@@ -32,11 +32,7 @@ impl IntoResponse for Refusal {
                 "too_many_connections",
                 "too many connections from this address",
             ),
-            Refusal::Unavailable => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "not accepting connections",
-            ),
+            Refusal::Unavailable => unavailable("not accepting connections"),
         }
     }
 }

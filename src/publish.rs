@@ -20,23 +20,14 @@ use serde_json::{json, Map, Value};
 
 use crate::auth;
 use crate::record::NewRecord;
-use crate::reply::{json_error, unauthorized};
+use crate::reply::{json_error, unauthorized, unavailable};
 use crate::source::SourceError;
 use crate::state::AppState;
 use crate::telemetry;
 
 /// 503 with `Retry-After` while this node's source or topic is still warming up.
 fn warming_up() -> Response {
-    let mut response = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "this node is still warming up: retry shortly",
-    );
-    response.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    response
+    unavailable("this node is still warming up: retry shortly")
 }
 
 fn unknown_topic() -> Response {
@@ -155,11 +146,7 @@ pub async fn handler(
         }
         Err(e) => {
             tracing::error!(error = %e, topic = %topic_name, "publish failed");
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the log is unavailable",
-            );
+            return unavailable("the log is unavailable");
         }
     };
     let topic = match existing.or_else(|| state.hub.topic(&topic_name).ok()) {

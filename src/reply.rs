@@ -18,3 +18,14 @@ pub fn unauthorized() -> Response {
         "authentication required",
     )
 }
+
+/// 503 `unavailable` with `Retry-After`: every refusal that a retry can cure
+/// (warming up, draining, full, the log briefly out of reach) says when to retry.
+pub fn unavailable(message: &str) -> Response {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
+}

@@ -674,3 +674,32 @@ async fn publish_answers_positions_and_cursors() {
     assert!(metrics.contains("pushgate_records_in_total"), "{metrics}");
     server.stop().await;
 }
+
+/// A node at `limits.max_connections` refuses more streams with 503 and says
+/// when to retry, like every other refusal a retry can cure.
+#[tokio::test]
+async fn a_full_node_answers_503_with_retry_after() {
+    let server = TestServer::start_with("[limits]\nmax_connections = 1\n").await;
+    let mut first = server.ws().await;
+    first
+        .subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    let refused = server
+        .http
+        .get(server.url("/sse?topic=one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    drop(first);
+    server.stop().await;
+}
