@@ -1,6 +1,8 @@
 // The dashboard: a watchlist on topic `prices` and a microblog on topic `posts`,
 // both through pushgate.js. URL parameters (for links and tests) beat what the
-// page remembers: ?transport=ws|sse&symbols=AAPL,MSFT&maxDelay=ms
+// page remembers: ?transport=ws|sse&symbols=AAPL,MSFT&maxDelay=ms&delta=1&minMove=2
+// (`delta`: quotes after the first arrive as JSON Patches; `minMove`: a gateway-side
+// filter keeping only quotes at least that many percent from the open).
 import { Pushgate } from './pushgate.js';
 
 const DEMO_SYMBOLS = ['AAPL', 'MSFT', 'GOOG', 'AMZN', 'NVDA', 'TSLA', 'META', 'NFLX'];
@@ -35,7 +37,12 @@ const state = {
   symbols: params.has('symbols')
     ? params.get('symbols').split(',').map(normSymbol).filter(Boolean)
     : store.get('symbols', DEFAULT_SYMBOLS),
+  delta: params.has('delta') ? params.get('delta') === '1' : store.get('delta', false),
+  minMove: Math.max(0, Number(params.has('minMove') ? params.get('minMove') : store.get('minMove', 0)) || 0),
+  patches: 0,        // records rebuilt from a JSON Patch by pushgate.js
   quotes: new Map(), // symbol -> {price, change, change_pct, history[]}
+  outside: new Set(), // symbols whose latest quote the filter left out
+
   posts: new Map(),  // key -> record
   resumed: null,     // {missed, topics} for the last reconnect
   resets: null,      // topic -> reason, for the last reconnect
@@ -97,13 +104,38 @@ function subscribePrices() {
   } else if (pricesSub) {
     pricesSub.setKeys(state.symbols);
   } else {
+    const filter = priceFilter();
     pricesSub = client.subscribe('prices', {
       keys: state.symbols,
+      ...(filter ? { filter } : {}),
+      ...(state.delta ? { delta: 'json-patch' } : {}),
       onRecord: onPrice,
       // Data was missed: forget what we had; the fresh snapshot that follows refills it.
       onReset: () => { state.quotes.clear(); for (const sym of state.symbols) renderQuote(sym); },
     });
   }
+}
+
+/** The gateway-side filter for the "moves of at least" option (null: none). */
+function priceFilter() {
+  const m = state.minMove;
+  return m > 0 ? { or: [{ change_pct: { gte: m } }, { change_pct: { lte: -m } }] } : null;
+}
+
+/** New delivery options: subscribe again, starting from a fresh snapshot. */
+function setDelivery({ delta = state.delta, minMove = state.minMove }) {
+  minMove = Math.max(0, Number(minMove) || 0);
+  if (delta === state.delta && minMove === state.minMove) return;
+  Object.assign(state, { delta, minMove });
+  store.set('delta', delta);
+  store.set('minMove', minMove);
+  pricesSub?.unsubscribe();
+  pricesSub = null;
+  state.quotes.clear();
+  state.outside.clear();
+  renderDelivery();
+  for (const sym of state.symbols) renderQuote(sym);
+  subscribePrices();
 }
 
 function switchTransport(transport) {
@@ -119,6 +151,15 @@ function switchTransport(transport) {
 function onPrice(rec) {
   const sym = rec.key;
   if (!state.symbols.includes(sym)) return;
+  if (rec.patched) { state.patches++; $('[data-testid=patches-applied]').textContent = String(state.patches); }
+  if (rec.op === 'leave') {
+    // The quote moved back inside the band: the last one shown is no longer current.
+    state.outside.add(sym);
+    renderQuote(sym);
+    renderCursor();
+    return;
+  }
+  state.outside.delete(sym);
   const d = rec.data ?? {};
   if (typeof d.price !== 'number') return;
   const q = state.quotes.get(sym) ?? { history: [] };
@@ -191,7 +232,10 @@ function renderQuote(sym, prev, li = document.querySelector(`[data-testid="ticke
   const q = state.quotes.get(sym);
   const price = li.querySelector('.price');
   const change = li.querySelector('.change');
-  if (!q) { price.textContent = '—'; change.textContent = ''; return; }
+  const outside = state.minMove > 0 && (!q || state.outside.has(sym));
+  li.dataset.outside = String(outside);
+  li.title = outside ? `within ±${state.minMove}% of the open` : '';
+  if (!q) { price.textContent = '—'; change.textContent = outside ? `< ±${state.minMove}%` : ''; return; }
   price.textContent = fmtPrice(q.price);
   price.dataset.value = String(q.price);
   if (typeof q.change === 'number') {
@@ -294,6 +338,12 @@ function renderCursor() {
   }
 }
 
+function renderDelivery() {
+  $('#opt-delta').checked = state.delta;
+  $('#opt-min-move').value = state.minMove > 0 ? String(state.minMove) : '';
+  $('[data-testid=filter-text]').textContent = state.minMove > 0 ? `|move| ≥ ${state.minMove}%` : 'none';
+}
+
 function renderCounters() {
   $('[data-testid=records-received]').textContent = String(client.received);
 }
@@ -306,12 +356,16 @@ $('[data-testid=add-form]').addEventListener('submit', (ev) => {
   if (addSymbol(input.value)) input.value = '';
 });
 $('[data-testid=post-form]').addEventListener('submit', publishPost);
+$('[data-testid=delivery-form]').addEventListener('submit', (ev) => ev.preventDefault());
+$('#opt-delta').addEventListener('change', (ev) => setDelivery({ delta: ev.target.checked }));
+$('#opt-min-move').addEventListener('change', (ev) => setDelivery({ minMove: ev.target.value }));
 for (const b of document.querySelectorAll('[data-transport]')) {
   b.addEventListener('click', () => switchTransport(b.dataset.transport));
 }
 $('#post-author').value = store.get('author', '');
 setInterval(() => { if (state.posts.size) renderPosts(); }, 30000);
 
+renderDelivery();
 renderTickers();
 connect();
 // For tests and the curious: the live client.

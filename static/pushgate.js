@@ -58,7 +58,8 @@
  *                                   them, so `onRecord` always sees whole values in `data`.
  * @property {number} [maxRate]      At most this many records per second per key (conflation).
  * @property {'all'|'latest'} [resume] 'latest': a resume brings only each key's latest missed record.
- * @property {(r: PushRecord) => void} [onRecord]  `r.op` is 'enter' or 'leave' (no `data`) with a filter.
+ * @property {(r: PushRecord) => void} [onRecord]  `r.op` is 'enter' or 'leave' (no `data`) with a filter;
+ *                                   with `delta`, `r.patched` is true when `data` was rebuilt from a patch.
  * @property {(info: ResetInfo) => void} [onReset]
  * @property {(msg: object) => void} [onSubscribed] The gateway's `subscribed` message.
  * @property {(info: {topic: string, missed: number}) => void} [onResumed] Catch-up after a reconnect is done.
@@ -290,6 +291,7 @@ export class Subscription {
       return false;
     }
     delete rec.patch;
+    rec.patched = true;
     this._values.set(rec.key, rec.data);
     return true;
   }

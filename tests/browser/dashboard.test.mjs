@@ -296,3 +296,80 @@ test('looks right on the demo feed, desktop and phone width', T, async (t) => {
   await screenshot(page, 'dashboard-phone');
   assert.deepEqual(errors, [], 'no console errors');
 });
+
+for (const transport of ['ws', 'sse']) {
+  test(`the watchlist with a gateway-side filter and JSON Patch deltas over ${transport.toUpperCase()}`, T, async (t) => {
+    const { gw, page, errors } = await setup(t);
+    // change_pct from an open of 100: AAPL +1%, MSFT +5%, NVDA +0.5%.
+    await gw.price('AAPL', 101);
+    await gw.price('MSFT', 105);
+    await gw.price('NVDA', 100.5);
+    const frames = [];
+    page.on('websocket', (ws) => ws.on('framereceived', (f) => frames.push(String(f.payload))));
+
+    await page.goto(`${gw.url}/?transport=${transport}&symbols=AAPL,MSFT,NVDA&delta=1&minMove=2`);
+    await waitLive(page);
+    assert.equal(await page.isChecked('[data-testid=opt-delta]'), true);
+    assert.equal(await page.inputValue('[data-testid=opt-min-move]'), '2');
+    assert.equal(await text(page, 'filter-text'), '|move| ≥ 2%');
+    // The snapshot holds only the quote that passes the filter.
+    await price(page, 'MSFT').filter({ hasText: '105.00' }).waitFor({ timeout: 2000 });
+    assert.equal(await price(page, 'AAPL').textContent(), '—');
+    assert.equal(await price(page, 'NVDA').textContent(), '—');
+    assert.equal(await page.getAttribute('[data-testid=ticker-AAPL]', 'data-outside'), 'true');
+
+    // After a snapshot the next quote of a key is whole; the ones after it come as
+    // patches, and the page shows the whole value rebuilt from each.
+    await gw.price('MSFT', 106.25);
+    await price(page, 'MSFT').filter({ hasText: '106.25' }).waitFor({ timeout: 1000 });
+    assert.equal(await text(page, 'patches-applied'), '0');
+    await gw.price('MSFT', 107.5);
+    await price(page, 'MSFT').filter({ hasText: '107.50' }).waitFor({ timeout: 1000 });
+    assert.equal(await text(page, 'change-MSFT'), '+7.50 (+7.50%)');
+    assert.equal(await text(page, 'patches-applied'), '1');
+    // AAPL moves out of the band: it enters, whole.
+    await gw.price('AAPL', 103);
+    await price(page, 'AAPL').filter({ hasText: '103.00' }).waitFor({ timeout: 1000 });
+    assert.equal(await page.getAttribute('[data-testid=ticker-AAPL]', 'data-outside'), 'false');
+    // MSFT falls back inside the band: it leaves (dimmed, marked outside) ...
+    await gw.price('MSFT', 101);
+    await page.locator('[data-testid=ticker-MSFT][data-outside=true]').waitFor({ timeout: 1000 });
+    assert.equal(await price(page, 'MSFT').textContent(), '107.50', 'a leave carries no value');
+    // ... and comes back whole below the band.
+    await gw.price('MSFT', 97);
+    await price(page, 'MSFT').filter({ hasText: '97.00' }).waitFor({ timeout: 1000 });
+    assert.equal(await page.getAttribute('[data-testid=ticker-MSFT]', 'data-outside'), 'false');
+    // Another AAPL quote is a patch again; NVDA's small moves never reach the page.
+    const received = await count(page);
+    await gw.price('NVDA', 100.7);
+    await gw.price('AAPL', 104.5);
+    await price(page, 'AAPL').filter({ hasText: '104.50' }).waitFor({ timeout: 1000 });
+    assert.equal(await count(page), received + 1, 'the filtered-out NVDA quote was not sent');
+    assert.equal(await text(page, 'patches-applied'), '2');
+    assert.equal(await price(page, 'NVDA').textContent(), '—');
+
+    if (transport === 'ws') {
+      const records = frames.map((f) => JSON.parse(f)).filter((m) => m.type === 'record');
+      const patched = records.filter((m) => m.patch !== undefined);
+      assert.equal(patched.length, 2, `two records came as patches: ${JSON.stringify(records)}`);
+      for (const m of patched) {
+        assert.equal(m.data, undefined, 'a patch record carries no whole data');
+        assert.ok(m.patch.every((op) => op.op === 'replace'), JSON.stringify(m.patch));
+        assert.ok(!m.patch.some((op) => op.path === '/symbol' || op.path === '/open'), 'unchanged fields are not sent');
+      }
+      assert.ok(!records.some((m) => m.key === 'NVDA'), 'the filter runs in the gateway');
+    }
+
+    // Turning both options off subscribes again: every symbol, whole values.
+    await page.uncheck('[data-testid=opt-delta]');
+    await page.fill('[data-testid=opt-min-move]', '');
+    await page.press('[data-testid=opt-min-move]', 'Enter');
+    await price(page, 'NVDA').filter({ hasText: '100.70' }).waitFor({ timeout: 2000 });
+    assert.equal(await text(page, 'filter-text'), 'none');
+    await gw.price('AAPL', 99);
+    await price(page, 'AAPL').filter({ hasText: '99.00' }).waitFor({ timeout: 1000 });
+    assert.equal(await text(page, 'patches-applied'), '2', 'no patches without the delta option');
+    await screenshot(page, `filter-delta-${transport}`);
+    assert.deepEqual(errors, [], 'no console errors');
+  });
+}
