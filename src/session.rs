@@ -606,7 +606,7 @@ impl CatchUp {
         };
         let enter = record.ws.as_str().contains(",\"op\":\"enter\",");
         let patch = match self.delta_base.insert(key, value.clone()) {
-            Some(before) if !enter => crate::spec::delta::diff(&before, &value),
+            Some(before) if !enter => crate::spec::delta::bounded(&before, &value, record.data()),
             _ => return record,
         };
         Arc::new(record.with_body(&self.topic.name, (Body::Patch, &patch)))

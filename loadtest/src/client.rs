@@ -28,6 +28,21 @@ pub struct ClientConfig {
     /// Number of 127.0.0.x source addresses to spread connections over.
     pub sources: u8,
     pub handshake_timeout: Duration,
+    /// Distinct value filters (pushgate only): subscriber i gets filter i mod N.
+    pub filters: usize,
+    /// pushgate `max_rate` for every subscription.
+    pub max_rate: Option<f64>,
+}
+
+impl ClientConfig {
+    /// Subscriber `conn`'s value filter: `price >= i` (payload prices are 100..199, so it
+    /// always matches) and a sector list, distinct per i so every group evaluates its own.
+    fn filter(&self, conn: usize) -> Option<serde_json::Value> {
+        (self.filters > 0).then(|| {
+            let i = conn % self.filters;
+            serde_json::json!({"price": {"gte": i}, "sector": {"in": ["tech", "energy", "retail"]}})
+        })
+    }
 }
 
 pub struct Shared {
@@ -51,6 +66,19 @@ async fn connect(cfg: &ClientConfig, conn: usize) -> std::io::Result<TcpStream> 
     let stream = socket.connect(cfg.server).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Percent-encodes everything but unreserved characters (for a query value).
+fn form_urlencoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Finds `"ts":<digits>` in `bytes`.
@@ -133,9 +161,15 @@ async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(
         _ => return Err(Failure::Connect),
     };
     if matches!(cfg.system, System::Pushgate | System::Floor) {
-        let sub = serde_json::json!({
+        let mut sub = serde_json::json!({
             "type": "subscribe", "id": 1, "topic": cfg.topic, "keys": [key], "snapshot": false
         });
+        if let Some(filter) = cfg.filter(conn) {
+            sub["filter"] = filter;
+        }
+        if let Some(rate) = cfg.max_rate {
+            sub["max_rate"] = rate.into();
+        }
         socket
             .send(Message::text(sub.to_string()))
             .await
@@ -172,7 +206,7 @@ async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(
 
 /// A decoder for `Transfer-Encoding: chunked`, fed arbitrary slices.
 #[derive(Default)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: u8,
     size: usize,
 }
@@ -186,7 +220,7 @@ const DATA_LF: u8 = 5;
 const DONE: u8 = 6;
 
 impl Chunked {
-    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
             if self.state == DATA {
                 let n = self.size.min(input.len());
@@ -234,7 +268,16 @@ impl Chunked {
 async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
     let path = match cfg.system {
         System::Pushgate | System::Floor => {
-            format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key)
+            let mut path = format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key);
+            if let Some(filter) = cfg.filter(conn) {
+                let text = filter.to_string();
+                let encoded: String = form_urlencoded(&text);
+                path.push_str(&format!("&filter={encoded}"));
+            }
+            if let Some(rate) = cfg.max_rate {
+                path.push_str(&format!("&max_rate={rate}"));
+            }
+            path
         }
         System::Nchan => format!("/sub/{key}"),
         System::Pushpin => format!("/stream/{key}"),

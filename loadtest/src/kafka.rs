@@ -213,6 +213,8 @@ fn clients(
         topic: args.topic.clone(),
         sources: args.sources,
         handshake_timeout: Duration::from_secs(30),
+        filters: 0,
+        max_rate: None,
     });
     let shared = Arc::new(Shared {
         stats: Stats::new(),

@@ -13,12 +13,15 @@
 //! `kafka-latency` measures pushgate's added latency over a bare librdkafka
 //! consumer reading the same broker in the same run.
 //!
-//! Modules: `client` (subscribers), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
+//! `delta-bytes` compares bytes on the wire with and without JSON Patch deltas.
+//!
+//! Modules: `client` (subscribers), `delta` (the delta-bytes run), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
 //! (histograms, counters), `procstat` (/proc sampling), `keys`
 //! (distributions), `chart` (SVG), `report` (table, RESULTS.md), `origin`.
 
 mod chart;
 mod client;
+mod delta;
 mod kafka;
 mod keys;
 mod origin;
@@ -77,6 +80,8 @@ enum Cmd {
     Report(report::ReportArgs),
     /// pushgate's added latency over a bare librdkafka consumer, side by side (needs a broker and a pushgate on it).
     KafkaLatency(Box<kafka::KafkaLatencyArgs>),
+    /// Bytes on the wire with and without JSON Patch deltas (CDC rows, the demo ticker).
+    DeltaBytes(Box<delta::DeltaArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
@@ -155,6 +160,19 @@ struct RunArgs {
     /// Padding bytes in each payload.
     #[arg(long, default_value_t = 64)]
     pad_bytes: usize,
+    /// Distinct value filters among the pushgate subscribers (subscriber i gets
+    /// filter i mod N; every filter matches every payload, so deliveries are
+    /// those of the key-only run and only the evaluation cost differs). Implies
+    /// --value-payload.
+    #[arg(long, default_value_t = 0)]
+    filters: usize,
+    /// Payloads carry `price` (100..199) and `sector` for filters to look at.
+    #[arg(long)]
+    value_payload: bool,
+    /// Subscribe with `max_rate` (records per second per key: conflation). Expected
+    /// deliveries are capped at subscribers x this x the step length.
+    #[arg(long)]
+    max_rate: Option<f64>,
     /// Most messages per publish request (pushgate, Pushpin).
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -287,6 +305,15 @@ fn main() -> Result<()> {
             rt.shutdown_timeout(Duration::from_millis(200));
             result
         }
+        Cmd::DeltaBytes(args) => {
+            let result = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(600), delta::main(*args))
+                    .await
+                    .unwrap_or_else(|_| bail!("delta-bytes exceeded 600 s"))
+            });
+            rt.shutdown_timeout(Duration::from_millis(200));
+            result
+        }
         Cmd::Report(args) => report::main(args),
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
     }
@@ -365,6 +392,8 @@ async fn run(args: RunArgs) -> Result<bool> {
         topic: args.topic.clone(),
         sources: args.sources,
         handshake_timeout: Duration::from_secs(30),
+        filters: args.filters,
+        max_rate: args.max_rate,
     });
     let shared = Arc::new(Shared {
         stats: Stats::new(),
@@ -513,6 +542,7 @@ async fn run(args: RunArgs) -> Result<bool> {
                 batch: args.batch,
                 publishers: args.publishers,
                 pad: "x".repeat(args.pad_bytes),
+                value_payload: args.value_payload || args.filters > 0,
             },
             Arc::clone(&counters_arc),
         );
@@ -589,7 +619,14 @@ async fn run(args: RunArgs) -> Result<bool> {
                 step_hist.add(&h).expect("same bounds");
                 step_deliveries += d;
             }
-            let (generated, expected) = publisher.await.unwrap_or((0, 0));
+            let (generated, mut expected) = publisher.await.unwrap_or((0, 0));
+            if let Some(max_rate) = args.max_rate {
+                // Conflation: at most max_rate per second per key reach each subscriber
+                // (an upper bound: keys published more slowly deliver less).
+                let subscribed: u64 = subs_per_key.iter().sum();
+                let cap = (subscribed as f64 * max_rate * args.step_secs as f64) as u64;
+                expected = expected.min(cap);
+            }
             let secs = step_start.elapsed().as_secs_f64();
             let window = args.step_secs as f64;
             let cpu1 = procstat::sample(&args.server_pid);

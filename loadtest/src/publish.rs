@@ -26,6 +26,8 @@ pub struct PublishConfig {
     pub batch: usize,
     pub publishers: usize,
     pub pad: String,
+    /// Payloads carry `price` and `sector` (for the value-filter scenarios).
+    pub value_payload: bool,
 }
 
 struct Request {
@@ -36,6 +38,12 @@ struct Request {
 
 pub fn payload(ts: u64, seq: u64, pad: &str) -> String {
     format!("{{\"ts\":{ts},\"seq\":{seq},\"pad\":\"{pad}\"}}")
+}
+
+/// A payload with values for filters: `price` 100..199 and a `sector`.
+pub fn value_payload(ts: u64, seq: u64, pad: &str) -> String {
+    let price = 100 + seq % 100;
+    format!("{{\"ts\":{ts},\"seq\":{seq},\"price\":{price},\"sector\":\"tech\",\"pad\":\"{pad}\"}}")
 }
 
 fn build(cfg: &PublishConfig, msgs: &[(usize, String)]) -> Request {
@@ -184,7 +192,12 @@ impl Pool {
             for _ in 0..n {
                 let key = picker.pick(&mut rng);
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                pending.push((key, payload(ts, seq, &self.cfg.pad)));
+                let data = if self.cfg.value_payload {
+                    value_payload(ts, seq, &self.cfg.pad)
+                } else {
+                    payload(ts, seq, &self.cfg.pad)
+                };
+                pending.push((key, data));
                 if pending.len() == per_request {
                     expected += self.hand_off(&pending, subs_per_key, counters);
                     pending.clear();

@@ -73,7 +73,7 @@ impl Group {
                 else {
                     return Outcome { whole, patch: None };
                 };
-                let text = crate::spec::delta::diff(&before, &after);
+                let text = crate::spec::delta::bounded(&before, &after, whole.data());
                 let patch = whole.with_body(topic, (Body::Patch, &text));
                 Some((Arc::new(patch), base.offset))
             }

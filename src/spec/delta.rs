@@ -3,9 +3,26 @@
 //! The diff is plain and always correct: objects member by member, arrays of
 //! equal length element by element, anything else replaced whole (an array
 //! that changed length included). `add`, `remove` and `replace` are the only
-//! operations it emits.
+//! operations it emits. [`bounded`] caps its size: when the operations would
+//! take more bytes than the new value itself, the patch is one `replace` of
+//! the root, so a delta subscriber never receives more than
+//! [`ROOT_REPLACE_OVERHEAD`] bytes beyond what a whole-value subscriber does.
 
 use serde_json::{json, Value};
+
+/// What `[{"op":"replace","path":"","value":…}]` adds around the value.
+pub const ROOT_REPLACE_OVERHEAD: usize = r#"[{"op":"replace","path":"","value":}]"#.len();
+
+/// The patch from `old` to `new` as JSON text, never longer than replacing
+/// the root with `new_text` (the new value's JSON text).
+pub fn bounded(old: &Value, new: &Value, new_text: &str) -> String {
+    let ops = diff(old, new);
+    if ops.len() > new_text.len() + ROOT_REPLACE_OVERHEAD {
+        format!(r#"[{{"op":"replace","path":"","value":{new_text}}}]"#)
+    } else {
+        ops
+    }
+}
 
 /// The patch from `old` to `new`, as JSON text.
 pub fn diff(old: &Value, new: &Value) -> String {
@@ -74,6 +91,7 @@ mod tests {
             ])
         );
         assert_eq!(diff(&a, &a), "[]");
+        assert_eq!(bounded(&a, &a, &a.to_string()), "[]");
         assert_eq!(
             diff(&json!(1), &json!([1])),
             r#"[{"op":"replace","path":"","value":[1]}]"#
@@ -82,5 +100,22 @@ mod tests {
             diff(&json!({"a~/": 1}), &json!({"a~/": 2})),
             r#"[{"op":"replace","path":"/a~0~1","value":2}]"#
         );
+    }
+
+    #[test]
+    fn a_patch_is_never_much_longer_than_the_value() {
+        let old = json!({"a": 1, "b": 2, "c": 3});
+        let new = json!({"a": 10, "b": 20, "c": 30});
+        let text = new.to_string();
+        let patch = bounded(&old, &new, &text);
+        assert_eq!(patch, format!(r#"[{{"op":"replace","path":"","value":{text}}}]"#));
+        assert_eq!(patch.len(), text.len() + ROOT_REPLACE_OVERHEAD);
+        let ops: json_patch::Patch = serde_json::from_str(&patch).unwrap();
+        let mut doc = old.clone();
+        json_patch::patch(&mut doc, &ops).unwrap();
+        assert_eq!(doc, new);
+        // A small change keeps its operations.
+        let one = json!({"a": 1, "b": 2, "c": 4});
+        assert_eq!(bounded(&old, &one, &one.to_string()), r#"[{"op":"replace","path":"/c","value":4}]"#);
     }
 }
