@@ -93,6 +93,21 @@ pub struct EmbeddedConfig {
     /// redb's page cache, in bytes. redb's own default (1 GiB) would let memory
     /// follow the size of the stored log.
     pub cache_bytes: usize,
+    /// When a publish is acknowledged and fanned out: after its fsync, or before.
+    pub durability: Durability,
+}
+
+/// `embedded.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every batch is fsynced before it is fanned out and acknowledged.
+    #[default]
+    Fsync,
+    /// Batches are fanned out and acknowledged once written to the OS; fsyncs
+    /// follow in the background. After an unclean shutdown the log moves to a
+    /// new epoch, so clients get a gap instead of resuming past lost records.
+    Os,
 }
 
 /// The smallest `embedded.cache_bytes` accepted: below this redb thrashes.
@@ -286,6 +301,7 @@ impl Default for EmbeddedConfig {
             data_dir: PathBuf::from("data"),
             retention_check_interval: Duration::from_secs(1),
             cache_bytes: 64 << 20,
+            durability: Durability::Fsync,
         }
     }
 }

@@ -160,6 +160,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             "shutdown grace elapsed with connections still open"
         ),
     }
+    if let Some(source) = opening.opened() {
+        // Makes the embedded log durable and marks the shutdown clean.
+        if tokio::time::timeout(grace, source.close()).await.is_err() {
+            tracing::warn!("the source did not close within the shutdown grace");
+        }
+    }
     Ok(())
 }
 

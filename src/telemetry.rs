@@ -23,6 +23,8 @@ pub const REPLAYED: &str = "pushgate_replayed_records_total";
 pub const GAPS: &str = "pushgate_resume_gaps_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
+/// `embedded.durability = "os"`: one background fsync.
+pub const SYNC_SECONDS: &str = "pushgate_log_sync_seconds";
 pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
 pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
 pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
@@ -108,6 +110,10 @@ pub fn publish_latency(elapsed: Duration) {
 
 pub fn append_latency(elapsed: Duration) {
     histogram!(APPEND_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn log_sync_latency(elapsed: Duration) {
+    histogram!(SYNC_SECONDS).record(elapsed.as_secs_f64());
 }
 
 /// `code` is one of the protocol's fixed error codes.

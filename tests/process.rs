@@ -318,3 +318,81 @@ view_max_keys = 1000
         "RSS grew {rss_growth} bytes while the log grew {log_growth}"
     );
 }
+
+/// Publishes `n` records from `from`, reads them on a fresh live WebSocket
+/// subscription, and returns the cursor after the last.
+async fn publish_and_cursor(http: &reqwest::Client, node: &Process, from: u64, n: u64) -> String {
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe(json!({"topic": "t", "snapshot": false})).await;
+    publish_n(http, node.addr, from, n).await;
+    let seen = ws.records(n as usize).await;
+    let mut seqs: Vec<u64> = seen.iter().map(seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (from..from + n).collect::<Vec<_>>());
+    seen.last().unwrap()["cursor"].as_str().unwrap().to_owned()
+}
+
+/// Resumes from `cursor` on a fresh WebSocket: the `subscribed` reply.
+async fn resume(node: &Process, cursor: &str) -> (WsClient, serde_json::Value) {
+    let mut ws = WsClient::connect(node.addr).await;
+    let reply = ws
+        .subscribe(json!({"topic": "t", "cursor": cursor, "snapshot": false}))
+        .await;
+    (ws, reply)
+}
+
+#[tokio::test]
+async fn os_durability_resumes_after_a_clean_stop_and_gives_an_epoch_gap_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_toml(&dir.path().join("data"), "[embedded]\ndurability = \"os\"");
+    let http = reqwest::Client::new();
+
+    // A clean stop: the log is fsynced and marked clean; cursors resume.
+    let mut node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let cursor = publish_and_cursor(&http, &node, 0, 10).await;
+    node.sigterm();
+    assert_eq!(node.wait(Duration::from_secs(10)).await, Some(0));
+    let mut node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let (mut ws, reply) = resume(&node, &cursor).await;
+    assert_eq!(reply["recovered"], true, "after a clean stop: {reply}");
+    publish_n(&http, node.addr, 10, 5).await;
+    let got: Vec<u64> = ws.records(5).await.iter().map(seq).collect();
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|s| (10..15).contains(s)), "{got:?}");
+
+    // A kill: acknowledged records may not have reached the disk, and their
+    // offsets may be reused, so every cursor from before gets an epoch gap.
+    let cursor = publish_and_cursor(&http, &node, 15, 10).await;
+    node.sigkill();
+    node.wait(Duration::from_secs(10)).await;
+    let node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let (mut ws, reply) = resume(&node, &cursor).await;
+    assert_eq!(reply["recovered"], false, "after a kill: {reply}");
+    let gap = ws.json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["reason"], "epoch", "{gap}");
+}
+
+#[tokio::test]
+async fn fsync_durability_resumes_even_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_toml(
+        &dir.path().join("data"),
+        "[embedded]\ndurability = \"fsync\"",
+    );
+    let http = reqwest::Client::new();
+    let mut node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let cursor = publish_and_cursor(&http, &node, 0, 10).await;
+    node.sigkill();
+    node.wait(Duration::from_secs(10)).await;
+    let node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
+    let (mut ws, reply) = resume(&node, &cursor).await;
+    assert_eq!(
+        reply["recovered"], true,
+        "every acknowledged record is on disk: {reply}"
+    );
+    publish_n(&http, node.addr, 10, 3).await;
+    let got: Vec<u64> = ws.records(3).await.iter().map(seq).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    ws.expect_silence(Duration::from_millis(200)).await;
+}

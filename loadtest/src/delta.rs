@@ -184,7 +184,12 @@ struct Watchers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn watch(host: &str, addr: SocketAddr, topic: &str, prefix: Option<&str>) -> Result<Watchers> {
+async fn watch(
+    host: &str,
+    addr: SocketAddr,
+    topic: &str,
+    prefix: Option<&str>,
+) -> Result<Watchers> {
     let stop = CancellationToken::new();
     let mut seen = Vec::new();
     let mut tasks = Vec::new();
@@ -400,7 +405,8 @@ async fn cdc(args: &DeltaArgs, host: &str, addr: SocketAddr) -> Result<Workload>
         let due = start + Duration::from_secs_f64(sent as f64 / args.rate);
         tokio::time::sleep_until(due.into()).await;
     }
-    w.wait_records(total as u64, Duration::from_secs(30)).await?;
+    w.wait_records(total as u64, Duration::from_secs(30))
+        .await?;
     // The last published row of each key must be what every subscriber holds.
     for (transport, delta, s) in &w.seen {
         let values = s.values.lock().expect("values");

@@ -7,6 +7,16 @@
 //! snapshots, so they never wait for the writer. Retention (by count and age)
 //! runs on the writer thread between batches.
 //!
+//! Durability (`embedded.durability`): with `"fsync"` (the default) every
+//! batch is fsynced before fan-out. With `"os"` a batch is committed without
+//! an fsync, fanned out and acknowledged at once; the writer fsyncs whenever
+//! it has nothing waiting, and at least every [`OS_SYNC_EVERY`] under load.
+//! The `meta` flag `unsynced` is set (durably) while such a run is open and
+//! cleared by [`Source::close`] after a final fsync. Found set at open, it
+//! means an unclean shutdown may have lost acknowledged records, whose
+//! offsets will be reused: the log takes a new epoch, so every cursor from
+//! before gets a gap (`reason: "epoch"`) instead of resuming past them.
+//!
 //! Layout: table `meta` (`epoch`), table `partitions` topic -> partition
 //! count (every topic the log has, listed or created), table `positions`
 //! (topic, partition) -> next offset, and one table per topic, `records/<topic>`:
@@ -31,7 +41,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Source, SourceError};
-use crate::config::{Config, TopicConfig, TopicRules};
+use crate::config::{Config, Durability as Mode, TopicConfig, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE_EXTRA};
 
@@ -40,6 +50,8 @@ const POSITIONS: TableDefinition<(&str, u32), u64> = TableDefinition::new("posit
 const PARTITIONS: TableDefinition<&str, u32> = TableDefinition::new("partitions");
 /// Publish requests batched into one transaction at most.
 const MAX_BATCH: usize = 256;
+/// With `durability = "os"`: the longest a busy writer goes without an fsync.
+pub const OS_SYNC_EVERY: Duration = Duration::from_millis(20);
 /// Records deleted by one retention pass per partition, so a pass stays short.
 const MAX_TRIM: usize = 100_000;
 
@@ -215,6 +227,8 @@ enum Message {
     Append(Append),
     /// Wakes the writer for retention when nothing is published.
     Tick,
+    /// Fsync, mark the shutdown clean, and commit durably from then on.
+    Close(oneshot::Sender<()>),
 }
 
 struct Append {
@@ -246,7 +260,8 @@ impl EmbeddedLog {
             .create(dir.join("pushgate.redb"))
             .map_err(storage)?;
         let rules = config.topic_rules();
-        let (epoch, prepared) = prepare(&db, &config.topics, &rules)?;
+        let mode = config.embedded.durability;
+        let (epoch, prepared) = prepare(&db, &config.topics, &rules, mode)?;
         let shared = Arc::new(Shared {
             db,
             epoch,
@@ -267,6 +282,9 @@ impl EmbeddedLog {
             round_robin: Vec::new(),
             retention_every: config.embedded.retention_check_interval,
             last_retention: Instant::now() - config.embedded.retention_check_interval,
+            fast: mode == Mode::Os,
+            unsynced: false,
+            last_sync: Instant::now(),
         };
         std::thread::Builder::new()
             .name("pushgate-log-writer".into())
@@ -311,21 +329,34 @@ fn prepare(
     db: &Database,
     topics: &[TopicConfig],
     rules: &TopicRules,
+    mode: Mode,
 ) -> Result<(u64, Vec<Prepared>), LogError> {
+    // Committed with redb's default durability (fsynced): the `unsynced` flag
+    // is on disk before any unsynced batch.
     let txn = db.begin_write().map_err(storage)?;
     let epoch;
     let mut prepared = Vec::new();
     {
         let mut meta = txn.open_table(META).map_err(storage)?;
         let existing = meta.get("epoch").map_err(storage)?.map(|v| v.value());
+        let unclean = meta.get("unsynced").map_err(storage)?.map(|v| v.value()) == Some(1);
         epoch = match existing {
-            Some(e) => e,
-            None => {
+            Some(e) if !unclean => e,
+            _ => {
+                if unclean {
+                    tracing::warn!(
+                        "the last run (embedded.durability = \"os\") did not shut down cleanly: \
+                         records acknowledged after its last fsync may be lost, so the log takes a \
+                         new epoch and clients resuming from before get a gap (reason \"epoch\")"
+                    );
+                }
                 let e: u64 = rand::random();
                 meta.insert("epoch", e).map_err(storage)?;
                 e
             }
         };
+        meta.insert("unsynced", u64::from(mode == Mode::Os))
+            .map_err(storage)?;
         let mut parts = txn.open_table(PARTITIONS).map_err(storage)?;
         let positions = txn.open_table(POSITIONS).map_err(storage)?;
         for (index, tc) in topics.iter().enumerate() {
@@ -515,6 +546,11 @@ struct Writer {
     round_robin: Vec<u32>,
     retention_every: Duration,
     last_retention: Instant,
+    /// `durability = "os"` and not closed yet: batches commit without an fsync.
+    fast: bool,
+    /// Batches were committed since the last fsync.
+    unsynced: bool,
+    last_sync: Instant,
 }
 
 impl Writer {
@@ -522,10 +558,16 @@ impl Writer {
         // Ends when every sender is gone: the log was dropped.
         while let Some(first) = rx.blocking_recv() {
             let mut batch = Vec::new();
+            let mut close = None;
             let mut next = Some(first);
             while let Some(message) = next {
-                if let Message::Append(append) = message {
-                    batch.push(append);
+                match message {
+                    Message::Append(append) => batch.push(append),
+                    Message::Tick => {}
+                    Message::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
                 }
                 if batch.len() >= MAX_BATCH {
                     break;
@@ -536,8 +578,57 @@ impl Writer {
                 self.append(batch);
             }
             self.maybe_retain();
+            if let Some(reply) = close {
+                self.close();
+                let _ = reply.send(());
+            } else if self.unsynced && (rx.is_empty() || self.last_sync.elapsed() >= OS_SYNC_EVERY)
+            {
+                self.sync();
+            }
+        }
+        if self.unsynced {
+            self.sync();
         }
         tracing::debug!("log writer stopped");
+    }
+
+    /// Makes every batch committed so far durable (one fsync).
+    fn sync(&mut self) {
+        let started = Instant::now();
+        match self.durable_commit(false) {
+            Ok(()) => {
+                self.unsynced = false;
+                crate::telemetry::log_sync_latency(started.elapsed());
+            }
+            Err(e) => tracing::error!(error = %e, "background fsync failed"),
+        }
+        self.last_sync = Instant::now();
+    }
+
+    /// The clean end of an `"os"` run: fsync, clear `unsynced`, and commit
+    /// every later batch durably so the flag stays true.
+    fn close(&mut self) {
+        match self.durable_commit(true) {
+            Ok(()) => {
+                self.unsynced = false;
+                self.fast = false;
+            }
+            Err(e) => tracing::error!(error = %e, "closing the log failed"),
+        }
+    }
+
+    /// An fsynced commit, which makes the unsynced ones before it durable;
+    /// `clean` also clears the `unsynced` flag.
+    fn durable_commit(&self, clean: bool) -> Result<(), redb::Error> {
+        let mut txn = self.shared.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        if clean {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("unsynced", 0)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// The registry's topics, with `next` and `round_robin` grown to cover
@@ -604,7 +695,7 @@ impl Writer {
     }
 
     fn commit(
-        &self,
+        &mut self,
         topics: &[Arc<TopicLog>],
         batch: &[Append],
         placed: &[Vec<Appended>],
@@ -612,7 +703,12 @@ impl Writer {
         timestamp: i64,
     ) -> Result<(), redb::Error> {
         let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)
+        let durability = if self.fast {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
+        txn.set_durability(durability)
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         {
             let mut positions = txn.open_table(POSITIONS)?;
@@ -634,6 +730,7 @@ impl Writer {
             }
         }
         txn.commit()?;
+        self.unsynced |= self.fast;
         Ok(())
     }
 
@@ -684,7 +781,9 @@ impl Writer {
                 }
             }
         }
+        // Fsynced (redb's default): batches committed before it are durable too.
         txn.commit()?;
+        self.unsynced = false;
         for (t, p, cut) in updates {
             topics[t].earliest[p as usize].store(cut, Ordering::Release);
         }
@@ -776,5 +875,12 @@ impl Source for EmbeddedLog {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.appends.send(Message::Close(reply)).await.is_ok() {
+            let _ = done.await;
+        }
     }
 }

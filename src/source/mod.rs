@@ -57,6 +57,10 @@ pub trait Source: Send + Sync + 'static {
 
     /// True once the source has filled the hub and follows its topics live.
     fn is_ready(&self) -> bool;
+
+    /// Called once, after the drain: makes everything acknowledged durable and
+    /// records a clean shutdown. Later publishes still work.
+    async fn close(&self) {}
 }
 
 /// The source as the HTTP surface sees it from the first moment: not ready,
@@ -85,6 +89,11 @@ impl Opening {
 
     pub fn waiting_for(&self) -> &'static str {
         self.waiting_for
+    }
+
+    /// The opened source, if it has opened.
+    pub fn opened(&self) -> Option<&Arc<dyn Source>> {
+        self.source.get()
     }
 
     fn get(&self) -> Result<&Arc<dyn Source>, SourceError> {

@@ -108,7 +108,10 @@ mod tests {
         let new = json!({"a": 10, "b": 20, "c": 30});
         let text = new.to_string();
         let patch = bounded(&old, &new, &text);
-        assert_eq!(patch, format!(r#"[{{"op":"replace","path":"","value":{text}}}]"#));
+        assert_eq!(
+            patch,
+            format!(r#"[{{"op":"replace","path":"","value":{text}}}]"#)
+        );
         assert_eq!(patch.len(), text.len() + ROOT_REPLACE_OVERHEAD);
         let ops: json_patch::Patch = serde_json::from_str(&patch).unwrap();
         let mut doc = old.clone();
@@ -116,6 +119,9 @@ mod tests {
         assert_eq!(doc, new);
         // A small change keeps its operations.
         let one = json!({"a": 1, "b": 2, "c": 4});
-        assert_eq!(bounded(&old, &one, &one.to_string()), r#"[{"op":"replace","path":"/c","value":4}]"#);
+        assert_eq!(
+            bounded(&old, &one, &one.to_string()),
+            r#"[{"op":"replace","path":"/c","value":4}]"#
+        );
     }
 }

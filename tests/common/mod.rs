@@ -613,6 +613,11 @@ impl Process {
         }
     }
 
+    /// SIGKILL: no drain, no clean close.
+    pub fn sigkill(&mut self) {
+        self.child.start_kill().expect("kill pushgate");
+    }
+
     /// Waits for exit; returns the exit status code.
     pub async fn wait(&mut self, within: Duration) -> Option<i32> {
         tokio::time::timeout(within, self.child.wait())
