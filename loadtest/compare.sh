@@ -4,6 +4,7 @@
 #
 #   loadtest/compare.sh            # full run (about 15 minutes), writes loadtest/RESULTS.md
 #   QUICK=1 loadtest/compare.sh    # small numbers, checks the script end to end
+#   PG_CONFIG=file                 # pushgate config instead of loadtest/bench.toml
 #
 # Scenarios (issue 6):
 #   (a) idle:      20,000 connections (capped below the open-file hard limit),
@@ -112,7 +113,7 @@ wait_port() {
 
 start_pushgate() {
     rm -rf "$RUN/pushgate-data"
-    "$PG" --config "$ROOT/loadtest/bench.toml" --listen "127.0.0.1:$PG_PORT" \
+    "$PG" --config "${PG_CONFIG:-$ROOT/loadtest/bench.toml}" --listen "127.0.0.1:$PG_PORT" \
         --data-dir "$RUN/pushgate-data" 2>"$RUN/pushgate.log" &
     PIDS+=($!); SERVER_PIDS=$!
     wait_port $PG_PORT
