@@ -33,10 +33,14 @@ mod sub;
 
 use self::group::Group;
 use self::index::SubIndex;
-use self::partition::{collect_snapshot, remove_from_view, update_view, Partition, PartitionState};
+use self::partition::{
+    collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
+};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
-use crate::cursor::{encode_into, Cursor};
+use crate::cursor::{
+    decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos,
+};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
 use crate::spec::Spec;
@@ -48,6 +52,20 @@ static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 pub enum HubError {
     #[error("unknown topic")]
     UnknownTopic,
+}
+
+/// Why a version 2 cursor cannot be turned into this node's ordinals.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The cursor is of another kind (version 1 on a shard topic, or the reverse).
+    #[error("the cursor is not of this topic's kind")]
+    Foreign,
+    /// The client has seen positions this node has not read yet: retry shortly.
+    #[error("this node has not read as far as the cursor yet")]
+    Ahead,
+    /// A position older than anything this node holds (past retention when it started).
+    #[error("the cursor's position is older than retention")]
+    Retention,
 }
 
 /// Per-topic memory bounds.
@@ -77,6 +95,11 @@ pub struct Topic {
     /// Set once the topic was deleted or replaced: a subscription that
     /// registers after [`Topic::close`] collected the others is closed too.
     closed: AtomicBool,
+    /// Positions are the source's own opaque ones (Kinesis sequence numbers):
+    /// `offset`s in the hub are this node's ordinals, cursors are version 2,
+    /// and each partition keeps up to this many ordinal -> position entries.
+    /// `None` for integer offsets (embedded log, Kafka).
+    position_limit: Option<usize>,
 }
 
 /// What a new subscription must be sent before it goes live.
@@ -122,6 +145,31 @@ impl Hub {
         partitions: u32,
         settings: TopicSettings,
     ) -> Arc<Topic> {
+        self.insert_topic(name, epoch, partitions, settings, None)
+    }
+
+    /// Adds (or replaces) a topic whose positions are the source's own opaque
+    /// ones (a Kinesis stream: shards as partitions, sequence numbers as
+    /// positions). `position_limit`: ordinal -> position entries kept per partition.
+    pub fn add_shard_topic(
+        &self,
+        name: &str,
+        epoch: u64,
+        partitions: u32,
+        settings: TopicSettings,
+        position_limit: usize,
+    ) -> Arc<Topic> {
+        self.insert_topic(name, epoch, partitions, settings, Some(position_limit))
+    }
+
+    fn insert_topic(
+        &self,
+        name: &str,
+        epoch: u64,
+        partitions: u32,
+        settings: TopicSettings,
+        position_limit: Option<usize>,
+    ) -> Arc<Topic> {
         let topic = Arc::new(Topic {
             name: Arc::from(name),
             epoch,
@@ -131,6 +179,7 @@ impl Hub {
             groups: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            position_limit,
         });
         topic.ensure_partitions(partitions);
         self.topics
@@ -182,6 +231,7 @@ impl Topic {
                 id,
                 frontier: AtomicU64::new(0),
                 state: Mutex::new(PartitionState::default()),
+                positions: Mutex::new(Positions::default()),
             }));
         }
     }
@@ -215,7 +265,103 @@ impl Topic {
         if let Some(slot) = offsets.get_mut(partition as usize) {
             *slot = offset + 1;
         }
-        Cursor::new(self.epoch, offsets).encode()
+        self.encode_cursor(&offsets)
+    }
+
+    /// True when positions are the source's own opaque ones (version 2 cursors).
+    pub fn has_shard_positions(&self) -> bool {
+        self.position_limit.is_some()
+    }
+
+    /// The cursor a client gets for `offsets` (next offset, or ordinal, per partition).
+    pub fn encode_cursor(&self, offsets: &[u64]) -> String {
+        if self.position_limit.is_none() {
+            return Cursor::new(self.epoch, offsets.to_vec()).encode();
+        }
+        let parts = self.partitions.read().expect("partitions lock");
+        let mut out = String::with_capacity(16 + parts.len() * 36);
+        encode_shards_into(self.epoch, &shard_positions(&parts, offsets, None), &mut out);
+        out
+    }
+
+    /// Shard topics: the cursor right after a record at `position` (decimal)
+    /// of `partition` that this node may not have read yet (a publish answer),
+    /// the other partitions at this node's frontier.
+    pub fn cursor_after_position(&self, partition: u32, position: &str) -> String {
+        let frontier = self.frontier();
+        let parts = self.partitions.read().expect("partitions lock");
+        let mut shards = shard_positions(&parts, &frontier, None);
+        if let (Some(slot), Some(pos)) = (
+            shards.get_mut(partition as usize),
+            decimal_to_position(position),
+        ) {
+            *slot = ShardPos::After(pos);
+        }
+        let mut out = String::with_capacity(16 + parts.len() * 36);
+        encode_shards_into(self.epoch, &shards, &mut out);
+        out
+    }
+
+    /// Turns a client's cursor into this node's ordinals (shard topics), or
+    /// passes it on (integer topics). A version 2 cursor on an integer topic,
+    /// or a version 1 cursor on a shard topic, is [`ResolveError::Foreign`];
+    /// one of another epoch is returned as it is (registration answers it
+    /// with a gap).
+    pub fn resolve_cursor(&self, cursor: &Cursor) -> Result<Cursor, ResolveError> {
+        match (&cursor.shards, self.position_limit.is_some()) {
+            (None, false) => return Ok(cursor.clone()),
+            (Some(_), false) | (None, true) => return Err(ResolveError::Foreign),
+            (Some(_), true) if cursor.epoch != self.epoch => {
+                return Ok(Cursor::new(cursor.epoch, Vec::new()))
+            }
+            (Some(_), true) => {}
+        }
+        let shards = cursor.shards.as_deref().unwrap_or_default();
+        let parts = self.partitions.read().expect("partitions lock");
+        if shards.len() > parts.len() {
+            return Err(ResolveError::Ahead);
+        }
+        let mut offsets = Vec::with_capacity(parts.len());
+        for (p, part) in parts.iter().enumerate() {
+            let positions = part.positions.lock().expect("positions lock");
+            offsets.push(match shards.get(p).unwrap_or(&ShardPos::Start) {
+                ShardPos::Start => 0,
+                ShardPos::Closed if positions.closed => positions.end(),
+                ShardPos::Closed => return Err(ResolveError::Ahead),
+                ShardPos::After(pos) => match positions.after(pos) {
+                    Located::At(ordinal) => ordinal,
+                    Located::Ahead => return Err(ResolveError::Ahead),
+                    Located::Older => return Err(ResolveError::Retention),
+                },
+            });
+        }
+        Ok(Cursor::new(self.epoch, offsets))
+    }
+
+    /// Shard topics: `partition` is closed and was read to its end (a parent
+    /// shard after a split or merge); cursors say so from now on.
+    pub fn close_partition(&self, partition: u32) {
+        let parts = self.partitions.read().expect("partitions lock");
+        if let Some(part) = parts.get(partition as usize) {
+            part.positions.lock().expect("positions lock").closed = true;
+        }
+    }
+
+    /// Shard topics: the position (big-endian bytes) of the record at `ordinal`, if still held.
+    pub fn position_at(&self, partition: u32, ordinal: u64) -> Option<Box<[u8]>> {
+        let parts = self.partitions.read().expect("partitions lock");
+        let part = parts.get(partition as usize)?;
+        let positions = part.positions.lock().expect("positions lock");
+        positions.get(ordinal).map(Box::from)
+    }
+
+    /// Shard topics: the first ordinal at or after `position` (None: the
+    /// partition is unknown), and the oldest ordinal held.
+    pub fn ordinal_at_or_after(&self, partition: u32, position: &[u8]) -> Option<(u64, u64)> {
+        let parts = self.partitions.read().expect("partitions lock");
+        let part = parts.get(partition as usize)?;
+        let positions = part.positions.lock().expect("positions lock");
+        Some((positions.at_or_after(position), positions.first()))
     }
 
     /// The latest value of `key`, if the view holds one.
@@ -252,7 +398,22 @@ impl Topic {
                 }
             })
             .collect();
-        encode_into(self.epoch, &offsets, &mut cursor);
+        match self.position_limit {
+            None => encode_into(self.epoch, &offsets, &mut cursor),
+            Some(limit) => {
+                let Some(position) = log.position.as_deref().and_then(decimal_to_position) else {
+                    tracing::warn!(topic = %self.name, partition = log.partition, "record without a valid position dropped");
+                    return 0;
+                };
+                let this = (part.id, &*position);
+                let shards = shard_positions(&parts, &offsets, Some(this));
+                part.positions
+                    .lock()
+                    .expect("positions lock")
+                    .push(log.offset, position, limit);
+                encode_shards_into(self.epoch, &shards, &mut cursor);
+            }
+        }
         let record = Arc::new(Record::encode(&self.name, log, &cursor, Framing::Normal));
 
         state.ring.push_back(Arc::clone(&record));
@@ -509,6 +670,36 @@ impl Topic {
         self.index.remove(sub);
         telemetry::subscription_closed();
     }
+}
+
+/// Each partition's place for a version 2 cursor at `offsets` (ordinals):
+/// `this` is a record being ingested, whose position is not in its table yet.
+fn shard_positions(
+    parts: &[Arc<Partition>],
+    offsets: &[u64],
+    this: Option<(u32, &[u8])>,
+) -> Vec<ShardPos> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(p, part)| {
+            if let Some((id, pos)) = this {
+                if id == part.id {
+                    return ShardPos::After(pos.into());
+                }
+            }
+            let at = offsets.get(p).copied().unwrap_or(0);
+            let positions = part.positions.lock().expect("positions lock");
+            if positions.closed && at >= positions.end() {
+                return ShardPos::Closed;
+            }
+            match at.checked_sub(1).and_then(|o| positions.get(o)) {
+                Some(pos) => ShardPos::After(pos.into()),
+                // Nothing seen (ordinal 0), or older than the table holds.
+                None => ShardPos::Start,
+            }
+        })
+        .collect()
 }
 
 fn has_log(replay: &[Replay]) -> bool {

@@ -498,6 +498,7 @@ fn stored(
         data,
         extra: delete.then(|| TOMBSTONE_EXTRA.into()),
         delete,
+        position: None,
     }
 }
 
@@ -573,6 +574,7 @@ impl Writer {
                 out.push(Appended {
                     partition,
                     offset: *slot,
+                    position: None,
                 });
                 *slot += 1;
             }
