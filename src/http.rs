@@ -50,6 +50,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else if !state.source.is_ready() {
         match state.config.source.kind {
             crate::config::SourceKind::Kafka => "kafka",
+            crate::config::SourceKind::Kinesis => "kinesis",
             crate::config::SourceKind::Embedded => "embedded_log",
         }
     } else {

@@ -92,6 +92,8 @@ pub enum RunError {
     Auth(#[from] auth::AuthSetupError),
     #[error("cannot start the Kafka source: {0}")]
     Kafka(#[from] source::kafka::KafkaSourceError),
+    #[error("cannot start the Kinesis source: {0}")]
+    Kinesis(#[from] source::kinesis::KinesisSourceError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -108,6 +110,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let waiting_for = match config.source.kind {
         config::SourceKind::Embedded => "embedded log",
         config::SourceKind::Kafka => "kafka",
+        config::SourceKind::Kinesis => "kinesis",
     };
     let opening = Arc::new(source::Opening::new(waiting_for));
     if config.open_publish_on_network() {
@@ -179,6 +182,9 @@ async fn open_source(
         }
         config::SourceKind::Kafka => {
             Arc::new(source::kafka::KafkaSource::open(&config, hub, shutdown).await?)
+        }
+        config::SourceKind::Kinesis => {
+            source::kinesis::KinesisSource::open(&config, hub, shutdown).await?
         }
     })
 }

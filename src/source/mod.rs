@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod kinesis;
 
 use std::sync::{Arc, OnceLock};
 
