@@ -452,6 +452,14 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
         "s",
         &["put", "--count", &N.to_string(), "--keys", "8", "--batch", "10", "--rate", "150"],
     );
+    let mut load_out = load.stdout.take().unwrap();
+    let load_lines = tokio::spawn(async move {
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut load_out, &mut out)
+            .await
+            .unwrap();
+        out
+    });
     tokio::time::sleep(Duration::from_millis(800)).await;
     // A client that stops before the split: its cursor names shard 0 while open.
     let mut early_got = early.records(10).await;
@@ -477,11 +485,7 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
         .expect("the load finished")
         .unwrap();
     assert!(status.success());
-    let mut out = String::new();
-    tokio::io::AsyncReadExt::read_to_string(load.stdout.as_mut().unwrap(), &mut out)
-        .await
-        .unwrap();
-    let puts = parse_puts(&out);
+    let puts = parse_puts(&load_lines.await.unwrap());
     assert_eq!(puts.len() as u64, N);
     let shards_used: HashSet<u32> = puts.iter().map(|p| p.shard).collect();
     for shard in [0, 1, 2, 3, 4] {
@@ -566,30 +570,35 @@ async fn a_resume_older_than_retention_gets_recovered_false_and_a_gap() {
     // Node A keeps a ring of 4, so an old cursor needs Kinesis itself.
     let (a, _da) = node(&k, &[("s", 4)]).await;
     let mut ws = WsClient::connect(a.addr).await;
-    ws.subscribe(json!({"topic": "s", "snapshot": false})).await;
+    let start = ws.subscribe(json!({"topic": "s", "snapshot": false})).await;
     k.put("s", 10, 2, 2).await;
-    let got = ws.records(2).await;
-    let old_cursor = got[0]["cursor"].as_str().unwrap().to_owned();
-    drop(ws);
-
-    // Before retention: the resume is served from Kinesis (older than A's ring).
-    let mut ws = WsClient::connect(a.addr).await;
-    let reply = ws
-        .subscribe(json!({"topic": "s", "cursor": old_cursor, "snapshot": false}))
-        .await;
-    assert_eq!(reply["recovered"], true, "{reply}");
-    assert_eq!(seq(&ws.records(1).await[0]), 11);
+    ws.records(2).await;
     drop(ws);
     // A client that has seen nothing of the shard: everything retained, in order.
-    let mut from_start = Cursor::decode(&old_cursor).unwrap();
+    let mut from_start = Cursor::decode(start["cursor"].as_str().unwrap()).unwrap();
     from_start.shards = Some(vec![ShardPos::Start]);
     let mut ws = WsClient::connect(a.addr).await;
     let reply = ws
         .subscribe(json!({"topic": "s", "cursor": from_start.encode(), "snapshot": false}))
         .await;
     assert_eq!(reply["recovered"], true, "{reply}");
-    let seqs: Vec<u64> = ws.records(12).await.iter().map(seq).collect();
+    let replayed = ws.records(12).await;
+    let seqs: Vec<u64> = replayed.iter().map(seq).collect();
     assert_eq!(seqs, (0..12).collect::<Vec<_>>());
+    // The cursor of a client that stopped after record 2.
+    let old_cursor = replayed[2]["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+
+    // Before retention: the resume is served from Kinesis (older than A's ring of 4).
+    let mut ws = WsClient::connect(a.addr).await;
+    let reply = ws
+        .subscribe(json!({"topic": "s", "cursor": old_cursor, "snapshot": false}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let seqs: Vec<u64> = ws.records(9).await.iter().map(seq).collect();
+    assert_eq!(seqs, (3..12).collect::<Vec<_>>());
+    ws.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(ws.lives.last().unwrap()["replayed"], 9);
     drop(ws);
 
     // kinesalite trims records older than the stream's retention (24 h) from
