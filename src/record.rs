@@ -434,6 +434,7 @@ mod tests {
             data: "{\"p\":1}".into(),
             extra: None,
             delete: false,
+            position: None,
         };
         let rec = Record::encode("prices", &log, "CUR", Framing::Normal);
         let json: serde_json::Value = serde_json::from_str(rec.ws.as_str()).unwrap();
@@ -463,6 +464,7 @@ mod tests {
             data: "\"aGk=\"".into(),
             extra: Some("\"encoding\":\"base64\"".into()),
             delete: false,
+            position: None,
         };
         let rec = Record::encode("t", &log, "C", Framing::Normal);
         let again = rec.reframe("t", "D", Framing::Normal);
@@ -482,6 +484,7 @@ mod tests {
             data: "{\"a\":1}".into(),
             extra: Some("\"op\":\"update\",\"source\":{\"op\":\"x\"}".into()),
             delete: false,
+            position: None,
         };
         let rec = Record::encode("t", &log, "C", Framing::Normal);
         let enter = rec.variant("t", "enter", (Body::Data, rec.data()));

@@ -726,6 +726,7 @@ mod tests {
             data: format!("{offset}").into(),
             extra: None,
             delete: false,
+            position: None,
         }
     }
 
@@ -945,11 +946,13 @@ mod tests {
         topic.ingest(&log(0, 1, "b"));
         topic.ingest(&LogRecord {
             delete: true,
+            position: None,
             ..log(0, 2, "a")
         });
         // A second delete of a key already gone (a tombstone after a delete event).
         topic.ingest(&LogRecord {
             delete: true,
+            position: None,
             ..log(0, 3, "a")
         });
         assert_eq!(
@@ -1161,5 +1164,93 @@ mod tests {
         assert_eq!(reg.high, vec![2, 1]);
         let rec = topic.latest("a").unwrap();
         assert_eq!(Cursor::decode(rec.cursor()).unwrap().offsets, vec![2, 1]);
+    }
+
+    fn shard_log(partition: u32, ordinal: u64, seq: &str, key: &str) -> LogRecord {
+        LogRecord {
+            position: Some(seq.into()),
+            ..log(partition, ordinal, key)
+        }
+    }
+
+    fn seq(n: u64) -> String {
+        // Wider than 64 bits, like a Kinesis sequence number.
+        format!("4959033827149025660855969253836157109592157598913{n:07}")
+    }
+
+    #[test]
+    fn shard_topics_resume_by_the_sources_positions_on_any_node() {
+        // Two nodes: A read the shard from its start, B started later and
+        // numbers the same records differently (its ordinal 0 is A's 2).
+        let hub_a = Hub::new();
+        let a = hub_a.add_shard_topic("s", 5, 2, settings(), 100);
+        let hub_b = Hub::new();
+        let b = hub_b.add_shard_topic("s", 5, 2, settings(), 100);
+        for i in 0..6u64 {
+            a.ingest(&shard_log(0, i, &seq(i * 10), "a"));
+            if i >= 2 {
+                b.ingest(&shard_log(0, i - 2, &seq(i * 10), "a"));
+            }
+        }
+        a.ingest(&shard_log(1, 0, &seq(7), "b"));
+        b.ingest(&shard_log(1, 0, &seq(7), "b"));
+        let rec = a.latest("a").unwrap();
+        assert_eq!(rec.offset, 5, "the hub's offset is A's ordinal");
+        assert!(rec.ws.as_str().contains(&format!("\"offset\":\"{}\"", seq(50))), "clients see the sequence number");
+        // A client that saw A's record 3 (seq 30).
+        let made_by_a = a.encode_cursor(&[4, 1]);
+        let cursor = Cursor::decode(&made_by_a).unwrap();
+        assert_eq!(a.resolve_cursor(&cursor).unwrap().offsets, vec![4, 1]);
+        assert_eq!(b.resolve_cursor(&cursor).unwrap().offsets, vec![2, 1], "B's own ordinals");
+        // The same position reads back as the same cursor text on both nodes.
+        assert_eq!(b.encode_cursor(&[2, 1]), made_by_a);
+        // Ahead of B, older than B, foreign kinds.
+        let ahead = Cursor::with_shards(5, vec![ShardPos::After(decimal_to_position(&seq(60)).unwrap())]);
+        assert_eq!(b.resolve_cursor(&ahead), Err(ResolveError::Ahead));
+        let older = Cursor::with_shards(5, vec![ShardPos::After(decimal_to_position(&seq(10)).unwrap())]);
+        assert_eq!(b.resolve_cursor(&older), Err(ResolveError::Retention));
+        assert_eq!(a.resolve_cursor(&older).unwrap().offsets, vec![2, 0]);
+        assert_eq!(b.resolve_cursor(&Cursor::new(5, vec![1, 1])), Err(ResolveError::Foreign));
+        let kafka = hub_a.add_topic("k", 5, 1, settings());
+        assert_eq!(kafka.resolve_cursor(&ahead), Err(ResolveError::Foreign));
+        assert_eq!(kafka.resolve_cursor(&Cursor::new(5, vec![3])).unwrap(), Cursor::new(5, vec![3]));
+        // A cursor naming a shard this node has not seen: retry, never a gap.
+        let three = Cursor::with_shards(5, vec![ShardPos::Start, ShardPos::Start, ShardPos::Start]);
+        assert_eq!(b.resolve_cursor(&three), Err(ResolveError::Ahead));
+    }
+
+    #[test]
+    fn closed_parents_are_marked_in_cursors_and_resume_into_their_children() {
+        let hub = Hub::new();
+        let t = hub.add_shard_topic("s", 5, 1, settings(), 100);
+        t.ingest(&shard_log(0, 0, &seq(1), "a"));
+        let mid = Cursor::decode(&t.encode_cursor(&t.frontier())).unwrap();
+        // Before the parent is closed, a client claiming it closed is ahead.
+        let closed = Cursor::with_shards(5, vec![ShardPos::Closed]);
+        assert_eq!(t.resolve_cursor(&closed), Err(ResolveError::Ahead));
+        t.ingest(&shard_log(0, 1, &seq(2), "a"));
+        t.close_partition(0);
+        // A child (shard 1) appears and is read after the parent.
+        t.ensure_partitions(2);
+        t.ingest(&shard_log(1, 0, &seq(3), "c"));
+        let rec = t.latest("c").unwrap();
+        let carried = Cursor::decode(rec.cursor()).unwrap();
+        assert_eq!(carried.shards.as_ref().unwrap()[0], ShardPos::Closed);
+        assert_eq!(t.resolve_cursor(&carried).unwrap().offsets, vec![2, 1]);
+        // The cursor from the middle of the parent: the rest of it, then the child.
+        let from_mid = t.resolve_cursor(&mid).unwrap();
+        assert_eq!(from_mid.offsets, vec![1, 0]);
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = t.register(Filter::all(), out, Some(&from_mid), false, 10, 1 << 20);
+        let replayed: Vec<(u32, u64)> = reg
+            .replay
+            .iter()
+            .flat_map(|r| match r {
+                Replay::Ring { records, .. } => records.iter().map(|r| (r.partition, r.offset)).collect::<Vec<_>>(),
+                Replay::Log { .. } => panic!("the ring covers it"),
+            })
+            .collect();
+        assert_eq!(replayed, vec![(0, 1), (1, 0)], "parent first, then the child");
+        assert_eq!(t.resolve_cursor(&closed).unwrap().offsets, vec![2, 0]);
     }
 }
