@@ -730,7 +730,7 @@ impl Default for KinesisConfig {
         Self {
             region: "us-east-1".into(),
             endpoint_url: String::new(),
-            poll_interval: Duration::from_millis(250),
+            poll_interval: Duration::from_millis(500),
             records_per_call: 1000,
             max_backoff: Duration::from_secs(5),
             shard_refresh_interval: Duration::from_secs(10),
