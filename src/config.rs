@@ -770,7 +770,10 @@ impl KinesisConfig {
         }
         for (key, value) in [
             ("kinesis.catchup_readers", self.catchup_readers),
-            ("kinesis.position_index_records", self.position_index_records),
+            (
+                "kinesis.position_index_records",
+                self.position_index_records,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -778,7 +781,10 @@ impl KinesisConfig {
         }
         for (key, value) in [
             ("kinesis.max_backoff", self.max_backoff),
-            ("kinesis.shard_refresh_interval", self.shard_refresh_interval),
+            (
+                "kinesis.shard_refresh_interval",
+                self.shard_refresh_interval,
+            ),
             ("kinesis.startup_timeout", self.startup_timeout),
             ("kinesis.request_timeout", self.request_timeout),
         ] {

@@ -329,7 +329,11 @@ mod tests {
         assert_eq!(position_to_decimal(&pos), seq);
         let cursor = Cursor::with_shards(
             42,
-            vec![ShardPos::Closed, ShardPos::After(pos.clone()), ShardPos::Start],
+            vec![
+                ShardPos::Closed,
+                ShardPos::After(pos.clone()),
+                ShardPos::Start,
+            ],
         );
         let text = cursor.encode();
         assert_eq!(Cursor::decode(&text).unwrap(), cursor);
@@ -357,14 +361,26 @@ mod tests {
 
     #[test]
     fn positions_order_as_the_numbers_do() {
-        let order = ["0", "9", "255", "256", "1000", "49590338271490256608559692538361571095921575989136588898", "49590338271490256608559692538361571095921575989136588899", "100000000000000000000000000000000000000000000000000000000"];
+        let order = [
+            "0",
+            "9",
+            "255",
+            "256",
+            "1000",
+            "49590338271490256608559692538361571095921575989136588898",
+            "49590338271490256608559692538361571095921575989136588899",
+            "100000000000000000000000000000000000000000000000000000000",
+        ];
         for w in order.windows(2) {
             let (a, b) = (
                 decimal_to_position(w[0]).unwrap(),
                 decimal_to_position(w[1]).unwrap(),
             );
             assert_eq!(compare_positions(&a, &b), std::cmp::Ordering::Less, "{w:?}");
-            assert_eq!(position_to_decimal(&a), w[0].trim_start_matches('0').to_owned().max("0".into()));
+            assert_eq!(
+                position_to_decimal(&a),
+                w[0].trim_start_matches('0').to_owned().max("0".into())
+            );
         }
         assert!(decimal_to_position("12a").is_none());
         assert!(decimal_to_position("").is_none());

@@ -280,14 +280,22 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
     for seq in 50..60u64 {
         let key = format!("k{}", seq % 5);
         let answer = publish(&http, node.addr, "s", &key, json!({"seq": seq})).await;
-        let sn = answer["offset"].as_str().expect("offset is a string").to_owned();
+        let sn = answer["offset"]
+            .as_str()
+            .expect("offset is a string")
+            .to_owned();
         let shard = answer["partition"].as_u64().unwrap() as u32;
         assert!(shard < 2, "{answer}");
         assert!(Cursor::decode(answer["cursor"].as_str().unwrap())
             .unwrap()
             .shards
             .is_some());
-        puts.push(Put { seq, key, shard, sn });
+        puts.push(Put {
+            seq,
+            key,
+            shard,
+            sn,
+        });
     }
     let shards_used: HashSet<u32> = puts.iter().map(|p| p.shard).collect();
     assert_eq!(shards_used.len(), 2, "records spread over both shards");
@@ -309,7 +317,10 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
             (seq(r), position(r))
         })
         .collect();
-    assert_eq!(seen, expected, "WS: exactly the matching records, where boto3 was told they went");
+    assert_eq!(
+        seen, expected,
+        "WS: exactly the matching records, where boto3 was told they went"
+    );
     ws.expect_silence(Duration::from_millis(500)).await;
 
     let events = sse.records(expected.len()).await;
@@ -321,7 +332,11 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
         .collect();
     assert_eq!(sse_seen, expected, "SSE: exactly the matching records");
     for e in &events {
-        assert_eq!(e.id.as_deref(), e.json()["cursor"].as_str(), "SSE id is the cursor");
+        assert_eq!(
+            e.id.as_deref(),
+            e.json()["cursor"].as_str(),
+            "SSE id is the cursor"
+        );
     }
     assert!(sse.next_within(Duration::from_millis(300)).await.is_none());
 
@@ -330,7 +345,12 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
     ws.subscribe(json!({"topic": "s", "keys": ["k0"]})).await;
     let snap = ws.json().await;
     assert_eq!(snap["snapshot"], true, "{snap}");
-    let last_k0 = puts.iter().chain(&before).filter(|p| p.key == "k0").map(|p| p.seq).max();
+    let last_k0 = puts
+        .iter()
+        .chain(&before)
+        .filter(|p| p.key == "k0")
+        .map(|p| p.seq)
+        .max();
     assert_eq!(Some(seq(&snap)), last_k0);
 
     // Data that is not JSON arrives as base64 with the documented flag.
@@ -379,7 +399,10 @@ async fn wait_same_frontier(nodes: &[std::net::SocketAddr]) {
         if cursors.len() == 1 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "nodes never agreed: {cursors:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never agreed: {cursors:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -451,9 +474,7 @@ async fn a_client_resumes_on_a_different_node_with_nothing_lost_or_repeated() {
     // not read that far says retry (a sequence number past the end of shard 0).
     let mut ahead = Cursor::decode(&cursor).unwrap();
     let mut shards = ahead.shards.take().unwrap();
-    shards[0] = ShardPos::After(
-        pushgate::cursor::decimal_to_position(&"9".repeat(56)).unwrap(),
-    );
+    shards[0] = ShardPos::After(pushgate::cursor::decimal_to_position(&"9".repeat(56)).unwrap());
     ahead.shards = Some(shards);
     let mut ws = WsClient::connect(b.addr).await;
     ws.send(json!({"type": "subscribe", "topic": "s", "cursor": ahead.encode()}))
@@ -469,7 +490,8 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     k.create("s", 2).await;
     let (a, _da) = node(&k, &[("s", 4096)]).await;
     let mut all = WsClient::connect(a.addr).await;
-    all.subscribe(json!({"topic": "s", "snapshot": false})).await;
+    all.subscribe(json!({"topic": "s", "snapshot": false}))
+        .await;
     let mut early = WsClient::connect(a.addr).await;
     early
         .subscribe(json!({"topic": "s", "keys": ["k1", "k2", "k5"], "snapshot": false}))
@@ -480,7 +502,17 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     const N: u64 = 600;
     let mut load = k.spawn_tool(
         "s",
-        &["put", "--count", &N.to_string(), "--keys", "8", "--batch", "10", "--rate", "150"],
+        &[
+            "put",
+            "--count",
+            &N.to_string(),
+            "--keys",
+            "8",
+            "--batch",
+            "10",
+            "--rate",
+            "150",
+        ],
     );
     let mut load_out = load.stdout.take().unwrap();
     let load_lines = tokio::spawn(async move {
@@ -493,17 +525,29 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     tokio::time::sleep(Duration::from_millis(800)).await;
     // A client that stops before the split: its cursor names shard 0 while open.
     let mut early_got = early.records(10).await;
-    let early_cursor = early_got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    let early_cursor = early_got.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     drop(early);
-    let split: Vec<String> =
-        serde_json::from_str(k.tool("s", &["split", "--shard", "shardId-000000000000"]).await.trim())
-            .unwrap();
+    let split: Vec<String> = serde_json::from_str(
+        k.tool("s", &["split", "--shard", "shardId-000000000000"])
+            .await
+            .trim(),
+    )
+    .unwrap();
     assert_eq!(split, vec!["shardId-000000000002", "shardId-000000000003"]);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let merged: Vec<String> = serde_json::from_str(
         k.tool(
             "s",
-            &["merge", "--shard", "shardId-000000000002", "--adjacent", "shardId-000000000003"],
+            &[
+                "merge",
+                "--shard",
+                "shardId-000000000002",
+                "--adjacent",
+                "shardId-000000000003",
+            ],
         )
         .await
         .trim(),
@@ -519,10 +563,17 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     assert_eq!(puts.len() as u64, N);
     let shards_used: HashSet<u32> = puts.iter().map(|p| p.shard).collect();
     for shard in [0, 1, 2, 3, 4] {
-        assert!(shards_used.contains(&shard), "records went to shard {shard}: {shards_used:?}");
+        assert!(
+            shards_used.contains(&shard),
+            "records went to shard {shard}: {shards_used:?}"
+        );
     }
     let shards = k.shards("s").await;
-    assert_eq!(shards.iter().filter(|s| s["closed"] == true).count(), 3, "{shards:?}");
+    assert_eq!(
+        shards.iter().filter(|s| s["closed"] == true).count(),
+        3,
+        "{shards:?}"
+    );
 
     // Every record exactly once, and each key's records in the order they were put.
     let got = collect_exactly(&mut all, &(0..N).collect()).await;
@@ -542,7 +593,11 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     let shard_pos = last.shards.unwrap();
     assert_eq!(shard_pos.len(), 5);
     for p in [0, 2, 3] {
-        assert_eq!(shard_pos[p], ShardPos::Closed, "shard {p} closed in the cursor");
+        assert_eq!(
+            shard_pos[p],
+            ShardPos::Closed,
+            "shard {p} closed in the cursor"
+        );
     }
     for p in [1, 4] {
         assert!(matches!(shard_pos[p], ShardPos::After(_)), "shard {p}");
@@ -559,7 +614,9 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
         .map(|p| p.seq)
         .collect();
     let max_seen = *seen_early.iter().max().unwrap();
-    assert!(want.iter().all(|s| *s > max_seen || !seen_early.contains(s)));
+    assert!(want
+        .iter()
+        .all(|s| *s > max_seen || !seen_early.contains(s)));
     let mut ws = WsClient::connect(b.addr).await;
     let reply = ws
         .subscribe(json!({"topic": "s", "keys": keys, "cursor": early_cursor, "snapshot": false}))
@@ -674,8 +731,12 @@ async fn version_1_cursors_still_resume_on_embedded_topics_and_version_2_ones_ar
         server.publish("one", "a", json!({"seq": seq})).await;
     }
     let mut ws = server.ws().await;
-    let reply = ws.subscribe(json!({"topic": "one", "snapshot": false})).await;
-    let epoch = Cursor::decode(reply["cursor"].as_str().unwrap()).unwrap().epoch;
+    let reply = ws
+        .subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    let epoch = Cursor::decode(reply["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
     // A version 1 cursor written byte by byte, as every cursor handed out before version 2.
     let mut raw = vec![1u8];
     raw.extend_from_slice(&epoch.to_le_bytes());
@@ -695,7 +756,10 @@ async fn version_1_cursors_still_resume_on_embedded_topics_and_version_2_ones_ar
         .await;
     let r = ws2.records(1).await.remove(0);
     assert!(r["offset"].is_u64(), "{r}");
-    assert!(Cursor::decode(r["cursor"].as_str().unwrap()).unwrap().shards.is_none());
+    assert!(Cursor::decode(r["cursor"].as_str().unwrap())
+        .unwrap()
+        .shards
+        .is_none());
 
     // A version 2 cursor (of a Kinesis stream) on an embedded topic: a gap, never a misread.
     let v2 = Cursor::with_shards(epoch, vec![ShardPos::Start]).encode();

@@ -38,9 +38,7 @@ use self::partition::{
 };
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
-use crate::cursor::{
-    decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos,
-};
+use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
 use crate::spec::Spec;
@@ -280,7 +278,11 @@ impl Topic {
         }
         let parts = self.partitions.read().expect("partitions lock");
         let mut out = String::with_capacity(16 + parts.len() * 36);
-        encode_shards_into(self.epoch, &shard_positions(&parts, offsets, None), &mut out);
+        encode_shards_into(
+            self.epoch,
+            &shard_positions(&parts, offsets, None),
+            &mut out,
+        );
         out
     }
 
@@ -1196,24 +1198,45 @@ mod tests {
         b.ingest(&shard_log(1, 0, &seq(7), "b"));
         let rec = a.latest("a").unwrap();
         assert_eq!(rec.offset, 5, "the hub's offset is A's ordinal");
-        assert!(rec.ws.as_str().contains(&format!("\"offset\":\"{}\"", seq(50))), "clients see the sequence number");
+        assert!(
+            rec.ws
+                .as_str()
+                .contains(&format!("\"offset\":\"{}\"", seq(50))),
+            "clients see the sequence number"
+        );
         // A client that saw A's record 3 (seq 30).
         let made_by_a = a.encode_cursor(&[4, 1]);
         let cursor = Cursor::decode(&made_by_a).unwrap();
         assert_eq!(a.resolve_cursor(&cursor).unwrap().offsets, vec![4, 1]);
-        assert_eq!(b.resolve_cursor(&cursor).unwrap().offsets, vec![2, 1], "B's own ordinals");
+        assert_eq!(
+            b.resolve_cursor(&cursor).unwrap().offsets,
+            vec![2, 1],
+            "B's own ordinals"
+        );
         // The same position reads back as the same cursor text on both nodes.
         assert_eq!(b.encode_cursor(&[2, 1]), made_by_a);
         // Ahead of B, older than B, foreign kinds.
-        let ahead = Cursor::with_shards(5, vec![ShardPos::After(decimal_to_position(&seq(60)).unwrap())]);
+        let ahead = Cursor::with_shards(
+            5,
+            vec![ShardPos::After(decimal_to_position(&seq(60)).unwrap())],
+        );
         assert_eq!(b.resolve_cursor(&ahead), Err(ResolveError::Ahead));
-        let older = Cursor::with_shards(5, vec![ShardPos::After(decimal_to_position(&seq(10)).unwrap())]);
+        let older = Cursor::with_shards(
+            5,
+            vec![ShardPos::After(decimal_to_position(&seq(10)).unwrap())],
+        );
         assert_eq!(b.resolve_cursor(&older), Err(ResolveError::Retention));
         assert_eq!(a.resolve_cursor(&older).unwrap().offsets, vec![2, 0]);
-        assert_eq!(b.resolve_cursor(&Cursor::new(5, vec![1, 1])), Err(ResolveError::Foreign));
+        assert_eq!(
+            b.resolve_cursor(&Cursor::new(5, vec![1, 1])),
+            Err(ResolveError::Foreign)
+        );
         let kafka = hub_a.add_topic("k", 5, 1, settings());
         assert_eq!(kafka.resolve_cursor(&ahead), Err(ResolveError::Foreign));
-        assert_eq!(kafka.resolve_cursor(&Cursor::new(5, vec![3])).unwrap(), Cursor::new(5, vec![3]));
+        assert_eq!(
+            kafka.resolve_cursor(&Cursor::new(5, vec![3])).unwrap(),
+            Cursor::new(5, vec![3])
+        );
         // A cursor naming a shard this node has not seen: retry, never a gap.
         let three = Cursor::with_shards(5, vec![ShardPos::Start, ShardPos::Start, ShardPos::Start]);
         assert_eq!(b.resolve_cursor(&three), Err(ResolveError::Ahead));
@@ -1246,11 +1269,18 @@ mod tests {
             .replay
             .iter()
             .flat_map(|r| match r {
-                Replay::Ring { records, .. } => records.iter().map(|r| (r.partition, r.offset)).collect::<Vec<_>>(),
+                Replay::Ring { records, .. } => records
+                    .iter()
+                    .map(|r| (r.partition, r.offset))
+                    .collect::<Vec<_>>(),
                 Replay::Log { .. } => panic!("the ring covers it"),
             })
             .collect();
-        assert_eq!(replayed, vec![(0, 1), (1, 0)], "parent first, then the child");
+        assert_eq!(
+            replayed,
+            vec![(0, 1), (1, 0)],
+            "parent first, then the child"
+        );
         assert_eq!(t.resolve_cursor(&closed).unwrap().offsets, vec![2, 0]);
     }
 }

@@ -151,10 +151,17 @@ impl KinesisSource {
                 message,
             };
             let summary = loop {
-                match client.describe_stream_summary().stream_name(&name).send().await {
+                match client
+                    .describe_stream_summary()
+                    .stream_name(&name)
+                    .send()
+                    .await
+                {
                     Ok(out) => match out.stream_description_summary {
                         Some(s) => break s,
-                        None => return Err(fail("DescribeStreamSummary answered no stream".into())),
+                        None => {
+                            return Err(fail("DescribeStreamSummary answered no stream".into()))
+                        }
                     },
                     Err(e) if Instant::now() < deadline && !shutdown.is_triggered() => {
                         tracing::warn!(stream = %name, error = %describe(&e), "Kinesis not reachable yet; retrying");
@@ -179,8 +186,13 @@ impl KinesisSource {
                 ring_records: tc.ring_records,
                 view_max_keys: tc.view_max_keys,
             };
-            let topic =
-                hub.add_shard_topic(&name, epoch, partitions, settings, kc.position_index_records);
+            let topic = hub.add_shard_topic(
+                &name,
+                epoch,
+                partitions,
+                settings,
+                kc.position_index_records,
+            );
             let stream = Arc::new(Stream {
                 name: name.clone(),
                 topic,
@@ -245,7 +257,9 @@ impl KinesisSource {
                 for stream in refresher.streams.values() {
                     match list_shards(&refresher.client, &stream.name).await {
                         Ok(shards) => refresher.adopt(stream, &shards, &stop),
-                        Err(e) => tracing::warn!(stream = %stream.name, error = %e, "ListShards failed"),
+                        Err(e) => {
+                            tracing::warn!(stream = %stream.name, error = %e, "ListShards failed")
+                        }
                     }
                 }
             }
@@ -262,7 +276,9 @@ impl KinesisSource {
                 Some(n) => {
                     ordered.insert(n, shard);
                 }
-                None => tracing::warn!(stream = %stream.name, shard = shard.shard_id(), "shard id without a number; skipped"),
+                None => {
+                    tracing::warn!(stream = %stream.name, shard = shard.shard_id(), "shard id without a number; skipped")
+                }
             }
         }
         let mut known = stream.shards.lock().expect("shards lock");
@@ -271,12 +287,13 @@ impl KinesisSource {
                 continue;
             }
             stream.topic.ensure_partitions(number + 1);
-            let parents: Vec<watch::Receiver<bool>> = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
-                .into_iter()
-                .flatten()
-                // A parent this node does not know is past retention: nothing to wait for.
-                .filter_map(|id| known.get(id).map(|p| p.done.clone()))
-                .collect();
+            let parents: Vec<watch::Receiver<bool>> =
+                [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    // A parent this node does not know is past retention: nothing to wait for.
+                    .filter_map(|id| known.get(id).map(|p| p.done.clone()))
+                    .collect();
             let (done_tx, done) = watch::channel(false);
             let (caught_tx, caught_up) = watch::channel(false);
             known.insert(
@@ -460,7 +477,9 @@ impl Reader {
                             iterator = Some(it);
                         }
                         Some(GetRecordsError::ExpiredIteratorException(_)) => {}
-                        _ => tracing::warn!(stream = %self.stream.name, shard = %self.shard_id, error = %describe(&e), "GetRecords failed; retrying"),
+                        _ => {
+                            tracing::warn!(stream = %self.stream.name, shard = %self.shard_id, error = %describe(&e), "GetRecords failed; retrying")
+                        }
                     }
                     next_call = Instant::now() + backoff;
                     backoff = (backoff * 2).min(config.max_backoff);
@@ -622,7 +641,12 @@ impl Source for KinesisSource {
                 .client
                 .get_records()
                 .shard_iterator(&iterator)
-                .limit(self.config.records_per_call.min(want as i32 - out.len() as i32).max(1))
+                .limit(
+                    self.config
+                        .records_per_call
+                        .min(want as i32 - out.len() as i32)
+                        .max(1),
+                )
                 .send()
                 .await;
             let page = match answer {
@@ -681,7 +705,11 @@ impl Source for KinesisSource {
                         // Trimmed meanwhile: what was numbered is no longer there.
                         return Err(SourceError::Gap {
                             requested: ordinal,
-                            earliest: topic.frontier().get(partition as usize).copied().unwrap_or(0),
+                            earliest: topic
+                                .frontier()
+                                .get(partition as usize)
+                                .copied()
+                                .unwrap_or(0),
                         });
                     }
                     iterator = next.to_owned();
@@ -704,7 +732,12 @@ impl Source for KinesisSource {
                 continue;
             };
             let it = self
-                .iterator(&stream.name, &shard_id, ShardIteratorType::TrimHorizon, None)
+                .iterator(
+                    &stream.name,
+                    &shard_id,
+                    ShardIteratorType::TrimHorizon,
+                    None,
+                )
                 .await?;
             let first = self.first_record(it, 10).await?;
             out.push(match first.as_deref().and_then(decimal_to_position) {
