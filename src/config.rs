@@ -747,10 +747,8 @@ impl KinesisConfig {
         if self.region.trim().is_empty() {
             return Err(invalid("kinesis.region", "must name a region"));
         }
-        if !self.endpoint_url.is_empty()
-            && !(self.endpoint_url.starts_with("http://")
-                || self.endpoint_url.starts_with("https://"))
-        {
+        let url = &self.endpoint_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid(
                 "kinesis.endpoint_url",
                 "must be an http:// or https:// URL (or empty)",
