@@ -1411,6 +1411,43 @@ mod tests {
     }
 
     #[test]
+    fn kinesis_config_is_checked_naming_the_key() {
+        let load = |kinesis: &str, topics: &str| {
+            Config::from_toml_str(
+                &format!("[source]\nkind = \"kinesis\"\n[kinesis]\n{kinesis}\n{topics}"),
+                std::iter::empty(),
+            )
+        };
+        let stream = "[[topics]]\nname = \"orders\"\n";
+        let config = load("endpoint_url = \"http://127.0.0.1:4567\"", stream).unwrap();
+        assert_eq!(config.source.kind, SourceKind::Kinesis);
+        assert_eq!(config.kinesis.poll_interval, Duration::from_millis(500));
+        for (kinesis, topics, key) in [
+            ("poll_interval = \"100ms\"", stream, "kinesis.poll_interval"),
+            (
+                "records_per_call = 20000",
+                stream,
+                "kinesis.records_per_call",
+            ),
+            (
+                "endpoint_url = \"127.0.0.1:4567\"",
+                stream,
+                "kinesis.endpoint_url",
+            ),
+            ("region = \"\"", stream, "kinesis.region"),
+            (
+                "position_index_records = 0",
+                stream,
+                "kinesis.position_index_records",
+            ),
+            ("", "[[topics]]\npattern = \"o.*\"\n", "topics[0].pattern"),
+        ] {
+            let err = load(kinesis, topics).unwrap_err();
+            assert!(err.to_string().contains(key), "{kinesis}: {err}");
+        }
+    }
+
+    #[test]
     fn embedded_cache_is_bounded_and_checked() {
         let topic = "[[topics]]\nname = \"a\"\n";
         let config = Config::from_toml_str(topic, std::iter::empty()).unwrap();
