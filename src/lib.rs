@@ -1,10 +1,11 @@
-//! pushgate: a push gateway from a log (Kafka, or an embedded log) to WebSocket and SSE clients.
+//! pushgate: a push gateway from a log (Kafka, Kinesis, or an embedded log) to WebSocket and SSE clients.
 //!
 //! # Layout
 //!
 //! ```text
-//! source::{embedded, kafka}  reads/appends the log; feeds every record to the hub
-//!                            (kafka::debezium: CDC change events; kafka::security: TLS/SASL)
+//! source::{embedded, kafka, kinesis}  reads/appends the log; feeds every record to the hub
+//!                            (kafka::debezium: CDC change events; kafka::security: TLS/SASL;
+//!                            kinesis: shards as partitions, parents before children)
 //!        │
 //!        ▼
 //! hub                 per topic: partitions (hub::partition: ring of recent records +
@@ -24,7 +25,8 @@
 //! publish    POST /topics/{topic};  reply: the JSON error body every endpoint uses
 //! http       router, health, readiness, metrics, topic list;  server: accept loop
 //! record     the encoded-once record; Kafka-compatible key partitioner
-//! cursor     the resume token: epoch + next offset per partition
+//! cursor     the resume token: epoch + next offset per partition (version 1), or
+//!            per shard an opaque source position / closed marker (version 2, Kinesis)
 //! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
 //!            delta (JSON Patch), normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
