@@ -388,15 +388,34 @@ async fn frontier(addr: std::net::SocketAddr) -> String {
     v["topics"][0]["cursor"].as_str().unwrap().to_owned()
 }
 
-/// Waits until every node's frontier cursor is the same text.
-async fn wait_same_frontier(nodes: &[std::net::SocketAddr]) {
+/// Waits until every node has read up to the last of `puts` in each shard.
+async fn wait_read(nodes: &[std::net::SocketAddr], puts: &[Put]) {
+    let mut last: BTreeMap<u32, &str> = BTreeMap::new();
+    for p in puts {
+        let slot = last.entry(p.shard).or_insert(&p.sn);
+        if seq_key(&p.sn) > seq_key(slot) {
+            *slot = &p.sn;
+        }
+    }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let mut cursors = HashSet::new();
+        let mut all_read = true;
         for addr in nodes {
-            cursors.insert(frontier(*addr).await);
+            let text = frontier(*addr).await;
+            let shards = Cursor::decode(&text).unwrap().shards.unwrap();
+            for (shard, sn) in &last {
+                let want = ShardPos::After(pushgate::cursor::decimal_to_position(sn).unwrap());
+                all_read &= shards.get(*shard as usize) == Some(&want);
+            }
+            cursors.insert(text);
         }
-        if cursors.len() == 1 {
+        if all_read {
+            assert_eq!(
+                cursors.len(),
+                1,
+                "the same positions make the same cursor on every node"
+            );
             return;
         }
         assert!(
@@ -441,11 +460,11 @@ async fn a_client_resumes_on_a_different_node_with_nothing_lost_or_repeated() {
     let delivered: HashSet<u64> = first[..=11].iter().map(seq).collect();
     drop(ws);
 
-    k.put("s", 50, 30, 4).await;
+    let puts = k.put("s", 50, 30, 4).await;
     let want: HashSet<u64> = (20..80).filter(|s| !delivered.contains(s)).collect();
-    // Both nodes have read all 80 (their frontier cursors, made of Kinesis's
-    // own sequence numbers, are then the same text), so the resume is all replay.
-    wait_same_frontier(&[a.addr, b.addr]).await;
+    // Both nodes have read all 80 (and their frontier cursors, made of
+    // Kinesis's own sequence numbers, are the same text), so the resume is all replay.
+    wait_read(&[a.addr, b.addr], &puts).await;
     let mut ws = WsClient::connect(b.addr).await;
     let reply = ws
         .subscribe(json!({"topic": "s", "cursor": cursor, "snapshot": false}))
@@ -722,6 +741,35 @@ async fn a_resume_older_than_retention_gets_recovered_false_and_a_gap() {
     assert_eq!(reply["recovered"], true, "{reply}");
     let seqs: Vec<u64> = ws.records(3).await.iter().map(seq).collect();
     assert_eq!(seqs, vec![100, 101, 102]);
+}
+
+#[tokio::test]
+async fn a_recreated_stream_is_detected_and_old_cursors_are_not_recovered() {
+    let k = Kinesalite::start().await;
+    k.create("s", 1).await;
+    k.put("s", 0, 3, 1).await;
+    let (a, _da) = node(&k, &[("s", 64)]).await;
+    let old_cursor = frontier(a.addr).await;
+    drop(a);
+    k.tool("s", &["delete"]).await;
+    // kinesalite reports the creation time in whole seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    k.create("s", 1).await;
+    k.put("s", 10, 2, 1).await;
+    let (b, _db) = node(&k, &[("s", 64)]).await;
+    let new_cursor = frontier(b.addr).await;
+    assert_ne!(
+        Cursor::decode(&old_cursor).unwrap().epoch,
+        Cursor::decode(&new_cursor).unwrap().epoch,
+        "the epoch names the stream's incarnation (ARN and creation time)"
+    );
+    let mut ws = WsClient::connect(b.addr).await;
+    let reply = ws
+        .subscribe(json!({"topic": "s", "cursor": old_cursor, "snapshot": false}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let gap = ws.json().await;
+    assert_eq!(gap["reason"], "epoch", "{gap}");
 }
 
 #[tokio::test]

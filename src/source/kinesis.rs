@@ -175,6 +175,8 @@ impl KinesisSource {
                 summary.stream_arn().as_bytes(),
                 &created.secs().to_le_bytes(),
                 &created.subsec_nanos().to_le_bytes(),
+                // Newer Kinesis answers name the incarnation outright.
+                summary.stream_id().unwrap_or_default().as_bytes(),
             ]);
             let shards = list_shards(&client, &name).await.map_err(fail)?;
             let partitions = shards

@@ -14,6 +14,7 @@ raw:     puts the records given on stdin, one JSON line each {"key": str, "data"
 shards:  every shard as JSON lines {"id", "parent", "adjacent", "closed", "start", "end"}.
 split:   splits --shard in the middle of its hash key range; prints the new shard ids.
 merge:   merges --shard with --adjacent; prints the new shard id.
+delete:  deletes the stream and waits until it is gone.
 """
 import argparse, base64, json, sys, time
 
@@ -142,9 +143,22 @@ def merge(a):
     print(json.dumps(sorted({s["ShardId"] for s in list_shards(k, a.stream)} - before)), flush=True)
 
 
+def delete(a):
+    k = client(a)
+    k.delete_stream(StreamName=a.stream)
+    for _ in range(200):
+        try:
+            k.describe_stream_summary(StreamName=a.stream)
+        except k.exceptions.ResourceNotFoundException:
+            print("deleted", flush=True)
+            return
+        time.sleep(0.05)
+    raise SystemExit("stream never went away")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["create", "put", "raw", "shards", "split", "merge"])
+    p.add_argument("command", choices=["create", "put", "raw", "shards", "split", "merge", "delete"])
     p.add_argument("--endpoint", required=True)
     p.add_argument("--stream", required=True)
     p.add_argument("--shards", type=int, default=2)
