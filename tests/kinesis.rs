@@ -307,6 +307,24 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
     assert_eq!(expected.len(), 20);
 
     let got = ws.records(expected.len()).await;
+    // Measured, not asserted: arrival at kinesalite (its ApproximateArrivalTimestamp)
+    // to this client, with poll_interval = 200ms.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut lat: Vec<i64> = got
+        .iter()
+        .filter(|r| seq(r) >= 50)
+        .map(|r| now_ms - r["timestamp"].as_i64().unwrap())
+        .collect();
+    lat.sort();
+    eprintln!(
+        "kinesis: publish -> WebSocket, last {} records, oldest waited {} ms (median {} ms) by the time all arrived",
+        lat.len(),
+        lat.last().unwrap(),
+        lat[lat.len() / 2]
+    );
     let positions: Vec<(u32, String)> = got.iter().map(position).collect();
     assert_shard_order(&positions);
     let seen: BTreeMap<u64, (u32, String)> = got
@@ -339,6 +357,18 @@ async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_ord
         );
     }
     assert!(sse.next_within(Duration::from_millis(300)).await.is_none());
+    let metrics = http
+        .get(format!("http://{}/metrics", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pushgate_kinesis_millis_behind_latest{stream=\"s\",shard=\"1\"}"),
+        "{metrics}"
+    );
 
     // The warm start: a snapshot of the keys' latest values, from before the node started.
     let mut ws = WsClient::connect(node.addr).await;

@@ -48,6 +48,7 @@ use crate::cursor::{decimal_to_position, position_to_decimal};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{json_or_base64, Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
+use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KinesisSourceError {
@@ -475,6 +476,7 @@ impl Reader {
                 Err(e) => {
                     match e.as_service_error() {
                         Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => {
+                            telemetry::kinesis_throttled("get_records");
                             tracing::debug!(shard = %self.shard_id, "throttled; backing off");
                             iterator = Some(it);
                         }
@@ -515,6 +517,7 @@ impl Reader {
                 last = Some(seq.to_owned());
             }
             let behind = out.millis_behind_latest().unwrap_or(0);
+            telemetry::kinesis_behind(&self.stream.name, self.number, behind);
             match out.next_shard_iterator() {
                 Some(next) => {
                     iterator = Some(next.to_owned());
@@ -592,6 +595,7 @@ impl Source for KinesisSource {
             if again.is_empty() {
                 break;
             }
+            telemetry::kinesis_throttled("put_records");
             if attempt == 5 {
                 return Err(unavailable(format!(
                     "{} of {} records were not accepted by Kinesis",
@@ -627,6 +631,7 @@ impl Source for KinesisSource {
         };
         let shard_id = Self::shard_id(stream, partition).ok_or(SourceError::UnknownTopic)?;
         let _permit = self.catchup.acquire().await.map_err(unavailable)?;
+        telemetry::kinesis_catchup();
         let want = (until.saturating_sub(from) as usize).min(max);
         let mut out = Vec::with_capacity(want);
         let mut iterator = self
@@ -659,6 +664,7 @@ impl Source for KinesisSource {
                         Some(GetRecordsError::ProvisionedThroughputExceededException(_))
                     ) =>
                 {
+                    telemetry::kinesis_throttled("get_records");
                     tokio::time::sleep(self.config.poll_interval).await;
                     continue;
                 }
