@@ -780,12 +780,39 @@ async fn a_recreated_stream_is_detected_and_old_cursors_are_not_recovered() {
     k.put("s", 0, 3, 1).await;
     let (a, _da) = node(&k, &[("s", 64)]).await;
     let old_cursor = frontier(a.addr).await;
-    drop(a);
+    let mut live = WsClient::connect(a.addr).await;
+    live.subscribe(json!({"topic": "s", "snapshot": false}))
+        .await;
     k.tool("s", &["delete"]).await;
     // kinesalite reports the creation time in whole seconds.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     k.create("s", 1).await;
     k.put("s", 10, 2, 1).await;
+    // The running node notices the new incarnation: its subscribers are told
+    // (close 4004) and resume; the old cursor is then not recovered.
+    assert_eq!(live.close_code().await, Some(4004));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let reply = loop {
+        let mut ws = WsClient::connect(a.addr).await;
+        ws.send(json!({"type": "subscribe", "topic": "s", "cursor": old_cursor, "snapshot": true}))
+            .await;
+        let reply = ws.json().await;
+        if reply["type"] == "subscribed" {
+            let gap = ws.json().await;
+            assert_eq!(gap["reason"], "epoch", "{gap}");
+            let snapshot: HashSet<u64> = ws.records(1).await.iter().map(seq).collect();
+            assert_eq!(
+                snapshot,
+                HashSet::from([11]),
+                "the new incarnation's records"
+            );
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "warming up: {reply}");
+        assert!(tokio::time::Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply["recovered"], false, "{reply}");
     let (b, _db) = node(&k, &[("s", 64)]).await;
     let new_cursor = frontier(b.addr).await;
     assert_ne!(

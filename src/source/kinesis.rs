@@ -24,7 +24,9 @@
 //! - The partition key is the record key; data that is JSON is passed on as
 //!   JSON, anything else as base64 with `"encoding":"base64"`.
 //! - The epoch is an FNV hash of the stream ARN and creation time, so a
-//!   recreated stream's cursors are foreign.
+//!   recreated stream's cursors are foreign. The refresh notices a new
+//!   incarnation: the old topic is closed (its subscribers get 4004) and the
+//!   new one read from its start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +63,11 @@ pub enum KinesisSourceError {
 /// The Kinesis source; see the module documentation.
 pub struct KinesisSource {
     client: Client,
-    streams: HashMap<Box<str>, Arc<Stream>>,
+    /// Each configured stream's current incarnation (replaced when the stream is recreated).
+    streams: HashMap<Box<str>, Mutex<Arc<Stream>>>,
+    /// Per stream: ring and view sizes, for a recreated incarnation.
+    settings: HashMap<Box<str>, TopicSettings>,
+    hub: Arc<Hub>,
     catchup: Semaphore,
     config: KinesisConfig,
     ready: AtomicBool,
@@ -73,6 +79,8 @@ struct Stream {
     topic: Arc<Topic>,
     /// Shard id -> what this node knows of it.
     shards: Mutex<HashMap<String, ShardState>>,
+    /// Set when the stream was recreated: this incarnation's readers stop.
+    retired: AtomicBool,
 }
 
 struct ShardState {
@@ -145,104 +153,69 @@ impl KinesisSource {
         let deadline = Instant::now() + kc.startup_timeout;
 
         let mut streams = HashMap::new();
+        let mut settings = HashMap::new();
         for tc in &config.topics {
             let name = tc.name.clone();
-            let fail = |message: String| KinesisSourceError::Stream {
-                stream: name.clone(),
-                message,
-            };
-            let summary = loop {
-                match client
-                    .describe_stream_summary()
-                    .stream_name(&name)
-                    .send()
-                    .await
-                {
-                    Ok(out) => match out.stream_description_summary {
-                        Some(s) => break s,
-                        None => {
-                            return Err(fail("DescribeStreamSummary answered no stream".into()))
-                        }
-                    },
+            let epoch = loop {
+                match stream_epoch(&client, &name).await {
+                    Ok(epoch) => break epoch,
                     Err(e) if Instant::now() < deadline && !shutdown.is_triggered() => {
-                        tracing::warn!(stream = %name, error = %describe(&e), "Kinesis not reachable yet; retrying");
+                        tracing::warn!(stream = %name, error = %e, "Kinesis not reachable yet; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    Err(e) => return Err(fail(describe(&e))),
+                    Err(message) => {
+                        return Err(KinesisSourceError::Stream {
+                            stream: name,
+                            message,
+                        })
+                    }
                 }
             };
-            let created = summary.stream_creation_timestamp();
-            let epoch = fnv64(&[
-                summary.stream_arn().as_bytes(),
-                &created.secs().to_le_bytes(),
-                &created.subsec_nanos().to_le_bytes(),
-                // Newer Kinesis answers name the incarnation outright.
-                summary.stream_id().unwrap_or_default().as_bytes(),
-            ]);
-            let shards = list_shards(&client, &name).await.map_err(fail)?;
-            let partitions = shards
-                .iter()
-                .filter_map(|s| shard_number(s.shard_id()))
-                .max()
-                .map_or(1, |n| n + 1);
-            let settings = TopicSettings {
+            let topic_settings = TopicSettings {
                 ring_records: tc.ring_records,
                 view_max_keys: tc.view_max_keys,
             };
-            let topic = hub.add_shard_topic(
-                &name,
-                epoch,
-                partitions,
-                settings,
-                kc.position_index_records,
-            );
+            let topic =
+                hub.add_shard_topic(&name, epoch, 1, topic_settings, kc.position_index_records);
+            settings.insert(Box::from(name.as_str()), topic_settings);
             let stream = Arc::new(Stream {
                 name: name.clone(),
                 topic,
                 shards: Mutex::new(HashMap::new()),
+                retired: AtomicBool::new(false),
             });
-            streams.insert(Box::from(name.as_str()), Arc::clone(&stream));
+            streams.insert(Box::from(name.as_str()), Mutex::new(stream));
         }
         let source = Arc::new(Self {
             client,
             streams,
+            settings,
+            hub,
             catchup: Semaphore::new(kc.catchup_readers),
             config: kc,
             ready: AtomicBool::new(false),
         });
 
         // Start every shard's reader; children wait for their parents.
-        for stream in source.streams.values() {
+        for stream in source.all_streams() {
             let shards = list_shards(&source.client, &stream.name)
                 .await
                 .map_err(|message| KinesisSourceError::Stream {
                     stream: stream.name.clone(),
                     message,
                 })?;
-            source.adopt(stream, &shards, &shutdown);
+            source.adopt(&stream, &shards, &shutdown);
         }
         // Warm start: every shard read to the end of what is there.
-        for stream in source.streams.values() {
-            let waits: Vec<watch::Receiver<bool>> = stream
-                .shards
-                .lock()
-                .expect("shards lock")
-                .values()
-                .map(|s| s.caught_up.clone())
-                .collect();
-            for mut caught_up in waits {
-                let wait = caught_up.wait_for(|c| *c);
-                tokio::select! {
-                    r = tokio::time::timeout_at(deadline, wait) => {
-                        if !matches!(r, Ok(Ok(_))) {
-                            return Err(KinesisSourceError::StartupTimeout(source.config.startup_timeout));
-                        }
+        for stream in source.all_streams() {
+            tokio::select! {
+                warm = tokio::time::timeout_at(deadline, warm_start(&stream)) => {
+                    if warm.is_err() {
+                        return Err(KinesisSourceError::StartupTimeout(source.config.startup_timeout));
                     }
-                    () = shutdown.triggered() => break,
                 }
+                () = shutdown.triggered() => break,
             }
-            stream.topic.mark_ready();
-            tracing::info!(stream = %stream.name, partitions = stream.topic.partition_count(), "Kinesis stream ready");
         }
         source.ready.store(true, Ordering::Release);
 
@@ -257,9 +230,16 @@ impl KinesisSource {
                     () = stop.triggered() => break,
                     _ = tick.tick() => {}
                 }
-                for stream in refresher.streams.values() {
+                for stream in refresher.all_streams() {
+                    // Deleted and created again: a new incarnation, a new epoch.
+                    if let Ok(epoch) = stream_epoch(&refresher.client, &stream.name).await {
+                        if epoch != stream.topic.epoch {
+                            refresher.replace(&stream, epoch, &stop).await;
+                            continue;
+                        }
+                    }
                     match list_shards(&refresher.client, &stream.name).await {
-                        Ok(shards) => refresher.adopt(stream, &shards, &stop),
+                        Ok(shards) => refresher.adopt(&stream, &shards, &stop),
                         Err(e) => {
                             tracing::warn!(stream = %stream.name, error = %e, "ListShards failed")
                         }
@@ -268,6 +248,49 @@ impl KinesisSource {
             }
         });
         Ok(source)
+    }
+
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .values()
+            .map(|s| Arc::clone(&s.lock().expect("stream lock")))
+            .collect()
+    }
+
+    /// The stream was deleted and created again: its old incarnation's readers
+    /// stop and its subscribers are disconnected (close 4004; their cursors
+    /// then get `recovered:false`, reason `epoch`), and the new incarnation is
+    /// read from its start, served once read to its end.
+    async fn replace(self: &Arc<Self>, old: &Arc<Stream>, epoch: u64, shutdown: &Shutdown) {
+        let Ok(shards) = list_shards(&self.client, &old.name).await else {
+            return;
+        };
+        let settings = self.settings[old.name.as_str()];
+        let topic = self.hub.add_shard_topic(
+            &old.name,
+            epoch,
+            1,
+            settings,
+            self.config.position_index_records,
+        );
+        let stream = Arc::new(Stream {
+            name: old.name.clone(),
+            topic,
+            shards: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
+        });
+        old.retired.store(true, Ordering::Release);
+        let closed = old.topic.close();
+        tracing::warn!(stream = %old.name, disconnected = closed, "stream recreated: a new incarnation is read from its start");
+        *self.streams[old.name.as_str()].lock().expect("stream lock") = Arc::clone(&stream);
+        self.adopt(&stream, &shards, shutdown);
+        let stop = shutdown.clone();
+        shutdown.tracker().spawn(async move {
+            tokio::select! {
+                () = warm_start(&stream) => {}
+                () = stop.triggered() => {}
+            }
+        });
     }
 
     /// Starts a reader for each shard of `shards` this node does not follow yet.
@@ -321,8 +344,11 @@ impl KinesisSource {
         }
     }
 
-    fn stream(&self, topic: &str) -> Result<&Arc<Stream>, SourceError> {
-        self.streams.get(topic).ok_or(SourceError::UnknownTopic)
+    fn stream(&self, topic: &str) -> Result<Arc<Stream>, SourceError> {
+        self.streams
+            .get(topic)
+            .map(|s| Arc::clone(&s.lock().expect("stream lock")))
+            .ok_or(SourceError::UnknownTopic)
     }
 
     fn shard_id(stream: &Stream, partition: u32) -> Option<String> {
@@ -387,6 +413,46 @@ impl KinesisSource {
     }
 }
 
+/// The epoch of the stream's current incarnation: an FNV hash of its ARN and
+/// creation time (and its id, when Kinesis gives one).
+async fn stream_epoch(client: &Client, name: &str) -> Result<u64, String> {
+    let out = client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let summary = out
+        .stream_description_summary
+        .ok_or("DescribeStreamSummary answered no stream")?;
+    let created = summary.stream_creation_timestamp();
+    Ok(fnv64(&[
+        summary.stream_arn().as_bytes(),
+        &created.secs().to_le_bytes(),
+        &created.subsec_nanos().to_le_bytes(),
+        // Newer Kinesis answers name the incarnation outright.
+        summary.stream_id().unwrap_or_default().as_bytes(),
+    ]))
+}
+
+/// Waits until every shard of `stream` known now was read to the end of what
+/// is there, then marks its topic ready.
+async fn warm_start(stream: &Stream) {
+    let waits: Vec<watch::Receiver<bool>> = stream
+        .shards
+        .lock()
+        .expect("shards lock")
+        .values()
+        .map(|s| s.caught_up.clone())
+        .collect();
+    for mut caught_up in waits {
+        // An error means the reader ended (shutdown): nothing more to wait for.
+        let _ = caught_up.wait_for(|c| *c).await;
+    }
+    stream.topic.mark_ready();
+    tracing::info!(stream = %stream.name, partitions = stream.topic.partition_count(), "Kinesis stream ready");
+}
+
 /// Every shard, open and closed, following `NextToken`.
 async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Shard>, String> {
     let mut shards = Vec::new();
@@ -437,6 +503,9 @@ impl Reader {
             tokio::select! {
                 () = tokio::time::sleep_until(next_call) => {}
                 () = self.shutdown.triggered() => return,
+            }
+            if self.stream.retired.load(Ordering::Acquire) {
+                return;
             }
             next_call = Instant::now() + config.poll_interval;
             let it = match iterator.take() {
@@ -629,7 +698,7 @@ impl Source for KinesisSource {
                 earliest,
             });
         };
-        let shard_id = Self::shard_id(stream, partition).ok_or(SourceError::UnknownTopic)?;
+        let shard_id = Self::shard_id(&stream, partition).ok_or(SourceError::UnknownTopic)?;
         let _permit = self.catchup.acquire().await.map_err(unavailable)?;
         telemetry::kinesis_catchup();
         let want = (until.saturating_sub(from) as usize).min(max);
@@ -734,7 +803,7 @@ impl Source for KinesisSource {
         let frontier = stream.topic.frontier();
         let mut out = Vec::with_capacity(frontier.len());
         for (p, &end) in frontier.iter().enumerate() {
-            let Some(shard_id) = Self::shard_id(stream, p as u32) else {
+            let Some(shard_id) = Self::shard_id(&stream, p as u32) else {
                 // No such shard (a gap in the numbering, or expired): nothing retained.
                 out.push(end);
                 continue;
