@@ -81,6 +81,13 @@ struct Stream {
     shards: Mutex<HashMap<String, ShardState>>,
     /// Set when the stream was recreated: this incarnation's readers stop.
     retired: AtomicBool,
+    /// Held by a shard's reader while it ingests a page. One shard's ingest
+    /// runs from its fan-out to publishing its frontier; another shard's
+    /// record encoding its cursor in between would read the old frontier, and a
+    /// client could get a record before a cursor that does not cover it (a
+    /// repeat on resume). Serialized per stream, as the Kafka source's one
+    /// consumer thread is. A sync lock, never held across an await.
+    ingest: Mutex<()>,
 }
 
 struct ShardState {
@@ -183,6 +190,7 @@ impl KinesisSource {
                 topic,
                 shards: Mutex::new(HashMap::new()),
                 retired: AtomicBool::new(false),
+                ingest: Mutex::new(()),
             });
             streams.insert(Box::from(name.as_str()), Mutex::new(stream));
         }
@@ -278,6 +286,7 @@ impl KinesisSource {
             topic,
             shards: Mutex::new(HashMap::new()),
             retired: AtomicBool::new(false),
+            ingest: Mutex::new(()),
         });
         old.retired.store(true, Ordering::Release);
         let closed = old.topic.close();
@@ -560,6 +569,7 @@ impl Reader {
                 }
             };
             backoff = config.poll_interval;
+            let serial = self.stream.ingest.lock().expect("ingest lock");
             for r in out.records() {
                 let seq = r.sequence_number();
                 if decimal_to_position(seq).is_none() {
@@ -585,16 +595,19 @@ impl Reader {
                 next_ordinal += 1;
                 last = Some(seq.to_owned());
             }
+            drop(serial);
             let behind = out.millis_behind_latest().unwrap_or(0);
             telemetry::kinesis_behind(&self.stream.name, self.number, behind);
             match out.next_shard_iterator() {
                 Some(next) => {
                     iterator = Some(next.to_owned());
+                    // At the end of what is there: Kinesis says it is not behind
+                    // (an empty page may come while it still is) and the page was not full.
                     let full = out.records().len() >= config.records_per_call as usize;
-                    if out.records().is_empty() || (behind == 0 && !full) {
+                    if behind == 0 && !full {
                         self.caught_up.send_replace(true);
                     }
-                    if !out.records().is_empty() && behind > 0 {
+                    if behind > 0 || full {
                         // More is waiting: the next call as soon as the per-shard limit allows.
                         next_call = Instant::now() + Duration::from_millis(200);
                     }
