@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
 use crate::auth;
-use crate::cursor::Cursor;
 use crate::reply::unauthorized;
 use crate::state::AppState;
 use crate::transport::{sse, ws};
@@ -51,6 +50,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else if !state.source.is_ready() {
         match state.config.source.kind {
             crate::config::SourceKind::Kafka => "kafka",
+            crate::config::SourceKind::Kinesis => "kinesis",
             crate::config::SourceKind::Embedded => "embedded_log",
         }
     } else {
@@ -98,7 +98,7 @@ async fn topics(
             json!({
                 "name": &*t.name,
                 "partitions": t.partition_count(),
-                "cursor": Cursor::new(t.epoch, t.frontier()).encode(),
+                "cursor": t.encode_cursor(&t.frontier()),
                 "ready": t.is_ready() && state.source.is_ready(),
             })
         })

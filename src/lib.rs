@@ -1,10 +1,11 @@
-//! pushgate: a push gateway from a log (Kafka, or an embedded log) to WebSocket and SSE clients.
+//! pushgate: a push gateway from a log (Kafka, Kinesis, or an embedded log) to WebSocket and SSE clients.
 //!
 //! # Layout
 //!
 //! ```text
-//! source::{embedded, kafka}  reads/appends the log; feeds every record to the hub
-//!                            (kafka::debezium: CDC change events; kafka::security: TLS/SASL)
+//! source::{embedded, kafka, kinesis}  reads/appends the log; feeds every record to the hub
+//!                            (kafka::debezium: CDC change events; kafka::security: TLS/SASL;
+//!                            kinesis: shards as partitions, parents before children)
 //!        │
 //!        ▼
 //! hub                 per topic: partitions (hub::partition: ring of recent records +
@@ -24,7 +25,8 @@
 //! publish    POST /topics/{topic};  reply: the JSON error body every endpoint uses
 //! http       router, health, readiness, metrics, topic list;  server: accept loop
 //! record     the encoded-once record; Kafka-compatible key partitioner
-//! cursor     the resume token: epoch + next offset per partition
+//! cursor     the resume token: epoch + next offset per partition (version 1), or
+//!            per shard an opaque source position / closed marker (version 2, Kinesis)
 //! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
 //!            delta (JSON Patch), normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
@@ -92,6 +94,8 @@ pub enum RunError {
     Auth(#[from] auth::AuthSetupError),
     #[error("cannot start the Kafka source: {0}")]
     Kafka(#[from] source::kafka::KafkaSourceError),
+    #[error("cannot start the Kinesis source: {0}")]
+    Kinesis(#[from] source::kinesis::KinesisSourceError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -108,6 +112,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let waiting_for = match config.source.kind {
         config::SourceKind::Embedded => "embedded log",
         config::SourceKind::Kafka => "kafka",
+        config::SourceKind::Kinesis => "kinesis",
     };
     let opening = Arc::new(source::Opening::new(waiting_for));
     if config.open_publish_on_network() {
@@ -185,6 +190,9 @@ async fn open_source(
         }
         config::SourceKind::Kafka => {
             Arc::new(source::kafka::KafkaSource::open(&config, hub, shutdown).await?)
+        }
+        config::SourceKind::Kinesis => {
+            source::kinesis::KinesisSource::open(&config, hub, shutdown).await?
         }
     })
 }

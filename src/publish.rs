@@ -156,12 +156,18 @@ pub async fn handler(
     };
     let mut results: Vec<Value> = appended
         .iter()
-        .map(|a| {
-            json!({
+        .map(|a| match &a.position {
+            // Kinesis: the shard's number and the sequence number, as a string.
+            Some(position) => json!({
+                "partition": a.partition,
+                "offset": &**position,
+                "cursor": topic.cursor_after_position(a.partition, position),
+            }),
+            None => json!({
                 "partition": a.partition,
                 "offset": a.offset,
                 "cursor": topic.cursor_after(a.partition, a.offset),
-            })
+            }),
         })
         .collect();
     telemetry::publish_latency(started.elapsed());

@@ -26,6 +26,10 @@ pub struct LogRecord {
     /// delete): the view forgets the key, while the record itself is still
     /// delivered and replayed like any other.
     pub delete: bool,
+    /// The source's own position when it is not a number (a Kinesis sequence
+    /// number, decimal): clients see it as `offset`, a string; `offset` is then
+    /// this node's ordinal of the record in its partition.
+    pub position: Option<Arc<str>>,
 }
 
 /// The extra members of a tombstone (a record without a value), on every source.
@@ -40,10 +44,12 @@ pub struct NewRecord {
 }
 
 /// Where an appended record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub partition: u32,
     pub offset: u64,
+    /// The source's own position when it is not a number (Kinesis: the sequence number).
+    pub position: Option<Arc<str>>,
 }
 
 /// A record encoded for clients; shared by every subscriber that receives it.
@@ -51,6 +57,8 @@ pub struct Appended {
 pub struct Record {
     pub partition: u32,
     pub offset: u64,
+    /// The source's own position when it is not a number (see [`LogRecord::position`]).
+    pub position: Option<Arc<str>>,
     pub key: Option<Arc<str>>,
     /// The record deletes its key (a tombstone or a change event's delete).
     pub delete: bool,
@@ -95,7 +103,7 @@ impl Record {
         let mut record = Self::build(
             topic,
             log.partition,
-            log.offset,
+            (log.offset, log.position.clone()),
             log.key.clone(),
             log.timestamp,
             extra,
@@ -115,7 +123,7 @@ impl Record {
         let mut record = Self::build(
             topic,
             self.partition,
-            self.offset,
+            (self.offset, self.position.clone()),
             self.key.clone(),
             self.timestamp,
             &extra,
@@ -133,7 +141,7 @@ impl Record {
         let mut record = Self::build(
             topic,
             self.partition,
-            self.offset,
+            (self.offset, self.position.clone()),
             self.key.clone(),
             self.timestamp,
             self.extra(),
@@ -162,7 +170,7 @@ impl Record {
         let mut record = Self::build(
             topic,
             self.partition,
-            self.offset,
+            (self.offset, self.position.clone()),
             self.key.clone(),
             self.timestamp,
             extra,
@@ -200,7 +208,7 @@ impl Record {
     fn build(
         topic: &str,
         partition: u32,
-        offset: u64,
+        (offset, position): (u64, Option<Arc<str>>),
         key: Option<Arc<str>>,
         timestamp: i64,
         extra: &str,
@@ -230,7 +238,15 @@ impl Record {
         buf.push_str(",\"partition\":");
         buf.push_str(itoa(partition as u64).as_str());
         buf.push_str(",\"offset\":");
-        buf.push_str(itoa(offset).as_str());
+        match &position {
+            // A decimal string: safe to write without escaping.
+            Some(p) => {
+                buf.push('"');
+                buf.push_str(p);
+                buf.push('"');
+            }
+            None => buf.push_str(itoa(offset).as_str()),
+        }
         buf.push_str(",\"cursor\":\"");
         buf.push_str(cursor);
         buf.push_str("\",\"timestamp\":");
@@ -270,6 +286,7 @@ impl Record {
         Record {
             partition,
             offset,
+            position,
             key,
             delete: false,
             body,
@@ -312,6 +329,27 @@ fn with_op(extra: &str, op: &str) -> String {
         }
     }
     out
+}
+
+/// A value as it goes to clients: its compact JSON when it is JSON text, else
+/// a base64 string, with `"encoding":"base64"` appended to `extra`.
+pub fn json_or_base64(bytes: &[u8], extra: &mut String) -> Box<str> {
+    match std::str::from_utf8(bytes).ok().map(compact_json) {
+        Some(Ok(json)) => json,
+        _ => {
+            use base64::Engine;
+            if !extra.is_empty() {
+                extra.push(',');
+            }
+            extra.push_str("\"encoding\":\"base64\"");
+            let mut s = String::with_capacity(bytes.len() * 4 / 3 + 4);
+            push_json_str(
+                &mut s,
+                &base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
+            s.into_boxed_str()
+        }
+    }
 }
 
 fn itoa(v: u64) -> String {
@@ -396,6 +434,7 @@ mod tests {
             data: "{\"p\":1}".into(),
             extra: None,
             delete: false,
+            position: None,
         };
         let rec = Record::encode("prices", &log, "CUR", Framing::Normal);
         let json: serde_json::Value = serde_json::from_str(rec.ws.as_str()).unwrap();
@@ -425,6 +464,7 @@ mod tests {
             data: "\"aGk=\"".into(),
             extra: Some("\"encoding\":\"base64\"".into()),
             delete: false,
+            position: None,
         };
         let rec = Record::encode("t", &log, "C", Framing::Normal);
         let again = rec.reframe("t", "D", Framing::Normal);
@@ -444,6 +484,7 @@ mod tests {
             data: "{\"a\":1}".into(),
             extra: Some("\"op\":\"update\",\"source\":{\"op\":\"x\"}".into()),
             delete: false,
+            position: None,
         };
         let rec = Record::encode("t", &log, "C", Framing::Normal);
         let enter = rec.variant("t", "enter", (Body::Data, rec.data()));

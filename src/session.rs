@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::auth::Grants;
 use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
-use crate::hub::{Filter, Registration, Replay, Sub, Topic};
+use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, Topic};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
@@ -212,6 +212,38 @@ pub async fn open(
             ))
         }
     };
+    if topic.has_shard_positions() && req.max_rate.is_some() {
+        return Err(ClientError::new(
+            ErrorCode::BadMessage,
+            "`max_rate` is not supported on Kinesis topics yet",
+        ));
+    }
+    // Shard topics (Kinesis): the cursor's positions become this node's
+    // ordinals. A cursor of the other kind is answered like a foreign epoch, one
+    // older than anything held like one past retention; a client ahead of this
+    // node retries (another node, or this one a moment later, serves it exactly).
+    let mut forced_gap = None;
+    let cursor = match cursor.map(|c| topic.resolve_cursor(&c)) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(ResolveError::Ahead)) => {
+            return Err(ClientError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node has not read `{}` as far as the cursor yet: retry shortly",
+                    truncate(&req.topic)
+                ),
+            ))
+        }
+        Some(Err(ResolveError::Foreign)) => {
+            forced_gap = Some("epoch");
+            Some(Cursor::new(topic.epoch, Vec::new()))
+        }
+        Some(Err(ResolveError::Retention)) => {
+            forced_gap = Some("retention");
+            Some(Cursor::new(topic.epoch, Vec::new()))
+        }
+    };
     // Partitions are only ever added: a cursor of this incarnation naming more
     // than this node knows comes from a node that saw them first. Retrying
     // after this node's next metadata check resumes it exactly; a gap would not.
@@ -231,7 +263,11 @@ pub async fn open(
         filter,
         spec,
         outbox,
-        cursor.as_ref(),
+        if forced_gap.is_some() {
+            None
+        } else {
+            cursor.as_ref()
+        },
         want_snapshot,
         limits.max_snapshot_records,
         limits.queue_bytes,
@@ -242,7 +278,7 @@ pub async fn open(
     };
     let partitions = reg.high.len();
 
-    let mut gap_reason = reg.foreign_cursor.then_some("epoch");
+    let mut gap_reason = reg.foreign_cursor.then_some("epoch").or(forced_gap);
     let mut earliest = None;
     if let (Some(_), None) = (&cursor, gap_reason) {
         if reg.replay.iter().any(|r| matches!(r, Replay::Log { .. })) {
@@ -264,7 +300,7 @@ pub async fn open(
         }
     }
 
-    let high_cursor = Cursor::new(topic.epoch, reg.high.clone()).encode();
+    let high_cursor = topic.encode_cursor(&reg.high);
     let mut segments = VecDeque::new();
     let (recovered, start_cursor, gap) = match (&cursor, gap_reason) {
         (Some(c), None) => {
@@ -273,7 +309,7 @@ pub async fn open(
             }
             let mut offsets: Vec<u64> = (0..partitions).map(|p| c.offset(p)).collect();
             offsets.truncate(partitions);
-            (true, Cursor::new(topic.epoch, offsets).encode(), None)
+            (true, topic.encode_cursor(&offsets), None)
         }
         (cursor, reason) => {
             let gap = match (cursor, reason) {
@@ -287,7 +323,7 @@ pub async fn open(
                             .await
                             .unwrap_or_else(|_| vec![0; partitions]),
                     };
-                    Some((reason, Cursor::new(topic.epoch, e).encode()))
+                    Some((reason, topic.encode_cursor(&e)))
                 }
                 _ => None,
             };
@@ -425,7 +461,7 @@ impl CatchUp {
                 let cursor = self
                     .sub
                     .spec()
-                    .map(|_| Cursor::new(self.topic.epoch, self.position.clone()).encode());
+                    .map(|_| self.topic.encode_cursor(&self.position));
                 return Ok(Some(Step::Live {
                     replayed: self.replayed,
                     cursor,
@@ -675,6 +711,6 @@ impl CatchUp {
         if let Some(slot) = self.position.get_mut(partition as usize) {
             *slot = offset + 1;
         }
-        Cursor::new(self.topic.epoch, self.position.clone()).encode()
+        self.topic.encode_cursor(&self.position)
     }
 }

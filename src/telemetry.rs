@@ -30,6 +30,9 @@ pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
 pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
 pub const KAFKA_BAD_RECORDS: &str = "pushgate_kafka_bad_records_total";
 pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
+pub const KINESIS_BEHIND: &str = "pushgate_kinesis_millis_behind_latest";
+pub const KINESIS_THROTTLED: &str = "pushgate_kinesis_throttled_total";
+pub const KINESIS_CATCHUP_READS: &str = "pushgate_kinesis_catchup_reads_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -140,4 +143,20 @@ pub fn kafka_bad_record(reason: &'static str) {
 /// `served` is "cache" (a nearby resume's read) or "kafka".
 pub fn kafka_catchup(served: &'static str) {
     counter!(KAFKA_CATCHUP_READS, "served" => served).increment(1);
+}
+
+/// Kinesis's `MillisBehindLatest` of a shard's last read (labels bounded by the shard count).
+pub fn kinesis_behind(stream: &str, shard: u32, millis: i64) {
+    gauge!(KINESIS_BEHIND, "stream" => stream.to_owned(), "shard" => shard.to_string())
+        .set(millis as f64);
+}
+
+/// A Kinesis call answered `ProvisionedThroughputExceededException`; `call` is "get_records" or "put_records".
+pub fn kinesis_throttled(call: &'static str) {
+    counter!(KINESIS_THROTTLED, "call" => call).increment(1);
+}
+
+/// A resume older than the ring read back from Kinesis.
+pub fn kinesis_catchup() {
+    counter!(KINESIS_CATCHUP_READS).increment(1);
 }

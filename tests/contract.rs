@@ -54,6 +54,12 @@ fn records_need_every_member_with_its_type_and_may_carry_more() {
             json!({"table": "t"}),
         ),
         with(record(), "something_new", json!([1])),
+        // A Kinesis record: the sequence number, wider than 64 bits, as a string.
+        with(
+            record(),
+            "offset",
+            json!("49590338271490256608559692538361571095921575989136588898"),
+        ),
     ] {
         assert_eq!(message_errors("Record", &ok), Vec::<String>::new(), "{ok}");
     }
@@ -75,7 +81,10 @@ fn records_need_every_member_with_its_type_and_may_carry_more() {
     }
     for bad in [
         with(record(), "offset", json!(-1)),
-        with(record(), "offset", json!("3")),
+        with(record(), "offset", json!("3a")),
+        with(record(), "offset", json!("03")),
+        with(record(), "offset", json!("")),
+        with(record(), "offset", json!(1.5)),
         with(record(), "partition", json!(1.5)),
         with(record(), "cursor", json!("not/base64url=")),
         with(record(), "key", json!(5)),

@@ -817,3 +817,32 @@ async fn sse_latency_through_haproxy_matches_a_direct_stream() {
         lb_p50 - direct_p50
     );
 }
+
+#[tokio::test]
+async fn a_version_1_cursor_written_byte_by_byte_still_resumes_on_a_kafka_topic() {
+    // Cursor version 2 (Kinesis shard positions) exists now; every version 1
+    // cursor handed out before it must still resume exactly on Kafka topics.
+    let broker = Broker::memory().await;
+    broker.create_topic("v", 1, &[]).await;
+    produce(&broker, "v", 0, 8).await;
+    let (n, _dir) = node(&broker, &[("v", 64)], &[]).await;
+    let epoch = topic_epoch(n.addr).await;
+    let mut raw = vec![1u8];
+    raw.extend_from_slice(&epoch.to_le_bytes());
+    raw.extend_from_slice(&[1, 5]); // one partition, next offset 5
+    use base64::Engine;
+    let v1 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let mut ws = WsClient::connect(n.addr).await;
+    let reply = ws
+        .subscribe(json!({"topic": "v", "cursor": v1, "snapshot": false}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got = ws.records(3).await;
+    assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), vec![5, 6, 7]);
+    for r in &got {
+        assert!(r["offset"].is_u64(), "Kafka offsets stay numbers: {r}");
+        let c = Cursor::decode(r["cursor"].as_str().unwrap()).unwrap();
+        assert!(c.shards.is_none(), "Kafka topics keep version 1 cursors");
+    }
+    ws.expect_silence(Duration::from_millis(300)).await;
+}

@@ -33,10 +33,12 @@ mod sub;
 
 use self::group::Group;
 use self::index::SubIndex;
-use self::partition::{collect_snapshot, remove_from_view, update_view, Partition, PartitionState};
+use self::partition::{
+    collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
+};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
-use crate::cursor::{encode_into, Cursor};
+use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
 use crate::spec::Spec;
@@ -48,6 +50,20 @@ static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 pub enum HubError {
     #[error("unknown topic")]
     UnknownTopic,
+}
+
+/// Why a version 2 cursor cannot be turned into this node's ordinals.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The cursor is of another kind (version 1 on a shard topic, or the reverse).
+    #[error("the cursor is not of this topic's kind")]
+    Foreign,
+    /// The client has seen positions this node has not read yet: retry shortly.
+    #[error("this node has not read as far as the cursor yet")]
+    Ahead,
+    /// A position older than anything this node holds (past retention when it started).
+    #[error("the cursor's position is older than retention")]
+    Retention,
 }
 
 /// Per-topic memory bounds.
@@ -77,6 +93,11 @@ pub struct Topic {
     /// Set once the topic was deleted or replaced: a subscription that
     /// registers after [`Topic::close`] collected the others is closed too.
     closed: AtomicBool,
+    /// Positions are the source's own opaque ones (Kinesis sequence numbers):
+    /// `offset`s in the hub are this node's ordinals, cursors are version 2,
+    /// and each partition keeps up to this many ordinal -> position entries.
+    /// `None` for integer offsets (embedded log, Kafka).
+    position_limit: Option<usize>,
 }
 
 /// What a new subscription must be sent before it goes live.
@@ -122,6 +143,31 @@ impl Hub {
         partitions: u32,
         settings: TopicSettings,
     ) -> Arc<Topic> {
+        self.insert_topic(name, epoch, partitions, settings, None)
+    }
+
+    /// Adds (or replaces) a topic whose positions are the source's own opaque
+    /// ones (a Kinesis stream: shards as partitions, sequence numbers as
+    /// positions). `position_limit`: ordinal -> position entries kept per partition.
+    pub fn add_shard_topic(
+        &self,
+        name: &str,
+        epoch: u64,
+        partitions: u32,
+        settings: TopicSettings,
+        position_limit: usize,
+    ) -> Arc<Topic> {
+        self.insert_topic(name, epoch, partitions, settings, Some(position_limit))
+    }
+
+    fn insert_topic(
+        &self,
+        name: &str,
+        epoch: u64,
+        partitions: u32,
+        settings: TopicSettings,
+        position_limit: Option<usize>,
+    ) -> Arc<Topic> {
         let topic = Arc::new(Topic {
             name: Arc::from(name),
             epoch,
@@ -131,6 +177,7 @@ impl Hub {
             groups: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            position_limit,
         });
         topic.ensure_partitions(partitions);
         self.topics
@@ -182,6 +229,7 @@ impl Topic {
                 id,
                 frontier: AtomicU64::new(0),
                 state: Mutex::new(PartitionState::default()),
+                positions: Mutex::new(Positions::default()),
             }));
         }
     }
@@ -215,7 +263,107 @@ impl Topic {
         if let Some(slot) = offsets.get_mut(partition as usize) {
             *slot = offset + 1;
         }
-        Cursor::new(self.epoch, offsets).encode()
+        self.encode_cursor(&offsets)
+    }
+
+    /// True when positions are the source's own opaque ones (version 2 cursors).
+    pub fn has_shard_positions(&self) -> bool {
+        self.position_limit.is_some()
+    }
+
+    /// The cursor a client gets for `offsets` (next offset, or ordinal, per partition).
+    pub fn encode_cursor(&self, offsets: &[u64]) -> String {
+        if self.position_limit.is_none() {
+            return Cursor::new(self.epoch, offsets.to_vec()).encode();
+        }
+        let parts = self.partitions.read().expect("partitions lock");
+        let mut out = String::with_capacity(16 + parts.len() * 36);
+        encode_shards_into(
+            self.epoch,
+            &shard_positions(&parts, offsets, None),
+            &mut out,
+        );
+        out
+    }
+
+    /// Shard topics: the cursor right after a record at `position` (decimal)
+    /// of `partition` that this node may not have read yet (a publish answer),
+    /// the other partitions at this node's frontier.
+    pub fn cursor_after_position(&self, partition: u32, position: &str) -> String {
+        let frontier = self.frontier();
+        let parts = self.partitions.read().expect("partitions lock");
+        let mut shards = shard_positions(&parts, &frontier, None);
+        if let (Some(slot), Some(pos)) = (
+            shards.get_mut(partition as usize),
+            decimal_to_position(position),
+        ) {
+            *slot = ShardPos::After(pos);
+        }
+        let mut out = String::with_capacity(16 + parts.len() * 36);
+        encode_shards_into(self.epoch, &shards, &mut out);
+        out
+    }
+
+    /// Turns a client's cursor into this node's ordinals (shard topics), or
+    /// passes it on (integer topics). A version 2 cursor on an integer topic,
+    /// or a version 1 cursor on a shard topic, is [`ResolveError::Foreign`];
+    /// one of another epoch is returned as it is (registration answers it
+    /// with a gap).
+    pub fn resolve_cursor(&self, cursor: &Cursor) -> Result<Cursor, ResolveError> {
+        match (&cursor.shards, self.position_limit.is_some()) {
+            (None, false) => return Ok(cursor.clone()),
+            (Some(_), false) | (None, true) => return Err(ResolveError::Foreign),
+            (Some(_), true) if cursor.epoch != self.epoch => {
+                return Ok(Cursor::new(cursor.epoch, Vec::new()))
+            }
+            (Some(_), true) => {}
+        }
+        let shards = cursor.shards.as_deref().unwrap_or_default();
+        let parts = self.partitions.read().expect("partitions lock");
+        if shards.len() > parts.len() {
+            return Err(ResolveError::Ahead);
+        }
+        let mut offsets = Vec::with_capacity(parts.len());
+        for (p, part) in parts.iter().enumerate() {
+            let positions = part.positions.lock().expect("positions lock");
+            offsets.push(match shards.get(p).unwrap_or(&ShardPos::Start) {
+                ShardPos::Start => 0,
+                ShardPos::Closed if positions.closed => positions.end(),
+                ShardPos::Closed => return Err(ResolveError::Ahead),
+                ShardPos::After(pos) => match positions.after(pos) {
+                    Located::At(ordinal) => ordinal,
+                    Located::Ahead => return Err(ResolveError::Ahead),
+                    Located::Older => return Err(ResolveError::Retention),
+                },
+            });
+        }
+        Ok(Cursor::new(self.epoch, offsets))
+    }
+
+    /// Shard topics: `partition` is closed and was read to its end (a parent
+    /// shard after a split or merge); cursors say so from now on.
+    pub fn close_partition(&self, partition: u32) {
+        let parts = self.partitions.read().expect("partitions lock");
+        if let Some(part) = parts.get(partition as usize) {
+            part.positions.lock().expect("positions lock").closed = true;
+        }
+    }
+
+    /// Shard topics: the position (big-endian bytes) of the record at `ordinal`, if still held.
+    pub fn position_at(&self, partition: u32, ordinal: u64) -> Option<Box<[u8]>> {
+        let parts = self.partitions.read().expect("partitions lock");
+        let part = parts.get(partition as usize)?;
+        let positions = part.positions.lock().expect("positions lock");
+        positions.get(ordinal).map(Box::from)
+    }
+
+    /// Shard topics: the first ordinal at or after `position` (None: the
+    /// partition is unknown), and the oldest ordinal held.
+    pub fn ordinal_at_or_after(&self, partition: u32, position: &[u8]) -> Option<(u64, u64)> {
+        let parts = self.partitions.read().expect("partitions lock");
+        let part = parts.get(partition as usize)?;
+        let positions = part.positions.lock().expect("positions lock");
+        Some((positions.at_or_after(position), positions.first()))
     }
 
     /// The latest value of `key`, if the view holds one.
@@ -252,7 +400,22 @@ impl Topic {
                 }
             })
             .collect();
-        encode_into(self.epoch, &offsets, &mut cursor);
+        match self.position_limit {
+            None => encode_into(self.epoch, &offsets, &mut cursor),
+            Some(limit) => {
+                let Some(position) = log.position.as_deref().and_then(decimal_to_position) else {
+                    tracing::warn!(topic = %self.name, partition = log.partition, "record without a valid position dropped");
+                    return 0;
+                };
+                let this = (part.id, &*position);
+                let shards = shard_positions(&parts, &offsets, Some(this));
+                part.positions
+                    .lock()
+                    .expect("positions lock")
+                    .push(log.offset, position, limit);
+                encode_shards_into(self.epoch, &shards, &mut cursor);
+            }
+        }
         let record = Arc::new(Record::encode(&self.name, log, &cursor, Framing::Normal));
 
         state.ring.push_back(Arc::clone(&record));
@@ -511,6 +674,36 @@ impl Topic {
     }
 }
 
+/// Each partition's place for a version 2 cursor at `offsets` (ordinals):
+/// `this` is a record being ingested, whose position is not in its table yet.
+fn shard_positions(
+    parts: &[Arc<Partition>],
+    offsets: &[u64],
+    this: Option<(u32, &[u8])>,
+) -> Vec<ShardPos> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(p, part)| {
+            if let Some((id, pos)) = this {
+                if id == part.id {
+                    return ShardPos::After(pos.into());
+                }
+            }
+            let at = offsets.get(p).copied().unwrap_or(0);
+            let positions = part.positions.lock().expect("positions lock");
+            if positions.closed && at >= positions.end() {
+                return ShardPos::Closed;
+            }
+            match at.checked_sub(1).and_then(|o| positions.get(o)) {
+                Some(pos) => ShardPos::After(pos.into()),
+                // Nothing seen (ordinal 0), or older than the table holds.
+                None => ShardPos::Start,
+            }
+        })
+        .collect()
+}
+
 fn has_log(replay: &[Replay]) -> bool {
     replay.iter().any(|r| matches!(r, Replay::Log { .. }))
 }
@@ -535,6 +728,7 @@ mod tests {
             data: format!("{offset}").into(),
             extra: None,
             delete: false,
+            position: None,
         }
     }
 
@@ -754,11 +948,13 @@ mod tests {
         topic.ingest(&log(0, 1, "b"));
         topic.ingest(&LogRecord {
             delete: true,
+            position: None,
             ..log(0, 2, "a")
         });
         // A second delete of a key already gone (a tombstone after a delete event).
         topic.ingest(&LogRecord {
             delete: true,
+            position: None,
             ..log(0, 3, "a")
         });
         assert_eq!(
@@ -970,5 +1166,121 @@ mod tests {
         assert_eq!(reg.high, vec![2, 1]);
         let rec = topic.latest("a").unwrap();
         assert_eq!(Cursor::decode(rec.cursor()).unwrap().offsets, vec![2, 1]);
+    }
+
+    fn shard_log(partition: u32, ordinal: u64, seq: &str, key: &str) -> LogRecord {
+        LogRecord {
+            position: Some(seq.into()),
+            ..log(partition, ordinal, key)
+        }
+    }
+
+    fn seq(n: u64) -> String {
+        // Wider than 64 bits, like a Kinesis sequence number.
+        format!("4959033827149025660855969253836157109592157598913{n:07}")
+    }
+
+    #[test]
+    fn shard_topics_resume_by_the_sources_positions_on_any_node() {
+        // Two nodes: A read the shard from its start, B started later and
+        // numbers the same records differently (its ordinal 0 is A's 2).
+        let hub_a = Hub::new();
+        let a = hub_a.add_shard_topic("s", 5, 2, settings(), 100);
+        let hub_b = Hub::new();
+        let b = hub_b.add_shard_topic("s", 5, 2, settings(), 100);
+        for i in 0..6u64 {
+            a.ingest(&shard_log(0, i, &seq(i * 10), "a"));
+            if i >= 2 {
+                b.ingest(&shard_log(0, i - 2, &seq(i * 10), "a"));
+            }
+        }
+        a.ingest(&shard_log(1, 0, &seq(7), "b"));
+        b.ingest(&shard_log(1, 0, &seq(7), "b"));
+        let rec = a.latest("a").unwrap();
+        assert_eq!(rec.offset, 5, "the hub's offset is A's ordinal");
+        assert!(
+            rec.ws
+                .as_str()
+                .contains(&format!("\"offset\":\"{}\"", seq(50))),
+            "clients see the sequence number"
+        );
+        // A client that saw A's record 3 (seq 30).
+        let made_by_a = a.encode_cursor(&[4, 1]);
+        let cursor = Cursor::decode(&made_by_a).unwrap();
+        assert_eq!(a.resolve_cursor(&cursor).unwrap().offsets, vec![4, 1]);
+        assert_eq!(
+            b.resolve_cursor(&cursor).unwrap().offsets,
+            vec![2, 1],
+            "B's own ordinals"
+        );
+        // The same position reads back as the same cursor text on both nodes.
+        assert_eq!(b.encode_cursor(&[2, 1]), made_by_a);
+        // Ahead of B, older than B, foreign kinds.
+        let ahead = Cursor::with_shards(
+            5,
+            vec![ShardPos::After(decimal_to_position(&seq(60)).unwrap())],
+        );
+        assert_eq!(b.resolve_cursor(&ahead), Err(ResolveError::Ahead));
+        let older = Cursor::with_shards(
+            5,
+            vec![ShardPos::After(decimal_to_position(&seq(10)).unwrap())],
+        );
+        assert_eq!(b.resolve_cursor(&older), Err(ResolveError::Retention));
+        assert_eq!(a.resolve_cursor(&older).unwrap().offsets, vec![2, 0]);
+        assert_eq!(
+            b.resolve_cursor(&Cursor::new(5, vec![1, 1])),
+            Err(ResolveError::Foreign)
+        );
+        let kafka = hub_a.add_topic("k", 5, 1, settings());
+        assert_eq!(kafka.resolve_cursor(&ahead), Err(ResolveError::Foreign));
+        assert_eq!(
+            kafka.resolve_cursor(&Cursor::new(5, vec![3])).unwrap(),
+            Cursor::new(5, vec![3])
+        );
+        // A cursor naming a shard this node has not seen: retry, never a gap.
+        let three = Cursor::with_shards(5, vec![ShardPos::Start, ShardPos::Start, ShardPos::Start]);
+        assert_eq!(b.resolve_cursor(&three), Err(ResolveError::Ahead));
+    }
+
+    #[test]
+    fn closed_parents_are_marked_in_cursors_and_resume_into_their_children() {
+        let hub = Hub::new();
+        let t = hub.add_shard_topic("s", 5, 1, settings(), 100);
+        t.ingest(&shard_log(0, 0, &seq(1), "a"));
+        let mid = Cursor::decode(&t.encode_cursor(&t.frontier())).unwrap();
+        // Before the parent is closed, a client claiming it closed is ahead.
+        let closed = Cursor::with_shards(5, vec![ShardPos::Closed]);
+        assert_eq!(t.resolve_cursor(&closed), Err(ResolveError::Ahead));
+        t.ingest(&shard_log(0, 1, &seq(2), "a"));
+        t.close_partition(0);
+        // A child (shard 1) appears and is read after the parent.
+        t.ensure_partitions(2);
+        t.ingest(&shard_log(1, 0, &seq(3), "c"));
+        let rec = t.latest("c").unwrap();
+        let carried = Cursor::decode(rec.cursor()).unwrap();
+        assert_eq!(carried.shards.as_ref().unwrap()[0], ShardPos::Closed);
+        assert_eq!(t.resolve_cursor(&carried).unwrap().offsets, vec![2, 1]);
+        // The cursor from the middle of the parent: the rest of it, then the child.
+        let from_mid = t.resolve_cursor(&mid).unwrap();
+        assert_eq!(from_mid.offsets, vec![1, 0]);
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = t.register(Filter::all(), out, Some(&from_mid), false, 10, 1 << 20);
+        let replayed: Vec<(u32, u64)> = reg
+            .replay
+            .iter()
+            .flat_map(|r| match r {
+                Replay::Ring { records, .. } => records
+                    .iter()
+                    .map(|r| (r.partition, r.offset))
+                    .collect::<Vec<_>>(),
+                Replay::Log { .. } => panic!("the ring covers it"),
+            })
+            .collect();
+        assert_eq!(
+            replayed,
+            vec![(0, 1), (1, 0)],
+            "parent first, then the child"
+        );
+        assert_eq!(t.resolve_cursor(&closed).unwrap().offsets, vec![2, 0]);
     }
 }

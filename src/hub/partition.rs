@@ -4,11 +4,13 @@
 //! longest ago; a delete or tombstone removes its key. Snapshots are read from
 //! it under the partition locks a registration holds.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::sub::Filter;
+use crate::cursor::compare_positions;
 use crate::record::Record;
 
 pub(super) struct Partition {
@@ -16,6 +18,88 @@ pub(super) struct Partition {
     /// Next offset to ingest; written under `state`'s lock after fan-out, read without it.
     pub(super) frontier: AtomicU64,
     pub(super) state: Mutex<PartitionState>,
+    /// Topics whose positions are the source's own opaque ones (Kinesis):
+    /// the position of each record this node ingested, by ordinal. A leaf lock.
+    pub(super) positions: Mutex<Positions>,
+}
+
+/// Ordinal -> source position of the records one partition ingested (oldest
+/// first, at most a topic's `position_limit`), and whether the partition is
+/// closed and read to its end. Positions strictly increase with ordinals, so
+/// a position is found again by binary search.
+#[derive(Default)]
+pub(super) struct Positions {
+    /// Ordinal of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Box<[u8]>>,
+    pub(super) closed: bool,
+}
+
+/// Where a client's position falls in what this node has ingested.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Located {
+    /// The next ordinal to deliver.
+    At(u64),
+    /// Beyond what this node has read: it is behind the client.
+    Ahead,
+    /// Before the oldest position this node holds.
+    Older,
+}
+
+impl Positions {
+    /// The ordinal the next ingested record gets.
+    pub(super) fn end(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    pub(super) fn push(&mut self, ordinal: u64, position: Box<[u8]>, limit: usize) {
+        if ordinal != self.end() {
+            // Not contiguous (never expected from a source): start over from here.
+            self.entries.clear();
+            self.base = ordinal;
+        }
+        self.entries.push_back(position);
+        while self.entries.len() > limit.max(1) {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The position of the record at `ordinal`, if still held.
+    pub(super) fn get(&self, ordinal: u64) -> Option<&[u8]> {
+        let i = ordinal.checked_sub(self.base)?;
+        self.entries.get(i as usize).map(|b| &**b)
+    }
+
+    /// The oldest ordinal still held.
+    pub(super) fn first(&self) -> u64 {
+        self.base
+    }
+
+    /// The next ordinal after a client that has seen everything up to `position`.
+    pub(super) fn after(&self, position: &[u8]) -> Located {
+        let Some(last) = self.entries.back() else {
+            return Located::Ahead;
+        };
+        if compare_positions(position, last) == Ordering::Greater {
+            return Located::Ahead;
+        }
+        if compare_positions(position, &self.entries[0]) == Ordering::Less {
+            return Located::Older;
+        }
+        let i = self
+            .entries
+            .partition_point(|p| compare_positions(p, position) != Ordering::Greater);
+        Located::At(self.base + i as u64)
+    }
+
+    /// The first ordinal whose position is at or after `position` (`end()` if none).
+    pub(super) fn at_or_after(&self, position: &[u8]) -> u64 {
+        let i = self
+            .entries
+            .partition_point(|p| compare_positions(p, position) == Ordering::Less);
+        self.base + i as u64
+    }
 }
 
 #[derive(Default)]

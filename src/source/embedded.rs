@@ -529,6 +529,7 @@ fn stored(
         data,
         extra: delete.then(|| TOMBSTONE_EXTRA.into()),
         delete,
+        position: None,
     }
 }
 
@@ -664,6 +665,7 @@ impl Writer {
                 out.push(Appended {
                     partition,
                     offset: *slot,
+                    position: None,
                 });
                 *slot += 1;
             }

@@ -774,6 +774,7 @@ impl Source for KafkaSource {
             out.push(Appended {
                 partition: delivery.partition.max(0) as u32,
                 offset: delivery.offset.max(0) as u64,
+                position: None,
             });
         }
         Ok(out)

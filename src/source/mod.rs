@@ -1,4 +1,4 @@
-//! Sources: where records come from (the embedded log, or Kafka).
+//! Sources: where records come from (the embedded log, Kafka, or Kinesis).
 //!
 //! A source feeds every record of its topics to the [`Hub`](crate::hub::Hub)
 //! through [`Topic::ingest`](crate::hub::Topic::ingest), in offset order per
@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod kinesis;
 
 use std::sync::{Arc, OnceLock};
 

@@ -279,6 +279,7 @@ mod tests {
             data: "1".into(),
             extra: None,
             delete: false,
+            position: None,
         }
     }
 

@@ -154,6 +154,7 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
         data,
         extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
         delete,
+        position: None,
     })
 }
 
