@@ -4,3 +4,4 @@
 
 pub mod sse;
 pub mod ws;
+pub mod grpc;
