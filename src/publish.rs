@@ -165,9 +165,11 @@ impl IntoResponse for PublishError {
             PublishError::Forbidden => {
                 json_error(StatusCode::FORBIDDEN, "forbidden", &self.to_string())
             }
-            PublishError::RateLimited => {
-                json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &self.to_string())
-            }
+            PublishError::RateLimited => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &self.to_string(),
+            ),
             PublishError::TooManyTopics(m) => {
                 json_error(StatusCode::CONFLICT, "too_many_topics", &m)
             }

@@ -121,11 +121,9 @@ async fn dispatch(state: AppState, req: Request<Body_>) -> Response<Body_> {
         PUBLISH_PATH => {
             // The body limit of POST /topics/{topic}, plus room for the envelope.
             let limit = limits.max_publish_bytes + 4096;
-            let mut grpc = Grpc::new(FrameCodec::<
-                proto::PublishResponse,
-                proto::PublishRequest,
-            >::new(limit))
-            .max_decoding_message_size(limit.saturating_mul(2));
+            let mut grpc =
+                Grpc::new(FrameCodec::<proto::PublishResponse, proto::PublishRequest>::new(limit))
+                    .max_decoding_message_size(limit.saturating_mul(2));
             let svc = {
                 let state = state.clone();
                 tower::service_fn(move |request: tonic::Request<proto::PublishRequest>| {
@@ -215,7 +213,10 @@ pub fn to_request(r: proto::SubscribeRequest) -> Result<SubscribeRequest, Client
     let filter = match given(r.filter_json) {
         None => None,
         Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-            ClientError::new(ErrorCode::BadFilter, format!("`filter_json` is not JSON: {e}"))
+            ClientError::new(
+                ErrorCode::BadFilter,
+                format!("`filter_json` is not JSON: {e}"),
+            )
         })?),
     };
     Ok(SubscribeRequest {
@@ -317,13 +318,19 @@ async fn subscribe(
         admission::admit(&state, &headers, None, peer, "grpc").map_err(refusal_status)?;
     let req = to_request(request).map_err(|e| client_status(&e, None))?;
     let given = req.cursor.clone();
-    let cursor = session::parse_cursor(req.cursor.as_deref())
-        .map_err(|e| client_status(&e, None))?;
+    let cursor =
+        session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_status(&e, None))?;
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
-    let opened = session::open(&state, &identity.subscribe, &req, cursor, Arc::clone(&outbox))
-        .await
-        // Warming up: come back with the same cursor.
-        .map_err(|e| client_status(&e, given.as_deref()))?;
+    let opened = session::open(
+        &state,
+        &identity.subscribe,
+        &req,
+        cursor,
+        Arc::clone(&outbox),
+    )
+    .await
+    // Warming up: come back with the same cursor.
+    .map_err(|e| client_status(&e, given.as_deref()))?;
     // Named whole: the stream must own the guard, or the subscription ends at once.
     let session::Opened {
         guard,
@@ -598,8 +605,12 @@ mod tests {
             key: key.map(str::to_owned),
             data_json: data.as_bytes().to_vec(),
         };
-        let ok = check_records(vec![rec(Some("A"), "{ \"x\" : 1 }"), rec(None, "null")], 10, 8)
-            .unwrap();
+        let ok = check_records(
+            vec![rec(Some("A"), "{ \"x\" : 1 }"), rec(None, "null")],
+            10,
+            8,
+        )
+        .unwrap();
         assert_eq!(&*ok[0].data, r#"{"x":1}"#);
         assert!(ok[1].key.is_none());
         assert!(check_records(vec![], 10, 8).is_err());
