@@ -674,3 +674,67 @@ async fn curl_receives_sse_over_h2c_with_prior_knowledge() {
     assert!(text.contains("version=2"), "served over HTTP/2: {text}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn value_aware_options_filter_project_delta_conflate_and_compact() {
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let mut sub = Subscriber::start(
+        &addr,
+        json!({
+            "topic": "one", "keys": ["k1"], "snapshot": false,
+            "filter_json": "{\"v\": {\"gt\": 10}}", "fields": ["v"], "delta": "json-patch"
+        }),
+        &[],
+    )
+    .await;
+    assert_eq!(sub.next().await["type"], "subscribed");
+    assert_eq!(sub.next().await["type"], "live");
+    for v in [5, 20, 30, 1] {
+        server.publish("one", "k1", json!({"v": v, "w": v})).await;
+    }
+    let (got, _) = sub.records(3).await;
+    // 5 is left out; 20 enters with whole (projected) data; 30 is a patch; 1 leaves.
+    assert_eq!(got[0]["op"], "enter", "{got:?}");
+    assert_eq!(got[0]["data"], json!({"v": 20}));
+    assert_eq!(got[1]["data"], Value::Null, "{got:?}");
+    assert_eq!(got[1]["patch"], json!([{"op": "replace", "path": "/v", "value": 30}]));
+    assert_eq!(got[2]["op"], "leave", "{got:?}");
+    assert_eq!(got[2]["has_data"], false);
+    drop(sub);
+
+    // max_rate: a burst to one key is conflated, and the latest value arrives.
+    let mut sub = Subscriber::start(
+        &addr,
+        json!({"topic": "one", "keys": ["k2"], "snapshot": false, "max_rate": 2.0}),
+        &["--timeout", "3"],
+    )
+    .await;
+    assert_eq!(sub.next().await["type"], "subscribed");
+    assert_eq!(sub.next().await["type"], "live");
+    let batch: Vec<(String, Value)> = (0..50u64).map(|s| ("k2".to_owned(), json!({"seq": s}))).collect();
+    server.publish_batch("one", &batch).await;
+    let (events, end) = sub.until_end().await;
+    assert_eq!(end["code"], "TIMEOUT");
+    let records: Vec<&Value> = events.iter().filter(|e| e["type"] == "record").collect();
+    assert!(!records.is_empty() && records.len() < 10, "conflated: {}", records.len());
+    assert_eq!(records.last().unwrap()["data"]["seq"], 49);
+
+    // resume "latest": only the last missed record of each key, and how many were left out.
+    let cursor = topic_cursor(&server, "one").await;
+    let batch: Vec<(String, Value)> = (0..12u64).map(|s| (format!("r{}", s % 3), json!({"seq": s}))).collect();
+    server.publish_batch("one", &batch).await;
+    let mut sub = Subscriber::start(
+        &addr,
+        json!({"topic": "one", "prefix": "r", "cursor": cursor, "resume": "latest"}),
+        &[],
+    )
+    .await;
+    assert_eq!(sub.next().await["recovered"], true);
+    let (got, _) = sub.records(3).await;
+    assert_eq!(seqs(&got), vec![9, 10, 11]);
+    let live = sub.next().await;
+    assert_eq!(live["type"], "live", "{live}");
+    assert_eq!(live["compacted"], 9);
+    server.stop().await;
+}
