@@ -65,6 +65,7 @@ pub mod spec;
 pub mod stall;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -92,6 +93,8 @@ pub enum RunError {
     Auth(#[from] auth::AuthSetupError),
     #[error("cannot start the Kafka source: {0}")]
     Kafka(#[from] source::kafka::KafkaSourceError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -126,8 +129,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     if !state.config.auth.jwks_file.as_os_str().is_empty() {
         spawn_jwks_reloader(&state);
     }
+    let tls = match &state.config.server.tls {
+        Some(config) => Some(tls::Tls::start(config, &shutdown)?),
+        None => None,
+    };
     let app = http::router(state.clone());
-    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts);
+    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts, tls);
     tokio::pin!(serving);
     let opened = tokio::select! {
         // Shut down before the source opened: nothing to drain but connections.

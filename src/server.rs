@@ -5,6 +5,9 @@
 //! `--http2-prior-knowledge`, a load balancer speaking h2 to its targets) gets
 //! HTTP/2, anyone else HTTP/1.1.
 //!
+//! With `[server.tls]` each connection first completes a TLS handshake
+//! (within the header timeout); ALPN then picks HTTP/2 or HTTP/1.1.
+//!
 //! `axum::serve` sets no header-read timer, so a client sending half a request
 //! would hold its connection forever; this loop serves each connection with
 //! hyper directly and sets one. Every socket is wrapped in a
@@ -33,6 +36,7 @@ use tower::ServiceExt;
 use crate::shutdown::Shutdown;
 use crate::stall::{Watched, WriteWatch};
 use crate::telemetry;
+use crate::tls::Tls;
 
 /// During a drain, how long a connection may go without taking a byte of its
 /// last words (SSE `retry:`, WebSocket 1012) before it is dropped.
@@ -55,8 +59,14 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` is triggered.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, timeouts: Timeouts) {
+/// Serves `app` on `listener` until `shutdown` is triggered, over TLS when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: Shutdown,
+    timeouts: Timeouts,
+    tls: Option<Tls>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -73,9 +83,33 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, timeo
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let conn_shutdown = shutdown.clone();
-        shutdown
-            .tracker()
-            .spawn(serve_connection(stream, peer, app, conn_shutdown, timeouts));
+        let tls = tls.clone();
+        shutdown.tracker().spawn(async move {
+            let watch = WriteWatch::new();
+            let watched = Watched::new(stream, watch.clone());
+            match tls {
+                None => serve_connection(watched, watch, peer, app, conn_shutdown, timeouts).await,
+                Some(tls) => {
+                    // The handshake gets the header deadline: a client that stalls in it is dropped.
+                    let handshake = tls.acceptor().accept(watched);
+                    let stream = tokio::select! {
+                        _ = conn_shutdown.triggered() => return,
+                        done = tokio::time::timeout(timeouts.header_read, handshake) => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake not done within the header timeout; dropped");
+                                return;
+                            }
+                        },
+                    };
+                    serve_connection(stream, watch, peer, app, conn_shutdown, timeouts).await
+                }
+            }
+        });
     }
 }
 
@@ -120,6 +154,7 @@ fn builder(shutdown: &Shutdown, timeouts: Timeouts) -> auto::Builder<TrackedExec
 
 async fn serve_connection<IO>(
     stream: IO,
+    watch: WriteWatch,
     peer: SocketAddr,
     app: Router,
     shutdown: Shutdown,
@@ -127,7 +162,6 @@ async fn serve_connection<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let watch = WriteWatch::new();
     // Set once the first request's head has arrived (either protocol).
     let started = Arc::new(AtomicBool::new(false));
     let service = {
@@ -140,7 +174,7 @@ async fn serve_connection<IO>(
             app.clone().oneshot(req)
         })
     };
-    let io = TokioIo::new(Watched::new(stream, watch.clone()));
+    let io = TokioIo::new(stream);
     let builder = builder(&shutdown, timeouts);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

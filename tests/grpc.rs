@@ -698,7 +698,10 @@ async fn value_aware_options_filter_project_delta_conflate_and_compact() {
     assert_eq!(got[0]["op"], "enter", "{got:?}");
     assert_eq!(got[0]["data"], json!({"v": 20}));
     assert_eq!(got[1]["data"], Value::Null, "{got:?}");
-    assert_eq!(got[1]["patch"], json!([{"op": "replace", "path": "/v", "value": 30}]));
+    assert_eq!(
+        got[1]["patch"],
+        json!([{"op": "replace", "path": "/v", "value": 30}])
+    );
     assert_eq!(got[2]["op"], "leave", "{got:?}");
     assert_eq!(got[2]["has_data"], false);
     drop(sub);
@@ -712,17 +715,25 @@ async fn value_aware_options_filter_project_delta_conflate_and_compact() {
     .await;
     assert_eq!(sub.next().await["type"], "subscribed");
     assert_eq!(sub.next().await["type"], "live");
-    let batch: Vec<(String, Value)> = (0..50u64).map(|s| ("k2".to_owned(), json!({"seq": s}))).collect();
+    let batch: Vec<(String, Value)> = (0..50u64)
+        .map(|s| ("k2".to_owned(), json!({"seq": s})))
+        .collect();
     server.publish_batch("one", &batch).await;
     let (events, end) = sub.until_end().await;
     assert_eq!(end["code"], "TIMEOUT");
     let records: Vec<&Value> = events.iter().filter(|e| e["type"] == "record").collect();
-    assert!(!records.is_empty() && records.len() < 10, "conflated: {}", records.len());
+    assert!(
+        !records.is_empty() && records.len() < 10,
+        "conflated: {}",
+        records.len()
+    );
     assert_eq!(records.last().unwrap()["data"]["seq"], 49);
 
     // resume "latest": only the last missed record of each key, and how many were left out.
     let cursor = topic_cursor(&server, "one").await;
-    let batch: Vec<(String, Value)> = (0..12u64).map(|s| (format!("r{}", s % 3), json!({"seq": s}))).collect();
+    let batch: Vec<(String, Value)> = (0..12u64)
+        .map(|s| (format!("r{}", s % 3), json!({"seq": s})))
+        .collect();
     server.publish_batch("one", &batch).await;
     let mut sub = Subscriber::start(
         &addr,
@@ -736,5 +747,162 @@ async fn value_aware_options_filter_project_delta_conflate_and_compact() {
     let live = sub.next().await;
     assert_eq!(live["type"], "live", "{live}");
     assert_eq!(live["compacted"], 9);
+    server.stop().await;
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 with common name `cn`, made with the openssl CLI.
+fn make_cert(dir: &Path, cn: &str) {
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem.new"))
+        .arg("-out")
+        .arg(dir.join("cert.pem.new"))
+        .args([
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    // Key first, then the certificate: the reloader sees a matching pair last.
+    std::fs::rename(dir.join("key.pem.new"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.pem.new"), dir.join("cert.pem")).unwrap();
+}
+
+/// The subject of the certificate the server at `addr` presents.
+async fn served_subject(addr: std::net::SocketAddr) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .await
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn tls_serves_h2_and_http1_by_alpn_grpc_over_tls_and_reloads_the_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_cert(certs.path(), "first");
+    let server = TestServer::start_tls(&format!(
+        "[server.tls]\ncert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\nreload_interval = \"100ms\"\n",
+        certs.path().display()
+    ))
+    .await;
+    let https = format!("https://localhost:{}/healthz", server.addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", server.addr.port());
+    let ca = certs.path().join("cert.pem").display().to_string();
+    let deadline = Instant::now() + WAIT;
+    while curl(&[
+        "-s",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        &https.replace("healthz", "readyz"),
+    ])
+    .await
+        != "{\"ready\":true}"
+    {
+        assert!(Instant::now() < deadline, "never ready over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = curl(&[
+        "-s",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--http2",
+        "-w",
+        "%{http_version}",
+        &https,
+    ])
+    .await;
+    assert_eq!(v, "ok\n2", "ALPN h2");
+    let v = curl(&[
+        "-s",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--http1.1",
+        "-w",
+        "%{http_version}",
+        &https,
+    ])
+    .await;
+    assert_eq!(v, "ok\n1.1", "ALPN http/1.1");
+    // Cleartext on a TLS port gets nothing.
+    let v = curl(&["-s", "-m", "3", &server.url("/healthz")]).await;
+    assert_eq!(v, "");
+
+    // gRPC over TLS (grpcio with the certificate as its root).
+    let addr = format!("localhost:{}", server.addr.port());
+    let ok = client(&[
+        "publish",
+        &addr,
+        &json!({"topic": "one", "records": [{"key": "A", "data": 7}]}).to_string(),
+        "--tls-ca",
+        &ca,
+    ])
+    .await;
+    assert_eq!(ok["code"], "OK", "{ok}");
+    let (events, _) = subscribe_all(
+        &addr,
+        json!({"topic": "one", "keys": ["A"]}),
+        &["--records", "1", "--tls-ca", &ca],
+    )
+    .await;
+    assert_eq!(
+        events.iter().find(|e| e["type"] == "record").unwrap()["data"],
+        7
+    );
+
+    // A new certificate on disk is served to new connections without a restart.
+    assert!(
+        served_subject(server.addr).await.contains("first"),
+        "{}",
+        served_subject(server.addr).await
+    );
+    make_cert(certs.path(), "second");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served_subject(server.addr).await.contains("second") {
+        assert!(
+            Instant::now() < deadline,
+            "never reloaded: {}",
+            served_subject(server.addr).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken pair is not taken; the last good one stays.
+    std::fs::write(certs.path().join("cert.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(served_subject(server.addr).await.contains("second"));
     server.stop().await;
 }

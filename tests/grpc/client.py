@@ -1,11 +1,11 @@
 """An independent gRPC client for pushgate's tests: grpcio with stubs that grpcio-tools generates from proto/pushgate/v1/gateway.proto.
 
 Usage (each prints JSON lines on stdout):
-  client.py subscribe ADDR REQUEST_JSON [--records N] [--token T] [--timeout S] [--raw HEX]
+  client.py subscribe ADDR REQUEST_JSON [--records N] [--token T] [--timeout S] [--raw HEX] [--tls-ca PEM]
       One line per event as it arrives, then {"end": {"code", "details", "trailers"}}.
       Stops after N records (cancelling the call), when the server ends the
       stream, or after S seconds ({"end": {"code": "TIMEOUT"}}).
-  client.py publish ADDR REQUEST_JSON [--token T] [--raw HEX]
+  client.py publish ADDR REQUEST_JSON [--token T] [--raw HEX] [--tls-ca PEM]
       {"code", "details", "trailers", "response"}.
   client.py call ADDR METHOD_PATH HEX
       A unary call with raw request bytes to any path: {"code", "details", "trailers"}.
@@ -86,8 +86,19 @@ def status_of(err):
     return {"code": err.code().name, "details": err.details(), "trailers": trailers}
 
 
+def channel_for(args):
+    """A cleartext (h2c) channel, or TLS trusting the PEM in --tls-ca."""
+    ca = getattr(args, "tls_ca", None)
+    if ca:
+        with open(ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.secure_channel(args.addr, creds,
+                                   options=[("grpc.ssl_target_name_override", "localhost")])
+    return grpc.insecure_channel(args.addr)
+
+
 def subscribe(args):
-    channel = grpc.insecure_channel(args.addr)
+    channel = channel_for(args)
     if args.raw is not None:
         call = channel.unary_stream(
             "/pushgate.v1.Gateway/Subscribe",
@@ -119,7 +130,7 @@ def subscribe(args):
 
 
 def publish(args):
-    channel = grpc.insecure_channel(args.addr)
+    channel = channel_for(args)
     try:
         if args.raw is not None:
             reply = channel.unary_unary(
@@ -164,11 +175,13 @@ def main():
     s.add_argument("--token")
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--raw")
+    s.add_argument("--tls-ca")
     p = sub.add_parser("publish")
     p.add_argument("addr")
     p.add_argument("request")
     p.add_argument("--token")
     p.add_argument("--raw")
+    p.add_argument("--tls-ca")
     c = sub.add_parser("call")
     c.add_argument("addr")
     c.add_argument("method")
