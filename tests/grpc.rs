@@ -906,3 +906,65 @@ async fn tls_serves_h2_and_http1_by_alpn_grpc_over_tls_and_reloads_the_certifica
     assert!(served_subject(server.addr).await.contains("second"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_gets_resource_exhausted_and_resumes_with_nothing_lost() {
+    let server = TestServer::start_with(
+        "[limits]\nqueue_bytes = 8192\npublish_rate = 100000.0\npublish_burst = 100000.0\n",
+    )
+    .await;
+    let addr = server.addr.to_string();
+    let mut sub = Subscriber::start(
+        &addr,
+        json!({"topic": "one", "snapshot": false}),
+        &["--pause", "3"],
+    )
+    .await;
+    assert_eq!(sub.next().await["type"], "subscribed");
+    assert_eq!(sub.next().await["type"], "live");
+    // ~1.5 MB while the client reads nothing: more than the HTTP/2 windows and buffers hold.
+    let pad = "x".repeat(250);
+    let total = 6000u64;
+    for chunk in 0..(total / 1000) {
+        let batch: Vec<(String, Value)> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|s| (format!("k{}", s % 10), json!({"seq": s, "pad": pad})))
+            .collect();
+        server.publish_batch("one", &batch).await;
+    }
+    let (events, end) = sub.until_end().await;
+    assert_eq!(end["code"], "RESOURCE_EXHAUSTED", "{end}");
+    assert_eq!(end["trailers"]["pushgate-error"], "slow_consumer");
+    let first: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e["type"] == "record")
+        .collect();
+    assert!(
+        (first.len() as u64) < total,
+        "cut off early: {}",
+        first.len()
+    );
+    let cursor = end["trailers"]["pushgate-cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+    if let Some(last) = first.last() {
+        assert_eq!(
+            last["cursor"],
+            cursor.as_str(),
+            "the trailer resumes after the last record received"
+        );
+    }
+    // Resuming from the trailer's cursor: together exactly every record, once.
+    let rest = total as usize - first.len();
+    let mut sub = Subscriber::start(&addr, json!({"topic": "one", "cursor": cursor}), &[]).await;
+    assert_eq!(sub.next().await["recovered"], true);
+    let (second, _) = sub.records(rest).await;
+    let mut all = first;
+    all.extend(second);
+    assert_eq!(
+        seqs(&all),
+        (0..total).collect::<Vec<_>>(),
+        "0 lost, 0 duplicated"
+    );
+    server.stop().await;
+}

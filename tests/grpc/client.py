@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.join(HERE, "..", "..", "proto")
@@ -114,6 +115,9 @@ def subscribe(args):
         for ev in call:
             out = event_json(ev)
             emit(out)
+            if out["type"] == "live" and args.pause:
+                # A consumer that stops reading for a while (the slow-consumer test).
+                time.sleep(args.pause)
             if out["type"] == "record":
                 records += 1
                 if args.records is not None and records >= args.records:
@@ -176,6 +180,7 @@ def main():
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--raw")
     s.add_argument("--tls-ca")
+    s.add_argument("--pause", type=float, help="stop reading for this many seconds after the live event")
     p = sub.add_parser("publish")
     p.add_argument("addr")
     p.add_argument("request")

@@ -58,7 +58,7 @@ pub const CURSOR_TRAILER: &str = "pushgate-cursor";
 /// Trailer with the error code the other transports would send.
 pub const ERROR_TRAILER: &str = "pushgate-error";
 
-type Body_ = tonic::body::Body;
+type GrpcBody = tonic::body::Body;
 type EventStream = Pin<Box<dyn Stream<Item = Result<Frame<proto::Event>, Status>> + Send>>;
 
 /// The service for the router: gRPC (HTTP/2) and gRPC-Web (HTTP/1.1 or 2) on `/pushgate.v1.Gateway/*`.
@@ -72,22 +72,22 @@ pub struct Gateway {
     state: AppState,
 }
 
-impl tower::Service<Request<Body_>> for Gateway {
-    type Response = Response<Body_>;
+impl tower::Service<Request<GrpcBody>> for Gateway {
+    type Response = Response<GrpcBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body_>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body_>) -> Self::Future {
+    fn call(&mut self, req: Request<GrpcBody>) -> Self::Future {
         let state = self.state.clone();
         Box::pin(async move { Ok(dispatch(state, req).await) })
     }
 }
 
-async fn dispatch(state: AppState, req: Request<Body_>) -> Response<Body_> {
+async fn dispatch(state: AppState, req: Request<GrpcBody>) -> Response<GrpcBody> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
