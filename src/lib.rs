@@ -1,4 +1,4 @@
-//! pushgate: a push gateway from a log (Kafka, or an embedded log) to WebSocket and SSE clients.
+//! pushgate: a push gateway from a log (Kafka, or an embedded log) to WebSocket, SSE and gRPC clients.
 //!
 //! # Layout
 //!
@@ -18,11 +18,14 @@
 //!        ▼
 //! transport::{ws,sse} GET /ws (many subscriptions per connection), GET /sse (one per
 //!                     stream, cursor as event id); every write has a deadline (stall)
+//! transport::grpc     pushgate.v1.Gateway (proto/): Subscribe (one per call) and
+//!                     Publish, gRPC-Web via tonic-web; the record's envelope encoded once
 //!
 //! session    subscribe checks, snapshot / resume decision, catch-up (every transport)
 //! admission  token, per-IP limit and connection slot of a streaming client
 //! publish    POST /topics/{topic};  reply: the JSON error body every endpoint uses
-//! http       router, health, readiness, metrics, topic list;  server: accept loop
+//! http       router, health, readiness, metrics, topic list
+//! server     accept loop: HTTP/1.1 or HTTP/2 (peeked preface, or ALPN);  tls: [server.tls]
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition
 //! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
