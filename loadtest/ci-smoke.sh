@@ -72,6 +72,7 @@ scenario smoke-ws-uniform --transport ws --dist uniform --keys 10 --rates 100
 scenario smoke-sse-uniform --transport sse --dist uniform --keys 10 --rates 100
 scenario smoke-ws-broadcast --transport ws --dist hot --rates 20,50
 scenario smoke-sse-zipf --transport sse --dist zipf --keys 20 --rates 100
+scenario smoke-grpc-zipf --transport grpc --dist zipf --keys 20 --rates 100
 
 if [ -s "$tmp/smoke-ws-uniform.json" ] && [ -s "$tmp/smoke-ws-uniform.svg" ]; then
     ok "JSON result and SVG chart written"

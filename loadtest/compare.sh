@@ -179,7 +179,7 @@ run() {
     sleep 2
 }
 
-transports() { if [ "$1" = pushpin ]; then echo sse; else echo "sse ws"; fi; }
+transports() { case $1 in pushpin) echo sse ;; pushgate) echo "sse ws grpc" ;; *) echo "sse ws" ;; esac; }
 
 for scenario in $SCENARIOS; do
     for system in $SYSTEMS; do

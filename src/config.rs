@@ -68,6 +68,25 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<IpAddr>,
+    /// TLS on the listener itself (single-node deployments without a load
+    /// balancer in front): HTTP/2 and HTTP/1.1 by ALPN. Absent: cleartext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the certificate chain and key, PEM, re-read when either file changes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change.
+    #[serde(with = "humantime_serde", default = "default_tls_reload")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -285,6 +304,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -460,6 +480,22 @@ impl Config {
 
     /// Checks that serde cannot express; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [
+                ("server.tls.cert_file", &tls.cert_file),
+                ("server.tls.key_file", &tls.key_file),
+            ] {
+                if !path.is_file() {
+                    return Err(invalid(key, "must name a readable PEM file"));
+                }
+            }
+            if tls.reload_interval < Duration::from_millis(10) {
+                return Err(invalid(
+                    "server.tls.reload_interval",
+                    "must be at least 10ms",
+                ));
+            }
+        }
         if self.topics.is_empty() {
             return Err(invalid("topics", "must name at least one topic"));
         }

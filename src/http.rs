@@ -11,7 +11,7 @@ use tower_http::services::ServeDir;
 use crate::auth;
 use crate::reply::unauthorized;
 use crate::state::AppState;
-use crate::transport::{sse, ws};
+use crate::transport::{grpc, sse, ws};
 use crate::{publish, telemetry};
 
 /// Builds the whole application router for `state`.
@@ -24,7 +24,12 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{topic}", post(publish::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        // gRPC and gRPC-Web: every method of pushgate.v1.Gateway (unknown ones answer UNIMPLEMENTED).
+        .route_service(
+            &format!("{}{{method}}", grpc::SERVICE_PATH),
+            grpc::service(state.clone()),
+        );
     if state.config.testing.echo_endpoint {
         tracing::warn!("testing.echo_endpoint is on: /echo echoes WebSocket messages");
         router = router.route("/echo", get(ws::echo));

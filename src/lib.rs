@@ -1,4 +1,4 @@
-//! pushgate: a push gateway from a log (Kafka, Kinesis, or an embedded log) to WebSocket and SSE clients.
+//! pushgate: a push gateway from a log (Kafka, Kinesis, or an embedded log) to WebSocket, SSE and gRPC clients.
 //!
 //! # Layout
 //!
@@ -19,11 +19,14 @@
 //!        ▼
 //! transport::{ws,sse} GET /ws (many subscriptions per connection), GET /sse (one per
 //!                     stream, cursor as event id); every write has a deadline (stall)
+//! transport::grpc     pushgate.v1.Gateway (proto/): Subscribe (one per call) and
+//!                     Publish, gRPC-Web via tonic-web; the record's envelope encoded once
 //!
 //! session    subscribe checks, snapshot / resume decision, catch-up (every transport)
 //! admission  token, per-IP limit and connection slot of a streaming client
 //! publish    POST /topics/{topic};  reply: the JSON error body every endpoint uses
-//! http       router, health, readiness, metrics, topic list;  server: accept loop
+//! http       router, health, readiness, metrics, topic list
+//! server     accept loop: HTTP/1.1 or HTTP/2 (peeked preface, or ALPN);  tls: [server.tls]
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition (version 1), or
 //!            per shard an opaque source position / closed marker (version 2, Kinesis)
@@ -67,6 +70,7 @@ pub mod spec;
 pub mod stall;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -96,6 +100,8 @@ pub enum RunError {
     Kafka(#[from] source::kafka::KafkaSourceError),
     #[error("cannot start the Kinesis source: {0}")]
     Kinesis(#[from] source::kinesis::KinesisSourceError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -131,8 +137,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     if !state.config.auth.jwks_file.as_os_str().is_empty() {
         spawn_jwks_reloader(&state);
     }
+    let tls = match &state.config.server.tls {
+        Some(config) => Some(tls::Tls::start(config, &shutdown)?),
+        None => None,
+    };
     let app = http::router(state.clone());
-    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts);
+    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts, tls);
     tokio::pin!(serving);
     let opened = tokio::select! {
         // Shut down before the source opened: nothing to drain but connections.

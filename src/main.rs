@@ -49,7 +49,12 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        tracing::info!("listening on http://{}", listener.local_addr()?);
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("listening on {scheme}://{}", listener.local_addr()?);
         let shutdown = Shutdown::new();
         tokio::spawn(trigger_on_signal(shutdown.clone()));
         // One line: RunError's message already carries its cause.

@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::auth;
-use crate::record::NewRecord;
+use crate::auth::{self, Identity};
+use crate::hub::Topic;
+use crate::record::{Appended, NewRecord};
 use crate::reply::{json_error, unauthorized, unavailable};
 use crate::source::SourceError;
 use crate::state::AppState;
@@ -67,17 +68,9 @@ pub async fn handler(
             return unauthorized();
         }
     };
-    let existing = match state.hub.topic(&topic_name) {
-        Ok(topic) if topic.is_ready() && state.source.is_ready() => Some(topic),
-        // Warming up: the answer's cursor would be built from a partial frontier.
-        Ok(_) => return warming_up(),
-        Err(_) if !state.source.is_ready() && state.config.has_topic(&topic_name) => {
-            return warming_up()
-        }
-        // Matched by a `pattern`: the embedded log creates it with this publish
-        // (once every check below has passed); Kafka answers unknown_topic.
-        Err(_) if state.config.has_topic(&topic_name) => None,
-        Err(_) => return unknown_topic(),
+    let existing = match check_topic(&state, &topic_name) {
+        Ok(existing) => existing,
+        Err(e) => return e.into_response(),
     };
     // JSON only: this also keeps every cross-site publish out of the CORS
     // "simple request" path (text/plain, forms), which a browser sends unasked.
@@ -114,16 +107,6 @@ pub async fn handler(
             Ok(parsed) => parsed,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
         };
-    if records
-        .iter()
-        .any(|r| !identity.publish.allows_key(&topic_name, r.key.as_deref()))
-    {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "not allowed to publish these keys to this topic",
-        );
-    }
     let caller = match &identity.subject {
         Some(subject) => format!("sub:{subject}"),
         None => format!(
@@ -131,29 +114,11 @@ pub async fn handler(
             auth::client_ip(peer, &headers, &state.config.server.trusted_proxies)
         ),
     };
-    if !state.publish_limiter.allow(&caller, records.len() as f64) {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "publish rate limit exceeded",
-        );
-    }
-    let appended = match state.source.publish(&topic_name, records).await {
-        Ok(appended) => appended,
-        Err(SourceError::UnknownTopic) => return unknown_topic(),
-        Err(e @ SourceError::TopicLimit { .. }) => {
-            return json_error(StatusCode::CONFLICT, "too_many_topics", &e.to_string())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, topic = %topic_name, "publish failed");
-            return unavailable("the log is unavailable");
-        }
-    };
-    let topic = match existing.or_else(|| state.hub.topic(&topic_name).ok()) {
-        Some(topic) => topic,
-        // Created and then deleted within this request: nothing left to point at.
-        None => return unknown_topic(),
-    };
+    let (topic, appended) =
+        match append(&state, &identity, &caller, &topic_name, existing, records).await {
+            Ok(done) => done,
+            Err(e) => return e.into_response(),
+        };
     let mut results: Vec<Value> = appended
         .iter()
         .map(|a| match &a.position {
@@ -179,6 +144,98 @@ pub async fn handler(
         json!({"topic": topic_name, "records": results})
     };
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Why a publish was refused (after authentication), for the HTTP and gRPC answers alike.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("this node is still warming up: retry shortly")]
+    WarmingUp,
+    #[error("unknown topic")]
+    UnknownTopic,
+    #[error("not allowed to publish these keys to this topic")]
+    Forbidden,
+    #[error("publish rate limit exceeded")]
+    RateLimited,
+    #[error("{0}")]
+    TooManyTopics(String),
+    #[error("the log is unavailable")]
+    Unavailable,
+}
+
+impl IntoResponse for PublishError {
+    fn into_response(self) -> Response {
+        match self {
+            PublishError::WarmingUp => warming_up(),
+            PublishError::UnknownTopic => unknown_topic(),
+            PublishError::Forbidden => {
+                json_error(StatusCode::FORBIDDEN, "forbidden", &self.to_string())
+            }
+            PublishError::RateLimited => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &self.to_string(),
+            ),
+            PublishError::TooManyTopics(m) => {
+                json_error(StatusCode::CONFLICT, "too_many_topics", &m)
+            }
+            PublishError::Unavailable => unavailable(&self.to_string()),
+        }
+    }
+}
+
+/// The topic a publish goes to: `Some` when it exists and is ready, `None`
+/// when a `pattern` matches it and the embedded log will create it.
+pub fn check_topic(state: &AppState, topic_name: &str) -> Result<Option<Arc<Topic>>, PublishError> {
+    match state.hub.topic(topic_name) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => Ok(Some(topic)),
+        // Warming up: the answer's cursor would be built from a partial frontier.
+        Ok(_) => Err(PublishError::WarmingUp),
+        Err(_) if !state.source.is_ready() && state.config.has_topic(topic_name) => {
+            Err(PublishError::WarmingUp)
+        }
+        // Matched by a `pattern`: the embedded log creates it with this publish
+        // (once every check has passed); Kafka answers unknown_topic.
+        Err(_) if state.config.has_topic(topic_name) => Ok(None),
+        Err(_) => Err(PublishError::UnknownTopic),
+    }
+}
+
+/// Appends checked `records` for `identity` (rate limited as `caller`): grants,
+/// rate limit, the log. Returns the topic and where each record landed.
+pub async fn append(
+    state: &AppState,
+    identity: &Identity,
+    caller: &str,
+    topic_name: &str,
+    existing: Option<Arc<Topic>>,
+    records: Vec<NewRecord>,
+) -> Result<(Arc<Topic>, Vec<Appended>), PublishError> {
+    if records
+        .iter()
+        .any(|r| !identity.publish.allows_key(topic_name, r.key.as_deref()))
+    {
+        return Err(PublishError::Forbidden);
+    }
+    if !state.publish_limiter.allow(caller, records.len() as f64) {
+        return Err(PublishError::RateLimited);
+    }
+    let appended = match state.source.publish(topic_name, records).await {
+        Ok(appended) => appended,
+        Err(SourceError::UnknownTopic) => return Err(PublishError::UnknownTopic),
+        Err(e @ SourceError::TopicLimit { .. }) => {
+            return Err(PublishError::TooManyTopics(e.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, topic = %topic_name, "publish failed");
+            return Err(PublishError::Unavailable);
+        }
+    };
+    match existing.or_else(|| state.hub.topic(topic_name).ok()) {
+        Some(topic) => Ok((topic, appended)),
+        // Created and then deleted within this request: nothing left to point at.
+        None => Err(PublishError::UnknownTopic),
+    }
 }
 
 /// Is the request's `Content-Type` `application/json` (parameters allowed, any case)?

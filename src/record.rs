@@ -4,7 +4,7 @@
 //! event (`id: <cursor>\ndata: <json>\n\n`); the WebSocket frame is a slice of
 //! the same buffer. Fan-out clones two reference counts, never the bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -73,6 +73,11 @@ pub struct Record {
     extra_start: u32,
     extra_end: u32,
     timestamp: i64,
+    /// A snapshot record (the latest value of its key), not a change.
+    snapshot: bool,
+    /// The gRPC `Event` envelope, built by the first gRPC subscriber that
+    /// receives this record and shared by every other one.
+    grpc: OnceLock<Bytes>,
 }
 
 /// The member that carries a record's value.
@@ -155,6 +160,28 @@ impl Record {
 
     fn extra(&self) -> &str {
         &self.ws.as_str()[self.extra_start as usize..self.extra_end as usize]
+    }
+
+    /// The source-specific members (`"name":value` pairs, comma separated; empty if none).
+    pub fn extra_members(&self) -> &str {
+        self.extra()
+    }
+
+    /// A snapshot record (the latest value of its key), not a change.
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
+    }
+
+    /// Whether this delivery carries a resumable cursor: every record but the
+    /// snapshot records before the last one (the SSE event has an `id:` line).
+    pub fn resumable(&self) -> bool {
+        self.sse.starts_with(b"id: ")
+    }
+
+    /// The record's gRPC envelope: `build` runs once per record, the first
+    /// time a gRPC subscriber receives it; later calls share its bytes.
+    pub fn grpc_envelope(&self, build: impl FnOnce(&Self) -> Bytes) -> Bytes {
+        self.grpc.get_or_init(|| build(self)).clone()
     }
 
     /// What the value member holds.
@@ -297,6 +324,8 @@ impl Record {
             extra_start: extra_start as u32,
             extra_end: extra_end as u32,
             timestamp,
+            snapshot: matches!(framing, Framing::Snapshot { .. }),
+            grpc: OnceLock::new(),
         }
     }
 }

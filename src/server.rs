@@ -1,4 +1,13 @@
-//! The accept loop: HTTP/1.1 with WebSocket upgrades, a header-read timeout, a write deadline, and per-connection drain.
+//! The accept loop: HTTP/1.1 (with WebSocket upgrades) and HTTP/2 on one port, a header-read timeout, a write deadline, and per-connection drain.
+//!
+//! A client that opens with the HTTP/2 preface (prior-knowledge h2c: gRPC,
+//! curl `--http2-prior-knowledge`, a load balancer speaking h2 to its
+//! targets) gets hyper's HTTP/2 server, anyone else its HTTP/1.1 server; the
+//! first bytes are peeked, not read, so each gets its own connection type and
+//! an HTTP/1.1 connection costs no more than before.
+//!
+//! With `[server.tls]` each connection first completes a TLS handshake
+//! (within the header timeout); ALPN then picks HTTP/2 or HTTP/1.1.
 //!
 //! `axum::serve` sets no header-read timer, so a client sending half a request
 //! would hold its connection forever; this loop serves each connection with
@@ -16,19 +25,31 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::shutdown::Shutdown;
 use crate::stall::{Watched, WriteWatch};
 use crate::telemetry;
+use crate::tls::Tls;
 
 /// During a drain, how long a connection may go without taking a byte of its
 /// last words (SSE `retry:`, WebSocket 1012) before it is dropped.
 pub const DRAIN_STALL: Duration = Duration::from_millis(200);
+/// HTTP/2 PING interval, well inside a load balancer's idle timeout (AWS ALB: 60 s).
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// A peer that does not answer a PING within this is gone.
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent streams per HTTP/2 connection (each SSE or gRPC stream is one).
+const H2_MAX_STREAMS: u32 = 256;
+/// Largest request head, decoded, on HTTP/2.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Timers for every connection the loop serves.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +60,14 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` is triggered.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, timeouts: Timeouts) {
+/// Serves `app` on `listener` until `shutdown` is triggered, over TLS when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: Shutdown,
+    timeouts: Timeouts,
+    tls: Option<Tls>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -57,55 +84,248 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: Shutdown, timeo
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let conn_shutdown = shutdown.clone();
-        shutdown
-            .tracker()
-            .spawn(serve_connection(stream, peer, app, conn_shutdown, timeouts));
+        let tls = tls.clone();
+        shutdown.tracker().spawn(async move {
+            let watch = WriteWatch::new();
+            // Which protocol, within the header deadline: the first bytes in
+            // cleartext, ALPN after a TLS handshake.
+            let opening = async {
+                match tls {
+                    None => {
+                        let protocol = sniff(&stream).await?;
+                        Ok((Conn::Plain(Watched::new(stream, watch.clone())), protocol))
+                    }
+                    Some(tls) => {
+                        // Boxed for the same reason as the HTTP/2 connection below.
+                        let accept = Box::pin(tls.acceptor().accept(Watched::new(stream, watch.clone())));
+                        let stream = accept.await?;
+                        let protocol = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
+                        Ok::<_, std::io::Error>((Conn::Tls(Box::new(stream)), protocol))
+                    }
+                }
+            };
+            let (io, protocol) = tokio::select! {
+                _ = conn_shutdown.triggered() => return,
+                // Boxed, so its timer and handshake state are freed once the connection is open.
+                opened = Box::pin(tokio::time::timeout(timeouts.header_read, opening)) => match opened {
+                    Ok(Ok(opened)) => opened,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "connection closed before its first request");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no request (or TLS handshake) within the header timeout; dropped");
+                        return;
+                    }
+                },
+            };
+            match io {
+                Conn::Plain(io) => serve_connection(io, protocol, watch, peer, app, conn_shutdown, timeouts).await,
+                // Boxed: a TLS connection's state is larger, and inline it would
+                // make every cleartext connection's task as large.
+                Conn::Tls(io) => {
+                    Box::pin(serve_connection(*io, protocol, watch, peer, app, conn_shutdown, timeouts)).await
+                }
+            }
+        });
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+enum Conn {
+    Plain(Watched<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<Watched<TcpStream>>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The HTTP/2 connection preface starts with `PRI ` (a method HTTP/1.1 reserves for exactly this).
+const PREFACE_START: &[u8] = b"PRI ";
+
+/// Tells a cleartext HTTP/2 client (prior knowledge) from an HTTP/1.1 one by
+/// peeking at its first bytes, which stay in the socket for the chosen
+/// protocol to read. Each protocol then gets hyper's own connection type,
+/// so an HTTP/1.1 connection costs what it did before HTTP/2 existed here.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut buf = [0u8; 4];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !PREFACE_START.starts_with(&buf[..n.min(4)]) {
+            return Ok(Protocol::Http1);
+        }
+        if n >= PREFACE_START.len() {
+            return Ok(Protocol::Http2);
+        }
+        // A prefix of "PRI " and nothing more yet: the peek would return at once, so wait a little.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs hyper's tasks for HTTP/2 streams on the drain's tracker, so `main` waits for them too.
+#[derive(Clone)]
+struct TrackedExecutor(tokio_util::task::TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// The HTTP/2 settings every HTTP/2 connection is served with.
+fn http2_builder(shutdown: &Shutdown) -> http2::Builder<TrackedExecutor> {
+    let mut builder = http2::Builder::new(TrackedExecutor(shutdown.tracker().clone()));
+    builder
+        .timer(TokioTimer::new())
+        // Pings find dead peers and keep idle streams alive through load balancers.
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        // Small windows and frames: an idle HTTP/2 connection should cost little.
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(256 * 1024)
+        .max_send_buf_size(64 * 1024)
+        // A client resetting streams in a loop (CVE-2023-44487) is cut off.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(64));
+    builder
+}
+
+/// Drives a hyper connection (`$conn`, pinned) against the write watch, the
+/// first-request guard and the drain.
+macro_rules! drive {
+    ($conn:ident, $first_request:ident, $watch:ident, $peer:ident, $shutdown:ident, $timeouts:ident) => {
+        // An upgraded (WebSocket) connection leaves this future at the upgrade;
+        // its handler races its own writes against the same watch.
+        tokio::select! {
+            result = $conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, peer = %$peer, "connection ended with an error");
+                }
+            }
+            _ = $first_request => {
+                tracing::debug!(peer = %$peer, "no request head within the header timeout; dropped");
+            }
+            _ = $watch.stalled($timeouts.write) => {
+                telemetry::write_timeout("http");
+                tracing::debug!(peer = %$peer, "client took no bytes within the write timeout; dropped");
+            }
+            _ = $shutdown.triggered() => {
+                // HTTP/1.1: finish the current response; HTTP/2: GOAWAY, then let open streams end.
+                $conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = $conn.as_mut() => {}
+                    _ = $watch.stalled(DRAIN_STALL) => {
+                        tracing::debug!(peer = %$peer, "client stalled during the drain; dropped");
+                    }
+                    // An HTTP/2 stream whose flow-control window the client never
+                    // opens has no write waiting: bound the drain all the same.
+                    _ = tokio::time::sleep($timeouts.write) => {
+                        tracing::debug!(peer = %$peer, "connection did not finish within the write timeout of the drain; dropped");
+                    }
+                }
+            }
+        }
+    };
+}
+
+async fn serve_connection<IO>(
+    stream: IO,
+    protocol: Protocol,
+    watch: WriteWatch,
     peer: SocketAddr,
     app: Router,
     shutdown: Shutdown,
     timeouts: Timeouts,
-) {
-    let watch = WriteWatch::new();
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Set once the first request's head has arrived (either protocol).
+    let started = Arc::new(AtomicBool::new(false));
     let service = {
         let watch = watch.clone();
+        let started = Arc::clone(&started);
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            started.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(watch.clone());
             app.clone().oneshot(req)
         })
     };
-    let io = TokioIo::new(Watched::new(stream, watch.clone()));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    // An upgraded (WebSocket) connection leaves this future at the upgrade;
-    // its handler races its own writes against the same watch.
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+    let io = TokioIo::new(stream);
+    // HTTP/1.1's header timer covers its request heads; on HTTP/2 the
+    // preface, SETTINGS and first HEADERS must arrive within the same time.
+    let first_request = async {
+        if protocol == Protocol::Http2 {
+            tokio::time::sleep(timeouts.header_read).await;
         }
-        _ = watch.stalled(timeouts.write) => {
-            telemetry::write_timeout("http");
-            tracing::debug!(%peer, "client took no bytes within the write timeout; dropped");
+        if protocol == Protocol::Http1 || started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
         }
-        _ = shutdown.triggered() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = watch.stalled(DRAIN_STALL) => {
-                    tracing::debug!(%peer, "client stalled during the drain; dropped");
-                }
+    };
+    match protocol {
+        Protocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header_read)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            drive!(conn, first_request, watch, peer, shutdown, timeouts);
+        }
+        Protocol::Http2 => {
+            // Boxed: inline, hyper's HTTP/2 connection would make every
+            // connection task (HTTP/1.1 ones included) as large as itself.
+            let mut conn = Box::pin(http2_builder(&shutdown).serve_connection(io, service));
+            drive!(conn, first_request, watch, peer, shutdown, timeouts);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffs_the_http2_preface_from_the_first_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Some(Protocol::Http1)),
+            (b"POST /x HTTP/1.1\r\n", Some(Protocol::Http1)),
+            (b"PUT", Some(Protocol::Http1)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Http2)),
+            (b"PR", None),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut client, sent)
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(200), sniff(&server)).await;
+            match want {
+                Some(want) => assert_eq!(got.unwrap().unwrap(), want, "{sent:?}"),
+                None => assert!(got.is_err(), "a partial prefix waits for more"),
             }
+            // Peeking consumed nothing.
+            let mut buf = vec![0u8; sent.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+                .await
+                .unwrap();
+            assert_eq!(buf, sent);
         }
     }
 }

@@ -58,7 +58,7 @@ fn source_addr(cfg: &ClientConfig, conn: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + (conn % n) as u8))
 }
 
-async fn connect(cfg: &ClientConfig, conn: usize) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(cfg: &ClientConfig, conn: usize) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if cfg.server.ip().is_loopback() {
         socket.bind(SocketAddr::new(source_addr(cfg, conn), 0))?;
@@ -82,7 +82,7 @@ fn form_urlencoded(text: &str) -> String {
 }
 
 /// Finds `"ts":<digits>` in `bytes`.
-fn find_ts(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn find_ts(bytes: &[u8]) -> Option<u64> {
     let at = memmem::find(bytes, b"\"ts\":")? + 5;
     let mut v: u64 = 0;
     let mut any = false;
@@ -102,6 +102,7 @@ pub async fn subscriber(conn: usize, key: String, cfg: Arc<ClientConfig>, sh: Ar
     let result = match cfg.transport {
         Transport::Ws => ws(conn, &key, &cfg, &sh).await,
         Transport::Sse => sse(conn, &key, &cfg, &sh).await,
+        Transport::Grpc => crate::grpc::subscribe(conn, &key, &cfg, &sh).await,
     };
     let was_ready = sh.ready[conn].swap(false, Ordering::Relaxed);
     if was_ready {
@@ -116,21 +117,21 @@ pub async fn subscriber(conn: usize, key: String, cfg: Arc<ClientConfig>, sh: Ar
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Connect,
     Status,
     Stream,
 }
 
-fn mark_ready(conn: usize, sh: &Shared) {
+pub(crate) fn mark_ready(conn: usize, sh: &Shared) {
     if !sh.ready[conn].swap(true, Ordering::Relaxed) {
         sh.counters.ready.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-struct OpenGuard<'a>(&'a Shared);
+pub(crate) struct OpenGuard<'a>(&'a Shared);
 impl<'a> OpenGuard<'a> {
-    fn new(sh: &'a Shared) -> Self {
+    pub(crate) fn new(sh: &'a Shared) -> Self {
         sh.counters.open.fetch_add(1, Ordering::Relaxed);
         Self(sh)
     }

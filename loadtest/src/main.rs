@@ -22,6 +22,7 @@
 mod chart;
 mod client;
 mod delta;
+mod grpc;
 mod kafka;
 mod keys;
 mod origin;
@@ -63,6 +64,8 @@ pub enum System {
 pub enum Transport {
     Ws,
     Sse,
+    /// pushgate only: `pushgate.v1.Gateway/Subscribe` over h2c (loadtest/src/grpc.rs).
+    Grpc,
 }
 
 #[derive(Parser)]
@@ -358,6 +361,9 @@ async fn run(args: RunArgs) -> Result<bool> {
             args.scenario
         ),
     };
+    if args.transport == Transport::Grpc && args.system != System::Pushgate {
+        bail!("--transport grpc is pushgate's own protocol");
+    }
     if args.system == System::Pushpin && args.transport == Transport::Ws {
         bail!("Pushpin WebSocket needs a WebSocket-over-HTTP origin; use --transport sse");
     }

@@ -45,13 +45,14 @@ export class Gateway {
   constructor(opts = {}) {
     this.config = opts.config ?? join(HERE, 'pushgate-test.toml');
     this.token = opts.token; // publish with this bearer token
+    this.scheme = opts.scheme ?? 'http'; // 'https' for a config with [server.tls]
     this.dataDir = opts.dataDir ?? tempDir('pushgate-data-');
     this.port = null;
     this.proc = null;
     this.log = '';
   }
 
-  get url() { return `http://127.0.0.1:${this.port}`; }
+  get url() { return `${this.scheme}://127.0.0.1:${this.port}`; }
 
   /** Starts on `port` (0: a free one), waits until /readyz answers 200. */
   async start(port = this.port ?? 0) {
@@ -71,7 +72,7 @@ export class Gateway {
       proc.stderr.on('data', (chunk) => {
         buf += chunk;
         this.log += chunk;
-        const m = /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(buf.replace(/\x1b\[[0-9;]*m/g, ''));
+        const m = /listening on https?:\/\/127\.0\.0\.1:(\d+)/.exec(buf.replace(/\x1b\[[0-9;]*m/g, ''));
         if (m) { clearTimeout(timer); resolveListen(Number(m[1])); }
       });
       proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`gateway exited (${code}) before listening:\n${buf}`)); });

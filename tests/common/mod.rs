@@ -113,6 +113,31 @@ impl TestServer {
         server
     }
 
+    /// Like [`start_with`](Self::start_with) for a server with `[server.tls]`: readiness is not checked (reqwest here speaks no TLS).
+    pub async fn start_tls(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config =
+            Config::from_toml_str(&config_toml(dir.path(), extra), std::iter::empty()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(pushgate::run(
+            config,
+            Listeners { http: listener },
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            shutdown,
+            handle,
+            dir,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
