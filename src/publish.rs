@@ -107,13 +107,7 @@ pub async fn handler(
             Ok(parsed) => parsed,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
         };
-    let caller = match &identity.subject {
-        Some(subject) => format!("sub:{subject}"),
-        None => format!(
-            "ip:{}",
-            auth::client_ip(peer, &headers, &state.config.server.trusted_proxies)
-        ),
-    };
+    let caller = caller(&state, &identity, peer, &headers);
     let (topic, appended) =
         match append(&state, &identity, &caller, &topic_name, existing, records).await {
             Ok(done) => done,
@@ -121,18 +115,15 @@ pub async fn handler(
         };
     let mut results: Vec<Value> = appended
         .iter()
-        .map(|a| match &a.position {
-            // Kinesis: the shard's number and the sequence number, as a string.
-            Some(position) => json!({
-                "partition": a.partition,
-                "offset": &**position,
-                "cursor": topic.cursor_after_position(a.partition, position),
-            }),
-            None => json!({
-                "partition": a.partition,
-                "offset": a.offset,
-                "cursor": topic.cursor_after(a.partition, a.offset),
-            }),
+        .map(|a| {
+            let cursor = topic.cursor_after_appended(a);
+            match &a.position {
+                // Kinesis: the shard's number and the sequence number, as a string.
+                Some(position) => {
+                    json!({"partition": a.partition, "offset": &**position, "cursor": cursor})
+                }
+                None => json!({"partition": a.partition, "offset": a.offset, "cursor": cursor}),
+            }
         })
         .collect();
     telemetry::publish_latency(started.elapsed());
@@ -181,6 +172,22 @@ impl IntoResponse for PublishError {
             }
             PublishError::Unavailable => unavailable(&self.to_string()),
         }
+    }
+}
+
+/// Whom a publish is rate limited as: the token's subject, else the client's address.
+pub fn caller(
+    state: &AppState,
+    identity: &Identity,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> String {
+    match &identity.subject {
+        Some(subject) => format!("sub:{subject}"),
+        None => format!(
+            "ip:{}",
+            auth::client_ip(peer, headers, &state.config.server.trusted_proxies)
+        ),
     }
 }
 

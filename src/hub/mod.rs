@@ -286,6 +286,14 @@ impl Topic {
         out
     }
 
+    /// The cursor a publish answer gives for a record that landed at `at`.
+    pub fn cursor_after_appended(&self, at: &crate::record::Appended) -> String {
+        match &at.position {
+            Some(position) => self.cursor_after_position(at.partition, position),
+            None => self.cursor_after(at.partition, at.offset),
+        }
+    }
+
     /// Shard topics: the cursor right after a record at `position` (decimal)
     /// of `partition` that this node may not have read yet (a publish answer),
     /// the other partitions at this node's frontier.

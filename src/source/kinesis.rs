@@ -576,22 +576,7 @@ impl Reader {
                     tracing::warn!(shard = %self.shard_id, sequence = seq, "record with an unreadable sequence number skipped");
                     continue;
                 }
-                let mut extra = String::new();
-                let data = json_or_base64(r.data().as_ref(), &mut extra);
-                let log = LogRecord {
-                    partition: self.number,
-                    offset: next_ordinal,
-                    timestamp: r
-                        .approximate_arrival_timestamp()
-                        .and_then(|t| t.to_millis().ok())
-                        .unwrap_or(0),
-                    key: r.partition_key().map(Arc::from),
-                    data,
-                    extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
-                    delete: false,
-                    position: Some(Arc::from(seq)),
-                };
-                topic.ingest(&log);
+                topic.ingest(&log_record(r, self.number, next_ordinal));
                 next_ordinal += 1;
                 last = Some(seq.to_owned());
             }
@@ -772,21 +757,7 @@ impl Source for KinesisSource {
                         });
                     }
                 }
-                let mut extra = String::new();
-                let data = json_or_base64(r.data().as_ref(), &mut extra);
-                out.push(LogRecord {
-                    partition,
-                    offset: ordinal,
-                    timestamp: r
-                        .approximate_arrival_timestamp()
-                        .and_then(|t| t.to_millis().ok())
-                        .unwrap_or(0),
-                    key: r.partition_key().map(Arc::from),
-                    data,
-                    extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
-                    delete: false,
-                    position: Some(Arc::from(r.sequence_number())),
-                });
+                out.push(log_record(r, partition, ordinal));
                 ordinal += 1;
             }
             match page.next_shard_iterator() {
@@ -843,6 +814,26 @@ impl Source for KinesisSource {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// A Kinesis record as the hub takes it: `offset` is this node's count of the
+/// shard's records, `position` the sequence number.
+fn log_record(r: &aws_sdk_kinesis::types::Record, partition: u32, ordinal: u64) -> LogRecord {
+    let mut extra = String::new();
+    let data = json_or_base64(r.data().as_ref(), &mut extra);
+    LogRecord {
+        partition,
+        offset: ordinal,
+        timestamp: r
+            .approximate_arrival_timestamp()
+            .and_then(|t| t.to_millis().ok())
+            .unwrap_or(0),
+        key: r.partition_key().map(Arc::from),
+        data,
+        extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
+        delete: false,
+        position: Some(Arc::from(r.sequence_number())),
     }
 }
 

@@ -553,13 +553,7 @@ async fn publish(
         limits.max_key_bytes,
     )
     .map_err(|m| status(Code::InvalidArgument, "bad_request", m, None))?;
-    let caller = match &identity.subject {
-        Some(subject) => format!("sub:{subject}"),
-        None => format!(
-            "ip:{}",
-            auth::client_ip(peer, &headers, &state.config.server.trusted_proxies)
-        ),
-    };
+    let caller = publish::caller(&state, &identity, peer, &headers);
     let (topic, appended) =
         publish::append(&state, &identity, &caller, &topic_name, existing, records)
             .await
@@ -567,19 +561,12 @@ async fn publish(
     Ok(proto::PublishResponse {
         records: appended
             .iter()
-            .map(|a| match &a.position {
-                Some(position) => proto::Appended {
-                    partition: a.partition,
-                    offset: 0,
-                    cursor: topic.cursor_after_position(a.partition, position),
-                    position: position.to_string(),
-                },
-                None => proto::Appended {
-                    partition: a.partition,
-                    offset: a.offset,
-                    cursor: topic.cursor_after(a.partition, a.offset),
-                    position: String::new(),
-                },
+            .map(|a| proto::Appended {
+                partition: a.partition,
+                // Kinesis: the sequence number goes in `position`.
+                offset: if a.position.is_some() { 0 } else { a.offset },
+                cursor: topic.cursor_after_appended(a),
+                position: a.position.as_deref().unwrap_or_default().to_owned(),
             })
             .collect(),
         topic: topic_name,
