@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::SinkExt;
 use serde_json::Value;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::admission::{self, Admission};
 use crate::auth::{self, Identity};
@@ -63,13 +63,12 @@ pub async fn handler(
     };
     configure(upgrade, &state)
         .on_upgrade(move |socket| {
-            let tracked = state.shutdown.tracker().token();
-            async move {
-                Connection::new(state, admission, watch.map(|w| w.0))
-                    .run(socket)
-                    .await;
-                drop(tracked);
-            }
+            // A task of its own: run inside axum's upgrade task, the connection
+            // would also keep that task's captures and the socket's first home
+            // for its whole life (about 1 KiB per idle connection).
+            let tracker = state.shutdown.tracker().clone();
+            tracker.spawn(Connection::new(state, admission, watch.map(|w| w.0)).run(socket));
+            std::future::ready(())
         })
         .into_response()
 }
@@ -122,6 +121,7 @@ struct Active {
 
 #[derive(Clone, Copy)]
 enum Timer {
+    Ping,
     Expiring,
     Expired,
     NeverSubscribed,
@@ -193,9 +193,10 @@ impl Connection {
         }
     }
 
-    /// The next time-based event: the expiry warning, the expiry close, or the
-    /// subscribe deadline for a connection that never subscribed.
-    fn deadline(&self, opened: Instant) -> Option<(Instant, Timer)> {
+    /// The next time-based event: the ping, the expiry warning, the expiry
+    /// close, or the subscribe deadline for a connection that never subscribed.
+    /// One timer serves them all: an idle connection keeps one timer entry.
+    fn deadline(&self, opened: Instant, next_ping: Instant) -> (Instant, Timer) {
         let grace = self.state.config.auth.expiry_grace;
         let expiry = self.expiry.map(|at| {
             if self.warned {
@@ -210,16 +211,16 @@ impl Connection {
                 Timer::NeverSubscribed,
             )
         });
-        [expiry, subscribe]
+        [Some((next_ping, Timer::Ping)), expiry, subscribe]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
+            .expect("the ping is always due")
     }
 
     async fn run(mut self, mut socket: WebSocket) {
         let interval = self.state.config.websocket.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + interval;
         let shutdown = self.state.shutdown.clone();
         let opened = Instant::now();
         // The shutdown signal and the deadline timer live across turns of the
@@ -227,10 +228,9 @@ impl Connection {
         // cancellation waiter per delivered frame.
         let shutdown_signal = shutdown.triggered();
         tokio::pin!(shutdown_signal);
-        let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let timer = tokio::time::sleep_until(never);
+        let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
-        let mut armed: Option<(Instant, Timer)> = None;
+        let mut armed = (next_ping, Timer::Ping);
         let ending: Ending = loop {
             // Drain first on every turn, whatever woke us, so no wake-up is lost.
             // Rarely-taken paths are boxed so the idle connection task stays
@@ -238,17 +238,26 @@ impl Connection {
             if let Err(ending) = self.flush_outbox(&mut socket).await {
                 break ending;
             }
-            let deadline = self.deadline(opened);
-            if deadline.map(|(at, _)| at) != armed.map(|(at, _)| at) {
-                timer.as_mut().reset(deadline.map_or(never, |(at, _)| at));
+            let deadline = self.deadline(opened, next_ping);
+            if deadline.0 != armed.0 {
+                timer.as_mut().reset(deadline.0);
             }
             armed = deadline;
             tokio::select! {
                 biased;
                 _ = &mut shutdown_signal => break Ending::Close(close::RESTART, "server restarting"),
-                which = async { (&mut timer).await; armed.map(|(_, which)| which) }, if armed.is_some() => match which {
-                    None => {}
-                    Some(Timer::Expiring) => {
+                _ = &mut timer => match armed.1 {
+                    Timer::Ping => {
+                        if self.last_seen.elapsed() > interval * 2 {
+                            break Ending::Close(close::IDLE, "no frames from client for two ping intervals");
+                        }
+                        next_ping = Instant::now() + interval;
+                        let ping = socket.send(Message::Ping(Default::default()));
+                        if let Err(ending) = Box::pin(self.guarded(ping)).await {
+                            break ending;
+                        }
+                    }
+                    Timer::Expiring => {
                         self.warned = true;
                         let grace = self.state.config.auth.expiry_grace.as_millis();
                         let warning = send_text(&mut socket, protocol::token_expiring(grace));
@@ -256,8 +265,8 @@ impl Connection {
                             break ending;
                         }
                     }
-                    Some(Timer::Expired) => break Ending::Close(close::TOKEN_EXPIRED, "token expired"),
-                    Some(Timer::NeverSubscribed) => break Ending::Close(close::IDLE, "no subscription made in time"),
+                    Timer::Expired => break Ending::Close(close::TOKEN_EXPIRED, "token expired"),
+                    Timer::NeverSubscribed => break Ending::Close(close::IDLE, "no subscription made in time"),
                 },
                 message = socket.recv() => {
                     self.last_seen = Instant::now();
@@ -282,15 +291,6 @@ impl Connection {
                     }
                 }
                 _ = self.outbox.ready() => {}
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > interval * 2 {
-                        break Ending::Close(close::IDLE, "no frames from client for two ping intervals");
-                    }
-                    let ping = socket.send(Message::Ping(Default::default()));
-                    if let Err(ending) = Box::pin(self.guarded(ping)).await {
-                        break ending;
-                    }
-                }
             }
         };
         // Stop receiving before the close handshake, so nothing more is queued.
@@ -576,6 +576,10 @@ impl Connection {
             }
         }
         self.ever_subscribed = true;
+        if self.subs.capacity() == 0 {
+            // Most connections hold one subscription: room for one, not Vec's four.
+            self.subs.reserve_exact(1);
+        }
         self.subs.push(Active {
             id: opened.id,
             topic: opened.topic_name,
