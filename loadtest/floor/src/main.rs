@@ -2,7 +2,7 @@
 //!
 //! Same stack as pushgate: tokio, hyper's HTTP/1 server with `TCP_NODELAY`,
 //! axum's WebSocket (tokio-tungstenite) with pushgate's default buffer sizes
-//! (512-byte read buffer, no write buffer), and a hyper body stream for SSE.
+//! (128-byte read buffer, no write buffer), and a hyper body stream for SSE.
 //! It speaks just enough of pushgate's wire protocol for the load generator
 //! (`GET /ws` + a `subscribe` message, `GET /sse?key=K`, `POST /topics/T`
 //! with `{"records":[{"key":..,"data":..}]}`) and does nothing else: each
@@ -123,7 +123,7 @@ async fn publish(State(keys): State<Keys>, Path(topic): Path<String>, body: Byte
 
 async fn ws(State(keys): State<Keys>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
-        .read_buffer_size(512)
+        .read_buffer_size(128)
         .write_buffer_size(0)
         .on_upgrade(move |socket| ws_connection(socket, keys))
 }
