@@ -41,15 +41,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::shutdown::Shutdown;
-use crate::stall::{Watched, WriteWatch};
+use crate::stall::{Watched, WriteWatch, DRAIN_STALL};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::tls::Tls;
 use crate::transport::bare_sse;
 
-/// During a drain, how long a connection may go without taking a byte of its
-/// last words (SSE `retry:`, WebSocket 1012) before it is dropped.
-pub const DRAIN_STALL: Duration = Duration::from_millis(200);
 /// HTTP/2 PING interval, well inside a load balancer's idle timeout (AWS ALB: 60 s).
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// A peer that does not answer a PING within this is gone.
@@ -143,7 +140,7 @@ pub async fn serve(
                 // Its own task, so an idle stream costs its own small future,
                 // not one sized for a hyper connection.
                 Conn::BareSse(stream, head) => {
-                    let task = bare_sse::serve(stream, head, peer, state, watch, timeouts);
+                    let task = bare_sse::serve(stream, head, peer, state, watch, timeouts.write);
                     static SIZE: std::sync::Once = std::sync::Once::new();
                     SIZE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&task), "bare SSE task future"));
                     conn_shutdown.tracker().spawn(task);

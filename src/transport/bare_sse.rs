@@ -30,6 +30,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::Response;
@@ -38,9 +39,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::server::{Timeouts, DRAIN_STALL};
 use crate::shutdown::Shutdown;
-use crate::stall::{Watched, WriteWatch};
+use crate::stall::{Watched, WriteWatch, DRAIN_STALL};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::transport::sse::{self, Chunk};
@@ -136,10 +136,10 @@ pub async fn serve(
     peer: SocketAddr,
     state: AppState,
     watch: WriteWatch,
-    timeouts: Timeouts,
+    write_timeout: Duration,
 ) {
     let chunked = !head.http10;
-    let Some(ready) = Box::pin(open(&mut stream, head, peer, &state, &watch, timeouts)).await
+    let Some(ready) = Box::pin(open(&mut stream, head, peer, &state, &watch, write_timeout)).await
     else {
         return;
     };
@@ -191,11 +191,11 @@ pub async fn serve(
                 }
                 writer.shutdown().await
             };
-            let _ = Box::pin(unstalled(&watch, &state.shutdown, timeouts, write)).await;
+            let _ = Box::pin(unstalled(&watch, &state.shutdown, write_timeout, write)).await;
             return;
         };
         let write = write_chunk(&mut writer, &chunk, chunked);
-        if Box::pin(unstalled(&watch, &state.shutdown, timeouts, write))
+        if Box::pin(unstalled(&watch, &state.shutdown, write_timeout, write))
             .await
             .is_err()
         {
@@ -212,7 +212,7 @@ async fn open(
     peer: SocketAddr,
     state: &AppState,
     watch: &WriteWatch,
-    timeouts: Timeouts,
+    write_timeout: Duration,
 ) -> Option<sse::Ready> {
     let shutdown = &state.shutdown;
     let mut writer = Watched::new(stream, watch.clone());
@@ -227,7 +227,9 @@ async fn open(
             let response_head = stream_head(chunked);
             let mut slices = [IoSlice::new(response_head.as_bytes())];
             let write = write_all(&mut writer, &mut slices);
-            unstalled(watch, shutdown, timeouts, write).await.ok()?;
+            unstalled(watch, shutdown, write_timeout, write)
+                .await
+                .ok()?;
             Some(ready)
         }
         Err(response) => {
@@ -236,7 +238,7 @@ async fn open(
                 write_all(&mut writer, &mut [IoSlice::new(&answer)]).await?;
                 writer.shutdown().await
             };
-            let _ = unstalled(watch, shutdown, timeouts, write).await;
+            let _ = unstalled(watch, shutdown, write_timeout, write).await;
             None
         }
     }
@@ -256,12 +258,12 @@ enum WriteError {
 async fn unstalled(
     watch: &WriteWatch,
     shutdown: &Shutdown,
-    timeouts: Timeouts,
+    write_timeout: Duration,
     write: impl std::future::Future<Output = io::Result<()>>,
 ) -> Result<(), WriteError> {
     tokio::select! {
         wrote = write => Ok(wrote?),
-        _ = watch.stalled(timeouts.write) => {
+        _ = watch.stalled(write_timeout) => {
             telemetry::write_timeout("http");
             tracing::debug!("SSE client took no bytes within the write timeout; dropped");
             Err(WriteError::Stalled)
