@@ -108,7 +108,7 @@ impl Raw {
     }
 
     /// Reads until the connection closes (within `WAIT`); the raw body bytes.
-    async fn to_end(mut self) -> Vec<u8> {
+    async fn read_to_close(mut self) -> Vec<u8> {
         tokio::time::timeout(common::WAIT, self.stream.read_to_end(&mut self.rest))
             .await
             .expect("the server closed the connection")
@@ -261,7 +261,7 @@ async fn refusals_on_the_bare_path_are_whole_responses_like_hyper_gives() {
         }
         let length: usize = bare.header("content-length").unwrap().parse().unwrap();
         let hyper_length: usize = hyper.header("content-length").unwrap().parse().unwrap();
-        let bare_body = bare.to_end().await;
+        let bare_body = bare.read_to_close().await;
         assert_eq!(
             bare_body.len(),
             length,
@@ -390,7 +390,7 @@ async fn the_drain_ends_bare_streams_with_retry() {
     assert!(raw.bare());
     raw.body_until("event: live", 1).await;
     server.shutdown.trigger();
-    let rest = raw.to_end().await;
+    let rest = raw.read_to_close().await;
     let (body, ended) = dechunk(&rest);
     assert!(
         ended,
