@@ -142,7 +142,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         None => None,
     };
     let app = http::router(state.clone());
-    let serving = server::serve(listeners.http, app, shutdown.clone(), timeouts, tls);
+    let serving = server::serve(
+        listeners.http,
+        app,
+        state.clone(),
+        shutdown.clone(),
+        timeouts,
+        tls,
+    );
     tokio::pin!(serving);
     let opened = tokio::select! {
         // Shut down before the source opened: nothing to drain but connections.

@@ -9,6 +9,12 @@
 //! With `[server.tls]` each connection first completes a TLS handshake
 //! (within the header timeout); ALPN then picks HTTP/2 or HTTP/1.1.
 //!
+//! A cleartext HTTP/1 connection whose first peek already holds a whole
+//! `GET /sse` head (no body, no `Upgrade`) is served without hyper, by
+//! [`bare_sse`](crate::transport::bare_sse) in a task of its own: an idle
+//! stream then keeps no hyper buffers. Everything else, a head that arrives
+//! in pieces included, goes to hyper, which reads the same untouched bytes.
+//!
 //! `axum::serve` sets no header-read timer, so a client sending half a request
 //! would hold its connection forever; this loop serves each connection with
 //! hyper directly and sets one. Every socket is wrapped in a
@@ -35,13 +41,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::shutdown::Shutdown;
-use crate::stall::{Watched, WriteWatch};
+use crate::stall::{Watched, WriteWatch, DRAIN_STALL};
+use crate::state::AppState;
 use crate::telemetry;
 use crate::tls::Tls;
+use crate::transport::bare_sse;
 
-/// During a drain, how long a connection may go without taking a byte of its
-/// last words (SSE `retry:`, WebSocket 1012) before it is dropped.
-pub const DRAIN_STALL: Duration = Duration::from_millis(200);
 /// HTTP/2 PING interval, well inside a load balancer's idle timeout (AWS ALB: 60 s).
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// A peer that does not answer a PING within this is gone.
@@ -64,6 +69,7 @@ pub struct Timeouts {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    state: AppState,
     shutdown: Shutdown,
     timeouts: Timeouts,
     tls: Option<Tls>,
@@ -83,6 +89,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let state = state.clone();
         let conn_shutdown = shutdown.clone();
         let tls = tls.clone();
         shutdown.tracker().spawn(async move {
@@ -92,7 +99,14 @@ pub async fn serve(
             let opening = async {
                 match tls {
                     None => {
+                        let mut stream = stream;
                         let protocol = sniff(&stream).await?;
+                        if protocol == Protocol::Http1 {
+                            // A whole `GET /sse` head in hand: served without hyper (see bare_sse).
+                            if let Some(head) = bare_sse::take_head(&mut stream).await? {
+                                return Ok((Conn::BareSse(stream, Box::new(head)), protocol));
+                            }
+                        }
                         Ok((Conn::Plain(Watched::new(stream, watch.clone())), protocol))
                     }
                     Some(tls) => {
@@ -123,6 +137,14 @@ pub async fn serve(
                 },
             };
             match io {
+                // Its own task, so an idle stream costs its own small future,
+                // not one sized for a hyper connection.
+                Conn::BareSse(stream, head) => {
+                    let task = bare_sse::serve(stream, head, peer, state, watch, timeouts.write);
+                    static SIZE: std::sync::Once = std::sync::Once::new();
+                    SIZE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&task), "bare SSE task future"));
+                    conn_shutdown.tracker().spawn(task);
+                }
                 Conn::Plain(io) => serve_connection(io, protocol, watch, peer, app, conn_shutdown, timeouts).await,
                 // Boxed: a TLS connection's state is larger, and inline it would
                 // make every cleartext connection's task as large.
@@ -136,6 +158,8 @@ pub async fn serve(
 
 enum Conn {
     Plain(Watched<TcpStream>),
+    /// A cleartext `GET /sse` whose head has been read.
+    BareSse(TcpStream, Box<bare_sse::Head>),
     Tls(Box<tokio_rustls::server::TlsStream<Watched<TcpStream>>>),
 }
 

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+/// During a drain, how long a connection may go without taking a byte of its
+/// last words (SSE `retry:`, WebSocket 1012) before it is dropped.
+pub const DRAIN_STALL: Duration = Duration::from_millis(200);
+
 /// One connection's write state, shared by the IO wrapper and whoever writes.
 #[derive(Clone, Debug, Default)]
 pub struct WriteWatch {

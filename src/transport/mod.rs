@@ -2,6 +2,7 @@
 //! subscriptions through [`session`](crate::session), and writes the bytes the
 //! hub encoded once per record, with a deadline on every write.
 
+pub mod bare_sse;
 pub mod grpc;
 pub mod sse;
 pub mod ws;

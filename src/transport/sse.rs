@@ -6,25 +6,34 @@
 //! query parameter does the same for clients that cannot set headers; when
 //! both are present the header wins (it is the newer one, sent on reconnect).
 //! The body is a stream polled by the connection itself: no task per client.
+//!
+//! Two paths serve it and share everything but the socket: [`prepare`]
+//! (admission, the query and `Last-Event-ID`, the subscription) and
+//! [`Ready::events`] (the events). [`handler`] hands them to hyper (TLS,
+//! HTTP/2, heads that arrive in pieces); the accept loop gives whole
+//! cleartext heads to [`bare_sse`](super::bare_sse), which writes them on the
+//! bare socket so an idle stream costs no hyper buffers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::time::{Instant, MissedTickBehavior};
+use futures_util::{Stream, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 
 use crate::admission::{self, Admission};
 use crate::outbox::Outbox;
 use crate::protocol::{self, ClientError, ErrorCode, SubscribeRequest};
+use crate::record::Record;
 use crate::reply::json_error;
 use crate::session::{self, CatchUpError, Step};
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionSlot};
 use crate::telemetry;
 
 /// Parses `topic`, repeated `key`, `prefix`, `cursor` and `snapshot` from a query string.
@@ -78,147 +87,243 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
     Ok(req)
 }
 
+/// `GET /sse` through hyper (TLS, HTTP/2, and heads the accept loop did not
+/// take whole): [`prepare`], then the [`Ready::events`] as the response body.
 pub async fn handler(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    // Authenticate first: an unauthenticated caller learns nothing else.
-    let Admission { identity, slot } =
-        match admission::admit(&state, &headers, query.as_deref(), peer, "sse") {
-            Ok(admission) => admission,
-            Err(refusal) => return refusal.into_response(),
-        };
-    let mut req = match parse_query(query.as_deref().unwrap_or("")) {
-        Ok(req) => req,
-        Err(err) => return client_error_response(&err),
+    let ready = match prepare(&state, peer, query.as_deref(), &headers).await {
+        Ok(ready) => ready,
+        Err(refused) => return refused,
     };
+    // hyper takes one `Bytes` per frame, as it always has; it chunks them itself.
+    let frames = ready
+        .events(&state)
+        .flat_map(|chunk| futures_util::stream::iter(chunk.into_frames().map(Ok::<_, Infallible>)));
+    let mut response = Response::new(Body::from_stream(frames));
+    for (name, value) in STREAM_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The headers of every event stream, whichever path serves it.
+pub const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache, no-transform"),
+    // Tell nginx-style proxies not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
+/// A subscriber let in and subscribed, whose events have not started: what
+/// [`prepare`] hands to either path.
+pub struct Ready {
+    slot: ConnectionSlot,
+    /// When the token runs out: the stream ends then, and the client reconnects with a new one.
+    expires: Option<Instant>,
+    opened: session::Opened,
+    outbox: Arc<Outbox>,
+}
+
+/// Everything before the first byte of an event stream: admission (token,
+/// per-IP limit, connection slot), the query and `Last-Event-ID`, and the
+/// subscription itself. `Err` is the complete error answer to send instead.
+pub async fn prepare(
+    state: &AppState,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Ready, Response> {
+    // Authenticate first: an unauthenticated caller learns nothing else.
+    let Admission { identity, slot } = admission::admit(state, headers, query, peer, "sse")
+        .map_err(IntoResponse::into_response)?;
+    let mut req = parse_query(query.unwrap_or("")).map_err(|e| client_error_response(&e))?;
     if let Some(last) = headers.get("last-event-id") {
         match last.to_str() {
             Ok(text) if !text.is_empty() => req.cursor = Some(text.to_owned()),
             Ok(_) => {}
             Err(_) => {
                 let err = ClientError::new(ErrorCode::BadCursor, "Last-Event-ID is not text");
-                return client_error_response(&err);
+                return Err(client_error_response(&err));
             }
         }
     }
-    let cursor = match session::parse_cursor(req.cursor.as_deref()) {
-        Ok(cursor) => cursor,
-        Err(err) => return client_error_response(&err),
-    };
+    let cursor =
+        session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_error_response(&e))?;
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let grants = &identity.subscribe;
-    let opened = match session::open(&state, grants, &req, cursor, Arc::clone(&outbox)).await {
-        Ok(opened) => opened,
-        Err(err) => return client_error_response(&err),
-    };
-    // Named whole: the stream must own the guard, or the subscription ends at once.
-    let session::Opened {
-        guard,
-        id,
-        topic_name,
-        cursor,
-        recovered,
-        gap,
-        snapshot_len,
-        mut catch_up,
-        enforced: _,
-    } = opened;
+    let opened = session::open(state, grants, &req, cursor, Arc::clone(&outbox))
+        .await
+        .map_err(|e| client_error_response(&e))?;
+    // Only the expiry outlives admission: the grants were used by `open`.
+    let expires = identity.time_left().map(|left| Instant::now() + left);
+    Ok(Ready {
+        slot,
+        expires,
+        opened,
+        outbox,
+    })
+}
 
-    let retry = format!("retry: {}\n\n", state.config.sse.retry.as_millis());
-    let keepalive_every = state.config.sse.keepalive_interval;
-    let shutdown = state.shutdown.clone();
-    let stream = async_stream::stream! {
-        let _slot = slot;
-        let _guard = guard;
-        yield Ok::<Bytes, Infallible>(Bytes::from(retry.clone()));
-        let subscribed = protocol::subscribed(&id, &topic_name, &cursor, recovered, snapshot_len);
-        yield Ok(event("subscribed", &subscribed));
-        if let Some((reason, earliest)) = &gap {
-            yield Ok(event("gap", &protocol::gap(&id, &topic_name, reason, earliest)));
-        }
-        loop {
-            match catch_up.next_batch().await {
-                Ok(Some(Step::Records(batch))) => {
-                    for record in batch {
-                        yield Ok(record.sse.clone());
-                    }
-                }
-                Ok(Some(Step::Live { replayed, cursor, compacted })) => {
-                    let live = protocol::live(&id, &topic_name, replayed, cursor.as_deref(), compacted);
-                    match cursor {
-                        // An id moves EventSource's Last-Event-ID past what the filter left out.
-                        Some(cursor) => yield Ok(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),
-                        None => yield Ok(event("live", &live)),
-                    }
-                }
-                Ok(None) => break,
-                Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,
-                Err(CatchUpError::Lost(e)) => {
-                    tracing::warn!(error = %e, "resume lost its range mid-replay");
-                    return;
-                }
-            }
-        }
-        // The stream ends when the token expires; the client reconnects with a new one and its cursor.
-        let expires = identity.time_left().map(|left| Instant::now() + left);
-        let expired = async move {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+/// What the event stream yields: pre-encoded frames, or a batch of records
+/// to go out together (their `sse` bytes, shared with every other subscriber).
+pub enum Chunk {
+    Frame(Bytes),
+    Frames(Vec<Bytes>),
+    Records(Vec<Arc<Record>>),
+}
+
+impl Chunk {
+    /// The frames, in order.
+    pub fn into_frames(self) -> impl Iterator<Item = Bytes> {
+        let (frames, records) = match self {
+            Chunk::Frame(frame) => (vec![frame], Vec::new()),
+            Chunk::Frames(frames) => (frames, Vec::new()),
+            Chunk::Records(records) => (Vec::new(), records),
         };
-        tokio::pin!(expired);
+        frames
+            .into_iter()
+            .chain(records.into_iter().map(|record| record.sse.clone()))
+    }
+
+    /// Each frame's bytes, for a vectored write.
+    pub fn for_each_frame<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
+        match self {
+            Chunk::Frame(frame) => f(frame),
+            Chunk::Frames(frames) => frames.iter().for_each(|frame| f(frame)),
+            Chunk::Records(records) => records.iter().for_each(|record| f(&record.sse)),
+        }
+    }
+}
+
+/// What only the start of a stream needs, boxed and dropped once it is live.
+struct Start {
+    id: serde_json::Value,
+    topic_name: Arc<str>,
+    catch_up: session::CatchUp,
+}
+
+impl Ready {
+    /// The event stream: `retry:`, `subscribed`, maybe `gap`, the catch-up,
+    /// `live`, then live records and keep-alive comments until the client
+    /// falls too far behind, its token expires, or the drain starts (then a
+    /// last `retry:`). It ends by itself; dropping it ends the subscription.
+    ///
+    /// An idle stream is mostly this future, so it captures little: the
+    /// opening frames are encoded up front, the catch-up is boxed and freed
+    /// once live.
+    pub fn events(self, state: &AppState) -> impl Stream<Item = Chunk> + Send + 'static {
+        let Ready {
+            slot,
+            expires,
+            opened,
+            outbox,
+        } = self;
+        let session::Opened {
+            guard,
+            id,
+            topic_name,
+            cursor,
+            recovered,
+            gap,
+            snapshot_len,
+            catch_up,
+            enforced: _,
+        } = opened;
+        let retry_ms = state.config.sse.retry.as_millis() as u64;
+        let retry = move || Bytes::from(format!("retry: {retry_ms}\n\n"));
+        let mut opening = vec![
+            retry(),
+            event(
+                "subscribed",
+                &protocol::subscribed(&id, &topic_name, &cursor, recovered, snapshot_len),
+            ),
+        ];
+        if let Some((reason, earliest)) = &gap {
+            opening.push(event(
+                "gap",
+                &protocol::gap(&id, &topic_name, reason, earliest),
+            ));
+        }
+        let mut start = Box::new(Start {
+            id,
+            topic_name,
+            catch_up,
+        });
+        // The stream must own these, or the subscription and the slot end at once.
+        let held = Box::new((slot, guard));
+        let keepalive_every = state.config.sse.keepalive_interval;
         // Created once: re-creating it on every wake-up registered a
         // cancellation waiter per delivered record.
-        let shutdown_signal = shutdown.triggered();
-        tokio::pin!(shutdown_signal);
-        let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive_every, keepalive_every);
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut batch = Vec::new();
-        loop {
-            // Drain on every turn so a wake-up taken by another branch is not lost.
-            if outbox.drain_into(&mut batch).is_err() {
-                // Too slow: end the stream; EventSource reconnects with its last id.
-                return;
+        let mut shutdown_signal = Box::pin(state.shutdown.token().cancelled_owned());
+        async_stream::stream! {
+            let _held = held;
+            yield Chunk::Frames(opening);
+            loop {
+                match Box::pin(start.catch_up.next_batch()).await {
+                    Ok(Some(Step::Records(batch))) => yield Chunk::Records(batch),
+                    Ok(Some(Step::Live { replayed, cursor, compacted })) => {
+                        let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted);
+                        match cursor {
+                            // An id moves EventSource's Last-Event-ID past what the filter left out.
+                            Some(cursor) => yield Chunk::Frame(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),
+                            None => yield Chunk::Frame(event("live", &live)),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,
+                    Err(CatchUpError::Lost(e)) => {
+                        tracing::warn!(error = %e, "resume lost its range mid-replay");
+                        return;
+                    }
+                }
             }
-            for record in batch.drain(..) {
-                yield Ok(record.sse.clone());
-            }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown_signal => {
-                    yield Ok(Bytes::from(retry.clone()));
+            drop(start);
+            // Boxed: most tokens (and anonymous access) never get here.
+            let mut expired: Option<Pin<Box<Sleep>>> = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+            let mut keepalive = tokio::time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+            keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                // Drain on every turn so a wake-up taken by another branch is not lost.
+                // A fresh Vec each time: an idle stream keeps no buffer from its last burst.
+                let mut batch = Vec::new();
+                if outbox.drain_into(&mut batch).is_err() {
+                    // Too slow: end the stream; EventSource reconnects with its last id.
                     return;
                 }
-                _ = &mut expired => return,
-                _ = outbox.ready() => {}
-                _ = keepalive.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                if !batch.is_empty() {
+                    yield Chunk::Records(batch);
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown_signal => {
+                        yield Chunk::Frame(retry());
+                        return;
+                    }
+                    _ = async {
+                        match expired.as_mut() {
+                            Some(at) => at.await,
+                            None => std::future::pending().await,
+                        }
+                    } => return,
+                    _ = outbox.ready() => {}
+                    _ = keepalive.tick() => yield Chunk::Frame(Bytes::from_static(b": keep-alive\n\n")),
+                }
             }
         }
-    };
-
-    let mut response = Response::new(Body::from_stream(stream));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    // Tell nginx-style proxies not to buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    }
 }
 
 fn event(name: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
+/// The error answer for a subscription the session refused: its JSON body and status (503s say when to retry).
 fn client_error_response(err: &ClientError) -> Response {
     telemetry::client_error(err.code.as_str());
     let status = match err.code {

@@ -32,9 +32,9 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
 use crate::reply::json_error;
-use crate::server::DRAIN_STALL;
 use crate::session::{self, CatchUpError, Step, SubGuard};
 use crate::stall::WriteWatch;
+use crate::stall::DRAIN_STALL;
 use crate::state::{AppState, ConnectionSlot};
 use crate::telemetry;
 
