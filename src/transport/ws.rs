@@ -27,7 +27,6 @@ use tokio::time::Instant;
 
 use crate::admission::{self, Admission};
 use crate::auth::{self, Identity};
-use crate::hub::Filter;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::record::Record;
@@ -113,10 +112,10 @@ pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> R
 struct Active {
     id: Value,
     topic: Arc<str>,
-    filter: Filter,
     /// The filter the token enforced when this subscription opened.
     enforced: Option<Box<str>>,
-    _guard: SubGuard,
+    /// Holds the subscription in the hub (dropping it unsubscribes); its filter is the one checked on refresh.
+    guard: SubGuard,
 }
 
 #[derive(Clone, Copy)]
@@ -424,7 +423,7 @@ impl Connection {
                     Some(i) => {
                         // Out of the index first: nothing more is queued for it.
                         let active = self.subs.swap_remove(i);
-                        drop(active._guard);
+                        drop(active.guard);
                         // Then what was queued before goes out ahead of the
                         // answer: after `unsubscribed`, nothing of it arrives.
                         self.flush_outbox(socket).await?;
@@ -466,7 +465,11 @@ impl Connection {
             // subscription's group and history were shaped by the old one.
             let enforced = fresh.subscribe.enforced(&active.topic);
             let same = enforced.as_ref().map(|f| f.canonical()) == active.enforced.as_deref();
-            if fresh.subscribe.allows_filter(&active.topic, &active.filter) && same {
+            if fresh
+                .subscribe
+                .allows_filter(&active.topic, &active.guard.sub.filter)
+                && same
+            {
                 kept.push(active);
             } else {
                 let err = ClientError::new(
@@ -583,9 +586,8 @@ impl Connection {
         self.subs.push(Active {
             id: opened.id,
             topic: opened.topic_name,
-            filter: opened.guard.sub.filter.clone(),
             enforced: opened.enforced,
-            _guard: opened.guard,
+            guard: opened.guard,
         });
         Ok(())
     }
