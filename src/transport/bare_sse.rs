@@ -262,6 +262,9 @@ async fn unstalled(
     write: impl std::future::Future<Output = io::Result<()>>,
 ) -> Result<(), WriteError> {
     tokio::select! {
+        // The write first: one that completes at once (a socket with room)
+        // returns before the stall and drain waiters are ever registered.
+        biased;
         wrote = write => Ok(wrote?),
         _ = watch.stalled(write_timeout) => {
             telemetry::write_timeout("http");
