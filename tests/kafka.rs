@@ -340,14 +340,6 @@ async fn wait_started(collectors: &[Collector]) {
     }
 }
 
-async fn wait_exit(child: &mut tokio::process::Child, within: Duration) {
-    let status = tokio::time::timeout(within, child.wait())
-        .await
-        .expect("load generator finished in time")
-        .unwrap();
-    assert!(status.success(), "load generator failed");
-}
-
 #[tokio::test]
 async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing() {
     let broker = Broker::memory().await;

@@ -22,14 +22,6 @@ async fn node(broker: &Broker, topics: &[(&str, usize)]) -> (Process, tempfile::
     (process, dir)
 }
 
-async fn wait_exit(child: &mut tokio::process::Child, within: Duration) {
-    let status = tokio::time::timeout(within, child.wait())
-        .await
-        .expect("load generator finished in time")
-        .unwrap();
-    assert!(status.success(), "load generator failed");
-}
-
 #[tokio::test]
 async fn produce_to_client_latency() {
     const RATE: u64 = 500;

@@ -528,6 +528,15 @@ pub async fn tool_as(mode: Mode, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Waits (bounded) for a `spawn_tool` child to exit, and checks it succeeded.
+pub async fn wait_exit(child: &mut Child, within: Duration) {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect("load generator finished in time")
+        .unwrap();
+    assert!(status.success(), "load generator failed");
+}
+
 /// Starts the tool in the background (a load generator).
 pub fn spawn_tool(args: &[&str]) -> Child {
     Command::new("python3")
