@@ -312,10 +312,16 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
         // A zero-size chunk would end the body.
         return Ok(());
     }
-    let size_line = format!("{len:X}\r\n");
+    // On the stack: no allocation for it per write.
+    let mut line = [0u8; 18];
+    let line_len = {
+        let mut cursor = io::Cursor::new(&mut line[..]);
+        io::Write::write_fmt(&mut cursor, format_args!("{len:X}\r\n"))?;
+        cursor.position() as usize
+    };
     let mut slices = Vec::with_capacity(count + 2);
     if chunked {
-        slices.push(IoSlice::new(size_line.as_bytes()));
+        slices.push(IoSlice::new(&line[..line_len]));
     }
     chunk.for_each_frame(|frame| slices.push(IoSlice::new(frame)));
     if chunked {
