@@ -7,9 +7,12 @@
 //! from its cursor.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::record::Record;
 
@@ -25,7 +28,11 @@ pub enum CloseReason {
 pub struct Outbox {
     inner: Mutex<Inner>,
     limit: usize,
-    notify: Notify,
+    /// Set by a push into an empty queue (or a close), taken by the writer.
+    /// A flag and one waker, not a `Notify`: the queue has a single writer, and
+    /// a wake-up per delivery should not take a second lock.
+    pending: AtomicBool,
+    waker: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +47,8 @@ impl Outbox {
         Self {
             inner: Mutex::new(Inner::default()),
             limit,
-            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -58,7 +66,7 @@ impl Outbox {
             inner.bytes = 0;
             drop(inner);
             crate::telemetry::slow_disconnect();
-            self.notify.notify_one();
+            self.signal();
             return false;
         }
         inner.bytes += cost;
@@ -67,7 +75,7 @@ impl Outbox {
         drop(inner);
         // Only the first record of a burst needs to wake the writer.
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
         true
     }
@@ -83,12 +91,12 @@ impl Outbox {
             if reason == CloseReason::Slow {
                 crate::telemetry::slow_disconnect();
             }
-            self.notify.notify_one();
+            self.signal();
         }
     }
 
     /// Moves everything queued into `out`. `Err` once the outbox is closed.
-    pub fn drain_into(&self, out: &mut Vec<Arc<Record>>) -> Result<(), CloseReason> {
+    pub fn drain_into(&self, out: &mut impl Extend<Arc<Record>>) -> Result<(), CloseReason> {
         let mut inner = self.inner.lock().expect("outbox lock");
         if let Some(reason) = inner.closed {
             return Err(reason);
@@ -106,8 +114,26 @@ impl Outbox {
         self.inner.lock().expect("outbox lock").closed
     }
 
-    /// Resolves when something was pushed (or the outbox closed) since the last drain.
+    fn signal(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves when something was pushed (or the outbox closed) since the
+    /// last time this resolved. For the one task that drains the outbox.
     pub async fn ready(&self) {
-        self.notify.notified().await;
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A push between the check and the registration woke nobody: look again.
+        if self.pending.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }

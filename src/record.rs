@@ -66,8 +66,12 @@ pub struct Record {
     body: Body,
     /// The whole SSE event, `id:` line included.
     pub sse: Bytes,
-    /// The WebSocket text frame: a slice of `sse`.
+    /// The WebSocket message text: a slice of `sse`.
     pub ws: Utf8Bytes,
+    /// The WebSocket frame header for `ws` (FIN, text, unmasked length):
+    /// the frame on the wire is this followed by `ws`, with no copy.
+    ws_head: [u8; 10],
+    ws_head_len: u8,
     data_start: u32,
     data_end: u32,
     extra_start: u32,
@@ -226,6 +230,14 @@ impl Record {
         self.timestamp
     }
 
+    /// The whole WebSocket text frame, header then payload, as two slices to write in one go.
+    pub fn ws_frame(&self) -> [&[u8]; 2] {
+        [
+            &self.ws_head[..self.ws_head_len as usize],
+            self.ws.as_str().as_bytes(),
+        ]
+    }
+
     /// Bytes this record counts for in a connection's queue.
     pub fn cost(&self) -> usize {
         self.sse.len()
@@ -310,6 +322,7 @@ impl Record {
         buf.push_str("\n\n");
         let sse = Bytes::from(buf);
         let ws = Utf8Bytes::try_from(sse.slice(ws_start..ws_end)).expect("built from a String");
+        let (ws_head, ws_head_len) = ws_text_head(ws.len());
         Record {
             partition,
             offset,
@@ -319,6 +332,8 @@ impl Record {
             body,
             sse,
             ws,
+            ws_head,
+            ws_head_len,
             data_start: data_start as u32,
             data_end: data_end as u32,
             extra_start: extra_start as u32,
@@ -435,6 +450,25 @@ pub fn compact_json(text: &str) -> Result<Box<str>, serde_json::Error> {
     Ok(value.to_string().into_boxed_str())
 }
 
+/// The header of a final, unmasked text frame (RFC 6455 5.2) carrying `len` bytes.
+fn ws_text_head(len: usize) -> ([u8; 10], u8) {
+    let mut head = [0u8; 10];
+    head[0] = 0x81;
+    let used = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (head, used)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,5 +579,37 @@ mod tests {
                 .unwrap();
         assert_eq!(json["op"], "enter");
         assert_eq!(json["data"], 2);
+    }
+
+    #[test]
+    fn ws_frame_is_tungstenites_text_frame() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        // Each length class of the header: 7-bit, 16-bit and 64-bit.
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 70_000] {
+            let (head, used) = ws_text_head(len);
+            let payload = vec![b'x'; len];
+            let mut expected = Vec::new();
+            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut expected)
+                .unwrap();
+            let mut ours = head[..used as usize].to_vec();
+            ours.extend_from_slice(&payload);
+            assert_eq!(ours, expected, "length {len}");
+        }
+        let log = LogRecord {
+            partition: 0,
+            offset: 1,
+            timestamp: 0,
+            key: None,
+            data: "[1]".into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        let rec = Record::encode("t", &log, "CUR", Framing::Normal);
+        let [head, body] = rec.ws_frame();
+        assert_eq!(body, rec.ws.as_str().as_bytes());
+        assert_eq!(head, &ws_text_head(body.len()).0[..head.len()]);
     }
 }

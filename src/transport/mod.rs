@@ -6,3 +6,4 @@ pub mod bare_sse;
 pub mod grpc;
 pub mod sse;
 pub mod ws;
+pub mod ws_io;

@@ -2,7 +2,9 @@
 //!
 //! One task per connection reads client messages, writes queued records,
 //! pings, and watches for shutdown; there is no second task and no channel in
-//! between. Records are written as the shared frames encoded at ingest.
+//! between. Records are written as the shared frames encoded at ingest,
+//! straight to the socket ([`ws_io`](super::ws_io)); tungstenite reads and
+//! frames everything else.
 //!
 //! Every write goes through [`Connection::guarded`]: a socket with room takes
 //! it at once; a full one races the write against shutdown, the outbox
@@ -16,20 +18,24 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::ws_io::{Socket, Upgrade};
 
 use crate::admission::{self, Admission};
 use crate::auth::{self, Identity};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
-use crate::record::Record;
 use crate::reply::json_error;
 use crate::session::{self, CatchUpError, Step, SubGuard};
 use crate::stall::WriteWatch;
@@ -46,7 +52,7 @@ pub async fn handler(
     watch: Option<Extension<WriteWatch>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     // Checked before any upgrade: a refused handshake never becomes a WebSocket.
     if !auth::origin_allowed(&headers, &state.config.websocket.allowed_origins) {
@@ -60,53 +66,59 @@ pub async fn handler(
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };
-    configure(upgrade, &state)
-        .on_upgrade(move |socket| {
-            // A task of its own: run inside axum's upgrade task, the connection
-            // would also keep that task's captures and the socket's first home
-            // for its whole life (about 1 KiB per idle connection).
-            let tracker = state.shutdown.tracker().clone();
-            tracker.spawn(Connection::new(state, admission, watch.map(|w| w.0)).run(socket));
-            std::future::ready(())
-        })
-        .into_response()
+    let (response, socket) = upgrade.accept(config(&state));
+    let tracker = state.shutdown.tracker().clone();
+    let connection = Connection::new(state, admission, watch.map(|w| w.0));
+    tracker.clone().spawn(async move {
+        if let Some(socket) = socket.await {
+            // A task of its own: run inside this one, the connection would
+            // also keep this task's captures for its whole life (the compiler
+            // does not overlap them with the running state: about 1 KiB per
+            // idle connection).
+            tracker.spawn(connection.run(socket));
+        }
+    });
+    response
 }
 
 /// The production framing settings, shared with the conformance echo endpoint.
-fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+fn config(state: &AppState) -> WebSocketConfig {
     let ws = &state.config.websocket;
     let max_message = state.config.limits.max_message_bytes;
-    upgrade
+    WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(ws.write_buffer_bytes)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
 
 /// `GET /echo` (only with `testing.echo_endpoint`): echoes every message, for Autobahn.
-pub async fn echo(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    configure(upgrade, &state)
-        .on_upgrade(|mut socket| async move {
-            // Keep reading after a Close until the stream ends, so the close handshake completes.
-            while let Some(message) = socket.recv().await {
-                let reply = match message {
-                    Ok(Message::Text(t)) => Message::Text(t),
-                    Ok(Message::Binary(b)) => Message::Binary(b),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        if let Ending::Close(code, reason) = read_error(&e) {
-                            let frame = close_frame(code, reason);
-                            let _ = tokio::time::timeout(CLOSE_LINGER, socket.send(frame)).await;
-                        }
-                        return;
+pub async fn echo(State(state): State<AppState>, upgrade: Upgrade) -> Response {
+    let (response, socket) = upgrade.accept(config(&state));
+    state.shutdown.tracker().spawn(async move {
+        let Some(mut socket) = socket.await else {
+            return;
+        };
+        // Keep reading after a Close until the stream ends, so the close handshake completes.
+        while let Some(message) = socket.next().await {
+            let reply = match message {
+                Ok(Message::Text(t)) => Message::Text(t),
+                Ok(Message::Binary(b)) => Message::Binary(b),
+                Ok(_) => continue,
+                Err(e) => {
+                    if let Ending::Close(code, reason) = read_error(&e) {
+                        let frame = close_frame(code, reason);
+                        let _ = tokio::time::timeout(CLOSE_LINGER, socket.send(frame)).await;
                     }
-                };
-                if socket.send(reply).await.is_err() {
                     return;
                 }
+            };
+            if socket.send(reply).await.is_err() {
+                return;
             }
-        })
-        .into_response()
+        }
+    });
+    response
 }
 
 struct Active {
@@ -126,6 +138,14 @@ enum Timer {
     NeverSubscribed,
 }
 
+/// What the connection loop woke up for.
+enum Event {
+    Outbox,
+    Shutdown,
+    Timer,
+    Message(Option<Result<Message, WsError>>),
+}
+
 /// Why the connection loop ended, and what is left to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -135,6 +155,8 @@ enum Ending {
     Close(u16, &'static str),
     /// The socket is not taking bytes: try this close frame once, then drop.
     Abort(u16, &'static str),
+    /// The client sent a Close: tungstenite queued the reply; send it and read to the end.
+    Replied,
 }
 
 impl Ending {
@@ -155,7 +177,6 @@ impl Ending {
 struct Connection {
     state: AppState,
     outbox: Arc<Outbox>,
-    batch: Vec<Arc<Record>>,
     subs: Vec<Active>,
     last_seen: Instant,
     identity: Identity,
@@ -179,7 +200,6 @@ impl Connection {
         Self {
             state,
             outbox,
-            batch: Vec::new(),
             subs: Vec::new(),
             last_seen: Instant::now(),
             identity: admission.identity,
@@ -217,7 +237,7 @@ impl Connection {
             .expect("the ping is always due")
     }
 
-    async fn run(mut self, mut socket: WebSocket) {
+    async fn run(mut self, mut socket: Socket) {
         let interval = self.state.config.websocket.ping_interval;
         let mut next_ping = Instant::now() + interval;
         let shutdown = self.state.shutdown.clone();
@@ -230,6 +250,7 @@ impl Connection {
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         let mut armed = (next_ping, Timer::Ping);
+        let mut records_first = 0u8;
         let ending: Ending = loop {
             // Drain first on every turn, whatever woke us, so no wake-up is lost.
             // Rarely-taken paths are boxed so the idle connection task stays
@@ -242,13 +263,42 @@ impl Connection {
                 timer.as_mut().reset(deadline.0);
             }
             armed = deadline;
-            tokio::select! {
-                biased;
-                _ = &mut shutdown_signal => break Ending::Close(close::RESTART, "server restarting"),
-                _ = &mut timer => match armed.1 {
+            // Records first: on a wake-up by the outbox (nearly every one under
+            // load) the read side, the timer and the shutdown signal are not
+            // polled again; their wakers stay registered. After 16 such turns in
+            // a row the others go first once, so a busy outbox cannot starve
+            // reads, pings or a drain.
+            let event = if records_first < 16 {
+                tokio::select! {
+                    biased;
+                    _ = self.outbox.ready() => Event::Outbox,
+                    _ = &mut shutdown_signal => Event::Shutdown,
+                    _ = &mut timer => Event::Timer,
+                    message = socket.next() => Event::Message(message),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown_signal => Event::Shutdown,
+                    _ = &mut timer => Event::Timer,
+                    message = socket.next() => Event::Message(message),
+                    _ = self.outbox.ready() => Event::Outbox,
+                }
+            };
+            records_first = match event {
+                Event::Outbox if records_first < 16 => records_first + 1,
+                _ => 0,
+            };
+            match event {
+                Event::Outbox => {}
+                Event::Shutdown => break Ending::Close(close::RESTART, "server restarting"),
+                Event::Timer => match armed.1 {
                     Timer::Ping => {
                         if self.last_seen.elapsed() > interval * 2 {
-                            break Ending::Close(close::IDLE, "no frames from client for two ping intervals");
+                            break Ending::Close(
+                                close::IDLE,
+                                "no frames from client for two ping intervals",
+                            );
                         }
                         next_ping = Instant::now() + interval;
                         let ping = socket.send(Message::Ping(Default::default()));
@@ -265,31 +315,40 @@ impl Connection {
                         }
                     }
                     Timer::Expired => break Ending::Close(close::TOKEN_EXPIRED, "token expired"),
-                    Timer::NeverSubscribed => break Ending::Close(close::IDLE, "no subscription made in time"),
+                    Timer::NeverSubscribed => {
+                        break Ending::Close(close::IDLE, "no subscription made in time")
+                    }
                 },
-                message = socket.recv() => {
+                Event::Message(message) => {
                     self.last_seen = Instant::now();
                     match message {
                         None => break Ending::Gone,
                         Some(Err(e)) => break read_error(&e),
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(ending) = Box::pin(self.on_text(&mut socket, text.as_str())).await {
+                            if let Err(ending) =
+                                Box::pin(self.on_text(&mut socket, text.as_str())).await
+                            {
                                 break ending;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            let err = ClientError::new(ErrorCode::BadMessage, "binary frames are not supported; send JSON text");
-                            if let Err(ending) = Box::pin(self.guarded(send_error(&mut socket, None, &err))).await {
+                            let err = ClientError::new(
+                                ErrorCode::BadMessage,
+                                "binary frames are not supported; send JSON text",
+                            );
+                            if let Err(ending) =
+                                Box::pin(self.guarded(send_error(&mut socket, None, &err))).await
+                            {
                                 break ending;
                             }
                         }
                         // tungstenite answers pings itself; a pong just proves liveness.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        // The reply Close is queued by tungstenite; keep reading until the stream ends.
-                        Some(Ok(Message::Close(_))) => {}
+                        // No record may follow the reply Close tungstenite queued.
+                        Some(Ok(Message::Close(_))) => break Ending::Replied,
+                        Some(Ok(Message::Frame(_))) => {}
                     }
                 }
-                _ = self.outbox.ready() => {}
             }
         };
         // Stop receiving before the close handshake, so nothing more is queued.
@@ -297,6 +356,14 @@ impl Connection {
         match ending {
             Ending::Gone => {}
             Ending::Close(code, reason) => Box::pin(self.close(&mut socket, code, reason)).await,
+            Ending::Replied => {
+                let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    if socket.flush().await.is_ok() {
+                        while let Some(Ok(_)) = socket.next().await {}
+                    }
+                })
+                .await;
+            }
             Ending::Abort(code, reason) => {
                 // One try, no wait: the frame usually cannot get past what is already queued.
                 let _ = poll_once(std::pin::pin!(socket.send(close_frame(code, reason)))).await;
@@ -311,9 +378,9 @@ impl Connection {
     /// close that follows is itself bounded (see [`Connection::close`]), so a
     /// slow-closed or draining client is gone within the write timeout (during
     /// a drain, [`DRAIN_STALL`]) even when its close frame cannot be written.
-    async fn guarded<F>(&self, write: F) -> Result<(), Ending>
+    async fn guarded<F, E>(&self, write: F) -> Result<(), Ending>
     where
-        F: Future<Output = Result<(), axum::Error>>,
+        F: Future<Output = Result<(), E>>,
     {
         let mut write = std::pin::pin!(write);
         match poll_once(write.as_mut()).await {
@@ -322,9 +389,9 @@ impl Connection {
         }
     }
 
-    async fn blocked<F>(&self, write: Pin<&mut F>) -> Result<(), Ending>
+    async fn blocked<F, E>(&self, write: Pin<&mut F>) -> Result<(), Ending>
     where
-        F: Future<Output = Result<(), axum::Error>>,
+        F: Future<Output = Result<(), E>>,
     {
         if !self.watched {
             // No IO wrapper reports progress: time the whole blocked write.
@@ -358,7 +425,7 @@ impl Connection {
     /// handshake completes cleanly. The send gives up when the socket takes
     /// no bytes for the write timeout (during a drain, for [`DRAIN_STALL`]);
     /// the read gives up after [`CLOSE_LINGER`].
-    async fn close(&self, socket: &mut WebSocket, code: u16, reason: &'static str) {
+    async fn close(&self, socket: &mut Socket, code: u16, reason: &'static str) {
         let limit = self.state.config.limits.write_timeout;
         let stall = if self.state.shutdown.is_triggered() {
             DRAIN_STALL
@@ -374,33 +441,24 @@ impl Connection {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(_)) = socket.recv().await {}
+            while let Some(Ok(_)) = socket.next().await {}
         })
         .await;
     }
 
-    async fn flush_outbox(&mut self, socket: &mut WebSocket) -> Result<(), Ending> {
-        // Reused across wake-ups: no allocation per delivery burst per subscriber.
-        let mut batch = std::mem::take(&mut self.batch);
-        if let Err(reason) = self.outbox.drain_into(&mut batch) {
+    async fn flush_outbox(&mut self, socket: &mut Socket) -> Result<(), Ending> {
+        // Straight into the socket's frame queue: no batch in between.
+        if let Err(reason) = self.outbox.drain_into(socket.get_mut()) {
             let (code, text) = Ending::of(reason);
             return Err(Ending::Close(code, text));
         }
-        let sent = if batch.is_empty() {
-            Ok(())
-        } else {
-            self.guarded(send_records(socket, &batch)).await
-        };
-        batch.clear();
-        // Keep a small buffer for the next burst; give back what a big one grew.
-        if batch.capacity() > 64 {
-            batch = Vec::new();
+        if !socket.get_ref().has_queued() {
+            return Ok(());
         }
-        self.batch = batch;
-        sent
+        self.guarded(write_queued(socket)).await
     }
 
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Ending> {
+    async fn on_text(&mut self, socket: &mut Socket, text: &str) -> Result<(), Ending> {
         let message = match ClientMessage::parse(text) {
             Ok(m) => m,
             Err(err) => {
@@ -444,7 +502,7 @@ impl Connection {
 
     /// Swaps in a fresh token. It must name the same subject; subscriptions the
     /// new grants no longer cover are ended with a `forbidden` error.
-    async fn refresh(&mut self, socket: &mut WebSocket, token: &str) -> Result<(), Ending> {
+    async fn refresh(&mut self, socket: &mut Socket, token: &str) -> Result<(), Ending> {
         let fresh = match self.state.auth.verify(token) {
             Ok(identity)
                 if identity.subject == self.identity.subject
@@ -488,7 +546,7 @@ impl Connection {
 
     async fn subscribe(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut Socket,
         req: SubscribeRequest,
     ) -> Result<(), Ending> {
         let id = req.id.clone();
@@ -544,7 +602,8 @@ impl Connection {
         loop {
             match opened.catch_up.next_batch().await {
                 Ok(Some(Step::Records(batch))) => {
-                    self.guarded(send_records(socket, &batch)).await?
+                    socket.get_mut().extend(batch);
+                    self.guarded(write_queued(socket)).await?
                 }
                 Ok(Some(Step::Live {
                     replayed,
@@ -594,20 +653,16 @@ impl Connection {
 }
 
 /// Maps a read error to the close we send, if any.
-fn read_error(error: &axum::Error) -> Ending {
-    // axum wraps tungstenite's error without a typed accessor; its Display is stable.
-    let text = error.to_string();
-    if text.contains("Space limit exceeded") {
-        return Ending::Close(close::TOO_BIG, "message too big");
+fn read_error(error: &WsError) -> Ending {
+    match error {
+        WsError::Capacity(_) => Ending::Close(close::TOO_BIG, "message too big"),
+        WsError::Utf8(_) => Ending::Close(close::BAD_DATA, "text frame is not UTF-8"),
+        WsError::Protocol(_) => Ending::Close(close::PROTOCOL, "protocol error"),
+        _ => {
+            tracing::debug!(error = %error, "websocket read failed");
+            Ending::Gone
+        }
     }
-    if text.contains("UTF-8 encoding error") {
-        return Ending::Close(close::BAD_DATA, "text frame is not UTF-8");
-    }
-    if text.contains("WebSocket protocol error") {
-        return Ending::Close(close::PROTOCOL, "protocol error");
-    }
-    tracing::debug!(error = %text, "websocket read failed");
-    Ending::Gone
 }
 
 /// Polls `future` once: `Ready` with its output, or `Pending` (then dropped by the caller or polled on).
@@ -627,30 +682,26 @@ async fn closed(outbox: &Outbox) -> CloseReason {
 
 fn close_frame(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     }))
 }
 
-async fn send_records(socket: &mut WebSocket, records: &[Arc<Record>]) -> Result<(), axum::Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    // Queue the whole batch, then flush once: one write for frames that piled up.
-    for record in records {
-        socket.feed(Message::Text(record.ws.clone())).await?;
-    }
-    socket.flush().await
+/// Writes the record frames queued in the socket, in one vectored write when they fit.
+/// tungstenite holds nothing here: each of its sends completed before this runs.
+fn write_queued(socket: &mut Socket) -> impl Future<Output = std::io::Result<()>> + '_ {
+    let io = socket.get_mut();
+    std::future::poll_fn(move |cx| Pin::new(&mut *io).poll_flush(cx))
 }
 
-async fn send_text(socket: &mut WebSocket, text: String) -> Result<(), axum::Error> {
+async fn send_text(socket: &mut Socket, text: String) -> Result<(), WsError> {
     socket.send(Message::Text(Utf8Bytes::from(text))).await
 }
 
 async fn send_error(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     id: Option<&Value>,
     err: &ClientError,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     send_text(socket, protocol::error(id, err)).await
 }

@@ -1,0 +1,329 @@
+//! The WebSocket socket: our own HTTP/1.1 upgrade, and a write queue that puts
+//! each record's frame, encoded once at ingest, on the wire beside tungstenite's.
+//!
+//! tungstenite reads, answers pings and closes, and frames our replies; record
+//! frames skip it. Through tungstenite a delivery was a `Message`, a header
+//! formatted and the payload copied into its buffer; here it is two slices of
+//! the shared [`Record`] in a vectored write.
+//!
+//! [`FrameIo`] sits between tungstenite and the socket and keeps one ordered
+//! queue of whole frames. It takes each write of tungstenite's whole or not at
+//! all, so tungstenite never holds part of a frame, and a record appended to
+//! the queue always starts at a frame boundary.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::record::Record;
+use crate::reply::json_error;
+
+/// An upgraded WebSocket connection.
+pub type Socket = WebSocketStream<FrameIo<TokioIo<Upgraded>>>;
+
+/// How many bytes of tungstenite's frames may wait behind queued frames
+/// before its writes are refused (a client that sends pings but never reads
+/// must not grow the queue with pongs).
+const COPIED_LIMIT: usize = 64 * 1024;
+
+/// Frames per vectored write (two slices each).
+const SLICES: usize = 64;
+
+/// A valid HTTP/1.1 WebSocket upgrade request (RFC 6455 4.2.1).
+pub struct Upgrade {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let refuse = |message| json_error(StatusCode::BAD_REQUEST, "bad_request", message);
+        if parts.version != Version::HTTP_11 {
+            return Err(refuse("WebSocket needs HTTP/1.1"));
+        }
+        let headers = &parts.headers;
+        if !has_token(headers, header::CONNECTION, "upgrade")
+            || !has_token(headers, header::UPGRADE, "websocket")
+        {
+            return Err(refuse(
+                "not a WebSocket handshake: `Connection: Upgrade` and `Upgrade: websocket` are required",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            let mut response = refuse("only WebSocket version 13 is supported");
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(response);
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(refuse("`Sec-WebSocket-Key` is missing"));
+        };
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
+            json_error(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_request",
+                "this connection cannot be upgraded",
+            )
+        })?;
+        Ok(Self { accept, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// The 101 answer, and the socket it leads to once hyper hands the
+    /// connection over (`None` if the client left first).
+    pub fn accept(
+        self,
+        config: WebSocketConfig,
+    ) -> (Response, impl Future<Output = Option<Socket>> + Send) {
+        let response = (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_ACCEPT, self.accept),
+            ],
+        )
+            .into_response();
+        let on_upgrade = self.on_upgrade;
+        let socket = async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = FrameIo::new(TokioIo::new(upgraded));
+                    Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    None
+                }
+            }
+        };
+        (response, socket)
+    }
+}
+
+/// Whether the comma-separated header `name` holds `token` (any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// One whole frame waiting for the socket.
+enum Frame {
+    /// Bytes tungstenite wrote (replies, pongs, a close): whole frames, copied.
+    Copied(Vec<u8>),
+    /// A record's text frame, shared with every other subscriber.
+    Record(Arc<Record>),
+}
+
+impl Frame {
+    fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Frame::Copied(bytes) => [bytes, &[]],
+            Frame::Record(record) => record.ws_frame(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        let [a, b] = self.parts();
+        a.len() + b.len()
+    }
+}
+
+/// The socket under tungstenite, with the frame queue in front of it.
+pub struct FrameIo<S> {
+    io: S,
+    queue: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Bytes of `Copied` frames in the queue.
+    copied: usize,
+}
+
+impl<S> FrameIo<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            queue: VecDeque::new(),
+            written: 0,
+            copied: 0,
+        }
+    }
+
+    /// Queues a record's frame behind everything already written or queued.
+    /// Nothing is written until the next flush.
+    pub fn push_record(&mut self, record: Arc<Record>) {
+        self.queue.push_back(Frame::Record(record));
+    }
+
+    /// Whether frames are waiting for the socket.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    fn push_copy(&mut self, bytes: &[u8]) {
+        self.copied += bytes.len();
+        // Appending to a copy already queued (even one partly written) keeps
+        // one allocation per burst of replies.
+        if let Some(Frame::Copied(last)) = self.queue.back_mut() {
+            last.extend_from_slice(bytes);
+            return;
+        }
+        self.queue.push_back(Frame::Copied(bytes.to_vec()));
+    }
+
+    /// Marks `n` more bytes written, dropping the frames that are done.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let front = self
+                .queue
+                .front()
+                .expect("written bytes came from the queue");
+            let left = front.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            if let Some(Frame::Copied(bytes)) = self.queue.pop_front() {
+                self.copied -= bytes.len();
+            }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            // Give back what a burst grew; idle connections stay small.
+            self.queue = VecDeque::new();
+        }
+    }
+}
+
+/// Records drained from an outbox go straight into the queue.
+impl<S> Extend<Arc<Record>> for FrameIo<S> {
+    fn extend<I: IntoIterator<Item = Arc<Record>>>(&mut self, records: I) {
+        for record in records {
+            self.push_record(record);
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> FrameIo<S> {
+    /// Writes queued frames until the queue is empty (`Ready`) or the socket is full (`Pending`).
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); SLICES * 2];
+            let mut count = 0;
+            let mut skip = self.written;
+            for frame in self.queue.iter().take(SLICES) {
+                for part in frame.parts() {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    slices[count] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+            }
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
+    /// tungstenite's writes: taken whole (written, or copied into the queue)
+    /// or refused whole, never in part.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.has_queued() {
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if this.has_queued() {
+            if this.copied + buf.len() > COPIED_LIMIT {
+                // The drain above registered for the socket's next room.
+                return Poll::Pending;
+            }
+            this.push_copy(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Nothing ahead of it: straight to the socket; what it does not take is queued.
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n < buf.len() {
+                    this.push_copy(&buf[n..]);
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.push_copy(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
