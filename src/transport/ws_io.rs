@@ -327,3 +327,139 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Framing, LogRecord};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::tungstenite::Message;
+
+    fn record(offset: u64, size: usize) -> Arc<Record> {
+        let log = LogRecord {
+            partition: 0,
+            offset,
+            timestamp: 0,
+            key: Some("k".into()),
+            data: format!("\"{}\"", "v".repeat(size)).into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        Arc::new(Record::encode(
+            "t",
+            &log,
+            &format!("c{offset}"),
+            Framing::Normal,
+        ))
+    }
+
+    async fn pair(
+        buffer: usize,
+    ) -> (
+        WebSocketStream<FrameIo<DuplexStream>>,
+        WebSocketStream<DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(buffer);
+        let server = WebSocketStream::from_raw_socket(FrameIo::new(a), Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        (server, client)
+    }
+
+    fn flush(
+        server: &mut WebSocketStream<FrameIo<DuplexStream>>,
+    ) -> impl Future<Output = io::Result<()>> + '_ {
+        let io = server.get_mut();
+        std::future::poll_fn(move |cx| Pin::new(&mut *io).poll_flush(cx))
+    }
+
+    /// Record frames and tungstenite's frames reach a client (tungstenite's own
+    /// client, which checks every frame) whole and in the order they were sent,
+    /// through a pipe far smaller than one frame, so every write is partial.
+    #[tokio::test]
+    async fn frames_stay_whole_and_in_order_through_a_tiny_pipe() {
+        let (mut server, mut client) = pair(7).await;
+        let records: Vec<_> = (0..40)
+            .map(|i| record(i, (i as usize * 37) % 300))
+            .collect();
+        let expected: Vec<String> = {
+            let mut e = vec!["hello".to_string()];
+            for (i, r) in records.iter().enumerate() {
+                e.push(r.ws.as_str().to_string());
+                if i % 10 == 9 {
+                    e.push(format!("reply {i}"));
+                }
+            }
+            e
+        };
+        let writer = async move {
+            server.send(Message::text("hello")).await.unwrap();
+            for (i, r) in records.iter().enumerate() {
+                server.get_mut().push_record(Arc::clone(r));
+                if i % 3 == 0 {
+                    flush(&mut server).await.unwrap();
+                }
+                if i % 10 == 9 {
+                    // tungstenite's write lands behind the queued records.
+                    server
+                        .send(Message::text(format!("reply {i}")))
+                        .await
+                        .unwrap();
+                }
+            }
+            flush(&mut server).await.unwrap();
+            assert!(!server.get_ref().has_queued());
+            server
+        };
+        let reader = async move {
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                match client.next().await.unwrap().unwrap() {
+                    Message::Text(t) => got.push(t.to_string()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, expected);
+        };
+        let (_server, ()) = tokio::join!(writer, reader);
+    }
+
+    /// A client that sends pings and never reads: the pongs tungstenite
+    /// writes stop being taken at the copy limit, so the queue stays bounded.
+    #[tokio::test]
+    async fn pongs_for_a_client_that_never_reads_are_bounded() {
+        let (mut server, mut client) = pair(4096).await;
+        // Fill the pipe and queue a record behind it, so tungstenite's writes queue too.
+        server.get_mut().push_record(record(0, 8000));
+        let _ = poll_once(flush(&mut server)).await;
+        assert!(server.get_ref().has_queued());
+        let ping = Message::Ping(vec![b'p'; 100].into());
+        let pinger = async {
+            for _ in 0..2000 {
+                if client.send(ping.clone()).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let reader = async {
+            // Reads the pings; each one makes tungstenite try to write a pong.
+            for _ in 0..2000 {
+                match tokio::time::timeout(std::time::Duration::from_millis(200), server.next())
+                    .await
+                {
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+        };
+        tokio::join!(pinger, reader);
+        let copied = server.get_ref().copied;
+        assert!(copied > 0, "pongs were queued");
+        assert!(copied <= COPIED_LIMIT, "queued {copied} bytes of pongs");
+    }
+
+    async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
+    }
+}

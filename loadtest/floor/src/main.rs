@@ -1,8 +1,10 @@
 //! pushgate-floor: the smallest fan-out server on pushgate's own stack, the floor a load-test run is measured against.
 //!
 //! Same stack as pushgate: tokio, hyper's HTTP/1 server with `TCP_NODELAY`,
-//! axum's WebSocket (tokio-tungstenite) with pushgate's default buffer sizes
-//! (128-byte read buffer, no write buffer), and a hyper body stream for SSE.
+//! tokio-tungstenite with pushgate's default buffer sizes (128-byte read
+//! buffer, no write buffer) for reading, record frames written pre-encoded
+//! straight to the socket in vectored writes (as pushgate does since
+//! 2026-12-03), and a hyper body stream for SSE.
 //! It speaks just enough of pushgate's wire protocol for the load generator
 //! (`GET /ws` + a `subscribe` message, `GET /sse?key=K`, `POST /topics/T`
 //! with `{"records":[{"key":..,"data":..}]}`) and does nothing else: each
@@ -16,9 +18,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -26,7 +27,12 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tower::ServiceExt;
 
 /// Messages a slow subscriber may fall behind before it skips ahead.
@@ -38,13 +44,14 @@ struct Args {
     listen: SocketAddr,
 }
 
-/// One broadcast channel of pre-encoded frames per key: (WebSocket text, SSE event).
+/// One broadcast channel of pre-encoded frames per key: (WebSocket text frame, SSE event).
 #[derive(Clone, Default)]
 struct Keys(Arc<Mutex<HashMap<String, broadcast::Sender<Frame>>>>);
 
 #[derive(Clone)]
 struct Frame {
-    ws: Utf8Bytes,
+    /// The whole WebSocket frame, header included.
+    ws: Bytes,
     sse: Bytes,
 }
 
@@ -114,23 +121,68 @@ async fn publish(State(keys): State<Keys>, Path(topic): Path<String>, body: Byte
         .to_string();
         let sse = Bytes::from(format!("data: {json}\n\n"));
         let _ = sender.send(Frame {
-            ws: Utf8Bytes::from(json),
+            ws: text_frame(&json),
             sse,
         });
     }
     (StatusCode::OK, "{}").into_response()
 }
 
-async fn ws(State(keys): State<Keys>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .read_buffer_size(128)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| ws_connection(socket, keys))
+/// A final, unmasked text frame (RFC 6455 5.2).
+fn text_frame(text: &str) -> Bytes {
+    let len = text.len();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x81);
+    if len < 126 {
+        frame.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        frame.push(126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(text.as_bytes());
+    Bytes::from(frame)
 }
 
-async fn ws_connection(mut socket: WebSocket, keys: Keys) {
+async fn ws(State(keys): State<Keys>, mut req: Request) -> Response {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(128)
+            .write_buffer_size(0);
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        ws_connection(socket, keys).await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).expect("base64"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn ws_connection(mut socket: Socket, keys: Keys) {
     // The first message names the key: {"type":"subscribe","keys":["k"],...}.
-    let key = match socket.recv().await {
+    let key = match socket.next().await {
         Some(Ok(Message::Text(text))) => serde_json::from_str::<Value>(text.as_str())
             .ok()
             .and_then(|v| v["keys"][0].as_str().map(str::to_owned))
@@ -142,32 +194,49 @@ async fn ws_connection(mut socket: WebSocket, keys: Keys) {
     if socket.send(subscribed).await.is_err() {
         return;
     }
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         tokio::select! {
             frame = rx.recv() => match frame {
                 Ok(frame) => {
-                    // Write what piled up at once, then flush once.
-                    if socket.feed(Message::Text(frame.ws)).await.is_err() {
-                        return;
-                    }
+                    // What piled up goes out in one vectored write, straight to
+                    // the socket. (The load generator sends nothing after its
+                    // subscribe, so tungstenite never has a pong half-written.)
+                    batch.push(frame.ws);
                     while let Ok(frame) = rx.try_recv() {
-                        if socket.feed(Message::Text(frame.ws)).await.is_err() {
-                            return;
-                        }
+                        batch.push(frame.ws);
                     }
-                    if socket.flush().await.is_err() {
+                    if write_all(socket.get_mut(), &batch).await.is_err() {
                         return;
                     }
+                    batch.clear();
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            message = socket.recv() => match message {
+            message = socket.next() => match message {
                 Some(Ok(_)) => {}
                 _ => return,
             },
         }
     }
+}
+
+async fn write_all(
+    io: &mut TokioIo<hyper::upgrade::Upgraded>,
+    frames: &[Bytes],
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        frames.iter().map(|f| std::io::IoSlice::new(f)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 async fn sse(State(keys): State<Keys>, Query(query): Query<HashMap<String, String>>) -> Response {
