@@ -18,7 +18,8 @@
 //!        │
 //!        ▼
 //! transport::{ws,sse} GET /ws (many subscriptions per connection), GET /sse (one per
-//!                     stream, cursor as event id); every write has a deadline (stall)
+//!                     stream, cursor as event id); every write has a deadline (stall);
+//!                     ws_io: record frames straight to the socket beside tungstenite's
 //! transport::grpc     pushgate.v1.Gateway (proto/): Subscribe (one per call) and
 //!                     Publish, gRPC-Web via tonic-web; the record's envelope encoded once
 //!

@@ -703,3 +703,39 @@ async fn a_full_node_answers_503_with_retry_after() {
     drop(first);
     server.stop().await;
 }
+
+/// Handshakes are checked by pushgate itself (src/transport/ws_io.rs): a
+/// request that is not a valid RFC 6455 upgrade gets a JSON `bad_request`, and
+/// a valid one with a comma-separated `Connection` header (as Firefox sends it)
+/// is upgraded with the right `Sec-WebSocket-Accept`.
+#[tokio::test]
+async fn websocket_handshakes_are_checked_and_answered() {
+    let server = TestServer::start().await;
+    let handshake = |version: &'static str| {
+        server
+            .http
+            .get(server.url("/ws"))
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", version)
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+    };
+    // RFC 6455 1.3's own example key and answer.
+    let ok = handshake("13").await.unwrap();
+    assert_eq!(ok.status(), 101);
+    assert_eq!(
+        ok.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    let version = handshake("8").await.unwrap();
+    assert_eq!(version.status(), 400);
+    assert_eq!(version.headers()["sec-websocket-version"], "13");
+    let body: Value = version.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    let plain = server.http.get(server.url("/ws")).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    server.stop().await;
+}
