@@ -88,17 +88,31 @@ impl WriteWatch {
 pub struct Watched<IO> {
     io: IO,
     watch: WriteWatch,
+    /// Whether this wrapper marked the watch blocked: a write that goes
+    /// through then clears it, and every other write leaves the shared watch
+    /// untouched (one cold cache line less per delivery).
+    blocked: bool,
 }
 
 impl<IO> Watched<IO> {
     pub fn new(io: IO, watch: WriteWatch) -> Self {
-        Self { io, watch }
+        Self {
+            io,
+            watch,
+            blocked: false,
+        }
     }
 
-    fn noted(&self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn noted(&mut self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &poll {
-            Poll::Pending => self.watch.note_blocked(),
-            Poll::Ready(Ok(n)) if *n > 0 => self.watch.note_progress(),
+            Poll::Pending => {
+                self.blocked = true;
+                self.watch.note_blocked();
+            }
+            Poll::Ready(Ok(n)) if *n > 0 && self.blocked => {
+                self.blocked = false;
+                self.watch.note_progress();
+            }
             Poll::Ready(_) => {}
         }
         poll
