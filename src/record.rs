@@ -451,7 +451,7 @@ pub fn compact_json(text: &str) -> Result<Box<str>, serde_json::Error> {
 }
 
 /// The header of a final, unmasked text frame (RFC 6455 5.2) carrying `len` bytes.
-fn ws_text_head(len: usize) -> ([u8; 10], u8) {
+pub(crate) fn ws_text_head(len: usize) -> ([u8; 10], u8) {
     let mut head = [0u8; 10];
     head[0] = 0x81;
     let used = if len < 126 {

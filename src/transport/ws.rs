@@ -237,136 +237,148 @@ impl Connection {
             .expect("the ping is always due")
     }
 
-    async fn run(mut self, mut socket: Socket) {
-        let interval = self.state.config.websocket.ping_interval;
-        let mut next_ping = Instant::now() + interval;
-        let shutdown = self.state.shutdown.clone();
-        let opened = Instant::now();
-        // The shutdown signal and the deadline timer live across turns of the
-        // loop: re-creating them on every wake-up registered a timer and a
-        // cancellation waiter per delivered frame.
-        let shutdown_signal = shutdown.triggered();
-        tokio::pin!(shutdown_signal);
-        let timer = tokio::time::sleep_until(next_ping);
-        tokio::pin!(timer);
-        let mut armed = (next_ping, Timer::Ping);
-        let mut records_first = 0u8;
-        let ending: Ending = loop {
-            // Drain first on every turn, whatever woke us, so no wake-up is lost.
-            // Rarely-taken paths are boxed so the idle connection task stays
-            // small (its size is that of its largest suspended state).
-            if let Err(ending) = self.flush_outbox(&mut socket).await {
-                break ending;
-            }
-            let deadline = self.deadline(opened, next_ping);
-            if deadline.0 != armed.0 {
-                timer.as_mut().reset(deadline.0);
-            }
-            armed = deadline;
-            // Records first: on a wake-up by the outbox (nearly every one under
-            // load) the read side, the timer and the shutdown signal are not
-            // polled again; their wakers stay registered. After 16 such turns in
-            // a row the others go first once, so a busy outbox cannot starve
-            // reads, pings or a drain.
-            let event = if records_first < 16 {
-                tokio::select! {
-                    biased;
-                    _ = self.outbox.ready() => Event::Outbox,
-                    _ = &mut shutdown_signal => Event::Shutdown,
-                    _ = &mut timer => Event::Timer,
-                    message = socket.next() => Event::Message(message),
+    // Not an `async fn`: that would move `self` and `socket` from its
+    // arguments into locals and keep both copies in the task (about 660 bytes
+    // per idle connection); an `async move` block uses its captures in place.
+    fn run(mut self, mut socket: Socket) -> impl Future<Output = ()> {
+        async move {
+            let interval = self.state.config.websocket.ping_interval;
+            let mut next_ping = Instant::now() + interval;
+            let shutdown = self.state.shutdown.clone();
+            let opened = Instant::now();
+            // The shutdown signal and the deadline timer live across turns of the
+            // loop: re-creating them on every wake-up registered a timer and a
+            // cancellation waiter per delivered frame.
+            let shutdown_signal = shutdown.triggered();
+            tokio::pin!(shutdown_signal);
+            let timer = tokio::time::sleep_until(next_ping);
+            tokio::pin!(timer);
+            let mut armed = (next_ping, Timer::Ping);
+            let mut records_first = 0u8;
+            let ending: Ending = loop {
+                // Drain first on every turn, whatever woke us, so no wake-up is lost.
+                // Rarely-taken paths are boxed so the idle connection task stays
+                // small (its size is that of its largest suspended state).
+                if let Err(ending) = self.flush_outbox(&mut socket).await {
+                    break ending;
                 }
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown_signal => Event::Shutdown,
-                    _ = &mut timer => Event::Timer,
-                    message = socket.next() => Event::Message(message),
-                    _ = self.outbox.ready() => Event::Outbox,
+                let deadline = self.deadline(opened, next_ping);
+                if deadline.0 != armed.0 {
+                    timer.as_mut().reset(deadline.0);
                 }
-            };
-            records_first = match event {
-                Event::Outbox if records_first < 16 => records_first + 1,
-                _ => 0,
-            };
-            match event {
-                Event::Outbox => {}
-                Event::Shutdown => break Ending::Close(close::RESTART, "server restarting"),
-                Event::Timer => match armed.1 {
-                    Timer::Ping => {
-                        if self.last_seen.elapsed() > interval * 2 {
-                            break Ending::Close(
-                                close::IDLE,
-                                "no frames from client for two ping intervals",
-                            );
-                        }
-                        next_ping = Instant::now() + interval;
-                        let ping = socket.send(Message::Ping(Default::default()));
-                        if let Err(ending) = Box::pin(self.guarded(ping)).await {
-                            break ending;
-                        }
+                armed = deadline;
+                // Records first: on a wake-up by the outbox (nearly every one under
+                // load) the read side, the timer and the shutdown signal are not
+                // polled again; their wakers stay registered. After 16 such turns in
+                // a row the others go first once, so a busy outbox cannot starve
+                // reads, pings or a drain.
+                let event = if records_first < 16 {
+                    tokio::select! {
+                        biased;
+                        _ = self.outbox.ready() => Event::Outbox,
+                        _ = &mut shutdown_signal => Event::Shutdown,
+                        _ = &mut timer => Event::Timer,
+                        message = socket.next() => Event::Message(message),
                     }
-                    Timer::Expiring => {
-                        self.warned = true;
-                        let grace = self.state.config.auth.expiry_grace.as_millis();
-                        let warning = send_text(&mut socket, protocol::token_expiring(grace));
-                        if let Err(ending) = Box::pin(self.guarded(warning)).await {
-                            break ending;
-                        }
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown_signal => Event::Shutdown,
+                        _ = &mut timer => Event::Timer,
+                        message = socket.next() => Event::Message(message),
+                        _ = self.outbox.ready() => Event::Outbox,
                     }
-                    Timer::Expired => break Ending::Close(close::TOKEN_EXPIRED, "token expired"),
-                    Timer::NeverSubscribed => {
-                        break Ending::Close(close::IDLE, "no subscription made in time")
-                    }
-                },
-                Event::Message(message) => {
-                    self.last_seen = Instant::now();
-                    match message {
-                        None => break Ending::Gone,
-                        Some(Err(e)) => break read_error(&e),
-                        Some(Ok(Message::Text(text))) => {
+                };
+                records_first = match event {
+                    Event::Outbox if records_first < 16 => records_first + 1,
+                    _ => 0,
+                };
+                match event {
+                    Event::Outbox => {}
+                    Event::Shutdown => break Ending::Close(close::RESTART, "server restarting"),
+                    Event::Timer => match armed.1 {
+                        Timer::Ping => {
+                            if self.last_seen.elapsed() > interval * 2 {
+                                break Ending::Close(
+                                    close::IDLE,
+                                    "no frames from client for two ping intervals",
+                                );
+                            }
+                            next_ping = Instant::now() + interval;
+                            socket.get_mut().push_ping();
                             if let Err(ending) =
-                                Box::pin(self.on_text(&mut socket, text.as_str())).await
+                                Box::pin(self.guarded(write_queued(&mut socket))).await
                             {
                                 break ending;
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => {
-                            let err = ClientError::new(
-                                ErrorCode::BadMessage,
-                                "binary frames are not supported; send JSON text",
-                            );
-                            if let Err(ending) =
-                                Box::pin(self.guarded(send_error(&mut socket, None, &err))).await
-                            {
+                        Timer::Expiring => {
+                            self.warned = true;
+                            let grace = self.state.config.auth.expiry_grace.as_millis();
+                            let warning = send_text(&mut socket, protocol::token_expiring(grace));
+                            if let Err(ending) = Box::pin(self.guarded(warning)).await {
                                 break ending;
                             }
                         }
-                        // tungstenite answers pings itself; a pong just proves liveness.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        // No record may follow the reply Close tungstenite queued.
-                        Some(Ok(Message::Close(_))) => break Ending::Replied,
-                        Some(Ok(Message::Frame(_))) => {}
+                        Timer::Expired => {
+                            break Ending::Close(close::TOKEN_EXPIRED, "token expired")
+                        }
+                        Timer::NeverSubscribed => {
+                            break Ending::Close(close::IDLE, "no subscription made in time")
+                        }
+                    },
+                    Event::Message(message) => {
+                        self.last_seen = Instant::now();
+                        match message {
+                            None => break Ending::Gone,
+                            Some(Err(e)) => break read_error(&e),
+                            Some(Ok(Message::Text(text))) => {
+                                if let Err(ending) =
+                                    Box::pin(self.on_text(&mut socket, text.as_str())).await
+                                {
+                                    break ending;
+                                }
+                            }
+                            Some(Ok(Message::Binary(_))) => {
+                                let err = ClientError::new(
+                                    ErrorCode::BadMessage,
+                                    "binary frames are not supported; send JSON text",
+                                );
+                                if let Err(ending) =
+                                    Box::pin(self.guarded(send_error(&mut socket, None, &err)))
+                                        .await
+                                {
+                                    break ending;
+                                }
+                            }
+                            // tungstenite answers pings itself; a pong just proves liveness.
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            // No record may follow the reply Close tungstenite queued.
+                            Some(Ok(Message::Close(_))) => break Ending::Replied,
+                            Some(Ok(Message::Frame(_))) => {}
+                        }
                     }
                 }
-            }
-        };
-        // Stop receiving before the close handshake, so nothing more is queued.
-        self.subs.clear();
-        match ending {
-            Ending::Gone => {}
-            Ending::Close(code, reason) => Box::pin(self.close(&mut socket, code, reason)).await,
-            Ending::Replied => {
-                let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                    if socket.flush().await.is_ok() {
-                        while let Some(Ok(_)) = socket.next().await {}
-                    }
-                })
-                .await;
-            }
-            Ending::Abort(code, reason) => {
-                // One try, no wait: the frame usually cannot get past what is already queued.
-                let _ = poll_once(std::pin::pin!(socket.send(close_frame(code, reason)))).await;
+            };
+            // Stop receiving before the close handshake, so nothing more is queued.
+            self.subs.clear();
+            match ending {
+                Ending::Gone => {}
+                Ending::Close(code, reason) => {
+                    Box::pin(self.close(&mut socket, code, reason)).await
+                }
+                Ending::Replied => {
+                    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                        if socket.flush().await.is_ok() {
+                            while let Some(Ok(_)) = socket.next().await {}
+                        }
+                    })
+                    .await;
+                }
+                Ending::Abort(code, reason) => {
+                    // One try, no wait: the frame usually cannot get past what is already queued.
+                    let _ = poll_once(std::pin::pin!(socket.send(close_frame(code, reason)))).await;
+                }
             }
         }
     }
@@ -694,14 +706,16 @@ fn write_queued(socket: &mut Socket) -> impl Future<Output = std::io::Result<()>
     std::future::poll_fn(move |cx| Pin::new(&mut *io).poll_flush(cx))
 }
 
-async fn send_text(socket: &mut Socket, text: String) -> Result<(), WsError> {
-    socket.send(Message::Text(Utf8Bytes::from(text))).await
+/// Sends a reply of ours, framed by the socket's queue (not by tungstenite).
+fn send_text(socket: &mut Socket, text: String) -> impl Future<Output = std::io::Result<()>> + '_ {
+    socket.get_mut().push_text(&text);
+    write_queued(socket)
 }
 
 async fn send_error(
     socket: &mut Socket,
     id: Option<&Value>,
     err: &ClientError,
-) -> Result<(), WsError> {
+) -> std::io::Result<()> {
     send_text(socket, protocol::error(id, err)).await
 }

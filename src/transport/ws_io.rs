@@ -137,8 +137,12 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 
 /// One whole frame waiting for the socket.
 enum Frame {
-    /// Bytes tungstenite wrote (replies, pongs, a close): whole frames, copied.
+    /// Bytes tungstenite wrote (pongs, a close): whole frames, copied.
     Copied(Vec<u8>),
+    /// A reply of ours, framed here.
+    Reply(Vec<u8>),
+    /// A frame that never changes (our ping).
+    Static(&'static [u8]),
     /// A record's text frame, shared with every other subscriber.
     Record(Arc<Record>),
 }
@@ -146,7 +150,8 @@ enum Frame {
 impl Frame {
     fn parts(&self) -> [&[u8]; 2] {
         match self {
-            Frame::Copied(bytes) => [bytes, &[]],
+            Frame::Copied(bytes) | Frame::Reply(bytes) => [bytes, &[]],
+            Frame::Static(bytes) => [bytes, &[]],
             Frame::Record(record) => record.ws_frame(),
         }
     }
@@ -183,6 +188,23 @@ impl<S> FrameIo<S> {
         self.queue.push_back(Frame::Record(record));
     }
 
+    /// Queues a text message of ours (a reply), framed here: tungstenite's
+    /// write buffer is then never allocated for a connection that only
+    /// gets replies, records and pings.
+    pub fn push_text(&mut self, text: &str) {
+        let (head, used) = crate::record::ws_text_head(text.len());
+        let mut frame = Vec::with_capacity(used as usize + text.len());
+        frame.extend_from_slice(&head[..used as usize]);
+        frame.extend_from_slice(text.as_bytes());
+        // Not counted as `copied`: replies are bounded by the client's requests.
+        self.queue.push_back(Frame::Reply(frame));
+    }
+
+    /// Queues a ping with no payload.
+    pub fn push_ping(&mut self) {
+        self.queue.push_back(Frame::Static(&[0x89, 0x00]));
+    }
+
     /// Whether frames are waiting for the socket.
     pub fn has_queued(&self) -> bool {
         !self.queue.is_empty()
@@ -190,12 +212,6 @@ impl<S> FrameIo<S> {
 
     fn push_copy(&mut self, bytes: &[u8]) {
         self.copied += bytes.len();
-        // Appending to a copy already queued (even one partly written) keeps
-        // one allocation per burst of replies.
-        if let Some(Frame::Copied(last)) = self.queue.back_mut() {
-            last.extend_from_slice(bytes);
-            return;
-        }
         self.queue.push_back(Frame::Copied(bytes.to_vec()));
     }
 
@@ -217,8 +233,8 @@ impl<S> FrameIo<S> {
                 self.copied -= bytes.len();
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            // Give back what a burst grew; idle connections stay small.
+        if self.queue.is_empty() {
+            // An idle connection holds no queue at all; a burst allocates one.
             self.queue = VecDeque::new();
         }
     }
