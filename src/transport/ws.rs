@@ -187,6 +187,8 @@ struct Connection {
     /// Whether the socket is taking bytes; fed by the IO wrapper when `watched`.
     watch: WriteWatch,
     watched: bool,
+    /// Turns in a row the outbox was polled first and won (see `run`).
+    records_first: u8,
     _slot: ConnectionSlot,
 }
 
@@ -208,6 +210,7 @@ impl Connection {
             warned: false,
             watched: watch.is_some(),
             watch: watch.unwrap_or_default(),
+            records_first: 0,
             _slot: admission.slot,
         }
     }
@@ -244,17 +247,15 @@ impl Connection {
         async move {
             let interval = self.state.config.websocket.ping_interval;
             let mut next_ping = Instant::now() + interval;
-            let shutdown = self.state.shutdown.clone();
             let opened = Instant::now();
             // The shutdown signal and the deadline timer live across turns of the
             // loop: re-creating them on every wake-up registered a timer and a
             // cancellation waiter per delivered frame.
-            let shutdown_signal = shutdown.triggered();
+            let shutdown_signal = self.state.shutdown.token().cancelled_owned();
             tokio::pin!(shutdown_signal);
             let timer = tokio::time::sleep_until(next_ping);
             tokio::pin!(timer);
             let mut armed = (next_ping, Timer::Ping);
-            let mut records_first = 0u8;
             let ending: Ending = loop {
                 // Drain first on every turn, whatever woke us, so no wake-up is lost.
                 // Rarely-taken paths are boxed so the idle connection task stays
@@ -272,7 +273,7 @@ impl Connection {
                 // polled again; their wakers stay registered. After 16 such turns in
                 // a row the others go first once, so a busy outbox cannot starve
                 // reads, pings or a drain.
-                let event = if records_first < 16 {
+                let event = if self.records_first < 16 {
                     tokio::select! {
                         biased;
                         _ = self.outbox.ready() => Event::Outbox,
@@ -289,8 +290,8 @@ impl Connection {
                         _ = self.outbox.ready() => Event::Outbox,
                     }
                 };
-                records_first = match event {
-                    Event::Outbox if records_first < 16 => records_first + 1,
+                self.records_first = match event {
+                    Event::Outbox if self.records_first < 16 => self.records_first + 1,
                     _ => 0,
                 };
                 match event {
