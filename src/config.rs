@@ -386,7 +386,7 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             ping_interval: Duration::from_secs(25),
-            read_buffer_bytes: 128,
+            read_buffer_bytes: 64,
             write_buffer_bytes: 0,
             allowed_origins: Vec::new(),
             subscribe_timeout: Duration::from_secs(30),

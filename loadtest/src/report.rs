@@ -117,7 +117,8 @@ pub fn table(results: &BTreeMap<(String, String), RunResult>) -> String {
         }))
     };
     for (scenario, label, limit) in [
-        ("idle-ws", "(a) idle WS: server RSS per connection", 4096.0),
+        // Issue 13's WebSocket target; issue 6's 3 KiB for SSE is the stricter of its two.
+        ("idle-ws", "(a) idle WS: server RSS per connection", 3072.0),
         (
             "idle-sse",
             "(a) idle SSE: server RSS per connection",

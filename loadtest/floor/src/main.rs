@@ -1,7 +1,7 @@
 //! pushgate-floor: the smallest fan-out server on pushgate's own stack, the floor a load-test run is measured against.
 //!
 //! Same stack as pushgate: tokio, hyper's HTTP/1 server with `TCP_NODELAY`,
-//! tokio-tungstenite with pushgate's default buffer sizes (128-byte read
+//! tokio-tungstenite with pushgate's default buffer sizes (64-byte read
 //! buffer, no write buffer) for reading, record frames written pre-encoded
 //! straight to the socket in vectored writes (as pushgate does since
 //! 2026-12-03), and a hyper body stream for SSE.
@@ -157,7 +157,7 @@ async fn ws(State(keys): State<Keys>, mut req: Request) -> Response {
             return;
         };
         let config = WebSocketConfig::default()
-            .read_buffer_size(128)
+            .read_buffer_size(64)
             .write_buffer_size(0);
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
