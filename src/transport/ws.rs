@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::ws_io::{Socket, Upgrade};
 
 use crate::admission::{self, Admission};
-use crate::auth::{self, Identity};
+use crate::auth::{self, Grants};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, close, ClientError, ClientMessage, ErrorCode, SubscribeRequest};
 use crate::reply::json_error;
@@ -179,7 +179,9 @@ struct Connection {
     outbox: Arc<Outbox>,
     subs: Vec<Active>,
     last_seen: Instant,
-    identity: Identity,
+    /// The token's subject and subscribe grants (its publish grants are of no use here).
+    subject: Option<String>,
+    grants: Grants,
     ever_subscribed: bool,
     /// When the token expires: warn then, close `auth.expiry_grace` later.
     expiry: Option<Instant>,
@@ -204,7 +206,8 @@ impl Connection {
             outbox,
             subs: Vec::new(),
             last_seen: Instant::now(),
-            identity: admission.identity,
+            subject: admission.identity.subject,
+            grants: admission.identity.subscribe,
             ever_subscribed: false,
             expiry,
             warned: false,
@@ -245,8 +248,7 @@ impl Connection {
     // per idle connection); an `async move` block uses its captures in place.
     fn run(mut self, mut socket: Socket) -> impl Future<Output = ()> {
         async move {
-            let interval = self.state.config.websocket.ping_interval;
-            let mut next_ping = Instant::now() + interval;
+            let mut next_ping = Instant::now() + self.state.config.websocket.ping_interval;
             let opened = Instant::now();
             // The shutdown signal and the deadline timer live across turns of the
             // loop: re-creating them on every wake-up registered a timer and a
@@ -255,7 +257,6 @@ impl Connection {
             tokio::pin!(shutdown_signal);
             let timer = tokio::time::sleep_until(next_ping);
             tokio::pin!(timer);
-            let mut armed = (next_ping, Timer::Ping);
             let ending: Ending = loop {
                 // Drain first on every turn, whatever woke us, so no wake-up is lost.
                 // Rarely-taken paths are boxed so the idle connection task stays
@@ -264,10 +265,11 @@ impl Connection {
                     break ending;
                 }
                 let deadline = self.deadline(opened, next_ping);
-                if deadline.0 != armed.0 {
+                if deadline.0 != timer.deadline() {
                     timer.as_mut().reset(deadline.0);
                 }
-                armed = deadline;
+                // Which event the timer is set for; its deadline is the timer's own.
+                let armed = deadline.1;
                 // Records first: on a wake-up by the outbox (nearly every one under
                 // load) the read side, the timer and the shutdown signal are not
                 // polled again; their wakers stay registered. After 16 such turns in
@@ -297,8 +299,9 @@ impl Connection {
                 match event {
                     Event::Outbox => {}
                     Event::Shutdown => break Ending::Close(close::RESTART, "server restarting"),
-                    Event::Timer => match armed.1 {
+                    Event::Timer => match armed {
                         Timer::Ping => {
+                            let interval = self.state.config.websocket.ping_interval;
                             if self.last_seen.elapsed() > interval * 2 {
                                 break Ending::Close(
                                     close::IDLE,
@@ -368,17 +371,18 @@ impl Connection {
                 Ending::Close(code, reason) => {
                     Box::pin(self.close(&mut socket, code, reason)).await
                 }
+                // Boxed, like every rarely-taken path: the task's size is that of its largest state.
                 Ending::Replied => {
-                    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                    let linger = tokio::time::timeout(CLOSE_LINGER, async {
                         if socket.flush().await.is_ok() {
                             while let Some(Ok(_)) = socket.next().await {}
                         }
-                    })
-                    .await;
+                    });
+                    let _ = Box::pin(linger).await;
                 }
                 Ending::Abort(code, reason) => {
                     // One try, no wait: the frame usually cannot get past what is already queued.
-                    let _ = poll_once(std::pin::pin!(socket.send(close_frame(code, reason)))).await;
+                    let _ = poll_once(Box::pin(socket.send(close_frame(code, reason)))).await;
                 }
             }
         }
@@ -518,8 +522,8 @@ impl Connection {
     async fn refresh(&mut self, socket: &mut Socket, token: &str) -> Result<(), Ending> {
         let fresh = match self.state.auth.verify(token) {
             Ok(identity)
-                if identity.subject == self.identity.subject
-                    || self.identity.expires_at.is_none() =>
+                // A connection without an expiring token may take on any subject.
+                if identity.subject == self.subject || self.expiry.is_none() =>
             {
                 identity
             }
@@ -553,7 +557,8 @@ impl Connection {
         }
         self.subs = kept;
         let reply = protocol::refreshed(fresh.expires_at);
-        self.identity = fresh;
+        self.subject = fresh.subject;
+        self.grants = fresh.subscribe;
         self.guarded(send_text(socket, reply)).await
     }
 
@@ -588,7 +593,7 @@ impl Connection {
             };
         let opened = match checked {
             Ok(cursor) => {
-                let grants = &self.identity.subscribe;
+                let grants = &self.grants;
                 session::open(&self.state, grants, &req, cursor, Arc::clone(&self.outbox)).await
             }
             Err(e) => Err(e),
