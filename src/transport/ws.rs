@@ -246,6 +246,7 @@ impl Connection {
     // Not an `async fn`: that would move `self` and `socket` from its
     // arguments into locals and keep both copies in the task (about 660 bytes
     // per idle connection); an `async move` block uses its captures in place.
+    #[allow(clippy::manual_async_fn)]
     fn run(mut self, mut socket: Socket) -> impl Future<Output = ()> {
         async move {
             let mut next_ping = Instant::now() + self.state.config.websocket.ping_interval;
