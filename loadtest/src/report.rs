@@ -441,7 +441,7 @@ pub fn main(args: ReportArgs) -> Result<()> {
         md.push_str("\"pushgate vs better peer\" is how many times better pushgate is than the better of Nchan and Pushpin on that row (above 1: pushgate ahead; for memory and latency rows that is peer / pushgate).\n\n");
         md.push_str(&table);
         md.push_str("\n### CPU per delivery, against the floor\n\n");
-        md.push_str("The floor is `loadtest/floor`: pushgate's wire protocol on the same stack (tokio, hyper, axum's WebSocket with the same buffer sizes) doing nothing but fan-out of pre-encoded frames, one broadcast channel per key. System CPU is mostly the kernel's socket writes, the same for everyone; user CPU is what each server adds.\n\n");
+        md.push_str("The floor is `loadtest/floor`: pushgate's wire protocol on the same stack (tokio, hyper, tokio-tungstenite with the same buffer sizes, WebSocket frames written pre-encoded straight to the socket as pushgate does) doing nothing but fan-out of pre-encoded frames, one broadcast channel per key. System CPU is mostly the kernel's socket writes, the same for everyone; user CPU is what each server adds.\n\n");
         md.push_str(&floor_table(&results));
         md.push_str("\n### Every step\n\n");
         md.push_str(&steps_table(&results));
