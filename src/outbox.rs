@@ -125,7 +125,7 @@ impl Outbox {
         poll_fn(|cx| self.poll_ready(cx)).await
     }
 
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.pending.swap(false, Ordering::Acquire) {
             return Poll::Ready(());
         }

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A record as stored in the log, before it is encoded for clients.
 #[derive(Debug, Clone)]

@@ -685,7 +685,7 @@ fn read_error(error: &WsError) -> Ending {
 }
 
 /// Polls `future` once: `Ready` with its output, or `Pending` (then dropped by the caller or polled on).
-async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+pub(super) async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
 }
 

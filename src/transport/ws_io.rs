@@ -40,8 +40,9 @@ pub type Socket = WebSocketStream<FrameIo<TokioIo<Upgraded>>>;
 /// must not grow the queue with pongs).
 const COPIED_LIMIT: usize = 64 * 1024;
 
-/// Frames per vectored write (two slices each).
-const SLICES: usize = 64;
+/// Frames per vectored write (two slices each). The slice array is set up on
+/// every write, so it stays small; a longer queue takes more than one write.
+const SLICES: usize = 16;
 
 /// A valid HTTP/1.1 WebSocket upgrade request (RFC 6455 4.2.1).
 pub struct Upgrade {
@@ -348,6 +349,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
 mod tests {
     use super::*;
     use crate::record::{Framing, LogRecord};
+    use crate::transport::ws::poll_once;
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::DuplexStream;
     use tokio_tungstenite::tungstenite::Message;
@@ -473,9 +475,5 @@ mod tests {
         let copied = server.get_ref().copied;
         assert!(copied > 0, "pongs were queued");
         assert!(copied <= COPIED_LIMIT, "queued {copied} bytes of pongs");
-    }
-
-    async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
-        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
     }
 }
