@@ -90,6 +90,8 @@ pub struct Topic {
     /// Set by the source once the warm start has filled the ring and view up
     /// to the log's end as it stood: before that, nothing is served from them.
     ready: AtomicBool,
+    /// Wakes those [waiting](Topic::wait_ready) for `ready`.
+    became_ready: tokio::sync::Notify,
     /// Set once the topic was deleted or replaced: a subscription that
     /// registers after [`Topic::close`] collected the others is closed too.
     closed: AtomicBool,
@@ -176,6 +178,7 @@ impl Hub {
             index: SubIndex::default(),
             groups: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            became_ready: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
             position_limit,
         });
@@ -210,6 +213,21 @@ impl Topic {
     /// The warm start is done: subscriptions may be served.
     pub fn mark_ready(&self) {
         self.ready.store(true, Ordering::Release);
+        self.became_ready.notify_waiters();
+    }
+
+    /// Waits until the topic is [ready](Topic::mark_ready), for at most `limit`.
+    /// Returns whether it is.
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let became_ready = self.became_ready.notified();
+        tokio::pin!(became_ready);
+        // Registered before the check, so a `mark_ready` in between is not missed.
+        became_ready.as_mut().enable();
+        if self.is_ready() {
+            return true;
+        }
+        let _ = tokio::time::timeout(limit, became_ready).await;
+        self.is_ready()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -744,6 +762,23 @@ mod tests {
         let mut out = Vec::new();
         outbox.drain_into(&mut out).unwrap();
         out.iter().map(|r| r.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn waiting_for_readiness_ends_when_marked_or_at_the_limit() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        let limit = std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        assert!(!topic.wait_ready(limit).await, "never marked");
+        assert!(started.elapsed() >= limit);
+        let marker = Arc::clone(&topic);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            marker.mark_ready();
+        });
+        assert!(topic.wait_ready(std::time::Duration::from_secs(30)).await);
+        assert!(topic.wait_ready(std::time::Duration::ZERO).await, "already ready");
     }
 
     #[test]

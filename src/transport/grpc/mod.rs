@@ -545,7 +545,9 @@ async fn publish(
         unauthenticated()
     })?;
     let topic_name = request.topic;
-    let existing = publish::check_topic(&state, &topic_name).map_err(publish_status)?;
+    let existing = publish::check_topic(&state, &topic_name)
+        .await
+        .map_err(publish_status)?;
     let limits = &state.config.limits;
     let records = check_records(
         request.records,
