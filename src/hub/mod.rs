@@ -778,7 +778,10 @@ mod tests {
             marker.mark_ready();
         });
         assert!(topic.wait_ready(std::time::Duration::from_secs(30)).await);
-        assert!(topic.wait_ready(std::time::Duration::ZERO).await, "already ready");
+        assert!(
+            topic.wait_ready(std::time::Duration::ZERO).await,
+            "already ready"
+        );
     }
 
     #[test]
