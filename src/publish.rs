@@ -7,7 +7,7 @@
 //! is the cookie must come from an allowed origin (403 `forbidden_origin`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use std::net::SocketAddr;
@@ -191,11 +191,6 @@ pub fn caller(
     }
 }
 
-/// How long a publish waits for a topic that is being created or discovered
-/// while the source itself is ready: concurrent first publishes to a new name
-/// meet it in that state for the moment its creator takes to warm it.
-const TOPIC_READY_WAIT: Duration = Duration::from_secs(2);
-
 /// The topic a publish goes to: `Some` when it exists and is ready, `None`
 /// when a `pattern` matches it and the embedded log will create it.
 pub async fn check_topic(
@@ -204,10 +199,12 @@ pub async fn check_topic(
 ) -> Result<Option<Arc<Topic>>, PublishError> {
     match state.hub.topic(topic_name) {
         Ok(topic) if topic.is_ready() && state.source.is_ready() => Ok(Some(topic)),
-        Ok(topic) if state.source.is_ready() => match topic.wait_ready(TOPIC_READY_WAIT).await {
-            true => Ok(Some(topic)),
-            false => Err(PublishError::WarmingUp),
-        },
+        Ok(topic) if state.source.is_ready() => {
+            match topic.wait_ready(crate::hub::TOPIC_READY_WAIT).await {
+                true => Ok(Some(topic)),
+                false => Err(PublishError::WarmingUp),
+            }
+        }
         // Warming up: the answer's cursor would be built from a partial frontier.
         Ok(_) => Err(PublishError::WarmingUp),
         Err(_) if !state.source.is_ready() && state.config.has_topic(topic_name) => {

@@ -10,12 +10,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::auth::Grants;
 use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
+pub use crate::hub::TOPIC_READY_WAIT;
 use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, Topic};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
@@ -159,6 +161,61 @@ pub struct Opened {
     pub enforced: Option<Box<str>>,
 }
 
+/// How often a waiting subscribe looks again: readiness of the source and of
+/// a topic not yet discovered has no wake-up of its own.
+pub const READY_POLL: Duration = Duration::from_millis(25);
+
+/// Whether a topic can be served on this node now.
+pub enum Readiness {
+    Ready(Arc<Topic>),
+    /// Known (or configured by name or pattern) but its warm start, or the
+    /// source's, is not done: never serve from a ring and view not yet filled.
+    Warming,
+    Unknown,
+}
+
+impl Readiness {
+    pub fn is_warming(&self) -> bool {
+        matches!(self, Readiness::Warming)
+    }
+}
+
+/// Whether `topic_name` can be served on this node now.
+pub fn readiness(state: &AppState, topic_name: &str) -> Readiness {
+    match state.hub.topic(topic_name) {
+        Ok(topic) if topic.is_ready() && state.source.is_ready() => Readiness::Ready(topic),
+        Ok(_) => Readiness::Warming,
+        // A configured topic (by name or pattern) this node has not learned yet is not unknown.
+        Err(_) if !state.source.is_ready() && state.config.has_topic(topic_name) => {
+            Readiness::Warming
+        }
+        Err(_) => Readiness::Unknown,
+    }
+}
+
+/// Waits, for at most `limit`, while `topic_name` is [warming](Readiness::Warming)
+/// on this node. Used by the transports whose subscribe owns its request
+/// (SSE, gRPC); WebSocket parks the request instead so the connection's other
+/// messages go on.
+pub async fn until_ready(state: &AppState, topic_name: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match state.hub.topic(topic_name) {
+            // Only the topic's own warm start is left: its wake-up ends the wait.
+            Ok(topic) if state.source.is_ready() => {
+                topic.wait_ready(left).await;
+                return;
+            }
+            _ if !readiness(state, topic_name).is_warming() => return,
+            _ => tokio::time::sleep(READY_POLL.min(left)).await,
+        }
+    }
+}
+
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
 pub async fn open(
     state: &AppState,
@@ -198,14 +255,10 @@ pub async fn open(
             ),
         )
     };
-    let topic = match state.hub.topic(&req.topic) {
-        Ok(topic) if topic.is_ready() && state.source.is_ready() => topic,
-        Ok(_) => return Err(warming()),
-        // A configured topic (by name or pattern) this node has not learned yet is not unknown.
-        Err(_) if !state.source.is_ready() && state.config.has_topic(&req.topic) => {
-            return Err(warming())
-        }
-        Err(_) => {
+    let topic = match readiness(state, &req.topic) {
+        Readiness::Ready(topic) => topic,
+        Readiness::Warming => return Err(warming()),
+        Readiness::Unknown => {
             return Err(ClientError::new(
                 ErrorCode::UnknownTopic,
                 format!("unknown topic `{}`", truncate(&req.topic)),

@@ -183,6 +183,8 @@ export class Subscription {
     this._pendingReset = false;
     this._catchingUp = false;
     this._missed = 0;
+    this._retries = 0;        // `unavailable` answers in a row (a node still warming)
+    this._retryTimer = null;
   }
 
   /** Replaces the key set (resubscribes: with a snapshot, or from the cursor when `snapshot` is false). */
@@ -223,6 +225,7 @@ export class Subscription {
 
   _onSubscribed(msg) {
     this._active = true;
+    this._retries = 0;
     this._snapshotLeft = msg.snapshot || 0;
     // Until the whole snapshot is in, a resume must ask for a new snapshot.
     this.cursor = this._snapshotLeft > 0 ? null : msg.cursor;
@@ -416,6 +419,7 @@ export class Pushgate extends Emitter {
     if (this._ws) { this._ws.onclose = null; this._ws.close(1000); this._ws = null; }
     for (const st of this._streams.values()) { clearTimeout(st.timer); st.es?.close(); }
     this._streams.clear();
+    for (const sub of this.subs.values()) clearTimeout(sub._retryTimer);
     this._setState('closed');
   }
 
@@ -438,6 +442,7 @@ export class Pushgate extends Emitter {
   _remove(sub) {
     if (this.subs.get(sub.topic) !== sub) return;
     this.subs.delete(sub.topic);
+    clearTimeout(sub._retryTimer);
     if (this.transport === 'ws') {
       if (sub._id) this._send({ type: 'unsubscribe', id: sub._id });
     } else {
@@ -486,7 +491,11 @@ export class Pushgate extends Emitter {
     this._ws = ws;
     ws.onopen = () => {
       this._lastSeen = Date.now();
-      for (const sub of this.subs.values()) { sub._id = null; this._wsSubscribe(sub); }
+      for (const sub of this.subs.values()) {
+        clearTimeout(sub._retryTimer);
+        sub._id = null;
+        this._wsSubscribe(sub);
+      }
       if (this.subs.size === 0) this._wsLive();
       clearInterval(this._beat);
       this._beat = setInterval(() => {
@@ -530,6 +539,17 @@ export class Pushgate extends Emitter {
     this._setState('live');
   }
 
+  _retryWs(sub) {
+    clearTimeout(sub._retryTimer);
+    const delay = backoffDelay(sub._retries++, Math.min(this.minDelay, 250), this.maxDelay);
+    sub._retryTimer = setTimeout(() => {
+      if (this._closed || this.subs.get(sub.topic) !== sub) return;
+      // The refused request holds nothing on the gateway: just ask again.
+      sub._id = null;
+      this._wsSubscribe(sub);
+    }, delay);
+  }
+
   _subById(id) {
     for (const sub of this.subs.values()) if (sub._id === id) return sub;
     return null;
@@ -560,7 +580,14 @@ export class Pushgate extends Emitter {
       case 'error': {
         const sub = msg.id != null ? this._subById(msg.id) : null;
         const err = { code: msg.code, message: msg.message };
-        if (sub) { sub._onError(err); this._wsLive(); } else this._emit('error', err);
+        if (sub) {
+          sub._onError(err);
+          this._wsLive();
+          // `unavailable` means "retry shortly" (a node still warming a topic,
+          // or one not yet as far as the cursor): this subscription alone is
+          // asked again soon, on the same socket, with its own backoff.
+          if (msg.code === 'unavailable') this._retryWs(sub);
+        } else this._emit('error', err);
         break;
       }
       default: break; // unsubscribed, and anything newer

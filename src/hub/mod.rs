@@ -209,6 +209,13 @@ impl Hub {
     }
 }
 
+/// How long a subscribe or a publish that meets its topic still warming on
+/// this node waits for it before it is answered `unavailable`. A restarted
+/// node accepts sockets at once and warms its topics within moments; clients
+/// that reconnect in that window are answered when the topic is ready, not
+/// sent back to their retry backoff.
+pub const TOPIC_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Topic {
     /// The warm start is done: subscriptions may be served.
     pub fn mark_ready(&self) {

@@ -155,6 +155,8 @@ pub async fn prepare(
     }
     let cursor =
         session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_error_response(&e))?;
+    // A node that just started answers once the topic is warm, not with 503.
+    session::until_ready(state, &req.topic, session::TOPIC_READY_WAIT).await;
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let grants = &identity.subscribe;
     let opened = session::open(state, grants, &req, cursor, Arc::clone(&outbox))

@@ -136,6 +136,17 @@ enum Timer {
     Expiring,
     Expired,
     NeverSubscribed,
+    /// Look again at subscribes parked while their topic warms.
+    Warming,
+}
+
+/// Subscribes that met their topic warming on this node (a node just
+/// started): answered when the topic is ready, or `unavailable` once
+/// [`session::TOPIC_READY_WAIT`] has passed. The connection's other messages
+/// and subscriptions go on meanwhile.
+struct Parked {
+    requests: Vec<(SubscribeRequest, Instant)>,
+    next_check: Instant,
 }
 
 /// What the connection loop woke up for.
@@ -191,6 +202,8 @@ struct Connection {
     watched: bool,
     /// Turns in a row the outbox was polled first and won (see `run`).
     records_first: u8,
+    /// Boxed: nearly every connection never has one.
+    parked: Option<Box<Parked>>,
     _slot: ConnectionSlot,
 }
 
@@ -214,6 +227,7 @@ impl Connection {
             watched: watch.is_some(),
             watch: watch.unwrap_or_default(),
             records_first: 0,
+            parked: None,
             _slot: admission.slot,
         }
     }
@@ -236,7 +250,8 @@ impl Connection {
                 Timer::NeverSubscribed,
             )
         });
-        [Some((next_ping, Timer::Ping)), expiry, subscribe]
+        let parked = self.parked.as_ref().map(|p| (p.next_check, Timer::Warming));
+        [Some((next_ping, Timer::Ping)), expiry, subscribe, parked]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
@@ -330,6 +345,11 @@ impl Connection {
                         }
                         Timer::NeverSubscribed => {
                             break Ending::Close(close::IDLE, "no subscription made in time")
+                        }
+                        Timer::Warming => {
+                            if let Err(ending) = Box::pin(self.retry_parked(&mut socket)).await {
+                                break ending;
+                            }
                         }
                     },
                     Event::Message(message) => {
@@ -495,6 +515,13 @@ impl Connection {
                     (None, Some(topic)) => &*s.topic == topic.as_str(),
                     (None, None) => false,
                 });
+                if found.is_none() {
+                    if let Some(req) = self.unpark(id.as_ref(), topic.as_deref()) {
+                        let id = req.id.unwrap_or(Value::Null);
+                        let reply = protocol::unsubscribed(&id, &req.topic);
+                        return self.guarded(send_text(socket, reply)).await;
+                    }
+                }
                 match found {
                     Some(i) => {
                         // Out of the index first: nothing more is queued for it.
@@ -513,7 +540,7 @@ impl Connection {
                     }
                 }
             }
-            ClientMessage::Subscribe(req) => self.subscribe(socket, req).await,
+            ClientMessage::Subscribe(req) => self.subscribe(socket, req, true).await,
             ClientMessage::Refresh { token } => self.refresh(socket, &token).await,
         }
     }
@@ -563,35 +590,107 @@ impl Connection {
         self.guarded(send_text(socket, reply)).await
     }
 
+    /// Parked subscribes: how many, and whether one has this topic or id.
+    fn parked_count(&self) -> usize {
+        self.parked.as_ref().map_or(0, |p| p.requests.len())
+    }
+
+    fn parked_has(&self, topic: Option<&str>, id: Option<&Value>) -> bool {
+        self.parked.as_ref().is_some_and(|p| {
+            p.requests.iter().any(|(r, _)| {
+                topic.is_some_and(|t| r.topic == t) || (id.is_some() && r.id.as_ref() == id)
+            })
+        })
+    }
+
+    /// Takes a parked subscribe out by id, or by topic when no id is given.
+    fn unpark(&mut self, id: Option<&Value>, topic: Option<&str>) -> Option<SubscribeRequest> {
+        let parked = self.parked.as_mut()?;
+        let at = parked
+            .requests
+            .iter()
+            .position(|(r, _)| match (id, topic) {
+                (Some(id), _) => r.id.as_ref() == Some(id),
+                (None, Some(topic)) => r.topic == topic,
+                (None, None) => false,
+            })?;
+        let (req, _) = parked.requests.swap_remove(at);
+        if parked.requests.is_empty() {
+            self.parked = None;
+        }
+        Some(req)
+    }
+
+    /// Answers the parked subscribes whose topic is ready or whose wait is over.
+    async fn retry_parked(&mut self, socket: &mut Socket) -> Result<(), Ending> {
+        let Some(parked) = self.parked.take() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            parked.requests.into_iter().partition(|(req, until)| {
+                *until <= now || !session::readiness(&self.state, &req.topic).is_warming()
+            });
+        if !waiting.is_empty() {
+            self.parked = Some(Box::new(Parked {
+                requests: waiting,
+                next_check: now + session::READY_POLL,
+            }));
+        }
+        for (req, _) in due {
+            self.subscribe(socket, req, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens a subscription; `park`: one whose topic is still warming waits
+    /// for it (see [`Parked`]) instead of being answered `unavailable` now.
     async fn subscribe(
         &mut self,
         socket: &mut Socket,
         req: SubscribeRequest,
+        park: bool,
     ) -> Result<(), Ending> {
         let id = req.id.clone();
         let refuse = |code, message: String| ClientError::new(code, message);
-        let checked =
-            if self.subs.len() >= self.state.config.limits.max_subscriptions_per_connection {
-                Err(refuse(
-                    ErrorCode::TooManySubscriptions,
-                    format!(
-                        "at most {} subscriptions per connection",
-                        self.state.config.limits.max_subscriptions_per_connection
-                    ),
-                ))
-            } else if self.subs.iter().any(|s| *s.topic == *req.topic) {
-                Err(refuse(
-                    ErrorCode::AlreadySubscribed,
-                    "already subscribed to this topic on this connection; unsubscribe first".into(),
-                ))
-            } else if self.subs.iter().any(|s| Some(&s.id) == id.as_ref()) {
-                Err(refuse(
-                    ErrorCode::AlreadySubscribed,
-                    "subscription id in use".into(),
-                ))
-            } else {
-                session::parse_cursor(req.cursor.as_deref())
-            };
+        let checked = if self.subs.len() + self.parked_count()
+            >= self.state.config.limits.max_subscriptions_per_connection
+        {
+            Err(refuse(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.state.config.limits.max_subscriptions_per_connection
+                ),
+            ))
+        } else if self.subs.iter().any(|s| *s.topic == *req.topic)
+            || self.parked_has(Some(&req.topic), None)
+        {
+            Err(refuse(
+                ErrorCode::AlreadySubscribed,
+                "already subscribed to this topic on this connection; unsubscribe first".into(),
+            ))
+        } else if self.subs.iter().any(|s| Some(&s.id) == id.as_ref())
+            || self.parked_has(None, id.as_ref())
+        {
+            Err(refuse(
+                ErrorCode::AlreadySubscribed,
+                "subscription id in use".into(),
+            ))
+        } else {
+            session::parse_cursor(req.cursor.as_deref())
+        };
+        if park && checked.is_ok() && session::readiness(&self.state, &req.topic).is_warming() {
+            let now = Instant::now();
+            let parked = self.parked.get_or_insert_with(|| {
+                Box::new(Parked {
+                    requests: Vec::new(),
+                    next_check: now + session::READY_POLL,
+                })
+            });
+            parked.requests.push((req, now + session::TOPIC_READY_WAIT));
+            return Ok(());
+        }
         let opened = match checked {
             Ok(cursor) => {
                 let grants = &self.grants;

@@ -4,6 +4,9 @@ import assert from 'node:assert/strict';
 import { Gateway, openBrowser, recordSeen, seen, waitLive, screenshot, sleep } from './harness.mjs';
 
 const T = { timeout: 90000 };
+// Pages here reconnect with maxDelay=2000: after a restart they have resumed
+// within that delay plus one second of the node being ready.
+const RESUMED_WITHIN = 2000 + 1000;
 const price = (page, sym) => page.locator(`[data-testid="price-${sym}"]`);
 const text = (page, id) => page.locator(`[data-testid="${id}"]`).textContent();
 const count = async (page) => Number(await text(page, 'records-received'));
@@ -134,10 +137,13 @@ for (const transport of ['ws', 'sse']) {
     assert.equal(await page.getAttribute('[data-testid=conn-state]', 'data-state'), 'reconnecting');
 
     // The gateway comes back on the same port and data dir; the page reconnects by itself.
+    // The promise: once the node is ready (start() waits for /readyz), the
+    // page has resumed within its next reconnect attempt (at most maxDelay)
+    // plus one second.
     await gw.start(gw.port);
-    await waitLive(page, 20000);
     const line = page.locator('[data-testid=resume-line]');
-    await line.filter({ hasText: 'resumed: 9 missed updates delivered' }).waitFor({ timeout: 5000 });
+    await line.filter({ hasText: 'resumed: 9 missed updates delivered' }).waitFor({ timeout: RESUMED_WITHIN });
+    assert.equal(await page.getAttribute('[data-testid=conn-state]', 'data-state'), 'live');
     assert.equal(await line.textContent(), 'resumed: 9 missed updates delivered (posts 1, prices 8)');
     await price(page, 'AAPL').filter({ hasText: '106.05' }).waitFor({ timeout: 1000 });
     assert.equal(await price(page, 'MSFT').textContent(), '203.30');
@@ -243,9 +249,9 @@ for (const transport of ['ws', 'sse']) {
     await wiped.price('MSFT', 250.25);
     await wiped.stop();
     gw.dataDir = wiped.dataDir;
-    await gw.start(gw.port);
-    await waitLive(page, 20000);
-    await reset.filter({ hasText: 'posts (epoch), prices (epoch)' }).waitFor({ timeout: 5000 });
+    await gw.start(gw.port); // ready: the page resumes within RESUMED_WITHIN (see above)
+    await reset.filter({ hasText: 'posts (epoch), prices (epoch)' }).waitFor({ timeout: RESUMED_WITHIN });
+    assert.equal(await page.getAttribute('[data-testid=conn-state]', 'data-state'), 'live');
     assert.equal(await reset.textContent(), 'missed data on posts (epoch), prices (epoch): reloaded from a fresh snapshot');
     // The fresh snapshot of the new log follows.
     await price(page, 'MSFT').filter({ hasText: '250.25' }).waitFor({ timeout: 1000 });

@@ -322,6 +322,8 @@ async fn subscribe(
     let given = req.cursor.clone();
     let cursor =
         session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_status(&e, None))?;
+    // A node that just started answers once the topic is warm, not UNAVAILABLE.
+    session::until_ready(&state, &req.topic, session::TOPIC_READY_WAIT).await;
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let opened = session::open(
         &state,
