@@ -53,7 +53,7 @@ pub fn admit(
         tracing::debug!(error = %e, %peer, "authentication failed");
         Refusal::Unauthorized
     })?;
-    let ip = auth::client_ip(peer, headers, &state.config.server.trusted_proxies);
+    let ip = crate::proxy::client_ip(peer, headers, &state.config.server.trusted_proxies);
     let slot = state
         .connection_slot(transport, ip)
         .map_err(|refused| match refused {

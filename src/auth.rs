@@ -17,7 +17,7 @@
 //! for. A grant object that is malformed grants nothing (fail closed).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -611,29 +611,6 @@ fn origin_in(origin: &str, headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
-/// The client's address: the TCP peer, or, when the peer is a trusted proxy,
-/// the right-most address in `X-Forwarded-For` that is not itself trusted.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    let mut ip = peer.ip();
-    if !trusted.contains(&ip) {
-        return ip;
-    }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    for hop in hops.into_iter().rev() {
-        ip = hop;
-        if !trusted.contains(&hop) {
-            break;
-        }
-    }
-    ip
-}
-
 /// Per-caller token buckets for the publish rate limit.
 pub struct RateLimiter {
     rate: f64,
@@ -801,24 +778,6 @@ mod tests {
             Some(("b".into(), TokenSource::Header))
         );
         assert_eq!(find_token(&HeaderMap::new(), None, "pg"), None);
-    }
-
-    #[test]
-    fn forwarded_for_only_from_trusted_proxies() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "9.9.9.9, 10.0.0.7".parse().unwrap());
-        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
-        let peer = SocketAddr::new(proxy, 5000);
-        assert_eq!(client_ip(peer, &h, &[]), proxy);
-        assert_eq!(
-            client_ip(peer, &h, &[proxy]),
-            "10.0.0.7".parse::<IpAddr>().unwrap()
-        );
-        let inner: IpAddr = "10.0.0.7".parse().unwrap();
-        assert_eq!(
-            client_ip(peer, &h, &[proxy, inner]),
-            "9.9.9.9".parse::<IpAddr>().unwrap()
-        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! subscribe and publish, a simulated stock ticker).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,8 +66,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Proxies whose `X-Forwarded-For` is believed for the client address.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Load balancers (addresses or CIDR networks) whose `X-Forwarded-For`,
+    /// or PROXY protocol header, is believed for the client address.
+    pub trusted_proxies: Vec<crate::proxy::ProxyNet>,
+    /// Read a PROXY protocol header (v1 or v2) on every connection from a
+    /// trusted proxy (HAProxy `send-proxy-v2`, an AWS NLB's proxy protocol v2).
+    pub proxy_protocol: bool,
     /// TLS on the listener itself (single-node deployments without a load
     /// balancer in front): HTTP/2 and HTTP/1.1 by ALPN. Absent: cleartext.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,6 +308,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             tls: None,
         }
     }

@@ -34,7 +34,8 @@
 //! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
 //!            delta (JSON Patch), normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
-//! auth       JWT verification, grants, origin checks, client IPs, publish rate
+//! auth       JWT verification, grants, origin checks, publish rate
+//! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
 //! config     TOML + environment, checked before binding; [[topics]] by name or pattern
 //! state      the shared handle;  shutdown: drain signal and task tracking
@@ -60,6 +61,7 @@ pub mod http;
 pub mod hub;
 pub mod outbox;
 pub mod protocol;
+pub mod proxy;
 pub mod publish;
 pub mod record;
 pub mod reply;

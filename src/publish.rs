@@ -186,7 +186,7 @@ pub fn caller(
         Some(subject) => format!("sub:{subject}"),
         None => format!(
             "ip:{}",
-            auth::client_ip(peer, headers, &state.config.server.trusted_proxies)
+            crate::proxy::client_ip(peer, headers, &state.config.server.trusted_proxies)
         ),
     }
 }

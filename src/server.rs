@@ -40,6 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::stall::{Watched, WriteWatch, DRAIN_STALL};
 use crate::state::AppState;
@@ -75,7 +76,7 @@ pub async fn serve(
     tls: Option<Tls>,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, mut peer) = tokio::select! {
             _ = shutdown.triggered() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -96,10 +97,19 @@ pub async fn serve(
             let watch = WriteWatch::new();
             // Which protocol, within the header deadline: the first bytes in
             // cleartext, ALPN after a TLS handshake.
+            let proxied = state.config.server.proxy_protocol
+                && proxy::is_trusted(&state.config.server.trusted_proxies, peer.ip());
             let opening = async {
+                let mut stream = stream;
+                // From a trusted balancer the client's address comes first,
+                // before TLS or HTTP; a proxy's own check (LOCAL) keeps the peer.
+                if proxied {
+                    if let Some(client) = proxy::read_header(&mut stream).await? {
+                        peer = client;
+                    }
+                }
                 match tls {
                     None => {
-                        let mut stream = stream;
                         let protocol = sniff(&stream).await?;
                         if protocol == Protocol::Http1 {
                             // A whole `GET /sse` head in hand: served without hyper (see bare_sse).

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::shutdown::Shutdown;
 use crate::source::Source;
+use crate::proxy;
 use crate::telemetry;
 
 #[derive(Clone)]
@@ -86,7 +87,9 @@ impl AppState {
             telemetry::connection_refused("limit");
             return Err(Refused::TooMany);
         }
-        {
+        // A trusted proxy's own address is not a client: it carries many.
+        let limited = !proxy::is_trusted(&self.config.server.trusted_proxies, ip);
+        if limited {
             let mut count = self.connections.per_ip.entry(ip).or_insert(0);
             if *count >= limits.max_connections_per_ip {
                 drop(count);
@@ -95,12 +98,20 @@ impl AppState {
                 return Err(Refused::TooManyFromIp);
             }
             *count += 1;
+            if *count == limits.max_connections_per_ip / 2 + 1 {
+                drop(count);
+                proxy::warn_once(
+                    ip,
+                    "holds more than half of limits.max_connections_per_ip: if it is a load \
+                     balancer, list it in server.trusted_proxies so its clients are told apart",
+                );
+            }
         }
         telemetry::connection_opened(transport);
         Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
-            ip,
+            ip: limited.then_some(ip),
         })
     }
 
@@ -113,16 +124,19 @@ impl AppState {
 pub struct ConnectionSlot {
     connections: Arc<Connections>,
     transport: &'static str,
-    ip: IpAddr,
+    /// Counted against the per-IP limit (not for a trusted proxy's own address).
+    ip: Option<IpAddr>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
-        self.connections.per_ip.remove_if_mut(&self.ip, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
+        if let Some(ip) = &self.ip {
+            self.connections.per_ip.remove_if_mut(ip, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
         telemetry::connection_closed(self.transport);
     }
 }
