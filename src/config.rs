@@ -60,8 +60,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// Folder served at `/`; empty to serve no page.
-    pub static_dir: PathBuf,
+    /// Folder served at `/` instead of the page built into the binary; empty
+    /// to serve no page. Not set: the built-in page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_dir: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
@@ -304,7 +306,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            static_dir: PathBuf::from("static"),
+            static_dir: None,
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),

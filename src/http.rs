@@ -34,11 +34,17 @@ pub fn router(state: AppState) -> Router {
         tracing::warn!("testing.echo_endpoint is on: /echo echoes WebSocket messages");
         router = router.route("/echo", get(ws::echo));
     }
-    if !static_dir.as_os_str().is_empty() {
-        if !static_dir.is_dir() {
-            tracing::warn!(dir = %static_dir.display(), "server.static_dir does not exist; no page is served at /");
+    match static_dir {
+        // Not set: the page built into the binary.
+        None => router = router.fallback(crate::assets::embedded),
+        // Set to "": no page.
+        Some(dir) if dir.as_os_str().is_empty() => {}
+        Some(dir) => {
+            if !dir.is_dir() {
+                tracing::warn!(dir = %dir.display(), "server.static_dir does not exist; no page is served at /");
+            }
+            router = router.fallback_service(ServeDir::new(dir));
         }
-        router = router.fallback_service(ServeDir::new(static_dir));
     }
     router.with_state(state)
 }

@@ -53,6 +53,7 @@
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
 pub mod admission;
+mod assets;
 pub mod auth;
 pub mod config;
 pub mod cursor;

@@ -159,14 +159,12 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
             return Ok(None);
         }
         return Ok(match parsed.addresses {
-            ppp::v2::Addresses::IPv4(a) => Some(SocketAddr::new(
-                IpAddr::V4(a.source_address),
-                a.source_port,
-            )),
-            ppp::v2::Addresses::IPv6(a) => Some(SocketAddr::new(
-                IpAddr::V6(a.source_address),
-                a.source_port,
-            )),
+            ppp::v2::Addresses::IPv4(a) => {
+                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+            }
+            ppp::v2::Addresses::IPv6(a) => {
+                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+            }
             _ => None,
         });
     }
@@ -189,17 +187,15 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
     let mut line = vec![0u8; end];
     stream.read_exact(&mut line).await?;
     let text = std::str::from_utf8(&line).map_err(|_| bad("PROXY v1 line is not text".into()))?;
-    let parsed = ppp::v1::Header::try_from(text)
-        .map_err(|e| bad(format!("bad PROXY v1 header: {e}")))?;
+    let parsed =
+        ppp::v1::Header::try_from(text).map_err(|e| bad(format!("bad PROXY v1 header: {e}")))?;
     Ok(match parsed.addresses {
-        ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(
-            IpAddr::V4(a.source_address),
-            a.source_port,
-        )),
-        ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(
-            IpAddr::V6(a.source_address),
-            a.source_port,
-        )),
+        ppp::v1::Addresses::Tcp4(a) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        ppp::v1::Addresses::Tcp6(a) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         ppp::v1::Addresses::Unknown => None,
     })
 }
@@ -246,7 +242,10 @@ mod tests {
         assert!("nonsense".parse::<ProxyNet>().is_err());
         assert_eq!(list[0].to_string(), "10.0.0.0/16");
         assert_eq!(list[2].to_string(), "192.168.1.7");
-        assert_eq!("10.0.3.7/16".parse::<ProxyNet>().unwrap().to_string(), "10.0.0.0/16");
+        assert_eq!(
+            "10.0.3.7/16".parse::<ProxyNet>().unwrap().to_string(),
+            "10.0.0.0/16"
+        );
     }
 
     #[test]

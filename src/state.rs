@@ -9,9 +9,9 @@ use dashmap::DashMap;
 use crate::auth::{AuthSetupError, Authenticator, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::source::Source;
-use crate::proxy;
 use crate::telemetry;
 
 #[derive(Clone)]

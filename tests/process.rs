@@ -118,6 +118,53 @@ async fn no_config_runs_the_demo_with_the_page() {
     assert_eq!(node.wait(Duration::from_secs(10)).await, Some(0));
 }
 
+/// Started from another directory, the binary still serves its page (built
+/// in), and its log to a pipe carries no ANSI colour codes.
+#[tokio::test]
+async fn started_elsewhere_the_page_is_built_in_and_the_log_is_plain() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", "data"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                return addr;
+            }
+        }
+        panic!("exited before listening: {seen:?}");
+    })
+    .await
+    .expect("listens");
+    assert!(
+        seen.iter().all(|l| !l.contains('\x1b')),
+        "ANSI codes in a piped log: {seen:?}"
+    );
+    assert!(!seen.iter().any(|l| l.contains("static_dir")), "{seen:?}");
+    let http = reqwest::Client::new();
+    for (path, needle) in [("/", "<html"), ("/pushgate.js", "export class Pushgate")] {
+        let r = http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.text().await.unwrap().contains(needle), "{path}");
+    }
+    drop(child);
+}
+
 #[tokio::test]
 async fn invalid_config_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
