@@ -17,6 +17,9 @@ const PUBLISHERS: u64 = 4;
 const PER_PUBLISHER: u64 = 150;
 const KEYS: u64 = 12;
 
+/// Whether a subscription receives the record numbered `seq`.
+type Receives = fn(u64) -> bool;
+
 fn position(record: &Value) -> (usize, u64) {
     (
         record["partition"].as_u64().unwrap() as usize,
@@ -59,10 +62,10 @@ async fn what_follows_a_record_is_exactly_what_its_cursor_resumes_whatever_the_f
     // `enter` or `leave` (publishers race, so a key's order is not seq order).
     let hot = |seq: u64| seq % KEYS % 4 == 3;
     let keyed = |seq: u64| matches!(seq % KEYS, 1 | 4);
-    let subscriptions: [(&str, Value, &dyn Fn(u64) -> bool); 3] = [
-        ("all keys", json!({}), &|_| true),
-        ("value filter", json!({"filter": {"hot": true}}), &hot),
-        ("two keys", json!({"keys": ["k1", "k4"]}), &keyed),
+    let subscriptions: [(&str, Value, Receives); 3] = [
+        ("all keys", json!({}), |_| true),
+        ("value filter", json!({"filter": {"hot": true}}), hot),
+        ("two keys", json!({"keys": ["k1", "k4"]}), keyed),
     ];
     let mut clients = Vec::new();
     for (_, options, _) in &subscriptions {
