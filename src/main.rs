@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use pushgate::{Config, Listeners, Shutdown};
 
-/// A push gateway: streams a log to WebSocket and SSE clients, with key filters and resume by cursor.
+/// A push gateway: streams a log (an embedded log, Kafka or Kinesis) to WebSocket, SSE and gRPC clients, with key and value filters and resume by cursor.
 ///
 /// With no --config it runs the demo: loopback only, anonymous access, a
 /// simulated stock ticker on topic `prices`, the dashboard at /.

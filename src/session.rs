@@ -1,4 +1,4 @@
-//! Opening a subscription: checks, registration, the recovery decision, and catch-up, for both transports.
+//! Opening a subscription: checks, registration, the recovery decision, and catch-up, for every transport (WebSocket, SSE, gRPC).
 //!
 //! A subscription starts in one of three ways: live only, snapshot then live,
 //! or resume from a cursor. A resume is served from the ring when it covers

@@ -133,3 +133,58 @@ fn the_cycle_finder_finds_cycles() {
     .collect();
     assert_eq!(cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
 }
+
+/// The edge knows the core, never the reverse. Only the router (`http`) and
+/// the accept loop (`server`) reach a transport; nothing but `lib.rs` reaches
+/// those two; and the core (the log, the hub and what they share) reaches
+/// nothing that serves clients. Other imports between edge modules are fine
+/// (`auth` compiles grants into `hub::Filter` and `spec` filters).
+#[test]
+fn the_edge_imports_the_core_and_never_the_reverse() {
+    const EDGE: [&str; 8] = [
+        "http",
+        "server",
+        "transport",
+        "session",
+        "publish",
+        "admission",
+        "reply",
+        "state",
+    ];
+    const CORE: [&str; 7] = [
+        "hub", "source", "spec", "record", "cursor", "outbox", "protocol",
+    ];
+    let graph = dependencies();
+    let importers = |target: &str| -> Vec<&str> {
+        graph
+            .iter()
+            .filter(|(_, deps)| deps.contains(target))
+            .map(|(module, _)| module.as_str())
+            .collect()
+    };
+    assert_eq!(
+        importers("http"),
+        Vec::<&str>::new(),
+        "only lib.rs wires the router"
+    );
+    assert_eq!(
+        importers("server"),
+        Vec::<&str>::new(),
+        "only lib.rs runs the accept loop"
+    );
+    assert_eq!(
+        importers("transport"),
+        ["http", "server"],
+        "transports are reached from the router and the accept loop (bare SSE) only"
+    );
+    for module in EDGE.iter().chain(&CORE) {
+        assert!(
+            graph.contains_key(*module),
+            "no module `{module}` in src/: renamed? update tests/layout.rs and docs/ARCHITECTURE.md"
+        );
+    }
+    for core in CORE {
+        let reaching: Vec<&&str> = EDGE.iter().filter(|e| graph[core].contains(**e)).collect();
+        assert!(reaching.is_empty(), "`{core}` imports {reaching:?}");
+    }
+}

@@ -15,9 +15,12 @@
 //!
 //! Parts: `partition` (ring and view of one partition), `index` (which
 //! subscriptions a key goes to), `sub` (a subscription's filter and its
-//! catch-up backlog). Lock order: a topic's partitions lock, then partition
-//! states in partition order, then the index (a DashMap shard or an RwLock),
-//! then a subscription's backlog, then its outbox.
+//! catch-up backlog), `group` and `rate` (subscriptions sharing a delivery
+//! spec; `max_rate` conflation). Lock order (docs/ARCHITECTURE.md): a topic's
+//! groups lock (taken alone), its partitions lock, partition states in
+//! partition order, a partition's positions (one at a time), the index (a
+//! DashMap shard or an RwLock), a group's rate lock, then its delta lock (each
+//! released before the next), a subscription's backlog, then its outbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn the_readme_examples_are_what_clients_receive() {
         use crate::record::{Framing, Record};
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../docs/cdc.md");
         let examples: Vec<&str> = readme
             .lines()
             .filter(|l| {
