@@ -21,6 +21,44 @@ pub enum Refusal {
     Unauthorized,
     TooManyFromIp,
     Unavailable,
+    /// Over `limits.connect_rate`: retry after a moment.
+    Busy,
+}
+
+/// `limits.connect_rate`: one token bucket for the node's handshakes.
+pub struct ConnectLimiter {
+    rate: f64,
+    burst: f64,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl ConnectLimiter {
+    /// `rate` 0: no limit.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            bucket: std::sync::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token for one handshake; false when the bucket is empty.
+    pub fn allow(&self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut bucket = self.bucket.lock().expect("connect bucket lock");
+        let now = std::time::Instant::now();
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            true
+        } else {
+            *bucket = (tokens, now);
+            false
+        }
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -33,6 +71,7 @@ impl IntoResponse for Refusal {
                 "too many connections from this address",
             ),
             Refusal::Unavailable => unavailable("not accepting connections"),
+            Refusal::Busy => unavailable("too many new connections right now: retry shortly"),
         }
     }
 }
@@ -45,6 +84,11 @@ pub fn admit(
     peer: SocketAddr,
     transport: &'static str,
 ) -> Result<Admission, Refusal> {
+    // First and cheapest: under a storm, refuse before any token is verified.
+    if !state.connect_limiter.allow() {
+        crate::telemetry::connection_refused("rate");
+        return Err(Refusal::Busy);
+    }
     let token = auth::token_from(headers, query, &state.config.auth.cookie);
     if token.is_none() && !state.config.auth.anonymous_subscribe {
         return Err(Refusal::Unauthorized);

@@ -60,6 +60,7 @@ pub mod cursor;
 pub mod demo;
 pub mod http;
 pub mod hub;
+mod log_reads;
 pub mod outbox;
 pub mod protocol;
 pub mod proxy;
@@ -132,6 +133,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         );
     }
     let grace = config.server.shutdown_grace;
+    // Half the grace at most: the last clients' closes must finish within it.
+    shutdown.set_spread(config.server.drain_spread.min(grace / 2));
     let timeouts = server::Timeouts {
         header_read: config.server.header_read_timeout,
         write: config.limits.write_timeout,
