@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::admission::ConnectLimiter;
-use crate::auth::{AuthSetupError, Authenticator, RateLimiter};
+use crate::auth::{AuthSetupError, Authenticator, ConnectLimiter, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::log_reads::LogReads;
