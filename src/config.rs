@@ -1871,6 +1871,29 @@ mod documented {
     }
 
     #[test]
+    fn kafka_isolation_level_is_read_committed_unless_set_and_checked() {
+        let base = "[source]\nkind = \"kafka\"\n[[topics]]\nname = \"a\"\n";
+        let parse =
+            |extra: &str| Config::from_toml_str(&format!("{base}{extra}"), std::iter::empty());
+        assert_eq!(
+            parse("").unwrap().kafka.isolation_level,
+            IsolationLevel::ReadCommitted
+        );
+        let uncommitted = parse("[kafka]\nisolation_level = \"read_uncommitted\"\n").unwrap();
+        assert_eq!(
+            uncommitted.kafka.isolation_level.as_str(),
+            "read_uncommitted"
+        );
+        let err = parse("[kafka]\nisolation_level = \"committed\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("isolation_level") && err.contains("read_committed"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_key_is_documented_in_the_reference_configs() {
         let reference = include_str!("../config/pushgate.toml");
         let kafka = include_str!("../config/kafka.toml");
