@@ -907,6 +907,26 @@ pub enum WarmStart {
     Earliest,
 }
 
+/// Which records of transactions a Kafka node reads (librdkafka `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Only committed records, up to the last stable offset: aborted ones never reach a client.
+    ReadCommitted,
+    /// Every record as soon as written, aborted transactions included.
+    ReadUncommitted,
+}
+
+impl IsolationLevel {
+    /// The librdkafka property value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadCommitted => "read_committed",
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
 /// `[kafka]`: used when `source.kind = "kafka"`; every key is documented in `config/kafka.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -915,6 +935,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub client_id: String,
     pub warm_start: WarmStart,
+    /// Transactional records: committed only (the default) or everything.
+    pub isolation_level: IsolationLevel,
     /// librdkafka `fetch.wait.max.ms`: the longest a fetch waits for data (its default, 500, would dominate latency).
     pub fetch_wait_max_ms: u32,
     /// librdkafka `linger.ms` for the publish API's producer.
@@ -1211,6 +1233,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             client_id: "pushgate".into(),
             warm_start: WarmStart::Tail,
+            isolation_level: IsolationLevel::ReadCommitted,
             fetch_wait_max_ms: 10,
             linger_ms: 1,
             metadata_refresh_interval: Duration::from_secs(5),
@@ -1882,6 +1905,29 @@ mod documented {
             }
         }
         out
+    }
+
+    #[test]
+    fn kafka_isolation_level_is_read_committed_unless_set_and_checked() {
+        let base = "[source]\nkind = \"kafka\"\n[[topics]]\nname = \"a\"\n";
+        let parse =
+            |extra: &str| Config::from_toml_str(&format!("{base}{extra}"), std::iter::empty());
+        assert_eq!(
+            parse("").unwrap().kafka.isolation_level,
+            IsolationLevel::ReadCommitted
+        );
+        let uncommitted = parse("[kafka]\nisolation_level = \"read_uncommitted\"\n").unwrap();
+        assert_eq!(
+            uncommitted.kafka.isolation_level.as_str(),
+            "read_uncommitted"
+        );
+        let err = parse("[kafka]\nisolation_level = \"committed\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("isolation_level") && err.contains("read_committed"),
+            "{err}"
+        );
     }
 
     #[test]
