@@ -4,8 +4,9 @@
 #   loadtest/kafka-latency.sh             # 1,000 records/s, 1,000 WS + 1,000 SSE clients, 30 s
 #   SECS=10 CLIENTS=200 loadtest/kafka-latency.sh
 #
-# Starts a tansu broker (memory storage) and one pushgate (release build) on
-# loopback ports, creates a 3-partition topic, then runs
+# Starts an Apache Kafka 4.4 node (scripts/kafka-broker: KRaft, PLAINTEXT, 1 GiB
+# heap, G1 with full JIT unless KAFKA_JVM_OPTS says otherwise) and one pushgate
+# (release build) on loopback ports, creates a 3-partition topic, then runs
 # `pushgate-loadtest kafka-latency`: a librdkafka producer at RATE records/s
 # over KEYS keys; a bare librdkafka consumer with pushgate's fetch settings
 # (the floor); CLIENTS WebSocket and CLIENTS SSE clients of pushgate, each on
@@ -18,12 +19,11 @@ SECS=${SECS:-30}
 CLIENTS=${CLIENTS:-1000}
 KEYS=${KEYS:-1000}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BROKER_PORT=${BROKER_PORT:-$(free_port)}
 PG_PORT=${PG_PORT:-$(free_port)}
 OUT=${OUT:-$ROOT/loadtest/out/kafka-latency-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v tansu >/dev/null || scripts/kafka-setup
+scripts/kafka-setup >/dev/null
 
 if [ -z "${PUSHGATE_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
     cargo build --release -p pushgate -p pushgate-loadtest
@@ -32,7 +32,11 @@ PUSHGATE_BIN=${PUSHGATE_BIN:-$ROOT/target/release/pushgate}
 LOADTEST_BIN=${LOADTEST_BIN:-$ROOT/target/release/pushgate-loadtest}
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    scripts/kafka-broker stop "$OUT/kafka" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
 trap cleanup EXIT
 
 wait_port() {
@@ -43,12 +47,12 @@ wait_port() {
     echo "nothing listening on $1" >&2; return 1
 }
 
-(cd "$OUT" && exec tansu broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine memory://tansu/ 2>broker.log) &
-pids+=($!)
-wait_port "$BROKER_PORT"
-tansu topic create lat --partitions 3 --broker "tcp://127.0.0.1:$BROKER_PORT"
+# A benchmark broker: a bigger heap and the full JIT (the test default favours start-up).
+KAFKA_HEAP=${KAFKA_HEAP:-1g} KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20} \
+    scripts/kafka-broker start "$OUT/kafka" --watch-pid $$ >/dev/null
+BROKER=$(cat "$OUT/kafka/bootstrap")
+scripts/kafka-broker run "$OUT/kafka" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKER" \
+    --create --topic lat --partitions 3 --replication-factor 1 >/dev/null
 
 cat > "$OUT/pushgate.toml" <<TOML
 [server]
@@ -66,7 +70,7 @@ anonymous_subscribe = true
 [demo]
 enabled = false
 [kafka]
-brokers = "127.0.0.1:$BROKER_PORT"
+brokers = "$BROKER"
 fetch_wait_max_ms = 10
 [[topics]]
 name = "lat"
@@ -81,7 +85,7 @@ for _ in $(seq 1 300); do
 done
 curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null || { echo "pushgate never ready" >&2; exit 1; }
 
-timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "127.0.0.1:$BROKER_PORT" --topic lat \
+timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "$BROKER" --topic lat \
     --url "http://127.0.0.1:$PG_PORT" --rate "$RATE" --keys "$KEYS" \
     --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
     --json "$OUT/kafka-latency.json" | tee "$OUT/kafka-latency.md"

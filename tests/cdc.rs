@@ -1,10 +1,11 @@
-//! Change data capture: Debezium change topics and deletes, against a real broker (tansu).
+//! Change data capture: Debezium change topics and deletes, against Apache Kafka.
 //!
 //! Change events are produced by kafka-python in Debezium's documented JSON
 //! shapes (MySQL connector: create, update, delete followed by a tombstone,
 //! snapshot read), with and without Kafka Connect's schema/payload wrapper.
-//! Each test starts its own broker and pushgate processes on free 127.0.0.1
-//! ports; all are killed when it ends. Needs `scripts/kafka-setup`.
+//! The tests share this binary's broker (topic names of their own) and start
+//! their own pushgate processes on free 127.0.0.1 ports, killed when each
+//! ends. Needs `scripts/kafka-setup`.
 
 mod common;
 mod kafka_common;
@@ -277,7 +278,7 @@ fn history() -> Vec<Change> {
 
 #[tokio::test]
 async fn change_events_live_and_in_snapshots_with_and_without_the_wrapper() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("customers", 2, &[]).await;
     broker.create_topic("customers.wrapped", 2, &[]).await;
     let topics = format!(
@@ -353,7 +354,7 @@ async fn change_events_live_and_in_snapshots_with_and_without_the_wrapper() {
 
 #[tokio::test]
 async fn a_resume_across_a_delete_replays_it_from_the_ring_and_from_kafka() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("accounts", 1, &[]).await;
     // One node whose ring covers the resume, one whose ring (2 records) does not.
     let (ring, _d1) = start_node(&broker, &debezium_topic("accounts", 64), "").await;
@@ -423,13 +424,13 @@ async fn a_resume_across_a_delete_replays_it_from_the_ring_and_from_kafka() {
 
 #[tokio::test]
 async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
-    let broker = Broker::memory().await;
-    broker.create_topic("customers", 1, &[]).await;
+    let broker = Broker::shared();
+    broker.create_topic("customers.bad", 1, &[]).await;
     broker.create_topic(DLQ, 1, &[]).await;
     let dlq = format!("dead_letter_topic = \"{DLQ}\"");
-    let (node, _dir) = start_node(&broker, &debezium_topic("customers", 64), &dlq).await;
+    let (node, _dir) = start_node(&broker, &debezium_topic("customers.bad", 64), &dlq).await;
     let mut ws = WsClient::connect(node.addr).await;
-    ws.subscribe(json!({"topic": "customers", "snapshot": false}))
+    ws.subscribe(json!({"topic": "customers.bad", "snapshot": false}))
         .await;
 
     let good = |id: u64, pos: u64| Change::new(id, "c", Value::Null, customer(id, "x@y"), pos);
@@ -443,7 +444,7 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
     let mut lines = vec![good(1, 1).line("customers", false)];
     lines.extend(bad.iter().cloned());
     lines.push(good(2, 6).line("customers", false));
-    let positions = produce_raw(&broker, "customers", &lines).await;
+    let positions = produce_raw(&broker, "customers.bad", &lines).await;
     assert_eq!(
         positions,
         (0..6).map(|o| (0, o)).collect::<Vec<_>>(),
@@ -479,8 +480,13 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
     );
 
     // Copied to the dead-letter topic unchanged, with where and why.
-    // Not awaited by pushgate: wait for them (the tool gives up after 30 s).
-    let copies = dump_raw(&broker, DLQ, Some(4)).await;
+    // Not awaited by pushgate: wait for them (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut copies = dump_raw(&broker, DLQ).await;
+    while copies.len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        copies = dump_raw(&broker, DLQ).await;
+    }
     assert_eq!(copies.len(), 4, "{copies:?}");
     for (i, copy) in copies.iter().enumerate() {
         let line = &bad[i];
@@ -497,7 +503,7 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
         let headers = &copy["headers"];
         assert_eq!(
             headers["pushgate.source"],
-            format!("customers/0/{}", i + 1),
+            format!("customers.bad/0/{}", i + 1),
             "{copy}"
         );
         assert_eq!(headers["pushgate.reason"], "bad_envelope", "{copy}");
@@ -511,7 +517,7 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
     let resume = got[0]["cursor"].as_str().unwrap();
     let mut again = WsClient::connect(node.addr).await;
     let reply = again
-        .subscribe(json!({"topic": "customers", "cursor": resume}))
+        .subscribe(json!({"topic": "customers.bad", "cursor": resume}))
         .await;
     assert_eq!(reply["recovered"], true);
     let replayed = again.records(1).await;
@@ -519,10 +525,10 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
     again.expect_silence(Duration::from_millis(300)).await;
 
     // The same from Kafka: a node whose ring does not reach back that far.
-    let (cold, _d2) = start_node(&broker, &debezium_topic("customers", 1), "").await;
+    let (cold, _d2) = start_node(&broker, &debezium_topic("customers.bad", 1), "").await;
     let mut ws2 = WsClient::connect(cold.addr).await;
     let reply = ws2
-        .subscribe(json!({"topic": "customers", "cursor": resume}))
+        .subscribe(json!({"topic": "customers.bad", "cursor": resume}))
         .await;
     assert_eq!(reply["recovered"], true);
     let replayed = ws2.records(1).await;
@@ -531,14 +537,14 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
     assert!(metric(cold.addr, "pushgate_kafka_catchup_reads_total").await >= 1.0);
 
     // Still streaming.
-    let more = produce_changes(&broker, "customers", "customers", false, &[good(3, 9)]).await;
+    let more = produce_changes(&broker, "customers.bad", "customers", false, &[good(3, 9)]).await;
     check_all(&ws.records(1).await, &more, "customers");
     check_all(&ws2.records(1).await, &more, "customers");
 }
 
 #[tokio::test]
 async fn a_tombstone_on_a_json_topic_deletes_its_key_from_snapshots() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("plain", 1, &[]).await;
     let (node, _dir) = start_node(&broker, "[[topics]]\nname = \"plain\"\n", "").await;
     let mut ws = WsClient::connect(node.addr).await;
@@ -614,7 +620,7 @@ async fn a_null_publish_on_the_embedded_log_is_a_tombstone() {
 /// created after the node started.
 #[tokio::test]
 async fn tables_found_by_a_pattern_are_decoded_as_debezium() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker
         .create_topic("dbserver1.inventory.customers", 1, &[])
         .await;

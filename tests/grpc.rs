@@ -550,7 +550,7 @@ async fn a_drain_ends_streams_with_unavailable_and_the_cursor_then_the_client_re
 #[tokio::test]
 async fn resume_with_a_cursor_on_a_second_kafka_node_loses_and_repeats_nothing() {
     use kafka_common::*;
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("t", 3, &[]).await;
     let node = |_: ()| async {
         let dir = tempfile::tempdir().unwrap();

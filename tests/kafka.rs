@@ -1,6 +1,7 @@
-//! The Kafka source against a real broker (tansu), an independent client (kafka-python) and HAProxy.
+//! The Kafka source against Apache Kafka, an independent client (kafka-python) and HAProxy.
 //!
-//! Every test starts its own broker on a free port, its own pushgate
+//! Tests that stop the broker start their own; the others share this binary's
+//! broker, each with topics of its own. Every test starts its own pushgate
 //! processes (the real binary) and, for the multi-node test, HAProxy; all of
 //! them are killed when the test ends. Needs `scripts/kafka-setup`.
 
@@ -52,36 +53,36 @@ fn assert_partition_order(positions: &[(u32, u64)]) {
 
 #[tokio::test]
 async fn key_filtered_ws_and_sse_delivery_in_partition_order() {
-    let broker = Broker::memory().await;
-    broker.create_topic("t", 3, &[]).await;
-    let (node, _dir) = node(&broker, &[("t", 64)], &[]).await;
+    let broker = Broker::shared();
+    broker.create_topic("filter", 3, &[]).await;
+    let (node, _dir) = node(&broker, &[("filter", 64)], &[]).await;
     let http = reqwest::Client::new();
 
     let mut ws = WsClient::connect(node.addr).await;
-    ws.subscribe(json!({"topic": "t", "keys": ["k1", "k3"], "snapshot": false}))
+    ws.subscribe(json!({"topic": "filter", "keys": ["k1", "k3"], "snapshot": false}))
         .await;
     let mut sse = SseClient::connect(
         &http,
         node.addr,
-        "topic=t&key=k1&key=k3&snapshot=false",
+        "topic=filter&key=k1&key=k3&snapshot=false",
         None,
     )
     .await;
     assert_eq!(sse.next().await.event, "subscribed");
 
     // An independent producer (kafka-python) and pushgate's own publish API.
-    produce(&broker, "t", 0, 40).await;
+    produce(&broker, "filter", 0, 40).await;
     for seq in 40..60u64 {
         publish(
             &http,
             node.addr,
-            "t",
+            "filter",
             &format!("k{}", seq % 5),
             json!({"seq": seq}),
         )
         .await;
     }
-    let all = dump(&broker, "t").await;
+    let all = dump(&broker, "filter").await;
     assert_eq!(all.len(), 60);
     let parts: std::collections::HashSet<u32> = all.iter().map(|r| r.partition).collect();
     assert_eq!(parts.len(), 3, "records spread over the 3 partitions");
@@ -129,17 +130,18 @@ async fn key_filtered_ws_and_sse_delivery_in_partition_order() {
 
 #[tokio::test]
 async fn resume_on_a_different_node_is_served_from_kafka_with_nothing_lost_or_repeated() {
-    let broker = Broker::memory().await;
-    broker.create_topic("t", 3, &[]).await;
+    let broker = Broker::shared();
+    broker.create_topic("resume", 3, &[]).await;
     // Tiny rings and warm start: node B cannot serve the resume from memory.
     let tweak = [("warm_start_records = 1000", "warm_start_records = 2")];
-    let (a, _da) = node(&broker, &[("t", 4)], &tweak).await;
-    let (b, _db) = node(&broker, &[("t", 4)], &tweak).await;
+    let (a, _da) = node(&broker, &[("resume", 4)], &tweak).await;
+    let (b, _db) = node(&broker, &[("resume", 4)], &tweak).await;
     let http = reqwest::Client::new();
 
     let mut ws = WsClient::connect(a.addr).await;
-    ws.subscribe(json!({"topic": "t", "snapshot": false})).await;
-    produce(&broker, "t", 0, 10).await;
+    ws.subscribe(json!({"topic": "resume", "snapshot": false}))
+        .await;
+    produce(&broker, "resume", 0, 10).await;
     let seen = ws.records(10).await;
     let cursor = seen[9]["cursor"].as_str().unwrap().to_owned();
     drop(ws);
@@ -149,7 +151,7 @@ async fn resume_on_a_different_node_is_served_from_kafka_with_nothing_lost_or_re
         publish(
             &http,
             a.addr,
-            "t",
+            "resume",
             &format!("k{}", seq % 5),
             json!({"seq": seq}),
         )
@@ -157,7 +159,9 @@ async fn resume_on_a_different_node_is_served_from_kafka_with_nothing_lost_or_re
     }
 
     let mut ws = WsClient::connect(b.addr).await;
-    let reply = ws.subscribe(json!({"topic": "t", "cursor": cursor})).await;
+    let reply = ws
+        .subscribe(json!({"topic": "resume", "cursor": cursor}))
+        .await;
     assert_eq!(reply["recovered"], true, "{reply}");
     let got = ws.records(30).await;
     assert_partition_order(&got.iter().map(position).collect::<Vec<_>>());
@@ -171,7 +175,7 @@ async fn resume_on_a_different_node_is_served_from_kafka_with_nothing_lost_or_re
     );
 
     // The same through SSE and Last-Event-ID, on node B again (now from the shared cache).
-    let mut sse = SseClient::connect(&http, b.addr, "topic=t", Some(&cursor)).await;
+    let mut sse = SseClient::connect(&http, b.addr, "topic=resume", Some(&cursor)).await;
     let subscribed = sse.next().await;
     assert_eq!(subscribed.json()["recovered"], true);
     let mut seqs: Vec<u64> = sse
@@ -342,17 +346,17 @@ async fn wait_started(collectors: &[Collector]) {
 
 #[tokio::test]
 async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing() {
-    let broker = Broker::memory().await;
-    broker.create_topic("t", 3, &[]).await;
+    let broker = Broker::shared();
+    broker.create_topic("kill9", 3, &[]).await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        nodes.push(node(&broker, &[("t", 32)], &[]).await);
+        nodes.push(node(&broker, &[("kill9", 32)], &[]).await);
     }
     let backends: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
     let lb = HaProxy::start(&backends).await;
     tokio::time::sleep(Duration::from_millis(1000)).await; // health checks mark all up
 
-    let collectors: Vec<Collector> = (0..9).map(|_| Collector::start(lb.addr, "t")).collect();
+    let collectors: Vec<Collector> = (0..9).map(|_| Collector::start(lb.addr, "kill9")).collect();
     wait_started(&collectors).await;
 
     let mut load = spawn_tool(&[
@@ -360,7 +364,7 @@ async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing(
         "--brokers",
         &broker.addr(),
         "--topic",
-        "t",
+        "kill9",
         "--count",
         "600",
         "--rate",
@@ -371,7 +375,7 @@ async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing(
     nodes[1].0.child.start_kill().unwrap(); // SIGKILL
     wait_exit(&mut load, Duration::from_secs(60)).await;
 
-    let all = dump(&broker, "t").await;
+    let all = dump(&broker, "kill9").await;
     assert!(all.len() >= 600);
     let mut reconnects = 0;
     for (i, c) in collectors.into_iter().enumerate() {
@@ -391,7 +395,7 @@ async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing(
 
 #[tokio::test]
 async fn broker_stop_and_restart_under_load_loses_and_repeats_nothing() {
-    let mut broker = Broker::sqlite().await;
+    let mut broker = Broker::start().await;
     broker.create_topic("t", 3, &[]).await;
     let (n, _dir) = node(&broker, &[("t", 64)], &[]).await;
     let collectors: Vec<Collector> = (0..3).map(|_| Collector::start(n.addr, "t")).collect();
@@ -454,7 +458,7 @@ async fn broker_stop_and_restart_under_load_loses_and_repeats_nothing() {
 /// arrives as if it were live.
 #[tokio::test]
 async fn a_node_restarted_with_the_broker_down_serves_nothing_until_warm() {
-    let mut broker = Broker::sqlite().await;
+    let mut broker = Broker::start().await;
     broker.create_topic("t", 3, &[]).await;
     produce(&broker, "t", 0, 300).await;
     let slow_start = [("startup_timeout = \"10s\"", "startup_timeout = \"60s\"")];
@@ -580,12 +584,19 @@ async fn a_node_restarted_with_the_broker_down_serves_nothing_until_warm() {
 
 #[tokio::test]
 async fn resume_below_the_low_watermark_gets_recovered_false_and_a_gap() {
-    // tansu does not support DeleteRecords; its sqlite engine applies
-    // `retention.ms` (cleanup.policy=delete) at start, so the low watermark is
-    // moved by real retention and a broker restart.
-    let mut broker = Broker::sqlite().await;
+    // Real retention moves the low watermark: 2 s segments, 4 s retention,
+    // checked every 500 ms (a broker of its own for that broker setting).
+    let broker = Broker::start_with(&["--prop", "log.retention.check.interval.ms=500"]).await;
     broker
-        .create_topic("r", 1, &["cleanup.policy=delete", "retention.ms=4000"])
+        .create_topic(
+            "r",
+            1,
+            &[
+                "cleanup.policy=delete",
+                "retention.ms=4000",
+                "segment.ms=2000",
+            ],
+        )
         .await;
     produce(&broker, "r", 0, 10).await;
     let (n, _dir) = node(
@@ -604,9 +615,18 @@ async fn resume_below_the_low_watermark_gets_recovered_false_and_a_gap() {
 
     tokio::time::sleep(Duration::from_millis(5000)).await;
     produce(&broker, "r", 10, 5).await;
-    broker.restart().await; // retention runs at broker start
-    let low = low_watermarks(&broker, "r").await;
-    assert_eq!(low, vec![10], "retention removed the 10 old records");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let low = low_watermarks(&broker, "r").await;
+        if low == vec![10] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention removed the 10 old records: low watermark {low:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let (n, _dir) = node(
         &broker,
@@ -651,7 +671,7 @@ async fn recreated_topic_is_detected_and_old_cursors_are_not_recovered() {
     // The topic is recreated while the node is down: deleting a topic that a
     // librdkafka client is assigned to crashes librdkafka 2.12 against tansu 0.6
     // (see docs/kafka.md), so live detection cannot be exercised here.
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("re", 3, &[]).await;
     let (n, _dir) = node(&broker, &[("re", 16)], &[]).await;
     let old_epoch = topic_epoch(n.addr).await;
@@ -699,7 +719,7 @@ async fn recreated_topic_is_detected_and_old_cursors_are_not_recovered() {
 async fn sse_latency_through_haproxy_matches_a_direct_stream() {
     const RATE: u64 = 50;
     const COUNT: u64 = 200;
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("lat", 3, &[]).await;
     let a = node(&broker, &[("lat", 256)], &[]).await;
     let b = node(&broker, &[("lat", 256)], &[]).await;
@@ -757,7 +777,7 @@ async fn sse_latency_through_haproxy_matches_a_direct_stream() {
 async fn a_version_1_cursor_written_byte_by_byte_still_resumes_on_a_kafka_topic() {
     // Cursor version 2 (Kinesis shard positions) exists now; every version 1
     // cursor handed out before it must still resume exactly on Kafka topics.
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("v", 1, &[]).await;
     produce(&broker, "v", 0, 8).await;
     let (n, _dir) = node(&broker, &[("v", 64)], &[]).await;

@@ -1,4 +1,4 @@
-//! Produce-to-client latency through a real broker (tansu), in a test binary of its own.
+//! Produce-to-client latency through Apache Kafka, in a test binary of its own.
 //!
 //! The other Kafka tests run in parallel with each other (each with its own
 //! broker and pushgate processes); on a 2-core machine they took this one's
@@ -30,7 +30,7 @@ async fn produce_to_client_latency() {
     // (a debug build, one thread), and at twenty they were the bottleneck,
     // not the gateway (p50 from 34 to 285 ms from run to run, same code).
     const CLIENTS: usize = 5;
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("lat", 3, &[]).await;
     let (n, _dir) = node(&broker, &[("lat", 1024)]).await;
     let mut others = Vec::new();

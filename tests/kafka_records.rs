@@ -1,7 +1,7 @@
 //! The Kafka-only members of a record, as clients receive them: a value that
 //! is not JSON (`"encoding":"base64"`), a tombstone (`"tombstone":true`,
 //! `data` null) and headers (a value that is not UTF-8 as `"base64:…"`, a
-//! missing one as null), over WebSocket and SSE from a real broker (tansu).
+//! missing one as null), over WebSocket and SSE from Apache Kafka.
 //! The harness checks each against api/schemas/messages.json; this test
 //! checks the values.
 
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn binary_values_tombstones_and_headers_reach_clients_as_documented() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("raw", 1, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(

@@ -1,12 +1,12 @@
-//! Topics by pattern and topics that change under running nodes, against a real broker (tansu) and kafka-python.
+//! Topics by pattern and topics that change under running nodes, against Apache Kafka and kafka-python.
 //!
-//! Each test starts its own broker on a free port and the real pushgate binary.
-//! Not covered here, and why: deleting (or deleting and recreating) a topic a
-//! node is assigned to. tansu 0.6 answers the Fetch for a deleted topic with a
-//! zero topic id plus a `CurrentLeader` tag, and librdkafka 2.12 builds a
-//! metadata update from it with a NULL topic name and crashes (SIGSEGV in
-//! `rd_kafka_metadata_cache_find`). Deletion is covered at the metadata level
-//! by the unit tests in `src/source/kafka.rs` and `src/hub.rs`.
+//! The tests share this binary's broker (each with topic names of its own)
+//! and start the real pushgate binary. Not covered here: deleting (or deleting
+//! and recreating) a topic a node is assigned to. Against tansu 0.6 that
+//! crashed librdkafka 2.12 (tansu answered the Fetch for a deleted topic with a
+//! zero topic id plus a `CurrentLeader` tag); it has not been written against
+//! Apache Kafka yet. Deletion is covered at the metadata level by the unit
+//! tests in `src/source/kafka.rs` and `src/hub.rs`.
 
 mod common;
 mod kafka_common;
@@ -100,7 +100,7 @@ ring_records = 64
 
 #[tokio::test]
 async fn a_pattern_serves_topics_found_at_start_and_topics_created_later_without_a_restart() {
-    let broker = Broker::memory().await;
+    let broker = Broker::shared();
     broker.create_topic("db.inv.a", 2, &[]).await;
     broker.create_topic("other", 1, &[]).await;
     broker.create_topic("xdb.inv.a", 1, &[]).await; // anchored: not matched
@@ -130,7 +130,7 @@ async fn a_pattern_serves_topics_found_at_start_and_topics_created_later_without
         t.iter().any(|t| t.0 == "db.inv.b")
     })
     .await;
-    eprintln!("db.inv.b listed and ready {found:?} after `tansu topic create` returned");
+    eprintln!("db.inv.b listed and ready {found:?} after CreateTopics returned");
     assert!(
         found < Duration::from_millis(2500),
         "within the refresh interval and a warm start: {found:?}"
@@ -223,9 +223,7 @@ async fn a_matching_topic_is_retryable_while_the_node_warms_and_an_unmatched_one
 
 #[tokio::test]
 async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resume_exactly() {
-    // tansu 0.6 has no CreatePartitions: the tool writes the new partitions into
-    // the sqlite storage of the running broker (see kafka_tool.py).
-    let broker = Broker::sqlite().await;
+    let broker = Broker::shared();
     broker.create_topic("grow", 2, &[]).await;
     let grow = "[[topics]]\npattern = \"gro.*\"\nring_records = 1024\n";
     let (a, _da) = node(&broker.addr(), grow, &[]).await;
@@ -248,8 +246,7 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
     let old_cursor = before[9]["cursor"].as_str().unwrap().to_owned();
     assert_eq!(Cursor::decode(&old_cursor).unwrap().offsets.len(), 2);
 
-    let how = add_partitions(&broker, "grow", 4).await;
-    eprintln!("partitions added: {how}");
+    add_partitions(&broker, "grow", 4).await;
     let grown = until_topics(a.addr, Duration::from_secs(5), "4 partitions", |t| {
         t.iter().any(|t| t.0 == "grow" && t.1 == 4)
     })

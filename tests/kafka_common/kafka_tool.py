@@ -7,7 +7,8 @@ produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at 
 dump:    every record of a topic as JSON lines {"p","o","key","seq","value","headers"}, then "end"
          (value: the raw value as text, null for a tombstone; headers: {"name": "value"}).
          --expect N: read until N records were seen (at most 30 s) instead of up to the end
-         offsets, which tansu under-reports after a batch of several records.
+         offsets. --isolation read_committed skips aborted transactions (default: read_uncommitted,
+         every record in the log).
 raw:     produces the records given on stdin, one JSON line each:
          {"key": <JSON>, "value": <JSON>, "headers": {"name": "value"}}: key and value are
          sent as their compact JSON text; a null (or missing) key is no key, a null value
@@ -15,17 +16,18 @@ raw:     produces the records given on stdin, one JSON line each:
          (e.g. a value that is not JSON). Waits for each ack; prints {"p","o"} per record.
 low:     the low watermark of each partition, as a JSON list.
 create:  creates a topic (--partitions, --config k=v ...); delete: deletes it.
-add-partitions: grows a topic to --count partitions with the admin client's
-         CreatePartitions; tansu 0.6 does not implement that request, so with
-         --sqlite (the broker's sqlite storage file) the new partitions are
-         written into tansu's own tables instead, as its CreateTopics would
-         write them; the running broker serves them from its next request.
-         Prints "added via create_partitions" or "added via tansu storage".
+add-partitions: grows a topic to --count partitions (CreatePartitions). Prints "added".
+acl:     --acl allow|deny|remove --principal User:NAME --operation READ|DESCRIBE|... on
+         --topic (literal name, or --prefixed) or --group NAME: creates (or removes) one ACL.
+txn:     produces --count records (seq --start..) in one transaction with --transactional-id,
+         then commits it or, with --abort, aborts it. Prints "committed N" or "aborted N".
 
 --security-protocol SSL|SASL_SSL|SASL_PLAINTEXT with --ssl-cafile/--ssl-certfile/--ssl-keyfile
 and --sasl-mechanism/--sasl-username/--sasl-password reach a secured broker (every command).
+OAUTHBEARER sends an unsecured JWS (alg "none", no signature) whose `sub` is --sasl-username:
+what the test broker's unsecured validator accepts.
 """
-import argparse, json, os, signal, sqlite3, sys, time
+import argparse, base64, json, os, signal, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -38,9 +40,34 @@ def security(a):
         kw.update(ssl_cafile=a.ssl_cafile, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile,
                   ssl_check_hostname=True)
     if a.security_protocol.startswith("SASL"):
-        kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_username,
-                  sasl_plain_password=a.sasl_password)
+        kw.update(sasl_mechanism=a.sasl_mechanism)
+        if a.sasl_mechanism == "OAUTHBEARER":
+            kw.update(sasl_oauth_token_provider=UnsecuredToken(a.sasl_username))
+        else:
+            kw.update(sasl_plain_username=a.sasl_username, sasl_plain_password=a.sasl_password)
     return kw
+
+
+try:  # kafka-python 3
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+except ImportError:  # kafka-python 2
+    from kafka.sasl.oauth import AbstractTokenProvider
+
+
+class UnsecuredToken(AbstractTokenProvider):
+    """An unsecured JWS for OAUTHBEARER."""
+
+    def __init__(self, sub):
+        super().__init__()
+        b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+        now = int(time.time())
+        self.jws = b64({"alg": "none"}) + "." + b64({"sub": sub, "iat": now, "exp": now + 3600}) + "."
+
+    def token(self):
+        return self.jws
+
+    def extensions(self):
+        return {}
 
 
 def produce(a):
@@ -75,7 +102,8 @@ def produce(a):
 
 
 def dump(a):
-    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=a.brokers, **security(a), enable_auto_commit=False,
+                             isolation_level=a.isolation)
     parts = consumer.partitions_for_topic(a.topic) or set()
     tps = [TopicPartition(a.topic, p) for p in sorted(parts)]
     consumer.assign(tps)
@@ -110,35 +138,51 @@ def dump(a):
 
 
 def add_partitions(a):
-    from kafka.admin import KafkaAdminClient, NewPartitions
-    from kafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError
-    admin = KafkaAdminClient(bootstrap_servers=a.brokers, **security(a))
-    try:
-        admin.create_partitions({a.topic: NewPartitions(a.count)})
-        print("added via create_partitions", flush=True)
-        return
-    except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
-        if not a.sqlite:
-            raise
-        print(f"CreatePartitions unsupported ({e}); writing tansu storage", file=sys.stderr)
-    finally:
-        admin.close()
-    db = sqlite3.connect(a.sqlite, timeout=10)
-    with db:  # one transaction: the topic row, its topitions and their watermarks
-        row = db.execute("select id, partitions from topic where name = ?", (a.topic,)).fetchone()
-        if row is None:
-            sys.exit(f"no topic {a.topic} in {a.sqlite}")
-        tid, have = row
-        if a.count <= have:
-            sys.exit(f"{a.topic} already has {have} partitions")
-        for p in range(have, a.count):
-            tp = db.execute("insert into topition (topic, partition) values (?, ?) returning id",
-                            (tid, p)).fetchone()[0]
-            db.execute("insert into watermark (topition) values (?)", (tp,))
-        db.execute("update topic set partitions = ?, last_updated = current_timestamp where id = ?",
-                   (a.count, tid))
-    db.close()
-    print("added via tansu storage", flush=True)
+    from kafka.admin import NewPartitions
+    adm = admin(a)
+    adm.create_partitions({a.topic: NewPartitions(a.count)})
+    adm.close()
+    print("added", flush=True)
+
+
+def acl(a):
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType,
+                             ResourcePattern, ResourceType)
+    if a.group:
+        kind, name = ResourceType.GROUP, a.group
+    else:
+        kind, name = ResourceType.TOPIC, a.topic
+    pattern = ResourcePattern(kind, name, ACLResourcePatternType.PREFIXED if a.prefixed
+                              else ACLResourcePatternType.LITERAL)
+    op = getattr(ACLOperation, a.operation)
+    adm = admin(a)
+    if a.acl == "remove":
+        adm.delete_acls([ACLFilter(a.principal, "*", op, ACLPermissionType.ANY, pattern)])
+    else:
+        perm = ACLPermissionType.ALLOW if a.acl == "allow" else ACLPermissionType.DENY
+        result = adm.create_acls([ACL(a.principal, "*", op, perm, pattern)])
+        if result.get("failed"):
+            sys.exit(f"create_acls failed: {result['failed']}")
+    adm.close()
+    print(f"acl {a.acl}", flush=True)
+
+
+def txn(a):
+    producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all",
+                             transactional_id=a.transactional_id, request_timeout_ms=5000,
+                             max_block_ms=30000, linger_ms=0)
+    producer.init_transactions()
+    producer.begin_transaction()
+    for i in range(a.start, a.start + a.count):
+        producer.send(a.topic, key=f"k{i % a.keys}".encode(),
+                      value=json.dumps({"seq": i, "t": time.time()}).encode()).get(timeout=10)
+    if a.abort:
+        producer.abort_transaction()
+        print(f"aborted {a.count}", flush=True)
+    else:
+        producer.commit_transaction()
+        print(f"committed {a.count}", flush=True)
+    producer.close()
 
 
 def raw(a):
@@ -177,21 +221,26 @@ def admin(a):
 
 def create(a):
     configs = dict(c.split("=", 1) for c in a.config)
-    admin(a).create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1,
-                                     topic_configs=configs)])
+    adm = admin(a)
+    adm.create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1,
+                                topic_configs=configs)])
+    adm.close()
     print("created", flush=True)
 
 
 def delete(a):
-    admin(a).delete_topics([a.topic])
+    adm = admin(a)
+    adm.delete_topics([a.topic])
+    adm.close()
     print("deleted", flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete", "add-partitions", "raw"])
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete", "add-partitions", "raw",
+                                    "acl", "txn"])
     ap.add_argument("--brokers", required=True)
-    ap.add_argument("--topic", required=True)
+    ap.add_argument("--topic", default="")
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--rate", type=float, default=0)
@@ -200,7 +249,14 @@ if __name__ == "__main__":
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--config", action="append", default=[], help="topic config k=v (create)")
-    ap.add_argument("--sqlite", help="add-partitions: tansu's sqlite storage, used if CreatePartitions is unsupported")
+    ap.add_argument("--isolation", default="read_uncommitted", choices=["read_uncommitted", "read_committed"])
+    ap.add_argument("--acl", choices=["allow", "deny", "remove"], help="acl: what to do")
+    ap.add_argument("--principal", help="acl: User:NAME")
+    ap.add_argument("--operation", default="READ", help="acl: READ, WRITE, DESCRIBE, ALL, ...")
+    ap.add_argument("--group", help="acl: a consumer group instead of --topic")
+    ap.add_argument("--prefixed", action="store_true", help="acl: --topic/--group is a prefix")
+    ap.add_argument("--transactional-id", default="pushgate-test-txn")
+    ap.add_argument("--abort", action="store_true", help="txn: abort instead of commit")
     ap.add_argument("--security-protocol", default="PLAINTEXT",
                     choices=["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"])
     ap.add_argument("--ssl-cafile")
@@ -216,4 +272,4 @@ if __name__ == "__main__":
         signal.signal(signal.SIGALRM, lambda *_: (print("timed out", file=sys.stderr, flush=True), os._exit(3)))
         signal.setitimer(signal.ITIMER_REAL, a.timeout)
     {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete,
-     "add-partitions": add_partitions, "raw": raw}[a.cmd](a)
+     "add-partitions": add_partitions, "raw": raw, "acl": acl, "txn": txn}[a.cmd](a)

@@ -1,39 +1,40 @@
-//! Kafka test harness: a real tansu broker, the independent kafka-python client, HAProxy.
+//! Kafka test harness: Apache Kafka 4.4 (scripts/kafka-broker), the independent kafka-python client, HAProxy.
 //!
-//! `PUSHGATE_TEST_KAFKA_SECURITY=sasl_ssl` runs every broker with SCRAM behind
-//! a TLS terminator (HAProxy) and makes pushgate and kafka-python use SASL_SSL.
+//! Every test broker is one KRaft node with four listeners: PLAINTEXT, SASL_SSL
+//! (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN), SSL with a required client
+//! certificate, and OAUTH (SASL_SSL with OAUTHBEARER, checked by the broker's
+//! unsecured JWS validator). `PUSHGATE_TEST_KAFKA_SECURITY` picks the one
+//! pushgate and kafka-python use ([`Mode::from_env`]); topics and ACLs are
+//! always administered over PLAINTEXT, whose principal is a super user.
 //!
-//! Everything is started on free 127.0.0.1 ports and stopped on drop
-//! (`kill_on_drop`), so a failing test leaves nothing behind.
+//! A JVM takes seconds to start, so tests that never stop the broker share
+//! one per test binary ([`Broker::shared`], unique topic names per test);
+//! tests that kill or restart it start their own ([`Broker::start`]). A
+//! broker is stopped when its [`Broker`] drops, and in any case within a
+//! second after the test binary exits (`--watch-pid`), so a failing or
+//! aborted test leaves no JVM behind.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// The tansu binary: `$TANSU`, then PATH, then ~/.cargo/bin (scripts/kafka-setup installs it).
-pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU") {
-        return PathBuf::from(p);
-    }
-    let candidates = std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| Path::new(d).join("tansu"))
-        .chain(std::env::var("HOME").map(|h| Path::new(&h).join(".cargo/bin/tansu")))
-        .collect::<Vec<_>>();
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("tansu not found: run scripts/kafka-setup")
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// scripts/kafka-broker (needs scripts/kafka-setup).
+pub fn launcher() -> PathBuf {
+    repo().join("scripts/kafka-broker")
 }
 
 pub fn tool_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_common/kafka_tool.py")
+    repo().join("tests/kafka_common/kafka_tool.py")
 }
 
 pub fn free_port() -> u16 {
@@ -58,56 +59,80 @@ async fn wait_port(port: u16) {
     }
 }
 
-/// How a test broker is reached. `PUSHGATE_TEST_KAFKA_SECURITY=sasl_ssl`
-/// makes every [`Broker::memory`]/[`Broker::sqlite`] a SCRAM broker behind a
-/// TLS terminator, and [`kafka_config`] and the tool use it.
+/// How pushgate and kafka-python reach the broker: which listener, which credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mode {
-    /// A TLS terminator (HAProxy) in front of the broker; clients use TLS.
-    pub tls: bool,
-    /// The terminator requires a client certificate signed by the test CA.
-    pub mtls: bool,
-    /// tansu requires SASL/SCRAM (`--authentication`).
-    pub sasl: bool,
+pub enum Mode {
+    Plaintext,
+    /// SASL_SSL with SCRAM-SHA-512 ([`SCRAM_USER`]).
+    Scram512,
+    /// SASL_SSL with SCRAM-SHA-256 ([`SCRAM256_USER`]).
+    Scram256,
+    /// SASL_SSL with PLAIN ([`SCRAM_USER`]'s password).
+    Plain,
+    /// SSL with the test client certificate (mutual TLS).
+    Mtls,
+    /// SASL_SSL with OAUTHBEARER: pushgate gets unsecured tokens from the
+    /// harness's OIDC token endpoint ([`token_endpoint`]).
+    OauthBearer,
 }
 
 impl Mode {
-    pub const PLAINTEXT: Mode = Mode {
-        tls: false,
-        mtls: false,
-        sasl: false,
-    };
-    pub const SASL_SSL: Mode = Mode {
-        tls: true,
-        mtls: false,
-        sasl: true,
-    };
-    /// SSL with a client certificate, no SASL.
-    pub const MTLS: Mode = Mode {
-        tls: true,
-        mtls: true,
-        sasl: false,
-    };
-
-    /// The mode chosen by `PUSHGATE_TEST_KAFKA_SECURITY` (`plaintext`, the default, or `sasl_ssl`).
+    /// `PUSHGATE_TEST_KAFKA_SECURITY`: `plaintext` (the default), `scram-sha-512`
+    /// (or `sasl_ssl`), `scram-sha-256`, `plain`, `mtls`, `oauthbearer`.
     pub fn from_env() -> Mode {
-        match std::env::var("PUSHGATE_TEST_KAFKA_SECURITY")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "" | "plaintext" => Mode::PLAINTEXT,
-            "sasl_ssl" => Mode::SASL_SSL,
-            other => panic!("PUSHGATE_TEST_KAFKA_SECURITY={other}: use plaintext or sasl_ssl"),
+        let v = std::env::var("PUSHGATE_TEST_KAFKA_SECURITY").unwrap_or_default();
+        match v.to_ascii_lowercase().replace('_', "-").as_str() {
+            "" | "plaintext" => Mode::Plaintext,
+            "sasl-ssl" | "scram-sha-512" => Mode::Scram512,
+            "scram-sha-256" => Mode::Scram256,
+            "plain" => Mode::Plain,
+            "mtls" => Mode::Mtls,
+            "oauthbearer" => Mode::OauthBearer,
+            other => panic!(
+                "PUSHGATE_TEST_KAFKA_SECURITY={other}: use plaintext, scram-sha-512, scram-sha-256, plain, mtls or oauthbearer"
+            ),
+        }
+    }
+
+    /// The broker listener of this mode (see scripts/kafka-broker).
+    pub fn listener(self) -> &'static str {
+        match self {
+            Mode::Plaintext => "PLAINTEXT",
+            Mode::Scram512 | Mode::Scram256 | Mode::Plain => "SASL_SSL",
+            Mode::Mtls => "SSL",
+            Mode::OauthBearer => "OAUTH",
         }
     }
 
     pub fn protocol(self) -> &'static str {
-        match (self.tls, self.sasl) {
-            (false, false) => "PLAINTEXT",
-            (true, false) => "SSL",
-            (false, true) => "SASL_PLAINTEXT",
-            (true, true) => "SASL_SSL",
+        match self {
+            Mode::Plaintext => "PLAINTEXT",
+            Mode::Mtls => "SSL",
+            _ => "SASL_SSL",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        self != Mode::Plaintext
+    }
+
+    /// The SASL mechanism and user, if any.
+    pub fn sasl(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Mode::Scram512 => Some(("SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD)),
+            Mode::Scram256 => Some(("SCRAM-SHA-256", SCRAM256_USER, SCRAM256_PASSWORD)),
+            Mode::Plain => Some(("PLAIN", SCRAM_USER, SCRAM_PASSWORD)),
+            Mode::OauthBearer => Some(("OAUTHBEARER", OAUTH_SUBJECT, "")),
+            _ => None,
+        }
+    }
+
+    /// The principal the broker sees for pushgate in this mode (for ACLs).
+    pub fn principal(self) -> String {
+        match self {
+            Mode::Plaintext => "User:ANONYMOUS".into(),
+            Mode::Mtls => format!("User:CN={CLIENT_CN}"),
+            _ => format!("User:{}", self.sasl().unwrap().1),
         }
     }
 
@@ -116,22 +141,17 @@ impl Mode {
         let mut out = vec!["--security-protocol".into(), self.protocol().into()];
         let c = certs();
         let path = |p: &Path| p.display().to_string();
-        if self.tls {
+        if self.tls() {
             out.extend(["--ssl-cafile".into(), path(&c.ca)]);
         }
-        if self.mtls {
+        if self == Mode::Mtls {
             out.extend(["--ssl-certfile".into(), path(&c.client_cert)]);
             out.extend(["--ssl-keyfile".into(), path(&c.client_key)]);
         }
-        if self.sasl {
-            out.extend([
-                "--sasl-mechanism".into(),
-                "SCRAM-SHA-512".into(),
-                "--sasl-username".into(),
-                SCRAM_USER.into(),
-                "--sasl-password".into(),
-                SCRAM_PASSWORD.into(),
-            ]);
+        if let Some((mechanism, user, password)) = self.sasl() {
+            out.extend(["--sasl-mechanism".into(), mechanism.into()]);
+            out.extend(["--sasl-username".into(), user.into()]);
+            out.extend(["--sasl-password".into(), password.into()]);
         }
         out
     }
@@ -140,47 +160,62 @@ impl Mode {
     pub fn pushgate_toml(self) -> String {
         let c = certs();
         let mut out = String::new();
-        if self.tls {
+        if self.tls() {
             out.push_str(&format!("[kafka.tls]\nca_file = \"{}\"\n", c.ca.display()));
         }
-        if self.mtls {
+        if self == Mode::Mtls {
             out.push_str(&format!(
                 "cert_file = \"{}\"\nkey_file = \"{}\"\n",
                 c.client_cert.display(),
                 c.client_key.display()
             ));
         }
-        if self.sasl {
-            out.push_str(&format!(
-                "[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{SCRAM_USER}\"\npassword = \"{SCRAM_PASSWORD}\"\n"
-            ));
+        match self.sasl() {
+            Some(("OAUTHBEARER", _, _)) => out.push_str(&format!(
+                "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\noauth_token_endpoint = \"http://{}/token\"\noauth_client_id = \"{OAUTH_SUBJECT}\"\noauth_client_secret = \"oauth-test-secret\"\n",
+                token_endpoint()
+            )),
+            Some((mechanism, user, password)) => out.push_str(&format!(
+                "[kafka.sasl]\nmechanism = \"{mechanism}\"\nusername = \"{user}\"\npassword = \"{password}\"\n"
+            )),
+            None => {}
         }
         out
     }
 }
 
-/// The SCRAM-SHA-512 user every SASL test broker has.
+/// The SASL users of every test broker: SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN each.
 pub const SCRAM_USER: &str = "pushgate-test";
 pub const SCRAM_PASSWORD: &str = "Scram-512-test-pa55word";
-/// A SCRAM-SHA-256 user on the same brokers.
 pub const SCRAM256_USER: &str = "pushgate-test-256";
 pub const SCRAM256_PASSWORD: &str = "Scram-256-test-pa55word";
+/// The `sub` of the OAUTHBEARER tokens: the broker's principal `User:pushgate-oauth`.
+pub const OAUTH_SUBJECT: &str = "pushgate-oauth";
+/// The client certificate's CN: the broker's principal `User:CN=pushgate-client`.
+pub const CLIENT_CN: &str = "pushgate-client";
 
 /// Test PKI made once per test binary with the openssl CLI: a CA, a server
-/// certificate for 127.0.0.1/localhost, a client certificate, and a second CA
-/// that signed nothing the brokers use.
+/// certificate for 127.0.0.1/localhost, a client certificate, a second CA that
+/// signed nothing the brokers trust and a client certificate of its, and an
+/// expired client certificate of the test CA.
 pub struct Certs {
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub ca: PathBuf,
-    /// Server certificate + key in one PEM, as HAProxy's `crt` wants it.
-    pub server_bundle: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub other_ca: PathBuf,
+    /// Signed by `other_ca`: the broker does not trust it.
+    pub untrusted_client_cert: PathBuf,
+    pub untrusted_client_key: PathBuf,
+    /// Signed by the test CA, valid from 2020-01-01 to 2020-01-02.
+    pub expired_client_cert: PathBuf,
+    pub expired_client_key: PathBuf,
 }
 
 pub fn certs() -> &'static Certs {
-    static CERTS: std::sync::OnceLock<Certs> = std::sync::OnceLock::new();
+    static CERTS: OnceLock<Certs> = OnceLock::new();
     CERTS.get_or_init(make_certs)
 }
 
@@ -214,21 +249,28 @@ fn make_certs() -> Certs {
         args.extend(["-keyout", &key, "-out", &pem, "-days", "3", "-subj", &subj]);
         openssl(d, &args);
     }
+    let client_cn = format!("/CN={CLIENT_CN}");
     let leaves = [
         (
             "server",
-            "localhost",
+            "/CN=localhost",
+            "ca",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         ),
-        ("client", "pushgate-client", "extendedKeyUsage=clientAuth\n"),
+        ("client", &client_cn, "ca", "extendedKeyUsage=clientAuth\n"),
+        (
+            "untrusted-client",
+            &client_cn,
+            "other-ca",
+            "extendedKeyUsage=clientAuth\n",
+        ),
     ];
-    for (name, cn, ext) in leaves {
-        let (key, csr, pem, extfile, subj) = (
+    for (name, subj, ca, ext) in leaves {
+        let (key, csr, pem, extfile) = (
             format!("{name}.key"),
             format!("{name}.csr"),
             format!("{name}.pem"),
             format!("{name}.ext"),
-            format!("/CN={cn}"),
         );
         std::fs::write(
             d.join(&extfile),
@@ -237,8 +279,9 @@ fn make_certs() -> Certs {
         .unwrap();
         let mut args = vec!["req"];
         args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", subj]);
         openssl(d, &args);
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
         openssl(
             d,
             &[
@@ -247,9 +290,9 @@ fn make_certs() -> Certs {
                 "-in",
                 &csr,
                 "-CA",
-                "ca.pem",
+                &ca_pem,
                 "-CAkey",
-                "ca.key",
+                &ca_key,
                 "-CAcreateserial",
                 "-out",
                 &pem,
@@ -260,248 +303,363 @@ fn make_certs() -> Certs {
             ],
         );
     }
-    let bundle = [
-        std::fs::read_to_string(d.join("server.pem")).unwrap(),
-        std::fs::read_to_string(d.join("server.key")).unwrap(),
-    ]
-    .concat();
-    std::fs::write(d.join("server-bundle.pem"), bundle).unwrap();
+    // An expired certificate: `openssl x509` (3.0) cannot back-date, `openssl ca` can.
+    std::fs::create_dir_all(d.join("ca-db")).unwrap();
+    std::fs::write(d.join("ca-db/index.txt"), "").unwrap();
+    std::fs::write(d.join("ca-db/serial"), "1000\n").unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = test\n[test]\ndir = ca-db\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n\
+         new_certs_dir = ca-db\ncertificate = ca.pem\nprivate_key = ca.key\ndefault_md = sha256\n\
+         policy = any\ncopy_extensions = none\nunique_subject = no\n[any]\ncommonName = supplied\n\
+         [client]\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature,keyEncipherment\nextendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "expired-client.key",
+        "-out",
+        "expired-client.csr",
+        "-subj",
+        &client_cn,
+    ]);
+    openssl(d, &args);
+    openssl(
+        d,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-extensions",
+            "client",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-in",
+            "expired-client.csr",
+            "-out",
+            "expired-client.pem",
+            "-notext",
+        ],
+    );
     Certs {
         ca: d.join("ca.pem"),
-        server_bundle: d.join("server-bundle.pem"),
+        server_cert: d.join("server.pem"),
+        server_key: d.join("server.key"),
         client_cert: d.join("client.pem"),
         client_key: d.join("client.key"),
         other_ca: d.join("other-ca.pem"),
-        _dir: dir,
+        untrusted_client_cert: d.join("untrusted-client.pem"),
+        untrusted_client_key: d.join("untrusted-client.key"),
+        expired_client_cert: d.join("expired-client.pem"),
+        expired_client_key: d.join("expired-client.key"),
+        dir,
     }
 }
 
-/// A tansu broker on its own port; `sqlite` storage survives a restart. With
-/// TLS, HAProxy terminates it in front of the broker and stays up when the
-/// broker is killed or restarted; with SASL, tansu requires SCRAM.
+/// An OIDC token endpoint on 127.0.0.1 (one thread, for the whole test binary)
+/// that answers every POST with an unsecured JWS (`alg: none`, no signature)
+/// whose `sub` is [`OAUTH_SUBJECT`]: what the test brokers' unsecured
+/// validator accepts. Returns its address.
+pub fn token_endpoint() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut sock in listener.incoming().flatten() {
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+                // Reads the request head and body (small; bounded by the timeout).
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match sock.read(&mut chunk) {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = serde_json::json!({
+                    "access_token": unsecured_jws(OAUTH_SUBJECT, 3600),
+                    "token_type": "bearer",
+                    "expires_in": 3600
+                })
+                .to_string();
+                let _ = write!(
+                    sock,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        addr
+    })
+}
+
+/// An unsecured JWS (RFC 7515 with `alg: none`, empty signature) for `sub`, valid `secs`.
+pub fn unsecured_jws(sub: &str, secs: u64) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(serde_json::json!({"sub": sub, "iat": now, "exp": now + secs}).to_string())
+    )
+}
+
+/// One Apache Kafka node started by scripts/kafka-broker in a temporary
+/// directory: its listeners, its storage (kept across [`Broker::restart`]).
+/// Clones ([`Broker::as_mode`]) are the same node reached another way; it
+/// stops when the last one drops.
+#[derive(Clone)]
 pub struct Broker {
-    child: Option<Child>,
-    /// The port clients use: the terminator's with TLS, else tansu's.
-    pub port: u16,
-    tansu_port: u16,
-    storage: String,
-    pub dir: tempfile::TempDir,
+    node: std::sync::Arc<Node>,
+    /// How [`Broker::addr`], [`produce`], [`dump`]... reach it.
     pub mode: Mode,
-    authentication: bool,
-    terminator: Option<Child>,
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    listeners: BTreeMap<String, String>,
+}
+
+/// Options of every test broker: all listeners, the SASL users.
+fn base_args() -> Vec<String> {
+    let c = certs();
+    let mut args: Vec<String> = vec![
+        "--listeners".into(),
+        "sasl_ssl,ssl,oauth".into(),
+        "--tls-dir".into(),
+        c.dir.path().display().to_string(),
+        "--watch-pid".into(),
+        std::process::id().to_string(),
+    ];
+    for (user, password) in [
+        (SCRAM_USER, SCRAM_PASSWORD),
+        (SCRAM256_USER, SCRAM256_PASSWORD),
+    ] {
+        args.extend(["--user".into(), format!("{user}:{password}")]);
+    }
+    args
+}
+
+fn parse_listeners(stdout: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, addr) = l.split_once(' ')?;
+            Some((name.to_owned(), addr.trim().to_owned()))
+        })
+        .collect()
 }
 
 impl Broker {
-    /// An in-memory broker (sqlite when the mode has SASL: its users must survive restarts).
-    pub async fn memory() -> Self {
-        Self::with_mode(Mode::from_env()).await
+    /// This test binary's broker, started by the first test that asks; never
+    /// killed nor restarted (tests that do so [`Broker::start`] their own).
+    /// Tests sharing it use topic names of their own.
+    pub fn shared() -> Broker {
+        static SHARED: OnceLock<Broker> = OnceLock::new();
+        let shared = SHARED.get_or_init(|| {
+            // Blocking: the first caller's runtime has nothing else to do yet.
+            let dir = tempfile::Builder::new()
+                .prefix("kafka-shared-")
+                .tempdir()
+                .unwrap();
+            let t = std::time::Instant::now();
+            let out = std::process::Command::new(launcher())
+                .arg("start")
+                .arg(dir.path())
+                .args(base_args())
+                .stdin(Stdio::null())
+                .output()
+                .expect("scripts/kafka-broker");
+            assert!(
+                out.status.success(),
+                "kafka-broker start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("shared Kafka broker started in {:?}", t.elapsed());
+            Broker::new(dir, &out.stdout)
+        });
+        shared.clone()
     }
 
-    pub async fn sqlite() -> Self {
-        Self::sqlite_with(Mode::from_env()).await
+    /// A broker of this test's own (killable, restartable), reached as
+    /// `PUSHGATE_TEST_KAFKA_SECURITY` says.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
     }
 
-    /// A broker reached as `mode` says.
-    pub async fn with_mode(mode: Mode) -> Self {
-        if mode.sasl {
-            return Self::sqlite_with(mode).await;
-        }
-        Self::start("memory://tansu/".into(), tempfile::tempdir().unwrap(), mode).await
-    }
-
-    pub async fn sqlite_with(mode: Mode) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // tansu reads the sqlite URL's path relative to its working directory.
-        Self::start("sqlite://tansu.db".into(), dir, mode).await
-    }
-
-    async fn start(storage: String, dir: tempfile::TempDir, mode: Mode) -> Self {
-        let tansu_port = free_port();
-        let mut broker = Self {
-            child: None,
-            port: if mode.tls { free_port() } else { tansu_port },
-            tansu_port,
-            storage,
-            dir,
-            mode,
-            authentication: false,
-            terminator: None,
-        };
-        broker.spawn().await;
-        if mode.sasl {
-            // tansu's CLI cannot log in once --authentication is on, so the
-            // users are made first and the broker restarted on the same storage.
-            for (user, password, mechanism) in [
-                (SCRAM_USER, SCRAM_PASSWORD, "scram512"),
-                (SCRAM256_USER, SCRAM256_PASSWORD, "scram256"),
-            ] {
-                let out = Command::new(tansu_bin())
-                    .args(["user", "create", user, password, "--mechanism", mechanism])
-                    .args([
-                        "--broker",
-                        &format!("tcp://127.0.0.1:{}", broker.tansu_port),
-                    ])
-                    .output()
-                    .await
-                    .unwrap();
-                assert!(out.status.success(), "user create: {out:?}");
-            }
-            broker.authentication = true;
-            broker.restart().await;
-        }
-        if mode.tls {
-            broker.terminator = Some(broker.start_terminator().await);
-        }
-        broker
-    }
-
-    async fn start_terminator(&self) -> Child {
-        let c = certs();
-        let verify = if self.mode.mtls {
-            format!(" ca-file {} verify required", c.ca.display())
-        } else {
-            String::new()
-        };
-        let cfg = format!(
-            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n\
-             frontend kafka_tls\n    bind 127.0.0.1:{port} ssl crt {crt}{verify}\n    default_backend broker\n\
-             backend broker\n    server tansu 127.0.0.1:{tansu}\n",
-            port = self.port,
-            crt = c.server_bundle.display(),
-            tansu = self.tansu_port,
+    /// [`Broker::start`] with more scripts/kafka-broker options
+    /// (`--authorizer`, `--prop k=v`).
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("kafka-").tempdir().unwrap();
+        let out = Command::new(launcher())
+            .arg("start")
+            .arg(dir.path())
+            .args(base_args())
+            .args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("scripts/kafka-broker");
+        assert!(
+            out.status.success(),
+            "kafka-broker start: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        let path = self.dir.path().join("terminator.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("haproxy not found: run scripts/kafka-setup");
-        wait_port(self.port).await;
-        child
+        Broker::new(dir, &out.stdout)
     }
 
-    async fn spawn(&mut self) {
-        let listen = format!("tcp://127.0.0.1:{}", self.tansu_port);
-        // Clients are sent to the terminator when there is one.
-        let advertised = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("broker.log"))
-            .unwrap();
-        let mut cmd = Command::new(tansu_bin());
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &listen,
-            "--advertised-listener-url",
-            &advertised,
-        ])
-        .args(["--storage-engine", &self.storage]);
-        if self.authentication {
-            cmd.arg("--authentication");
+    fn new(dir: tempfile::TempDir, stdout: &[u8]) -> Self {
+        Broker {
+            node: std::sync::Arc::new(Node {
+                dir,
+                listeners: parse_listeners(stdout),
+            }),
+            mode: Mode::from_env(),
         }
-        let child = cmd
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        wait_port(self.tansu_port).await;
     }
 
-    /// The address clients use (the TLS terminator's when there is one).
+    /// The same node, reached as `mode` says by [`Broker::addr`], [`produce`], [`dump`]...
+    pub fn as_mode(&self, mode: Mode) -> Broker {
+        Broker {
+            node: self.node.clone(),
+            mode,
+        }
+    }
+
+    /// The broker's directory (server.properties, broker.log, data/).
+    pub fn dir(&self) -> &Path {
+        self.node.dir.path()
+    }
+
+    /// The address clients of [`Broker::mode`] use.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr_for(self.mode)
+    }
+
+    pub fn addr_for(&self, mode: Mode) -> String {
+        self.node
+            .listeners
+            .get(mode.listener())
+            .unwrap_or_else(|| panic!("no {} listener", mode.listener()))
+            .clone()
+    }
+
+    /// The PLAINTEXT address: the admin's (a super user where an authorizer runs).
+    pub fn admin_addr(&self) -> String {
+        self.addr_for(Mode::Plaintext)
+    }
+
+    /// The broker's own log (server.log lines), for tests that check what it refused.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("broker.log")).unwrap_or_default()
+    }
+
+    async fn launch(&self, what: &str) {
+        let out = Command::new(launcher())
+            .arg(what)
+            .arg(self.dir())
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("scripts/kafka-broker");
+        assert!(
+            out.status.success(),
+            "kafka-broker {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGKILL: the broker vanishes mid-request.
+    pub async fn kill(&mut self) {
+        self.launch("kill").await;
+    }
+
+    /// Starts again on the same ports and storage (after [`Broker::kill`], or kills first).
+    pub async fn restart(&mut self) {
+        self.launch("kill").await;
+        self.launch("start").await;
+    }
+
+    /// Runs the kafka-python tool over PLAINTEXT (topics, partitions, ACLs).
+    pub async fn admin(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        let addr = self.admin_addr();
+        all.extend(["--brokers", &addr, "--timeout", "60"]);
+        tool_as(Mode::Plaintext, &all).await
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32, config: &[&str]) {
-        if self.authentication {
-            // tansu's CLI cannot authenticate: create it through kafka-python.
-            let (partitions, addr) = (partitions.to_string(), self.addr());
-            // Bounded: kafka-python waits long on a broker that refuses its login.
-            let mut args = vec![
-                "create",
-                "--brokers",
-                &addr,
-                "--topic",
-                name,
-                "--timeout",
-                "60",
-            ];
-            args.extend(["--partitions", &partitions]);
-            for c in config {
-                args.extend(["--config", c]);
-            }
-            let out = tool_as(self.mode, &args).await;
-            assert!(out.contains("created"), "{out}");
-            return;
-        }
-        let mut cmd = Command::new(tansu_bin());
-        cmd.args([
-            "topic",
-            "create",
-            name,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .args(["--broker", &format!("tcp://127.0.0.1:{}", self.tansu_port)]);
+        let partitions = partitions.to_string();
+        let mut args = vec!["create", "--topic", name, "--partitions", &partitions];
         for c in config {
-            cmd.args(["--config", c]);
+            args.extend(["--config", c]);
         }
-        let out = cmd.output().await.unwrap();
-        assert!(out.status.success(), "topic create: {out:?}");
+        let out = self.admin(&args).await;
+        assert!(out.contains("created"), "{out}");
     }
 
     pub async fn delete_topic(&self, name: &str) {
-        if self.authentication {
-            let out = tool_as(
-                self.mode,
-                &[
-                    "delete",
-                    "--brokers",
-                    &self.addr(),
-                    "--topic",
-                    name,
-                    "--timeout",
-                    "60",
-                ],
-            )
-            .await;
-            assert!(out.contains("deleted"), "{out}");
-            return;
-        }
-        let out = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "delete",
-                name,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.tansu_port),
+        let out = self.admin(&["delete", "--topic", name]).await;
+        assert!(out.contains("deleted"), "{out}");
+    }
+
+    /// `allow`, `deny` or `remove` one ACL of `principal` for `operation` on topic `topic`.
+    pub async fn acl(&self, what: &str, principal: &str, operation: &str, topic: &str) {
+        let out = self
+            .admin(&[
+                "acl",
+                "--acl",
+                what,
+                "--principal",
+                principal,
+                "--operation",
+                operation,
+                "--topic",
+                topic,
             ])
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "topic delete: {out:?}");
+            .await;
+        assert!(out.contains(&format!("acl {what}")), "{out}");
     }
+}
 
-    /// SIGKILL: the broker vanishes mid-request (the TLS terminator stays).
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-
-    /// Starts again on the same port and storage.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.spawn().await;
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Before the directory goes: SIGKILL and wait (the shared broker is never dropped,
+        // its --watch-pid watchdog stops it when the test binary exits).
+        let _ = std::process::Command::new(launcher())
+            .arg("kill")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -618,6 +776,7 @@ pub async fn produce_raw(
     let mut child = Command::new("python3")
         .arg(tool_path())
         .args(["raw", "--brokers", &broker.addr(), "--topic", topic])
+        .args(broker.mode.tool_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -652,26 +811,14 @@ pub async fn produce_raw(
         .collect()
 }
 
-/// Every record of `topic` as kafka-python reads it, in (partition, offset)
-/// order: `{"p","o","key","value","headers"}` (value as text, null for a tombstone).
-/// With `expect`, reads until that many records arrived (at most 30 s) rather
-/// than up to the end offsets: tansu reports the end of a batch of several
-/// records (librdkafka's) as its first offset + 1.
-pub async fn dump_raw(
-    broker: &Broker,
-    topic: &str,
-    expect: Option<usize>,
-) -> Vec<serde_json::Value> {
-    let expect = expect.unwrap_or(0).to_string();
-    let out = tool(&[
-        "dump",
-        "--brokers",
-        &broker.addr(),
-        "--topic",
-        topic,
-        "--expect",
-        &expect,
-    ])
+/// Every record of `topic` as kafka-python reads it (up to the end offsets),
+/// in (partition, offset) order: `{"p","o","key","value","headers"}` (value as
+/// text, null for a tombstone).
+pub async fn dump_raw(broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
+    let out = tool_as(
+        broker.mode,
+        &["dump", "--brokers", &broker.addr(), "--topic", topic],
+    )
     .await;
     assert!(out.trim_end().ends_with("end"), "{out}");
     let mut all: Vec<serde_json::Value> = out
@@ -837,26 +984,16 @@ pub async fn produce_keys(broker: &Broker, topic: &str, start: u64, count: u64, 
     assert!(out.contains(&format!("acked {count}")), "{out}");
 }
 
-/// Grows `topic` to `partitions` while the broker runs; returns how (tansu 0.6
-/// lacks CreatePartitions: its sqlite storage is written instead, so the
-/// broker must be `Broker::sqlite`).
-pub async fn add_partitions(broker: &Broker, topic: &str, partitions: u32) -> String {
-    let db = broker.dir.path().join("tansu.db");
-    let out = tool_as(
-        broker.mode,
-        &[
+/// Grows `topic` to `partitions` while the broker runs (CreatePartitions).
+pub async fn add_partitions(broker: &Broker, topic: &str, partitions: u32) {
+    let out = broker
+        .admin(&[
             "add-partitions",
-            "--brokers",
-            &broker.addr(),
             "--topic",
             topic,
             "--count",
             &partitions.to_string(),
-            "--sqlite",
-            &db.display().to_string(),
-        ],
-    )
-    .await;
-    assert!(out.contains("added via"), "{out}");
-    out.trim().to_owned()
+        ])
+        .await;
+    assert!(out.contains("added"), "{out}");
 }

@@ -246,6 +246,9 @@ impl Probe {
                     "bad certificate",
                     "unknown ca",
                     "certificate unknown",
+                    // Java brokers name what is wrong with it.
+                    "certificate expired",
+                    "certificate revoked",
                 ]
                 .iter()
                 .any(|alert| lower.contains(alert))
