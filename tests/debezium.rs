@@ -4,13 +4,15 @@
 //! throwaway cluster with `wal_level = logical`, scripts/cdc-postgres), a
 //! Kafka Connect standalone worker running the Debezium PostgreSQL connector
 //! 3.6.1.Final with `pgoutput` (scripts/cdc-connect), and Apache Kafka 4.4.0
-//! (scripts/kafka-broker), all on 127.0.0.1. The test drives SQL with psql
+//! (the test binary's shared broker from tests/kafka_common, started by
+//! scripts/kafka-broker), all on 127.0.0.1. The test drives SQL with psql
 //! and checks what pushgate's clients receive against what the database
 //! holds. It runs once with JsonConverter's `schemas.enable=false` and once
 //! with `true` (every key and value wrapped in `{"schema":…,"payload":…}`).
 //! Needs `scripts/kafka-setup` and `scripts/cdc-setup`.
 
 mod common;
+mod kafka_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -20,12 +22,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
+use kafka_common::Broker;
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::time::Instant;
 
-/// Debezium's topic prefix: a table's changes go to `dbserver1.public.<table>`.
-const PREFIX: &str = "dbserver1";
 /// Rows of `counters`, and at most how many updates the background writer
 /// commits (it stops earlier, when the test says so).
 const COUNTERS: i64 = 6;
@@ -33,10 +34,6 @@ const MAX_WRITES: i64 = 6000;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn topic(table: &str) -> String {
-    format!("{PREFIX}.public.{table}")
 }
 
 /// Runs `scripts/<args[0]> args[1..]` and returns its stdout; fails the test with its stderr.
@@ -60,10 +57,12 @@ async fn script(args: &[&str], within: Duration) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Broker, database and Connect worker of one test; all stopped on drop (and
-/// by their `--watch-pid` watchers if the test process dies).
+/// Database and Connect worker of one test, on the binary's shared broker;
+/// both stopped on drop (and by their `--watch-pid` watchers if the test
+/// process dies). Each test has its own Debezium topic prefix.
 struct Pipeline {
-    kafka: tempfile::TempDir,
+    _broker: Broker,
+    prefix: &'static str,
     pg: tempfile::TempDir,
     connect: tempfile::TempDir,
     bootstrap: String,
@@ -74,18 +73,23 @@ struct Pipeline {
 impl Pipeline {
     async fn start(schemas: bool) -> Self {
         let me = std::process::id().to_string();
-        let (kafka, pg, connect) = (tempdir(), tempdir(), tempdir());
-        let (k, p) = (kafka.path().to_str().unwrap(), pg.path().to_str().unwrap());
-        let minute = Duration::from_secs(120);
-        let broker_args = ["kafka-broker", "start", k, "--watch-pid", &me];
-        let postgres_args = ["cdc-postgres", "start", p, "--watch-pid", &me];
-        let (_, postgres) =
-            tokio::join!(script(&broker_args, minute), script(&postgres_args, minute),);
-        let bootstrap = std::fs::read_to_string(kafka.path().join("bootstrap")).unwrap();
+        let (pg, connect) = (tempdir(), tempdir());
+        let args = [
+            "cdc-postgres",
+            "start",
+            pg.path().to_str().unwrap(),
+            "--watch-pid",
+            &me,
+        ];
+        let postgres = script(&args, Duration::from_secs(60)).await;
+        // Blocking the first time (it starts the broker) on a thread of its own.
+        let broker = tokio::task::spawn_blocking(Broker::shared).await.unwrap();
         Self {
-            bootstrap: bootstrap.trim().to_owned(),
+            // Connect and pushgate both use the PLAINTEXT listener.
+            bootstrap: broker.admin_addr(),
+            _broker: broker,
+            prefix: if schemas { "wrapped" } else { "plain" },
             postgres: postgres.trim().to_owned(),
-            kafka,
             pg,
             connect,
             schemas,
@@ -107,7 +111,7 @@ impl Pipeline {
                 "--postgres",
                 &self.postgres,
                 "--prefix",
-                PREFIX,
+                self.prefix,
                 "--schemas",
                 &schemas,
                 "--partitions",
@@ -151,7 +155,12 @@ impl Pipeline {
             .collect()
     }
 
-    /// A pushgate process reading every `dbserver1.public.*` topic as Debezium change events.
+    /// Debezium's topic of a table: `<prefix>.public.<table>`.
+    fn topic(&self, table: &str) -> String {
+        format!("{}.public.{table}", self.prefix)
+    }
+
+    /// A pushgate process reading every `<prefix>.public.*` topic as Debezium change events.
     async fn pushgate(&self) -> (Process, tempfile::TempDir) {
         let dir = tempdir();
         let config = format!(
@@ -175,7 +184,7 @@ format = "debezium"
 ring_records = 4096
 "#,
             brokers = self.bootstrap,
-            prefix = PREFIX,
+            prefix = self.prefix,
         );
         let process = Process::start(dir.path(), &config, "127.0.0.1:0").await;
         (process, dir)
@@ -193,7 +202,6 @@ impl Drop for Pipeline {
         };
         run(&["cdc-connect", "stop", self.connect.path().to_str().unwrap()]);
         run(&["cdc-postgres", "stop", self.pg.path().to_str().unwrap()]);
-        run(&["kafka-broker", "kill", self.kafka.path().to_str().unwrap()]);
     }
 }
 
@@ -452,8 +460,8 @@ async fn sse_records(sse: &mut SseClient, n: usize) -> Vec<Value> {
 }
 
 /// What a new subscriber's snapshot holds: key -> row (nulls left out).
-async fn snapshot_rows(addr: SocketAddr, table: &str) -> BTreeMap<String, Value> {
-    let (mut ws, reply) = ws_subscribe(addr, json!({"topic": topic(table)}), WAIT).await;
+async fn snapshot_rows(addr: SocketAddr, topic: &str) -> BTreeMap<String, Value> {
+    let (mut ws, reply) = ws_subscribe(addr, json!({"topic": topic}), WAIT).await;
     let n = reply["snapshot"].as_u64().unwrap() as usize;
     let records = ws.records(n).await;
     let mut rows = BTreeMap::new();
@@ -513,13 +521,13 @@ async fn scenario(schemas: bool) {
     let (node, node_dir) = pipe.pushgate().await;
     let wait = Duration::from_secs(60);
     let (mut counters_ws, reply) =
-        ws_subscribe(node.addr, json!({"topic": topic("counters")}), wait).await;
+        ws_subscribe(node.addr, json!({"topic": pipe.topic("counters")}), wait).await;
     let snapshot = reply["snapshot"].as_u64().unwrap() as usize;
     let first = counters_ws.records(snapshot).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (mut counters_sse, _) = sse_subscribe(
         node.addr,
-        &format!("topic={}", topic("counters")),
+        &format!("topic={}", pipe.topic("counters")),
         None,
         wait,
     )
@@ -551,7 +559,7 @@ async fn scenario(schemas: bool) {
     let from_start = cursor_at_start(reply["cursor"].as_str().unwrap());
     let (mut replay, reply) = ws_subscribe(
         node.addr,
-        json!({"topic": topic("counters"), "cursor": from_start}),
+        json!({"topic": pipe.topic("counters"), "cursor": from_start}),
         WAIT,
     )
     .await;
@@ -589,7 +597,7 @@ async fn scenario(schemas: bool) {
     // 2. Customers: the snapshot's reads, then INSERT, UPDATE, DELETE, an
     //    UPDATE of the primary key and ALTER TABLE ADD COLUMN, live.
     let (mut customers_ws, reply) =
-        ws_subscribe(node.addr, json!({"topic": topic("customers")}), wait).await;
+        ws_subscribe(node.addr, json!({"topic": pipe.topic("customers")}), wait).await;
     assert_eq!(reply["snapshot"], 3, "{reply}");
     let reads = customers_ws.records(3).await;
     let mut read_rows = BTreeMap::new();
@@ -609,7 +617,7 @@ async fn scenario(schemas: bool) {
     );
     let (mut customers_sse, _) = sse_subscribe(
         node.addr,
-        &format!("topic={}&snapshot=false", topic("customers")),
+        &format!("topic={}&snapshot=false", pipe.topic("customers")),
         None,
         WAIT,
     )
@@ -676,7 +684,10 @@ async fn scenario(schemas: bool) {
         vec!["1", "20", "4", "5"],
         "the database"
     );
-    assert_eq!(snapshot_rows(node.addr, "customers").await, table);
+    assert_eq!(
+        snapshot_rows(node.addr, &pipe.topic("customers")).await,
+        table
+    );
 
     // 3. A table created while everything runs is served without a restart.
     pipe.sql(
@@ -685,7 +696,7 @@ async fn scenario(schemas: bool) {
     )
     .await;
     let (mut invoices_ws, reply) =
-        ws_subscribe(node.addr, json!({"topic": topic("invoices")}), wait).await;
+        ws_subscribe(node.addr, json!({"topic": pipe.topic("invoices")}), wait).await;
     let snapshot = first_row(&mut invoices_ws, &reply).await;
     assert_eq!(snapshot[0]["key"], "A-1");
     assert_eq!(snapshot[0]["op"], "create");
@@ -709,7 +720,7 @@ async fn scenario(schemas: bool) {
     let body = body.trim();
     assert_eq!(body.len(), 9600);
     let (mut notes_ws, reply) =
-        ws_subscribe(node.addr, json!({"topic": topic("notes")}), wait).await;
+        ws_subscribe(node.addr, json!({"topic": pipe.topic("notes")}), wait).await;
     let snapshot = first_row(&mut notes_ws, &reply).await;
     assert_eq!(snapshot[0]["data"]["body"], body);
     pipe.sql("UPDATE notes SET title = 'second' WHERE id = 1")
@@ -722,7 +733,7 @@ async fn scenario(schemas: bool) {
         "the unchanged TOASTed body, not Debezium's placeholder"
     );
     assert_eq!(
-        snapshot_rows(node.addr, "notes").await,
+        snapshot_rows(node.addr, &pipe.topic("notes")).await,
         pipe.rows("notes", "id").await
     );
 
@@ -740,7 +751,7 @@ async fn scenario(schemas: bool) {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     let want: BTreeSet<String> = ["counters", "customers", "invoices", "notes", "writer_stop"]
-        .map(topic)
+        .map(|t| pipe.topic(t))
         .into();
     assert_eq!(names, want.iter().map(String::as_str).collect(), "{topics}");
 
@@ -798,7 +809,7 @@ async fn scenario(schemas: bool) {
     let (node, _node_dir) = pipe.pushgate().await;
     let (mut ws, reply) = ws_subscribe(
         node.addr,
-        json!({"topic": topic("customers"), "cursor": ws_cursor}),
+        json!({"topic": pipe.topic("customers"), "cursor": ws_cursor}),
         wait,
     )
     .await;
@@ -808,7 +819,7 @@ async fn scenario(schemas: bool) {
     assert_eq!(ws.lives.last().unwrap()["replayed"], missed.len());
     let (mut sse, reply) = sse_subscribe(
         node.addr,
-        &format!("topic={}", topic("customers")),
+        &format!("topic={}", pipe.topic("customers")),
         Some(&sse_cursor),
         wait,
     )
@@ -818,7 +829,7 @@ async fn scenario(schemas: bool) {
     check_changes(&resumed, &missed, "customers, SSE resume (Last-Event-ID)");
     let (mut counters_ws, reply) = ws_subscribe(
         node.addr,
-        json!({"topic": topic("counters"), "cursor": counters_cursor}),
+        json!({"topic": pipe.topic("counters"), "cursor": counters_cursor}),
         wait,
     )
     .await;
@@ -855,7 +866,7 @@ async fn scenario(schemas: bool) {
         "SSE live",
     );
     assert_eq!(
-        snapshot_rows(node.addr, "customers").await,
+        snapshot_rows(node.addr, &pipe.topic("customers")).await,
         pipe.rows("customers", "id").await
     );
     eprintln!("[schemas={schemas}] done in {:.1?}", started.elapsed());
