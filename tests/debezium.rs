@@ -206,10 +206,11 @@ impl Drop for Pipeline {
 }
 
 fn tempdir() -> tempfile::TempDir {
-    // Under /tmp: the postgres user must be able to reach the cluster's folder.
+    // Under /tmp whatever TMPDIR says: the postgres user must be able to reach
+    // the cluster's folder (scripts/cdc-postgres hands it over).
     tempfile::Builder::new()
         .prefix("pushgate-cdc-")
-        .tempdir_in(std::env::temp_dir())
+        .tempdir_in("/tmp")
         .unwrap()
 }
 
