@@ -870,6 +870,26 @@ pub enum WarmStart {
     Earliest,
 }
 
+/// Which records of transactions a Kafka node reads (librdkafka `isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Only committed records, up to the last stable offset: aborted ones never reach a client.
+    ReadCommitted,
+    /// Every record as soon as written, aborted transactions included.
+    ReadUncommitted,
+}
+
+impl IsolationLevel {
+    /// The librdkafka property value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadCommitted => "read_committed",
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
 /// `[kafka]`: used when `source.kind = "kafka"`; every key is documented in `config/kafka.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -878,6 +898,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub client_id: String,
     pub warm_start: WarmStart,
+    /// Transactional records: committed only (the default) or everything.
+    pub isolation_level: IsolationLevel,
     /// librdkafka `fetch.wait.max.ms`: the longest a fetch waits for data (its default, 500, would dominate latency).
     pub fetch_wait_max_ms: u32,
     /// librdkafka `linger.ms` for the publish API's producer.
@@ -1174,6 +1196,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             client_id: "pushgate".into(),
             warm_start: WarmStart::Tail,
+            isolation_level: IsolationLevel::ReadCommitted,
             fetch_wait_max_ms: 10,
             linger_ms: 1,
             metadata_refresh_interval: Duration::from_secs(5),

@@ -47,7 +47,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 `{"ready":true}` once the source has opened and warmed the hub;
+/// 200 `{"ready":true}` once the source has opened and warmed the hub (with
+/// `unavailable_topics`, topic -> cause, for configured topics it may not read);
 /// 503 `{"ready":false,"waiting_for":...}` before that and during a drain.
 async fn readyz(State(state): State<AppState>) -> Response {
     let waiting_for = if state.shutdown.is_triggered() {
@@ -59,7 +60,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
             crate::config::SourceKind::Embedded => "embedded_log",
         }
     } else {
-        return Json(json!({"ready": true})).into_response();
+        // Ready for what it can serve; a topic it cannot (Kafka ACLs) is named
+        // with the cause, without taking the node out of the load balancer.
+        let unavailable = state.source.unavailable_topics();
+        if unavailable.is_empty() {
+            return Json(json!({"ready": true})).into_response();
+        }
+        let topics: serde_json::Map<String, serde_json::Value> = unavailable
+            .into_iter()
+            .map(|(name, cause)| (name, cause.into()))
+            .collect();
+        return Json(json!({"ready": true, "unavailable_topics": topics})).into_response();
     };
     (
         StatusCode::SERVICE_UNAVAILABLE,

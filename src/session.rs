@@ -206,10 +206,17 @@ pub async fn open(
             return Err(warming())
         }
         Err(_) => {
+            // Configured and present in the log, but not readable (Kafka ACLs): say why.
+            if let Some(cause) = state.source.unavailable_cause(&req.topic) {
+                return Err(ClientError::new(
+                    ErrorCode::Unavailable,
+                    format!("topic `{}` is not served: {cause}", truncate(&req.topic)),
+                ));
+            }
             return Err(ClientError::new(
                 ErrorCode::UnknownTopic,
                 format!("unknown topic `{}`", truncate(&req.topic)),
-            ))
+            ));
         }
     };
     if topic.has_shard_positions() && req.max_rate.is_some() {

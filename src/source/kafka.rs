@@ -36,7 +36,7 @@ pub mod decode;
 pub mod meta;
 pub mod security;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -95,6 +95,9 @@ struct Inner {
     admin: BaseConsumer<security::Probe>,
     producer: FutureProducer,
     topics: RwLock<HashMap<String, Known>>,
+    /// Configured topics the broker's ACLs keep this node from reading, and why;
+    /// described again at every metadata refresh, served once allowed.
+    denied: RwLock<BTreeMap<String, String>>,
     ready: AtomicBool,
     catchup: CatchUpReader,
 }
@@ -131,6 +134,9 @@ fn consumer_config(config: &KafkaConfig, partition_eof: bool) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+        // Set even though it is librdkafka's default: what clients see of
+        // transactions must not depend on a library default.
+        .set("isolation.level", config.isolation_level.as_str())
         .set("fetch.min.bytes", "1")
         .set("fetch.error.backoff.ms", "50")
         .set("fetch.queue.backoff.ms", "5")
@@ -236,6 +242,7 @@ impl KafkaSource {
             admin,
             producer,
             topics: RwLock::new(HashMap::new()),
+            denied: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
         });
 
@@ -416,6 +423,22 @@ impl Live {
         let reached = |(t, p, target): &(Arc<Topic>, u32, u64)| {
             t.frontier().get(*p as usize).copied().unwrap_or(0) >= *target
         };
+        // Offsets that hold no record for this node (transaction markers, and
+        // aborted records under read_committed) still move the consumer's
+        // position; without it a partition whose log ends in a commit marker
+        // would never reach its target and the topic would warm forever.
+        if self.warm_targets.iter().any(|e| !reached(e)) {
+            if let Ok(positions) = self.consumer.position() {
+                for (t, p, _) in &self.warm_targets {
+                    let at = positions
+                        .find_partition(&t.name, *p as i32)
+                        .map(|e| e.offset());
+                    if let Some(Offset::Offset(next)) = at {
+                        t.advance(*p, next.max(0) as u64);
+                    }
+                }
+            }
+        }
         let mut pending: Vec<&Arc<Topic>> = Vec::new();
         for entry in &self.warm_targets {
             if !reached(entry) && !pending.iter().any(|t| Arc::ptr_eq(t, &entry.0)) {
@@ -493,7 +516,26 @@ impl Live {
             };
             let by_pattern = tc.pattern.is_some();
             let known = self.inner.known(&name);
+            if !matches!(desc, Described::Denied { .. })
+                && self
+                    .inner
+                    .denied
+                    .write()
+                    .expect("denied lock")
+                    .remove(&name)
+                    .is_some()
+            {
+                tracing::info!(topic = %name, "topic now authorized: warming it up");
+            }
             match (desc, known) {
+                (Described::Denied { reason }, _) => {
+                    // Not added (nor waited for by readiness): fetching would
+                    // only fail. A topic served before keeps what it has.
+                    let mut denied = self.inner.denied.write().expect("denied lock");
+                    if denied.insert(name.clone(), reason.clone()).is_none() {
+                        tracing::error!(topic = %name, "topic not served: {reason}; it is served once the ACLs allow READ, no restart needed");
+                    }
+                }
                 (Described::Missing, Some(k)) if k.by_pattern => {
                     // Deleted, and nothing names it: no longer served. Its
                     // subscribers are closed (4004); resubscribing answers
@@ -821,6 +863,11 @@ impl Source for KafkaSource {
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
     }
+
+    fn unavailable_topics(&self) -> Vec<(String, String)> {
+        let denied = self.inner.denied.read().expect("denied lock");
+        denied.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
 }
 
 impl Drop for KafkaSource {
@@ -911,6 +958,7 @@ mod tests {
             hub,
             cluster_id: "c".into(),
             topics: RwLock::new(HashMap::new()),
+            denied: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(true),
         });
         Live::new(inner, consumer_config(&kc, false).create().unwrap())
@@ -940,6 +988,43 @@ mod tests {
             .go_live()
             .unwrap();
         (topic, outbox)
+    }
+
+    #[test]
+    fn a_denied_topic_is_reported_not_added_and_served_nowhere() {
+        let config = rules("[[topics]]\nname = \"guarded\"\n");
+        let hub = Arc::new(Hub::new());
+        let mut live = offline_live(&config, Arc::clone(&hub));
+        let reason = "not authorized: READ".to_owned();
+        live.apply(vec![(
+            "guarded".into(),
+            Described::Denied {
+                reason: reason.clone(),
+            },
+        )]);
+        assert!(hub.topic("guarded").is_err(), "not in the hub");
+        assert!(
+            live.warm_targets.is_empty(),
+            "readiness does not wait for it"
+        );
+        let source = KafkaSource {
+            inner: Arc::clone(&live.inner),
+        };
+        assert_eq!(
+            source.unavailable_cause("guarded").as_deref(),
+            Some(reason.as_str())
+        );
+        assert_eq!(source.unavailable_cause("other"), None);
+        // Allowed later: no longer reported (watermarks cannot be read offline,
+        // so it is retried like any topic whose watermarks are unknown).
+        live.apply(vec![(
+            "guarded".into(),
+            Described::Found {
+                id: Some([1; 16]),
+                partitions: 1,
+            },
+        )]);
+        assert!(source.unavailable_topics().is_empty());
     }
 
     #[test]

@@ -59,6 +59,20 @@ pub trait Source: Send + Sync + 'static {
     /// True once the source has filled the hub and follows its topics live.
     fn is_ready(&self) -> bool;
 
+    /// Configured topics the source cannot serve for a lasting reason the
+    /// operator must fix (Kafka: ACLs deny READ), with that reason; empty
+    /// for sources that have none. Retried by the source: a fix needs no restart.
+    fn unavailable_topics(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The reason `topic` is in [`Source::unavailable_topics`], if it is.
+    fn unavailable_cause(&self, topic: &str) -> Option<String> {
+        self.unavailable_topics()
+            .into_iter()
+            .find_map(|(name, reason)| (name == topic).then_some(reason))
+    }
+
     /// Called once, after the drain: makes everything acknowledged durable and
     /// records a clean shutdown. Later publishes still work.
     async fn close(&self) {}
@@ -131,5 +145,12 @@ impl Source for Opening {
 
     fn is_ready(&self) -> bool {
         self.source.get().is_some_and(|s| s.is_ready())
+    }
+
+    fn unavailable_topics(&self) -> Vec<(String, String)> {
+        self.source
+            .get()
+            .map(|s| s.unavailable_topics())
+            .unwrap_or_default()
     }
 }

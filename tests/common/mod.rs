@@ -557,6 +557,8 @@ pub fn seq(record: &Value) -> u64 {
 pub struct Process {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Everything it wrote to stderr so far (ANSI colours removed).
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Process {
@@ -625,9 +627,22 @@ impl Process {
         })
         .await
         .expect("pushgate did not start listening");
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr }
+        // Keep draining stderr so the child never blocks on a full pipe; keep it for stderr().
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut all = keep.lock().unwrap();
+                all.push_str(&strip_ansi(&line));
+                all.push('\n');
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    /// What the process wrote to stderr after its "listening" line.
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn sigterm(&self) {

@@ -481,29 +481,34 @@ impl Broker {
     /// Tests sharing it use topic names of their own.
     pub fn shared() -> Broker {
         static SHARED: OnceLock<Broker> = OnceLock::new();
-        let shared = SHARED.get_or_init(|| {
-            // Blocking: the first caller's runtime has nothing else to do yet.
-            let dir = tempfile::Builder::new()
-                .prefix("kafka-shared-")
-                .tempdir()
-                .unwrap();
-            let t = std::time::Instant::now();
-            let out = std::process::Command::new(launcher())
-                .arg("start")
-                .arg(dir.path())
-                .args(base_args())
-                .stdin(Stdio::null())
-                .output()
-                .expect("scripts/kafka-broker");
-            assert!(
-                out.status.success(),
-                "kafka-broker start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!("shared Kafka broker started in {:?}", t.elapsed());
-            Broker::new(dir, &out.stdout)
-        });
-        shared.clone()
+        SHARED.get_or_init(|| Broker::shared_with(&[])).clone()
+    }
+
+    /// Starts a broker with more scripts/kafka-broker options, blocking (for a
+    /// binary's own `OnceLock`, like [`Broker::shared`]): it is never dropped,
+    /// and stops when the test binary exits.
+    pub fn shared_with(extra: &[&str]) -> Broker {
+        // Blocking: the first caller's runtime has nothing else to do yet.
+        let dir = tempfile::Builder::new()
+            .prefix("kafka-shared-")
+            .tempdir()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(launcher())
+            .arg("start")
+            .arg(dir.path())
+            .args(base_args())
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("scripts/kafka-broker");
+        assert!(
+            out.status.success(),
+            "kafka-broker start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("shared Kafka broker started in {:?}", t.elapsed());
+        Broker::new(dir, &out.stdout)
     }
 
     /// A broker of this test's own (killable, restartable), reached as

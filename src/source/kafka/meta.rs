@@ -22,6 +22,11 @@ pub enum Described {
         partitions: u32,
     },
     Missing,
+    /// It exists, but the broker's ACLs do not let this node's principal read
+    /// it (or even describe it); `reason` says which, for /readyz and refusals.
+    Denied {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,12 @@ fn describe_existing<C: ClientContext>(
             errstr.as_mut_ptr(),
             errstr.len(),
         );
+        // What the principal may do with each topic (KIP-430): a topic it may
+        // describe but not read is reported, not fetched in vain forever.
+        let error = rd::rd_kafka_AdminOptions_set_include_authorized_operations(options, 1);
+        if !error.is_null() {
+            rd::rd_kafka_error_destroy(error);
+        }
         let queue = rd::rd_kafka_queue_new(rk);
         rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
         let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(500));
@@ -150,6 +161,11 @@ unsafe fn read_result(
                     out.push((name, Described::Missing));
                     continue;
                 }
+                if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED {
+                    let reason = "not authorized: the broker's ACLs do not allow DESCRIBE (nor READ) on this topic for pushgate's principal".into();
+                    out.push((name, Described::Denied { reason }));
+                    continue;
+                }
                 return Err(MetaError::Describe(format!(
                     "{name}: {}",
                     cstr(rd::rd_kafka_error_string(error))
@@ -167,6 +183,11 @@ unsafe fn read_result(
             bytes[8..].copy_from_slice(&lo.to_be_bytes());
             (bytes != [0; 16]).then_some(bytes)
         };
+        if !may_read(desc) {
+            let reason = "not authorized: the broker's ACLs do not allow READ on this topic for pushgate's principal".into();
+            out.push((name, Described::Denied { reason }));
+            continue;
+        }
         let mut partitions = 0usize;
         rd::rd_kafka_TopicDescription_partitions(desc, &mut partitions);
         out.push((
@@ -178,6 +199,23 @@ unsafe fn read_result(
         ));
     }
     Ok(out)
+}
+
+/// Whether the authorized operations of `desc` include READ (or ALL). A broker
+/// that reports none (no authorizer information) is taken to allow it.
+unsafe fn may_read(desc: *const rd::rd_kafka_TopicDescription_t) -> bool {
+    let mut count = 0usize;
+    let ops = rd::rd_kafka_TopicDescription_authorized_operations(desc, &mut count);
+    if ops.is_null() || count == 0 {
+        return true;
+    }
+    (0..count).any(|i| {
+        matches!(
+            *ops.add(i),
+            rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_READ
+                | rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_ALL
+        )
+    })
 }
 
 unsafe fn cstr(p: *const c_char) -> String {
