@@ -53,7 +53,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use self::catchup::CatchUpReader;
 use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
 use super::{Source, SourceError};
-use crate::config::{Config, KafkaConfig, TopicRules, WarmStart};
+use crate::config::{Config, KafkaConfig, RecordFormat, TopicRules, WarmStart};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
@@ -373,7 +373,10 @@ impl Live {
             }
         };
         match decode::decode(msg, self.inner.config.max_record_bytes, how) {
-            Ok(record) => {
+            Ok(mut record) => {
+                if how.format == RecordFormat::Debezium && !record.delete {
+                    fill_unavailable(topic, &mut record);
+                }
                 topic.ingest(&record);
             }
             Err(bad) => {
@@ -871,6 +874,26 @@ impl Drop for KafkaSource {
     fn drop(&mut self) {
         // Give queued dead-letter and publish records a moment to leave.
         let _ = self.inner.producer.flush(Duration::from_millis(500));
+    }
+}
+
+/// Fills the columns a Debezium update names as unavailable (an unchanged
+/// TOASTed value PostgreSQL did not send under `REPLICA IDENTITY DEFAULT`) from
+/// the key's previous row in the view, before the record is encoded: live
+/// subscribers, the ring and the view (so snapshots) get the row as it is in
+/// the database, not the placeholder. A key the view does not hold keeps the
+/// placeholder; so does a record read back by a catch-up reader (beyond the ring).
+fn fill_unavailable(topic: &Topic, record: &mut LogRecord) {
+    if !debezium::may_have_unavailable(&record.data) {
+        return;
+    }
+    let Some(key) = record.key.as_deref() else {
+        return;
+    };
+    if let Some(previous) = topic.latest(key) {
+        if let Some(filled) = debezium::fill_unavailable(&record.data, previous.data()) {
+            record.data = filled;
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //!
 //! A key is a struct of the table's primary key columns, e.g. `{"id":1001}`:
 //! see [`record_key`].
+//!
+//! A column value the database did not send comes as Debezium's placeholder
+//! [`UNAVAILABLE`] (PostgreSQL leaves an unchanged TOASTed value out of an
+//! update under `REPLICA IDENTITY DEFAULT`); [`fill_unavailable`] takes it
+//! from the key's previous row image.
 
 use serde_json::{Map, Value};
 
@@ -77,6 +82,52 @@ pub enum Event {
     },
     /// `null`, or the wrapper with a `null` payload: what JsonConverter writes for no value.
     Tombstone,
+}
+
+/// Debezium's `unavailable.value.placeholder` (its default): the value of a
+/// column the database did not send. A `bytea` column gets the same text as
+/// bytes, which JsonConverter writes in base64 ([`UNAVAILABLE_BASE64`]); an
+/// array column, a list holding the placeholder.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+/// [`UNAVAILABLE`]'s bytes in base64, as a `bytea` column carries it.
+pub const UNAVAILABLE_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
+
+/// True when a row image may hold a placeholder (a text search: cheap, and a
+/// false positive only costs [`fill_unavailable`] a parse).
+pub fn may_have_unavailable(data: &str) -> bool {
+    data.contains(UNAVAILABLE) || data.contains(UNAVAILABLE_BASE64)
+}
+
+fn is_unavailable(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s == UNAVAILABLE || s == UNAVAILABLE_BASE64,
+        Value::Array(items) => !items.is_empty() && items.iter().all(is_unavailable),
+        _ => false,
+    }
+}
+
+/// `data` with each member that holds the placeholder replaced by the same
+/// member of `previous` (the key's last row image), when that one has a real
+/// value. `None` when nothing was filled: not JSON objects, no placeholder,
+/// or no previous value for it.
+pub fn fill_unavailable(data: &str, previous: &str) -> Option<Box<str>> {
+    let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(data) else {
+        return None;
+    };
+    let Ok(Value::Object(previous)) = serde_json::from_str::<Value>(previous) else {
+        return None;
+    };
+    let mut filled = false;
+    for (name, value) in row.iter_mut() {
+        if is_unavailable(value) {
+            if let Some(old) = previous.get(name).filter(|old| !is_unavailable(old)) {
+                *value = old.clone();
+                filled = true;
+            }
+        }
+    }
+    // Compact, like every other row image (no raw newline can reach an SSE line).
+    filled.then(|| Value::Object(row).to_string().into_boxed_str())
 }
 
 /// Parses a change-event value. Never panics, whatever the bytes.
@@ -433,6 +484,32 @@ mod tests {
         assert_eq!(key("{broken", Json), some("{broken"));
         assert_eq!(key("{}", Field), some("{}"));
         assert_eq!(key(r#"{"id":null}"#, Field), some("null"));
+    }
+
+    #[test]
+    fn unavailable_values_are_filled_from_the_previous_row() {
+        let previous = r#"{"id":1,"title":"a","body":"long text","tags":["x","y"],"blob":"AAEC"}"#;
+        let data = format!(
+            r#"{{"id":1,"title":"b","body":"{UNAVAILABLE}","tags":["{UNAVAILABLE}"],"blob":"{UNAVAILABLE_BASE64}"}}"#
+        );
+        assert!(may_have_unavailable(&data));
+        let filled: Value =
+            serde_json::from_str(&fill_unavailable(&data, previous).unwrap()).unwrap();
+        assert_eq!(
+            filled,
+            json!({"id": 1, "title": "b", "body": "long text", "tags": ["x", "y"], "blob": "AAEC"})
+        );
+        // Nothing to take it from: left as it is.
+        let data = format!(r#"{{"id":1,"body":"{UNAVAILABLE}"}}"#);
+        assert_eq!(fill_unavailable(&data, r#"{"id":1}"#), None);
+        assert_eq!(fill_unavailable(&data, &data), None);
+        assert_eq!(fill_unavailable(&data, "null"), None);
+        assert_eq!(fill_unavailable("null", previous), None);
+        assert_eq!(fill_unavailable(r#"{"id":1,"body":"x"}"#, previous), None);
+        assert!(!may_have_unavailable(previous));
+        // A value that only contains the placeholder's text is a real value.
+        let data = format!(r#"{{"id":1,"body":"see {UNAVAILABLE}"}}"#);
+        assert_eq!(fill_unavailable(&data, previous), None);
     }
 
     #[test]
