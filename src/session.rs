@@ -595,18 +595,7 @@ impl CatchUp {
                         let last = self.last_offsets(partition, from, until).await?;
                         self.last_of.insert(partition, last);
                     }
-                    let records = self
-                        .reads
-                        .read(
-                            &self.source,
-                            &self.topic.name,
-                            partition,
-                            from,
-                            until,
-                            LOG_CHUNK,
-                        )
-                        .await
-                        .map_err(CatchUpError::Lost)?;
+                    let records = self.read(partition, from, until).await?;
                     let next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
                     if next_from < until {
                         self.segments.push_front(Segment::Replay(Replay::Log {
@@ -676,6 +665,26 @@ impl CatchUp {
 
     /// Reads `[from, until)` of `partition` once ahead of a compacted log
     /// replay: the last offset of each key the subscription takes.
+    /// One chunk of the log, shared with identical reads in flight.
+    async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        until: u64,
+    ) -> Result<Arc<Vec<LogRecord>>, CatchUpError> {
+        self.reads
+            .read(
+                &self.source,
+                &self.topic.name,
+                partition,
+                from,
+                until,
+                LOG_CHUNK,
+            )
+            .await
+            .map_err(CatchUpError::Lost)
+    }
+
     async fn last_offsets(
         &self,
         partition: u32,
@@ -684,18 +693,7 @@ impl CatchUp {
     ) -> Result<HashMap<Arc<str>, u64>, CatchUpError> {
         let mut last = HashMap::new();
         while from < until {
-            let records = self
-                .reads
-                .read(
-                    &self.source,
-                    &self.topic.name,
-                    partition,
-                    from,
-                    until,
-                    LOG_CHUNK,
-                )
-                .await
-                .map_err(CatchUpError::Lost)?;
+            let records = self.read(partition, from, until).await?;
             let Some(end) = records.last().map(|r| r.offset + 1) else {
                 break;
             };
