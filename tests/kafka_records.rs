@@ -35,11 +35,13 @@ async fn binary_values_tombstones_and_headers_reach_clients_as_documented() {
     let mut sse = SseClient::connect(&http, node.addr, "topic=raw&snapshot=false", None).await;
     assert_eq!(sse.next().await.event, "subscribed");
 
-    let producer: FutureProducer = ClientConfig::new()
+    // On the listener PUSHGATE_TEST_KAFKA_SECURITY picks, like pushgate.
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", broker.addr())
-        .set("message.timeout.ms", "10000")
-        .create()
-        .unwrap();
+        .set("message.timeout.ms", "10000");
+    broker.mode.rdkafka(&mut config);
+    let producer: FutureProducer = config.create().unwrap();
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "text",

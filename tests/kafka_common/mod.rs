@@ -156,6 +156,39 @@ impl Mode {
         out
     }
 
+    /// librdkafka client settings for this mode, for a test's own producer.
+    pub fn rdkafka(self, config: &mut rdkafka::ClientConfig) {
+        let c = certs();
+        config.set("security.protocol", self.protocol());
+        if self.tls() {
+            config.set("ssl.ca.location", c.ca.display().to_string());
+        }
+        if self == Mode::Mtls {
+            config.set("ssl.certificate.location", c.client_cert.display().to_string());
+            config.set("ssl.key.location", c.client_key.display().to_string());
+        }
+        match self.sasl() {
+            Some(("OAUTHBEARER", _, _)) => {
+                config
+                    .set("sasl.mechanisms", "OAUTHBEARER")
+                    .set("sasl.oauthbearer.method", "oidc")
+                    .set(
+                        "sasl.oauthbearer.token.endpoint.url",
+                        format!("http://{}/token", token_endpoint()),
+                    )
+                    .set("sasl.oauthbearer.client.id", OAUTH_SUBJECT)
+                    .set("sasl.oauthbearer.client.secret", "oauth-test-secret");
+            }
+            Some((mechanism, user, password)) => {
+                config
+                    .set("sasl.mechanisms", mechanism)
+                    .set("sasl.username", user)
+                    .set("sasl.password", password);
+            }
+            None => {}
+        }
+    }
+
     /// pushgate's `[kafka.tls]`/`[kafka.sasl]` for this mode (TOML, after `[kafka]`).
     pub fn pushgate_toml(self) -> String {
         let c = certs();
