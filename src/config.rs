@@ -145,7 +145,7 @@ pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 #[serde(deny_unknown_fields, default)]
 pub struct TopicConfig {
     pub name: String,
-    /// Instead of `name`: every topic whose whole name this regex matches (see [`pattern`]).
+    /// Instead of `name`: every topic whose whole name this regex matches (see `config/pattern.rs`).
     pub pattern: Option<TopicPattern>,
     /// Embedded log, `pattern` entries: how many topics publishes may create through it.
     pub max_topics: usize,

@@ -10,6 +10,7 @@ use tower_http::services::ServeDir;
 
 use crate::auth;
 use crate::reply::unauthorized;
+use crate::source::Source;
 use crate::state::AppState;
 use crate::transport::{grpc, sse, ws};
 use crate::{publish, telemetry};
@@ -59,11 +60,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let waiting_for = if state.shutdown.is_triggered() {
         "shutdown"
     } else if !state.source.is_ready() {
-        match state.config.source.kind {
-            crate::config::SourceKind::Kafka => "kafka",
-            crate::config::SourceKind::Kinesis => "kinesis",
-            crate::config::SourceKind::Embedded => "embedded_log",
-        }
+        state.source.waiting_for()
     } else {
         return Json(json!({"ready": true})).into_response();
     };

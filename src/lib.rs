@@ -48,40 +48,54 @@
 //! The architecture, with its invariants and the tests that hold them, is in
 //! `docs/ARCHITECTURE.md`.
 //!
+//! # The library's API
+//!
+//! Only what `main.rs`, the fuzz targets (`fuzz/`) and the integration tests
+//! (`tests/`) use is `pub`: [`run`], [`Listeners`], [`RunError`], [`config`]
+//! ([`Config`], which `main.rs` loads and overrides from its flags),
+//! [`shutdown`] ([`Shutdown`]), [`cursor`] (tests decode the cursors they
+//! receive; a fuzz target), [`protocol`] (client messages: a fuzz target, the
+//! property and contract tests) and [`delta`] (the JSON Patch a `delta`
+//! subscription receives; `tests/delta.rs` checks it against an RFC 6902 library).
+//! Every other module is `pub(crate)`, so rustc reports what nothing uses.
+//! The load generator (`loadtest/`) is a client only and uses none of it.
+//!
 //! [`run`] serves until its [`Shutdown`] is triggered, then drains: every
 //! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
-pub mod admission;
+pub(crate) mod admission;
 mod assets;
-pub mod auth;
+pub(crate) mod auth;
 pub mod config;
 pub mod cursor;
-pub mod demo;
-pub mod http;
-pub mod hub;
-pub mod outbox;
+pub(crate) mod demo;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod outbox;
 pub mod protocol;
-pub mod proxy;
-pub mod publish;
-pub mod record;
-pub mod reply;
-pub mod server;
-pub mod session;
+pub(crate) mod proxy;
+pub(crate) mod publish;
+pub(crate) mod record;
+pub(crate) mod reply;
+pub(crate) mod server;
+pub(crate) mod session;
 pub mod shutdown;
-pub mod source;
-pub mod spec;
-pub mod stall;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
-pub mod transport;
+pub(crate) mod source;
+pub(crate) mod spec;
+pub(crate) mod stall;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod transport;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
+/// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
+pub use spec::delta;
 pub use shutdown::Shutdown;
 
 use hub::Hub;
@@ -120,7 +134,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     telemetry::install();
     let hub = Arc::new(Hub::new());
     let waiting_for = match config.source.kind {
-        config::SourceKind::Embedded => "embedded log",
+        config::SourceKind::Embedded => "embedded_log",
         config::SourceKind::Kafka => "kafka",
         config::SourceKind::Kinesis => "kinesis",
     };

@@ -1,6 +1,6 @@
 //! The client protocol: messages clients send, control messages the server sends, error and close codes.
 //!
-//! Records themselves are encoded once in [`crate::record`]; this module only
+//! Records themselves are encoded once in `crate::record`; this module only
 //! builds the per-connection control messages (`subscribed`, `gap`, `error`,
 //! `pong`), which are off the fan-out path.
 

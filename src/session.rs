@@ -412,7 +412,7 @@ pub async fn open(
         catch_up: CatchUp {
             topic,
             sub: reg.sub,
-            source: Arc::clone(&state.source),
+            source: Arc::clone(&state.source) as Arc<dyn Source>,
             segments,
             position,
             high,

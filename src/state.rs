@@ -11,14 +11,15 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::proxy;
 use crate::shutdown::Shutdown;
-use crate::source::Source;
+use crate::source::Opening;
 use crate::telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
-    pub source: Arc<dyn Source>,
+    /// The source, refusing as unavailable until it has opened.
+    pub source: Arc<Opening>,
     pub shutdown: Shutdown,
     pub auth: Arc<Authenticator>,
     pub publish_limiter: Arc<RateLimiter>,
@@ -43,7 +44,7 @@ impl AppState {
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
-        source: Arc<dyn Source>,
+        source: Arc<Opening>,
         shutdown: Shutdown,
     ) -> Result<Self, AuthSetupError> {
         let auth = Arc::new(Authenticator::new(

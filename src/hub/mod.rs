@@ -486,6 +486,7 @@ impl Topic {
     /// `cursor`: resume point, if the client brought one. `snapshot`: capture the
     /// latest value of the requested keys (also taken with a cursor, in case the
     /// cursor turns out to be unrecoverable).
+    #[cfg(test)]
     pub fn register(
         self: &Arc<Self>,
         filter: Filter,
@@ -699,6 +700,7 @@ impl Topic {
         self.disconnect_all()
     }
 
+    #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }

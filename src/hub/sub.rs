@@ -18,6 +18,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    #[cfg(test)]
     pub fn all() -> Self {
         Self::default()
     }

@@ -70,7 +70,7 @@ pub trait Source: Send + Sync + 'static {
 /// Health checks answer meanwhile, which is what a load balancer and an
 /// orchestrator need from a node that is still starting.
 pub struct Opening {
-    /// What the node waits for, for `/readyz` ("kafka", "embedded log").
+    /// What the node waits for, as `/readyz` names it ("kafka", "kinesis", "embedded_log").
     waiting_for: &'static str,
     source: OnceLock<Arc<dyn Source>>,
 }
@@ -88,6 +88,7 @@ impl Opening {
         let _ = self.source.set(source);
     }
 
+    /// The source's name in `/readyz`'s `waiting_for`.
     pub fn waiting_for(&self) -> &'static str {
         self.waiting_for
     }
@@ -99,7 +100,10 @@ impl Opening {
 
     fn get(&self) -> Result<&Arc<dyn Source>, SourceError> {
         self.source.get().ok_or_else(|| {
-            SourceError::Unavailable(format!("still connecting to the {}", self.waiting_for))
+            SourceError::Unavailable(format!(
+                "still connecting to the {}",
+                self.waiting_for.replace('_', " ")
+            ))
         })
     }
 }

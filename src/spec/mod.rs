@@ -5,14 +5,14 @@
 //! member gets the same bytes.
 
 pub mod delta;
-pub mod fields;
-pub mod filter;
+pub(crate) mod fields;
+pub(crate) mod filter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use fields::Fields;
-pub use filter::{FilterError, FilterLimits, KeyTest, ValueFilter};
+pub use filter::{FilterLimits, KeyTest, ValueFilter};
 
 /// A normalized delivery spec. Subscriptions without one take the plain path.
 #[derive(Debug)]
