@@ -27,7 +27,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("invalid config: {0}")]
-    Parse(String),
+    Parse(#[from] toml::de::Error),
     #[error("invalid config: `{key}` {problem}")]
     Invalid { key: String, problem: String },
 }
@@ -465,16 +465,13 @@ impl Config {
         text: &str,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(text)?;
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut table, path, &value)?;
             }
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let config: Config = table.try_into().map_err(ConfigError::Parse)?;
         config.validate()?;
         Ok(config)
     }

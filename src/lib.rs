@@ -94,9 +94,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
+pub use shutdown::Shutdown;
 /// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
 pub use spec::delta;
-pub use shutdown::Shutdown;
 
 use hub::Hub;
 use source::embedded::{EmbeddedLog, LogError};

@@ -740,8 +740,9 @@ impl Inner {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> SourceError {
-    SourceError::Unavailable(e.to_string())
+/// A failure of the Kafka client, kept as the cause.
+fn client(e: KafkaError) -> SourceError {
+    SourceError::Client(Box::new(e))
 }
 
 #[async_trait]
@@ -760,17 +761,15 @@ impl Source for KafkaSource {
             if let Some(k) = &rec.key {
                 record = record.key(k);
             }
-            let future = producer
-                .send_result(record)
-                .map_err(|(e, _)| unavailable(e))?;
+            let future = producer.send_result(record).map_err(|(e, _)| client(e))?;
             pending.push(future);
         }
         let mut out = Vec::with_capacity(pending.len());
         for future in pending {
             let delivery = future
                 .await
-                .map_err(|_| unavailable("producer stopped"))?
-                .map_err(|(e, _)| unavailable(e))?;
+                .map_err(|_| SourceError::Unavailable("producer stopped".into()))?
+                .map_err(|(e, _)| client(e))?;
             out.push(Appended {
                 partition: delivery.partition.max(0) as u32,
                 offset: delivery.offset.max(0) as u64,
@@ -807,12 +806,11 @@ impl Source for KafkaSource {
                         .admin
                         .fetch_watermarks(&topic, p as i32, META_TIMEOUT)
                         .map(|(low, _)| low.max(0) as u64)
-                        .map_err(unavailable)
+                        .map_err(client)
                 })
                 .collect()
         })
-        .await
-        .map_err(unavailable)?
+        .await?
     }
 
     fn is_ready(&self) -> bool {

@@ -17,6 +17,12 @@ use async_trait::async_trait;
 
 use crate::record::{Appended, LogRecord, NewRecord};
 
+/// The error a source's client or storage failed with, kept as the cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a source answers when it cannot. Each variant that wraps a failure
+/// keeps it as its `source()` (its message is also in the variant's, so one
+/// line of log or a client's `unavailable` message reads the same as before).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("unknown topic")]
@@ -24,10 +30,18 @@ pub enum SourceError {
     /// The requested position is older than anything retained.
     #[error("position {requested} is no longer retained (earliest is {earliest})")]
     Gap { requested: u64, earliest: u64 },
+    /// Not open yet, a task it needs has stopped, or a read ran out of time: retry later.
     #[error("the log is unavailable: {0}")]
     Unavailable(String),
+    /// The log's client (Kafka, Kinesis) failed: retry later.
+    #[error("the log is unavailable: {0}")]
+    Client(#[source] Cause),
+    /// The embedded log's storage failed.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Cause),
+    /// A blocking task ended without answering (it panicked, or the runtime is stopping).
+    #[error("storage error: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A publish would create a topic, but its `pattern` already serves `max` topics.
     #[error("`{pattern}` already serves {max} topics (its max_topics)")]
     TopicLimit { pattern: String, max: usize },
