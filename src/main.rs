@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use pushgate::config::Overrides;
 use pushgate::{Config, Listeners, Shutdown};
 
 /// A push gateway: streams a log (an embedded log, Kafka or Kinesis) to WebSocket, SSE and gRPC clients, with key and value filters and resume by cursor.
@@ -19,10 +20,10 @@ struct Args {
     /// TOML config file (every key is documented in config/pushgate.toml).
     #[arg(long, env = "PUSHGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides server.listen).
+    /// Address to listen on (overrides server.listen and PUSHGATE__SERVER__LISTEN).
     #[arg(long, env = "PUSHGATE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Folder of the embedded log (overrides embedded.data_dir).
+    /// Folder of the embedded log (overrides embedded.data_dir and PUSHGATE__EMBEDDED__DATA_DIR).
     #[arg(long, env = "PUSHGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -37,14 +38,12 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.embedded.data_dir = dir;
-    }
-    config.validate()?;
+    // Validated once, after the flags are applied.
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {

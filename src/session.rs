@@ -18,7 +18,7 @@ use crate::auth::Grants;
 use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
 pub use crate::hub::TOPIC_READY_WAIT;
-use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, Topic};
+use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
@@ -312,19 +312,19 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register_spec(
+    let reg: Registration = topic.register(SubscribeOptions {
         filter,
         spec,
         outbox,
-        if forced_gap.is_some() {
+        cursor: if forced_gap.is_some() {
             None
         } else {
             cursor.as_ref()
         },
-        want_snapshot,
-        limits.max_snapshot_records,
-        limits.queue_bytes,
-    );
+        snapshot: want_snapshot,
+        max_snapshot: limits.max_snapshot_records,
+        backlog_limit: limits.queue_bytes,
+    });
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),

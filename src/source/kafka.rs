@@ -828,7 +828,7 @@ impl Drop for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Filter;
+    use crate::hub::{Filter, SubscribeOptions};
     use crate::outbox::{CloseReason, Outbox};
 
     #[test]
@@ -910,7 +910,7 @@ mod tests {
         live.by_name.insert(name.to_owned(), Arc::clone(&topic));
         let outbox = Arc::new(Outbox::new(1 << 20));
         topic
-            .register(Filter::all(), outbox.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(Filter::all(), outbox.clone()))
             .sub
             .go_live()
             .unwrap();
