@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, KeyKind};
 use crate::hub::Filter;
-use crate::spec::{FilterLimits, KeyTest, ValueFilter};
+use crate::shaping::{FilterLimits, KeyTest, ValueFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {

@@ -368,8 +368,8 @@ impl Default for TopicConfig {
 
 impl LimitsConfig {
     /// The bounds a client's (or a grant's) value filter must stay within.
-    pub fn filter_limits(&self) -> crate::spec::FilterLimits {
-        crate::spec::FilterLimits {
+    pub fn filter_limits(&self) -> crate::shaping::FilterLimits {
+        crate::shaping::FilterLimits {
             max_bytes: self.max_filter_bytes,
             max_depth: self.max_filter_depth,
             max_operators: self.max_filter_operators,

@@ -31,8 +31,9 @@
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition (version 1), or
 //!            per shard an opaque source position / closed marker (version 2, Kinesis)
-//! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
-//!            delta (JSON Patch), normalized so equal specs share a group
+//! shaping    what shapes delivery beyond the key: the delivery spec (value filters,
+//!            client's AND token's; fields; max_rate; delta as JSON Patch),
+//!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, publish rate
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
@@ -80,9 +81,9 @@ pub(crate) mod record;
 pub(crate) mod reply;
 pub(crate) mod server;
 pub(crate) mod session;
+pub(crate) mod shaping;
 pub mod shutdown;
 pub(crate) mod source;
-pub(crate) mod spec;
 pub(crate) mod stall;
 pub(crate) mod state;
 pub(crate) mod telemetry;
@@ -94,9 +95,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use shutdown::Shutdown;
 /// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
-pub use spec::delta;
+pub use shaping::delta;
+pub use shutdown::Shutdown;
 
 use hub::Hub;
 use source::embedded::{EmbeddedLog, LogError};

@@ -108,7 +108,7 @@ pub struct SubscribeRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub snapshot: Option<bool>,
-    /// A value filter on records' `data` (see `spec::filter`).
+    /// A value filter on records' `data` (see `shaping::filter`).
     #[serde(default)]
     pub filter: Option<Value>,
     /// Paths of `data` to receive (a projection).

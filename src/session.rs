@@ -22,8 +22,8 @@ use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, SubscribeOptio
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
+use crate::shaping::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::source::{Source, SourceError};
-use crate::spec::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -689,13 +689,15 @@ impl CatchUp {
             self.delta_base.remove(&key);
             return record;
         }
-        let Some(value) = crate::spec::parse(record.data()) else {
+        let Some(value) = crate::shaping::parse(record.data()) else {
             self.delta_base.remove(&key);
             return record;
         };
         let enter = record.ws.as_str().contains(",\"op\":\"enter\",");
         let patch = match self.delta_base.insert(key, value.clone()) {
-            Some(before) if !enter => crate::spec::delta::bounded(&before, &value, record.data()),
+            Some(before) if !enter => {
+                crate::shaping::delta::bounded(&before, &value, record.data())
+            }
             _ => return record,
         };
         Arc::new(record.with_body(&self.topic.name, (Body::Patch, &patch)))

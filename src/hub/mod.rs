@@ -44,7 +44,7 @@ pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
-use crate::spec::Spec;
+use crate::shaping::Spec;
 use crate::telemetry;
 
 static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
@@ -1090,7 +1090,7 @@ mod tests {
     }
 
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
-        let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
+        let f = crate::shaping::ValueFilter::compile(&filter, &Default::default()).unwrap();
         Arc::new(Spec::new(Some(f), None, None, false).unwrap())
     }
 
@@ -1186,9 +1186,9 @@ mod tests {
     fn groups_with_one_projection_share_its_encoding() {
         let hub = Hub::new();
         let topic = hub.add_topic("t", 9, 1, settings());
-        let fields = || crate::spec::Fields::new(&["a".to_owned()], 10).unwrap();
+        let fields = || crate::shaping::Fields::new(&["a".to_owned()], 10).unwrap();
         let compile = |v: serde_json::Value| {
-            crate::spec::ValueFilter::compile(&v, &Default::default()).unwrap()
+            crate::shaping::ValueFilter::compile(&v, &Default::default()).unwrap()
         };
         let specs = [
             Spec::new(

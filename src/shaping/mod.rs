@@ -1,4 +1,4 @@
-//! Delivery specs: what shapes a subscriber's records beyond its keys (a value filter, the client's ANDed with its token's), normalized so equal specs share one group.
+//! Delivery shaping: the delivery spec, what shapes a subscriber's records beyond its keys (a value filter, the client's ANDed with its token's), normalized so equal specs share one group.
 //!
 //! Two subscriptions whose specs have the same canonical text are served by
 //! one group in the hub: each record is evaluated once per group, and every
