@@ -23,21 +23,39 @@ struct Args {
     /// Address to listen on (overrides server.listen and PUSHGATE__SERVER__LISTEN).
     #[arg(long, env = "PUSHGATE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Log lines as `text` (for people) or `json` (one object per line, with the
+    /// event's spans: connection id, transport, peer, subject; for log shippers).
+    #[arg(long, env = "PUSHGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Folder of the embedded log (overrides embedded.data_dir and PUSHGATE__EMBEDDED__DATA_DIR).
     #[arg(long, env = "PUSHGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match args.log_format {
         // Colour only on a terminal: a file or a log shipper's pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = Args::parse();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     // Validated once, after the flags are applied.
     let overrides = Overrides {
         listen: args.listen,

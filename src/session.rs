@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::Grants;
 use crate::config::LimitsConfig;
@@ -217,6 +218,7 @@ pub async fn until_ready(state: &AppState, topic_name: &str, limit: Duration) {
 }
 
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
+#[tracing::instrument(name = "subscription", skip_all, fields(topic = %req.topic))]
 pub async fn open(
     state: &AppState,
     grants: &Grants,
@@ -398,6 +400,12 @@ pub async fn open(
         Some(c) if gap.is_none() => (0..partitions).map(|p| c.offset(p)).collect(),
         _ => high.clone(),
     };
+    tracing::debug!(
+        recovered,
+        gap = gap.as_ref().map(|(reason, _)| *reason),
+        snapshot = snapshot_len,
+        "subscribed"
+    );
     Ok(Opened {
         guard,
         id: req
@@ -410,6 +418,7 @@ pub async fn open(
         gap,
         snapshot_len,
         catch_up: CatchUp {
+            span: tracing::Span::current(),
             topic,
             sub: reg.sub,
             source: Arc::clone(&state.source) as Arc<dyn Source>,
@@ -478,6 +487,9 @@ pub enum Step {
 
 /// The records a new subscription must receive before it is live, in order.
 pub struct CatchUp {
+    /// The subscription's span (inside its connection's, when the transport
+    /// entered one), for the catch-up's reads and what the transport logs about it.
+    span: tracing::Span,
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
@@ -501,6 +513,30 @@ pub struct CatchUp {
 }
 
 impl CatchUp {
+    /// The subscription's span: what a transport logs about the catch-up goes inside it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// One read of the log (up to `LOG_CHUNK` records), in a `catch_up_read` span.
+    async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        until: u64,
+    ) -> Result<Vec<LogRecord>, CatchUpError> {
+        let span = tracing::info_span!(parent: &self.span, "catch_up_read", partition, from, until);
+        let records = self
+            .source
+            .read(&self.topic.name, partition, from, until, LOG_CHUNK)
+            .instrument(span.clone())
+            .await;
+        records.map_err(|e| {
+            span.in_scope(|| tracing::debug!(error = %e, "catch-up read failed"));
+            CatchUpError::Lost(e)
+        })
+    }
+
     /// The next step; `None` once the subscription is live. The steps are the
     /// snapshot or replayed records, then [`Step::Live`], then the live records
     /// that arrived meanwhile.
@@ -573,11 +609,7 @@ impl CatchUp {
                         let last = self.last_offsets(partition, from, until).await?;
                         self.last_of.insert(partition, last);
                     }
-                    let records = self
-                        .source
-                        .read(&self.topic.name, partition, from, until, LOG_CHUNK)
-                        .await
-                        .map_err(CatchUpError::Lost)?;
+                    let records = self.read(partition, from, until).await?;
                     let next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
                     if next_from < until {
                         self.segments.push_front(Segment::Replay(Replay::Log {
@@ -655,11 +687,7 @@ impl CatchUp {
     ) -> Result<HashMap<Arc<str>, u64>, CatchUpError> {
         let mut last = HashMap::new();
         while from < until {
-            let records = self
-                .source
-                .read(&self.topic.name, partition, from, until, LOG_CHUNK)
-                .await
-                .map_err(CatchUpError::Lost)?;
+            let records = self.read(partition, from, until).await?;
             let Some(end) = records.last().map(|r| r.offset + 1) else {
                 break;
             };

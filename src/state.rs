@@ -1,7 +1,7 @@
 //! The shared state handle: one cloneable value every handler and task gets.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -112,7 +112,9 @@ impl AppState {
         Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
-            ip: limited.then_some(ip),
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            peer: ip,
+            limited,
         })
     }
 
@@ -121,22 +123,47 @@ impl AppState {
     }
 }
 
-/// Held for the life of a WebSocket or SSE connection.
+/// Numbers connections for the logs (the `connection` span's `id`).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Held for the life of a WebSocket, SSE or gRPC streaming connection.
 pub struct ConnectionSlot {
     connections: Arc<Connections>,
     transport: &'static str,
+    id: u64,
+    /// The client's address (behind a trusted proxy, the one it forwarded).
+    peer: IpAddr,
     /// Counted against the per-IP limit (not for a trusted proxy's own address).
-    ip: Option<IpAddr>,
+    limited: bool,
+}
+
+impl ConnectionSlot {
+    /// The connection's span: its events carry `id`, `transport`, `peer` and `subject`.
+    ///
+    /// Built when there is something to log, not kept: an idle WebSocket
+    /// costs a few KiB and a stored span would hold a registry entry per
+    /// connection (see `transport/ws.rs`).
+    pub fn span(&self, subject: Option<&str>) -> tracing::Span {
+        tracing::info_span!(
+            "connection",
+            id = self.id,
+            transport = self.transport,
+            peer = %self.peer,
+            subject = subject.unwrap_or(""),
+        )
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = &self.ip {
-            self.connections.per_ip.remove_if_mut(ip, |_, count| {
-                *count -= 1;
-                *count == 0
-            });
+        if self.limited {
+            self.connections
+                .per_ip
+                .remove_if_mut(&self.peer, |_, count| {
+                    *count -= 1;
+                    *count == 0
+                });
         }
         telemetry::connection_closed(self.transport);
     }

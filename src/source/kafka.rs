@@ -245,6 +245,8 @@ impl KafkaSource {
         std::thread::Builder::new()
             .name("pushgate-kafka".into())
             .spawn(move || {
+                // The one live consumer, assigned every partition: its events carry this span.
+                let _span = tracing::info_span!("kafka_consumer").entered();
                 let mut live = Live::new(worker, consumer);
                 live.apply(described);
                 live.run(&shutdown_flag);

@@ -43,6 +43,7 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
 use aws_sdk_kinesis::Client;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Cause, Source, SourceError};
 use crate::config::{Config, KinesisConfig};
@@ -359,6 +360,11 @@ impl KinesisSource {
                     caught_up,
                 },
             );
+            let span = tracing::info_span!(
+                "shard_consumer",
+                stream = %stream.name,
+                shard = %shard.shard_id()
+            );
             let reader = Reader {
                 source: Arc::clone(self),
                 stream: Arc::clone(stream),
@@ -369,7 +375,7 @@ impl KinesisSource {
                 caught_up: caught_tx,
                 shutdown: shutdown.clone(),
             };
-            shutdown.tracker().spawn(reader.run());
+            shutdown.tracker().spawn(reader.run().instrument(span));
         }
     }
 
