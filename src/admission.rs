@@ -21,6 +21,8 @@ pub enum Refusal {
     Unauthorized,
     TooManyFromIp,
     Unavailable,
+    /// Over `limits.connect_rate`: retry after a moment.
+    Busy,
 }
 
 impl IntoResponse for Refusal {
@@ -33,6 +35,7 @@ impl IntoResponse for Refusal {
                 "too many connections from this address",
             ),
             Refusal::Unavailable => unavailable("not accepting connections"),
+            Refusal::Busy => unavailable("too many new connections right now: retry shortly"),
         }
     }
 }
@@ -45,6 +48,11 @@ pub fn admit(
     peer: SocketAddr,
     transport: &'static str,
 ) -> Result<Admission, Refusal> {
+    // First and cheapest: under a storm, refuse before any token is verified.
+    if !state.connect_limiter.allow() {
+        crate::telemetry::connection_refused("rate");
+        return Err(Refusal::Busy);
+    }
     let token = auth::token_from(headers, query, &state.config.auth.cookie);
     if token.is_none() && !state.config.auth.anonymous_subscribe {
         return Err(Refusal::Unauthorized);

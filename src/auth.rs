@@ -649,6 +649,42 @@ fn origin_in(origin: &str, headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// `limits.connect_rate`: one token bucket for the node's handshakes.
+pub struct ConnectLimiter {
+    rate: f64,
+    burst: f64,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl ConnectLimiter {
+    /// `rate` 0: no limit.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            bucket: std::sync::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token for one handshake; false when the bucket is empty.
+    pub fn allow(&self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut bucket = self.bucket.lock().expect("connect bucket lock");
+        let now = std::time::Instant::now();
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            true
+        } else {
+            *bucket = (tokens, now);
+            false
+        }
+    }
+}
+
 /// Per-caller token buckets for the publish rate limit.
 pub struct RateLimiter {
     rate: f64,

@@ -79,6 +79,12 @@ pub struct ServerConfig {
     pub static_dir: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A drain closes its clients at random moments over this interval (each
+    /// with the usual reconnect code), so the fleet's other nodes take them
+    /// gradually. At most half of `shutdown_grace` is used, so the drain
+    /// still ends within the grace; 0: all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_spread: Duration,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Load balancers (addresses or CIDR networks) whose `X-Forwarded-For`,
@@ -222,6 +228,14 @@ pub struct LimitsConfig {
     /// Records per second one caller (token subject, or IP when anonymous) may publish.
     pub publish_rate: f64,
     pub publish_burst: f64,
+    /// New streaming connections (WebSocket, SSE, gRPC) admitted per second
+    /// by this node, before authentication; beyond it a handshake is refused
+    /// with 503 and `Retry-After`. 0: no limit.
+    pub connect_rate: f64,
+    /// Handshakes admitted at once above `connect_rate`.
+    pub connect_burst: f64,
+    /// Catch-up reads from the log running at once; more resumes queue.
+    pub catchup_concurrency: usize,
     /// A connection whose socket takes no bytes for this long while a write waits is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -321,6 +335,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             static_dir: None,
             shutdown_grace: Duration::from_secs(10),
+            drain_spread: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
@@ -397,6 +412,9 @@ impl Default for LimitsConfig {
             max_filter_list: 256,
             publish_rate: 1000.0,
             publish_burst: 2000.0,
+            connect_rate: 0.0,
+            connect_burst: 500.0,
+            catchup_concurrency: 32,
             write_timeout: Duration::from_secs(10),
         }
     }
@@ -675,6 +693,18 @@ impl Config {
         }
         if self.limits.publish_burst < 1.0 {
             return Err(invalid("limits.publish_burst", "must be at least 1"));
+        }
+        if !(self.limits.connect_rate >= 0.0 && self.limits.connect_rate.is_finite()) {
+            return Err(invalid(
+                "limits.connect_rate",
+                "must be 0 (no limit) or a positive number",
+            ));
+        }
+        if self.limits.connect_burst < 1.0 {
+            return Err(invalid("limits.connect_burst", "must be at least 1"));
+        }
+        if self.limits.catchup_concurrency == 0 {
+            return Err(invalid("limits.catchup_concurrency", "must be at least 1"));
         }
         if self.auth.claim.is_empty() {
             return Err(invalid("auth.claim", "must not be empty"));

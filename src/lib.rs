@@ -57,7 +57,8 @@
 //! [`shutdown`] ([`Shutdown`]), [`cursor`] (tests decode the cursors they
 //! receive; a fuzz target), [`protocol`] (client messages: a fuzz target, the
 //! property and contract tests) and [`delta`] (the JSON Patch a `delta`
-//! subscription receives; `tests/delta.rs` checks it against an RFC 6902 library).
+//! subscription receives; `tests/delta.rs` checks it against an RFC 6902 library)
+//! and [`TOPIC_READY_WAIT`] (`tests/warm_start.rs` times it).
 //! Every other module is `pub(crate)`, so rustc reports what nothing uses.
 //! The load generator (`loadtest/`) is a client only and uses none of it.
 //!
@@ -73,6 +74,7 @@ pub mod cursor;
 pub(crate) mod demo;
 pub(crate) mod http;
 pub(crate) mod hub;
+mod log_reads;
 pub(crate) mod outbox;
 pub mod protocol;
 pub(crate) mod proxy;
@@ -95,6 +97,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
+/// How long a subscription to a topic still warming up waits before `unavailable` (tests time it).
+pub use hub::TOPIC_READY_WAIT;
 /// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
 pub use shaping::delta;
 pub use shutdown::Shutdown;
@@ -147,6 +151,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         );
     }
     let grace = config.server.shutdown_grace;
+    // Half the grace at most: the last clients' closes must finish within it.
+    shutdown.set_spread(config.server.drain_spread.min(grace / 2));
     let timeouts = server::Timeouts {
         header_read: config.server.header_read_timeout,
         write: config.limits.write_timeout,

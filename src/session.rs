@@ -20,6 +20,7 @@ use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
 pub use crate::hub::TOPIC_READY_WAIT;
 use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
+use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
@@ -304,6 +305,18 @@ pub async fn open(
     // after this node's next metadata check resumes it exactly; a gap would not.
     if let Some(c) = &cursor {
         if c.epoch == topic.epoch && c.offsets.len() > topic.partition_count() as usize {
+            // Unless this node's counts are final: then no node will ever serve it.
+            if state.source.partition_counts_are_final() {
+                return Err(ClientError::new(
+                    ErrorCode::BadCursor,
+                    format!(
+                        "the cursor names {} partitions; `{}` has {}",
+                        c.offsets.len(),
+                        truncate(&req.topic),
+                        topic.partition_count()
+                    ),
+                ));
+            }
             return Err(ClientError::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -422,6 +435,7 @@ pub async fn open(
             topic,
             sub: reg.sub,
             source: Arc::clone(&state.source) as Arc<dyn Source>,
+            reads: Arc::clone(&state.log_reads),
             segments,
             position,
             high,
@@ -466,8 +480,8 @@ pub enum CatchUpError {
     #[error("topic reset")]
     TopicReset,
     /// The log dropped part of the range being replayed.
-    #[error("recovery lost: {0}")]
-    Lost(SourceError),
+    #[error("recovery lost")]
+    Lost(#[source] Arc<SourceError>),
 }
 
 /// One step of catch-up: records to send, or the point where catch-up ends.
@@ -493,6 +507,7 @@ pub struct CatchUp {
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
+    reads: Arc<LogReads>,
     segments: VecDeque<Segment>,
     /// Running resume position: the cursor each replayed record carries.
     position: Vec<u64>,
@@ -524,11 +539,18 @@ impl CatchUp {
         partition: u32,
         from: u64,
         until: u64,
-    ) -> Result<Vec<LogRecord>, CatchUpError> {
+    ) -> Result<Arc<Vec<LogRecord>>, CatchUpError> {
         let span = tracing::info_span!(parent: &self.span, "catch_up_read", partition, from, until);
         let records = self
-            .source
-            .read(&self.topic.name, partition, from, until, LOG_CHUNK)
+            .reads
+            .read(
+                &self.source,
+                &self.topic.name,
+                partition,
+                from,
+                until,
+                LOG_CHUNK,
+            )
             .instrument(span.clone())
             .await;
         records.map_err(|e| {
@@ -691,7 +713,7 @@ impl CatchUp {
             let Some(end) = records.last().map(|r| r.offset + 1) else {
                 break;
             };
-            for r in &records {
+            for r in records.iter() {
                 if let Some(key) = &r.key {
                     if self.sub.filter.matches(Some(key)) {
                         last.insert(Arc::clone(key), r.offset);

@@ -5,6 +5,10 @@
 //! resolves once every tracked task has finished, so `main` can exit early or
 //! give up after its grace period.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -12,6 +16,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// `server.drain_spread` in milliseconds (set by `run`).
+    spread_ms: Arc<AtomicU64>,
 }
 
 impl Shutdown {
@@ -35,6 +41,29 @@ impl Shutdown {
 
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// Sets how long a drain spreads its clients' closes over.
+    pub fn set_spread(&self, spread: Duration) {
+        self.spread_ms
+            .store(spread.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves at this client's turn in the drain: when the drain starts,
+    /// then after a random part of `server.drain_spread`, so a draining
+    /// node's clients reconnect elsewhere over that interval, not all at once.
+    /// Small while waiting (the delay's timer exists only once the drain began).
+    pub fn my_turn(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let cancelled = self.token.clone().cancelled_owned();
+        let spread = Arc::clone(&self.spread_ms);
+        async move {
+            cancelled.await;
+            let spread = spread.load(Ordering::Relaxed);
+            if spread > 0 {
+                let delay = Duration::from_millis(rand::random_range(0..spread));
+                Box::pin(tokio::time::sleep(delay)).await;
+            }
+        }
     }
 
     pub fn tracker(&self) -> &TaskTracker {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::auth::{AuthSetupError, Authenticator, RateLimiter};
+use crate::auth::{AuthSetupError, Authenticator, ConnectLimiter, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::log_reads::LogReads;
 use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::source::Opening;
@@ -23,6 +24,10 @@ pub struct AppState {
     pub shutdown: Shutdown,
     pub auth: Arc<Authenticator>,
     pub publish_limiter: Arc<RateLimiter>,
+    /// Catch-up reads from the log: bounded and shared (single flight).
+    pub log_reads: Arc<LogReads>,
+    /// `limits.connect_rate`: handshakes admitted per second.
+    pub connect_limiter: Arc<ConnectLimiter>,
     connections: Arc<Connections>,
 }
 
@@ -55,6 +60,11 @@ impl AppState {
             config.limits.publish_rate,
             config.limits.publish_burst,
         ));
+        let log_reads = Arc::new(LogReads::new(config.limits.catchup_concurrency));
+        let connect_limiter = Arc::new(ConnectLimiter::new(
+            config.limits.connect_rate,
+            config.limits.connect_burst,
+        ));
         Ok(Self {
             config: Arc::new(config),
             hub,
@@ -62,6 +72,8 @@ impl AppState {
             shutdown,
             auth,
             publish_limiter,
+            log_reads,
+            connect_limiter,
             connections: Arc::new(Connections::default()),
         })
     }

@@ -29,6 +29,9 @@ pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
 pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
 pub const KAFKA_BAD_RECORDS: &str = "pushgate_kafka_bad_records_total";
 pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
+/// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads that joined an identical one in flight instead.
+pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
+pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_total";
 pub const KINESIS_BEHIND: &str = "pushgate_kinesis_millis_behind_latest";
 pub const KINESIS_THROTTLED: &str = "pushgate_kinesis_throttled_total";
 pub const KINESIS_CATCHUP_READS: &str = "pushgate_kinesis_catchup_reads_total";
@@ -65,6 +68,15 @@ pub fn connection_closed(transport: &'static str) {
 }
 
 /// `reason` is one of a fixed set: "limit", "draining".
+/// A resume's range read: sent to the log, or joined to one in flight.
+pub fn catchup_read(coalesced: bool) {
+    if coalesced {
+        counter!(CATCHUP_READS_COALESCED).increment(1);
+    } else {
+        counter!(CATCHUP_READS).increment(1);
+    }
+}
+
 pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }

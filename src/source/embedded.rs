@@ -880,6 +880,11 @@ impl Source for EmbeddedLog {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// One process owns the log: its topics' partition counts are the log's.
+    fn partition_counts_are_final(&self) -> bool {
+        true
+    }
+
     async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.appends.send(Message::Close(reply)).await.is_ok() {

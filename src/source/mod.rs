@@ -73,6 +73,13 @@ pub trait Source: Send + Sync + 'static {
     /// True once the source has filled the hub and follows its topics live.
     fn is_ready(&self) -> bool;
 
+    /// Whether this node's partition counts are the log's own, final ones (the
+    /// embedded log), so a cursor naming more partitions is malformed, not
+    /// ahead of this node (Kafka, Kinesis: partitions are added while nodes run).
+    fn partition_counts_are_final(&self) -> bool {
+        false
+    }
+
     /// Called once, after the drain: makes everything acknowledged durable and
     /// records a clean shutdown. Later publishes still work.
     async fn close(&self) {}
@@ -149,5 +156,11 @@ impl Source for Opening {
 
     fn is_ready(&self) -> bool {
         self.source.get().is_some_and(|s| s.is_ready())
+    }
+
+    fn partition_counts_are_final(&self) -> bool {
+        self.source
+            .get()
+            .is_some_and(|s| s.partition_counts_are_final())
     }
 }

@@ -264,7 +264,8 @@ impl Ready {
         let keepalive_every = state.config.sse.keepalive_interval;
         // Created once: re-creating it on every wake-up registered a
         // cancellation waiter per delivered record.
-        let mut shutdown_signal = Box::pin(state.shutdown.token().cancelled_owned());
+        // Its turn in the drain (see `Shutdown::my_turn`).
+        let mut shutdown_signal = Box::pin(state.shutdown.my_turn());
         async_stream::stream! {
             let _held = held;
             yield Chunk::Frames(opening);

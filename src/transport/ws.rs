@@ -270,7 +270,7 @@ impl Connection {
             // The shutdown signal and the deadline timer live across turns of the
             // loop: re-creating them on every wake-up registered a timer and a
             // cancellation waiter per delivered frame.
-            let shutdown_signal = self.state.shutdown.token().cancelled_owned();
+            let shutdown_signal = self.state.shutdown.my_turn();
             tokio::pin!(shutdown_signal);
             let timer = tokio::time::sleep_until(next_ping);
             tokio::pin!(timer);

@@ -194,6 +194,12 @@ fn refusal_status(refusal: Refusal) -> Status {
             "not accepting connections: retry shortly".into(),
             None,
         ),
+        Refusal::Busy => status(
+            Code::Unavailable,
+            "unavailable",
+            "too many new connections right now: retry shortly".into(),
+            None,
+        ),
     }
 }
 
@@ -406,7 +412,8 @@ async fn subscribe(
         // The token's expiry: a TokenExpiring event then, the end of the stream `grace` later.
         let mut expiry = identity.time_left().map(|left| tokio::time::Instant::now() + left);
         let mut warned = false;
-        let shutdown_signal = shutdown.triggered();
+        // Its turn in the drain (see `Shutdown::my_turn`).
+        let shutdown_signal = shutdown.my_turn();
         tokio::pin!(shutdown_signal);
         let mut batch = Vec::new();
         loop {

@@ -1,0 +1,186 @@
+//! What keeps a fleet calm when many clients move at once: a drain spread
+//! over `server.drain_spread`, admission limited by `limits.connect_rate`
+//! (refused cheaply with 503 and Retry-After), catch-up reads shared by
+//! resumes of the same range, and a cursor naming partitions a topic does not
+//! have answered `bad_cursor` where the partition count is final.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use pushgate::cursor::Cursor;
+use serde_json::{json, Value};
+
+async fn metric(node: &TestServer, name: &str) -> f64 {
+    node.metrics_text()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_spreads_its_closes_over_drain_spread() {
+    let node =
+        TestServer::start_with("[server]\nshutdown_grace = \"10s\"\ndrain_spread = \"2s\"\n").await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut ws = node.ws().await;
+        ws.subscribe(json!({"topic": "one"})).await;
+        clients.push(ws);
+    }
+    let started = Instant::now();
+    node.shutdown.trigger();
+    let closes = futures_util::future::join_all(clients.iter_mut().map(|ws| async {
+        let code = ws.close_code().await;
+        (code, started.elapsed())
+    }))
+    .await;
+    let mut times: Vec<Duration> = closes
+        .iter()
+        .map(|(code, at)| {
+            assert_eq!(*code, Some(1012), "each gets the reconnect code");
+            *at
+        })
+        .collect();
+    times.sort();
+    let (first, last) = (times[0], *times.last().unwrap());
+    assert!(
+        last < Duration::from_millis(2600),
+        "all closed within the spread: {times:?}"
+    );
+    assert!(
+        last - first > Duration::from_millis(800),
+        "not all at once: {times:?}"
+    );
+    // Roughly even: the middle client closes neither at the start nor the end.
+    let middle = times[times.len() / 2];
+    assert!(
+        middle > Duration::from_millis(300) && middle < Duration::from_millis(1800),
+        "{times:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_connect_rate_a_handshake_is_refused_cheaply_with_retry_after() {
+    let node = TestServer::start_with(
+        "[limits]\nconnect_rate = 0.5\nconnect_burst = 3.0\n[auth]\nanonymous_subscribe = false\n[[auth.keys]]\nkind = \"hmac\"\nsecret = \"not-used-by-this-test-0123456789-0123456789\"\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // The burst is admitted to authentication (and refused there: no token).
+    for _ in 0..3 {
+        let r = http.get(node.url("/sse?topic=one")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // Past it, refused before authentication: 503 with Retry-After.
+    let r = http.get(node.url("/sse?topic=one")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    let ws = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr)).await;
+    match ws {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!(
+            "the WebSocket handshake was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let refused = node
+        .metrics_text()
+        .await
+        .lines()
+        .any(|l| l.starts_with("pushgate_connections_refused_total{reason=\"rate\"}"));
+    assert!(refused, "counted as reason=rate");
+    // The bucket refills at connect_rate: one more is admitted two seconds later.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = http.get(node.url("/sse?topic=one")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_they_missed() {
+    // Topic `one` keeps 64 records in its ring: a resume from offset 10 of 400 reads the log.
+    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
+    let records: Vec<(String, Value)> = (0..400)
+        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .collect();
+    node.publish_batch("one", &records).await;
+    let mut ws = node.ws().await;
+    ws.subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    drop(ws);
+    // A cursor after the 10th record, taken from the log's own numbering.
+    let any = node.publish("one", "k0", json!({"i": 400})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    let cursor = Cursor::new(epoch, vec![10]).encode();
+
+    let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
+    let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
+    const CLIENTS: usize = 40;
+    let resumes = (0..CLIENTS).map(|_| {
+        let cursor = cursor.clone();
+        let addr = node.addr;
+        async move {
+            let mut ws = WsClient::connect(addr).await;
+            ws.subscribe(json!({"topic": "one", "cursor": cursor}))
+                .await;
+            let got = ws.records(391).await;
+            got.iter()
+                .map(|r| r["offset"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    });
+    let all = futures_util::stream::iter(resumes)
+        .buffer_unordered(CLIENTS)
+        .collect::<Vec<_>>()
+        .await;
+    let expected: Vec<u64> = (10..401).collect();
+    for got in &all {
+        assert_eq!(
+            got, &expected,
+            "exactly the missed records, in order, once each"
+        );
+    }
+    let reads = metric(&node, "pushgate_catchup_reads_total").await - reads_before;
+    let joined = metric(&node, "pushgate_catchup_reads_coalesced_total").await - joined_before;
+    // Each resume needs one log read (390 records < one chunk) beyond the ring.
+    assert_eq!(
+        reads + joined,
+        CLIENTS as f64,
+        "reads {reads}, joined {joined}"
+    );
+    assert!(
+        joined > 0.0,
+        "no read was shared by {CLIENTS} simultaneous resumes"
+    );
+    println!("{CLIENTS} resumes of one range: {reads} log reads, {joined} joined one in flight");
+}
+
+#[tokio::test]
+async fn a_cursor_naming_partitions_the_topic_does_not_have_is_a_bad_cursor() {
+    let node = TestServer::start().await;
+    let any = node.publish("one", "k", json!({})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    // `one` has one partition; this cursor of the same log names five.
+    let forged = Cursor::new(epoch, vec![0, 0, 0, 0, 0]).encode();
+    let mut ws = node.ws().await;
+    ws.send(json!({"type": "subscribe", "id": 1, "topic": "one", "cursor": forged}))
+        .await;
+    let reply = ws.json().await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(
+        reply["code"], "bad_cursor",
+        "not `unavailable` for ever: {reply}"
+    );
+}
