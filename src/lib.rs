@@ -66,6 +66,10 @@
 //! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
+// The hub's shard-topic and topic-removal paths serve Kafka and Kinesis only:
+// a build without them (`--no-default-features`) leaves them unused.
+#![cfg_attr(not(all(feature = "kafka", feature = "kinesis")), allow(dead_code))]
+
 pub(crate) mod admission;
 mod assets;
 pub(crate) mod auth;
@@ -104,8 +108,6 @@ pub use shaping::delta;
 pub use shutdown::Shutdown;
 
 use hub::Hub;
-use source::embedded::{EmbeddedLog, LogError};
-use source::Source;
 use state::AppState;
 
 /// The sockets `run` serves; bound by the caller so tests can use port 0.
@@ -115,18 +117,12 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the embedded log: {0}")]
-    Log(#[from] LogError),
+    #[error(transparent)]
+    Source(#[from] source::OpenError),
     #[error("{0}")]
     Auth(#[from] auth::AuthSetupError),
-    #[error("cannot start the Kafka source: {0}")]
-    Kafka(#[from] source::kafka::KafkaSourceError),
-    #[error("cannot start the Kinesis source: {0}")]
-    Kinesis(#[from] source::kinesis::KinesisSourceError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
-    #[error("startup task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 /// Runs the gateway on `listeners` until `shutdown` is triggered, then drains.
@@ -138,12 +134,7 @@ pub enum RunError {
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
     telemetry::install();
     let hub = Arc::new(Hub::new());
-    let waiting_for = match config.source.kind {
-        config::SourceKind::Embedded => "embedded_log",
-        config::SourceKind::Kafka => "kafka",
-        config::SourceKind::Kinesis => "kinesis",
-    };
-    let opening = Arc::new(source::Opening::new(waiting_for));
+    let (opening, opened) = source::open(&config, Arc::clone(&hub), shutdown.clone());
     if config.open_publish_on_network() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -157,7 +148,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         header_read: config.server.header_read_timeout,
         write: config.limits.write_timeout,
     };
-    let source_config = config.clone();
     let state = AppState::new(config, Arc::clone(&hub), opening.clone(), shutdown.clone())?;
     if !state.config.auth.jwks_file.as_os_str().is_empty() {
         spawn_jwks_reloader(&state);
@@ -179,7 +169,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let opened = tokio::select! {
         // Shut down before the source opened: nothing to drain but connections.
         () = &mut serving => None,
-        opened = open_source(source_config, hub, shutdown.clone()) => Some(opened),
+        opened = opened => Some(opened),
     };
     match opened {
         Some(Ok(source)) => {
@@ -194,7 +184,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             shutdown.trigger();
             serving.await;
             let _ = tokio::time::timeout(grace, shutdown.drained()).await;
-            return Err(e);
+            return Err(e.into());
         }
         None => {}
     }
@@ -214,29 +204,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         }
     }
     Ok(())
-}
-
-/// Opens the configured source: the embedded log (read and warmed on a
-/// blocking thread) or Kafka (connected within `kafka.startup_timeout`).
-async fn open_source(
-    config: Config,
-    hub: Arc<Hub>,
-    shutdown: Shutdown,
-) -> Result<Arc<dyn Source>, RunError> {
-    Ok(match config.source.kind {
-        config::SourceKind::Embedded => {
-            // redb I/O and the warm start block; keep them off the async workers.
-            let log =
-                tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
-            Arc::new(log)
-        }
-        config::SourceKind::Kafka => {
-            Arc::new(source::kafka::KafkaSource::open(&config, hub, shutdown).await?)
-        }
-        config::SourceKind::Kinesis => {
-            source::kinesis::KinesisSource::open(&config, hub, shutdown).await?
-        }
-    })
 }
 
 /// Re-reads the JWKS file when it changes, so keys rotate without a restart.

@@ -55,6 +55,9 @@ pub const OS_SYNC_EVERY: Duration = Duration::from_millis(20);
 /// Records deleted by one retention pass per partition, so a pass stays short.
 const MAX_TRIM: usize = 100_000;
 
+/// What `/readyz` names while the embedded log opens.
+pub const READINESS: &str = "embedded_log";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("cannot create data dir {path}: {source}")]

@@ -62,6 +62,9 @@ use crate::telemetry;
 /// How long one metadata or watermark request may take.
 const META_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What `/readyz` names while Kafka is not ready.
+pub const READINESS: &str = "kafka";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
     #[error("cannot create a Kafka client: {0}")]

@@ -53,6 +53,9 @@ use crate::record::{json_or_base64, Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
+/// What `/readyz` names while Kinesis is not ready.
+pub const READINESS: &str = "kinesis";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KinesisSourceError {
     #[error("stream `{stream}`: {message}")]
