@@ -31,14 +31,38 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, KeyKind};
 use crate::hub::Filter;
-use crate::spec::{FilterLimits, KeyTest, ValueFilter};
+use crate::shaping::{FilterLimits, KeyTest, ValueFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error("`auth.keys[{index}]`: {problem}")]
-    Key { index: usize, problem: String },
-    #[error("`auth.jwks_file` {path}: {problem}")]
-    Jwks { path: String, problem: String },
+    Key { index: usize, problem: &'static str },
+    #[error("`auth.keys[{index}]`: cannot read {path}: {source}")]
+    KeyFile {
+        index: usize,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`auth.keys[{index}]`: {source}")]
+    KeyPem {
+        index: usize,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("`auth.jwks_file` {path}: {source}")]
+    JwksRead {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`auth.jwks_file` {path}: {source}")]
+    JwksParse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("`auth.jwks_file` {path}: {source}")]
+    JwksKey {
+        path: String,
+        source: jsonwebtoken::errors::Error,
+    },
 }
 
 /// Why a request was refused. Clients only ever see one generic message.
@@ -285,9 +309,7 @@ impl Authenticator {
     pub fn new(config: &AuthConfig, filter_limits: FilterLimits) -> Result<Self, AuthSetupError> {
         let mut configured = Vec::new();
         for (index, key) in config.keys.iter().enumerate() {
-            configured.push(Arc::new(
-                load_key(key).map_err(|problem| AuthSetupError::Key { index, problem })?,
-            ));
+            configured.push(Arc::new(load_key(index, key)?));
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.leeway.as_secs();
@@ -436,24 +458,34 @@ fn algorithms_for(kind: KeyKind) -> Vec<Algorithm> {
     }
 }
 
-fn load_key(key: &crate::config::KeyConfig) -> Result<Key, String> {
-    let pem = || -> Result<Vec<u8>, String> {
+fn load_key(index: usize, key: &crate::config::KeyConfig) -> Result<Key, AuthSetupError> {
+    let pem = || -> Result<Vec<u8>, AuthSetupError> {
         if key.pem_file.as_os_str().is_empty() {
-            return Err("needs `pem_file`".into());
+            return Err(AuthSetupError::Key {
+                index,
+                problem: "needs `pem_file`",
+            });
         }
-        std::fs::read(&key.pem_file)
-            .map_err(|e| format!("cannot read {}: {e}", key.pem_file.display()))
+        std::fs::read(&key.pem_file).map_err(|source| AuthSetupError::KeyFile {
+            index,
+            path: key.pem_file.display().to_string(),
+            source,
+        })
     };
+    let bad_pem = |source| AuthSetupError::KeyPem { index, source };
     let decoding = match key.kind {
         KeyKind::Hmac => {
             if key.secret.len() < 32 {
-                return Err("`secret` must be at least 32 bytes".into());
+                return Err(AuthSetupError::Key {
+                    index,
+                    problem: "`secret` must be at least 32 bytes",
+                });
             }
             DecodingKey::from_secret(key.secret.as_bytes())
         }
-        KeyKind::Rsa => DecodingKey::from_rsa_pem(&pem()?).map_err(|e| e.to_string())?,
-        KeyKind::Ec => DecodingKey::from_ec_pem(&pem()?).map_err(|e| e.to_string())?,
-        KeyKind::Ed25519 => DecodingKey::from_ed_pem(&pem()?).map_err(|e| e.to_string())?,
+        KeyKind::Rsa => DecodingKey::from_rsa_pem(&pem()?).map_err(bad_pem)?,
+        KeyKind::Ec => DecodingKey::from_ec_pem(&pem()?).map_err(bad_pem)?,
+        KeyKind::Ed25519 => DecodingKey::from_ed_pem(&pem()?).map_err(bad_pem)?,
     };
     Ok(Key {
         kid: (!key.kid.is_empty()).then(|| key.kid.clone()),
@@ -463,12 +495,15 @@ fn load_key(key: &crate::config::KeyConfig) -> Result<Key, String> {
 }
 
 fn read_jwks(path: &PathBuf) -> Result<Vec<Arc<Key>>, AuthSetupError> {
-    let fail = |problem: String| AuthSetupError::Jwks {
-        path: path.display().to_string(),
-        problem,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| AuthSetupError::JwksRead {
+        path: shown(),
+        source,
+    })?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|source| AuthSetupError::JwksParse {
+        path: shown(),
+        source,
+    })?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let algorithms = match &jwk.algorithm {
@@ -482,7 +517,10 @@ fn read_jwks(path: &PathBuf) -> Result<Vec<Arc<Key>>, AuthSetupError> {
             AlgorithmParameters::OctetKey(_) => algorithms_for(KeyKind::Hmac),
             _ => continue,
         };
-        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| fail(e.to_string()))?;
+        let decoding = DecodingKey::from_jwk(jwk).map_err(|source| AuthSetupError::JwksKey {
+            path: shown(),
+            source,
+        })?;
         keys.push(Arc::new(Key {
             kid: jwk.common.key_id.clone(),
             decoding,

@@ -19,6 +19,19 @@ pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
 /// Environment variables with this prefix override file keys: `PUSHGATE__LIMITS__QUEUE_BYTES=65536`.
 pub const ENV_PREFIX: &str = "PUSHGATE__";
 
+/// What the command line sets over the file and the environment.
+///
+/// `--listen` and `--data-dir` (or their own variables `PUSHGATE_LISTEN` and
+/// `PUSHGATE_DATA_DIR`, read by the flag parser) win over `server.listen` and
+/// `embedded.data_dir` from the file or from `PUSHGATE__SERVER__LISTEN` and
+/// `PUSHGATE__EMBEDDED__DATA_DIR`. Both spellings are kept (deployments use
+/// them); this is their one order.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -27,7 +40,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("invalid config: {0}")]
-    Parse(String),
+    Parse(#[from] toml::de::Error),
     #[error("invalid config: `{key}` {problem}")]
     Invalid { key: String, problem: String },
 }
@@ -151,7 +164,7 @@ pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 #[serde(deny_unknown_fields, default)]
 pub struct TopicConfig {
     pub name: String,
-    /// Instead of `name`: every topic whose whole name this regex matches (see [`pattern`]).
+    /// Instead of `name`: every topic whose whole name this regex matches (see `config/pattern.rs`).
     pub pattern: Option<TopicPattern>,
     /// Embedded log, `pattern` entries: how many topics publishes may create through it.
     pub max_topics: usize,
@@ -370,8 +383,8 @@ impl Default for TopicConfig {
 
 impl LimitsConfig {
     /// The bounds a client's (or a grant's) value filter must stay within.
-    pub fn filter_limits(&self) -> crate::spec::FilterLimits {
-        crate::spec::FilterLimits {
+    pub fn filter_limits(&self) -> crate::shaping::FilterLimits {
+        crate::shaping::FilterLimits {
             max_bytes: self.max_filter_bytes,
             max_depth: self.max_filter_depth,
             max_operators: self.max_filter_operators,
@@ -464,10 +477,14 @@ impl Config {
         Self::from_toml_str(DEMO_TOML, std::iter::empty()).expect("demo config is valid")
     }
 
-    /// Reads `path` (or the demo config when `None`) and applies `PUSHGATE__…` overrides from `env`.
+    /// Reads `path` (or the demo config when `None`), applies `PUSHGATE__…`
+    /// overrides from `env`, then the command line's `overrides`, and only
+    /// then validates, once: a file whose `server.listen` the flag replaces is
+    /// judged by the address that will be used.
     pub fn load(
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
+        overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -476,25 +493,36 @@ impl Config {
             })?,
             None => DEMO_TOML.to_owned(),
         };
-        Self::from_toml_str(&text, env)
+        let mut config = Self::parse(&text, env)?;
+        if let Some(listen) = overrides.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.embedded.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
     }
 
+    /// Parses `text` with `PUSHGATE__…` overrides from `env`, and validates.
     pub fn from_toml_str(
         text: &str,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config = Self::parse(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses `text` with `PUSHGATE__…` overrides from `env`; not validated yet.
+    fn parse(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)?;
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut table, path, &value)?;
             }
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        table.try_into().map_err(ConfigError::Parse)
     }
 
     pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
@@ -504,7 +532,7 @@ impl Config {
     }
 
     /// Checks that serde cannot express; every error names its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.server.tls {
             for (key, path) in [
                 ("server.tls.cert_file", &tls.cert_file),
@@ -1668,6 +1696,32 @@ mod tests {
         let config = Config::from_toml_str("[[topics]]\nname = \"a\"\n", env.into_iter()).unwrap();
         assert_eq!(config.limits.queue_bytes, 4096);
         assert_eq!(config.server.listen.port(), 9999);
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1111\"\n[[topics]]\nname = \"a\"\n",
+        )
+        .unwrap();
+        let env = [(
+            "PUSHGATE__SERVER__LISTEN".to_owned(),
+            "127.0.0.1:9999".to_owned(),
+        )];
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7777".parse().unwrap()),
+            data_dir: Some(dir.path().join("data")),
+        };
+        let config = Config::load(Some(&file), env.clone().into_iter(), &overrides).unwrap();
+        assert_eq!(config.server.listen.port(), 7777);
+        assert_eq!(config.embedded.data_dir, dir.path().join("data"));
+        let without = Config::load(Some(&file), env.into_iter(), &Overrides::default()).unwrap();
+        assert_eq!(without.server.listen.port(), 9999);
+        let file_only = Config::load(Some(&file), std::iter::empty(), &Overrides::default());
+        assert_eq!(file_only.unwrap().server.listen.port(), 1111);
     }
 
     #[test]

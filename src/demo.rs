@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::record::NewRecord;
+use crate::source::Source;
 use crate::state::AppState;
 
 struct Quote {

@@ -10,6 +10,7 @@ use tower_http::services::ServeDir;
 
 use crate::auth;
 use crate::reply::unauthorized;
+use crate::source::Source;
 use crate::state::AppState;
 use crate::transport::{grpc, sse, ws};
 use crate::{publish, telemetry};
@@ -60,11 +61,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let waiting_for = if state.shutdown.is_triggered() {
         "shutdown"
     } else if !state.source.is_ready() {
-        match state.config.source.kind {
-            crate::config::SourceKind::Kafka => "kafka",
-            crate::config::SourceKind::Kinesis => "kinesis",
-            crate::config::SourceKind::Embedded => "embedded_log",
-        }
+        state.source.waiting_for()
     } else {
         // Ready for what it can serve; a topic it cannot (Kafka ACLs) is named
         // with the cause, without taking the node out of the load balancer.

@@ -31,8 +31,9 @@
 //! record     the encoded-once record; Kafka-compatible key partitioner
 //! cursor     the resume token: epoch + next offset per partition (version 1), or
 //!            per shard an opaque source position / closed marker (version 2, Kinesis)
-//! spec       delivery specs: value filters (client's AND token's), fields, max_rate,
-//!            delta (JSON Patch), normalized so equal specs share a group
+//! shaping    what shapes delivery beyond the key: the delivery spec (value filters,
+//!            client's AND token's; fields; max_rate; delta as JSON Patch),
+//!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, publish rate
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
@@ -48,46 +49,65 @@
 //! The architecture, with its invariants and the tests that hold them, is in
 //! `docs/ARCHITECTURE.md`.
 //!
+//! # The library's API
+//!
+//! Only what `main.rs`, the fuzz targets (`fuzz/`) and the integration tests
+//! (`tests/`) use is `pub`: [`run`], [`Listeners`], [`RunError`], [`config`]
+//! ([`Config`], which `main.rs` loads and overrides from its flags),
+//! [`shutdown`] ([`Shutdown`]), [`cursor`] (tests decode the cursors they
+//! receive; a fuzz target), [`protocol`] (client messages: a fuzz target, the
+//! property and contract tests) and [`delta`] (the JSON Patch a `delta`
+//! subscription receives; `tests/delta.rs` checks it against an RFC 6902 library)
+//! and [`TOPIC_READY_WAIT`] (`tests/warm_start.rs` times it).
+//! Every other module is `pub(crate)`, so rustc reports what nothing uses.
+//! The load generator (`loadtest/`) is a client only and uses none of it.
+//!
 //! [`run`] serves until its [`Shutdown`] is triggered, then drains: every
 //! WebSocket gets close 1012, every SSE stream a last `retry:` line, and it
 //! returns once all connections are gone or `server.shutdown_grace` elapsed.
 
-pub mod admission;
+// The hub's shard-topic and topic-removal paths serve Kafka and Kinesis only:
+// a build without them (`--no-default-features`) leaves them unused.
+#![cfg_attr(not(all(feature = "kafka", feature = "kinesis")), allow(dead_code))]
+
+pub(crate) mod admission;
 mod assets;
-pub mod auth;
+pub(crate) mod auth;
 pub mod config;
 pub mod cursor;
-pub mod demo;
-pub mod http;
-pub mod hub;
+pub(crate) mod demo;
+pub(crate) mod http;
+pub(crate) mod hub;
 mod log_reads;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod protocol;
-pub mod proxy;
-pub mod publish;
-pub mod record;
-pub mod reply;
-pub mod server;
-pub mod session;
+pub(crate) mod proxy;
+pub(crate) mod publish;
+pub(crate) mod record;
+pub(crate) mod reply;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod shaping;
 pub mod shutdown;
-pub mod source;
-pub mod spec;
-pub mod stall;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
-pub mod transport;
+pub(crate) mod source;
+pub(crate) mod stall;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod transport;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
+/// How long a subscription to a topic still warming up waits before `unavailable` (tests time it).
+pub use hub::TOPIC_READY_WAIT;
+/// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
+pub use shaping::delta;
 pub use shutdown::Shutdown;
 
 use hub::Hub;
-use source::embedded::{EmbeddedLog, LogError};
-use source::Source;
 use state::AppState;
 
 /// The sockets `run` serves; bound by the caller so tests can use port 0.
@@ -97,18 +117,12 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the embedded log: {0}")]
-    Log(#[from] LogError),
+    #[error(transparent)]
+    Source(#[from] source::OpenError),
     #[error("{0}")]
     Auth(#[from] auth::AuthSetupError),
-    #[error("cannot start the Kafka source: {0}")]
-    Kafka(#[from] source::kafka::KafkaSourceError),
-    #[error("cannot start the Kinesis source: {0}")]
-    Kinesis(#[from] source::kinesis::KinesisSourceError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
-    #[error("startup task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 /// Runs the gateway on `listeners` until `shutdown` is triggered, then drains.
@@ -120,12 +134,7 @@ pub enum RunError {
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
     telemetry::install();
     let hub = Arc::new(Hub::new());
-    let waiting_for = match config.source.kind {
-        config::SourceKind::Embedded => "embedded log",
-        config::SourceKind::Kafka => "kafka",
-        config::SourceKind::Kinesis => "kinesis",
-    };
-    let opening = Arc::new(source::Opening::new(waiting_for));
+    let (opening, opened) = source::open(&config, Arc::clone(&hub), shutdown.clone());
     if config.open_publish_on_network() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -139,7 +148,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         header_read: config.server.header_read_timeout,
         write: config.limits.write_timeout,
     };
-    let source_config = config.clone();
     let state = AppState::new(config, Arc::clone(&hub), opening.clone(), shutdown.clone())?;
     if !state.config.auth.jwks_file.as_os_str().is_empty() {
         spawn_jwks_reloader(&state);
@@ -161,7 +169,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let opened = tokio::select! {
         // Shut down before the source opened: nothing to drain but connections.
         () = &mut serving => None,
-        opened = open_source(source_config, hub, shutdown.clone()) => Some(opened),
+        opened = opened => Some(opened),
     };
     match opened {
         Some(Ok(source)) => {
@@ -176,7 +184,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             shutdown.trigger();
             serving.await;
             let _ = tokio::time::timeout(grace, shutdown.drained()).await;
-            return Err(e);
+            return Err(e.into());
         }
         None => {}
     }
@@ -196,29 +204,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         }
     }
     Ok(())
-}
-
-/// Opens the configured source: the embedded log (read and warmed on a
-/// blocking thread) or Kafka (connected within `kafka.startup_timeout`).
-async fn open_source(
-    config: Config,
-    hub: Arc<Hub>,
-    shutdown: Shutdown,
-) -> Result<Arc<dyn Source>, RunError> {
-    Ok(match config.source.kind {
-        config::SourceKind::Embedded => {
-            // redb I/O and the warm start block; keep them off the async workers.
-            let log =
-                tokio::task::spawn_blocking(move || EmbeddedLog::open(&config, &hub)).await??;
-            Arc::new(log)
-        }
-        config::SourceKind::Kafka => {
-            Arc::new(source::kafka::KafkaSource::open(&config, hub, shutdown).await?)
-        }
-        config::SourceKind::Kinesis => {
-            source::kinesis::KinesisSource::open(&config, hub, shutdown).await?
-        }
-    })
 }
 
 /// Re-reads the JWKS file when it changes, so keys rotate without a restart.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use pushgate::config::Overrides;
 use pushgate::{Config, Listeners, Shutdown};
 
 /// A push gateway: streams a log (an embedded log, Kafka or Kinesis) to WebSocket, SSE and gRPC clients, with key and value filters and resume by cursor.
@@ -19,32 +20,48 @@ struct Args {
     /// TOML config file (every key is documented in config/pushgate.toml).
     #[arg(long, env = "PUSHGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides server.listen).
+    /// Address to listen on (overrides server.listen and PUSHGATE__SERVER__LISTEN).
     #[arg(long, env = "PUSHGATE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Folder of the embedded log (overrides embedded.data_dir).
+    /// Log lines as `text` (for people) or `json` (one object per line, with the
+    /// event's spans: connection id, transport, peer, subject; for log shippers).
+    #[arg(long, env = "PUSHGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Folder of the embedded log (overrides embedded.data_dir and PUSHGATE__EMBEDDED__DATA_DIR).
     #[arg(long, env = "PUSHGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let args = Args::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match args.log_format {
         // Colour only on a terminal: a file or a log shipper's pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = Args::parse();
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
-    if let Some(dir) = args.data_dir {
-        config.embedded.data_dir = dir;
-    }
-    config.validate()?;
+    // Validated once, after the flags are applied.
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {

@@ -1,6 +1,6 @@
 //! The client protocol: messages clients send, control messages the server sends, error and close codes.
 //!
-//! Records themselves are encoded once in [`crate::record`]; this module only
+//! Records themselves are encoded once in `crate::record`; this module only
 //! builds the per-connection control messages (`subscribed`, `gap`, `error`,
 //! `pong`), which are off the fan-out path.
 
@@ -108,7 +108,7 @@ pub struct SubscribeRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub snapshot: Option<bool>,
-    /// A value filter on records' `data` (see `spec::filter`).
+    /// A value filter on records' `data` (see `shaping::filter`).
     #[serde(default)]
     pub filter: Option<Value>,
     /// Paths of `data` to receive (a projection).

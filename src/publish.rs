@@ -22,7 +22,7 @@ use crate::auth::{self, Identity};
 use crate::hub::Topic;
 use crate::record::{Appended, NewRecord};
 use crate::reply::{json_error, unauthorized, unavailable};
-use crate::source::SourceError;
+use crate::source::{Source, SourceError};
 use crate::state::AppState;
 use crate::telemetry;
 

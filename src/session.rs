@@ -13,18 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::Grants;
 use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
 pub use crate::hub::TOPIC_READY_WAIT;
-use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, Topic};
+use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
 use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
+use crate::shaping::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::source::{Source, SourceError};
-use crate::spec::{Fields, Replayer, Spec, ValueFilter, Verdict};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -218,6 +219,7 @@ pub async fn until_ready(state: &AppState, topic_name: &str, limit: Duration) {
 }
 
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
+#[tracing::instrument(name = "subscription", skip_all, fields(topic = %req.topic))]
 pub async fn open(
     state: &AppState,
     grants: &Grants,
@@ -332,19 +334,19 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register_spec(
+    let reg: Registration = topic.register(SubscribeOptions {
         filter,
         spec,
         outbox,
-        if forced_gap.is_some() {
+        cursor: if forced_gap.is_some() {
             None
         } else {
             cursor.as_ref()
         },
-        want_snapshot,
-        limits.max_snapshot_records,
-        limits.queue_bytes,
-    );
+        snapshot: want_snapshot,
+        max_snapshot: limits.max_snapshot_records,
+        backlog_limit: limits.queue_bytes,
+    });
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
@@ -418,6 +420,12 @@ pub async fn open(
         Some(c) if gap.is_none() => (0..partitions).map(|p| c.offset(p)).collect(),
         _ => high.clone(),
     };
+    tracing::debug!(
+        recovered,
+        gap = gap.as_ref().map(|(reason, _)| *reason),
+        snapshot = snapshot_len,
+        "subscribed"
+    );
     Ok(Opened {
         guard,
         id: req
@@ -430,9 +438,10 @@ pub async fn open(
         gap,
         snapshot_len,
         catch_up: CatchUp {
+            span: tracing::Span::current(),
             topic,
             sub: reg.sub,
-            source: Arc::clone(&state.source),
+            source: Arc::clone(&state.source) as Arc<dyn Source>,
             reads: Arc::clone(&state.log_reads),
             segments,
             position,
@@ -499,6 +508,9 @@ pub enum Step {
 
 /// The records a new subscription must receive before it is live, in order.
 pub struct CatchUp {
+    /// The subscription's span (inside its connection's, when the transport
+    /// entered one), for the catch-up's reads and what the transport logs about it.
+    span: tracing::Span,
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
@@ -523,6 +535,38 @@ pub struct CatchUp {
 }
 
 impl CatchUp {
+    /// The subscription's span: what a transport logs about the catch-up goes inside it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// One read of the log (up to `LOG_CHUNK` records), shared with identical
+    /// reads in flight, in a `catch_up_read` span.
+    async fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        until: u64,
+    ) -> Result<Arc<Vec<LogRecord>>, CatchUpError> {
+        let span = tracing::info_span!(parent: &self.span, "catch_up_read", partition, from, until);
+        let records = self
+            .reads
+            .read(
+                &self.source,
+                &self.topic.name,
+                partition,
+                from,
+                until,
+                LOG_CHUNK,
+            )
+            .instrument(span.clone())
+            .await;
+        records.map_err(|e| {
+            span.in_scope(|| tracing::debug!(error = %e, "catch-up read failed"));
+            CatchUpError::Lost(e)
+        })
+    }
+
     /// The next step; `None` once the subscription is live. The steps are the
     /// snapshot or replayed records, then [`Step::Live`], then the live records
     /// that arrived meanwhile.
@@ -665,26 +709,6 @@ impl CatchUp {
 
     /// Reads `[from, until)` of `partition` once ahead of a compacted log
     /// replay: the last offset of each key the subscription takes.
-    /// One chunk of the log, shared with identical reads in flight.
-    async fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        until: u64,
-    ) -> Result<Arc<Vec<LogRecord>>, CatchUpError> {
-        self.reads
-            .read(
-                &self.source,
-                &self.topic.name,
-                partition,
-                from,
-                until,
-                LOG_CHUNK,
-            )
-            .await
-            .map_err(CatchUpError::Lost)
-    }
-
     async fn last_offsets(
         &self,
         partition: u32,
@@ -723,13 +747,15 @@ impl CatchUp {
             self.delta_base.remove(&key);
             return record;
         }
-        let Some(value) = crate::spec::parse(record.data()) else {
+        let Some(value) = crate::shaping::parse(record.data()) else {
             self.delta_base.remove(&key);
             return record;
         };
         let enter = record.ws.as_str().contains(",\"op\":\"enter\",");
         let patch = match self.delta_base.insert(key, value.clone()) {
-            Some(before) if !enter => crate::spec::delta::bounded(&before, &value, record.data()),
+            Some(before) if !enter => {
+                crate::shaping::delta::bounded(&before, &value, record.data())
+            }
             _ => return record,
         };
         Arc::new(record.with_body(&self.topic.name, (Body::Patch, &patch)))

@@ -1,7 +1,7 @@
 //! The shared state handle: one cloneable value every handler and task gets.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -12,14 +12,15 @@ use crate::hub::Hub;
 use crate::log_reads::LogReads;
 use crate::proxy;
 use crate::shutdown::Shutdown;
-use crate::source::Source;
+use crate::source::Opening;
 use crate::telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
-    pub source: Arc<dyn Source>,
+    /// The source, refusing as unavailable until it has opened.
+    pub source: Arc<Opening>,
     pub shutdown: Shutdown,
     pub auth: Arc<Authenticator>,
     pub publish_limiter: Arc<RateLimiter>,
@@ -48,7 +49,7 @@ impl AppState {
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
-        source: Arc<dyn Source>,
+        source: Arc<Opening>,
         shutdown: Shutdown,
     ) -> Result<Self, AuthSetupError> {
         let auth = Arc::new(Authenticator::new(
@@ -123,7 +124,9 @@ impl AppState {
         Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
-            ip: limited.then_some(ip),
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            peer: ip,
+            limited,
         })
     }
 
@@ -132,22 +135,47 @@ impl AppState {
     }
 }
 
-/// Held for the life of a WebSocket or SSE connection.
+/// Numbers connections for the logs (the `connection` span's `id`).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Held for the life of a WebSocket, SSE or gRPC streaming connection.
 pub struct ConnectionSlot {
     connections: Arc<Connections>,
     transport: &'static str,
+    id: u64,
+    /// The client's address (behind a trusted proxy, the one it forwarded).
+    peer: IpAddr,
     /// Counted against the per-IP limit (not for a trusted proxy's own address).
-    ip: Option<IpAddr>,
+    limited: bool,
+}
+
+impl ConnectionSlot {
+    /// The connection's span: its events carry `id`, `transport`, `peer` and `subject`.
+    ///
+    /// Built when there is something to log, not kept: an idle WebSocket
+    /// costs a few KiB and a stored span would hold a registry entry per
+    /// connection (see `transport/ws.rs`).
+    pub fn span(&self, subject: Option<&str>) -> tracing::Span {
+        tracing::info_span!(
+            "connection",
+            id = self.id,
+            transport = self.transport,
+            peer = %self.peer,
+            subject = subject.unwrap_or(""),
+        )
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = &self.ip {
-            self.connections.per_ip.remove_if_mut(ip, |_, count| {
-                *count -= 1;
-                *count == 0
-            });
+        if self.limited {
+            self.connections
+                .per_ip
+                .remove_if_mut(&self.peer, |_, count| {
+                    *count -= 1;
+                    *count == 0
+                });
         }
         telemetry::connection_closed(self.transport);
     }

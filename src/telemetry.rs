@@ -18,7 +18,6 @@ pub const RECORDS_IN: &str = "pushgate_records_in_total";
 pub const DELIVERIES: &str = "pushgate_deliveries_total";
 pub const SLOW_DISCONNECTS: &str = "pushgate_slow_disconnects_total";
 pub const WRITE_TIMEOUTS: &str = "pushgate_write_timeouts_total";
-pub const DROPS: &str = "pushgate_dropped_records_total";
 pub const REPLAYED: &str = "pushgate_replayed_records_total";
 pub const GAPS: &str = "pushgate_resume_gaps_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
@@ -103,11 +102,6 @@ pub fn slow_disconnect() {
 /// `transport` is "ws" or "http" (SSE streams and other responses).
 pub fn write_timeout(transport: &'static str) {
     counter!(WRITE_TIMEOUTS, "transport" => transport).increment(1);
-}
-
-/// Records skipped because they could not be used (bad encoding, too large).
-pub fn dropped(reason: &'static str) {
-    counter!(DROPS, "reason" => reason).increment(1);
 }
 
 /// `tier` is "ring" or "log".

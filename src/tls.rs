@@ -23,12 +23,20 @@ use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("server.tls.cert_file {path}: {message}")]
-    Cert { path: PathBuf, message: String },
-    #[error("server.tls.key_file {path}: {message}")]
-    Key { path: PathBuf, message: String },
+    #[error("server.tls.cert_file {path}: {source}")]
+    Cert {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("server.tls.cert_file {path}: no CERTIFICATE in the file")]
+    NoCert { path: PathBuf },
+    #[error("server.tls.key_file {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("server.tls: the key does not fit the certificate: {0}")]
-    Mismatch(rustls::Error),
+    Mismatch(#[source] rustls::Error),
 }
 
 /// The listener's TLS: an acceptor whose certificate can be swapped.
@@ -51,20 +59,22 @@ impl ResolvesServerCert for Resolver {
 
 /// Loads and checks the certificate chain and key.
 pub fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_err = |message: String| TlsError::Cert {
+    let cert_err = |source| TlsError::Cert {
         path: cert_file.to_owned(),
-        message,
+        source,
     };
     let certs = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| cert_err(e.to_string()))?
+        .map_err(cert_err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
+        .map_err(cert_err)?;
     if certs.is_empty() {
-        return Err(cert_err("no CERTIFICATE in the file".into()));
+        return Err(TlsError::NoCert {
+            path: cert_file.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key {
         path: key_file.to_owned(),
-        message: e.to_string(),
+        source,
     })?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(certs, key, &provider).map_err(TlsError::Mismatch)?;

@@ -36,7 +36,7 @@ proptest! {
 
     #[test]
     fn patches_apply_with_an_independent_implementation(a in arb_json(), b in arb_json()) {
-        let patch: json_patch::Patch = serde_json::from_str(&pushgate::spec::delta::diff(&a, &b)).unwrap();
+        let patch: json_patch::Patch = serde_json::from_str(&pushgate::delta::diff(&a, &b)).unwrap();
         let mut doc = a.clone();
         json_patch::patch(&mut doc, &patch).unwrap();
         prop_assert_eq!(doc, b);
@@ -261,7 +261,7 @@ fn the_js_client_applies_the_gateways_patches() {
     for _ in 0..500 {
         let a = arb_json().new_tree(&mut runner).unwrap().current();
         let b = arb_json().new_tree(&mut runner).unwrap().current();
-        let patch: Value = serde_json::from_str(&pushgate::spec::delta::diff(&a, &b)).unwrap();
+        let patch: Value = serde_json::from_str(&pushgate::delta::diff(&a, &b)).unwrap();
         cases.push(json!({"a": a, "b": b, "patch": patch}));
     }
     let dir = tempfile::tempdir().unwrap();

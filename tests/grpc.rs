@@ -5,6 +5,7 @@
 //! prints one JSON line per event.
 
 mod common;
+#[cfg(feature = "kafka")]
 mod kafka_common;
 
 use std::collections::HashMap;
@@ -547,6 +548,7 @@ async fn a_drain_ends_streams_with_unavailable_and_the_cursor_then_the_client_re
         .unwrap();
 }
 
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn resume_with_a_cursor_on_a_second_kafka_node_loses_and_repeats_nothing() {
     use kafka_common::*;

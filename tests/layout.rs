@@ -138,7 +138,7 @@ fn the_cycle_finder_finds_cycles() {
 /// the accept loop (`server`) reach a transport; nothing but `lib.rs` reaches
 /// those two; and the core (the log, the hub and what they share) reaches
 /// nothing that serves clients. Other imports between edge modules are fine
-/// (`auth` compiles grants into `hub::Filter` and `spec` filters).
+/// (`auth` compiles grants into `hub::Filter` and `shaping` filters).
 #[test]
 fn the_edge_imports_the_core_and_never_the_reverse() {
     const EDGE: [&str; 8] = [
@@ -152,7 +152,7 @@ fn the_edge_imports_the_core_and_never_the_reverse() {
         "state",
     ];
     const CORE: [&str; 7] = [
-        "hub", "source", "spec", "record", "cursor", "outbox", "protocol",
+        "hub", "source", "shaping", "record", "cursor", "outbox", "protocol",
     ];
     let graph = dependencies();
     let importers = |target: &str| -> Vec<&str> {

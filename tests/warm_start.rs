@@ -103,7 +103,7 @@ async fn a_subscribe_during_the_warm_start_is_answered_when_the_topic_is_ready()
         // (a loaded machine): `unavailable`, and asked again it is served.
         assert_eq!(subscribed["code"], "unavailable", "{subscribed}");
         assert!(
-            sent.elapsed() >= pushgate::session::TOPIC_READY_WAIT,
+            sent.elapsed() >= pushgate::TOPIC_READY_WAIT,
             "answered unavailable before the wait was over: {subscribed}"
         );
         println!("the warm start outlasted the wait; subscribing again once ready");
@@ -148,7 +148,7 @@ async fn a_subscribe_during_the_warm_start_is_answered_when_the_topic_is_ready()
     let mut sse = sse.await.unwrap();
     if sse.status == 503 {
         // As above: only after the bounded wait, on a loaded machine.
-        assert!(sent.elapsed() >= pushgate::session::TOPIC_READY_WAIT);
+        assert!(sent.elapsed() >= pushgate::TOPIC_READY_WAIT);
         println!("the warm start outlasted the wait; opening the stream again once ready");
         wait_ready(addr).await;
         let http = reqwest::Client::new();

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::rate::Rate;
 use crate::record::{Body, Record};
-use crate::spec::{self, Spec, Verdict};
+use crate::shaping::{self, Spec, Verdict};
 
 /// Subscriptions with one normalized spec; interned per topic by its canonical text.
 pub(crate) struct Group {
@@ -69,11 +69,11 @@ impl Group {
         let patch = match base {
             Some(base) if !fresh => {
                 let (Some(before), Some(after)) =
-                    (spec::parse(base.data()), spec::parse(whole.data()))
+                    (shaping::parse(base.data()), shaping::parse(whole.data()))
                 else {
                     return Outcome { whole, patch: None };
                 };
-                let text = crate::spec::delta::bounded(&before, &after, whole.data());
+                let text = crate::shaping::delta::bounded(&before, &after, whole.data());
                 let patch = whole.with_body(topic, (Body::Patch, &text));
                 Some((Arc::new(patch), base.offset))
             }
@@ -190,7 +190,7 @@ impl<'a> Dispatch<'a> {
         };
         let key = record.key.as_deref();
         if let Lazy::Unread = self.data {
-            self.data = Lazy::Read(spec::parse(record.data()));
+            self.data = Lazy::Read(shaping::parse(record.data()));
         }
         let Lazy::Read(data) = &self.data else {
             unreachable!("read above")
@@ -199,7 +199,7 @@ impl<'a> Dispatch<'a> {
         if let Lazy::Unread = self.prev {
             let prev = key
                 .and_then(|k| self.view.get(k))
-                .map(|p| spec::parse(p.data()));
+                .map(|p| shaping::parse(p.data()));
             self.prev = Lazy::Read(prev);
         }
         let Lazy::Read(prev) = &self.prev else {
@@ -207,7 +207,7 @@ impl<'a> Dispatch<'a> {
         };
         let before = prev.as_ref().map(|p| filter.matches(key, p.as_ref()));
         let data_is_null = matches!(data, Some(Value::Null));
-        match spec::classify(now, before, record.delete, data_is_null) {
+        match shaping::classify(now, before, record.delete, data_is_null) {
             Verdict::Drop => None,
             Verdict::Same => Some(Arc::clone(record)),
             Verdict::Enter => Some(Arc::clone(self.enter.get_or_insert_with(|| {

@@ -44,10 +44,45 @@ pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
-use crate::spec::Spec;
+use crate::shaping::Spec;
 use crate::telemetry;
 
 static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What [`Topic::register`] is asked for, by name.
+pub struct SubscribeOptions<'a> {
+    /// Which keys.
+    pub filter: Filter,
+    /// The delivery spec (value filter, fields, delta, max_rate), if any.
+    pub spec: Option<Arc<Spec>>,
+    /// The connection's queue the subscription delivers into.
+    pub outbox: Arc<Outbox>,
+    /// Where the client resumes from, if it brought a cursor.
+    pub cursor: Option<&'a Cursor>,
+    /// Capture the latest value of the requested keys (also taken with a
+    /// cursor, in case the cursor turns out to be unrecoverable)...
+    pub snapshot: bool,
+    /// ...at most this many of them.
+    pub max_snapshot: usize,
+    /// Bytes of live records held while the subscription catches up.
+    pub backlog_limit: usize,
+}
+
+#[cfg(test)]
+impl SubscribeOptions<'_> {
+    /// Every key, no spec, no cursor, no snapshot (the tests' starting point).
+    pub fn plain(filter: Filter, outbox: Arc<Outbox>) -> Self {
+        Self {
+            filter,
+            spec: None,
+            outbox,
+            cursor: None,
+            snapshot: false,
+            max_snapshot: 10,
+            backlog_limit: 1 << 20,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
@@ -481,31 +516,6 @@ impl Topic {
         delivered
     }
 
-    /// Inserts a subscription and captures what it needs before going live.
-    ///
-    /// `cursor`: resume point, if the client brought one. `snapshot`: capture the
-    /// latest value of the requested keys (also taken with a cursor, in case the
-    /// cursor turns out to be unrecoverable).
-    pub fn register(
-        self: &Arc<Self>,
-        filter: Filter,
-        outbox: Arc<Outbox>,
-        cursor: Option<&Cursor>,
-        snapshot: bool,
-        max_snapshot: usize,
-        backlog_limit: usize,
-    ) -> Registration {
-        self.register_spec(
-            filter,
-            None,
-            outbox,
-            cursor,
-            snapshot,
-            max_snapshot,
-            backlog_limit,
-        )
-    }
-
     /// The group for `spec`: the existing one with the same canonical text, or a new one.
     fn group_for(self: &Arc<Self>, spec: Arc<Spec>) -> Arc<Group> {
         let mut groups = self.groups.lock().expect("groups lock");
@@ -531,20 +541,20 @@ impl Topic {
         group
     }
 
-    /// [`Topic::register`] with a delivery spec: the subscription joins the
-    /// group of its spec, and its snapshot and ring replay hold only records
-    /// the spec admits.
-    #[allow(clippy::too_many_arguments)]
-    pub fn register_spec(
-        self: &Arc<Self>,
-        filter: Filter,
-        spec: Option<Arc<Spec>>,
-        outbox: Arc<Outbox>,
-        cursor: Option<&Cursor>,
-        snapshot: bool,
-        max_snapshot: usize,
-        backlog_limit: usize,
-    ) -> Registration {
+    /// Inserts a subscription and captures what it needs before going live.
+    ///
+    /// With a delivery spec the subscription joins the group of its spec, and
+    /// its snapshot and ring replay hold only records the spec admits.
+    pub fn register(self: &Arc<Self>, options: SubscribeOptions<'_>) -> Registration {
+        let SubscribeOptions {
+            filter,
+            spec,
+            outbox,
+            cursor,
+            snapshot,
+            max_snapshot,
+            backlog_limit,
+        } = options;
         let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
         let guards: Vec<MutexGuard<'_, PartitionState>> = parts
@@ -699,6 +709,7 @@ impl Topic {
         self.disconnect_all()
     }
 
+    #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
@@ -807,7 +818,7 @@ mod tests {
             prefix: None,
         };
         topic
-            .register(filter, keyed.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(filter, keyed.clone()))
             .sub
             .go_live()
             .unwrap();
@@ -816,12 +827,12 @@ mod tests {
             prefix: Some("a".into()),
         };
         topic
-            .register(filter, both.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(filter, both.clone()))
             .sub
             .go_live()
             .unwrap();
         topic
-            .register(Filter::all(), all.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(Filter::all(), all.clone()))
             .sub
             .go_live()
             .unwrap();
@@ -841,7 +852,7 @@ mod tests {
         let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
         for outbox in &outboxes {
             topic
-                .register(Filter::all(), Arc::clone(outbox), None, false, 10, 1 << 20)
+                .register(SubscribeOptions::plain(Filter::all(), Arc::clone(outbox)))
                 .sub
                 .go_live()
                 .unwrap();
@@ -876,7 +887,10 @@ mod tests {
         assert_eq!(topic.latest("e").unwrap().offset, 5);
         let out = Arc::new(Outbox::new(1 << 20));
         let cursor = Cursor::new(9, vec![1]);
-        let reg = topic.register(Filter::all(), out, Some(&cursor), false, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            cursor: Some(&cursor),
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
         assert!(matches!(
             reg.replay[0],
             Replay::Log {
@@ -887,7 +901,10 @@ mod tests {
         ));
         let out = Arc::new(Outbox::new(1 << 20));
         let cursor = Cursor::new(9, vec![3]);
-        let reg = topic.register(Filter::all(), out, Some(&cursor), false, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            cursor: Some(&cursor),
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
         match &reg.replay[0] {
             Replay::Ring { records, .. } => {
                 assert_eq!(
@@ -905,7 +922,10 @@ mod tests {
         let topic = hub.add_topic("t", 9, 1, settings());
         topic.ingest(&log(0, 0, "a"));
         let out = Arc::new(Outbox::new(1 << 20));
-        let reg = topic.register(Filter::all(), out.clone(), None, true, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            ..SubscribeOptions::plain(Filter::all(), out.clone())
+        });
         assert_eq!(reg.snapshot.len(), 1);
         assert_eq!(reg.high, vec![1]);
         topic.ingest(&log(0, 1, "a"));
@@ -926,7 +946,10 @@ mod tests {
         // The client read partition 1 up to offset 10 on another node; this one has nothing yet.
         let out = Arc::new(Outbox::new(1 << 20));
         let ahead = Cursor::new(9, vec![0, 10]);
-        let reg = topic.register(Filter::all(), out.clone(), Some(&ahead), false, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            cursor: Some(&ahead),
+            ..SubscribeOptions::plain(Filter::all(), out.clone())
+        });
         reg.sub.go_live().unwrap();
         topic.ingest(&log(0, 0, "a"));
         for offset in 0..11 {
@@ -965,7 +988,7 @@ mod tests {
         let topic = hub.add_topic("t", 9, 1, settings());
         let before = Arc::new(Outbox::new(1 << 20));
         topic
-            .register(Filter::all(), before.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(Filter::all(), before.clone()))
             .sub
             .go_live()
             .unwrap();
@@ -975,7 +998,7 @@ mod tests {
         assert_eq!(before.closed_reason(), Some(CloseReason::TopicReset));
         // A client that looked the topic up just before the removal.
         let late = Arc::new(Outbox::new(1 << 20));
-        let reg = topic.register(Filter::all(), late.clone(), None, false, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions::plain(Filter::all(), late.clone()));
         assert_eq!(late.closed_reason(), Some(CloseReason::TopicReset));
         assert!(matches!(reg.sub.go_live(), Err(CloseReason::TopicReset)));
     }
@@ -996,7 +1019,7 @@ mod tests {
         let topic = hub.add_topic("t", 9, 1, settings());
         let live = Arc::new(Outbox::new(1 << 20));
         topic
-            .register(Filter::all(), live.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(Filter::all(), live.clone()))
             .sub
             .go_live()
             .unwrap();
@@ -1020,7 +1043,10 @@ mod tests {
         );
         assert!(topic.latest("a").is_none(), "a deleted key leaves the view");
         let out = Arc::new(Outbox::new(1 << 20));
-        let reg = topic.register(Filter::all(), out.clone(), None, true, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            ..SubscribeOptions::plain(Filter::all(), out.clone())
+        });
         let keys: Vec<&str> = reg
             .snapshot
             .iter()
@@ -1031,17 +1057,17 @@ mod tests {
             keys: Some([Arc::from("a")].into_iter().collect()),
             prefix: None,
         };
-        let reg = topic.register(keyed, out.clone(), None, true, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            ..SubscribeOptions::plain(keyed, out.clone())
+        });
         assert!(reg.snapshot.is_empty());
         // A cursor from before the delete replays it from the ring.
-        let reg = topic.register(
-            Filter::all(),
-            out,
-            Some(&Cursor::new(9, vec![1])),
-            true,
-            10,
-            1 << 20,
-        );
+        let reg = topic.register(SubscribeOptions {
+            cursor: Some(&Cursor::new(9, vec![1])),
+            snapshot: true,
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
         match &reg.replay[0] {
             Replay::Ring { records, .. } => {
                 assert_eq!(
@@ -1064,7 +1090,7 @@ mod tests {
     }
 
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
-        let f = crate::spec::ValueFilter::compile(&filter, &Default::default()).unwrap();
+        let f = crate::shaping::ValueFilter::compile(&filter, &Default::default()).unwrap();
         Arc::new(Spec::new(Some(f), None, None, false).unwrap())
     }
 
@@ -1075,8 +1101,10 @@ mod tests {
         let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
         let register = |filter: Filter, spec: Arc<Spec>| {
             let out = Arc::new(Outbox::new(1 << 20));
-            let reg =
-                topic.register_spec(filter, Some(spec), out.clone(), None, false, 10, 1 << 20);
+            let reg = topic.register(SubscribeOptions {
+                spec: Some(spec),
+                ..SubscribeOptions::plain(filter, out.clone())
+            });
             reg.sub.go_live().unwrap();
             (out, reg.sub)
         };
@@ -1158,9 +1186,9 @@ mod tests {
     fn groups_with_one_projection_share_its_encoding() {
         let hub = Hub::new();
         let topic = hub.add_topic("t", 9, 1, settings());
-        let fields = || crate::spec::Fields::new(&["a".to_owned()], 10).unwrap();
+        let fields = || crate::shaping::Fields::new(&["a".to_owned()], 10).unwrap();
         let compile = |v: serde_json::Value| {
-            crate::spec::ValueFilter::compile(&v, &Default::default()).unwrap()
+            crate::shaping::ValueFilter::compile(&v, &Default::default()).unwrap()
         };
         let specs = [
             Spec::new(
@@ -1181,15 +1209,10 @@ mod tests {
         let mut subs = Vec::new();
         for spec in specs {
             let out = Arc::new(Outbox::new(1 << 20));
-            let reg = topic.register_spec(
-                Filter::all(),
-                Some(Arc::new(spec.unwrap())),
-                out.clone(),
-                None,
-                false,
-                10,
-                1 << 20,
-            );
+            let reg = topic.register(SubscribeOptions {
+                spec: Some(Arc::new(spec.unwrap())),
+                ..SubscribeOptions::plain(Filter::all(), out.clone())
+            });
             reg.sub.go_live().unwrap();
             subs.push(reg.sub);
             outs.push(out);
@@ -1218,7 +1241,7 @@ mod tests {
         topic.ingest(&log(1, 0, "b"));
         topic.ingest(&log(0, 1, "a"));
         let out = Arc::new(Outbox::new(1 << 20));
-        let reg = topic.register(Filter::all(), out, None, false, 10, 1 << 20);
+        let reg = topic.register(SubscribeOptions::plain(Filter::all(), out));
         assert_eq!(reg.high, vec![2, 1]);
         let rec = topic.latest("a").unwrap();
         assert_eq!(Cursor::decode(rec.cursor()).unwrap().offsets, vec![2, 1]);
@@ -1320,7 +1343,10 @@ mod tests {
         let from_mid = t.resolve_cursor(&mid).unwrap();
         assert_eq!(from_mid.offsets, vec![1, 0]);
         let out = Arc::new(Outbox::new(1 << 20));
-        let reg = t.register(Filter::all(), out, Some(&from_mid), false, 10, 1 << 20);
+        let reg = t.register(SubscribeOptions {
+            cursor: Some(&from_mid),
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
         let replayed: Vec<(u32, u64)> = reg
             .replay
             .iter()

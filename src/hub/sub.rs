@@ -8,7 +8,7 @@ use super::group::{Group, Outcome};
 use crate::cursor::Cursor;
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, Record};
-use crate::spec::Spec;
+use crate::shaping::Spec;
 
 /// Which keys a subscription receives.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +18,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    #[cfg(test)]
     pub fn all() -> Self {
         Self::default()
     }

@@ -55,6 +55,9 @@ pub const OS_SYNC_EVERY: Duration = Duration::from_millis(20);
 /// Records deleted by one retention pass per partition, so a pass stays short.
 const MAX_TRIM: usize = 100_000;
 
+/// What `/readyz` names while the embedded log opens.
+pub const READINESS: &str = "embedded_log";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("cannot create data dir {path}: {source}")]
@@ -186,7 +189,7 @@ impl Shared {
                 max: tc.max_topics,
             });
         }
-        let fail = |e: LogError| SourceError::Storage(e.to_string());
+        let fail = |e: LogError| SourceError::Storage(Box::new(e));
         // Recorded before it is served: a restart finds it even if no record lands.
         let (partitions, next) = record_topic(&self.db, name, tc.partitions).map_err(fail)?;
         let index = self.register(name, tc, partitions, next).map_err(fail)?;
@@ -673,8 +676,12 @@ impl Writer {
         }
         if let Err(e) = self.commit(&topics, &batch, &placed, &next, timestamp) {
             tracing::error!(error = %e, "append failed");
+            // Every waiter of the batch gets the same cause.
+            let e = Arc::new(e);
             for req in batch {
-                let _ = req.reply.send(Err(SourceError::Storage(e.to_string())));
+                let _ = req
+                    .reply
+                    .send(Err(SourceError::Storage(Box::new(Arc::clone(&e)))));
             }
             return;
         }
@@ -806,9 +813,7 @@ impl Source for EmbeddedLog {
             None => {
                 let shared = Arc::clone(&self.shared);
                 let name = topic.to_owned();
-                tokio::task::spawn_blocking(move || shared.create(&name))
-                    .await
-                    .map_err(|e| SourceError::Storage(e.to_string()))??
+                tokio::task::spawn_blocking(move || shared.create(&name)).await??
             }
         };
         let (reply, answer) = oneshot::channel();
@@ -836,7 +841,7 @@ impl Source for EmbeddedLog {
         let (_, topic) = self.topic(topic)?;
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let fail = |e: LogError| SourceError::Storage(e.to_string());
+            let fail = |e: LogError| SourceError::Storage(Box::new(e));
             let txn = shared.db.begin_read().map_err(|e| fail(storage(e)))?;
             let table = txn
                 .open_table(records_table(&topic.table))
@@ -862,8 +867,7 @@ impl Source for EmbeddedLog {
             }
             Ok(out)
         })
-        .await
-        .map_err(|e| SourceError::Storage(e.to_string()))?
+        .await?
     }
 
     async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError> {

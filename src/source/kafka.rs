@@ -62,6 +62,9 @@ use crate::telemetry;
 /// How long one metadata or watermark request may take.
 const META_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What `/readyz` names while Kafka is not ready.
+pub const READINESS: &str = "kafka";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
     #[error("cannot create a Kafka client: {0}")]
@@ -252,6 +255,8 @@ impl KafkaSource {
         std::thread::Builder::new()
             .name("pushgate-kafka".into())
             .spawn(move || {
+                // The one live consumer, assigned every partition: its events carry this span.
+                let _span = tracing::info_span!("kafka_consumer").entered();
                 let mut live = Live::new(worker, consumer);
                 live.apply(described);
                 live.run(&shutdown_flag);
@@ -785,8 +790,9 @@ impl Inner {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> SourceError {
-    SourceError::Unavailable(e.to_string())
+/// A failure of the Kafka client, kept as the cause.
+fn client(e: KafkaError) -> SourceError {
+    SourceError::Client(Box::new(e))
 }
 
 #[async_trait]
@@ -805,17 +811,15 @@ impl Source for KafkaSource {
             if let Some(k) = &rec.key {
                 record = record.key(k);
             }
-            let future = producer
-                .send_result(record)
-                .map_err(|(e, _)| unavailable(e))?;
+            let future = producer.send_result(record).map_err(|(e, _)| client(e))?;
             pending.push(future);
         }
         let mut out = Vec::with_capacity(pending.len());
         for future in pending {
             let delivery = future
                 .await
-                .map_err(|_| unavailable("producer stopped"))?
-                .map_err(|(e, _)| unavailable(e))?;
+                .map_err(|_| SourceError::Unavailable("producer stopped".into()))?
+                .map_err(|(e, _)| client(e))?;
             out.push(Appended {
                 partition: delivery.partition.max(0) as u32,
                 offset: delivery.offset.max(0) as u64,
@@ -852,12 +856,11 @@ impl Source for KafkaSource {
                         .admin
                         .fetch_watermarks(&topic, p as i32, META_TIMEOUT)
                         .map(|(low, _)| low.max(0) as u64)
-                        .map_err(unavailable)
+                        .map_err(client)
                 })
                 .collect()
         })
-        .await
-        .map_err(unavailable)?
+        .await?
     }
 
     fn is_ready(&self) -> bool {
@@ -900,7 +903,7 @@ fn fill_unavailable(topic: &Topic, record: &mut LogRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Filter;
+    use crate::hub::{Filter, SubscribeOptions};
     use crate::outbox::{CloseReason, Outbox};
 
     #[test]
@@ -983,7 +986,7 @@ mod tests {
         live.by_name.insert(name.to_owned(), Arc::clone(&topic));
         let outbox = Arc::new(Outbox::new(1 << 20));
         topic
-            .register(Filter::all(), outbox.clone(), None, false, 10, 1 << 20)
+            .register(SubscribeOptions::plain(Filter::all(), outbox.clone()))
             .sub
             .go_live()
             .unwrap();

@@ -43,14 +43,18 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
 use aws_sdk_kinesis::Client;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use super::{Source, SourceError};
+use super::{Cause, Source, SourceError};
 use crate::config::{Config, KinesisConfig};
 use crate::cursor::{decimal_to_position, position_to_decimal};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{json_or_base64, Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
+
+/// What `/readyz` names while Kinesis is not ready.
+pub const READINESS: &str = "kinesis";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KinesisSourceError {
@@ -120,8 +124,28 @@ fn fnv64(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-fn unavailable(e: impl std::fmt::Display) -> SourceError {
-    SourceError::Unavailable(e.to_string())
+fn unavailable(why: impl Into<String>) -> SourceError {
+    SourceError::Unavailable(why.into())
+}
+
+/// A failed Kinesis call, kept as the cause; its message names the service's
+/// error code (the SDK error's own message is only "service error").
+#[derive(Debug, thiserror::Error)]
+#[error("{description}")]
+struct CallFailed {
+    description: String,
+    #[source]
+    source: Cause,
+}
+
+fn call_failed<E>(e: SdkError<E>) -> SourceError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    SourceError::Client(Box::new(CallFailed {
+        description: describe(&e),
+        source: Box::new(e),
+    }))
 }
 
 /// The message of an SDK error, with the service's own error code when there is one.
@@ -339,6 +363,11 @@ impl KinesisSource {
                     caught_up,
                 },
             );
+            let span = tracing::info_span!(
+                "shard_consumer",
+                stream = %stream.name,
+                shard = %shard.shard_id()
+            );
             let reader = Reader {
                 source: Arc::clone(self),
                 stream: Arc::clone(stream),
@@ -349,7 +378,7 @@ impl KinesisSource {
                 caught_up: caught_tx,
                 shutdown: shutdown.clone(),
             };
-            shutdown.tracker().spawn(reader.run());
+            shutdown.tracker().spawn(reader.run().instrument(span));
         }
     }
 
@@ -385,7 +414,7 @@ impl KinesisSource {
                 .limit(self.config.records_per_call)
                 .send()
                 .await
-                .map_err(|e| unavailable(describe(&e)))?;
+                .map_err(call_failed)?;
             if let Some(r) = out.records().first() {
                 return Ok(Some(r.sequence_number().to_owned()));
             }
@@ -416,7 +445,7 @@ impl KinesisSource {
             .set_starting_sequence_number(sequence.map(str::to_owned))
             .send()
             .await
-            .map_err(|e| unavailable(describe(&e)))?;
+            .map_err(call_failed)?;
         out.shard_iterator
             .ok_or_else(|| unavailable("GetShardIterator answered no iterator"))
     }
@@ -635,7 +664,7 @@ impl Source for KinesisSource {
                         .data(Blob::new(r.data.as_bytes().to_vec()))
                         .partition_key(key)
                         .build()
-                        .map_err(unavailable)
+                        .map_err(|e| SourceError::Client(Box::new(e)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = self
@@ -645,7 +674,7 @@ impl Source for KinesisSource {
                 .set_records(Some(entries))
                 .send()
                 .await
-                .map_err(|e| unavailable(describe(&e)))?;
+                .map_err(call_failed)?;
             let mut again = Vec::new();
             for (&i, entry) in pending.iter().zip(out.records()) {
                 match (entry.shard_id(), entry.sequence_number()) {
@@ -697,7 +726,11 @@ impl Source for KinesisSource {
             });
         };
         let shard_id = Self::shard_id(&stream, partition).ok_or(SourceError::UnknownTopic)?;
-        let _permit = self.catchup.acquire().await.map_err(unavailable)?;
+        let _permit = self
+            .catchup
+            .acquire()
+            .await
+            .map_err(|_| unavailable("the catch-up readers are closed"))?;
         telemetry::kinesis_catchup();
         let want = (until.saturating_sub(from) as usize).min(max);
         let mut out = Vec::with_capacity(want);
@@ -735,7 +768,7 @@ impl Source for KinesisSource {
                     tokio::time::sleep(self.config.poll_interval).await;
                     continue;
                 }
-                Err(e) => return Err(unavailable(describe(&e))),
+                Err(e) => return Err(call_failed(e)),
             };
             for r in page.records() {
                 if out.len() >= want {

@@ -8,15 +8,103 @@
 //! see this trait.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 
+use crate::config::{Config, SourceKind};
+use crate::hub::Hub;
 use crate::record::{Appended, LogRecord, NewRecord};
+use crate::shutdown::Shutdown;
 
+/// Why the configured source could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the embedded log: {0}")]
+    Embedded(#[from] embedded::LogError),
+    #[cfg(feature = "kafka")]
+    #[error("cannot start the Kafka source: {0}")]
+    Kafka(#[from] kafka::KafkaSourceError),
+    #[cfg(feature = "kinesis")]
+    #[error("cannot start the Kinesis source: {0}")]
+    Kinesis(#[from] kinesis::KinesisSourceError),
+    /// `source.kind` names a source this binary was built without.
+    #[error(
+        "source.kind = \"{0}\": this build has no {0} source (built without the `{0}` feature)"
+    )]
+    NotBuilt(&'static str),
+    #[error("startup task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The source opening, as [`open`] starts it.
+pub type Opened = Pin<Box<dyn Future<Output = Result<Arc<dyn Source>, OpenError>> + Send>>;
+
+/// Opens the configured source: the only place that looks at `source.kind`.
+///
+/// Returns at once the [`Opening`] the HTTP surface serves from (it refuses
+/// as unavailable and names the source in `/readyz` until it is set) and the
+/// future that opens the source: the embedded log read and warmed on a
+/// blocking thread, Kafka connected within `kafka.startup_timeout`, Kinesis
+/// shards read to their end within `kinesis.startup_timeout`.
+pub fn open(config: &Config, hub: Arc<Hub>, shutdown: Shutdown) -> (Arc<Opening>, Opened) {
+    let config = config.clone();
+    let (name, opened): (&'static str, Opened) = match config.source.kind {
+        SourceKind::Embedded => (
+            embedded::READINESS,
+            Box::pin(async move {
+                // redb I/O and the warm start block; keep them off the async workers.
+                let log =
+                    tokio::task::spawn_blocking(move || embedded::EmbeddedLog::open(&config, &hub))
+                        .await??;
+                Ok(Arc::new(log) as Arc<dyn Source>)
+            }),
+        ),
+        #[cfg(feature = "kafka")]
+        SourceKind::Kafka => (
+            kafka::READINESS,
+            Box::pin(async move {
+                let source = kafka::KafkaSource::open(&config, hub, shutdown).await?;
+                Ok(Arc::new(source) as Arc<dyn Source>)
+            }),
+        ),
+        #[cfg(feature = "kinesis")]
+        SourceKind::Kinesis => (
+            kinesis::READINESS,
+            Box::pin(
+                async move { Ok(kinesis::KinesisSource::open(&config, hub, shutdown).await?) },
+            ),
+        ),
+        #[cfg(not(feature = "kafka"))]
+        SourceKind::Kafka => not_built("kafka", hub, shutdown),
+        #[cfg(not(feature = "kinesis"))]
+        SourceKind::Kinesis => not_built("kinesis", hub, shutdown),
+    };
+    (Arc::new(Opening::new(name)), opened)
+}
+
+/// A source this build leaves out: the run ends with [`OpenError::NotBuilt`].
+#[cfg(not(all(feature = "kafka", feature = "kinesis")))]
+fn not_built(name: &'static str, _: Arc<Hub>, _: Shutdown) -> (&'static str, Opened) {
+    (
+        name,
+        Box::pin(async move { Err(OpenError::NotBuilt(name)) }),
+    )
+}
+
+/// The error a source's client or storage failed with, kept as the cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a source answers when it cannot. Each variant that wraps a failure
+/// keeps it as its `source()` (its message is also in the variant's, so one
+/// line of log or a client's `unavailable` message reads the same as before).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("unknown topic")]
@@ -24,10 +112,18 @@ pub enum SourceError {
     /// The requested position is older than anything retained.
     #[error("position {requested} is no longer retained (earliest is {earliest})")]
     Gap { requested: u64, earliest: u64 },
+    /// Not open yet, a task it needs has stopped, or a read ran out of time: retry later.
     #[error("the log is unavailable: {0}")]
     Unavailable(String),
+    /// The log's client (Kafka, Kinesis) failed: retry later.
+    #[error("the log is unavailable: {0}")]
+    Client(#[source] Cause),
+    /// The embedded log's storage failed.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Cause),
+    /// A blocking task ended without answering (it panicked, or the runtime is stopping).
+    #[error("storage error: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A publish would create a topic, but its `pattern` already serves `max` topics.
     #[error("`{pattern}` already serves {max} topics (its max_topics)")]
     TopicLimit { pattern: String, max: usize },
@@ -91,7 +187,7 @@ pub trait Source: Send + Sync + 'static {
 /// Health checks answer meanwhile, which is what a load balancer and an
 /// orchestrator need from a node that is still starting.
 pub struct Opening {
-    /// What the node waits for, for `/readyz` ("kafka", "embedded log").
+    /// What the node waits for, as `/readyz` names it ("kafka", "kinesis", "embedded_log").
     waiting_for: &'static str,
     source: OnceLock<Arc<dyn Source>>,
 }
@@ -109,6 +205,7 @@ impl Opening {
         let _ = self.source.set(source);
     }
 
+    /// The source's name in `/readyz`'s `waiting_for`.
     pub fn waiting_for(&self) -> &'static str {
         self.waiting_for
     }
@@ -120,7 +217,10 @@ impl Opening {
 
     fn get(&self) -> Result<&Arc<dyn Source>, SourceError> {
         self.source.get().ok_or_else(|| {
-            SourceError::Unavailable(format!("still connecting to the {}", self.waiting_for))
+            SourceError::Unavailable(format!(
+                "still connecting to the {}",
+                self.waiting_for.replace('_', " ")
+            ))
         })
     }
 }

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
+use tracing::Instrument;
 
 use crate::admission::{self, Admission};
 use crate::outbox::Outbox;
@@ -160,6 +161,7 @@ pub async fn prepare(
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let grants = &identity.subscribe;
     let opened = session::open(state, grants, &req, cursor, Arc::clone(&outbox))
+        .instrument(slot.span(identity.subject.as_deref()))
         .await
         .map_err(|e| client_error_response(&e))?;
     // Only the expiry outlives admission: the grants were used by `open`.
@@ -281,7 +283,7 @@ impl Ready {
                     Ok(None) => break,
                     Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,
                     Err(CatchUpError::Lost(e)) => {
-                        tracing::warn!(error = %e, "resume lost its range mid-replay");
+                        start.catch_up.span().in_scope(|| tracing::warn!(error = %e, "resume lost its range mid-replay"));
                         return;
                     }
                 }

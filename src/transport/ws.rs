@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::Instrument;
 
 use super::ws_io::{Socket, Upgrade};
 
@@ -204,7 +205,7 @@ struct Connection {
     records_first: u8,
     /// Boxed: nearly every connection never has one.
     parked: Option<Box<Parked>>,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
 }
 
 impl Connection {
@@ -228,7 +229,7 @@ impl Connection {
             watch: watch.unwrap_or_default(),
             records_first: 0,
             parked: None,
-            _slot: admission.slot,
+            slot: admission.slot,
         }
     }
 
@@ -347,7 +348,10 @@ impl Connection {
                             break Ending::Close(close::IDLE, "no subscription made in time")
                         }
                         Timer::Warming => {
-                            if let Err(ending) = Box::pin(self.retry_parked(&mut socket)).await {
+                            let span = self.span();
+                            if let Err(ending) =
+                                Box::pin(self.retry_parked(&mut socket).instrument(span)).await
+                            {
                                 break ending;
                             }
                         }
@@ -356,10 +360,15 @@ impl Connection {
                         self.last_seen = Instant::now();
                         match message {
                             None => break Ending::Gone,
-                            Some(Err(e)) => break read_error(&e),
+                            Some(Err(e)) => break self.span().in_scope(|| read_error(&e)),
                             Some(Ok(Message::Text(text))) => {
-                                if let Err(ending) =
-                                    Box::pin(self.on_text(&mut socket, text.as_str())).await
+                                // The connection's span around what the message leads to
+                                // (built now, not stored: see `ConnectionSlot::span`).
+                                let span = self.span();
+                                if let Err(ending) = Box::pin(
+                                    self.on_text(&mut socket, text.as_str()).instrument(span),
+                                )
+                                .await
                                 {
                                     break ending;
                                 }
@@ -494,6 +503,11 @@ impl Connection {
             return Ok(());
         }
         self.guarded(write_queued(socket)).await
+    }
+
+    /// This connection's span, for what is logged about it.
+    fn span(&self) -> tracing::Span {
+        self.slot.span(self.subject.as_deref())
     }
 
     async fn on_text(&mut self, socket: &mut Socket, text: &str) -> Result<(), Ending> {
@@ -747,7 +761,9 @@ impl Connection {
                     return Err(Ending::Close(code, text));
                 }
                 Err(CatchUpError::Lost(e)) => {
-                    tracing::warn!(error = %e, "resume lost its range mid-replay");
+                    opened.catch_up.span().in_scope(
+                        || tracing::warn!(error = %e, "resume lost its range mid-replay"),
+                    );
                     return Err(Ending::Close(
                         close::RECOVERY_LOST,
                         "replay range is gone: resubscribe",

@@ -164,7 +164,10 @@ impl Mode {
             config.set("ssl.ca.location", c.ca.display().to_string());
         }
         if self == Mode::Mtls {
-            config.set("ssl.certificate.location", c.client_cert.display().to_string());
+            config.set(
+                "ssl.certificate.location",
+                c.client_cert.display().to_string(),
+            );
             config.set("ssl.key.location", c.client_key.display().to_string());
         }
         match self.sasl() {

@@ -157,7 +157,7 @@ impl CatchUpReader {
             Some(c) => c,
             None => consumer_config(&inner.config, true)
                 .create::<BaseConsumer>()
-                .map_err(|e| SourceError::Unavailable(e.to_string()))?,
+                .map_err(super::client)?,
         };
         let topic_name = topic.to_owned();
         let timeout = self.timeout;
@@ -176,8 +176,7 @@ impl CatchUpReader {
             let _ = consumer.unassign();
             (consumer, result)
         })
-        .await
-        .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+        .await?;
         self.idle.lock().expect("idle lock").push(consumer);
         crate::telemetry::kafka_catchup("kafka");
         let (records, end) = result?;
@@ -203,7 +202,7 @@ fn fetch(
     let (low, high) = inner
         .admin
         .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
-        .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+        .map_err(super::client)?;
     let (low, high) = (low.max(0) as u64, high.max(0) as u64);
     if from < low {
         return Err(SourceError::Gap {
@@ -217,10 +216,8 @@ fn fetch(
     }
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition as i32, Offset::Offset(from as i64))
-        .map_err(|e| SourceError::Unavailable(e.to_string()))?;
-    consumer
-        .assign(&list)
-        .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+        .map_err(super::client)?;
+    consumer.assign(&list).map_err(super::client)?;
     let deadline = Instant::now() + timeout;
     let how = inner.decoding(topic);
     let mut out = Vec::new();

@@ -33,6 +33,8 @@ pub enum Described {
 pub enum MetaError {
     #[error("DescribeTopics failed: {0}")]
     Describe(String),
+    #[error("Metadata failed: {0}")]
+    Metadata(#[source] rdkafka::error::KafkaError),
     #[error("no answer from the broker within {0:?}")]
     Timeout(Duration),
 }
@@ -44,7 +46,7 @@ pub fn list_topics<C: ClientContext>(
 ) -> Result<Vec<String>, MetaError> {
     let listed = client
         .fetch_metadata(None, timeout)
-        .map_err(|e| MetaError::Describe(e.to_string()))?;
+        .map_err(MetaError::Metadata)?;
     Ok(listed
         .topics()
         .iter()

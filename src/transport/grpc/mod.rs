@@ -35,6 +35,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::Grpc;
 use tonic::{Code, Status};
 use tower::Layer;
+use tracing::Instrument;
 
 use crate::admission::{self, Admission, Refusal};
 use crate::auth;
@@ -338,6 +339,7 @@ async fn subscribe(
         cursor,
         Arc::clone(&outbox),
     )
+    .instrument(slot.span(identity.subject.as_deref()))
     .await
     // Warming up: come back with the same cursor.
     .map_err(|e| client_status(&e, given.as_deref()))?;
@@ -397,7 +399,7 @@ async fn subscribe(
                         CatchUpError::Slow => CloseReason::Slow,
                         CatchUpError::TopicReset => CloseReason::TopicReset,
                         CatchUpError::Lost(e) => {
-                            tracing::warn!(error = %e, "resume lost its range mid-replay");
+                            catch_up.span().in_scope(|| tracing::warn!(error = %e, "resume lost its range mid-replay"));
                             yield Err(status(Code::Unavailable, "unavailable", "the log dropped part of the replay: resume".into(), resume.cursor()));
                             return;
                         }

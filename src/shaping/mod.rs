@@ -1,18 +1,18 @@
-//! Delivery specs: what shapes a subscriber's records beyond its keys (a value filter, the client's ANDed with its token's), normalized so equal specs share one group.
+//! Delivery shaping: the delivery spec, what shapes a subscriber's records beyond its keys (a value filter, the client's ANDed with its token's), normalized so equal specs share one group.
 //!
 //! Two subscriptions whose specs have the same canonical text are served by
 //! one group in the hub: each record is evaluated once per group, and every
 //! member gets the same bytes.
 
 pub mod delta;
-pub mod fields;
-pub mod filter;
+pub(crate) mod fields;
+pub(crate) mod filter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use fields::Fields;
-pub use filter::{FilterError, FilterLimits, KeyTest, ValueFilter};
+pub use filter::{FilterLimits, KeyTest, ValueFilter};
 
 /// A normalized delivery spec. Subscriptions without one take the plain path.
 #[derive(Debug)]
