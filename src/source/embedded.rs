@@ -41,9 +41,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Source, SourceError};
-use crate::config::{Config, Durability as Mode, TopicConfig, TopicRules};
+use crate::config::{Config, TopicConfig, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE_EXTRA};
+use crate::source::embedded_config::Durability as Mode;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POSITIONS: TableDefinition<(&str, u32), u64> = TableDefinition::new("positions");

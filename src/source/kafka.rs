@@ -53,10 +53,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use self::catchup::CatchUpReader;
 use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
 use super::{Source, SourceError};
-use crate::config::{Config, KafkaConfig, RecordFormat, TopicRules, WarmStart};
+use crate::config::{Config, RecordFormat, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
+use crate::source::kafka_config::{KafkaConfig, WarmStart};
 use crate::telemetry;
 
 /// How long one metadata or watermark request may take.

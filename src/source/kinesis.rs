@@ -46,11 +46,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Cause, Source, SourceError};
-use crate::config::{Config, KinesisConfig};
+use crate::config::Config;
 use crate::cursor::{decimal_to_position, position_to_decimal};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{json_or_base64, Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
+use crate::source::kinesis_config::KinesisConfig;
 use crate::telemetry;
 
 /// What `/readyz` names while Kinesis is not ready.

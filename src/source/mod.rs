@@ -8,10 +8,18 @@
 //! see this trait.
 
 pub mod embedded;
+// Each source's `[section]` is parsed in every build, so a file naming a
+// source the build left out gets a clear error; its code is behind its feature.
+#[path = "embedded/config.rs"]
+pub mod embedded_config;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[path = "kafka/config.rs"]
+pub mod kafka_config;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
+#[path = "kinesis/config.rs"]
+pub mod kinesis_config;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -23,8 +23,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, Semaphore};
 
 use super::{consumer_config, decode, Inner, META_TIMEOUT};
-use crate::config::KafkaConfig;
 use crate::record::LogRecord;
+use crate::source::kafka_config::KafkaConfig;
 use crate::source::SourceError;
 
 /// The last contiguous range read from one partition: every record in `[start, end)`.

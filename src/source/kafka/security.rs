@@ -18,7 +18,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use crate::config::{read_secret_file, KafkaConfig, SaslMechanism, Secret};
+use crate::source::kafka_config::{read_secret_file, KafkaConfig, SaslMechanism, Secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -352,7 +352,7 @@ impl ConsumerContext for Probe {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KafkaSaslConfig, KafkaTlsConfig};
+    use crate::source::kafka_config::{KafkaSaslConfig, KafkaTlsConfig};
 
     fn config(tls: bool, mechanism: &str) -> KafkaConfig {
         KafkaConfig {
