@@ -278,6 +278,9 @@ fn history() -> Vec<Change> {
 
 #[tokio::test]
 async fn change_events_live_and_in_snapshots_with_and_without_the_wrapper() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("customers", 2, &[]).await;
     broker.create_topic("customers.wrapped", 2, &[]).await;
@@ -354,6 +357,9 @@ async fn change_events_live_and_in_snapshots_with_and_without_the_wrapper() {
 
 #[tokio::test]
 async fn a_resume_across_a_delete_replays_it_from_the_ring_and_from_kafka() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("accounts", 1, &[]).await;
     // One node whose ring covers the resume, one whose ring (2 records) does not.
@@ -424,6 +430,9 @@ async fn a_resume_across_a_delete_replays_it_from_the_ring_and_from_kafka() {
 
 #[tokio::test]
 async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("customers.bad", 1, &[]).await;
     broker.create_topic(DLQ, 1, &[]).await;
@@ -544,6 +553,9 @@ async fn bad_envelopes_are_dead_lettered_with_their_headers_and_skipped() {
 
 #[tokio::test]
 async fn a_tombstone_on_a_json_topic_deletes_its_key_from_snapshots() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("plain", 1, &[]).await;
     let (node, _dir) = start_node(&broker, "[[topics]]\nname = \"plain\"\n", "").await;
@@ -575,6 +587,9 @@ async fn a_tombstone_on_a_json_topic_deletes_its_key_from_snapshots() {
 
 #[tokio::test]
 async fn a_null_publish_on_the_embedded_log_is_a_tombstone() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = config_toml(&dir.path().join("data"), "");
     let mut node = Process::start(dir.path(), &config, "127.0.0.1:0").await;
@@ -620,6 +635,9 @@ async fn a_null_publish_on_the_embedded_log_is_a_tombstone() {
 /// created after the node started.
 #[tokio::test]
 async fn tables_found_by_a_pattern_are_decoded_as_debezium() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker
         .create_topic("dbserver1.inventory.customers", 1, &[])

@@ -991,10 +991,16 @@ async fn scenario(schemas: bool) {
 
 #[tokio::test]
 async fn debezium_json_without_schemas() {
+    if !tiers(&["kafka", "debezium"]) {
+        return;
+    }
     scenario(false).await;
 }
 
 #[tokio::test]
 async fn debezium_json_with_schemas() {
+    if !tiers(&["kafka", "debezium"]) {
+        return;
+    }
     scenario(true).await;
 }

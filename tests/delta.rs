@@ -245,15 +245,10 @@ async fn delta_clients_always_hold_the_full_value_through_joins_resumes_gaps_and
 }
 
 /// The JavaScript client's `applyPatch` (static/pushgate.js) rebuilds every
-/// value from the gateway's patches. Needs `node`; skipped without it.
+/// value from the gateway's patches. Needs `node` (the `node` test tier).
 #[test]
 fn the_js_client_applies_the_gateways_patches() {
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("node not found: skipped");
+    if !tiers(&["node"]) {
         return;
     }
     let mut runner = proptest::test_runner::TestRunner::deterministic();

@@ -168,6 +168,9 @@ fn seqs(records: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn key_filtered_subscribe_replays_in_partition_order_then_goes_live() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start().await;
     let start = topic_cursor(&server, "t").await;
     let batch: Vec<(String, Value)> = (0..60u64)
@@ -221,6 +224,9 @@ async fn key_filtered_subscribe_replays_in_partition_order_then_goes_live() {
 
 #[tokio::test]
 async fn an_evicted_cursor_gets_a_gap_then_a_fresh_snapshot() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start().await;
     let old = topic_cursor(&server, "small").await;
     let batch: Vec<(String, Value)> = (0..30u64)
@@ -248,6 +254,9 @@ async fn an_evicted_cursor_gets_a_gap_then_a_fresh_snapshot() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_statuses() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start_with("[limits]\nmax_message_bytes = 4096\n").await;
     let addr = server.addr.to_string();
     let end = |request: Value| {
@@ -379,6 +388,9 @@ secret = "test-secret-that-is-at-least-32-bytes-long"
 
 #[tokio::test]
 async fn tokens_grants_and_expiry() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start_with(AUTH).await;
     let addr = server.addr.to_string();
     let good = token(3600, &["t", "one:k*"], &["one:k1"]);
@@ -483,6 +495,9 @@ async fn start_on(
 
 #[tokio::test]
 async fn a_drain_ends_streams_with_unavailable_and_the_cursor_then_the_client_resumes() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (addr, shutdown, handle) = start_on(dir.path()).await;
     let http = reqwest::Client::new();
@@ -551,6 +566,9 @@ async fn a_drain_ends_streams_with_unavailable_and_the_cursor_then_the_client_re
 #[cfg(feature = "kafka")]
 #[tokio::test]
 async fn resume_with_a_cursor_on_a_second_kafka_node_loses_and_repeats_nothing() {
+    if !tiers(&["grpc", "kafka"]) {
+        return;
+    }
     use kafka_common::*;
     let broker = Broker::shared();
     broker.create_topic("t", 3, &[]).await;
@@ -600,6 +618,9 @@ async fn resume_with_a_cursor_on_a_second_kafka_node_loses_and_repeats_nothing()
 
 #[tokio::test]
 async fn half_sent_http2_requests_are_cut_off_while_grpc_clients_are_served() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start_with("[server]\nheader_read_timeout = \"1s\"\n").await;
     let mut slow = Vec::new();
     for i in 0..300 {
@@ -654,6 +675,9 @@ async fn half_sent_http2_requests_are_cut_off_while_grpc_clients_are_served() {
 
 #[tokio::test]
 async fn curl_receives_sse_over_h2c_with_prior_knowledge() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start().await;
     server.publish("one", "k", json!({"hello": "h2"})).await;
     let out = Command::new("curl")
@@ -679,6 +703,9 @@ async fn curl_receives_sse_over_h2c_with_prior_knowledge() {
 
 #[tokio::test]
 async fn value_aware_options_filter_project_delta_conflate_and_compact() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start().await;
     let addr = server.addr.to_string();
     let mut sub = Subscriber::start(
@@ -809,6 +836,9 @@ async fn curl(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn tls_serves_h2_and_http1_by_alpn_grpc_over_tls_and_reloads_the_certificate() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     make_cert(certs.path(), "first");
     let server = TestServer::start_tls(&format!(
@@ -911,6 +941,9 @@ async fn tls_serves_h2_and_http1_by_alpn_grpc_over_tls_and_reloads_the_certifica
 
 #[tokio::test]
 async fn a_consumer_that_stops_reading_gets_resource_exhausted_and_resumes_with_nothing_lost() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
     let server = TestServer::start_with(
         "[limits]\nqueue_bytes = 8192\npublish_rate = 100000.0\npublish_burst = 100000.0\n",
     )

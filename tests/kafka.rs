@@ -53,6 +53,9 @@ fn assert_partition_order(positions: &[(u32, u64)]) {
 
 #[tokio::test]
 async fn key_filtered_ws_and_sse_delivery_in_partition_order() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("filter", 3, &[]).await;
     let (node, _dir) = node(&broker, &[("filter", 64)], &[]).await;
@@ -130,6 +133,9 @@ async fn key_filtered_ws_and_sse_delivery_in_partition_order() {
 
 #[tokio::test]
 async fn resume_on_a_different_node_is_served_from_kafka_with_nothing_lost_or_repeated() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("resume", 3, &[]).await;
     // Tiny rings and warm start: node B cannot serve the resume from memory.
@@ -346,6 +352,9 @@ async fn wait_started(collectors: &[Collector]) {
 
 #[tokio::test]
 async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("kill9", 3, &[]).await;
     let mut nodes = Vec::new();
@@ -395,6 +404,9 @@ async fn kill_9_of_one_node_behind_haproxy_under_load_loses_and_repeats_nothing(
 
 #[tokio::test]
 async fn broker_stop_and_restart_under_load_loses_and_repeats_nothing() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let mut broker = Broker::start().await;
     broker.create_topic("t", 3, &[]).await;
     let (n, _dir) = node(&broker, &[("t", 64)], &[]).await;
@@ -458,6 +470,9 @@ async fn broker_stop_and_restart_under_load_loses_and_repeats_nothing() {
 /// arrives as if it were live.
 #[tokio::test]
 async fn a_node_restarted_with_the_broker_down_serves_nothing_until_warm() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let mut broker = Broker::start().await;
     broker.create_topic("t", 3, &[]).await;
     produce(&broker, "t", 0, 300).await;
@@ -584,6 +599,9 @@ async fn a_node_restarted_with_the_broker_down_serves_nothing_until_warm() {
 
 #[tokio::test]
 async fn resume_below_the_low_watermark_gets_recovered_false_and_a_gap() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     // Real retention moves the low watermark: 2 s segments, 4 s retention,
     // checked every 500 ms (a broker of its own for that broker setting).
     let broker = Broker::start_with(&["--prop", "log.retention.check.interval.ms=500"]).await;
@@ -668,6 +686,9 @@ async fn topic_epoch(addr: SocketAddr) -> u64 {
 
 #[tokio::test]
 async fn recreated_topic_is_detected_and_old_cursors_are_not_recovered() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     // The topic is recreated while the node is down: deleting a topic that a
     // librdkafka client is assigned to crashes librdkafka 2.12 against tansu 0.6
     // (see docs/kafka.md), so live detection cannot be exercised here.
@@ -717,6 +738,9 @@ async fn recreated_topic_is_detected_and_old_cursors_are_not_recovered() {
 /// without `option http-no-delay`).
 #[tokio::test]
 async fn sse_latency_through_haproxy_matches_a_direct_stream() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     const RATE: u64 = 50;
     const COUNT: u64 = 200;
     let broker = Broker::shared();
@@ -775,6 +799,9 @@ async fn sse_latency_through_haproxy_matches_a_direct_stream() {
 
 #[tokio::test]
 async fn a_version_1_cursor_written_byte_by_byte_still_resumes_on_a_kafka_topic() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     // Cursor version 2 (Kinesis shard positions) exists now; every version 1
     // cursor handed out before it must still resume exactly on Kafka topics.
     let broker = Broker::shared();

@@ -77,6 +77,9 @@ async fn subscribe_until(ws: &mut WsClient, request: Value, within: Duration) ->
 /// that starts on a log ending in a transaction marker gets ready.
 #[tokio::test]
 async fn aborted_transactions_never_reach_a_client() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = broker();
     broker.create_topic("txn", 1, &[]).await;
     let n = node(&broker, &[("txn", 64)], &[]).await;
@@ -166,6 +169,9 @@ async fn aborted_transactions_never_reach_a_client() {
 /// up without a restart.
 #[tokio::test]
 async fn a_topic_pushgate_may_not_read_is_reported_and_served_once_granted() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = broker().as_mode(Mode::Scram512);
     let principal = Mode::Scram512.principal();
     broker.create_topic("acl-open", 1, &[]).await;
@@ -270,6 +276,9 @@ async fn a_topic_pushgate_may_not_read_is_reported_and_served_once_granted() {
 /// Kafka still has after it, in order, once.
 #[tokio::test]
 async fn a_compacted_topic_cleaned_while_pushgate_runs() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = broker();
     broker
         .create_topic(

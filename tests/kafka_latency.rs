@@ -24,6 +24,9 @@ async fn node(broker: &Broker, topics: &[(&str, usize)]) -> (Process, tempfile::
 
 #[tokio::test]
 async fn produce_to_client_latency() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     const RATE: u64 = 500;
     const COUNT: u64 = 2500;
     // Five clients, not twenty: the test's own clients parse every record

@@ -19,6 +19,9 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn binary_values_tombstones_and_headers_reach_clients_as_documented() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("raw", 1, &[]).await;
     let dir = tempfile::tempdir().unwrap();

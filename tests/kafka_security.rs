@@ -206,6 +206,9 @@ const STARTUP_4S: (&str, &str) = ("startup_timeout = \"10s\"", "startup_timeout 
 
 #[tokio::test]
 async fn mutual_tls_end_to_end() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared().as_mode(Mode::Mtls);
     broker.create_topic("mtls", 2, &[]).await;
     let c = certs();
@@ -262,6 +265,9 @@ async fn mutual_tls_end_to_end() {
 
 #[tokio::test]
 async fn sasl_ssl_scram_for_every_client_with_the_password_from_the_environment() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared().as_mode(Mode::Scram512);
     broker.create_topic("scram", 2, &[]).await;
     let c = certs();
@@ -371,6 +377,9 @@ async fn sasl_ssl_scram_for_every_client_with_the_password_from_the_environment(
 
 #[tokio::test]
 async fn a_wrong_password_stops_start_up_with_authentication_failed() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared().as_mode(Mode::Scram512);
     broker.create_topic("wrong-password", 1, &[]).await;
     let wrong = "Wrong-pa55word-for-the-test";
@@ -389,6 +398,9 @@ async fn a_wrong_password_stops_start_up_with_authentication_failed() {
 
 #[tokio::test]
 async fn a_ca_that_did_not_sign_the_broker_stops_start_up_with_certificate_not_trusted() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared().as_mode(Mode::Scram512);
     let cfg = config(&broker.addr(), &[("t", 64)], "", "").replace(STARTUP_4S.0, STARTUP_4S.1)
         + &tls_toml(&certs().other_ca)
@@ -404,6 +416,9 @@ async fn a_ca_that_did_not_sign_the_broker_stops_start_up_with_certificate_not_t
 
 #[tokio::test]
 async fn nothing_listening_stops_start_up_with_no_broker_reachable() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let port = free_port();
     let cfg = config(&format!("127.0.0.1:{port}"), &[("t", 64)], "", "")
         .replace(STARTUP_4S.0, STARTUP_4S.1)
@@ -498,6 +513,9 @@ async fn recording_token_endpoint() -> (SocketAddr, Arc<Mutex<Vec<TokenRequest>>
 /// JWS validator: `alg: none`, no signature, a `sub` and an `exp`) accepts it.
 #[tokio::test]
 async fn oauthbearer_fetches_a_token_from_the_oidc_endpoint_and_the_broker_accepts_it() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared().as_mode(Mode::OauthBearer);
     broker.create_topic("oauth", 1, &[]).await;
     let (endpoint, seen) = recording_token_endpoint().await;

@@ -253,6 +253,9 @@ fn assert_shard_order(positions: &[(u32, String)]) {
 
 #[tokio::test]
 async fn records_put_with_boto3_reach_ws_and_sse_subscribers_by_key_in_shard_order() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let k = Kinesalite::start().await;
     k.create("s", 2).await;
     // Some records before the node starts: its warm start reads them.
@@ -472,6 +475,9 @@ async fn collect_exactly(ws: &mut WsClient, want: &HashSet<u64>) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_client_resumes_on_a_different_node_with_nothing_lost_or_repeated() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let k = Kinesalite::start().await;
     k.create("s", 2).await;
     k.put("s", 0, 20, 4).await;
@@ -535,6 +541,9 @@ async fn a_client_resumes_on_a_different_node_with_nothing_lost_or_repeated() {
 
 #[tokio::test]
 async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_order() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let k = Kinesalite::start().await;
     k.create("s", 2).await;
     let (a, _da) = node(&k, &[("s", 4096)]).await;
@@ -700,6 +709,9 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
 
 #[tokio::test]
 async fn a_resume_older_than_retention_gets_recovered_false_and_a_gap() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let mut k = Kinesalite::start().await;
     k.create("s", 1).await;
     k.put("s", 0, 10, 2).await;
@@ -775,6 +787,9 @@ async fn a_resume_older_than_retention_gets_recovered_false_and_a_gap() {
 
 #[tokio::test]
 async fn a_recreated_stream_is_detected_and_old_cursors_are_not_recovered() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let k = Kinesalite::start().await;
     k.create("s", 1).await;
     k.put("s", 0, 3, 1).await;
@@ -834,6 +849,9 @@ async fn a_recreated_stream_is_detected_and_old_cursors_are_not_recovered() {
 
 #[tokio::test]
 async fn version_1_cursors_still_resume_on_embedded_topics_and_version_2_ones_are_foreign() {
+    if !tiers(&["kinesis"]) {
+        return;
+    }
     let server = TestServer::start().await;
     for seq in 0..6u64 {
         server.publish("one", "a", json!({"seq": seq})).await;

@@ -141,6 +141,9 @@ async fn open_all(from: [u8; 4], to: SocketAddr, n: usize) -> Vec<Ws> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_a_node_takes_more_than_the_per_ip_limit_and_limits_each_client() {
+    if !tiers(&["haproxy"]) {
+        return;
+    }
     // The shipped defaults but for the balancer's address (limits.max_connections_per_ip: 1000).
     let node = TestServer::start_with("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
     let lb = HaProxy::start(node.addr, "").await;
@@ -168,6 +171,9 @@ async fn behind_haproxy_a_node_takes_more_than_the_per_ip_limit_and_limits_each_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_with_proxy_protocol_v2_the_client_address_comes_from_the_header() {
+    if !tiers(&["haproxy"]) {
+        return;
+    }
     // The balancer connects from 127.0.0.9, the only trusted address: the
     // harness's own readiness checks (from 127.0.0.1) send no PROXY header.
     let node = TestServer::start_with(
@@ -197,6 +203,9 @@ async fn behind_haproxy_with_proxy_protocol_v2_the_client_address_comes_from_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_peers_forwarded_for_is_ignored() {
+    if !tiers(&["haproxy"]) {
+        return;
+    }
     let node = TestServer::start_with(
         "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n[limits]\nmax_connections_per_ip = 10\n",
     )

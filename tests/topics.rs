@@ -100,6 +100,9 @@ ring_records = 64
 
 #[tokio::test]
 async fn a_pattern_serves_topics_found_at_start_and_topics_created_later_without_a_restart() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("db.inv.a", 2, &[]).await;
     broker.create_topic("other", 1, &[]).await;
@@ -180,6 +183,9 @@ async fn a_pattern_serves_topics_found_at_start_and_topics_created_later_without
 
 #[tokio::test]
 async fn a_matching_topic_is_retryable_while_the_node_warms_and_an_unmatched_one_is_unknown() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     // No broker at all: the node never gets past its start, so every topic is "warming".
     let nobody = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
@@ -223,6 +229,9 @@ async fn a_matching_topic_is_retryable_while_the_node_warms_and_an_unmatched_one
 
 #[tokio::test]
 async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resume_exactly() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
     let broker = Broker::shared();
     broker.create_topic("grow", 2, &[]).await;
     let grow = "[[topics]]\npattern = \"gro.*\"\nring_records = 1024\n";

@@ -684,3 +684,58 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Test tiers: a bare `cargo test` runs only what needs nothing but Rust; the
+/// tests that need an outside tool run when `PUSHGATE_TEST_TIERS` names their
+/// tier (comma-separated) or says `all`, as `scripts/test` does. A tier that
+/// is off skips its tests with a line on stderr; a tier that is on and whose
+/// tool is missing fails with the harness's message.
+pub const TIERS: &[(&str, &str)] = &[
+    (
+        "kafka",
+        "Apache Kafka 4.4, kafka-python, HAProxy and openssl (scripts/kafka-setup)",
+    ),
+    (
+        "debezium",
+        "PostgreSQL and Kafka Connect with Debezium, besides the kafka tier (scripts/cdc-setup)",
+    ),
+    ("kinesis", "kinesalite on Node (scripts/kinesis-setup)"),
+    (
+        "grpc",
+        "Python grpcio in tests/grpc/.venv, curl and openssl (scripts/grpc-setup)",
+    ),
+    ("node", "Node.js 20 (the toolchain of the machine; scripts/setup checks it)"),
+    ("haproxy", "HAProxy (scripts/kafka-setup)"),
+];
+
+/// Whether every tier in `needs` is on; if not, says on stderr (past the
+/// test harness's capture, so it is seen) which test was skipped and why.
+pub fn tiers(needs: &[&str]) -> bool {
+    use std::io::Write;
+    let wanted = std::env::var("PUSHGATE_TEST_TIERS").unwrap_or_default();
+    let on = |tier: &str| {
+        wanted
+            .split(',')
+            .map(str::trim)
+            .any(|w| w == "all" || w == tier)
+    };
+    for tier in needs {
+        assert!(
+            TIERS.iter().any(|(name, _)| name == tier),
+            "unknown test tier `{tier}`"
+        );
+    }
+    let Some(off) = needs.iter().find(|tier| !on(tier)) else {
+        return true;
+    };
+    let what = TIERS.iter().find(|(name, _)| name == off).unwrap().1;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_owned();
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs the `{off}` test tier ({what}); run with PUSHGATE_TEST_TIERS={off} or all"
+    );
+    false
+}
