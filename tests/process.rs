@@ -165,44 +165,33 @@ async fn started_elsewhere_the_page_is_built_in_and_the_log_is_plain() {
     drop(child);
 }
 
+/// A config the binary refuses, each with the key its message must name.
 #[tokio::test]
-async fn invalid_config_is_refused_naming_the_key() {
+async fn invalid_configs_are_refused_naming_the_key() {
+    let cases = [
+        (
+            "[limits]\nqueue_bytes = -1\n[[topics]]\nname = \"a\"\n",
+            "queue_bytes",
+        ),
+        (
+            "[embedded]\ncache_bytes = 65536\n[[topics]]\nname = \"a\"\n",
+            "embedded.cache_bytes",
+        ),
+    ];
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[limits]\nqueue_bytes = -1\n[[topics]]\nname = \"a\"\n",
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("queue_bytes"), "{stderr}");
-}
-
-#[tokio::test]
-async fn embedded_cache_below_one_mib_is_refused_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.toml");
-    std::fs::write(
-        &file,
-        "[embedded]\ncache_bytes = 65536\n[[topics]]\nname = \"a\"\n",
-    )
-    .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("embedded.cache_bytes"), "{stderr}");
+    for (toml, key) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{toml} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

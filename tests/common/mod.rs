@@ -704,7 +704,10 @@ pub const TIERS: &[(&str, &str)] = &[
         "grpc",
         "Python grpcio in tests/grpc/.venv, curl and openssl (scripts/grpc-setup)",
     ),
-    ("node", "Node.js 20 (the toolchain of the machine; scripts/setup checks it)"),
+    (
+        "node",
+        "Node.js 20 (the toolchain of the machine; scripts/setup checks it)",
+    ),
     ("haproxy", "HAProxy (scripts/kafka-setup)"),
 ];
 
@@ -729,10 +732,7 @@ pub fn tiers(needs: &[&str]) -> bool {
         return true;
     };
     let what = TIERS.iter().find(|(name, _)| name == off).unwrap().1;
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned();
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
     let _ = writeln!(
         std::io::stderr(),
         "skipped {test}: needs the `{off}` test tier ({what}); run with PUSHGATE_TEST_TIERS={off} or all"

@@ -751,22 +751,31 @@ pub fn spawn_tool(args: &[&str]) -> Child {
 
 /// Produces `count` records (seq `start..`) with kafka-python, waiting for each ack.
 pub async fn produce(broker: &Broker, topic: &str, start: u64, count: u64) {
-    let out = tool_as(
-        broker.mode,
-        &[
-            "produce",
-            "--brokers",
-            &broker.addr(),
-            "--topic",
-            topic,
-            "--start",
-            &start.to_string(),
-            "--count",
-            &count.to_string(),
-            "--wait",
-        ],
-    )
-    .await;
+    produce_with(broker, topic, start, count, None).await;
+}
+
+/// `produce`, with `keys` spreading the records over keys k0..k{keys-1}
+/// (kafka_tool's default keys otherwise).
+async fn produce_with(broker: &Broker, topic: &str, start: u64, count: u64, keys: Option<u32>) {
+    let (start, count_text) = (start.to_string(), count.to_string());
+    let addr = broker.addr();
+    let mut args = vec![
+        "produce",
+        "--brokers",
+        &addr,
+        "--topic",
+        topic,
+        "--start",
+        &start,
+        "--count",
+        &count_text,
+        "--wait",
+    ];
+    let keys = keys.map(|k| k.to_string());
+    if let Some(keys) = &keys {
+        args.extend(["--keys", keys]);
+    }
+    let out = tool_as(broker.mode, &args).await;
     assert!(out.contains(&format!("acked {count}")), "{out}");
 }
 
@@ -1004,25 +1013,7 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
 
 /// Produces `count` records (seq `start..`) over keys k0..k{keys-1}, waiting for each ack.
 pub async fn produce_keys(broker: &Broker, topic: &str, start: u64, count: u64, keys: u32) {
-    let out = tool_as(
-        broker.mode,
-        &[
-            "produce",
-            "--brokers",
-            &broker.addr(),
-            "--topic",
-            topic,
-            "--start",
-            &start.to_string(),
-            "--count",
-            &count.to_string(),
-            "--keys",
-            &keys.to_string(),
-            "--wait",
-        ],
-    )
-    .await;
-    assert!(out.contains(&format!("acked {count}")), "{out}");
+    produce_with(broker, topic, start, count, Some(keys)).await;
 }
 
 /// Grows `topic` to `partitions` while the broker runs (CreatePartitions).

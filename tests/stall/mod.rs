@@ -1,14 +1,13 @@
 //! Clients that stop reading: real sockets with a small receive buffer that
-//! subscribe and then never read again, next to healthy clients.
-//!
-//! One test function runs the scenarios in turn, because they read the
-//! process-wide `pushgate_connections` gauge from `/metrics`.
-
-mod common;
+//! subscribe and then never read again, next to healthy clients. The
+//! scenarios read the process-wide `pushgate_connections` gauge from
+//! `/metrics`, so each runs in a test binary of its own (`tests/stall_*.rs`):
+//! a failure in one cannot hide the others.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::{self, TestServer};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,16 +166,9 @@ async fn healthy_and_stalled(
     (ws, sse, stalled)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_stop_reading_are_dropped_and_never_hold_a_drain() {
-    write_timeout_drops_stalled_ws_and_sse().await;
-    overflow_while_blocked_closes_at_once().await;
-    shutdown_is_not_held_by_stalled_clients().await;
-}
-
 /// A socket that takes no bytes for `limits.write_timeout` is closed, WS and SSE alike,
 /// while healthy clients beside them get everything.
-async fn write_timeout_drops_stalled_ws_and_sse() {
+pub async fn write_timeout_drops_stalled_ws_and_sse() {
     let server = TestServer::start_with(
         "[limits]\nwrite_timeout = \"1s\"\nqueue_bytes = 67108864\n[websocket]\nping_interval = \"60s\"\n",
     )
@@ -200,7 +192,7 @@ async fn write_timeout_drops_stalled_ws_and_sse() {
 /// A client whose queue overflows while a write to it is blocked stops getting
 /// records at once and is closed (4001 if it can still take the frame) within
 /// the write timeout, not when (if ever) the blocked write finishes.
-async fn overflow_while_blocked_closes_at_once() {
+pub async fn overflow_while_blocked_closes_at_once() {
     let server = TestServer::start_with(
         "[limits]\nwrite_timeout = \"2s\"\nqueue_bytes = 65536\n[websocket]\nping_interval = \"60s\"\n",
     )
@@ -249,7 +241,7 @@ async fn slow_disconnects(server: &TestServer) -> u64 {
 
 /// Shutdown drops stalled clients at once: healthy ones get 1012 and `retry:`,
 /// and the drain ends far inside the grace period.
-async fn shutdown_is_not_held_by_stalled_clients() {
+pub async fn shutdown_is_not_held_by_stalled_clients() {
     let server = TestServer::start_with(
         "[server]\nshutdown_grace = \"30s\"\n[limits]\nwrite_timeout = \"60s\"\nqueue_bytes = 67108864\n[websocket]\nping_interval = \"60s\"\n",
     )
