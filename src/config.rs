@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod pattern;
-pub use pattern::TopicPattern;
-
-// Each source owns its section; this file composes them.
-use crate::source::embedded_config::EmbeddedConfig;
-use crate::source::kafka_config::KafkaConfig;
-use crate::source::kinesis_config::KinesisConfig;
+// Each source owns its section and the topic schema it reads; this file
+// composes them (and re-exports the types a config file names).
+pub use crate::source::embedded_config::EmbeddedConfig;
+pub use crate::source::kafka_config::KafkaConfig;
+pub use crate::source::kinesis_config::KinesisConfig;
+pub use crate::source::topics::{
+    valid_topic_name, KeyRule, RecordFormat, TopicConfig, TopicPattern, TopicRules,
+};
+pub use crate::source::{InvalidSetting, SourceConfig, SourceKind};
 
 /// The demo configuration, compiled in so the binary runs from any directory.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
@@ -48,6 +50,15 @@ pub enum ConfigError {
     Parse(#[from] toml::de::Error),
     #[error("invalid config: `{key}` {problem}")]
     Invalid { key: String, problem: String },
+}
+
+impl From<InvalidSetting> for ConfigError {
+    fn from(e: InvalidSetting) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            problem: e.problem,
+        }
+    }
 }
 
 pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -117,70 +128,6 @@ pub struct ServerTlsConfig {
 
 fn default_tls_reload() -> Duration {
     Duration::from_secs(10)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Embedded,
-    Kafka,
-    /// Amazon Kinesis Data Streams: the `[[topics]]` names are stream names.
-    Kinesis,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
-    pub kind: SourceKind,
-    /// Records read back per partition at start to fill the ring and the view.
-    pub warm_start_records: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicConfig {
-    pub name: String,
-    /// Instead of `name`: every topic whose whole name this regex matches (see `config/pattern.rs`).
-    pub pattern: Option<TopicPattern>,
-    /// Embedded log, `pattern` entries: how many topics publishes may create through it.
-    pub max_topics: usize,
-    pub partitions: u32,
-    /// Keep at most this many records per partition (0 = no count limit).
-    pub retention_records: u64,
-    /// Drop records older than this (unset = no age limit).
-    #[serde(with = "humantime_serde")]
-    pub retention_age: Option<Duration>,
-    /// Recent records kept in memory per partition for fast resume.
-    pub ring_records: usize,
-    /// Latest value kept per key for snapshots, per partition (0 = no snapshots).
-    pub view_max_keys: usize,
-    /// How record values are read (Kafka source): plain JSON, or Debezium change events.
-    pub format: RecordFormat,
-    /// How a Debezium key struct becomes the record key (`format = "debezium"` only).
-    pub key: KeyRule,
-}
-
-/// How the records of a topic are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordFormat {
-    /// The value is passed on as it is (JSON, else base64); a tombstone deletes its key.
-    #[default]
-    Json,
-    /// Debezium change events (JSON, with or without the schema/payload wrapper).
-    Debezium,
-}
-
-/// How a Debezium key (a JSON struct such as `{"id":1001}`) becomes the record key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyRule {
-    /// A struct of one field: that field's value (`{"id":1001}` -> `1001`);
-    /// a struct of several fields: its canonical JSON, as with `Json`.
-    #[default]
-    Field,
-    /// Always the canonical JSON of the struct: members sorted, compact.
-    Json,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -316,32 +263,6 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             tls: None,
-        }
-    }
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        Self {
-            kind: SourceKind::Embedded,
-            warm_start_records: 10_000,
-        }
-    }
-}
-
-impl Default for TopicConfig {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            pattern: None,
-            max_topics: 100,
-            partitions: 1,
-            retention_records: 1_000_000,
-            retention_age: None,
-            ring_records: 1024,
-            view_max_keys: 100_000,
-            format: RecordFormat::Json,
-            key: KeyRule::Field,
         }
     }
 }
@@ -717,15 +638,27 @@ impl Config {
     /// topic is never served by a pattern: its own bad records would be
     /// copied back into it.
     pub fn topic_for(&self, name: &str) -> Option<&TopicConfig> {
-        pattern::select(&self.topics, name, self.pattern_excluded())
+        crate::source::topics::select(&self.topics, name, self.pattern_excluded())
     }
 
     /// The rules `topic_for` applies, owned, for a source to keep.
-    pub fn topic_rules(&self) -> TopicRules {
-        TopicRules {
+    /// What the source is opened with (`source::open`).
+    pub(crate) fn source_settings(&self) -> crate::source::Settings {
+        crate::source::Settings {
+            source: self.source.clone(),
             topics: self.topics.clone(),
-            excluded: self.pattern_excluded().map(str::to_owned),
+            rules: self.topic_rules(),
+            embedded: self.embedded.clone(),
+            kafka: self.kafka.clone(),
+            kinesis: self.kinesis.clone(),
         }
+    }
+
+    pub fn topic_rules(&self) -> TopicRules {
+        TopicRules::new(
+            self.topics.clone(),
+            self.pattern_excluded().map(str::to_owned),
+        )
     }
 
     fn pattern_excluded(&self) -> Option<&str> {
@@ -737,41 +670,6 @@ impl Config {
     pub fn open_publish_on_network(&self) -> bool {
         self.auth.anonymous_publish && !self.server.listen.ip().is_loopback()
     }
-}
-
-/// Which topics a node serves ([`Config::topic_for`]), kept by a source.
-#[derive(Debug, Clone, Default)]
-pub struct TopicRules {
-    topics: Vec<TopicConfig>,
-    excluded: Option<String>,
-}
-
-impl TopicRules {
-    /// The entry serving `name`, as [`Config::topic_for`].
-    pub fn topic_for(&self, name: &str) -> Option<&TopicConfig> {
-        pattern::select(&self.topics, name, self.excluded.as_deref())
-    }
-
-    /// The topics named outright (not by a pattern).
-    pub fn named(&self) -> impl Iterator<Item = &str> {
-        self.topics
-            .iter()
-            .filter(|t| t.pattern.is_none())
-            .map(|t| t.name.as_str())
-    }
-
-    pub fn has_patterns(&self) -> bool {
-        self.topics.iter().any(|t| t.pattern.is_some())
-    }
-}
-
-/// Kafka's rule for topic names, so a topic name works in both sources.
-pub fn valid_topic_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 249
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Sets `section.key` (written `SECTION__KEY`, or `SECTION__SUB__KEY` for

@@ -134,7 +134,11 @@ pub enum RunError {
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
     telemetry::install();
     let hub = Arc::new(Hub::new());
-    let (opening, opened) = source::open(&config, Arc::clone(&hub), shutdown.clone());
+    let (opening, opened) = source::open(
+        &config.source_settings(),
+        Arc::clone(&hub),
+        shutdown.clone(),
+    );
     if config.open_publish_on_network() {
         tracing::warn!(
             listen = %config.server.listen,

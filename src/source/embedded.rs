@@ -40,11 +40,15 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+mod writer;
+
 use super::{Source, SourceError};
-use crate::config::{Config, TopicConfig, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE_EXTRA};
 use crate::source::embedded_config::Durability as Mode;
+use crate::source::topics::{TopicConfig, TopicRules};
+use crate::source::Settings;
+use writer::Writer;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POSITIONS: TableDefinition<(&str, u32), u64> = TableDefinition::new("positions");
@@ -252,7 +256,7 @@ impl EmbeddedLog {
     /// topics with `hub` (the listed ones, and those created earlier through a
     /// pattern that still matches them), warms the hub from the tail of each
     /// partition, and starts the writer thread. The thread ends when the log is dropped.
-    pub fn open(config: &Config, hub: &Arc<Hub>) -> Result<Self, LogError> {
+    pub fn open(config: &Settings, hub: &Arc<Hub>) -> Result<Self, LogError> {
         let dir = &config.embedded.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| LogError::DataDir {
             path: dir.display().to_string(),
@@ -263,7 +267,7 @@ impl EmbeddedLog {
             .set_cache_size(config.embedded.cache_bytes)
             .create(dir.join("pushgate.redb"))
             .map_err(storage)?;
-        let rules = config.topic_rules();
+        let rules = config.rules.clone();
         let mode = config.embedded.durability;
         let (epoch, prepared) = prepare(&db, &config.topics, &rules, mode)?;
         let shared = Arc::new(Shared {
@@ -542,263 +546,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-struct Writer {
-    shared: Arc<Shared>,
-    /// Next offset per partition of each topic (by registry index), as committed.
-    next: Vec<Vec<u64>>,
-    round_robin: Vec<u32>,
-    retention_every: Duration,
-    last_retention: Instant,
-    /// `durability = "os"` and not closed yet: batches commit without an fsync.
-    fast: bool,
-    /// Batches were committed since the last fsync.
-    unsynced: bool,
-    last_sync: Instant,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Message>) {
-        // Ends when every sender is gone: the log was dropped.
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = Vec::new();
-            let mut close = None;
-            let mut next = Some(first);
-            while let Some(message) = next {
-                match message {
-                    Message::Append(append) => batch.push(append),
-                    Message::Tick => {}
-                    Message::Close(reply) => {
-                        close = Some(reply);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
-                next = rx.try_recv().ok();
-            }
-            if !batch.is_empty() {
-                self.append(batch);
-            }
-            self.maybe_retain();
-            if let Some(reply) = close {
-                self.close();
-                let _ = reply.send(());
-            } else if self.unsynced && (rx.is_empty() || self.last_sync.elapsed() >= OS_SYNC_EVERY)
-            {
-                self.sync();
-            }
-        }
-        if self.unsynced {
-            self.sync();
-        }
-        tracing::debug!("log writer stopped");
-    }
-
-    /// Makes every batch committed so far durable (one fsync).
-    fn sync(&mut self) {
-        let started = Instant::now();
-        match self.durable_commit(false) {
-            Ok(()) => {
-                self.unsynced = false;
-                crate::telemetry::log_sync_latency(started.elapsed());
-            }
-            Err(e) => tracing::error!(error = %e, "background fsync failed"),
-        }
-        self.last_sync = Instant::now();
-    }
-
-    /// The clean end of an `"os"` run: fsync, clear `unsynced`, and commit
-    /// every later batch durably so the flag stays true.
-    fn close(&mut self) {
-        match self.durable_commit(true) {
-            Ok(()) => {
-                self.unsynced = false;
-                self.fast = false;
-            }
-            Err(e) => tracing::error!(error = %e, "closing the log failed"),
-        }
-    }
-
-    /// An fsynced commit, which makes the unsynced ones before it durable;
-    /// `clean` also clears the `unsynced` flag.
-    fn durable_commit(&self, clean: bool) -> Result<(), redb::Error> {
-        let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-        if clean {
-            let mut meta = txn.open_table(META)?;
-            meta.insert("unsynced", 0)?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// The registry's topics, with `next` and `round_robin` grown to cover
-    /// topics created since the last call.
-    fn topics(&mut self) -> Vec<Arc<TopicLog>> {
-        let topics = self.shared.topics();
-        for topic in &topics[self.next.len().min(topics.len())..] {
-            self.next.push(topic.start.clone());
-            self.round_robin.push(0);
-        }
-        topics
-    }
-
-    fn append(&mut self, batch: Vec<Append>) {
-        let started = Instant::now();
-        let timestamp = now_ms();
-        let topics = self.topics();
-        let mut next = self.next.clone();
-        let mut placed: Vec<Vec<Appended>> = Vec::with_capacity(batch.len());
-        for req in &batch {
-            let parts = topics[req.topic].partitions;
-            let mut out = Vec::with_capacity(req.records.len());
-            for rec in &req.records {
-                let partition = match &rec.key {
-                    Some(key) => partition_for_key(key.as_bytes(), parts),
-                    None => {
-                        let rr = &mut self.round_robin[req.topic];
-                        *rr = rr.wrapping_add(1);
-                        *rr % parts
-                    }
-                };
-                let slot = &mut next[req.topic][partition as usize];
-                out.push(Appended {
-                    partition,
-                    offset: *slot,
-                    position: None,
-                });
-                *slot += 1;
-            }
-            placed.push(out);
-        }
-        if let Err(e) = self.commit(&topics, &batch, &placed, &next, timestamp) {
-            tracing::error!(error = %e, "append failed");
-            // Every waiter of the batch gets the same cause.
-            let e = Arc::new(e);
-            for req in batch {
-                let _ = req
-                    .reply
-                    .send(Err(SourceError::Storage(Box::new(Arc::clone(&e)))));
-            }
-            return;
-        }
-        self.next = next;
-        // Visible to subscribers before the publisher hears back.
-        for (req, out) in batch.into_iter().zip(placed) {
-            let topic = &topics[req.topic];
-            for (rec, at) in req.records.into_iter().zip(&out) {
-                topic.hub.ingest(&stored(
-                    at.partition,
-                    at.offset,
-                    timestamp,
-                    rec.key,
-                    rec.data,
-                ));
-            }
-            let _ = req.reply.send(Ok(out));
-        }
-        crate::telemetry::append_latency(started.elapsed());
-    }
-
-    fn commit(
-        &mut self,
-        topics: &[Arc<TopicLog>],
-        batch: &[Append],
-        placed: &[Vec<Appended>],
-        next: &[Vec<u64>],
-        timestamp: i64,
-    ) -> Result<(), redb::Error> {
-        let mut txn = self.shared.db.begin_write()?;
-        let durability = if self.fast {
-            Durability::None
-        } else {
-            Durability::Immediate
-        };
-        txn.set_durability(durability)
-            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-        {
-            let mut positions = txn.open_table(POSITIONS)?;
-            let mut touched = vec![false; topics.len()];
-            for (req, out) in batch.iter().zip(placed) {
-                touched[req.topic] = true;
-                let topic = &topics[req.topic];
-                let mut table = txn.open_table(records_table(&topic.table))?;
-                for (rec, at) in req.records.iter().zip(out) {
-                    table.insert((at.partition, at.offset), encode(timestamp, rec).as_slice())?;
-                }
-            }
-            for (t, topic) in topics.iter().enumerate() {
-                if touched[t] {
-                    for (p, n) in next[t].iter().enumerate() {
-                        positions.insert((topic.name.as_str(), p as u32), *n)?;
-                    }
-                }
-            }
-        }
-        txn.commit()?;
-        self.unsynced |= self.fast;
-        Ok(())
-    }
-
-    fn maybe_retain(&mut self) {
-        if self.last_retention.elapsed() < self.retention_every {
-            return;
-        }
-        self.last_retention = Instant::now();
-        if let Err(e) = self.retain() {
-            tracing::error!(error = %e, "retention pass failed");
-        }
-    }
-
-    /// Deletes records beyond each topic's count and age limits.
-    fn retain(&mut self) -> Result<(), redb::Error> {
-        let now = now_ms();
-        let mut updates = Vec::new();
-        let topics = self.topics();
-        let txn = self.shared.db.begin_write()?;
-        {
-            for (t, topic) in topics.iter().enumerate() {
-                if topic.retention_records == 0 && topic.retention_age.is_none() {
-                    continue;
-                }
-                let mut table = txn.open_table(records_table(&topic.table))?;
-                for p in 0..topic.partitions {
-                    let next = self.next[t][p as usize];
-                    let earliest = topic.earliest[p as usize].load(Ordering::Acquire);
-                    let mut cut = earliest;
-                    if topic.retention_records > 0 {
-                        cut = cut.max(next.saturating_sub(topic.retention_records));
-                    }
-                    if let Some(age) = topic.retention_age {
-                        let cutoff = now - age.as_millis() as i64;
-                        for entry in table.range((p, cut)..(p, next))?.take(MAX_TRIM) {
-                            let (k, v) = entry?;
-                            if decode(p, 0, v.value()).timestamp >= cutoff {
-                                break;
-                            }
-                            cut = k.value().1 + 1;
-                        }
-                    }
-                    let cut = cut.min(earliest + MAX_TRIM as u64);
-                    if cut > earliest {
-                        table.retain_in((p, earliest)..(p, cut), |_, _| false)?;
-                        updates.push((t, p, cut));
-                    }
-                }
-            }
-        }
-        // Fsynced (redb's default): batches committed before it are durable too.
-        txn.commit()?;
-        self.unsynced = false;
-        for (t, p, cut) in updates {
-            topics[t].earliest[p as usize].store(cut, Ordering::Release);
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]

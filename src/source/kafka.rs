@@ -53,11 +53,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use self::catchup::CatchUpReader;
 use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
 use super::{Source, SourceError};
-use crate::config::{Config, RecordFormat, TopicRules};
 use crate::hub::{Hub, Topic, TopicSettings};
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
 use crate::source::kafka_config::{KafkaConfig, WarmStart};
+use crate::source::topics::{RecordFormat, TopicRules};
+use crate::source::Settings;
 use crate::telemetry;
 
 /// How long one metadata or watermark request may take.
@@ -158,7 +159,7 @@ impl KafkaSource {
     /// Connects, registers the configured topics with `hub` and starts the live
     /// consumer; the node reports ready once the warm start has caught up.
     pub async fn open(
-        config: &Config,
+        config: &Settings,
         hub: Arc<Hub>,
         shutdown: Shutdown,
     ) -> Result<Self, KafkaSourceError> {
@@ -167,7 +168,7 @@ impl KafkaSource {
         let kc = security::resolve(&config.kafka)?;
         let admin: BaseConsumer<security::Probe> =
             consumer_config(&kc, false).create_with_context(security::Probe::new(&kc))?;
-        let rules = config.topic_rules();
+        let rules = config.rules.clone();
 
         // The first describe proves the broker is there (and takes our TLS and
         // credentials); retry until startup_timeout, then say what went wrong.
@@ -904,6 +905,7 @@ fn fill_unavailable(topic: &Topic, record: &mut LogRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::hub::{Filter, SubscribeOptions};
     use crate::outbox::{CloseReason, Outbox};
 
@@ -911,16 +913,18 @@ mod tests {
     fn shipped_kafka_config_is_valid() {
         let text = include_str!("../../config/kafka.toml");
         let config = Config::from_toml_str(text, std::iter::empty()).unwrap();
-        assert_eq!(config.source.kind, crate::config::SourceKind::Kafka);
+        assert_eq!(config.source.kind, crate::source::SourceKind::Kafka);
         assert_eq!(config.kafka.fetch_wait_max_ms, 10);
         let bad = text.replace("catchup_readers = 4", "catchup_readers = 0");
         let err = Config::from_toml_str(&bad, std::iter::empty()).unwrap_err();
         assert!(err.to_string().contains("kafka.catchup_readers"), "{err}");
     }
 
-    fn rules(text: &str) -> Config {
+    fn rules(text: &str) -> Settings {
         let base = "[source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ndead_letter_topic = \"db.dlq\"\n";
-        Config::from_toml_str(&format!("{base}{text}"), std::iter::empty()).unwrap()
+        Config::from_toml_str(&format!("{base}{text}"), std::iter::empty())
+            .unwrap()
+            .source_settings()
     }
 
     #[test]
@@ -940,7 +944,7 @@ mod tests {
         .into();
         let known = vec!["db.inv.gone".to_owned()];
         assert_eq!(
-            wanted(&config.topic_rules(), &listed, &known),
+            wanted(&config.rules.clone(), &listed, &known),
             ["db.inv.a", "db.inv.b", "db.inv.gone", "prices"],
             "a named topic is described even when missing (it is reported Missing); a known one so its deletion is seen"
         );
@@ -948,7 +952,7 @@ mod tests {
 
     /// A live consumer whose clients point at a closed port: `apply` of a
     /// deletion needs no broker (assign() is local).
-    fn offline_live(config: &Config, hub: Arc<Hub>) -> Live {
+    fn offline_live(config: &Settings, hub: Arc<Hub>) -> Live {
         let kc = config.kafka.clone();
         let inner = Arc::new(Inner {
             catchup: CatchUpReader::new(&kc),
@@ -957,7 +961,7 @@ mod tests {
                 .unwrap(),
             producer: base_config(&kc).create().unwrap(),
             config: kc.clone(),
-            rules: config.topic_rules(),
+            rules: config.rules.clone(),
             warm_records: 10,
             hub,
             cluster_id: "c".into(),

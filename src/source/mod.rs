@@ -20,17 +20,75 @@ pub mod kafka_config;
 pub mod kinesis;
 #[path = "kinesis/config.rs"]
 pub mod kinesis_config;
+pub mod topics;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SourceKind};
 use crate::hub::Hub;
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
+use topics::{TopicConfig, TopicRules};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+/// Which source the `[source]` section picks.
+pub enum SourceKind {
+    Embedded,
+    Kafka,
+    /// Amazon Kinesis Data Streams: the `[[topics]]` names are stream names.
+    Kinesis,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+/// The `[source]` section.
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Records read back per partition at start to fill the ring and the view.
+    pub warm_start_records: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Embedded,
+            warm_start_records: 10_000,
+        }
+    }
+}
+
+/// A source setting that cannot work: its key and why. The config loader
+/// reports it as `ConfigError::Invalid`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}` {problem}")]
+pub struct InvalidSetting {
+    pub key: String,
+    pub problem: String,
+}
+
+pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// What a source is opened with: its sections of the config, the topics
+/// and the rules that pick a topic's entry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceConfig,
+    pub topics: Vec<TopicConfig>,
+    pub rules: TopicRules,
+    pub embedded: embedded_config::EmbeddedConfig,
+    pub kafka: kafka_config::KafkaConfig,
+    pub kinesis: kinesis_config::KinesisConfig,
+}
 
 /// Why the configured source could not open.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +120,7 @@ pub type Opened = Pin<Box<dyn Future<Output = Result<Arc<dyn Source>, OpenError>
 /// future that opens the source: the embedded log read and warmed on a
 /// blocking thread, Kafka connected within `kafka.startup_timeout`, Kinesis
 /// shards read to their end within `kinesis.startup_timeout`.
-pub fn open(config: &Config, hub: Arc<Hub>, shutdown: Shutdown) -> (Arc<Opening>, Opened) {
+pub fn open(config: &Settings, hub: Arc<Hub>, shutdown: Shutdown) -> (Arc<Opening>, Opened) {
     let config = config.clone();
     let (name, opened): (&'static str, Opened) = match config.source.kind {
         SourceKind::Embedded => (

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, ConfigError};
+use super::{invalid, InvalidSetting};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,7 +47,7 @@ impl Default for EmbeddedConfig {
     }
 }
 impl EmbeddedConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
         if self.retention_check_interval.is_zero() {
             return Err(invalid(
                 "embedded.retention_check_interval",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, valid_topic_name, ConfigError, TopicConfig};
+use super::topics::{valid_topic_name, TopicConfig};
+use super::{invalid, InvalidSetting};
 
 /// How a Kafka node fills its ring and view at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -365,7 +366,7 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    pub(crate) fn validate(&self, topics: &[TopicConfig]) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, topics: &[TopicConfig]) -> Result<(), InvalidSetting> {
         if self.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
@@ -410,7 +411,7 @@ impl KafkaConfig {
     }
 
     /// `[kafka.tls]` and `[kafka.sasl]`: files readable, mechanism known, credentials complete.
-    fn validate_security(&self) -> Result<(), ConfigError> {
+    fn validate_security(&self) -> Result<(), InvalidSetting> {
         let tls = &self.tls;
         for (key, path) in [
             ("kafka.tls.ca_file", &tls.ca_file),
@@ -516,7 +517,7 @@ impl KafkaConfig {
 }
 
 /// A file key, when set, must name a file this process can read.
-fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+fn check_readable(key: &str, path: &Path) -> Result<(), InvalidSetting> {
     if path.as_os_str().is_empty() {
         return Ok(());
     }
@@ -533,7 +534,7 @@ fn check_secret_pair(
     value: &Secret,
     file_key: &str,
     file: &Path,
-) -> Result<(), ConfigError> {
+) -> Result<(), InvalidSetting> {
     if !value.is_empty() && !file.as_os_str().is_empty() {
         return Err(invalid(
             key,

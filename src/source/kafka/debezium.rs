@@ -17,8 +17,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::KeyRule;
 use crate::record::push_json_str;
+use crate::source::topics::KeyRule;
 
 /// Why a value on a Debezium topic is not a change event (logged; the metric
 /// counts them all under one reason).

@@ -31,8 +31,8 @@ use base64::Engine;
 use rdkafka::message::{Headers, Message};
 
 use super::debezium::{self, EnvelopeError, Event};
-use crate::config::{KeyRule, RecordFormat, TopicConfig};
 use crate::record::{compact_json, push_json_str, LogRecord, TOMBSTONE_EXTRA};
+use crate::source::topics::{KeyRule, RecordFormat, TopicConfig};
 
 /// Why a record was skipped (a fixed set: [`Bad::label`] is a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, ConfigError, TopicConfig};
+use super::topics::TopicConfig;
+use super::{invalid, InvalidSetting};
 
 /// `[kinesis]`: used when `source.kind = "kinesis"`; every key is documented in `config/pushgate.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -60,7 +61,7 @@ impl Default for KinesisConfig {
 }
 
 impl KinesisConfig {
-    pub(crate) fn validate(&self, topics: &[TopicConfig]) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, topics: &[TopicConfig]) -> Result<(), InvalidSetting> {
         if self.region.trim().is_empty() {
             return Err(invalid("kinesis.region", "must name a region"));
         }
