@@ -194,3 +194,38 @@ fn the_edge_imports_the_core_and_never_the_reverse() {
         assert!(reaching.is_empty(), "`{core}` imports {reaching:?}");
     }
 }
+
+/// A file a reader can hold in their head: no source file under `src/` is
+/// longer than about 800 lines before its unit tests (`#[cfg(test)]`).
+#[test]
+fn no_source_file_is_longer_than_about_800_lines_apart_from_its_tests() {
+    const LIMIT: usize = 850;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![src];
+    let mut long = Vec::new();
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                seen += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                let shipped = match text.find("#[cfg(test)]\nmod tests") {
+                    Some(at) => &text[..at],
+                    None => &text[..],
+                };
+                let lines = shipped.lines().count();
+                if lines > LIMIT {
+                    long.push(format!("{} ({lines})", path.display()));
+                }
+            }
+        }
+    }
+    assert!(seen > 40, "the walk sees the source files: {seen}");
+    assert!(
+        long.is_empty(),
+        "over {LIMIT} lines before the tests: {long:?}"
+    );
+}
