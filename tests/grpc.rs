@@ -423,8 +423,10 @@ async fn tokens_grants_and_expiry() {
     assert_eq!(ok["code"], "OK", "{ok}");
 
     // A token that expires mid-stream: TokenExpiring, then UNAUTHENTICATED
-    // after the grace, with the cursor to resume from.
-    let short = token(2, &["one:k*"], &[]);
+    // after the grace, with the cursor to resume from. Its 6 s leave room for
+    // the subscribe and a publish by a Python process on a loaded machine
+    // (with 2 s, CI once saw TokenExpiring go by before the record was read).
+    let short = token(6, &["one:k*"], &[]);
     let mut sub = Subscriber::start(
         &addr,
         json!({"topic": "one", "keys": ["k1"], "snapshot": false}),
