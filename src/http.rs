@@ -82,7 +82,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Lag is read from the hub at scrape time: a few atomics per partition.
+    for name in state.hub.topic_names() {
+        if let Ok(topic) = state.hub.topic(&name) {
+            for (p, lag) in topic.lag().into_iter().enumerate() {
+                if let Some(lag) = lag {
+                    telemetry::partition_lag(&name, p as u32, lag);
+                }
+            }
+        }
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         telemetry::render(),

@@ -302,6 +302,7 @@ impl Ready {
                     return;
                 }
                 if !batch.is_empty() {
+                    batch.iter().for_each(|r| super::first_write(r, crate::record::Transport::Sse));
                     yield Chunk::Records(batch);
                 }
                 tokio::select! {

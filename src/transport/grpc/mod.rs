@@ -248,6 +248,7 @@ fn event(kind: Kind) -> Frame<proto::Event> {
 
 /// A record's envelope: built once per record, shared by every gRPC stream.
 fn envelope(topic: &str, record: &Record) -> Frame<proto::Event> {
+    super::first_write(record, crate::record::Transport::Grpc);
     Frame::Shared(record.grpc_envelope(|r| encode_record(topic, r)))
 }
 
