@@ -8,11 +8,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
-use crate::auth;
 use crate::reply::unauthorized;
 use crate::source::Source;
 use crate::state::AppState;
 use crate::transport::{grpc, sse, ws};
+use crate::{admin, auth};
 use crate::{publish, telemetry};
 
 /// Builds the whole application router for `state`.
@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(admin::on_main_listener(&state))
         // gRPC and gRPC-Web: every method of pushgate.v1.Gateway (unknown ones answer UNIMPLEMENTED).
         .route_service(
             &format!("{}{{method}}", grpc::SERVICE_PATH),

@@ -40,7 +40,6 @@ use self::index::SubIndex;
 use self::partition::{
     collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
 };
-#[allow(unused_imports)]
 pub use self::stats::PartitionStats;
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};

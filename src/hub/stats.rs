@@ -4,13 +4,15 @@
 //! refresh, the embedded log at each append); lag is that minus what this
 //! node has ingested. Reading the lag takes no lock.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::partition::UNKNOWN;
-use super::Topic;
+use super::{Sub, Topic};
+use crate::outbox::Outbox;
 
 /// One partition's positions and memory, as the admin API lists them.
-#[allow(dead_code)] // read by the admin API
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStats {
     pub partition: u32,
@@ -24,7 +26,6 @@ pub struct PartitionStats {
     pub view_keys: usize,
 }
 
-#[allow(dead_code)]
 impl PartitionStats {
     /// Records the source holds that this node has not ingested yet.
     pub fn lag(&self) -> Option<u64> {
@@ -54,7 +55,6 @@ impl Topic {
             .collect()
     }
 
-    #[allow(dead_code)]
     /// Each partition's positions, ring span and view size (each partition
     /// locked in turn, briefly: for the admin API, not a hot path).
     pub fn partition_stats(&self) -> Vec<PartitionStats> {
@@ -77,5 +77,48 @@ impl Topic {
                 }
             })
             .collect()
+    }
+}
+
+impl Topic {
+    /// Every subscription to this topic, each once (for the admin API: it
+    /// walks the whole index).
+    pub fn subscriptions(&self) -> Vec<Arc<Sub>> {
+        let mut seen = HashSet::new();
+        let mut subs: Vec<Arc<Sub>> = Vec::new();
+        let mut add = |sub: &Arc<Sub>| {
+            if seen.insert(sub.id) {
+                subs.push(Arc::clone(sub));
+            }
+        };
+        self.index
+            .all
+            .read()
+            .expect("index lock")
+            .subs()
+            .for_each(&mut add);
+        self.index
+            .prefixed
+            .read()
+            .expect("index lock")
+            .iter()
+            .for_each(&mut add);
+        for entry in self.index.by_key.iter() {
+            entry.value().subs().for_each(&mut add);
+        }
+        subs.sort_by_key(|s| s.id);
+        subs
+    }
+}
+
+impl Sub {
+    /// The connection queue this subscription feeds.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Caught up: everything ingested since is queued to it as it arrives.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 }
