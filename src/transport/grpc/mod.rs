@@ -485,8 +485,9 @@ fn closed(reason: CloseReason, cursor: Option<&str>) -> Status {
         ),
         CloseReason::Closed => status(
             Code::Unavailable,
-            "closed",
-            "closed by the operator: subscribe again (any node) from pushgate-cursor".into(),
+            // The drain's code: the client does what it does after a drain.
+            "unavailable",
+            "closed by the operator: resume from pushgate-cursor (any node)".into(),
             cursor,
         ),
     }
