@@ -214,3 +214,23 @@ pub fn kinesis_throttled(call: &'static str) {
 pub fn kinesis_catchup() {
     counter!(KINESIS_CATCHUP_READS).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past [`TOPIC_LABELS`] topics, new ones share `_other`; a topic keeps its label.
+    #[test]
+    fn topic_labels_are_capped_and_stable() {
+        let names: Vec<String> = (0..TOPIC_LABELS + 50)
+            .map(|i| format!("cap-test-{i}"))
+            .collect();
+        let first: Vec<SharedString> = names.iter().map(|n| topic_label(n)).collect();
+        let own = first.iter().filter(|l| l.as_ref() != "_other").count();
+        assert!(own <= TOPIC_LABELS, "{own} labels of their own");
+        assert_eq!(first.last().unwrap().as_ref(), "_other");
+        for (name, label) in names.iter().zip(&first) {
+            assert_eq!(&topic_label(name), label, "{name} keeps its label");
+        }
+    }
+}
