@@ -1,11 +1,13 @@
 //! Admission of a streaming client (WebSocket or SSE): its token, its address's connection limit, and its connection slot.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, Identity};
+use crate::outbox::Outbox;
 use crate::reply::{json_error, unauthorized, unavailable};
 use crate::state::{AppState, ConnectionSlot, Refused};
 
@@ -13,6 +15,9 @@ use crate::state::{AppState, ConnectionSlot, Refused};
 pub struct Admission {
     pub identity: Identity,
     pub slot: ConnectionSlot,
+    /// The connection's queue, known to the admin API's registry (every
+    /// subscription of the connection feeds it).
+    pub outbox: Arc<Outbox>,
 }
 
 /// Why a streaming client was not let in.
@@ -62,11 +67,16 @@ pub fn admit(
         Refusal::Unauthorized
     })?;
     let ip = crate::proxy::client_ip(peer, headers, &state.config.server.trusted_proxies);
+    let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let slot = state
-        .connection_slot(transport, ip)
+        .connection_slot(transport, ip, identity.subject.as_deref(), &outbox)
         .map_err(|refused| match refused {
             Refused::TooManyFromIp => Refusal::TooManyFromIp,
             Refused::TooMany | Refused::Draining => Refusal::Unavailable,
         })?;
-    Ok(Admission { identity, slot })
+    Ok(Admission {
+        identity,
+        slot,
+        outbox,
+    })
 }

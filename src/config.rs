@@ -83,7 +83,23 @@ pub struct Config {
     pub testing: TestingConfig,
     pub kafka: KafkaConfig,
     pub kinesis: KinesisConfig,
+    pub admin: AdminConfig,
 }
+
+/// `[admin]`: the operator's API (`/admin/...`), off unless enabled.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// The static bearer secret (`PUSHGATE__ADMIN__TOKEN`); at least 16 characters.
+    pub token: crate::source::kafka_config::Secret,
+    /// A separate address for the admin routes; not set: the main listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The shortest `admin.token` accepted.
+pub const ADMIN_TOKEN_MIN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -435,6 +451,12 @@ impl Config {
                 ));
             }
         }
+        if self.admin.enabled && self.admin.token.expose().chars().count() < ADMIN_TOKEN_MIN {
+            return Err(invalid(
+                "admin.token",
+                format!("must be at least {ADMIN_TOKEN_MIN} characters when admin.enabled is true"),
+            ));
+        }
         if self.topics.is_empty() {
             return Err(invalid("topics", "must name at least one topic"));
         }
@@ -685,7 +707,8 @@ fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<()
     // Credentials and paths are taken verbatim: a password such as `12345`,
     // `true` or `[x]` must not turn into a number, a boolean or an array.
     let verbatim = dotted.starts_with("kafka.sasl.")
-        || (dotted.starts_with("kafka.tls.") && dotted != "kafka.tls.enabled");
+        || (dotted.starts_with("kafka.tls.") && dotted != "kafka.tls.enabled")
+        || dotted == "admin.token";
     let parsed = if verbatim {
         toml::Value::String(value.to_owned())
     } else {
@@ -1132,6 +1155,7 @@ mod documented {
         }];
         // Keys that serialize only when set.
         with_topic.kafka.tls.enabled = Some(true);
+        with_topic.admin.listen = Some("127.0.0.1:9090".parse().expect("an address"));
         let value = toml::Value::try_from(&with_topic).expect("config serializes");
         let mut out = Vec::new();
         for (section, body) in value.as_table().expect("table") {

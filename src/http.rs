@@ -8,11 +8,11 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::services::ServeDir;
 
-use crate::auth;
 use crate::reply::unauthorized;
 use crate::source::Source;
 use crate::state::AppState;
 use crate::transport::{grpc, sse, ws};
+use crate::{admin, auth};
 use crate::{publish, telemetry};
 
 /// Builds the whole application router for `state`.
@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(admin::on_main_listener(&state))
         // gRPC and gRPC-Web: every method of pushgate.v1.Gateway (unknown ones answer UNIMPLEMENTED).
         .route_service(
             &format!("{}{{method}}", grpc::SERVICE_PATH),
@@ -82,7 +83,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Lag is read from the hub at scrape time: a few atomics per partition.
+    for name in state.hub.topic_names() {
+        if let Ok(topic) = state.hub.topic(&name) {
+            for (p, lag) in topic.lag().into_iter().enumerate() {
+                if let Some(lag) = lag {
+                    telemetry::partition_lag(&name, p as u32, lag);
+                }
+            }
+        }
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         telemetry::render(),

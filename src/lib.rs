@@ -70,6 +70,7 @@
 // a build without them (`--no-default-features`) leaves them unused.
 #![cfg_attr(not(all(feature = "kafka", feature = "kinesis")), allow(dead_code))]
 
+pub(crate) mod admin;
 pub(crate) mod admission;
 mod assets;
 pub(crate) mod auth;
@@ -123,6 +124,12 @@ pub enum RunError {
     Auth(#[from] auth::AuthSetupError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    #[error("cannot listen on admin.listen {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the gateway on `listeners` until `shutdown` is triggered, then drains.
@@ -160,6 +167,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         Some(config) => Some(tls::Tls::start(config, &shutdown)?),
         None => None,
     };
+    if let Some(addr) = state
+        .config
+        .admin
+        .listen
+        .filter(|_| state.config.admin.enabled)
+    {
+        serve_admin(&state, addr).await?;
+    }
     let app = http::router(state.clone());
     let serving = server::serve(
         listeners.http,
@@ -207,6 +222,27 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             tracing::warn!("the source did not close within the shutdown grace");
         }
     }
+    Ok(())
+}
+
+/// Serves the admin routes alone on `admin.listen` until the drain starts.
+/// A plain axum server: its clients are operators, not the public.
+async fn serve_admin(state: &AppState, addr: std::net::SocketAddr) -> Result<(), RunError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::AdminListen { addr, source })?;
+    tracing::info!(%addr, "admin API listening");
+    let app = admin::router(state.clone());
+    let shutdown = state.shutdown.clone();
+    state.shutdown.tracker().spawn(async move {
+        let stopped = async move { shutdown.triggered().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
     Ok(())
 }
 

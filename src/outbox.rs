@@ -22,6 +22,8 @@ pub enum CloseReason {
     Slow,
     /// The topic was recreated (a new epoch) or deleted: the client must resubscribe.
     TopicReset,
+    /// Closed by an operator (the admin API): reconnect, as after a drain.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,11 @@ impl Outbox {
             inner.queue.shrink_to(16);
         }
         Ok(())
+    }
+
+    /// Bytes of records waiting for the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().expect("outbox lock").bytes
     }
 
     pub fn closed_reason(&self) -> Option<CloseReason> {

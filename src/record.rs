@@ -4,7 +4,9 @@
 //! event (`id: <cursor>\ndata: <json>\n\n`); the WebSocket frame is a slice of
 //! the same buffer. Fan-out clones two reference counts, never the bytes.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -82,7 +84,35 @@ pub struct Record {
     /// The gRPC `Event` envelope, built by the first gRPC subscriber that
     /// receives this record and shared by every other one.
     grpc: OnceLock<Bytes>,
+    /// Which transports have written this record (one bit each), and whether
+    /// it is a live encoding whose first write per transport is measured
+    /// ([`Record::first_write`]); replayed and snapshot copies never are.
+    written: AtomicU8,
 }
+
+/// A transport that writes records to clients (see [`Record::first_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ws = 1,
+    Sse = 2,
+    Grpc = 4,
+}
+
+impl Transport {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
+/// Every transport's bit: nothing left to measure.
+const WRITTEN_ALL: u8 = 0b111;
+/// A live encoding (from ingest, or a group's variant of one).
+const LIVE: u8 = 0x80;
 
 /// The member that carries a record's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +171,7 @@ impl Record {
             Framing::Normal,
         );
         record.delete = self.delete;
+        record.inherit_liveness(self);
         record
     }
 
@@ -159,6 +190,7 @@ impl Record {
             Framing::Normal,
         );
         record.delete = self.delete;
+        record.inherit_liveness(self);
         record
     }
 
@@ -341,7 +373,40 @@ impl Record {
             timestamp,
             snapshot: matches!(framing, Framing::Snapshot { .. }),
             grpc: OnceLock::new(),
+            written: AtomicU8::new(WRITTEN_ALL),
         }
+    }
+
+    /// Marks this encoding live (made at ingest): its first write on each
+    /// transport is measured.
+    pub fn live(self) -> Self {
+        self.written.store(LIVE, Ordering::Relaxed);
+        self
+    }
+
+    fn inherit_liveness(&mut self, from: &Record) {
+        if from.written.load(Ordering::Relaxed) & LIVE != 0 {
+            *self.written.get_mut() = LIVE;
+        }
+    }
+
+    /// The record's age (now minus its timestamp) the first time `transport`
+    /// writes this live encoding to a client; `None` every other time, and
+    /// for replayed and snapshot copies. Once per record and transport, not
+    /// per subscriber: after the first, a shared load and no write.
+    pub fn first_write(&self, transport: Transport) -> Option<Duration> {
+        let bit = transport as u8;
+        if self.written.load(Ordering::Relaxed) & bit != 0
+            || self.written.fetch_or(bit, Ordering::Relaxed) & bit != 0
+        {
+            return None;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Some(Duration::from_millis(
+            now.saturating_sub(self.timestamp).max(0) as u64,
+        ))
     }
 }
 
@@ -515,6 +580,34 @@ mod tests {
         assert_eq!(json["snapshot"], true);
         assert_eq!(json["cursor"], "NEW");
         assert_eq!(again.data(), "{\"p\":1}");
+    }
+
+    /// Age is measured at a live encoding's first write per transport, and
+    /// never for replayed or snapshot copies.
+    #[test]
+    fn first_write_is_measured_once_per_transport_and_live_encoding() {
+        let log = LogRecord {
+            partition: 0,
+            offset: 1,
+            timestamp: 1000,
+            key: None,
+            data: "1".into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        let live = Record::encode("t", &log, "C", Framing::Normal).live();
+        assert!(live.first_write(Transport::Ws).unwrap() > Duration::from_secs(1));
+        assert_eq!(live.first_write(Transport::Ws), None);
+        assert!(live.first_write(Transport::Sse).is_some());
+        assert!(live.first_write(Transport::Grpc).is_some());
+        assert_eq!(live.first_write(Transport::Sse), None);
+        let projected = live.with_body("t", (Body::Data, "2"));
+        assert!(projected.first_write(Transport::Ws).is_some());
+        let replayed = live.reframe("t", "D", Framing::Normal);
+        assert_eq!(replayed.first_write(Transport::Ws), None);
+        let not_live = Record::encode("t", &log, "C", Framing::Normal);
+        assert_eq!(not_live.first_write(Transport::Sse), None);
     }
 
     #[test]

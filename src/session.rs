@@ -480,12 +480,10 @@ enum Segment {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
-    /// The client fell too far behind while catching up.
-    #[error("slow consumer")]
-    Slow,
-    /// The topic was recreated while catching up.
-    #[error("topic reset")]
-    TopicReset,
+    /// The connection's queue closed while catching up: too far behind, the
+    /// topic recreated, or an operator closed the connection.
+    #[error("connection queue closed: {0:?}")]
+    Closed(CloseReason),
     /// The log dropped part of the range being replayed.
     #[error("recovery lost")]
     Lost(#[source] Arc<SourceError>),
@@ -591,8 +589,7 @@ impl CatchUp {
                 self.live = true;
                 return match self.sub.go_live() {
                     Ok(backlog) => Ok(Some(Step::Records(backlog))),
-                    Err(CloseReason::Slow) => Err(CatchUpError::Slow),
-                    Err(CloseReason::TopicReset) => Err(CatchUpError::TopicReset),
+                    Err(reason) => Err(CatchUpError::Closed(reason)),
                 };
             };
             let batch = match segment {

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -10,6 +11,7 @@ use crate::auth::{AuthSetupError, Authenticator, ConnectLimiter, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::log_reads::LogReads;
+use crate::outbox::{CloseReason, Outbox};
 use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::source::Opening;
@@ -35,6 +37,32 @@ pub struct AppState {
 struct Connections {
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, usize>,
+    /// Every open streaming connection by id, for the admin API.
+    open: DashMap<u64, Tracked>,
+}
+
+/// What the admin API knows of an open connection: 64 bytes, 72 with its
+/// key (plus the subject's length and the map's slack); the rest is read
+/// when listed (subscriptions from the hub, queued bytes from the outbox).
+struct Tracked {
+    transport: &'static str,
+    peer: IpAddr,
+    subject: Option<Box<str>>,
+    /// Seconds after [`epoch`] (a u32 holds 136 years).
+    opened: u32,
+    /// The connection's queue: every subscription of it feeds this one, and
+    /// closing it ends the connection.
+    outbox: Arc<Outbox>,
+}
+
+/// An open connection as the admin API lists it.
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub transport: &'static str,
+    pub peer: IpAddr,
+    pub subject: Option<Box<str>>,
+    pub age: Duration,
+    pub outbox: Arc<Outbox>,
 }
 
 /// Why a streaming connection was refused.
@@ -84,6 +112,8 @@ impl AppState {
         &self,
         transport: &'static str,
         ip: IpAddr,
+        subject: Option<&str>,
+        outbox: &Arc<Outbox>,
     ) -> Result<ConnectionSlot, Refused> {
         if self.shutdown.is_triggered() {
             telemetry::connection_refused("draining");
@@ -121,18 +151,73 @@ impl AppState {
             }
         }
         telemetry::connection_opened(transport);
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        self.connections.open.insert(
+            id,
+            Tracked {
+                transport,
+                peer: ip,
+                subject: subject.map(Box::from),
+                opened: since_epoch(),
+                outbox: Arc::clone(outbox),
+            },
+        );
         Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
-            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             peer: ip,
             limited,
         })
     }
 
+    /// Every open streaming connection (for the admin API; clones a few fields of each).
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let mut list: Vec<ConnectionInfo> = self
+            .connections
+            .open
+            .iter()
+            .map(|entry| {
+                let t = entry.value();
+                ConnectionInfo {
+                    id: *entry.key(),
+                    transport: t.transport,
+                    peer: t.peer,
+                    subject: t.subject.clone(),
+                    age: Duration::from_secs(u64::from(since_epoch().saturating_sub(t.opened))),
+                    outbox: Arc::clone(&t.outbox),
+                }
+            })
+            .collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// Closes connection `id` as a drain would (WebSocket 1012, the SSE
+    /// stream ends, gRPC `UNAVAILABLE`); false if there is none.
+    pub fn close_connection(&self, id: u64) -> bool {
+        let outbox = match self.connections.open.get(&id) {
+            Some(entry) => Arc::clone(&entry.outbox),
+            None => return false,
+        };
+        outbox.close(CloseReason::Closed);
+        true
+    }
+
     pub fn open_connections(&self) -> usize {
         self.connections.total.load(Ordering::Acquire)
     }
+}
+
+/// The moment connection ages count from: the first use.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Whole seconds since [`epoch`].
+fn since_epoch() -> u32 {
+    u32::try_from(epoch().elapsed().as_secs()).unwrap_or(u32::MAX)
 }
 
 /// Numbers connections for the logs (the `connection` span's `id`).
@@ -168,6 +253,7 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.connections.open.remove(&self.id);
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
         if self.limited {
             self.connections
@@ -178,5 +264,14 @@ impl Drop for ConnectionSlot {
                 });
         }
         telemetry::connection_closed(self.transport);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The admin API's registry entry stays small: it exists for every connection.
+    #[test]
+    fn a_tracked_connection_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::Tracked>(), 64);
     }
 }

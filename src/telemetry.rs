@@ -4,11 +4,13 @@
 //! Prometheus text format. Hot paths count per record (not per delivery) so
 //! fan-out to thousands of subscribers costs one counter update.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics::SharedString;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS: &str = "pushgate_connections";
 pub const CONNECTIONS_TOTAL: &str = "pushgate_connections_total";
@@ -32,9 +34,21 @@ pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
 /// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads that joined an identical one in flight instead.
 pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
 pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_total";
+/// Records between the source's high watermark and what this node has ingested, per partition (Kafka and the embedded log).
+pub const PARTITION_LAG: &str = "pushgate_partition_lag_records";
+/// Seconds from a record's timestamp to its first write to a client, per transport (a histogram).
+pub const RECORD_AGE: &str = "pushgate_record_age_seconds";
 pub const KINESIS_BEHIND: &str = "pushgate_kinesis_millis_behind_latest";
 pub const KINESIS_THROTTLED: &str = "pushgate_kinesis_throttled_total";
 pub const KINESIS_CATCHUP_READS: &str = "pushgate_kinesis_catchup_reads_total";
+
+/// From a few milliseconds (a local log) to minutes (a node far behind).
+const AGE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// At most this many distinct `topic` labels on per-topic metrics; later topics share `_other`.
+pub const TOPIC_LABELS: usize = 100;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -42,7 +56,13 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// already have installed its own; then `/metrics` says so).
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(RECORD_AGE.to_owned()), AGE_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
         .as_ref()
 }
 
@@ -81,12 +101,40 @@ pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
-pub fn subscription_opened() {
-    gauge!(SUBSCRIPTIONS).increment(1.0);
+/// `topic`'s label: its name for the first [`TOPIC_LABELS`] topics seen,
+/// `_other` after that. A topic keeps the label it got (the set only grows),
+/// so a gauge's increments and decrements meet.
+fn topic_label(topic: &str) -> SharedString {
+    static SEEN: OnceLock<Mutex<HashSet<Box<str>>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .expect("topic labels lock");
+    if seen.contains(topic) || seen.len() < TOPIC_LABELS && seen.insert(topic.into()) {
+        SharedString::from(topic.to_owned())
+    } else {
+        SharedString::const_str("_other")
+    }
 }
 
-pub fn subscription_closed() {
-    gauge!(SUBSCRIPTIONS).decrement(1.0);
+pub fn subscription_opened(topic: &str) {
+    gauge!(SUBSCRIPTIONS, "topic" => topic_label(topic)).increment(1.0);
+}
+
+pub fn subscription_closed(topic: &str) {
+    gauge!(SUBSCRIPTIONS, "topic" => topic_label(topic)).decrement(1.0);
+}
+
+/// A record's first write to a client on `transport` ("ws", "sse", "grpc"),
+/// `age` after its timestamp (once per record and transport).
+pub fn record_age(transport: &'static str, age: Duration) {
+    histogram!(RECORD_AGE, "transport" => transport).record(age.as_secs_f64());
+}
+
+/// Records behind the source's high watermark, per partition (labels bounded by the partition count).
+pub fn partition_lag(topic: &str, partition: u32, lag: u64) {
+    gauge!(PARTITION_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(lag as f64);
 }
 
 pub fn record_ingested(delivered: usize) {
@@ -165,4 +213,24 @@ pub fn kinesis_throttled(call: &'static str) {
 /// A resume older than the ring read back from Kinesis.
 pub fn kinesis_catchup() {
     counter!(KINESIS_CATCHUP_READS).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past [`TOPIC_LABELS`] topics, new ones share `_other`; a topic keeps its label.
+    #[test]
+    fn topic_labels_are_capped_and_stable() {
+        let names: Vec<String> = (0..TOPIC_LABELS + 50)
+            .map(|i| format!("cap-test-{i}"))
+            .collect();
+        let first: Vec<SharedString> = names.iter().map(|n| topic_label(n)).collect();
+        let own = first.iter().filter(|l| l.as_ref() != "_other").count();
+        assert!(own <= TOPIC_LABELS, "{own} labels of their own");
+        assert_eq!(first.last().unwrap().as_ref(), "_other");
+        for (name, label) in names.iter().zip(&first) {
+            assert_eq!(&topic_label(name), label, "{name} keeps its label");
+        }
+    }
 }

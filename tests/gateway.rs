@@ -739,3 +739,63 @@ async fn websocket_handshakes_are_checked_and_answered() {
     assert_eq!(body["error"], "bad_request");
     server.stop().await;
 }
+
+/// The value of the first series of `metric` whose labels contain every one of `labels`.
+fn series(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|l| set.split(',').any(|s| s == *l))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Freshness and lag: after records are published and delivered over
+/// WebSocket and SSE, `/metrics` has each partition's lag (0: the embedded
+/// log's end is ingested), a record-age sample per transport, and
+/// subscriptions counted per topic.
+#[tokio::test]
+async fn metrics_show_partition_lag_record_age_per_transport_and_subscriptions_per_topic() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "one", "snapshot": false}))
+        .await;
+    let mut sse = server.sse("topic=one&snapshot=false", None).await;
+    assert_eq!(sse.status, 200);
+    // The SSE subscription is registered once its opening frames are out.
+    sse.next().await;
+    for i in 0..3 {
+        server.publish("one", "k", json!({"i": i})).await;
+    }
+    assert_eq!(ws.records(3).await.len(), 3);
+    assert_eq!(sse.records(3).await.len(), 3);
+    let metrics = server.metrics_text().await;
+    assert_eq!(
+        series(
+            &metrics,
+            "pushgate_partition_lag_records",
+            &[r#"topic="one""#, r#"partition="0""#]
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    for transport in ["ws", "sse"] {
+        let label = format!(r#"transport="{transport}""#);
+        let count = series(&metrics, "pushgate_record_age_seconds_count", &[&label]);
+        assert!(
+            count.is_some_and(|n| n >= 3.0),
+            "{transport}: {count:?}\n{metrics}"
+        );
+        let bucket = series(
+            &metrics,
+            "pushgate_record_age_seconds_bucket",
+            &[&label, r#"le="+Inf""#],
+        );
+        assert!(bucket.is_some_and(|n| n >= 3.0), "a histogram: {metrics}");
+    }
+    let subs = series(&metrics, "pushgate_subscriptions", &[r#"topic="one""#]);
+    assert!(subs.is_some_and(|n| n >= 2.0), "{subs:?}\n{metrics}");
+    server.stop().await;
+}

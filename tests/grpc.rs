@@ -1005,3 +1005,60 @@ async fn a_consumer_that_stops_reading_gets_resource_exhausted_and_resumes_with_
     );
     server.stop().await;
 }
+
+/// The admin API lists a gRPC stream and closes it like a drain
+/// (`UNAVAILABLE`, `pushgate-error: unavailable`, the cursor); its records'
+/// first writes count in `pushgate_record_age_seconds{transport="grpc"}`.
+#[tokio::test]
+async fn an_operator_closes_a_grpc_stream_like_a_drain_and_its_record_age_is_measured() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
+    const TOKEN: &str = "admin-token-0123456789";
+    let server =
+        TestServer::start_with(&format!("[admin]\nenabled = true\ntoken = \"{TOKEN}\"\n")).await;
+    let mut sub =
+        Subscriber::start(server.addr, json!({"topic": "one", "snapshot": false}), &[]).await;
+    assert_eq!(sub.next().await["type"], "subscribed");
+    assert_eq!(sub.next().await["type"], "live");
+    server.publish("one", "k", json!(1)).await;
+    sub.records(1).await;
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pushgate_record_age_seconds_count{transport=\"grpc\"}")),
+        "{metrics}"
+    );
+    let listed: Value = server
+        .http
+        .get(server.url("/admin/connections?topic=one"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grpc: Vec<&Value> = listed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["transport"] == "grpc")
+        .collect();
+    assert_eq!(grpc.len(), 1, "{listed}");
+    let id = grpc[0]["id"].as_u64().unwrap();
+    let deleted = server
+        .http
+        .delete(server.url(&format!("/admin/connections/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (_, end) = sub.until_end().await;
+    assert_eq!(end["code"], "UNAVAILABLE", "{end}");
+    assert_eq!(end["trailers"]["pushgate-error"], "unavailable", "{end}");
+    assert!(end["trailers"]["pushgate-cursor"].is_string(), "{end}");
+    server.stop().await;
+}

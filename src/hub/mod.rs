@@ -32,6 +32,7 @@ mod group;
 mod index;
 mod partition;
 mod rate;
+mod stats;
 mod sub;
 
 use self::group::Group;
@@ -39,6 +40,7 @@ use self::index::SubIndex;
 use self::partition::{
     collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
 };
+pub use self::stats::PartitionStats;
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
@@ -291,6 +293,7 @@ impl Topic {
             parts.push(Arc::new(Partition {
                 id,
                 frontier: AtomicU64::new(0),
+                high_watermark: AtomicU64::new(partition::UNKNOWN),
                 state: Mutex::new(PartitionState::default()),
                 positions: Mutex::new(Positions::default()),
             }));
@@ -487,7 +490,7 @@ impl Topic {
                 encode_shards_into(self.epoch, &shards, &mut cursor);
             }
         }
-        let record = Arc::new(Record::encode(&self.name, log, &cursor, Framing::Normal));
+        let record = Arc::new(Record::encode(&self.name, log, &cursor, Framing::Normal).live());
 
         state.ring.push_back(Arc::clone(&record));
         while state.ring.len() > self.settings.ring_records {
@@ -656,7 +659,7 @@ impl Topic {
             snapshot.retain(admits);
             snapshot.truncate(max_snapshot);
         }
-        telemetry::subscription_opened();
+        telemetry::subscription_opened(&self.name);
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.
         if self.closed.load(Ordering::SeqCst) {
@@ -717,7 +720,7 @@ impl Topic {
     /// Removes a subscription from the index; nothing more is queued for it.
     pub fn unregister(&self, sub: &Arc<Sub>) {
         self.index.remove(sub);
-        telemetry::subscription_closed();
+        telemetry::subscription_closed(&self.name);
     }
 }
 

@@ -17,6 +17,9 @@ pub(super) struct Partition {
     pub(super) id: u32,
     /// Next offset to ingest; written under `state`'s lock after fan-out, read without it.
     pub(super) frontier: AtomicU64,
+    /// The source's next offset as it last reported it ([`UNKNOWN`] until
+    /// then; Kinesis never does): lag is this minus `frontier`.
+    pub(super) high_watermark: AtomicU64,
     pub(super) state: Mutex<PartitionState>,
     /// Topics whose positions are the source's own opaque ones (Kinesis):
     /// the position of each record this node ingested, by ordinal. A leaf lock.
@@ -27,6 +30,9 @@ pub(super) struct Partition {
 /// first, at most a topic's `position_limit`), and whether the partition is
 /// closed and read to its end. Positions strictly increase with ordinals, so
 /// a position is found again by binary search.
+/// A high watermark no source has reported.
+pub(super) const UNKNOWN: u64 = u64::MAX;
+
 #[derive(Default)]
 pub(super) struct Positions {
     /// Ordinal of `entries[0]`.

@@ -452,6 +452,7 @@ fn warm(db: &Database, topic: &TopicLog, next: &[u64], count: u64) -> Result<(),
             topic.hub.ingest(&decode(p, offset, v.value()));
         }
         topic.hub.advance(p, next);
+        topic.hub.set_high_watermark(p, next);
     }
     Ok(())
 }

@@ -7,3 +7,13 @@ pub mod grpc;
 pub mod sse;
 pub mod ws;
 pub mod ws_io;
+
+use crate::record::{Record, Transport};
+
+/// Measures `record`'s age at its first write on `transport`
+/// (`pushgate_record_age_seconds`); later writes cost one shared load.
+pub(crate) fn first_write(record: &Record, transport: Transport) {
+    if let Some(age) = record.first_write(transport) {
+        crate::telemetry::record_age(transport.label(), age);
+    }
+}

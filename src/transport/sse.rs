@@ -141,7 +141,11 @@ pub async fn prepare(
     headers: &HeaderMap,
 ) -> Result<Ready, Response> {
     // Authenticate first: an unauthenticated caller learns nothing else.
-    let Admission { identity, slot } = admission::admit(state, headers, query, peer, "sse")
+    let Admission {
+        identity,
+        slot,
+        outbox,
+    } = admission::admit(state, headers, query, peer, "sse")
         .map_err(IntoResponse::into_response)?;
     let mut req = parse_query(query.unwrap_or("")).map_err(|e| client_error_response(&e))?;
     if let Some(last) = headers.get("last-event-id") {
@@ -158,7 +162,6 @@ pub async fn prepare(
         session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_error_response(&e))?;
     // A node that just started answers once the topic is warm, not with 503.
     session::until_ready(state, &req.topic, session::TOPIC_READY_WAIT).await;
-    let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let grants = &identity.subscribe;
     let opened = session::open(state, grants, &req, cursor, Arc::clone(&outbox))
         .instrument(slot.span(identity.subject.as_deref()))
@@ -281,7 +284,7 @@ impl Ready {
                         }
                     }
                     Ok(None) => break,
-                    Err(CatchUpError::Slow | CatchUpError::TopicReset) => return,
+                    Err(CatchUpError::Closed(_)) => return,
                     Err(CatchUpError::Lost(e)) => {
                         start.catch_up.span().in_scope(|| tracing::warn!(error = %e, "resume lost its range mid-replay"));
                         return;
@@ -302,6 +305,7 @@ impl Ready {
                     return;
                 }
                 if !batch.is_empty() {
+                    batch.iter().for_each(|r| super::first_write(r, crate::record::Transport::Sse));
                     yield Chunk::Records(batch);
                 }
                 tokio::select! {

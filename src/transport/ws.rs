@@ -182,6 +182,8 @@ impl Ending {
                 close::TOPIC_RESET,
                 "topic was recreated or deleted: resubscribe",
             ),
+            // The drain's code: reconnect (to any node) and resume.
+            CloseReason::Closed => (close::RESTART, "closed by the operator: reconnect"),
         }
     }
 }
@@ -210,7 +212,7 @@ struct Connection {
 
 impl Connection {
     fn new(state: AppState, admission: Admission, watch: Option<WriteWatch>) -> Self {
-        let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
+        let outbox = admission.outbox;
         let expiry = admission
             .identity
             .time_left()
@@ -752,12 +754,8 @@ impl Connection {
                     self.guarded(send_text(socket, live)).await?
                 }
                 Ok(None) => break,
-                Err(CatchUpError::Slow) => {
-                    let (code, text) = Ending::of(CloseReason::Slow);
-                    return Err(Ending::Close(code, text));
-                }
-                Err(CatchUpError::TopicReset) => {
-                    let (code, text) = Ending::of(CloseReason::TopicReset);
+                Err(CatchUpError::Closed(reason)) => {
+                    let (code, text) = Ending::of(reason);
                     return Err(Ending::Close(code, text));
                 }
                 Err(CatchUpError::Lost(e)) => {

@@ -186,6 +186,7 @@ impl<S> FrameIo<S> {
     /// Queues a record's frame behind everything already written or queued.
     /// Nothing is written until the next flush.
     pub fn push_record(&mut self, record: Arc<Record>) {
+        super::first_write(&record, crate::record::Transport::Ws);
         self.queue.push_back(Frame::Record(record));
     }
 

@@ -6,8 +6,9 @@
 #     messages.json resolved), JSON Schema 2020-12 meta-validation, and every
 #     example in the three files against its schema (check_documents.py);
 #  2. schemathesis, bounded, on POST /topics/{topic} and GET /topics of the
-#     debug binary (anonymous publish, 127.0.0.1 only): no 5xx, no status,
-#     content type, header or body outside the document;
+#     debug binary (anonymous publish, 127.0.0.1 only), then on the /admin
+#     paths with the admin token: no 5xx, no status, content type, header or
+#     body outside the document;
 #  3. http_cases.py on a second gateway with authentication and small limits:
 #     every other documented status (401, 403, 413, 429, SSE and WebSocket
 #     handshake refusals), and an SSE stream read event by event against
@@ -104,6 +105,7 @@ node "$here/validate-asyncapi.mjs" api/asyncapi.yaml
 "$py" "$here/check_documents.py"
 
 echo "== contract: schemathesis on the publish API"
+admin_token="contract-admin-token-0123456789"
 start open "$(cat <<TOML
 [server]
 static_dir = ""
@@ -112,6 +114,9 @@ data_dir = "$work/open-data"
 [auth]
 anonymous_subscribe = true
 anonymous_publish = true
+[admin]
+enabled = true
+token = "$admin_token"
 [[topics]]
 name = "prices"
 partitions = 4
@@ -128,6 +133,11 @@ started=$SECONDS
   --include-path-regex '^/topics' --checks all \
   --max-examples "${CONTRACT_MAX_EXAMPLES:-100}" --workers 1 --no-color)
 echo "contract: schemathesis took $((SECONDS - started)) s"
+echo "== contract: schemathesis on the admin API"
+(cd "$work" && timeout "${CONTRACT_TIMEOUT:-300}" "$venv/bin/schemathesis" --config-file "$here/schemathesis.toml" \
+  run "$root/api/openapi.yaml" --url "http://127.0.0.1:$open_port" \
+  --include-path-regex '^/admin' --checks all -H "Authorization: Bearer $admin_token" \
+  --max-examples "${CONTRACT_MAX_EXAMPLES:-100}" --workers 1 --no-color)
 no_panics open "$open_port"
 
 echo "== contract: every documented status, on a gateway with authentication"

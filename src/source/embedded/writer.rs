@@ -149,6 +149,8 @@ impl Writer {
         for (req, out) in batch.into_iter().zip(placed) {
             let topic = &topics[req.topic];
             for (rec, at) in req.records.into_iter().zip(&out) {
+                // The log's end, so lag is 0 once ingested.
+                topic.hub.set_high_watermark(at.partition, at.offset + 1);
                 topic.hub.ingest(&stored(
                     at.partition,
                     at.offset,

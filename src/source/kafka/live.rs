@@ -405,7 +405,9 @@ impl Live {
                         .admin
                         .fetch_watermarks(name, p as i32, META_TIMEOUT)
                 {
-                    let lag = (high.max(0) as u64).saturating_sub(next);
+                    let high = high.max(0) as u64;
+                    topic.set_high_watermark(p as u32, high);
+                    let lag = high.saturating_sub(next);
                     telemetry::kafka_lag(name, p as u32, lag);
                 }
             }

@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, Admission, Refusal};
 use crate::auth;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::CloseReason;
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::publish::{self, PublishError};
 use crate::record::{Body, NewRecord, Record};
@@ -248,6 +248,7 @@ fn event(kind: Kind) -> Frame<proto::Event> {
 
 /// A record's envelope: built once per record, shared by every gRPC stream.
 fn envelope(topic: &str, record: &Record) -> Frame<proto::Event> {
+    super::first_write(record, crate::record::Transport::Grpc);
     Frame::Shared(record.grpc_envelope(|r| encode_record(topic, r)))
 }
 
@@ -323,15 +324,17 @@ async fn subscribe(
     request: proto::SubscribeRequest,
 ) -> Result<EventStream, Status> {
     // Authenticate first: an unauthenticated caller learns nothing else.
-    let Admission { identity, slot } =
-        admission::admit(&state, &headers, None, peer, "grpc").map_err(refusal_status)?;
+    let Admission {
+        identity,
+        slot,
+        outbox,
+    } = admission::admit(&state, &headers, None, peer, "grpc").map_err(refusal_status)?;
     let req = to_request(request).map_err(|e| client_status(&e, None))?;
     let given = req.cursor.clone();
     let cursor =
         session::parse_cursor(req.cursor.as_deref()).map_err(|e| client_status(&e, None))?;
     // A node that just started answers once the topic is warm, not UNAVAILABLE.
     session::until_ready(&state, &req.topic, session::TOPIC_READY_WAIT).await;
-    let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let opened = session::open(
         &state,
         &identity.subscribe,
@@ -396,8 +399,7 @@ async fn subscribe(
                 Ok(None) => break,
                 Err(e) => {
                     let reason = match e {
-                        CatchUpError::Slow => CloseReason::Slow,
-                        CatchUpError::TopicReset => CloseReason::TopicReset,
+                        CatchUpError::Closed(reason) => reason,
                         CatchUpError::Lost(e) => {
                             catch_up.span().in_scope(|| tracing::warn!(error = %e, "resume lost its range mid-replay"));
                             yield Err(status(Code::Unavailable, "unavailable", "the log dropped part of the replay: resume".into(), resume.cursor()));
@@ -479,6 +481,13 @@ fn closed(reason: CloseReason, cursor: Option<&str>) -> Status {
             Code::Unavailable,
             "topic_reset",
             "the topic was recreated or deleted: subscribe again".into(),
+            cursor,
+        ),
+        CloseReason::Closed => status(
+            Code::Unavailable,
+            // The drain's code: the client does what it does after a drain.
+            "unavailable",
+            "closed by the operator: resume from pushgate-cursor (any node)".into(),
             cursor,
         ),
     }
