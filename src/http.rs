@@ -12,7 +12,7 @@ use crate::auth;
 use crate::reply::unauthorized;
 use crate::source::Source;
 use crate::state::AppState;
-use crate::transport::{grpc, sse, ws};
+use crate::transport::{grpc, sse, view, ws};
 use crate::{publish, telemetry};
 
 /// Builds the whole application router for `state`.
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sse", get(sse::handler))
         .route("/topics", get(topics))
         .route("/topics/{topic}", post(publish::handler))
+        .route("/topics/{topic}/view", get(view::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -218,15 +218,17 @@ pub async fn until_ready(state: &AppState, topic_name: &str, limit: Duration) {
     }
 }
 
-/// Registers a subscription for `req` on `outbox` and decides how it catches up.
-#[tracing::instrument(name = "subscription", skip_all, fields(topic = %req.topic))]
-pub async fn open(
+/// A request's key filter, delivery spec and topic, as [`admitted`] checked them.
+pub type Admitted = (Filter, Option<Arc<Spec>>, Arc<Topic>);
+
+/// What `grants` let `req` read: its key filter, its delivery spec and its
+/// topic, ready on this node. The checks of every subscription, shared by
+/// [`open`] and the view pages.
+pub fn admitted(
     state: &AppState,
     grants: &Grants,
     req: &SubscribeRequest,
-    cursor: Option<Cursor>,
-    outbox: Arc<Outbox>,
-) -> Result<Opened, ClientError> {
+) -> Result<Admitted, ClientError> {
     let limits = &state.config.limits;
     let filter = filter_for(req, limits)?;
     if !grants.allows_filter(&req.topic, &filter) {
@@ -236,31 +238,19 @@ pub async fn open(
         ));
     }
     let spec = spec_for(req, grants, limits)?;
-    let latest = match req.resume.as_deref() {
-        None | Some("all") => false,
-        Some("latest") => true,
-        Some(_) => {
-            return Err(ClientError::new(
-                ErrorCode::BadMessage,
-                "`resume` must be \"all\" or \"latest\"",
-            ))
-        }
-    };
-    let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
     // Never serve from a ring and view the warm start has not filled: the
     // client would get an empty snapshot and then history as if it were live.
-    let warming = || {
-        ClientError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "topic `{}` is warming up on this node: retry shortly",
-                truncate(&req.topic)
-            ),
-        )
-    };
     let topic = match readiness(state, &req.topic) {
         Readiness::Ready(topic) => topic,
-        Readiness::Warming => return Err(warming()),
+        Readiness::Warming => {
+            return Err(ClientError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "topic `{}` is warming up on this node: retry shortly",
+                    truncate(&req.topic)
+                ),
+            ))
+        }
         Readiness::Unknown => {
             // Configured and present in the log, but not readable (Kafka ACLs): say why.
             if let Some(cause) = state.source.unavailable_cause(&req.topic) {
@@ -275,6 +265,31 @@ pub async fn open(
             ));
         }
     };
+    Ok((filter, spec, topic))
+}
+
+/// Registers a subscription for `req` on `outbox` and decides how it catches up.
+#[tracing::instrument(name = "subscription", skip_all, fields(topic = %req.topic))]
+pub async fn open(
+    state: &AppState,
+    grants: &Grants,
+    req: &SubscribeRequest,
+    cursor: Option<Cursor>,
+    outbox: Arc<Outbox>,
+) -> Result<Opened, ClientError> {
+    let limits = &state.config.limits;
+    let latest = match req.resume.as_deref() {
+        None | Some("all") => false,
+        Some("latest") => true,
+        Some(_) => {
+            return Err(ClientError::new(
+                ErrorCode::BadMessage,
+                "`resume` must be \"all\" or \"latest\"",
+            ))
+        }
+    };
+    let (filter, spec, topic) = admitted(state, grants, req)?;
+    let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
     if topic.has_shard_positions() && req.max_rate.is_some() {
         return Err(ClientError::new(
             ErrorCode::BadMessage,

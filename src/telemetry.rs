@@ -57,7 +57,7 @@ pub fn render() -> String {
     }
 }
 
-/// `transport` is "ws" or "sse".
+/// `transport` is "ws", "sse", "grpc" or "view" (a view page, held while it is read).
 pub fn connection_opened(transport: &'static str) {
     gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
     counter!(CONNECTIONS_TOTAL, "transport" => transport).increment(1);

@@ -37,7 +37,8 @@ mod sub;
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
-    collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
+    collect_snapshot, collect_view, remove_from_view, update_view, Located, Partition,
+    PartitionState, Positions,
 };
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
@@ -539,6 +540,22 @@ impl Topic {
             );
         }
         group
+    }
+
+    /// The view at one position: the latest record of each key `filter`
+    /// takes whose key sorts after `after` (unordered), and the next offset of
+    /// each partition, read under the same partition locks as [`register`]
+    /// reads its snapshot and `high`, so a resume from `high` continues exactly.
+    ///
+    /// [`register`]: Topic::register
+    pub fn view_after(&self, filter: &Filter, after: Option<&str>) -> (Vec<Arc<Record>>, Vec<u64>) {
+        let parts = self.partitions.read().expect("partitions lock");
+        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
+            .iter()
+            .map(|p| p.state.lock().expect("partition lock"))
+            .collect();
+        let high = guards.iter().map(|g| g.next_offset).collect();
+        (collect_view(&guards, filter, after), high)
     }
 
     /// Inserts a subscription and captures what it needs before going live.

@@ -164,3 +164,28 @@ pub(super) fn collect_snapshot(
     out.truncate(max);
     out
 }
+
+/// The view entries of `guards` that `filter` takes and whose key sorts after
+/// `after` (all of them when `None`), in no particular order: one page of a
+/// view is picked from these outside the locks.
+pub(super) fn collect_view(
+    guards: &[MutexGuard<'_, PartitionState>],
+    filter: &Filter,
+    after: Option<&str>,
+) -> Vec<Arc<Record>> {
+    let beyond = |key: &str| after.is_none_or(|after| key > after);
+    match (&filter.keys, &filter.prefix) {
+        (Some(keys), None) => keys
+            .iter()
+            .filter(|key| beyond(key))
+            .flat_map(|key| guards.iter().filter_map(move |g| g.view.get(key)))
+            .cloned()
+            .collect(),
+        _ => guards
+            .iter()
+            .flat_map(|g| g.view.iter())
+            .filter(|(key, _)| beyond(key) && filter.matches(Some(key)))
+            .map(|(_, record)| Arc::clone(record))
+            .collect(),
+    }
+}

@@ -5,5 +5,6 @@
 pub mod bare_sse;
 pub mod grpc;
 pub mod sse;
+pub mod view;
 pub mod ws;
 pub mod ws_io;

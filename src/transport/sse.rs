@@ -39,15 +39,34 @@ use crate::telemetry;
 
 /// Parses `topic`, repeated `key`, `prefix`, `cursor` and `snapshot` from a query string.
 pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
-    let mut req = SubscribeRequest::default();
     let mut topic = None;
+    let mut req = parse_params(query, |name, value| {
+        if name == "topic" {
+            topic = Some(value.to_owned());
+        }
+        Ok(())
+    })?;
+    req.topic =
+        topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
+    Ok(req)
+}
+
+/// Parses the subscription parameters of a query string (repeated `key`,
+/// repeated `field` or `fields`, `prefix`, `filter`, `cursor`, `snapshot`,
+/// `resume`, `delta`, `max_rate`) into a request without a topic; every other
+/// parameter goes to `other`. Shared by `GET /sse` and the view pages
+/// (`GET /topics/{topic}/view`) so both validate alike.
+pub(crate) fn parse_params(
+    query: &str,
+    mut other: impl FnMut(&str, &str) -> Result<(), ClientError>,
+) -> Result<SubscribeRequest, ClientError> {
+    let mut req = SubscribeRequest::default();
     let mut keys: Vec<String> = Vec::new();
     let mut fields: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
-            "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
-            "field" => fields.push(value.into_owned()),
+            "field" | "fields" => fields.push(value.into_owned()),
             "resume" => req.resume = Some(value.into_owned()),
             "delta" => req.delta = Some(value.into_owned()),
             "max_rate" => {
@@ -74,11 +93,9 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
                     }
                 })
             }
-            _ => {}
+            name => other(name, &value)?,
         }
     }
-    req.topic =
-        topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
     if !keys.is_empty() {
         req.keys = Some(keys);
     }
@@ -329,7 +346,7 @@ fn event(name: &str, data: &str) -> Bytes {
 }
 
 /// The error answer for a subscription the session refused: its JSON body and status (503s say when to retry).
-fn client_error_response(err: &ClientError) -> Response {
+pub(crate) fn client_error_response(err: &ClientError) -> Response {
     telemetry::client_error(err.code.as_str());
     let status = match err.code {
         ErrorCode::UnknownTopic => StatusCode::NOT_FOUND,
