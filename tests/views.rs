@@ -190,12 +190,70 @@ async fn bad_parameters_are_refused_with_400_and_unknown_topics_with_404() {
     server.stop().await;
 }
 
+const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+fn token(subscribe: Value) -> String {
+    let claims = json!({
+        "sub": "viewer",
+        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300,
+        "pushgate": {"subscribe": subscribe, "publish": []},
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs".to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A page needs what subscribing needs: a token (anonymous off), grants
+/// covering every key it could hold, and a grant's filter is enforced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_needs_what_a_subscription_needs() {
-    let server = TestServer::start_with("[auth]\nanonymous_subscribe = false\n").await;
+    let server = TestServer::start_with(&format!(
+        "[auth]\nanonymous_subscribe = false\nanonymous_publish = true\n\
+         [[auth.keys]]\nkind = \"hmac\"\nkid = \"hs\"\nsecret = \"{HMAC_SECRET}\"\n"
+    ))
+    .await;
+    publish_keys(&server, "t", 20).await;
+    publish_keys(&server, "one", 3).await;
+    server.publish("one", "other", json!(1)).await;
     let (status, body) = view(&server, "t", "").await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "unauthorized");
+
+    let granted = token(json!(["one:k*", {"topic": "t", "filter": {"even": true}}]));
+    let get = |topic: &str, query: &str| {
+        server
+            .http
+            .get(server.url(&format!("/topics/{topic}/view?{query}")))
+            .bearer_auth(&granted)
+            .send()
+    };
+    let r = get("one", "").await.unwrap();
+    assert_eq!(r.status(), 403, "keys beyond the grant");
+    let r = get("one", "prefix=k").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(keys_of(&page), ["k00000", "k00001", "k00002"]);
+    // The token's filter holds: only even values, from the query's token too.
+    let r = server
+        .http
+        .get(server.url(&format!("/topics/t/view?access_token={granted}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    let keys = keys_of(&page);
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert!(page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["data"]["even"] == true));
     server.stop().await;
 }
 
