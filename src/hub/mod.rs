@@ -151,6 +151,18 @@ pub struct Registration {
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
     pub foreign_cursor: bool,
+    /// The snapshot lacks keys of the view, and why.
+    pub partial: Option<Partial>,
+}
+
+/// Why a snapshot was cut short: `reason` is `"max_snapshot_records"`
+/// (`skipped` keys matched beyond the cap) or `"view_max_keys"` (a partition
+/// evicted keys from its view: how many of them still exist is not known,
+/// `skipped` is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub reason: &'static str,
+    pub skipped: usize,
 }
 
 /// Records one partition must replay to bring a resuming subscription up to `high`.
@@ -639,11 +651,16 @@ impl Topic {
         } else {
             max_snapshot
         };
-        let mut snapshot = if needs_snapshot {
+        let (mut snapshot, found) = if needs_snapshot {
             collect_snapshot(&guards, &filter, collect_max)
         } else {
-            Vec::new()
+            (Vec::new(), 0)
         };
+        // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
+        let evicted = needs_snapshot
+            && guards.iter().any(|g| g.evicted)
+            && filter.keys.as_ref().is_none_or(|keys| found < keys.len());
+        let mut cut = found - snapshot.len();
 
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
@@ -671,8 +688,20 @@ impl Topic {
         if let Some(spec) = sub.spec() {
             let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
             snapshot.retain(admits);
+            cut = snapshot.len().saturating_sub(max_snapshot);
             snapshot.truncate(max_snapshot);
         }
+        let partial = match (cut, evicted) {
+            (0, false) => None,
+            (0, true) => Some(Partial {
+                reason: "view_max_keys",
+                skipped: 0,
+            }),
+            (skipped, _) => Some(Partial {
+                reason: "max_snapshot_records",
+                skipped,
+            }),
+        };
         telemetry::subscription_opened();
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.
@@ -685,6 +714,7 @@ impl Topic {
             snapshot,
             replay,
             foreign_cursor,
+            partial,
         }
     }
 

@@ -109,6 +109,8 @@ pub(super) struct PartitionState {
     pub(super) view: HashMap<Arc<str>, Arc<Record>>,
     /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
     pub(super) view_order: BTreeMap<u64, Arc<str>>,
+    /// A key was ever evicted (`view_max_keys`): a snapshot may lack keys.
+    pub(super) evicted: bool,
 }
 
 pub(super) fn update_view(
@@ -127,6 +129,7 @@ pub(super) fn update_view(
             break;
         };
         state.view.remove(&oldest);
+        state.evicted = true;
     }
 }
 
@@ -136,11 +139,12 @@ pub(super) fn remove_from_view(state: &mut PartitionState, key: &str) {
     }
 }
 
+/// The view entries `filter` takes (at most `max`), and how many it took in all.
 pub(super) fn collect_snapshot(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
     max: usize,
-) -> Vec<Arc<Record>> {
+) -> (Vec<Arc<Record>>, usize) {
     let mut out = Vec::new();
     match (&filter.keys, &filter.prefix) {
         (Some(keys), None) => {
@@ -161,8 +165,9 @@ pub(super) fn collect_snapshot(
             }
         }
     }
+    let found = out.len();
     out.truncate(max);
-    out
+    (out, found)
 }
 
 /// The view entries of `guards` that `filter` takes and whose key sorts after

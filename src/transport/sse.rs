@@ -253,6 +253,7 @@ impl Ready {
             recovered,
             gap,
             snapshot_len,
+            partial,
             catch_up,
             enforced: _,
         } = opened;
@@ -262,7 +263,14 @@ impl Ready {
             retry(),
             event(
                 "subscribed",
-                &protocol::subscribed(&id, &topic_name, &cursor, recovered, snapshot_len),
+                &protocol::subscribed(
+                    &id,
+                    &topic_name,
+                    &cursor,
+                    recovered,
+                    snapshot_len,
+                    partial.map(|p| p.reason),
+                ),
             ),
         ];
         if let Some((reason, earliest)) = &gap {
@@ -289,8 +297,8 @@ impl Ready {
             loop {
                 match Box::pin(start.catch_up.next_batch()).await {
                     Ok(Some(Step::Records(batch))) => yield Chunk::Records(batch),
-                    Ok(Some(Step::Live { replayed, cursor, compacted })) => {
-                        let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted);
+                    Ok(Some(Step::Live { replayed, cursor, compacted, skipped })) => {
+                        let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted, skipped);
                         match cursor {
                             // An id moves EventSource's Last-Event-ID past what the filter left out.
                             Some(cursor) => yield Chunk::Frame(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),

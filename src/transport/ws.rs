@@ -725,6 +725,7 @@ impl Connection {
             &opened.cursor,
             opened.recovered,
             opened.snapshot_len,
+            opened.partial.map(|p| p.reason),
         );
         self.guarded(send_text(socket, subscribed)).await?;
         if let Some((reason, earliest)) = &opened.gap {
@@ -741,6 +742,7 @@ impl Connection {
                     replayed,
                     cursor,
                     compacted,
+                    skipped,
                 })) => {
                     let live = protocol::live(
                         &opened.id,
@@ -748,6 +750,7 @@ impl Connection {
                         replayed,
                         cursor.as_deref(),
                         compacted,
+                        skipped,
                     );
                     self.guarded(send_text(socket, live)).await?
                 }
