@@ -360,3 +360,72 @@ fn offset_of(record: &Value) -> (u64, u64) {
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// Page by page (an odd page size) the view is exactly the snapshot a
+/// subscription streams at the same position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_match_the_streamed_snapshot() {
+    let server = start().await;
+    publish_keys(&server, "t", 700).await;
+    for i in (0..700).step_by(7) {
+        server
+            .publish("t", &format!("k{i:05}"), json!({"n": i, "again": true}))
+            .await;
+    }
+    let mut paged: BTreeMap<String, Value> = BTreeMap::new();
+    let mut after = String::new();
+    let mut cursor = Value::Null;
+    loop {
+        let query = if after.is_empty() {
+            "limit=97".to_owned()
+        } else {
+            format!("limit=97&after={after}")
+        };
+        let (status, page) = view(&server, "t", &query).await;
+        assert_eq!(status, 200, "{page}");
+        for r in page["records"].as_array().unwrap() {
+            let key = r["key"].as_str().unwrap().to_owned();
+            assert!(paged
+                .insert(key, json!([r["partition"], r["offset"], r["data"]]))
+                .is_none());
+        }
+        cursor = page["cursor"].clone();
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    let mut ws = server.ws().await;
+    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
+    assert_eq!(
+        subscribed["cursor"], cursor,
+        "nothing was written in between: the same position"
+    );
+    let n = subscribed["snapshot"].as_u64().unwrap() as usize;
+    let streamed: BTreeMap<String, Value> = ws
+        .records(n)
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_owned(),
+                json!([r["partition"], r["offset"], r["data"]]),
+            )
+        })
+        .collect();
+    assert_eq!(paged.len(), 700);
+    assert_eq!(paged, streamed);
+
+    // A prefix with `after` inside it, and one before it.
+    let (_, page) = view(&server, "t", "prefix=k003&after=k00349&limit=30").await;
+    let keys = keys_of(&page);
+    assert_eq!(keys.first().map(String::as_str), Some("k00350"));
+    assert_eq!(keys.len(), 30);
+    assert_eq!(page["next"], "k00379");
+    let (_, page) = view(&server, "t", "prefix=k0069&after=a&limit=1000").await;
+    assert_eq!(keys_of(&page).len(), 10);
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = view(&server, "t", "prefix=k0069&after=k00699").await;
+    assert!(keys_of(&page).is_empty());
+    server.stop().await;
+}

@@ -555,19 +555,25 @@ impl Topic {
     }
 
     /// The view at one position: the latest record of each key `filter`
-    /// takes whose key sorts after `after` (unordered), and the next offset of
-    /// each partition, read under the same partition locks as [`register`]
+    /// takes whose key sorts after `after` (at most `take` per partition, the
+    /// first in key order; unordered across partitions), and the next offset
+    /// of each partition, read under the same partition locks as [`register`]
     /// reads its snapshot and `high`, so a resume from `high` continues exactly.
     ///
     /// [`register`]: Topic::register
-    pub fn view_after(&self, filter: &Filter, after: Option<&str>) -> (Vec<Arc<Record>>, Vec<u64>) {
+    pub fn view_after(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        take: Option<usize>,
+    ) -> (Vec<Arc<Record>>, Vec<u64>) {
         let parts = self.partitions.read().expect("partitions lock");
         let guards: Vec<MutexGuard<'_, PartitionState>> = parts
             .iter()
             .map(|p| p.state.lock().expect("partition lock"))
             .collect();
         let high = guards.iter().map(|g| g.next_offset).collect();
-        (collect_view(&guards, filter, after), high)
+        (collect_view(&guards, filter, after, take), high)
     }
 
     /// Inserts a subscription and captures what it needs before going live.

@@ -65,13 +65,20 @@ pub async fn handler(
         // A node that just started answers once the topic is warm, as `GET /sse` does.
         session::until_ready(&state, &req.topic, session::TOPIC_READY_WAIT).await;
         let (filter, spec, topic) = session::admitted(&state, &identity.subscribe, &req)?;
-        let (mut candidates, high) = topic.view_after(&filter, paging.after.as_deref());
+        let limit = paging.limit.unwrap_or(DEFAULT_LIMIT);
+        // Without a value filter a page (and whether more follow) is among the
+        // first `limit + 1` keys of each partition; with one, any key may be.
+        let take = spec
+            .as_ref()
+            .is_none_or(|s| s.filter.is_none())
+            .then_some(limit + 1);
+        let (mut candidates, high) = topic.view_after(&filter, paging.after.as_deref(), take);
         let cursor = topic.encode_cursor(&high);
         Ok::<_, ClientError>(encode_page(
             &topic.name,
             &mut candidates,
             spec.as_deref(),
-            paging.limit.unwrap_or(DEFAULT_LIMIT),
+            limit,
             &cursor,
         ))
     }
@@ -184,6 +191,50 @@ fn encode_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::LogRecord;
+
+    fn record(partition: u32, key: &str, timestamp: i64, data: &str) -> Arc<Record> {
+        let log = LogRecord {
+            partition,
+            offset: 1,
+            timestamp,
+            key: Some(Arc::from(key)),
+            data: data.into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        Arc::new(Record::encode("t", &log, "OLD", Framing::Normal))
+    }
+
+    #[test]
+    fn a_page_is_in_key_order_once_per_key_latest_first_with_next() {
+        // "b" in two partitions (a producer's own partitioner): the later one counts.
+        let mut candidates = vec![
+            record(1, "c", 5, "3"),
+            record(0, "b", 9, "20"),
+            record(2, "a", 5, "1"),
+            record(1, "b", 4, "2"),
+        ];
+        let body = encode_page("t", &mut candidates, None, 2, "CUR");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let keys: Vec<_> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].clone())
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(page["records"][1]["data"], 20);
+        assert_eq!(page["records"][1]["cursor"], "CUR");
+        assert_eq!(page["records"][1]["snapshot"], true);
+        assert_eq!(page["cursor"], "CUR");
+        assert_eq!(page["next"], "b");
+        let body = encode_page("t", &mut candidates, None, 3, "CUR");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["records"].as_array().unwrap().len(), 3);
+        assert_eq!(page["next"], serde_json::Value::Null);
+    }
 
     #[test]
     fn parses_paging_and_refuses_stream_parameters() {
