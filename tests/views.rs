@@ -374,8 +374,7 @@ async fn the_pages_match_the_streamed_snapshot() {
     }
     let mut paged: BTreeMap<String, Value> = BTreeMap::new();
     let mut after = String::new();
-    let mut cursor = Value::Null;
-    loop {
+    let cursor = loop {
         let query = if after.is_empty() {
             "limit=97".to_owned()
         } else {
@@ -389,12 +388,11 @@ async fn the_pages_match_the_streamed_snapshot() {
                 .insert(key, json!([r["partition"], r["offset"], r["data"]]))
                 .is_none());
         }
-        cursor = page["cursor"].clone();
         match page["next"].as_str() {
             Some(next) => after = next.to_owned(),
-            None => break,
+            None => break page["cursor"].clone(),
         }
-    }
+    };
     let mut ws = server.ws().await;
     let subscribed = ws.subscribe(json!({"topic": "t"})).await;
     assert_eq!(
