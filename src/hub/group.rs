@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use super::partition::View;
 use super::rate::Rate;
 use crate::record::{Body, Record};
 use crate::shaping::{self, Spec, Verdict};
@@ -105,7 +104,7 @@ pub(super) struct Dispatch<'a> {
     epoch: u64,
     record: &'a Arc<Record>,
     /// The partition's latest value per key, not yet updated with `record`.
-    view: &'a View,
+    view: &'a HashMap<Arc<str>, Arc<Record>>,
     /// `None` inside: not JSON.
     data: Lazy<Option<Value>>,
     /// The key's previous value: `None` when the view has none.
@@ -121,7 +120,12 @@ pub(super) struct Dispatch<'a> {
 }
 
 impl<'a> Dispatch<'a> {
-    pub(super) fn new(topic: &'a str, epoch: u64, record: &'a Arc<Record>, view: &'a View) -> Self {
+    pub(super) fn new(
+        topic: &'a str,
+        epoch: u64,
+        record: &'a Arc<Record>,
+        view: &'a HashMap<Arc<str>, Arc<Record>>,
+    ) -> Self {
         Self {
             topic,
             epoch,

@@ -1,11 +1,11 @@
 //! The subscription index of one topic: which subscriptions a record with a given key goes to.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
 use super::group::{Dispatch, Group, Outcome};
-use super::partition::View;
 use super::sub::Sub;
 use crate::record::Record;
 
@@ -159,7 +159,7 @@ impl SubIndex {
         topic: &str,
         epoch: u64,
         record: &Arc<Record>,
-        view: &View,
+        view: &HashMap<Arc<str>, Arc<Record>>,
     ) -> usize {
         let mut dispatch = Dispatch::new(topic, epoch, record, view);
         let mut delivered = self.all.read().expect("index lock").dispatch(&mut dispatch);

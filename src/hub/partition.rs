@@ -5,7 +5,7 @@
 //! it under the partition locks a registration holds.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -102,15 +102,11 @@ impl Positions {
     }
 }
 
-/// The latest record of each key, in key order: view pages read a range of
-/// it (O(page) under the locks, not O(view)).
-pub(super) type View = BTreeMap<Arc<str>, Arc<Record>>;
-
 #[derive(Default)]
 pub(super) struct PartitionState {
     pub(super) next_offset: u64,
     pub(super) ring: VecDeque<Arc<Record>>,
-    pub(super) view: View,
+    pub(super) view: HashMap<Arc<str>, Arc<Record>>,
     /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
     pub(super) view_order: BTreeMap<u64, Arc<str>>,
     /// A key was ever evicted (`view_max_keys`): a snapshot may lack keys.
@@ -175,48 +171,76 @@ pub(super) fn collect_snapshot(
 }
 
 /// The view entries of `guards` that `filter` takes and whose key sorts after
-/// `after` (all of them when `None`): from each partition, its first `take`
-/// such keys in key order (every one when `None`), read as ranges of the
-/// ordered view, so a page costs its size under the locks. The first `take`
-/// keys of the topic are among them; a page is picked from these outside the locks.
+/// `after` (all of them when `None`), unordered: from each partition its
+/// first `take` such keys in key order (every one when `None`). The topic's
+/// first `take` keys are among them; a page is picked from these outside the
+/// locks. The view stays a hash map (the ingest path updates it for every
+/// record), so this scans it once, keeping only `take` entries per partition.
 pub(super) fn collect_view(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
     after: Option<&str>,
     take: Option<usize>,
 ) -> Vec<Arc<Record>> {
-    use std::ops::Bound;
-    let take = take.unwrap_or(usize::MAX);
+    let beyond = |key: &str| after.is_none_or(|after| key > after);
     if let (Some(keys), None) = (&filter.keys, &filter.prefix) {
-        let mut keys: Vec<&Arc<str>> = keys
+        // At most `limits.max_keys_per_subscription` lookups.
+        return keys
             .iter()
-            .filter(|key| after.is_none_or(|after| &***key > after))
-            .collect();
-        keys.sort_unstable();
-        return guards
-            .iter()
-            .flat_map(|g| keys.iter().filter_map(|key| g.view.get(&***key)).take(take))
+            .filter(|key| beyond(key))
+            .flat_map(|key| guards.iter().filter_map(move |g| g.view.get(key)))
             .cloned()
             .collect();
     }
-    // A prefix bounds the range from below too: start at the later of the two.
-    let start = match (after, filter.prefix.as_deref()) {
-        (Some(after), Some(prefix)) if prefix > after => Bound::Included(prefix),
-        (Some(after), _) => Bound::Excluded(after),
-        (None, Some(prefix)) => Bound::Included(prefix),
-        (None, None) => Bound::Unbounded,
+    let Some(take) = take else {
+        return guards
+            .iter()
+            .flat_map(|g| g.view.iter())
+            .filter(|(key, _)| beyond(key) && filter.matches(Some(key)))
+            .map(|(_, record)| Arc::clone(record))
+            .collect();
     };
     let mut out = Vec::new();
     for g in guards {
-        let range = g.view.range::<str, _>((start, Bound::Unbounded));
-        out.extend(
-            range
-                // Past the prefix nothing more can match.
-                .take_while(|(key, _)| filter.prefix.as_deref().is_none_or(|p| key.starts_with(p)))
-                .filter(|(key, _)| filter.matches(Some(key)))
-                .take(take)
-                .map(|(_, record)| Arc::clone(record)),
-        );
+        // A max-heap of the `take` smallest keys so far.
+        let mut smallest: BinaryHeap<ByKey<'_>> = BinaryHeap::with_capacity(take + 1);
+        for (key, record) in g.view.iter() {
+            if !beyond(key)
+                || smallest.len() == take && smallest.peek().is_some_and(|top| **key >= *top.0)
+            {
+                continue;
+            }
+            if filter.matches(Some(key)) {
+                smallest.push(ByKey(key, record));
+                if smallest.len() > take {
+                    smallest.pop();
+                }
+            }
+        }
+        out.extend(smallest.into_iter().map(|e| Arc::clone(e.1)));
     }
     out
+}
+
+/// A view entry ordered by its key alone.
+struct ByKey<'a>(&'a str, &'a Arc<Record>);
+
+impl PartialEq for ByKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ByKey<'_> {}
+
+impl PartialOrd for ByKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(other.0)
+    }
 }
