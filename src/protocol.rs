@@ -253,34 +253,43 @@ fn check_id(id: Option<&Value>) -> Result<(), ClientError> {
     }
 }
 
+/// The subscription starts at `cursor`; `snapshot` records follow. `partial`:
+/// why the snapshot lacks keys of the view (`snapshot_partial`, never silent).
 pub fn subscribed(
     id: &Value,
     topic: &str,
     cursor: &str,
     recovered: bool,
     snapshot: usize,
+    partial: Option<&str>,
 ) -> String {
-    json!({
+    let mut subscribed = json!({
         "type": "subscribed",
         "id": id,
         "topic": topic,
         "cursor": cursor,
         "recovered": recovered,
         "snapshot": snapshot,
-    })
-    .to_string()
+    });
+    if let Some(reason) = partial {
+        subscribed["snapshot_partial"] = json!(true);
+        subscribed["snapshot_partial_reason"] = json!(reason);
+    }
+    subscribed.to_string()
 }
 
 /// Catch-up is over: `replayed` records were replayed; what follows is live.
 /// `cursor` (subscriptions with a filter) covers what the filter left out.
 /// `compacted` (`resume: "latest"`) counts the missed records left out
-/// because a later record of their key was sent.
+/// because a later record of their key was sent. `skipped` (a partial
+/// snapshot) counts the keys the snapshot left out.
 pub fn live(
     id: &Value,
     topic: &str,
     replayed: usize,
     cursor: Option<&str>,
     compacted: Option<usize>,
+    skipped: Option<usize>,
 ) -> String {
     let mut live = json!({"type": "live", "id": id, "topic": topic, "replayed": replayed});
     if let Some(cursor) = cursor {
@@ -288,6 +297,9 @@ pub fn live(
     }
     if let Some(compacted) = compacted {
         live["compacted"] = json!(compacted);
+    }
+    if let Some(skipped) = skipped {
+        live["snapshot_skipped"] = json!(skipped);
     }
     live.to_string()
 }

@@ -22,6 +22,7 @@ pub const SLOW_DISCONNECTS: &str = "pushgate_slow_disconnects_total";
 pub const WRITE_TIMEOUTS: &str = "pushgate_write_timeouts_total";
 pub const REPLAYED: &str = "pushgate_replayed_records_total";
 pub const GAPS: &str = "pushgate_resume_gaps_total";
+pub const SNAPSHOTS_PARTIAL: &str = "pushgate_snapshots_partial_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
 /// `embedded.durability = "os"`: one background fsync.
@@ -77,7 +78,13 @@ pub fn render() -> String {
     }
 }
 
-/// `transport` is "ws" or "sse".
+/// A snapshot sent without every key of the view; `reason` is
+/// "max_snapshot_records" or "view_max_keys".
+pub fn snapshot_partial(reason: &'static str) {
+    counter!(SNAPSHOTS_PARTIAL, "reason" => reason).increment(1);
+}
+
+/// `transport` is "ws", "sse", "grpc" or "view" (a view page, held while it is read).
 pub fn connection_opened(transport: &'static str) {
     gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
     counter!(CONNECTIONS_TOTAL, "transport" => transport).increment(1);

@@ -179,6 +179,8 @@ export class Subscription {
     live = false;
     /** Records delivered to this subscription (snapshot included). */
     received = 0;
+    /** Set when the current request's snapshot lacks keys of the view; null when it is complete. */
+    snapshotPartial = null;
     closed = false;
     handlers;
     /** With `delta`: the last whole value of each key, the base of the next patch. */
@@ -258,6 +260,9 @@ export class Subscription {
         this._active = true;
         this._retries = 0;
         this._snapshotLeft = msg.snapshot || 0;
+        this.snapshotPartial = msg.snapshot_partial
+            ? { topic: this.topic, reason: String(msg.snapshot_partial_reason ?? ''), skipped: null }
+            : null;
         // Until the whole snapshot is in, a resume must ask for a new snapshot.
         this.cursor = this._snapshotLeft > 0 ? null : msg.cursor;
         if (this._resuming && msg.recovered === false) {
@@ -340,6 +345,12 @@ export class Subscription {
         if (msg.cursor && this._snapshotLeft === 0)
             this.cursor = msg.cursor;
         this.live = true;
+        const partial = this.snapshotPartial;
+        if (partial) {
+            partial.skipped = typeof msg.snapshot_skipped === 'number' ? msg.snapshot_skipped : null;
+            this.handlers.onPartialSnapshot?.(partial);
+            this.client._emitPublic('partial_snapshot', partial);
+        }
         this.handlers.onLive?.(msg);
         if (!this._catchingUp)
             return;
@@ -369,7 +380,8 @@ function retryAfterOf(value) {
  *
  * Events (`client.on(name, fn)`): `state` (connecting | live | reconnecting |
  * closed), `record`, `subscribed`, `resumed` ({topic, missed}), `reset`
- * ({@link ResetInfo}), `error`, `disconnect` ({@link DisconnectInfo}),
+ * ({@link ResetInfo}), `partial_snapshot` ({@link PartialSnapshot}), `error`,
+ * `disconnect` ({@link DisconnectInfo}),
  * `refreshed` (the gateway took a fresh token in-band).
  *
  * Tokens: `getToken` is called before every (re)connect. On WebSocket the

@@ -222,6 +222,40 @@ async fn key_filtered_subscribe_replays_in_partition_order_then_goes_live() {
     server.stop().await;
 }
 
+/// A snapshot cut by `limits.max_snapshot_records` says so in `Subscribed`
+/// and how many keys it left out in `Live` (issue 30).
+#[tokio::test]
+async fn a_partial_snapshot_is_told() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
+    let server = TestServer::start_with("[limits]\nmax_snapshot_records = 4\n").await;
+    let batch: Vec<(String, Value)> = (0..10u64)
+        .map(|seq| (format!("k{seq}"), json!({"seq": seq})))
+        .collect();
+    server.publish_batch("t", &batch).await;
+    let mut sub = Subscriber::start(server.addr, json!({"topic": "t"}), &[]).await;
+    let subscribed = sub.next().await;
+    assert_eq!(subscribed["snapshot"], 4, "{subscribed}");
+    assert_eq!(subscribed["snapshot_partial"], true);
+    assert_eq!(
+        subscribed["snapshot_partial_reason"],
+        "max_snapshot_records"
+    );
+    sub.records(4).await;
+    let live = sub.next().await;
+    assert_eq!(live["type"], "live", "{live}");
+    assert_eq!(live["snapshot_skipped"], 6);
+    // Complete snapshots say nothing.
+    let mut sub = Subscriber::start(server.addr, json!({"topic": "t", "keys": ["k1"]}), &[]).await;
+    let subscribed = sub.next().await;
+    assert_eq!(subscribed["snapshot_partial"], false, "{subscribed}");
+    assert_eq!(subscribed["snapshot_partial_reason"], "");
+    sub.records(1).await;
+    assert_eq!(sub.next().await["snapshot_skipped"], Value::Null);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_evicted_cursor_gets_a_gap_then_a_fresh_snapshot() {
     if !tiers(&["grpc"]) {

@@ -38,7 +38,8 @@ mod sub;
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
-    collect_snapshot, remove_from_view, update_view, Located, Partition, PartitionState, Positions,
+    collect_snapshot, collect_view, remove_from_view, update_view, Located, Partition,
+    PartitionState, Positions,
 };
 pub use self::stats::PartitionStats;
 use self::sub::{Backlog, NEXT_SUB_ID};
@@ -152,6 +153,18 @@ pub struct Registration {
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
     pub foreign_cursor: bool,
+    /// The snapshot lacks keys of the view, and why.
+    pub partial: Option<Partial>,
+}
+
+/// Why a snapshot was cut short: `reason` is `"max_snapshot_records"`
+/// (`skipped` keys matched beyond the cap) or `"view_max_keys"` (a partition
+/// evicted keys from its view: how many of them still exist is not known,
+/// `skipped` is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub reason: &'static str,
+    pub skipped: usize,
 }
 
 /// Records one partition must replay to bring a resuming subscription up to `high`.
@@ -544,6 +557,28 @@ impl Topic {
         group
     }
 
+    /// The view at one position: the latest record of each key `filter`
+    /// takes whose key sorts after `after` (at most `take` per partition, the
+    /// first in key order; unordered across partitions), and the next offset
+    /// of each partition, read under the same partition locks as [`register`]
+    /// reads its snapshot and `high`, so a resume from `high` continues exactly.
+    ///
+    /// [`register`]: Topic::register
+    pub fn view_after(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        take: Option<usize>,
+    ) -> (Vec<Arc<Record>>, Vec<u64>) {
+        let parts = self.partitions.read().expect("partitions lock");
+        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
+            .iter()
+            .map(|p| p.state.lock().expect("partition lock"))
+            .collect();
+        let high = guards.iter().map(|g| g.next_offset).collect();
+        (collect_view(&guards, filter, after, take), high)
+    }
+
     /// Inserts a subscription and captures what it needs before going live.
     ///
     /// With a delivery spec the subscription joins the group of its spec, and
@@ -625,11 +660,16 @@ impl Topic {
         } else {
             max_snapshot
         };
-        let mut snapshot = if needs_snapshot {
+        let (mut snapshot, found) = if needs_snapshot {
             collect_snapshot(&guards, &filter, collect_max)
         } else {
-            Vec::new()
+            (Vec::new(), 0)
         };
+        // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
+        let evicted = needs_snapshot
+            && guards.iter().any(|g| g.evicted)
+            && filter.keys.as_ref().is_none_or(|keys| found < keys.len());
+        let mut cut = found - snapshot.len();
 
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
@@ -657,8 +697,20 @@ impl Topic {
         if let Some(spec) = sub.spec() {
             let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
             snapshot.retain(admits);
+            cut = snapshot.len().saturating_sub(max_snapshot);
             snapshot.truncate(max_snapshot);
         }
+        let partial = match (cut, evicted) {
+            (0, false) => None,
+            (0, true) => Some(Partial {
+                reason: "view_max_keys",
+                skipped: 0,
+            }),
+            (skipped, _) => Some(Partial {
+                reason: "max_snapshot_records",
+                skipped,
+            }),
+        };
         telemetry::subscription_opened(&self.name);
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.
@@ -671,6 +723,7 @@ impl Topic {
             snapshot,
             replay,
             foreign_cursor,
+            partial,
         }
     }
 

@@ -5,7 +5,7 @@
 //! it under the partition locks a registration holds.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -115,6 +115,8 @@ pub(super) struct PartitionState {
     pub(super) view: HashMap<Arc<str>, Arc<Record>>,
     /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
     pub(super) view_order: BTreeMap<u64, Arc<str>>,
+    /// A key was ever evicted (`view_max_keys`): a snapshot may lack keys.
+    pub(super) evicted: bool,
 }
 
 pub(super) fn update_view(
@@ -133,6 +135,7 @@ pub(super) fn update_view(
             break;
         };
         state.view.remove(&oldest);
+        state.evicted = true;
     }
 }
 
@@ -142,11 +145,12 @@ pub(super) fn remove_from_view(state: &mut PartitionState, key: &str) {
     }
 }
 
+/// The view entries `filter` takes (at most `max`), and how many it took in all.
 pub(super) fn collect_snapshot(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
     max: usize,
-) -> Vec<Arc<Record>> {
+) -> (Vec<Arc<Record>>, usize) {
     let mut out = Vec::new();
     match (&filter.keys, &filter.prefix) {
         (Some(keys), None) => {
@@ -167,6 +171,82 @@ pub(super) fn collect_snapshot(
             }
         }
     }
+    let found = out.len();
     out.truncate(max);
+    (out, found)
+}
+
+/// The view entries of `guards` that `filter` takes and whose key sorts after
+/// `after` (all of them when `None`), unordered: from each partition its
+/// first `take` such keys in key order (every one when `None`). The topic's
+/// first `take` keys are among them; a page is picked from these outside the
+/// locks. The view stays a hash map (the ingest path updates it for every
+/// record), so this scans it once, keeping only `take` entries per partition.
+pub(super) fn collect_view(
+    guards: &[MutexGuard<'_, PartitionState>],
+    filter: &Filter,
+    after: Option<&str>,
+    take: Option<usize>,
+) -> Vec<Arc<Record>> {
+    let beyond = |key: &str| after.is_none_or(|after| key > after);
+    if let (Some(keys), None) = (&filter.keys, &filter.prefix) {
+        // At most `limits.max_keys_per_subscription` lookups.
+        return keys
+            .iter()
+            .filter(|key| beyond(key))
+            .flat_map(|key| guards.iter().filter_map(move |g| g.view.get(key)))
+            .cloned()
+            .collect();
+    }
+    let Some(take) = take else {
+        return guards
+            .iter()
+            .flat_map(|g| g.view.iter())
+            .filter(|(key, _)| beyond(key) && filter.matches(Some(key)))
+            .map(|(_, record)| Arc::clone(record))
+            .collect();
+    };
+    let mut out = Vec::new();
+    for g in guards {
+        // A max-heap of the `take` smallest keys so far.
+        let mut smallest: BinaryHeap<ByKey<'_>> = BinaryHeap::with_capacity(take + 1);
+        for (key, record) in g.view.iter() {
+            if !beyond(key)
+                || smallest.len() == take && smallest.peek().is_some_and(|top| **key >= *top.0)
+            {
+                continue;
+            }
+            if filter.matches(Some(key)) {
+                smallest.push(ByKey(key, record));
+                if smallest.len() > take {
+                    smallest.pop();
+                }
+            }
+        }
+        out.extend(smallest.into_iter().map(|e| Arc::clone(e.1)));
+    }
     out
+}
+
+/// A view entry ordered by its key alone.
+struct ByKey<'a>(&'a str, &'a Arc<Record>);
+
+impl PartialEq for ByKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ByKey<'_> {}
+
+impl PartialOrd for ByKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(other.0)
+    }
 }

@@ -5,6 +5,7 @@
 pub mod bare_sse;
 pub mod grpc;
 pub mod sse;
+pub mod view;
 pub mod ws;
 pub mod ws_io;
 

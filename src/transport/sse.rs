@@ -39,15 +39,34 @@ use crate::telemetry;
 
 /// Parses `topic`, repeated `key`, `prefix`, `cursor` and `snapshot` from a query string.
 pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
-    let mut req = SubscribeRequest::default();
     let mut topic = None;
+    let mut req = parse_params(query, |name, value| {
+        if name == "topic" {
+            topic = Some(value.to_owned());
+        }
+        Ok(())
+    })?;
+    req.topic =
+        topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
+    Ok(req)
+}
+
+/// Parses the subscription parameters of a query string (repeated `key`,
+/// repeated `field` or `fields`, `prefix`, `filter`, `cursor`, `snapshot`,
+/// `resume`, `delta`, `max_rate`) into a request without a topic; every other
+/// parameter goes to `other`. Shared by `GET /sse` and the view pages
+/// (`GET /topics/{topic}/view`) so both validate alike.
+pub(crate) fn parse_params(
+    query: &str,
+    mut other: impl FnMut(&str, &str) -> Result<(), ClientError>,
+) -> Result<SubscribeRequest, ClientError> {
+    let mut req = SubscribeRequest::default();
     let mut keys: Vec<String> = Vec::new();
     let mut fields: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*name {
-            "topic" => topic = Some(value.into_owned()),
             "key" => keys.push(value.into_owned()),
-            "field" => fields.push(value.into_owned()),
+            "field" | "fields" => fields.push(value.into_owned()),
             "resume" => req.resume = Some(value.into_owned()),
             "delta" => req.delta = Some(value.into_owned()),
             "max_rate" => {
@@ -74,11 +93,9 @@ pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
                     }
                 })
             }
-            _ => {}
+            name => other(name, &value)?,
         }
     }
-    req.topic =
-        topic.ok_or_else(|| ClientError::new(ErrorCode::BadMessage, "`topic` is required"))?;
     if !keys.is_empty() {
         req.keys = Some(keys);
     }
@@ -239,6 +256,7 @@ impl Ready {
             recovered,
             gap,
             snapshot_len,
+            partial,
             catch_up,
             enforced: _,
         } = opened;
@@ -248,7 +266,14 @@ impl Ready {
             retry(),
             event(
                 "subscribed",
-                &protocol::subscribed(&id, &topic_name, &cursor, recovered, snapshot_len),
+                &protocol::subscribed(
+                    &id,
+                    &topic_name,
+                    &cursor,
+                    recovered,
+                    snapshot_len,
+                    partial.map(|p| p.reason),
+                ),
             ),
         ];
         if let Some((reason, earliest)) = &gap {
@@ -275,8 +300,8 @@ impl Ready {
             loop {
                 match Box::pin(start.catch_up.next_batch()).await {
                     Ok(Some(Step::Records(batch))) => yield Chunk::Records(batch),
-                    Ok(Some(Step::Live { replayed, cursor, compacted })) => {
-                        let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted);
+                    Ok(Some(Step::Live { replayed, cursor, compacted, skipped })) => {
+                        let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted, skipped);
                         match cursor {
                             // An id moves EventSource's Last-Event-ID past what the filter left out.
                             Some(cursor) => yield Chunk::Frame(Bytes::from(format!("id: {cursor}\nevent: live\ndata: {live}\n\n"))),
@@ -333,7 +358,7 @@ fn event(name: &str, data: &str) -> Bytes {
 }
 
 /// The error answer for a subscription the session refused: its JSON body and status (503s say when to retry).
-fn client_error_response(err: &ClientError) -> Response {
+pub(crate) fn client_error_response(err: &ClientError) -> Response {
     telemetry::client_error(err.code.as_str());
     let status = match err.code {
         ErrorCode::UnknownTopic => StatusCode::NOT_FOUND,

@@ -727,6 +727,7 @@ impl Connection {
             &opened.cursor,
             opened.recovered,
             opened.snapshot_len,
+            opened.partial.map(|p| p.reason),
         );
         self.guarded(send_text(socket, subscribed)).await?;
         if let Some((reason, earliest)) = &opened.gap {
@@ -743,6 +744,7 @@ impl Connection {
                     replayed,
                     cursor,
                     compacted,
+                    skipped,
                 })) => {
                     let live = protocol::live(
                         &opened.id,
@@ -750,6 +752,7 @@ impl Connection {
                         replayed,
                         cursor.as_deref(),
                         compacted,
+                        skipped,
                     );
                     self.guarded(send_text(socket, live)).await?
                 }

@@ -50,7 +50,9 @@ def event_json(ev):
     if kind == "subscribed":
         s = ev.subscribed
         return {"type": "subscribed", "topic": s.topic, "cursor": s.cursor,
-                "recovered": s.recovered, "snapshot": s.snapshot}
+                "recovered": s.recovered, "snapshot": s.snapshot,
+                "snapshot_partial": s.snapshot_partial,
+                "snapshot_partial_reason": s.snapshot_partial_reason}
     if kind == "record":
         r = ev.record
         return {"type": "record", "topic": r.topic,
@@ -62,7 +64,8 @@ def event_json(ev):
     if kind == "live":
         l = ev.live
         return {"type": "live", "replayed": l.replayed, "cursor": l.cursor,
-                "compacted": l.compacted if l.HasField("compacted") else None}
+                "compacted": l.compacted if l.HasField("compacted") else None,
+                "snapshot_skipped": l.snapshot_skipped if l.HasField("snapshot_skipped") else None}
     if kind == "gap":
         return {"type": "gap", "reason": ev.gap.reason, "earliest": ev.gap.earliest}
     if kind == "token_expiring":

@@ -76,6 +76,20 @@ export interface ResetInfo {
   earliest: string | null;
 }
 
+/**
+ * A snapshot that lacks keys of the view (the gateway never cuts one
+ * silently): `reason` is `max_snapshot_records` (the gateway's cap cut it)
+ * or `view_max_keys` (keys were evicted from the gateway's view); `skipped`
+ * is how many keys it left out, known once `live` arrives (null before; 0
+ * when only eviction is known). Load the rest by page
+ * (`GET /topics/{topic}/view`) or subscribe to fewer keys.
+ */
+export interface PartialSnapshot {
+  topic: string;
+  reason: string;
+  skipped: number | null;
+}
+
 export interface ClientError {
   code: string;
   message: string;
@@ -108,6 +122,8 @@ export interface SubscribeOptions {
   onSubscribed?: (msg: Record<string, unknown>) => void;
   /** Catch-up is over (snapshot or resume): what follows is live. */
   onLive?: (msg: Record<string, unknown>) => void;
+  /** The snapshot lacks keys of the view; called at `live`, when `skipped` is known. */
+  onPartialSnapshot?: (info: PartialSnapshot) => void;
   /** Catch-up after a reconnect is done: `missed` records were delivered. */
   onResumed?: (info: { topic: string; missed: number }) => void;
   onError?: (err: ClientError) => void;
@@ -325,6 +341,8 @@ export class Subscription {
   live = false;
   /** Records delivered to this subscription (snapshot included). */
   received = 0;
+  /** Set when the current request's snapshot lacks keys of the view; null when it is complete. */
+  snapshotPartial: PartialSnapshot | null = null;
   closed = false;
   handlers: SubscribeOptions;
   /** With `delta`: the last whole value of each key, the base of the next patch. */
@@ -398,6 +416,9 @@ export class Subscription {
     this._active = true;
     this._retries = 0;
     this._snapshotLeft = msg.snapshot || 0;
+    this.snapshotPartial = msg.snapshot_partial
+      ? { topic: this.topic, reason: String(msg.snapshot_partial_reason ?? ''), skipped: null }
+      : null;
     // Until the whole snapshot is in, a resume must ask for a new snapshot.
     this.cursor = this._snapshotLeft > 0 ? null : msg.cursor;
     if (this._resuming && msg.recovered === false) {
@@ -477,6 +498,12 @@ export class Subscription {
     // With a filter, `live` carries a cursor past records the filter left out.
     if (msg.cursor && this._snapshotLeft === 0) this.cursor = msg.cursor;
     this.live = true;
+    const partial = this.snapshotPartial;
+    if (partial) {
+      partial.skipped = typeof msg.snapshot_skipped === 'number' ? msg.snapshot_skipped : null;
+      this.handlers.onPartialSnapshot?.(partial);
+      this.client._emitPublic('partial_snapshot', partial);
+    }
     this.handlers.onLive?.(msg);
     if (!this._catchingUp) return;
     this._catchingUp = false;
@@ -515,7 +542,8 @@ function retryAfterOf(value: string | null | undefined): number | undefined {
  *
  * Events (`client.on(name, fn)`): `state` (connecting | live | reconnecting |
  * closed), `record`, `subscribed`, `resumed` ({topic, missed}), `reset`
- * ({@link ResetInfo}), `error`, `disconnect` ({@link DisconnectInfo}),
+ * ({@link ResetInfo}), `partial_snapshot` ({@link PartialSnapshot}), `error`,
+ * `disconnect` ({@link DisconnectInfo}),
  * `refreshed` (the gateway took a fresh token in-band).
  *
  * Tokens: `getToken` is called before every (re)connect. On WebSocket the

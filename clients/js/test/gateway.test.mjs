@@ -45,6 +45,32 @@ for (const transport of ['ws', 'sse']) {
   });
 }
 
+for (const transport of ['ws', 'sse']) {
+  test(`${transport}: a partial snapshot is told (snapshotPartial, onPartialSnapshot, partial_snapshot)`, async () => {
+    const gw = await new Gateway().start();
+    try {
+      for (let i = 0; i < 5; i++) await gw.publish('tiny_view', { key: `k${i}`, data: { i } });
+      const got = [];
+      const told = [];
+      const pg = client(gw, { transport });
+      const events = [];
+      pg.on('partial_snapshot', (p) => events.push(p));
+      const sub = pg.subscribe('tiny_view', { onRecord: (r) => got.push(r.key), onPartialSnapshot: (p) => told.push({ ...p }) });
+      await waitFor(() => sub.live, 'live');
+      assert.deepEqual(got.sort(), ['k2', 'k3', 'k4'], 'the view keeps the 3 keys written last');
+      assert.deepEqual(told, [{ topic: 'tiny_view', reason: 'view_max_keys', skipped: 0 }]);
+      assert.equal(events.length, 1);
+      assert.equal(sub.snapshotPartial.reason, 'view_max_keys');
+      // A complete snapshot: nothing said.
+      const whole = pg.subscribe('prices', { keys: ['none'] });
+      await waitFor(() => whole.live, 'live');
+      assert.equal(whole.snapshotPartial, null);
+      assert.equal(told.length, 1);
+      pg.close();
+    } finally { await gw.close(); }
+  });
+}
+
 test('ws: a value filter (enter/leave), a projection and JSON Patch deltas give whole values', async () => {
   const gw = await new Gateway().start();
   try {

@@ -355,6 +355,7 @@ async fn subscribe(
         recovered,
         gap,
         snapshot_len,
+        partial,
         mut catch_up,
         enforced: _,
     } = opened;
@@ -374,6 +375,8 @@ async fn subscribe(
             cursor,
             recovered,
             snapshot: snapshot_len as u32,
+            snapshot_partial: partial.is_some(),
+            snapshot_partial_reason: partial.map(|p| p.reason.to_owned()).unwrap_or_default(),
         })));
         if let Some((reason, earliest)) = gap {
             yield Ok(event(Kind::Gap(proto::Gap { reason: reason.to_owned(), earliest })));
@@ -386,7 +389,7 @@ async fn subscribe(
                         yield Ok(envelope(&topic_name, &record));
                     }
                 }
-                Ok(Some(Step::Live { replayed, cursor, compacted })) => {
+                Ok(Some(Step::Live { replayed, cursor, compacted, skipped })) => {
                     if let Some(c) = &cursor {
                         resume = Resume::Text(c.clone());
                     }
@@ -394,6 +397,7 @@ async fn subscribe(
                         replayed: replayed as u64,
                         cursor: cursor.unwrap_or_default(),
                         compacted: compacted.map(|n| n as u64),
+                        snapshot_skipped: skipped.map(|n| n as u64),
                     })));
                 }
                 Ok(None) => break,

@@ -64,6 +64,10 @@ pub struct Subscribed {
     pub recovered: bool,
     #[prost(uint32, tag = "4")]
     pub snapshot: u32,
+    #[prost(bool, tag = "5")]
+    pub snapshot_partial: bool,
+    #[prost(string, tag = "6")]
+    pub snapshot_partial_reason: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -102,6 +106,8 @@ pub struct Live {
     pub cursor: String,
     #[prost(uint64, optional, tag = "3")]
     pub compacted: Option<u64>,
+    #[prost(uint64, optional, tag = "4")]
+    pub snapshot_skipped: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -8,132 +8,31 @@
 //! The transport drives [`CatchUp::next_batch`] until it returns `None`; the
 //! subscription is then live.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::auth::Grants;
-use crate::config::LimitsConfig;
 use crate::cursor::Cursor;
+pub use crate::hub::Partial;
 pub use crate::hub::TOPIC_READY_WAIT;
-use crate::hub::{Filter, Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
+use crate::hub::{Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
 use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
-use crate::shaping::{Fields, Replayer, Spec, ValueFilter, Verdict};
+use crate::shaping::{Replayer, Verdict};
 use crate::source::{Source, SourceError};
 use crate::state::AppState;
 use crate::telemetry;
 
+mod checks;
+pub use checks::{admitted, parse_cursor, readiness, until_ready, READY_POLL};
+
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;
-
-/// Builds the key filter of a request, within the configured limits.
-pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filter, ClientError> {
-    let bad = |m: String| ClientError::new(ErrorCode::BadFilter, m);
-    let keys = match &req.keys {
-        None => None,
-        Some(keys) if keys.is_empty() => {
-            return Err(bad(
-                "`keys` is empty: leave it out to receive all keys".into()
-            ))
-        }
-        Some(keys) if keys.len() > limits.max_keys_per_subscription => {
-            return Err(ClientError::new(
-                ErrorCode::TooManyKeys,
-                format!(
-                    "at most {} keys per subscription",
-                    limits.max_keys_per_subscription
-                ),
-            ))
-        }
-        Some(keys) => {
-            if let Some(long) = keys.iter().find(|k| k.len() > limits.max_key_bytes) {
-                return Err(bad(format!(
-                    "key of {} bytes is longer than {}",
-                    long.len(),
-                    limits.max_key_bytes
-                )));
-            }
-            Some(
-                keys.iter()
-                    .map(|k| Arc::from(k.as_str()))
-                    .collect::<HashSet<_>>(),
-            )
-        }
-    };
-    let prefix = match &req.prefix {
-        Some(p) if p.is_empty() => return Err(bad("`prefix` is empty".into())),
-        Some(p) if p.len() > limits.max_key_bytes => {
-            return Err(bad("`prefix` is too long".into()))
-        }
-        Some(p) => Some(p.clone().into_boxed_str()),
-        None => None,
-    };
-    Ok(Filter { keys, prefix })
-}
-
-/// Builds the delivery spec of a request: the client's value filter ANDed
-/// with the one `grants` enforce on the topic. `None`: a plain subscription.
-pub fn spec_for(
-    req: &SubscribeRequest,
-    grants: &Grants,
-    limits: &LimitsConfig,
-) -> Result<Option<Arc<Spec>>, ClientError> {
-    let client = match &req.filter {
-        None => None,
-        Some(value) => Some(
-            ValueFilter::compile(value, &limits.filter_limits())
-                .map_err(|e| ClientError::new(ErrorCode::BadFilter, e.0))?,
-        ),
-    };
-    let filter = match (client, grants.enforced(&req.topic)) {
-        (Some(client), Some(enforced)) => Some(client.and(&enforced)),
-        (client, enforced) => client.or(enforced),
-    };
-    let fields = match &req.fields {
-        None => None,
-        Some(list) => Some(
-            Fields::new(list, limits.max_filter_list)
-                .map_err(|e| ClientError::new(ErrorCode::BadMessage, e))?,
-        ),
-    };
-    let max_rate = match req.max_rate {
-        None => None,
-        Some(rate) if rate > 0.0 && rate.is_finite() && rate <= 1e6 => Some(rate),
-        Some(_) => {
-            return Err(ClientError::new(
-                ErrorCode::BadMessage,
-                "`max_rate` must be a number > 0 (records per second per key, at most 1000000)",
-            ))
-        }
-    };
-    let delta = match req.delta.as_deref() {
-        None => false,
-        Some("json-patch") => true,
-        Some(_) => {
-            return Err(ClientError::new(
-                ErrorCode::BadMessage,
-                "`delta` must be \"json-patch\"",
-            ))
-        }
-    };
-    Ok(Spec::new(filter, fields, max_rate, delta).map(Arc::new))
-}
-
-/// Decodes an optional cursor, as a client error when it is malformed.
-pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ClientError> {
-    match text {
-        None => Ok(None),
-        Some(t) => Cursor::decode(t)
-            .map(Some)
-            .map_err(|e| ClientError::new(ErrorCode::BadCursor, e.to_string())),
-    }
-}
 
 /// Removes the subscription from the index when the connection lets go of it.
 pub struct SubGuard {
@@ -158,64 +57,11 @@ pub struct Opened {
     /// (`reason`, earliest retained cursor) when a resume could not be honoured.
     pub gap: Option<(&'static str, String)>,
     pub snapshot_len: usize,
+    /// The snapshot lacks keys of the view (`subscribed` says why, `live` how many).
+    pub partial: Option<Partial>,
     pub catch_up: CatchUp,
     /// The canonical filter the token enforced (a refreshed token must enforce the same).
     pub enforced: Option<Box<str>>,
-}
-
-/// How often a waiting subscribe looks again: readiness of the source and of
-/// a topic not yet discovered has no wake-up of its own.
-pub const READY_POLL: Duration = Duration::from_millis(25);
-
-/// Whether a topic can be served on this node now.
-pub enum Readiness {
-    Ready(Arc<Topic>),
-    /// Known (or configured by name or pattern) but its warm start, or the
-    /// source's, is not done: never serve from a ring and view not yet filled.
-    Warming,
-    Unknown,
-}
-
-impl Readiness {
-    pub fn is_warming(&self) -> bool {
-        matches!(self, Readiness::Warming)
-    }
-}
-
-/// Whether `topic_name` can be served on this node now.
-pub fn readiness(state: &AppState, topic_name: &str) -> Readiness {
-    match state.hub.topic(topic_name) {
-        Ok(topic) if topic.is_ready() && state.source.is_ready() => Readiness::Ready(topic),
-        Ok(_) => Readiness::Warming,
-        // A configured topic (by name or pattern) this node has not learned yet is not unknown.
-        Err(_) if !state.source.is_ready() && state.config.has_topic(topic_name) => {
-            Readiness::Warming
-        }
-        Err(_) => Readiness::Unknown,
-    }
-}
-
-/// Waits, for at most `limit`, while `topic_name` is [warming](Readiness::Warming)
-/// on this node. Used by the transports whose subscribe owns its request
-/// (SSE, gRPC); WebSocket parks the request instead so the connection's other
-/// messages go on.
-pub async fn until_ready(state: &AppState, topic_name: &str, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match state.hub.topic(topic_name) {
-            // Only the topic's own warm start is left: its wake-up ends the wait.
-            Ok(topic) if state.source.is_ready() => {
-                topic.wait_ready(left).await;
-                return;
-            }
-            _ if !readiness(state, topic_name).is_warming() => return,
-            _ => tokio::time::sleep(READY_POLL.min(left)).await,
-        }
-    }
 }
 
 /// Registers a subscription for `req` on `outbox` and decides how it catches up.
@@ -228,14 +74,6 @@ pub async fn open(
     outbox: Arc<Outbox>,
 ) -> Result<Opened, ClientError> {
     let limits = &state.config.limits;
-    let filter = filter_for(req, limits)?;
-    if !grants.allows_filter(&req.topic, &filter) {
-        return Err(ClientError::new(
-            ErrorCode::Forbidden,
-            "not allowed to subscribe to these keys of this topic",
-        ));
-    }
-    let spec = spec_for(req, grants, limits)?;
     let latest = match req.resume.as_deref() {
         None | Some("all") => false,
         Some("latest") => true,
@@ -246,35 +84,8 @@ pub async fn open(
             ))
         }
     };
+    let (filter, spec, topic) = admitted(state, grants, req)?;
     let enforced = grants.enforced(&req.topic).map(|f| f.canonical().into());
-    // Never serve from a ring and view the warm start has not filled: the
-    // client would get an empty snapshot and then history as if it were live.
-    let warming = || {
-        ClientError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "topic `{}` is warming up on this node: retry shortly",
-                truncate(&req.topic)
-            ),
-        )
-    };
-    let topic = match readiness(state, &req.topic) {
-        Readiness::Ready(topic) => topic,
-        Readiness::Warming => return Err(warming()),
-        Readiness::Unknown => {
-            // Configured and present in the log, but not readable (Kafka ACLs): say why.
-            if let Some(cause) = state.source.unavailable_cause(&req.topic) {
-                return Err(ClientError::new(
-                    ErrorCode::Unavailable,
-                    format!("topic `{}` is not served: {cause}", truncate(&req.topic)),
-                ));
-            }
-            return Err(ClientError::new(
-                ErrorCode::UnknownTopic,
-                format!("unknown topic `{}`", truncate(&req.topic)),
-            ));
-        }
-    };
     if topic.has_shard_positions() && req.max_rate.is_some() {
         return Err(ClientError::new(
             ErrorCode::BadMessage,
@@ -377,6 +188,7 @@ pub async fn open(
 
     let high_cursor = topic.encode_cursor(&reg.high);
     let mut segments = VecDeque::new();
+    let mut partial = None;
     let (recovered, start_cursor, gap) = match (&cursor, gap_reason) {
         (Some(c), None) => {
             for replay in reg.replay {
@@ -405,6 +217,8 @@ pub async fn open(
             if !reg.snapshot.is_empty() {
                 segments.push_back(Segment::Snapshot(reg.snapshot));
             }
+            // Only a snapshot that is sent can be partial (a resume sends none).
+            partial = reg.partial;
             (cursor.is_none(), high_cursor.clone(), gap)
         }
     };
@@ -420,6 +234,9 @@ pub async fn open(
         Some(c) if gap.is_none() => (0..partitions).map(|p| c.offset(p)).collect(),
         _ => high.clone(),
     };
+    if let Some(partial) = &partial {
+        telemetry::snapshot_partial(partial.reason);
+    }
     tracing::debug!(
         recovered,
         gap = gap.as_ref().map(|(reason, _)| *reason),
@@ -437,6 +254,7 @@ pub async fn open(
         recovered,
         gap,
         snapshot_len,
+        partial,
         catch_up: CatchUp {
             span: tracing::Span::current(),
             topic,
@@ -453,6 +271,7 @@ pub async fn open(
             replayer: Replayer::default(),
             latest,
             compacted: 0,
+            skipped: partial.map(|p| p.skipped),
             last_of: HashMap::new(),
             delta_base: HashMap::new(),
         },
@@ -460,7 +279,7 @@ pub async fn open(
     })
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
@@ -501,6 +320,8 @@ pub enum Step {
         cursor: Option<String>,
         /// With `resume: "latest"`: missed records left out for a later one of their key.
         compacted: Option<usize>,
+        /// A partial snapshot: how many keys it left out.
+        skipped: Option<usize>,
     },
 }
 
@@ -526,6 +347,8 @@ pub struct CatchUp {
     /// `resume: "latest"`: replay only the latest missed record of each key.
     latest: bool,
     compacted: usize,
+    /// A partial snapshot: how many keys it left out (for `live`).
+    skipped: Option<usize>,
     /// Per partition (read ahead before its log replay): each key's last offset in the range.
     last_of: HashMap<u32, HashMap<Arc<str>, u64>>,
     /// With `delta`: the last value of each key this replay sent, the base of the next patch.
@@ -583,6 +406,7 @@ impl CatchUp {
                     replayed: self.replayed,
                     cursor,
                     compacted: self.latest.then_some(self.compacted),
+                    skipped: self.skipped,
                 }));
             }
             let Some(segment) = self.segments.pop_front() else {
