@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a spawned binary may take to print its listening line.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(30);
 
 /// A config with test topics: `t` (3 partitions), `one` (1 partition),
 /// `small` (tiny ring and retention, fast retention checks). `extra` is TOML
@@ -616,7 +618,8 @@ impl Process {
             .expect("spawn pushgate");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(WAIT, async {
+        // Generous: a loaded CI machine (two cores, a JVM broker beside) can take long to start.
+        let addr = tokio::time::timeout(LISTEN_WAIT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
