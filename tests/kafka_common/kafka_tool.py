@@ -30,7 +30,7 @@ what the test broker's unsecured validator accepts.
 import argparse, base64, json, os, signal, sys, time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 
 def security(a):
@@ -71,9 +71,20 @@ class UnsecuredToken(AbstractTokenProvider):
 
 
 def produce(a):
-    producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all", retries=5,
-                             request_timeout_ms=3000, max_block_ms=60000,
-                             reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, linger_ms=0)
+    # The tests may stop the broker while this starts (slow on a loaded machine):
+    # bootstrapping is retried, bounded, like the sends below.
+    deadline = time.time() + 60
+    while True:
+        try:
+            producer = KafkaProducer(bootstrap_servers=a.brokers, **security(a), acks="all", retries=5,
+                                     request_timeout_ms=3000, max_block_ms=60000,
+                                     reconnect_backoff_ms=50, reconnect_backoff_max_ms=500, linger_ms=0)
+            break
+        except Exception as e:
+            if time.time() > deadline:
+                raise
+            print(f"bootstrap retry: {e}", file=sys.stderr)
+            time.sleep(0.5)
     interval = 1.0 / a.rate if a.rate > 0 else 0
     start = time.time()
     pending = []
@@ -228,6 +239,15 @@ def create(a):
     print("created", flush=True)
 
 
+def alter(a):
+    # AlterConfigs (not incremental): settings not given return to the broker's defaults.
+    adm = admin(a)
+    adm.alter_configs([ConfigResource(ConfigResourceType.TOPIC, a.topic,
+                                      configs=dict(c.split("=", 1) for c in a.config))])
+    adm.close()
+    print("altered", flush=True)
+
+
 def delete(a):
     adm = admin(a)
     adm.delete_topics([a.topic])
@@ -237,7 +257,7 @@ def delete(a):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "delete", "add-partitions", "raw",
+    ap.add_argument("cmd", choices=["produce", "dump", "low", "create", "alter", "delete", "add-partitions", "raw",
                                     "acl", "txn"])
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic", default="")
@@ -248,7 +268,7 @@ if __name__ == "__main__":
     ap.add_argument("--expect", type=int, default=0, help="dump: read until this many records")
     ap.add_argument("--wait", action="store_true", help="wait for each ack (and retry) before the next")
     ap.add_argument("--partitions", type=int, default=1)
-    ap.add_argument("--config", action="append", default=[], help="topic config k=v (create)")
+    ap.add_argument("--config", action="append", default=[], help="topic config k=v (create, alter)")
     ap.add_argument("--isolation", default="read_uncommitted", choices=["read_uncommitted", "read_committed"])
     ap.add_argument("--acl", choices=["allow", "deny", "remove"], help="acl: what to do")
     ap.add_argument("--principal", help="acl: User:NAME")
@@ -271,5 +291,5 @@ if __name__ == "__main__":
     if a.timeout > 0:
         signal.signal(signal.SIGALRM, lambda *_: (print("timed out", file=sys.stderr, flush=True), os._exit(3)))
         signal.setitimer(signal.ITIMER_REAL, a.timeout)
-    {"produce": produce, "dump": dump, "low": low, "create": create, "delete": delete,
+    {"produce": produce, "dump": dump, "low": low, "create": create, "alter": alter, "delete": delete,
      "add-partitions": add_partitions, "raw": raw, "acl": acl, "txn": txn}[a.cmd](a)

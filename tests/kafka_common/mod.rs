@@ -666,6 +666,16 @@ impl Broker {
         assert!(out.contains("created"), "{out}");
     }
 
+    /// Sets a topic's configs; the ones not given return to the broker's defaults.
+    pub async fn alter_topic(&self, name: &str, config: &[&str]) {
+        let mut args = vec!["alter", "--topic", name];
+        for c in config {
+            args.extend(["--config", c]);
+        }
+        let out = self.admin(&args).await;
+        assert!(out.contains("altered"), "{out}");
+    }
+
     pub async fn delete_topic(&self, name: &str) {
         let out = self.admin(&["delete", "--topic", name]).await;
         assert!(out.contains("deleted"), "{out}");
@@ -727,26 +737,57 @@ pub async fn tool_as(mode: Mode, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The last lines each `spawn_tool` child wrote to stderr, by process id, for
+/// `wait_exit` to show when the tool fails.
+fn tool_stderr() -> &'static std::sync::Mutex<std::collections::HashMap<u32, String>> {
+    static LOGS: OnceLock<std::sync::Mutex<std::collections::HashMap<u32, String>>> =
+        OnceLock::new();
+    LOGS.get_or_init(Default::default)
+}
+
 /// Waits (bounded) for a `spawn_tool` child to exit, and checks it succeeded.
 pub async fn wait_exit(child: &mut Child, within: Duration) {
+    let id = child.id().unwrap_or_default();
     let status = tokio::time::timeout(within, child.wait())
         .await
         .expect("load generator finished in time")
         .unwrap();
-    assert!(status.success(), "load generator failed");
+    // Let the drain task take the last lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stderr = tool_stderr().lock().unwrap().remove(&id).unwrap_or_default();
+    assert!(status.success(), "load generator failed ({status}): {stderr}");
 }
 
 /// Starts the tool in the background (a load generator).
 pub fn spawn_tool(args: &[&str]) -> Child {
-    Command::new("python3")
+    let mut child = Command::new("python3")
         .arg(tool_path())
         .args(args)
         .args(Mode::from_env().tool_args())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3")
+        .expect("python3");
+    let id = child.id().unwrap_or_default();
+    let stderr = child.stderr.take().unwrap();
+    // Drained as it comes (a broker outage makes many retry lines); the last 4 KiB kept.
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut logs = tool_stderr().lock().unwrap();
+            let kept = logs.entry(id).or_default();
+            kept.push_str(&line);
+            kept.push('\n');
+            if kept.len() > 4096 {
+                let cut = kept.len() - 4096;
+                let cut = (cut..kept.len()).find(|i| kept.is_char_boundary(*i)).unwrap_or(0);
+                kept.drain(..cut);
+            }
+        }
+    });
+    child
 }
 
 /// Produces `count` records (seq `start..`) with kafka-python, waiting for each ack.
