@@ -754,8 +754,15 @@ pub async fn wait_exit(child: &mut Child, within: Duration) {
         .unwrap();
     // Let the drain task take the last lines.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stderr = tool_stderr().lock().unwrap().remove(&id).unwrap_or_default();
-    assert!(status.success(), "load generator failed ({status}): {stderr}");
+    let stderr = tool_stderr()
+        .lock()
+        .unwrap()
+        .remove(&id)
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "load generator failed ({status}): {stderr}"
+    );
 }
 
 /// Starts the tool in the background (a load generator).
@@ -782,7 +789,9 @@ pub fn spawn_tool(args: &[&str]) -> Child {
             kept.push('\n');
             if kept.len() > 4096 {
                 let cut = kept.len() - 4096;
-                let cut = (cut..kept.len()).find(|i| kept.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (cut..kept.len())
+                    .find(|i| kept.is_char_boundary(*i))
+                    .unwrap_or(0);
                 kept.drain(..cut);
             }
         }
