@@ -17,13 +17,22 @@ done
 [ -x "$bin" ] || { echo "clients/kotlin: no gateway binary at $bin (cargo build, or set PUSHGATE_BIN)" >&2; exit 1; }
 cd "$here"
 start=$SECONDS
-# Offline when every artifact is cached already (faster, no network); online otherwise.
-offline=()
-if [ -f target/.deps-resolved ] && [ target/.deps-resolved -nt pom.xml ]; then offline=(-o); fi
-set +e
-timeout "${MVN_TIMEOUT:-900}" mvn -B -q "${offline[@]}" -Dpushgate.bin="$bin" test
-rc=$?
-set -e
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+run_mvn() {
+  set +e
+  timeout "${MVN_TIMEOUT:-900}" mvn -B -q "$@" -Dpushgate.bin="$bin" test 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+}
+# Offline once a run has cached every artifact in ~/.m2 (no network, faster);
+# online when the cache lacks something (a first run, a new pom, a wiped ~/.m2).
+if [ -f target/.deps-resolved ] && [ target/.deps-resolved -nt pom.xml ]; then
+  run_mvn -o
+  if [ $rc -ne 0 ] && grep -q "offline mode" "$log"; then run_mvn; fi
+else
+  run_mvn
+fi
 if [ $rc -eq 0 ]; then mkdir -p target && touch target/.deps-resolved; fi
 # Surefire's counts (quiet Maven prints none on success).
 python3 - "$here/target/surefire-reports" <<'PY' || true
