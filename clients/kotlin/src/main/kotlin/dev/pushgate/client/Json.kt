@@ -1,0 +1,8 @@
+// The one Jackson mapper of the client.
+package dev.pushgate.client
+
+import com.fasterxml.jackson.databind.ObjectMapper
+
+internal object Json {
+    val mapper: ObjectMapper = ObjectMapper()
+}
