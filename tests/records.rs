@@ -58,21 +58,6 @@ async fn records(server: &TestServer, topic: &str, query: &str) -> Answer {
     records_with(server, topic, query, |r| r).await
 }
 
-/// Publishes `count` records, keys `k00000`.. (value `{"n": i, "even": i % 2 == 0, "name": ..}`), in batches.
-async fn publish_keys(server: &TestServer, topic: &str, count: usize) {
-    let all: Vec<(String, Value)> = (0..count)
-        .map(|i| {
-            (
-                format!("k{i:05}"),
-                json!({"n": i, "even": i % 2 == 0, "name": format!("n{i}")}),
-            )
-        })
-        .collect();
-    for batch in all.chunks(500) {
-        server.publish_batch(topic, batch).await;
-    }
-}
-
 fn at(record: &Value) -> (u64, u64) {
     (
         record["partition"].as_u64().unwrap(),
@@ -139,7 +124,7 @@ async fn pages_continue_exactly_and_a_websocket_resume_meets_them() {
         Cursor::decode(&start_cursor).unwrap().offsets,
         vec![0, 0, 0]
     );
-    publish_keys(&server, "t", 2500).await;
+    common::publish_keys(&server, "t", 2500).await;
     let reads_before = catchup_reads(&server).await;
 
     let (got, end, sizes) = page_through(&server, "t", &start_cursor, "&limit=1000").await;
@@ -216,7 +201,7 @@ async fn etag_and_cache_control_below_and_at_the_head() {
         .as_str()
         .unwrap()
         .to_owned();
-    publish_keys(&server, "one", 30).await;
+    common::publish_keys(&server, "one", 30).await;
     let query = format!("cursor={}&limit=10", enc(&start_cursor));
     let below = records(&server, "one", &query).await;
     assert_eq!(below.status, 200);
@@ -270,7 +255,7 @@ async fn key_prefix_filter_and_fields_shape_pages_and_the_cursor_passes_what_the
         .as_str()
         .unwrap()
         .to_owned();
-    publish_keys(&server, "t", 300).await;
+    common::publish_keys(&server, "t", 300).await;
     let from = format!("cursor={}", enc(&start_cursor));
     let (_, head, _) = page_through(&server, "t", &start_cursor, "&limit=1000").await;
 
@@ -400,38 +385,19 @@ async fn a_cursor_older_than_retention_gets_the_gap() {
     server.stop().await;
 }
 
-const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-
-fn token(subscribe: Value) -> String {
-    let claims = json!({
-        "sub": "reader",
-        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300,
-        "pushgate": {"subscribe": subscribe, "publish": []},
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs".to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// With authentication on: 401 without a token, 403 beyond the grants, the
 /// grant's filter enforced, and a page a token shaped is cached privately only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_need_what_a_subscription_needs() {
-    let server = TestServer::start_with(&format!(
-        "[auth]\nanonymous_subscribe = false\nanonymous_publish = true\n\
-         [[auth.keys]]\nkind = \"hmac\"\nkid = \"hs\"\nsecret = \"{HMAC_SECRET}\"\n"
-    ))
-    .await;
+    let server = TestServer::start_with(common::HMAC_AUTH).await;
     let a = records(&server, "t", "").await;
     assert_eq!(a.status, 401, "{}", a.body);
     assert_eq!(a.body["error"], "unauthorized");
 
-    let granted = token(json!(["one:k*", {"topic": "t", "filter": {"even": true}}]));
+    let granted = common::subscribe_token(
+        "reader",
+        json!(["one:k*", {"topic": "t", "filter": {"even": true}}]),
+    );
     let get = |topic: &'static str, query: String| {
         let granted = granted.clone();
         let server = &server;
@@ -440,8 +406,8 @@ async fn pages_need_what_a_subscription_needs() {
     let start_one = get("one", "prefix=k".into()).await;
     assert_eq!(start_one.status, 200, "{}", start_one.body);
     let start_t = get("t", String::new()).await;
-    publish_keys(&server, "t", 20).await;
-    publish_keys(&server, "one", 3).await;
+    common::publish_keys(&server, "t", 20).await;
+    common::publish_keys(&server, "one", 3).await;
     server.publish("one", "other", json!(1)).await;
 
     assert_eq!(
