@@ -129,6 +129,10 @@ pub struct ServerConfig {
     /// balancer in front): HTTP/2 and HTTP/1.1 by ALPN. Absent: cleartext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// How long a page of `GET /topics/{topic}/records` that ends below the
+    /// log's head may be cached (`Cache-Control: max-age`); 0: never.
+    #[serde(with = "humantime_serde")]
+    pub records_max_age: Duration,
 }
 
 /// `[server.tls]`: the certificate chain and key, PEM, re-read when either file changes.
@@ -279,6 +283,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             tls: None,
+            records_max_age: Duration::from_secs(3600),
         }
     }
 }

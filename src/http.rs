@@ -11,7 +11,7 @@ use tower_http::services::ServeDir;
 use crate::reply::unauthorized;
 use crate::source::Source;
 use crate::state::AppState;
-use crate::transport::{grpc, sse, view, ws};
+use crate::transport::{grpc, records, sse, view, ws};
 use crate::{admin, auth};
 use crate::{publish, telemetry};
 
@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/topics", get(topics))
         .route("/topics/{topic}", post(publish::handler))
         .route("/topics/{topic}/view", get(view::handler))
+        .route("/topics/{topic}/records", get(records::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

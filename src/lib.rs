@@ -22,6 +22,8 @@
 //!                     ws_io: record frames straight to the socket beside tungstenite's
 //! transport::grpc     pushgate.v1.Gateway (proto/): Subscribe (one per call) and
 //!                     Publish, gRPC-Web via tonic-web; the record's envelope encoded once
+//! transport::{view,records} GET /topics/{t}/view (the view by page), GET
+//!                     /topics/{t}/records (a resume's catch-up as one HTTP answer)
 //!
 //! session    subscribe checks, snapshot / resume decision, catch-up (every transport)
 //! admission  token, per-IP limit and connection slot of a streaming client

@@ -459,13 +459,10 @@ export class Pushgate extends Emitter {
             throw Object.assign(new Error(body.message || `publish failed: ${res.status}`), { status: res.status, code: body.error });
         return body;
     }
-    /**
-     * What was appended after `cursor`, with one HTTP request and no socket
-     * (`GET /topics/{topic}/records`): for an app woken by a push
-     * notification. Call again with the returned cursor while `more` is true.
-     * A 503 is retried after its `Retry-After` (three tries).
-     */
-    async fetchSince(topic, opts = {}) {
+    async fetchSince(topic, cursorOrOpts, rest = {}) {
+        const opts = cursorOrOpts !== null && typeof cursorOrOpts === 'object'
+            ? cursorOrOpts
+            : { ...rest, cursor: cursorOrOpts ?? rest.cursor };
         const u = new URL(`${this.url}/topics/${encodeURIComponent(topic)}/records`, globalThis.location?.href);
         if (opts.cursor)
             u.searchParams.set('cursor', opts.cursor);

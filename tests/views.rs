@@ -26,21 +26,6 @@ async fn view(server: &TestServer, topic: &str, query: &str) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
-/// Publishes `count` keys `k00000`.. to `topic` (value `{"n": i, "even": i % 2 == 0}`), in batches.
-async fn publish_keys(server: &TestServer, topic: &str, count: usize) {
-    let all: Vec<(String, Value)> = (0..count)
-        .map(|i| {
-            (
-                format!("k{i:05}"),
-                json!({"n": i, "even": i % 2 == 0, "name": format!("n{i}")}),
-            )
-        })
-        .collect();
-    for batch in all.chunks(500) {
-        server.publish_batch(topic, batch).await;
-    }
-}
-
 fn keys_of(page: &Value) -> Vec<String> {
     page["records"]
         .as_array()
@@ -53,7 +38,7 @@ fn keys_of(page: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_through_2500_keys_gives_every_key_once_in_order() {
     let server = start().await;
-    publish_keys(&server, "t", 2500).await;
+    common::publish_keys(&server, "t", 2500).await;
     // The latest value of a key is the one a page shows.
     server
         .publish("t", "k00007", json!({"n": 7, "updated": true}))
@@ -114,7 +99,7 @@ async fn paging_through_2500_keys_gives_every_key_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_prefix_filter_and_fields_shape_a_page() {
     let server = start().await;
-    publish_keys(&server, "t", 300).await;
+    common::publish_keys(&server, "t", 300).await;
     server
         .publish("t", "other", json!({"n": 1, "even": false}))
         .await;
@@ -190,41 +175,22 @@ async fn bad_parameters_are_refused_with_400_and_unknown_topics_with_404() {
     server.stop().await;
 }
 
-const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-
-fn token(subscribe: Value) -> String {
-    let claims = json!({
-        "sub": "viewer",
-        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300,
-        "pushgate": {"subscribe": subscribe, "publish": []},
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs".to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// A page needs what subscribing needs: a token (anonymous off), grants
 /// covering every key it could hold, and a grant's filter is enforced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_needs_what_a_subscription_needs() {
-    let server = TestServer::start_with(&format!(
-        "[auth]\nanonymous_subscribe = false\nanonymous_publish = true\n\
-         [[auth.keys]]\nkind = \"hmac\"\nkid = \"hs\"\nsecret = \"{HMAC_SECRET}\"\n"
-    ))
-    .await;
-    publish_keys(&server, "t", 20).await;
-    publish_keys(&server, "one", 3).await;
+    let server = TestServer::start_with(common::HMAC_AUTH).await;
+    common::publish_keys(&server, "t", 20).await;
+    common::publish_keys(&server, "one", 3).await;
     server.publish("one", "other", json!(1)).await;
     let (status, body) = view(&server, "t", "").await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "unauthorized");
 
-    let granted = token(json!(["one:k*", {"topic": "t", "filter": {"even": true}}]));
+    let granted = common::subscribe_token(
+        "viewer",
+        json!(["one:k*", {"topic": "t", "filter": {"even": true}}]),
+    );
     let get = |topic: &str, query: &str| {
         server
             .http
@@ -366,7 +332,7 @@ fn urlencode(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_match_the_streamed_snapshot() {
     let server = start().await;
-    publish_keys(&server, "t", 700).await;
+    common::publish_keys(&server, "t", 700).await;
     for i in (0..700).step_by(7) {
         server
             .publish("t", &format!("k{i:05}"), json!({"n": i, "again": true}))

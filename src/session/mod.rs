@@ -361,6 +361,12 @@ impl CatchUp {
         &self.span
     }
 
+    /// The cursor of everything caught up so far: after [`Step::Live`], the
+    /// subscription's start at `high`, records the spec left out included.
+    pub fn cursor(&self) -> String {
+        self.topic.encode_cursor(&self.position)
+    }
+
     /// One read of the log (up to `LOG_CHUNK` records), shared with identical
     /// reads in flight, in a `catch_up_read` span.
     async fn read(

@@ -4,6 +4,7 @@
 
 pub mod bare_sse;
 pub mod grpc;
+pub mod records;
 pub mod sse;
 pub mod view;
 pub mod ws;

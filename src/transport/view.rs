@@ -111,36 +111,52 @@ fn parse(query: &str) -> Result<(SubscribeRequest, Paging), ClientError> {
     let req = parse_params(query, |name, value| {
         match name {
             "after" => paging.after = Some(value.to_owned()),
-            "limit" => {
-                let limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n));
-                let Some(limit) = limit else {
-                    return Err(bad(&format!(
-                        "`limit` must be a whole number from 1 to {MAX_LIMIT}"
-                    )));
-                };
-                paging.limit = Some(limit);
-            }
+            "limit" => paging.limit = Some(parse_limit(value)?),
             // `topic` is the path's; `access_token` and anything else are not ours.
             _ => {}
         }
         Ok(())
     })?;
+    if req.cursor.is_some() {
+        return Err(bad(
+            "`cursor` applies to a subscription, not to a view page",
+        ));
+    }
+    refuse_stream_parameters(&req, "a view page")?;
+    Ok((req, paging))
+}
+
+/// A page's `limit`: 1 to [`MAX_LIMIT`] (the records pages share it).
+pub(super) fn parse_limit(value: &str) -> Result<usize, ClientError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            bad(&format!(
+                "`limit` must be a whole number from 1 to {MAX_LIMIT}"
+            ))
+        })
+}
+
+/// Refuses the parameters that only shape a stream (a snapshot, a resume
+/// mode, deltas, a rate) in a request for `what`, a one-shot page.
+pub(super) fn refuse_stream_parameters(
+    req: &SubscribeRequest,
+    what: &str,
+) -> Result<(), ClientError> {
     let streaming_only = [
-        ("cursor", req.cursor.is_some()),
         ("snapshot", req.snapshot.is_some()),
         ("resume", req.resume.is_some()),
         ("delta", req.delta.is_some()),
         ("max_rate", req.max_rate.is_some()),
     ];
-    if let Some((name, _)) = streaming_only.iter().find(|(_, given)| *given) {
-        return Err(bad(&format!(
-            "`{name}` applies to a subscription, not to a view page"
-        )));
+    match streaming_only.iter().find(|(_, given)| *given) {
+        Some((name, _)) => Err(bad(&format!(
+            "`{name}` applies to a subscription, not to {what}"
+        ))),
+        None => Ok(()),
     }
-    Ok((req, paging))
 }
 
 /// Encodes one page: the first `limit` of `candidates` in key order that the

@@ -200,6 +200,44 @@ impl TestServer {
     }
 }
 
+/// Publishes `count` records with keys `k00000`.. (value `{"n": i, "even": i % 2 == 0, "name": "n{i}"}`), in batches of 500.
+pub async fn publish_keys(server: &TestServer, topic: &str, count: usize) {
+    let all: Vec<(String, Value)> = (0..count)
+        .map(|i| {
+            (
+                format!("k{i:05}"),
+                json!({"n": i, "even": i % 2 == 0, "name": format!("n{i}")}),
+            )
+        })
+        .collect();
+    for batch in all.chunks(500) {
+        server.publish_batch(topic, batch).await;
+    }
+}
+
+/// The secret of the HMAC key `hs` in [`HMAC_AUTH`].
+pub const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+/// Config: subscribing needs a token (HS256, key id `hs`), publishing does not.
+pub const HMAC_AUTH: &str = "[auth]\nanonymous_subscribe = false\nanonymous_publish = true\n\
+     [[auth.keys]]\nkind = \"hmac\"\nkid = \"hs\"\nsecret = \"test-secret-that-is-at-least-32-bytes-long\"\n";
+
+/// A token of `subject` for [`HMAC_AUTH`], valid 5 minutes, with these subscribe grants and none to publish.
+pub fn subscribe_token(subject: &str, subscribe: Value) -> String {
+    let claims = json!({
+        "sub": subject,
+        "exp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300,
+        "pushgate": {"subscribe": subscribe, "publish": []},
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs".to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 pub async fn publish(
     http: &reqwest::Client,
     addr: SocketAddr,

@@ -142,6 +142,18 @@ for label, raw in [
 ]:
     expect(f"publish {label}", P, "POST", post("prices", data=raw, headers=bearer(PUBLISHER)), 400, "bad_request")
 
+R = "/topics/{topic}/records"
+
+
+def records(topic, query="", headers=None):
+    return requests.get(f"{BASE}/topics/{topic}/records?{query}", headers=headers or {}, timeout=TIMEOUT)
+
+
+# Catch-up pages: the head's cursor before the appends below, a page after them.
+head = records("prices", headers=bearer(ALL))
+expect("records at the head", R, "GET", head, 200)
+HEAD_CURSOR = head.json()["cursor"]
+
 # Appends: 1 + 2 records of the burst of 5.
 expect("publish one record", P, "POST", post("prices", {"key": "A1", "data": {"n": 1}}, headers=bearer(PUBLISHER)), 200)
 expect("publish a batch", P, "POST",
@@ -162,6 +174,19 @@ if health.text != "ok\n":  # schemathesis checks JSON bodies only
 expect("readyz", "/readyz", "GET", requests.get(f"{BASE}/readyz", timeout=TIMEOUT), 200)
 expect("metrics", "/metrics", "GET", requests.get(f"{BASE}/metrics", timeout=TIMEOUT), 200)
 
+expect("records without a token", R, "GET", records("prices"), 401, "unauthorized")
+expect("records outside the grants", R, "GET", records("posts", headers=bearer(PUBLISHER)), 403, "forbidden")
+expect("records from a bad cursor", R, "GET", records("prices", "cursor=!!", bearer(ALL)), 400, "bad_cursor")
+expect("records with limit=0", R, "GET", records("prices", "limit=0", bearer(ALL)), 400, "bad_message")
+expect("records of an unknown topic", R, "GET", records("nope", "", bearer(ALL)), 404, "unknown_topic")
+page = records("prices", f"cursor={HEAD_CURSOR}&limit=1", bearer(ALL))
+expect("records, a page below the head", R, "GET", page, 200)
+if not page.json().get("more") or not page.headers.get("Cache-Control", "").startswith("private, max-age="):
+    failures.append(("records below the head", [page.text[:200], dict(page.headers)]))
+    print(f"FAIL  records below the head: {page.headers}")
+expect("records, revalidated", R, "GET",
+       records("prices", f"cursor={HEAD_CURSOR}&limit=1", {**bearer(ALL), "If-None-Match": page.headers.get("ETag", "")}),
+       304)
 
 # SSE refusals.
 def sse(query, headers=None):

@@ -197,8 +197,14 @@ export interface FetchSinceResult {
   cursor: string;
   /** More records are there now: call again with `cursor`. */
   more: boolean;
-  /** The cursor was older than anything retained (or from another log): records were missed. */
-  gap?: { reason: string; earliest: string };
+  /** False when the cursor could not be honoured (see `gap`). */
+  recovered: boolean;
+  /**
+   * The cursor was older than anything retained (`retention`) or from another
+   * log (`epoch`): records were missed, and `cursor` is the head. Reload your
+   * state, or read what is left from `earliest`.
+   */
+  gap?: { reason: 'retention' | 'epoch'; earliest: string };
 }
 
 /** What the client does about a lost connection: the gateway's hint and the delay chosen. */
@@ -623,10 +629,19 @@ export class Pushgate extends Emitter {
   /**
    * What was appended after `cursor`, with one HTTP request and no socket
    * (`GET /topics/{topic}/records`): for an app woken by a push
-   * notification. Call again with the returned cursor while `more` is true.
+   * notification. Call again with the returned cursor while `more` is true;
+   * the cursor covers records a filter left out, and subscribing with it
+   * continues live with no gap and no duplicate. Without a cursor the answer
+   * is empty with the head's cursor: take it before the app sleeps. The
+   * cursor goes second (`fetchSince(topic, cursor, opts)`) or in `opts`.
    * A 503 is retried after its `Retry-After` (three tries).
    */
-  async fetchSince(topic: string, opts: FetchSinceOptions = {}): Promise<FetchSinceResult> {
+  fetchSince(topic: string, cursor: string | null | undefined, opts?: FetchSinceOptions): Promise<FetchSinceResult>;
+  fetchSince(topic: string, opts?: FetchSinceOptions): Promise<FetchSinceResult>;
+  async fetchSince(topic: string, cursorOrOpts?: string | null | FetchSinceOptions, rest: FetchSinceOptions = {}): Promise<FetchSinceResult> {
+    const opts: FetchSinceOptions = cursorOrOpts !== null && typeof cursorOrOpts === 'object'
+      ? cursorOrOpts
+      : { ...rest, cursor: cursorOrOpts ?? rest.cursor };
     const u = new URL(`${this.url}/topics/${encodeURIComponent(topic)}/records`, (globalThis as any).location?.href);
     if (opts.cursor) u.searchParams.set('cursor', opts.cursor);
     for (const k of opts.keys ?? []) u.searchParams.append('key', k);

@@ -283,3 +283,72 @@ test('ws: 40 subscriptions on one socket', async () => {
     assert.equal(pg.sockets, 1, 'one WebSocket');
   } finally { await gw.close(); }
 });
+
+test('fetchSince: pages from a cursor exactly, shapes them, tells a gap, and a subscription from its cursor goes on', async () => {
+  const gw = await new Gateway().start();
+  try {
+    const pg = client(gw);
+    // Before the app sleeps: the head's cursor, nothing to read.
+    const head = await pg.fetchSince('prices');
+    assert.deepEqual([head.records.length, head.more, head.recovered], [0, false, true]);
+    for (let i = 0; i < 25; i++) await gw.publish('prices', { key: `k${i % 5}`, data: { n: i, even: i % 2 === 0 } });
+    // Woken up: pages of 10 until `more` is false, each record once.
+    const seen = new Set();
+    let cursor = head.cursor;
+    const sizes = [];
+    for (;;) {
+      const page = await pg.fetchSince('prices', cursor, { limit: 10 });
+      sizes.push(page.records.length);
+      for (const r of page.records) {
+        const at = `${r.partition}/${r.offset}`;
+        assert.ok(!seen.has(at), `duplicate ${at}`);
+        seen.add(at);
+        assert.equal(typeof r.data.n, 'number');
+      }
+      cursor = page.cursor;
+      if (!page.more) break;
+      assert.ok(sizes.length < 10, 'paging ends');
+    }
+    assert.deepEqual(sizes, [10, 10, 5]);
+    assert.equal(seen.size, 25);
+    // The cursor in `opts` is the same call; a filter and fields shape the page and its cursor still reaches the head.
+    const even = await pg.fetchSince('prices', { cursor: head.cursor, filter: { even: true }, fields: ['n'], limit: 1000 });
+    // A key's value alternates between even and odd: each odd one is its `leave`, as on a subscription.
+    const entered = even.records.filter((r) => r.op !== 'leave');
+    assert.equal(entered.length, 13);
+    assert.ok(entered.every((r) => r.data.n % 2 === 0 && Object.keys(r.data).length === 1));
+    assert.equal(even.records.filter((r) => r.op === 'leave' && r.data === undefined).length, 10);
+    assert.equal(even.cursor, cursor);
+    const keyed = await pg.fetchSince('prices', head.cursor, { keys: ['k1', 'k3'], limit: 1000 });
+    assert.deepEqual([...new Set(keyed.records.map((r) => r.key))].sort(), ['k1', 'k3']);
+    assert.equal(keyed.records.length, 10);
+
+    // A subscription from the last cursor: only what follows.
+    const live = [];
+    const sub = pg.subscribe('prices', { cursor, onRecord: (r) => live.push(r) });
+    await waitFor(() => sub.live, 'live');
+    await gw.publish('prices', { key: 'k9', data: { n: 100 } });
+    await waitFor(() => live.length === 1, 'the new record');
+    assert.equal(live[0].data.n, 100);
+    await sleep(200);
+    assert.equal(live.length, 1, 'nothing paged arrives again');
+
+    // Bad input is an error with the gateway's code; a cursor older than retention is a gap.
+    await assert.rejects(pg.fetchSince('prices', 'not-a-cursor'), (e) => e.status === 400 && e.code === 'bad_cursor');
+    await assert.rejects(pg.fetchSince('nope'), (e) => e.status === 404 && e.code === 'unknown_topic');
+    const old = (await pg.fetchSince('small')).cursor;
+    for (let i = 0; i < 30; i++) await gw.publish('small', { key: 'x', data: i });
+    let gap;
+    await waitFor(async () => {
+      gap = await pg.fetchSince('small', old);
+      return gap.recovered === false;
+    }, 'retention drops the cursor\'s records');
+    assert.equal(gap.gap.reason, 'retention');
+    assert.equal(gap.records.length, 0);
+    const left = await pg.fetchSince('small', gap.gap.earliest);
+    // What retention kept (it may still be trimming): the latest records, in order, up to the last.
+    const kept = left.records.map((r) => r.data);
+    assert.ok(kept.length > 0 && kept.length < 30, `${kept.length} left`);
+    assert.deepEqual(kept, Array.from({ length: kept.length }, (_, i) => 30 - kept.length + i));
+  } finally { await gw.close(); }
+});
