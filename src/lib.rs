@@ -95,6 +95,7 @@ pub(crate) mod stall;
 pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod token_subs;
 pub(crate) mod transport;
 
 use std::sync::Arc;
