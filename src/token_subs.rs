@@ -169,7 +169,10 @@ pub fn for_sse(subs: &[TokenSub], query: &str) -> Option<Result<SubscribeRequest
             format!("`{name}` needs a `topic`: without one the token's subscription is opened as the token says"),
         )));
     }
-    let cursor = params.into_iter().find(|(n, _)| n == "cursor").map(|(_, v)| v);
+    let cursor = params
+        .into_iter()
+        .find(|(n, _)| n == "cursor")
+        .map(|(_, v)| v);
     Some(only.request.clone().map(|mut req| {
         req.cursor = cursor;
         req
@@ -204,7 +207,12 @@ mod tests {
     fn no_subject_no_placeholder() {
         let claim = json!({"subscribe_on_connect": [{"topic": "notes", "keys": ["{sub}"]}]});
         let subs = parse(Some(&claim), None);
-        assert!(subs[0].request.as_ref().unwrap_err().message.contains("sub"));
+        assert!(subs[0]
+            .request
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("sub"));
         assert!(parse(Some(&json!({})), None).is_empty());
         assert!(parse(Some(&json!({"subscribe_on_connect": 3})), None)[0]
             .request
@@ -215,8 +223,14 @@ mod tests {
     fn ws_cursors_and_sse() {
         let claim = json!({"subscribe_on_connect": [{"topic": "notes"}]});
         let mut subs = parse(Some(&claim), None);
-        set_ws_cursors(&mut subs, Some("access_token=t&cursor.token-0=abc&cursor.token-9=z"));
-        assert_eq!(subs[0].request.as_ref().unwrap().cursor.as_deref(), Some("abc"));
+        set_ws_cursors(
+            &mut subs,
+            Some("access_token=t&cursor.token-0=abc&cursor.token-9=z"),
+        );
+        assert_eq!(
+            subs[0].request.as_ref().unwrap().cursor.as_deref(),
+            Some("abc")
+        );
         let req = for_sse(&subs, "cursor=c1").unwrap().unwrap();
         assert_eq!(req.cursor.as_deref(), Some("c1"));
         assert!(for_sse(&subs, "topic=x").is_none());
