@@ -36,6 +36,7 @@
 //!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, publish rate
+//! token_subs the token's `subscribe_on_connect` as subscribe requests (`token-N`, `{sub}`)
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
 //! config     TOML + environment, checked before binding; [[topics]] by name or pattern
