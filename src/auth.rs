@@ -32,6 +32,7 @@ use serde_json::Value;
 use crate::config::{AuthConfig, KeyKind};
 use crate::hub::Filter;
 use crate::shaping::{FilterLimits, KeyTest, ValueFilter};
+use crate::token_subs::TokenSub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -82,6 +83,8 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     pub subscribe: Grants,
     pub publish: Grants,
+    /// The claim's `subscribe_on_connect` entries (see `crate::token_subs`).
+    pub on_connect: Vec<TokenSub>,
 }
 
 impl Identity {
@@ -99,6 +102,7 @@ impl Identity {
             } else {
                 Grants::default()
             },
+            on_connect: Vec::new(),
         }
     }
 
@@ -436,6 +440,7 @@ impl Authenticator {
             .map(|items| Grants::parse_subscribe(items, &self.filter_limits))
             .unwrap_or_default();
         Identity {
+            on_connect: crate::token_subs::parse(grants, claims.sub.as_deref()),
             subject: claims.sub,
             expires_at: Some(claims.exp),
             subscribe,

@@ -38,6 +38,7 @@
 //!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, publish rate
+//! token_subs the token's `subscribe_on_connect` as subscribe requests (`token-N`, `{sub}`)
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
 //! config     TOML + environment, checked before binding; [[topics]] by name or pattern
@@ -97,6 +98,7 @@ pub(crate) mod stall;
 pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod token_subs;
 pub(crate) mod transport;
 
 use std::sync::Arc;

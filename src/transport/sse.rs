@@ -5,6 +5,8 @@
 //! `EventSource` resumes by itself through `Last-Event-ID`. The `cursor`
 //! query parameter does the same for clients that cannot set headers; when
 //! both are present the header wins (it is the newer one, sent on reconnect).
+//! Without `topic`, a token with one `subscribe_on_connect` entry opens that
+//! entry (see [`token_subs::for_sse`]).
 //! The body is a stream polled by the connection itself: no task per client.
 //!
 //! Two paths serve it and share everything but the socket: [`prepare`]
@@ -36,6 +38,7 @@ use crate::reply::json_error;
 use crate::session::{self, CatchUpError, Step};
 use crate::state::{AppState, ConnectionSlot};
 use crate::telemetry;
+use crate::token_subs;
 
 /// Parses `topic`, repeated `key`, `prefix`, `cursor` and `snapshot` from a query string.
 pub fn parse_query(query: &str) -> Result<SubscribeRequest, ClientError> {
@@ -164,7 +167,11 @@ pub async fn prepare(
         outbox,
     } = admission::admit(state, headers, query, peer, "sse")
         .map_err(IntoResponse::into_response)?;
-    let mut req = parse_query(query.unwrap_or("")).map_err(|e| client_error_response(&e))?;
+    // No `topic`: the token's one `subscribe_on_connect` entry, if it has one.
+    let text = query.unwrap_or("");
+    let mut req = token_subs::for_sse(&identity.on_connect, text)
+        .unwrap_or_else(|| parse_query(text))
+        .map_err(|e| client_error_response(&e))?;
     if let Some(last) = headers.get("last-event-id") {
         match last.to_str() {
             Ok(text) if !text.is_empty() => req.cursor = Some(text.to_owned()),

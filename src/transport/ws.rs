@@ -33,6 +33,10 @@ use tracing::Instrument;
 
 use super::ws_io::{Socket, Upgrade};
 
+mod echo;
+mod token;
+pub use echo::echo;
+
 use crate::admission::{self, Admission};
 use crate::auth::{self, Grants};
 use crate::outbox::{CloseReason, Outbox};
@@ -69,7 +73,7 @@ pub async fn handler(
     };
     let (response, socket) = upgrade.accept(config(&state));
     let tracker = state.shutdown.tracker().clone();
-    let connection = Connection::new(state, admission, watch.map(|w| w.0));
+    let connection = Connection::new(state, admission, watch.map(|w| w.0), query.as_deref());
     tracker.clone().spawn(async move {
         if let Some(socket) = socket.await {
             // A task of its own: run inside this one, the connection would
@@ -91,35 +95,6 @@ fn config(state: &AppState) -> WebSocketConfig {
         .write_buffer_size(ws.write_buffer_bytes)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
-}
-
-/// `GET /echo` (only with `testing.echo_endpoint`): echoes every message, for Autobahn.
-pub async fn echo(State(state): State<AppState>, upgrade: Upgrade) -> Response {
-    let (response, socket) = upgrade.accept(config(&state));
-    state.shutdown.tracker().spawn(async move {
-        let Some(mut socket) = socket.await else {
-            return;
-        };
-        // Keep reading after a Close until the stream ends, so the close handshake completes.
-        while let Some(message) = socket.next().await {
-            let reply = match message {
-                Ok(Message::Text(t)) => Message::Text(t),
-                Ok(Message::Binary(b)) => Message::Binary(b),
-                Ok(_) => continue,
-                Err(e) => {
-                    if let Ending::Close(code, reason) = read_error(&e) {
-                        let frame = close_frame(code, reason);
-                        let _ = tokio::time::timeout(CLOSE_LINGER, socket.send(frame)).await;
-                    }
-                    return;
-                }
-            };
-            if socket.send(reply).await.is_err() {
-                return;
-            }
-        }
-    });
-    response
 }
 
 struct Active {
@@ -207,11 +182,18 @@ struct Connection {
     records_first: u8,
     /// Boxed: nearly every connection never has one.
     parked: Option<Box<Parked>>,
+    /// The token's `subscribe_on_connect`, opened first thing (boxed: most tokens have none).
+    on_connect: Option<Box<token::OnConnect>>,
     slot: ConnectionSlot,
 }
 
 impl Connection {
-    fn new(state: AppState, admission: Admission, watch: Option<WriteWatch>) -> Self {
+    fn new(
+        state: AppState,
+        admission: Admission,
+        watch: Option<WriteWatch>,
+        query: Option<&str>,
+    ) -> Self {
         let outbox = admission.outbox;
         let expiry = admission
             .identity
@@ -231,6 +213,7 @@ impl Connection {
             watch: watch.unwrap_or_default(),
             records_first: 0,
             parked: None,
+            on_connect: token::pending(admission.identity.on_connect, query),
             slot: admission.slot,
         }
     }
@@ -277,6 +260,11 @@ impl Connection {
             let timer = tokio::time::sleep_until(next_ping);
             tokio::pin!(timer);
             let ending: Ending = loop {
+                if self.on_connect.is_some() {
+                    if let Err(ending) = Box::pin(self.subscribe_from_token(&mut socket)).await {
+                        break ending;
+                    }
+                }
                 // Drain first on every turn, whatever woke us, so no wake-up is lost.
                 // Rarely-taken paths are boxed so the idle connection task stays
                 // small (its size is that of its largest suspended state).

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Pushgate } from '../dist/index.js';
-import { Gateway, ROOT, sleep, token, waitFor } from './harness.mjs';
+import { Gateway, ROOT, jwt, sleep, token, waitFor } from './harness.mjs';
 
 const clients = [];
 function client(gw, opts = {}) {
@@ -350,5 +350,29 @@ test('fetchSince: pages from a cursor exactly, shapes them, tells a gap, and a s
     const kept = left.records.map((r) => r.data);
     assert.ok(kept.length > 0 && kept.length < 30, `${kept.length} left`);
     assert.deepEqual(kept, Array.from({ length: kept.length }, (_, i) => 30 - kept.length + i));
+  } finally { await gw.close(); }
+});
+
+test('ws: subscriptions the token opens itself (subscribe_on_connect) leave the client and its own subscriptions alone', async () => {
+  // The gateway sends `subscribed`, `live` and records for `token-0`, an id this client never sent.
+  const tok = () => jwt({
+    sub: 'sdk-test',
+    exp: Math.floor(Date.now() / 1000) + 60,
+    pushgate: { subscribe: ['*'], publish: ['*'], subscribe_on_connect: [{ topic: 'prices', snapshot: false }] },
+  });
+  const gw = await new Gateway({ config: 'gateway-auth.toml', token: () => token(60) }).start();
+  try {
+    const errors = [];
+    const got = [];
+    const pg = client(gw, { transport: 'ws', getToken: tok });
+    pg.on('error', (e) => errors.push(e));
+    const sub = pg.subscribe('one', { keys: ['x'], snapshot: false, onRecord: (r) => got.push(r.data) });
+    await waitFor(() => sub.live, 'live');
+    await gw.publish('prices', { key: 'AAPL', data: 1 });
+    await gw.publish('one', { key: 'x', data: 2 });
+    await waitFor(() => got.length === 1, 'the record of its own subscription');
+    await sleep(200);
+    assert.deepEqual(got, [2]);
+    assert.deepEqual(errors, []);
   } finally { await gw.close(); }
 });
