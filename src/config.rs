@@ -96,7 +96,15 @@ pub struct AdminConfig {
     /// A separate address for the admin routes; not set: the main listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The control topic every node reads revocations and grant changes
+    /// from. Not set: `pushgate.control` on the embedded log (reserved
+    /// there), none on Kafka and Kinesis; `""`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_topic: Option<String>,
 }
+
+/// The embedded log's reserved control topic, when `admin.control_topic` is not set.
+pub const DEFAULT_CONTROL_TOPIC: &str = "pushgate.control";
 
 /// The shortest `admin.token` accepted.
 pub const ADMIN_TOKEN_MIN: usize = 16;
@@ -460,6 +468,26 @@ impl Config {
         if self.topics.is_empty() {
             return Err(invalid("topics", "must name at least one topic"));
         }
+        if let Some(control) = self.control_topic() {
+            if !crate::source::topics::valid_topic_name(control) {
+                return Err(invalid(
+                    "admin.control_topic",
+                    "is not a valid topic name (letters, digits, `.`, `_`, `-`; at most 249)",
+                ));
+            }
+            if self.source.kind == SourceKind::Kinesis {
+                return Err(invalid(
+                    "admin.control_topic",
+                    "is not supported on Kinesis yet: set it to \"\"",
+                ));
+            }
+            if let Some(i) = self.topics.iter().position(|t| t.name == control) {
+                return Err(invalid(
+                    format!("topics[{i}].name"),
+                    format!("`{control}` is admin.control_topic: clients cannot read it"),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         let mut seen_patterns = HashSet::new();
         for (i, topic) in self.topics.iter().enumerate() {
@@ -666,10 +694,24 @@ impl Config {
     /// The rules `topic_for` applies, owned, for a source to keep.
     /// What the source is opened with (`source::open`).
     pub(crate) fn source_settings(&self) -> crate::source::Settings {
+        // The control topic is read like any other, named outright (so no
+        // pattern serves it): one partition, its whole history kept.
+        let mut topics = self.topics.clone();
+        if let Some(control) = self.control_topic() {
+            topics.insert(
+                0,
+                TopicConfig {
+                    name: control.to_owned(),
+                    partitions: 1,
+                    retention_records: 0,
+                    ..TopicConfig::default()
+                },
+            );
+        }
         crate::source::Settings {
             source: self.source.clone(),
-            topics: self.topics.clone(),
-            rules: self.topic_rules(),
+            rules: TopicRules::new(topics.clone(), self.pattern_excluded().map(str::to_owned)),
+            topics,
             embedded: self.embedded.clone(),
             kafka: self.kafka.clone(),
             kinesis: self.kinesis.clone(),
@@ -686,6 +728,21 @@ impl Config {
     fn pattern_excluded(&self) -> Option<&str> {
         (self.source.kind == SourceKind::Kafka && !self.kafka.dead_letter_topic.is_empty())
             .then_some(self.kafka.dead_letter_topic.as_str())
+    }
+
+    /// The control topic (see [`AdminConfig::control_topic`]), if there is one.
+    pub fn control_topic(&self) -> Option<&str> {
+        match self.admin.control_topic.as_deref() {
+            Some("") => None,
+            Some(name) => Some(name),
+            None if self.source.kind == SourceKind::Embedded => Some(DEFAULT_CONTROL_TOPIC),
+            None => None,
+        }
+    }
+
+    /// Whether clients may not name `topic`: it is the control topic.
+    pub fn is_control_topic(&self, topic: &str) -> bool {
+        self.control_topic() == Some(topic)
     }
 
     /// True when this config lets anyone publish on a non-loopback address.

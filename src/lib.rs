@@ -193,6 +193,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     match opened {
         Some(Ok(source)) => {
             opening.set(source);
+            admin::spawn_reader(&state);
             if state.config.demo.enabled {
                 demo::spawn(&state);
             }
