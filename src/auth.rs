@@ -32,9 +32,9 @@ use serde_json::Value;
 use crate::config::{AuthConfig, KeyKind};
 
 mod revocations;
-pub use revocations::{Entry as Revocation, Revocations, Target};
 use crate::hub::Filter;
 use crate::shaping::{FilterLimits, KeyTest, ValueFilter};
+pub use revocations::{Entry as Revocation, Revocations, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {

@@ -35,7 +35,9 @@
 //!            client's AND token's; fields; max_rate; delta as JSON Patch),
 //!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
-//! auth       JWT verification, grants, origin checks, publish rate
+//! auth       JWT verification, grants, origin checks, publish rate, revocations
+//! admin      /admin/...: connections, topics; the control topic (revocations and
+//!            grant changes every node reads from the log)
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
 //! config     TOML + environment, checked before binding; [[topics]] by name or pattern

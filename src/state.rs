@@ -250,7 +250,9 @@ impl AppState {
     /// Hands `grants` to WebSocket connection `id`'s task and wakes it.
     pub fn narrow(&self, id: u64, grants: Arc<Grants>, outbox: &Outbox) {
         if self.connections.narrowed.insert(id, grants).is_none() {
-            self.connections.narrowed_count.fetch_add(1, Ordering::AcqRel);
+            self.connections
+                .narrowed_count
+                .fetch_add(1, Ordering::AcqRel);
         }
         outbox.wake();
     }
@@ -262,7 +264,9 @@ impl AppState {
             return None;
         }
         let (_, grants) = self.connections.narrowed.remove(&id)?;
-        self.connections.narrowed_count.fetch_sub(1, Ordering::AcqRel);
+        self.connections
+            .narrowed_count
+            .fetch_sub(1, Ordering::AcqRel);
         Some(grants)
     }
 
@@ -325,7 +329,9 @@ impl Drop for ConnectionSlot {
         if self.connections.narrowed_count.load(Ordering::Acquire) > 0
             && self.connections.narrowed.remove(&self.id).is_some()
         {
-            self.connections.narrowed_count.fetch_sub(1, Ordering::AcqRel);
+            self.connections
+                .narrowed_count
+                .fetch_sub(1, Ordering::AcqRel);
         }
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
         if self.limited {

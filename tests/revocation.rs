@@ -45,7 +45,8 @@ fn now() -> u64 {
 }
 
 fn jwt(subject: &str, jti: Option<&str>, subscribe: Value) -> String {
-    let mut claims = json!({"sub": subject, "exp": now() + 300, "pushgate": {"subscribe": subscribe}});
+    let mut claims =
+        json!({"sub": subject, "exp": now() + 300, "pushgate": {"subscribe": subscribe}});
     if let Some(jti) = jti {
         claims["jti"] = json!(jti);
     }
@@ -105,7 +106,13 @@ async fn admin(
 }
 
 async fn revoke(server: &TestServer, body: Value) -> Value {
-    let (status, reply) = admin(server, reqwest::Method::POST, "/admin/revocations", Some(body)).await;
+    let (status, reply) = admin(
+        server,
+        reqwest::Method::POST,
+        "/admin/revocations",
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 201, "{reply}");
     assert_eq!(reply["applied"], true, "{reply}");
     reply
@@ -201,7 +208,10 @@ async fn a_revoked_subject_is_cut_off_on_every_transport_and_refused_until_lifte
     assert_eq!(status, 204);
     let deadline = Instant::now() + CUT_WITHIN;
     while !in_force(&server).await.is_empty() {
-        assert!(Instant::now() < deadline, "the lift is applied within a second");
+        assert!(
+            Instant::now() < deadline,
+            "the lift is applied within a second"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut again = ws_with(server.addr, &alice).await.unwrap();
@@ -251,9 +261,11 @@ async fn a_jti_revocation_ends_only_that_token() {
     let first = jwt("dave", Some("token-1"), json!(["t"]));
     let second = jwt("dave", Some("token-2"), json!(["t"]));
     let mut one = ws_with(server.addr, &first).await.unwrap();
-    one.subscribe(json!({"topic": "t", "snapshot": false})).await;
+    one.subscribe(json!({"topic": "t", "snapshot": false}))
+        .await;
     let mut two = ws_with(server.addr, &second).await.unwrap();
-    two.subscribe(json!({"topic": "t", "snapshot": false})).await;
+    two.subscribe(json!({"topic": "t", "snapshot": false}))
+        .await;
 
     let reply = revoke(&server, json!({"jti": "token-1"})).await;
     assert_eq!(reply["jti"], "token-1");
@@ -263,7 +275,10 @@ async fn a_jti_revocation_ends_only_that_token() {
     assert_eq!(ws_with(server.addr, &first).await.err(), Some(401));
     ws_with(server.addr, &second).await.unwrap();
     let listed = in_force(&server).await;
-    assert_eq!(listed, [json!({"jti": "token-1", "until": null, "revoked_at": listed[0]["revoked_at"]})]);
+    assert_eq!(
+        listed,
+        [json!({"jti": "token-1", "until": null, "revoked_at": listed[0]["revoked_at"]})]
+    );
     server.stop().await;
 }
 
@@ -377,8 +392,13 @@ async fn the_control_topic_is_not_a_client_topic() {
         json!({"subject": "a", "until": "tomorrow"}),
         json!({"subject": "a", "extra": 1}),
     ] {
-        let (status, reply) =
-            admin(&server, reqwest::Method::POST, "/admin/revocations", Some(body.clone())).await;
+        let (status, reply) = admin(
+            &server,
+            reqwest::Method::POST,
+            "/admin/revocations",
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 400, "{body}: {reply}");
         assert_eq!(reply["error"], "bad_request");
     }

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -229,7 +230,12 @@ fn apply(state: &AppState, key: Option<&str>, data: &str, delete: bool, live: bo
                 Target::Jti(j) => state.revoke_jti(j),
             };
             crate::telemetry::revocation_applied(ended);
-            tracing::info!(key, until = entry.until, connections = ended, "revocation applied");
+            tracing::info!(
+                key,
+                until = entry.until,
+                connections = ended,
+                "revocation applied"
+            );
         }
     } else if let Some(subject) = key.strip_prefix("grants:") {
         let items = value.get("subscribe").and_then(Value::as_array);
@@ -323,6 +329,14 @@ async fn append(state: &AppState, key: String, value: Value) -> Result<bool, Res
         .await)
 }
 
+/// The request body as a JSON object, or a 400 saying it is not one.
+fn object(body: &[u8]) -> Result<Value, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) if value.is_object() => Ok(value),
+        _ => Err(bad_request("the body must be a JSON object")),
+    }
+}
+
 fn bad_request(message: &str) -> Response {
     json_error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
@@ -340,13 +354,11 @@ fn name_in(body: &Value, member: &str) -> Result<Option<String>, Response> {
 
 /// `POST /admin/revocations`: `{"subject": "...", "until": <unix seconds>}`
 /// or `{"jti": "...", "until": ...}` (`until` absent or null: until lifted).
-pub(crate) async fn revoke(State(state): State<AppState>, body: Option<Json<Value>>) -> Response {
-    let Some(Json(body)) = body else {
-        return bad_request("the body must be a JSON object");
+pub(crate) async fn revoke(State(state): State<AppState>, body: Bytes) -> Response {
+    let body = match object(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
     };
-    if !body.is_object() {
-        return bad_request("the body must be a JSON object");
-    }
     if let Some(extra) = body
         .as_object()
         .into_iter()
@@ -425,9 +437,10 @@ pub(crate) async fn lift(State(state): State<AppState>, Path(key): Path<String>)
 
 /// `POST /admin/grants`: `{"subject": "...", "subscribe": [grants]}`, the
 /// subject's new subscribe grants (as a token's claim writes them).
-pub(crate) async fn grants(State(state): State<AppState>, body: Option<Json<Value>>) -> Response {
-    let Some(Json(body)) = body else {
-        return bad_request("the body must be a JSON object");
+pub(crate) async fn grants(State(state): State<AppState>, body: Bytes) -> Response {
+    let body = match object(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     if let Some(extra) = body
         .as_object()

@@ -159,9 +159,11 @@ impl Revocations {
                 .map(|e| (e.key().clone(), *e.value()))
                 .collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            out.extend(entries.into_iter().map(|(name, e)| {
-                json!({member: name, "until": e.until, "revoked_at": e.at})
-            }));
+            out.extend(
+                entries
+                    .into_iter()
+                    .map(|(name, e)| json!({member: name, "until": e.until, "revoked_at": e.at})),
+            );
         }
         out
     }
@@ -198,7 +200,13 @@ mod tests {
         assert!(!r.refuses(Some("alice"), None));
 
         let jti = Target::Jti("t1".into());
-        assert!(r.revoke(&jti, Entry { until: None, at: now }));
+        assert!(r.revoke(
+            &jti,
+            Entry {
+                until: None,
+                at: now
+            }
+        ));
         assert!(r.refuses(Some("alice"), Some("t1")));
         assert!(!r.refuses(Some("alice"), Some("t2")));
         assert_eq!(r.list().len(), 1);

@@ -99,8 +99,13 @@ impl Connection {
             return Ok(());
         };
         let filter = crate::session::filter_for(req, &self.state.config.limits)?;
-        let same = narrowed.enforced(&req.topic).map(|f| f.canonical().to_owned())
-            == self.grants.enforced(&req.topic).map(|f| f.canonical().to_owned());
+        let same = narrowed
+            .enforced(&req.topic)
+            .map(|f| f.canonical().to_owned())
+            == self
+                .grants
+                .enforced(&req.topic)
+                .map(|f| f.canonical().to_owned());
         if same && narrowed.allows_filter(&req.topic, &filter) {
             Ok(())
         } else {
