@@ -330,10 +330,10 @@ async fn append(state: &AppState, key: String, value: Value) -> Result<bool, Res
 }
 
 /// The request body as a JSON object, or a 400 saying it is not one.
-fn object(body: &[u8]) -> Result<Value, Response> {
+fn object(body: &[u8]) -> Result<Value, String> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
-        _ => Err(bad_request("the body must be a JSON object")),
+        _ => Err("the body must be a JSON object".into()),
     }
 }
 
@@ -342,13 +342,13 @@ fn bad_request(message: &str) -> Response {
 }
 
 /// A subject or token id as a request names it: a non-empty string of at most 1 KiB.
-fn name_in(body: &Value, member: &str) -> Result<Option<String>, Response> {
+fn name_in(body: &Value, member: &str) -> Result<Option<String>, String> {
     match body.get(member) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(Some(s.clone())),
-        Some(_) => Err(bad_request(&format!(
+        Some(_) => Err(format!(
             "`{member}` must be a non-empty string of at most 1024 bytes"
-        ))),
+        )),
     }
 }
 
@@ -357,7 +357,7 @@ fn name_in(body: &Value, member: &str) -> Result<Option<String>, Response> {
 pub(crate) async fn revoke(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match object(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return bad_request(&message),
     };
     if let Some(extra) = body
         .as_object()
@@ -369,11 +369,11 @@ pub(crate) async fn revoke(State(state): State<AppState>, body: Bytes) -> Respon
     }
     let subject = match name_in(&body, "subject") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(message) => return bad_request(&message),
     };
     let jti = match name_in(&body, "jti") {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(message) => return bad_request(&message),
     };
     let until = match body.get("until") {
         None | Some(Value::Null) => None,
@@ -440,7 +440,7 @@ pub(crate) async fn lift(State(state): State<AppState>, Path(key): Path<String>)
 pub(crate) async fn grants(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match object(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(message) => return bad_request(&message),
     };
     if let Some(extra) = body
         .as_object()
@@ -453,7 +453,7 @@ pub(crate) async fn grants(State(state): State<AppState>, body: Bytes) -> Respon
     let subject = match name_in(&body, "subject") {
         Ok(Some(s)) => s,
         Ok(None) => return bad_request("`subject` is required"),
-        Err(r) => return r,
+        Err(message) => return bad_request(&message),
     };
     let Some(items) = body.get("subscribe").and_then(Value::as_array) else {
         return bad_request("`subscribe` must be an array of grants");
