@@ -391,6 +391,8 @@ async fn the_control_topic_is_not_a_client_topic() {
         json!({"subject": ""}),
         json!({"subject": "a", "until": "tomorrow"}),
         json!({"subject": "a", "extra": 1}),
+        json!({"subject": "a", "jti": null}),
+        json!([{"subject": "a"}]),
     ] {
         let (status, reply) = admin(
             &server,

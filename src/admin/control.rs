@@ -344,7 +344,7 @@ fn bad_request(message: &str) -> Response {
 /// A subject or token id as a request names it: a non-empty string of at most 1 KiB.
 fn name_in(body: &Value, member: &str) -> Result<Option<String>, String> {
     match body.get(member) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(Some(s.clone())),
         Some(_) => Err(format!(
             "`{member}` must be a non-empty string of at most 1024 bytes"
@@ -377,7 +377,12 @@ pub(crate) async fn revoke(State(state): State<AppState>, body: Bytes) -> Respon
     };
     let until = match body.get("until") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
+        // 1802.0 is an integer too, as JSON Schema counts.
+        Some(v) => match v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..9.0e15).contains(f))
+                .map(|f| f as u64)
+        }) {
             Some(u) => Some(u),
             None => return bad_request("`until` must be Unix seconds (a non-negative integer)"),
         },
