@@ -804,6 +804,42 @@ mod tests {
     }
 
     #[test]
+    fn the_control_topic_is_reserved_and_defaults_by_source() {
+        let embedded =
+            Config::from_toml_str("[[topics]]\nname = \"a\"\n", std::iter::empty()).unwrap();
+        assert_eq!(embedded.control_topic(), Some(DEFAULT_CONTROL_TOPIC));
+        assert_eq!(
+            embedded.source_settings().topics[0].name,
+            DEFAULT_CONTROL_TOPIC
+        );
+        assert!(embedded.topic_for(DEFAULT_CONTROL_TOPIC).is_none());
+        let err = Config::from_toml_str(
+            "[[topics]]\nname = \"pushgate.control\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("topics[0].name"), "{err}");
+        let off = Config::from_toml_str(
+            "[admin]\ncontrol_topic = \"\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(off.control_topic(), None);
+        let kafka = Config::from_toml_str(
+            "[source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:9092\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(kafka.control_topic(), None);
+        let bad = Config::from_toml_str(
+            "[admin]\ncontrol_topic = \"no spaces\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("admin.control_topic"), "{bad}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = Config::from_toml_str(
             "[[topics]]\nname = \"a\"\npartitions = 0\n",
