@@ -69,11 +69,20 @@ pub fn admit(
     let ip = crate::proxy::client_ip(peer, headers, &state.config.server.trusted_proxies);
     let outbox = Arc::new(Outbox::new(state.config.limits.queue_bytes));
     let slot = state
-        .connection_slot(transport, ip, identity.subject.as_deref(), &outbox)
+        .connection_slot(transport, ip, &identity, &outbox)
         .map_err(|refused| match refused {
             Refused::TooManyFromIp => Refusal::TooManyFromIp,
             Refused::TooMany | Refused::Draining => Refusal::Unavailable,
         })?;
+    // A revocation applied between the token check and the registration
+    // above found no connection to end: look again now that it is registered.
+    if state
+        .auth
+        .revocations
+        .refuses(identity.subject.as_deref(), identity.jti.as_deref())
+    {
+        return Err(Refusal::Unauthorized);
+    }
     Ok(Admission {
         identity,
         slot,

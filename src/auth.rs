@@ -30,9 +30,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{AuthConfig, KeyKind};
+
+mod revocations;
 use crate::hub::Filter;
 use crate::shaping::{FilterLimits, KeyTest, ValueFilter};
 use crate::token_subs::TokenSub;
+pub use revocations::{Entry as Revocation, Revocations, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -73,12 +76,17 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// Valid, but its subject or its `jti` is revoked (`POST /admin/revocations`).
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// Who is asking, and what they may do.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub subject: Option<String>,
+    /// The token's `jti`, if it has one (a revocation may name it).
+    pub jti: Option<String>,
     /// Unix seconds; `None` for anonymous access.
     pub expires_at: Option<u64>,
     pub subscribe: Grants,
@@ -91,6 +99,7 @@ impl Identity {
     fn anonymous(subscribe: bool, publish: bool) -> Self {
         Self {
             subject: None,
+            jti: None,
             expires_at: None,
             subscribe: if subscribe {
                 Grants::everything()
@@ -294,6 +303,8 @@ struct KeySet {
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
     exp: u64,
     #[serde(flatten)]
     rest: HashMap<String, Value>,
@@ -306,6 +317,8 @@ pub struct Authenticator {
     keys: RwLock<Arc<KeySet>>,
     validation: Validation,
     jwks_seen: RwLock<Option<SystemTime>>,
+    /// Subjects and token ids refused whatever their signature (the control topic).
+    pub revocations: Revocations,
 }
 
 impl Authenticator {
@@ -344,6 +357,7 @@ impl Authenticator {
             })),
             validation,
             jwks_seen: RwLock::new(None),
+            revocations: Revocations::default(),
         };
         if let Some(path) = auth.jwks_path() {
             let keys = read_jwks(&path)?;
@@ -417,7 +431,16 @@ impl Authenticator {
             // The key decides the algorithms; the token's header only picks among them.
             validation.algorithms = key.algorithms.clone();
             match decode::<Claims>(token, &key.decoding, &validation) {
-                Ok(data) => return Ok(self.identity_from(data.claims)),
+                Ok(data) => {
+                    let claims = data.claims;
+                    if self
+                        .revocations
+                        .refuses(claims.sub.as_deref(), claims.jti.as_deref())
+                    {
+                        return Err(AuthError::Revoked);
+                    }
+                    return Ok(self.identity_from(claims));
+                }
                 Err(e) => last = AuthError::Invalid(e.to_string()),
             }
         }
@@ -442,6 +465,7 @@ impl Authenticator {
         Identity {
             on_connect: crate::token_subs::parse(grants, claims.sub.as_deref()),
             subject: claims.sub,
+            jti: claims.jti,
             expires_at: Some(claims.exp),
             subscribe,
             publish: list("publish"),

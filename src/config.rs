@@ -96,7 +96,15 @@ pub struct AdminConfig {
     /// A separate address for the admin routes; not set: the main listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The control topic every node reads revocations and grant changes
+    /// from. Not set: `pushgate.control` on the embedded log (reserved
+    /// there), none on Kafka and Kinesis; `""`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_topic: Option<String>,
 }
+
+/// The embedded log's reserved control topic, when `admin.control_topic` is not set.
+pub const DEFAULT_CONTROL_TOPIC: &str = "pushgate.control";
 
 /// The shortest `admin.token` accepted.
 pub const ADMIN_TOKEN_MIN: usize = 16;
@@ -465,6 +473,26 @@ impl Config {
         if self.topics.is_empty() {
             return Err(invalid("topics", "must name at least one topic"));
         }
+        if let Some(control) = self.control_topic() {
+            if !crate::source::topics::valid_topic_name(control) {
+                return Err(invalid(
+                    "admin.control_topic",
+                    "is not a valid topic name (letters, digits, `.`, `_`, `-`; at most 249)",
+                ));
+            }
+            if self.source.kind == SourceKind::Kinesis {
+                return Err(invalid(
+                    "admin.control_topic",
+                    "is not supported on Kinesis yet: set it to \"\"",
+                ));
+            }
+            if let Some(i) = self.topics.iter().position(|t| t.name == control) {
+                return Err(invalid(
+                    format!("topics[{i}].name"),
+                    format!("`{control}` is admin.control_topic: clients cannot read it"),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         let mut seen_patterns = HashSet::new();
         for (i, topic) in self.topics.iter().enumerate() {
@@ -671,10 +699,24 @@ impl Config {
     /// The rules `topic_for` applies, owned, for a source to keep.
     /// What the source is opened with (`source::open`).
     pub(crate) fn source_settings(&self) -> crate::source::Settings {
+        // The control topic is read like any other, named outright (so no
+        // pattern serves it): one partition, its whole history kept.
+        let mut topics = self.topics.clone();
+        if let Some(control) = self.control_topic() {
+            topics.insert(
+                0,
+                TopicConfig {
+                    name: control.to_owned(),
+                    partitions: 1,
+                    retention_records: 0,
+                    ..TopicConfig::default()
+                },
+            );
+        }
         crate::source::Settings {
             source: self.source.clone(),
-            topics: self.topics.clone(),
-            rules: self.topic_rules(),
+            rules: TopicRules::new(topics.clone(), self.pattern_excluded().map(str::to_owned)),
+            topics,
             embedded: self.embedded.clone(),
             kafka: self.kafka.clone(),
             kinesis: self.kinesis.clone(),
@@ -691,6 +733,21 @@ impl Config {
     fn pattern_excluded(&self) -> Option<&str> {
         (self.source.kind == SourceKind::Kafka && !self.kafka.dead_letter_topic.is_empty())
             .then_some(self.kafka.dead_letter_topic.as_str())
+    }
+
+    /// The control topic (see [`AdminConfig::control_topic`]), if there is one.
+    pub fn control_topic(&self) -> Option<&str> {
+        match self.admin.control_topic.as_deref() {
+            Some("") => None,
+            Some(name) => Some(name),
+            None if self.source.kind == SourceKind::Embedded => Some(DEFAULT_CONTROL_TOPIC),
+            None => None,
+        }
+    }
+
+    /// Whether clients may not name `topic`: it is the control topic.
+    pub fn is_control_topic(&self, topic: &str) -> bool {
+        self.control_topic() == Some(topic)
     }
 
     /// True when this config lets anyone publish on a non-loopback address.
@@ -749,6 +806,42 @@ mod tests {
         let full = include_str!("../config/pushgate.toml");
         let config = Config::from_toml_str(full, std::iter::empty()).unwrap();
         assert!(!config.demo.enabled);
+    }
+
+    #[test]
+    fn the_control_topic_is_reserved_and_defaults_by_source() {
+        let embedded =
+            Config::from_toml_str("[[topics]]\nname = \"a\"\n", std::iter::empty()).unwrap();
+        assert_eq!(embedded.control_topic(), Some(DEFAULT_CONTROL_TOPIC));
+        assert_eq!(
+            embedded.source_settings().topics[0].name,
+            DEFAULT_CONTROL_TOPIC
+        );
+        assert!(embedded.topic_for(DEFAULT_CONTROL_TOPIC).is_none());
+        let err = Config::from_toml_str(
+            "[[topics]]\nname = \"pushgate.control\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("topics[0].name"), "{err}");
+        let off = Config::from_toml_str(
+            "[admin]\ncontrol_topic = \"\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(off.control_topic(), None);
+        let kafka = Config::from_toml_str(
+            "[source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:9092\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(kafka.control_topic(), None);
+        let bad = Config::from_toml_str(
+            "[admin]\ncontrol_topic = \"no spaces\"\n[[topics]]\nname = \"a\"\n",
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("admin.control_topic"), "{bad}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "shutdown"
     } else if !state.source.is_ready() {
         state.source.waiting_for()
+    } else if !state.auth.revocations.is_loaded() {
+        // A token revoked before this node started must be refused from its first connection.
+        "control_topic"
     } else {
         // Ready for what it can serve; a topic it cannot (Kafka ACLs) is named
         // with the cause, without taking the node out of the load balancer.
@@ -125,6 +128,7 @@ async fn topics(
     names.sort();
     let list: Vec<Value> = names
         .iter()
+        .filter(|name| !state.config.is_control_topic(name))
         .filter_map(|name| state.hub.topic(name).ok())
         .map(|t| {
             json!({

@@ -37,7 +37,9 @@
 //!            client's AND token's; fields; max_rate; delta as JSON Patch),
 //!            normalized so equal specs share a group
 //! protocol   client messages, control messages, error and close codes
-//! auth       JWT verification, grants, origin checks, publish rate
+//! auth       JWT verification, grants, origin checks, publish rate, revocations
+//! admin      /admin/...: connections, topics; the control topic (revocations and
+//!            grant changes every node reads from the log)
 //! token_subs the token's `subscribe_on_connect` as subscribe requests (`token-N`, `{sub}`)
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
@@ -197,6 +199,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     match opened {
         Some(Ok(source)) => {
             opening.set(source);
+            admin::spawn_reader(&state);
             if state.config.demo.enabled {
                 demo::spawn(&state);
             }

@@ -24,6 +24,11 @@ pub enum CloseReason {
     TopicReset,
     /// Closed by an operator (the admin API): reconnect, as after a drain.
     Closed,
+    /// The token's subject or `jti` was revoked (the control topic): do not reconnect with it.
+    Revoked,
+    /// SSE and gRPC (one subscription per stream): the subject's grants were
+    /// narrowed and no longer allow the stream's subscription.
+    Unsubscribed,
 }
 
 #[derive(Debug)]
@@ -95,6 +100,12 @@ impl Outbox {
             }
             self.signal();
         }
+    }
+
+    /// Wakes the writer with nothing queued: it has something else to look
+    /// at (a WebSocket connection's grants were narrowed).
+    pub fn wake(&self) {
+        self.signal();
     }
 
     /// Moves everything queued into `out`. `Err` once the outbox is closed.

@@ -27,6 +27,8 @@ pub mod close {
     pub const SLOW: u16 = 4001;
     /// A resume could not be completed (the log dropped the range being replayed).
     pub const RECOVERY_LOST: u16 = 4002;
+    /// The token's subject or the token itself (`jti`) was revoked (`POST /admin/revocations`).
+    pub const REVOKED: u16 = 4003;
     /// The topic was recreated (new epoch: resubscribe; the old cursor gets
     /// `recovered: false`) or deleted (resubscribing answers `unknown_topic`).
     pub const TOPIC_RESET: u16 = 4004;
@@ -53,6 +55,8 @@ pub enum ErrorCode {
     Forbidden,
     Unauthorized,
     Unavailable,
+    /// The connection's token was revoked (SSE: the last event of the stream).
+    Revoked,
     Internal,
 }
 
@@ -72,6 +76,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
             Self::Unavailable => "unavailable",
+            Self::Revoked => "revoked",
             Self::Internal => "internal",
         }
     }
@@ -306,6 +311,12 @@ pub fn live(
 
 pub fn unsubscribed(id: &Value, topic: &str) -> String {
     json!({"type": "unsubscribed", "id": id, "topic": topic}).to_string()
+}
+
+/// A subscription the server ended: `reason` is `revoked` (the subject's
+/// grants were narrowed by an operator and no longer allow it).
+pub fn unsubscribed_because(id: &Value, topic: &str, reason: &str) -> String {
+    json!({"type": "unsubscribed", "id": id, "topic": topic, "reason": reason}).to_string()
 }
 
 /// A resume that cannot be honoured: `earliest` is the oldest position still retained.

@@ -197,6 +197,10 @@ pub async fn check_topic(
     state: &AppState,
     topic_name: &str,
 ) -> Result<Option<Arc<Topic>>, PublishError> {
+    // The control topic is written by the admin API only.
+    if state.config.is_control_topic(topic_name) {
+        return Err(PublishError::UnknownTopic);
+    }
     match state.hub.topic(topic_name) {
         Ok(topic) if topic.is_ready() && state.source.is_ready() => Ok(Some(topic)),
         Ok(topic) if state.source.is_ready() => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::auth::{AuthSetupError, Authenticator, ConnectLimiter, RateLimiter};
+use crate::auth::{AuthSetupError, Authenticator, ConnectLimiter, Grants, Identity, RateLimiter};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::log_reads::LogReads;
@@ -39,6 +39,14 @@ struct Connections {
     per_ip: DashMap<IpAddr, usize>,
     /// Every open streaming connection by id, for the admin API.
     open: DashMap<u64, Tracked>,
+    /// The `jti` of each open connection whose token has one (revocations
+    /// name tokens by it); apart so that `Tracked` stays small.
+    jtis: DashMap<u64, Box<str>>,
+    /// Narrowed subscribe grants (the control topic) waiting for a WebSocket
+    /// connection's task to apply them, by connection id.
+    narrowed: DashMap<u64, Arc<Grants>>,
+    /// Entries in `narrowed`: a WebSocket wake-up reads this atomic, not the map.
+    narrowed_count: AtomicUsize,
 }
 
 /// What the admin API knows of an open connection: 64 bytes, 72 with its
@@ -112,9 +120,10 @@ impl AppState {
         &self,
         transport: &'static str,
         ip: IpAddr,
-        subject: Option<&str>,
+        identity: &Identity,
         outbox: &Arc<Outbox>,
     ) -> Result<ConnectionSlot, Refused> {
+        let subject = identity.subject.as_deref();
         if self.shutdown.is_triggered() {
             telemetry::connection_refused("draining");
             return Err(Refused::Draining);
@@ -162,6 +171,9 @@ impl AppState {
                 outbox: Arc::clone(outbox),
             },
         );
+        if let Some(jti) = &identity.jti {
+            self.connections.jtis.insert(id, jti.as_str().into());
+        }
         Ok(ConnectionSlot {
             connections: Arc::clone(&self.connections),
             transport,
@@ -204,6 +216,60 @@ impl AppState {
         true
     }
 
+    /// Ends every open connection of `subject` as revoked (WebSocket 4003,
+    /// an SSE `error` event, gRPC `UNAUTHENTICATED`); how many.
+    pub fn revoke_subject(&self, subject: &str) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .connections
+            .open
+            .iter()
+            .filter(|e| e.subject.as_deref() == Some(subject))
+            .map(|e| Arc::clone(&e.outbox))
+            .collect();
+        outboxes.iter().for_each(|o| o.close(CloseReason::Revoked));
+        outboxes.len()
+    }
+
+    /// Ends every open connection whose token's `jti` is `jti`, as revoked; how many.
+    pub fn revoke_jti(&self, jti: &str) -> usize {
+        let ids: Vec<u64> = self
+            .connections
+            .jtis
+            .iter()
+            .filter(|e| &**e.value() == jti)
+            .map(|e| *e.key())
+            .collect();
+        let outboxes: Vec<Arc<Outbox>> = ids
+            .iter()
+            .filter_map(|id| self.connections.open.get(id).map(|e| Arc::clone(&e.outbox)))
+            .collect();
+        outboxes.iter().for_each(|o| o.close(CloseReason::Revoked));
+        outboxes.len()
+    }
+
+    /// Hands `grants` to WebSocket connection `id`'s task and wakes it.
+    pub fn narrow(&self, id: u64, grants: Arc<Grants>, outbox: &Outbox) {
+        if self.connections.narrowed.insert(id, grants).is_none() {
+            self.connections
+                .narrowed_count
+                .fetch_add(1, Ordering::AcqRel);
+        }
+        outbox.wake();
+    }
+
+    /// The narrowed grants waiting for connection `id`, if any (one map read
+    /// per wake-up of a WebSocket connection, skipped while the map is empty).
+    pub fn take_narrowed(&self, id: u64) -> Option<Arc<Grants>> {
+        if self.connections.narrowed_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let (_, grants) = self.connections.narrowed.remove(&id)?;
+        self.connections
+            .narrowed_count
+            .fetch_sub(1, Ordering::AcqRel);
+        Some(grants)
+    }
+
     pub fn open_connections(&self) -> usize {
         self.connections.total.load(Ordering::Acquire)
     }
@@ -240,6 +306,11 @@ impl ConnectionSlot {
     /// Built when there is something to log, not kept: an idle WebSocket
     /// costs a few KiB and a stored span would hold a registry entry per
     /// connection (see `transport/ws.rs`).
+    /// The connection's id (as the admin API lists it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn span(&self, subject: Option<&str>) -> tracing::Span {
         tracing::info_span!(
             "connection",
@@ -254,6 +325,14 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.connections.open.remove(&self.id);
+        self.connections.jtis.remove(&self.id);
+        if self.connections.narrowed_count.load(Ordering::Acquire) > 0
+            && self.connections.narrowed.remove(&self.id).is_some()
+        {
+            self.connections
+                .narrowed_count
+                .fetch_sub(1, Ordering::AcqRel);
+        }
         self.connections.total.fetch_sub(1, Ordering::AcqRel);
         if self.limited {
             self.connections

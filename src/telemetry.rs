@@ -39,6 +39,10 @@ pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_tota
 pub const PARTITION_LAG: &str = "pushgate_partition_lag_records";
 /// Seconds from a record's timestamp to its first write to a client, per transport (a histogram).
 pub const RECORD_AGE: &str = "pushgate_record_age_seconds";
+/// Revocations applied from the control topic (each record that put one in force).
+pub const REVOCATIONS: &str = "pushgate_revocations_applied_total";
+/// Connections ended because their token was revoked.
+pub const REVOKED_CONNECTIONS: &str = "pushgate_revoked_connections_total";
 pub const KINESIS_BEHIND: &str = "pushgate_kinesis_millis_behind_latest";
 pub const KINESIS_THROTTLED: &str = "pushgate_kinesis_throttled_total";
 pub const KINESIS_CATCHUP_READS: &str = "pushgate_kinesis_catchup_reads_total";
@@ -82,6 +86,12 @@ pub fn render() -> String {
 /// "max_snapshot_records" or "view_max_keys".
 pub fn snapshot_partial(reason: &'static str) {
     counter!(SNAPSHOTS_PARTIAL, "reason" => reason).increment(1);
+}
+
+/// A revocation read from the control topic, which ended `connections` open connections.
+pub fn revocation_applied(connections: usize) {
+    counter!(REVOCATIONS).increment(1);
+    counter!(REVOKED_CONNECTIONS).increment(connections as u64);
 }
 
 /// `transport` is "ws", "sse", "grpc" or "view" (a view page, held while it is read).

@@ -499,6 +499,107 @@ async fn tokens_grants_and_expiry() {
 }
 
 /// A server on `dir`'s embedded log (so a second one can take it over).
+/// A token of `subject` granted `subscribe`, valid for an hour.
+fn token_of(subject: &str, subscribe: &[&str]) -> String {
+    let claims = json!({"sub": subject, "exp": now() + 3600, "pushgate": {"subscribe": subscribe}});
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("hs".into());
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_subject_s_stream_ends_unauthenticated_and_narrowed_grants_permission_denied() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
+    const ADMIN_TOKEN: &str = "admin-token-0123456789";
+    let server = TestServer::start_with(&format!(
+        "{AUTH}\n[admin]\nenabled = true\ntoken = \"{ADMIN_TOKEN}\"\n"
+    ))
+    .await;
+    let addr = server.addr.to_string();
+    let admin = |path: &str, body: Value| {
+        server
+            .http
+            .post(server.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let revoked = token_of("mallory", &["t"]);
+    let narrowed = token_of("nina", &["t", "one"]);
+    let mut cut = Subscriber::start(
+        &addr,
+        json!({"topic": "t", "snapshot": false}),
+        &["--token", &revoked],
+    )
+    .await;
+    assert_eq!(cut.next().await["type"], "subscribed");
+    assert_eq!(cut.next().await["type"], "live");
+    let mut ended = Subscriber::start(
+        &addr,
+        json!({"topic": "t", "snapshot": false}),
+        &["--token", &narrowed],
+    )
+    .await;
+    assert_eq!(ended.next().await["type"], "subscribed");
+    assert_eq!(ended.next().await["type"], "live");
+    let mut kept = Subscriber::start(
+        &addr,
+        json!({"topic": "one", "snapshot": false}),
+        &["--token", &narrowed],
+    )
+    .await;
+    assert_eq!(kept.next().await["type"], "subscribed");
+    assert_eq!(kept.next().await["type"], "live");
+
+    let asked = Instant::now();
+    let reply = admin("/admin/revocations", json!({"subject": "mallory"}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let (_, end) = cut.until_end().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(end["code"], "UNAUTHENTICATED", "{end}");
+    assert_eq!(end["trailers"]["pushgate-error"], "revoked", "{end}");
+    let (_, again) = subscribe_all(&addr, json!({"topic": "t"}), &["--token", &revoked]).await;
+    assert_eq!(again["code"], "UNAUTHENTICATED", "{again}");
+
+    let reply = admin(
+        "/admin/grants",
+        json!({"subject": "nina", "subscribe": ["one"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status(), 202);
+    let (_, end) = ended.until_end().await;
+    assert_eq!(end["code"], "PERMISSION_DENIED", "{end}");
+    assert_eq!(end["trailers"]["pushgate-error"], "revoked", "{end}");
+    // The stream the new grants still allow goes on.
+    let body = json!({"key": "k", "data": "still"});
+    let published = server
+        .http
+        .post(server.url("/topics/one"))
+        .bearer_auth(token(60, &[], &["one"]))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    let (records, _) = kept.records(1).await;
+    assert_eq!(records[0]["data"], "still");
+    server.stop().await;
+}
+
 async fn start_on(
     dir: &Path,
 ) -> (

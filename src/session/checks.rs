@@ -184,6 +184,13 @@ pub fn admitted(
     req: &SubscribeRequest,
 ) -> Result<Admitted, ClientError> {
     let limits = &state.config.limits;
+    // The control topic is the nodes' own: no client reads it, whatever its grants.
+    if state.config.is_control_topic(&req.topic) {
+        return Err(ClientError::new(
+            ErrorCode::UnknownTopic,
+            format!("unknown topic `{}`", truncate(&req.topic)),
+        ));
+    }
     let filter = filter_for(req, limits)?;
     if !grants.allows_filter(&req.topic, &filter) {
         return Err(ClientError::new(

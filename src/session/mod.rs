@@ -29,7 +29,7 @@ use crate::state::AppState;
 use crate::telemetry;
 
 mod checks;
-pub use checks::{admitted, parse_cursor, readiness, until_ready, READY_POLL};
+pub use checks::{admitted, filter_for, parse_cursor, readiness, until_ready, READY_POLL};
 
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;

@@ -27,11 +27,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tracing::Instrument;
 
 use crate::admission::{self, Admission};
-use crate::outbox::Outbox;
+use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{self, ClientError, ErrorCode, SubscribeRequest};
 use crate::record::Record;
 use crate::reply::json_error;
@@ -289,6 +290,8 @@ impl Ready {
                 &protocol::gap(&id, &topic_name, reason, earliest),
             ));
         }
+        // For the last event of a stream an operator ends (a revocation, narrowed grants).
+        let ending = Box::new((id.clone(), Arc::clone(&topic_name)));
         let mut start = Box::new(Start {
             id,
             topic_name,
@@ -316,7 +319,12 @@ impl Ready {
                         }
                     }
                     Ok(None) => break,
-                    Err(CatchUpError::Closed(_)) => return,
+                    Err(CatchUpError::Closed(reason)) => {
+                        if let Some(last) = last_event(reason, &ending) {
+                            yield Chunk::Frame(last);
+                        }
+                        return;
+                    }
                     Err(CatchUpError::Lost(e)) => {
                         start.catch_up.span().in_scope(|| tracing::warn!(error = %e, "resume lost its range mid-replay"));
                         return;
@@ -332,8 +340,11 @@ impl Ready {
                 // Drain on every turn so a wake-up taken by another branch is not lost.
                 // A fresh Vec each time: an idle stream keeps no buffer from its last burst.
                 let mut batch = Vec::new();
-                if outbox.drain_into(&mut batch).is_err() {
+                if let Err(reason) = outbox.drain_into(&mut batch) {
                     // Too slow: end the stream; EventSource reconnects with its last id.
+                    if let Some(last) = last_event(reason, &ending) {
+                        yield Chunk::Frame(last);
+                    }
                     return;
                 }
                 if !batch.is_empty() {
@@ -357,6 +368,23 @@ impl Ready {
                 }
             }
         }
+    }
+}
+
+/// The event that ends a stream an operator ended: an `error` with code
+/// `revoked` (its token was revoked), or `unsubscribed` with reason `revoked`
+/// (narrowed grants no longer allow it). Others end with no event.
+fn last_event(reason: CloseReason, (id, topic): &(Value, Arc<str>)) -> Option<Bytes> {
+    match reason {
+        CloseReason::Revoked => {
+            let err = ClientError::new(ErrorCode::Revoked, "the token was revoked");
+            Some(event("error", &protocol::error(Some(id), &err)))
+        }
+        CloseReason::Unsubscribed => Some(event(
+            "unsubscribed",
+            &protocol::unsubscribed_because(id, topic, "revoked"),
+        )),
+        _ => None,
     }
 }
 

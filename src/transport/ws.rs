@@ -36,6 +36,7 @@ use super::ws_io::{Socket, Upgrade};
 mod echo;
 mod token;
 pub use echo::echo;
+mod grants;
 
 use crate::admission::{self, Admission};
 use crate::auth::{self, Grants};
@@ -159,6 +160,9 @@ impl Ending {
             ),
             // The drain's code: reconnect (to any node) and resume.
             CloseReason::Closed => (close::RESTART, "closed by the operator: reconnect"),
+            CloseReason::Revoked => (close::REVOKED, "revoked"),
+            // Only SSE and gRPC streams are closed for narrowed grants (see `grants`).
+            CloseReason::Unsubscribed => (close::POLICY, "revoked"),
         }
     }
 }
@@ -171,6 +175,9 @@ struct Connection {
     /// The token's subject and subscribe grants (its publish grants are of no use here).
     subject: Option<String>,
     grants: Grants,
+    /// Narrower grants an operator set for the subject (the control topic),
+    /// in force with the token's until the token is refreshed.
+    narrowed: Option<Arc<Grants>>,
     ever_subscribed: bool,
     /// When the token expires: warn then, close `auth.expiry_grace` later.
     expiry: Option<Instant>,
@@ -206,6 +213,7 @@ impl Connection {
             last_seen: Instant::now(),
             subject: admission.identity.subject,
             grants: admission.identity.subscribe,
+            narrowed: None,
             ever_subscribed: false,
             expiry,
             warned: false,
@@ -304,7 +312,13 @@ impl Connection {
                     _ => 0,
                 };
                 match event {
-                    Event::Outbox => {}
+                    Event::Outbox => {
+                        if let Some(grants) = self.state.take_narrowed(self.slot.id()) {
+                            if let Err(ending) = Box::pin(self.narrow(&mut socket, grants)).await {
+                                break ending;
+                            }
+                        }
+                    }
                     Event::Shutdown => break Ending::Close(close::RESTART, "server restarting"),
                     Event::Timer => match armed {
                         Timer::Ping => {
@@ -549,51 +563,6 @@ impl Connection {
         }
     }
 
-    /// Swaps in a fresh token. It must name the same subject; subscriptions the
-    /// new grants no longer cover are ended with a `forbidden` error.
-    async fn refresh(&mut self, socket: &mut Socket, token: &str) -> Result<(), Ending> {
-        let fresh = match self.state.auth.verify(token) {
-            Ok(identity)
-                // A connection without an expiring token may take on any subject.
-                if identity.subject == self.subject || self.expiry.is_none() =>
-            {
-                identity
-            }
-            Ok(_) | Err(_) => {
-                let err = ClientError::new(ErrorCode::Unauthorized, "token refused");
-                return self.guarded(send_error(socket, None, &err)).await;
-            }
-        };
-        self.expiry = fresh.time_left().map(|left| Instant::now() + left);
-        self.warned = false;
-        let mut kept = Vec::with_capacity(self.subs.len());
-        for active in std::mem::take(&mut self.subs) {
-            // A token that enforces another filter cannot take over: the
-            // subscription's group and history were shaped by the old one.
-            let enforced = fresh.subscribe.enforced(&active.topic);
-            let same = enforced.as_ref().map(|f| f.canonical()) == active.enforced.as_deref();
-            if fresh
-                .subscribe
-                .allows_filter(&active.topic, &active.guard.sub.filter)
-                && same
-            {
-                kept.push(active);
-            } else {
-                let err = ClientError::new(
-                    ErrorCode::Forbidden,
-                    "the new token does not cover this subscription",
-                );
-                self.guarded(send_error(socket, Some(&active.id), &err))
-                    .await?;
-            }
-        }
-        self.subs = kept;
-        let reply = protocol::refreshed(fresh.expires_at);
-        self.subject = fresh.subject;
-        self.grants = fresh.subscribe;
-        self.guarded(send_text(socket, reply)).await
-    }
-
     /// Parked subscribes: how many, and whether one has this topic or id.
     fn parked_count(&self) -> usize {
         self.parked.as_ref().map_or(0, |p| p.requests.len())
@@ -695,6 +664,7 @@ impl Connection {
             parked.requests.push((req, now + session::TOPIC_READY_WAIT));
             return Ok(());
         }
+        let checked = checked.and_then(|c| self.narrowed_allows(&req).map(|()| c));
         let opened = match checked {
             Ok(cursor) => {
                 let grants = &self.grants;

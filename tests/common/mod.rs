@@ -570,6 +570,9 @@ pub fn check_sse_event(ev: &SseEvent) {
         "gap" => "Gap",
         "live" => "Live",
         "message" => "Record",
+        // The last event of a stream an operator ended (revoked token, narrowed grants).
+        "error" => "Error",
+        "unsubscribed" => "Unsubscribed",
         other => panic!("an SSE event api/asyncapi.yaml does not define: `{other}` {ev:?}"),
     };
     let data: Value = serde_json::from_str(&ev.data)

@@ -494,6 +494,18 @@ fn closed(reason: CloseReason, cursor: Option<&str>) -> Status {
             "closed by the operator: resume from pushgate-cursor (any node)".into(),
             cursor,
         ),
+        CloseReason::Revoked => status(
+            Code::Unauthenticated,
+            "revoked",
+            "the token was revoked".into(),
+            cursor,
+        ),
+        CloseReason::Unsubscribed => status(
+            Code::PermissionDenied,
+            "revoked",
+            "the subject's grants no longer allow this subscription".into(),
+            cursor,
+        ),
     }
 }
 

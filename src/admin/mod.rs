@@ -1,4 +1,4 @@
-//! The operator's API under `/admin`: open connections (listed, closed) and what each topic holds, behind a static bearer token.
+//! The operator's API under `/admin`: open connections (listed, closed), what each topic holds, revocations and grant changes (through the control topic), behind a static bearer token.
 //!
 //! Off unless `admin.enabled`: every `/admin` path is then 404. The token is
 //! `admin.token`, compared in constant time; a client's JWT is never accepted
@@ -16,7 +16,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::hub::PartitionStats;
+mod control;
+pub(crate) use control::spawn_reader;
+
+use crate::hub::{PartitionStats, Sub};
 use crate::outbox::Outbox;
 use crate::reply::json_error;
 use crate::source::Source;
@@ -49,6 +52,15 @@ fn routes(state: &AppState) -> Router<AppState> {
             axum::routing::delete(close_connection),
         )
         .route("/admin/topics", get(topics))
+        .route(
+            "/admin/revocations",
+            get(control::revocations).post(control::revoke),
+        )
+        .route(
+            "/admin/revocations/{target}",
+            axum::routing::delete(control::lift),
+        )
+        .route("/admin/grants", axum::routing::post(control::grants))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
 }
 
@@ -155,6 +167,22 @@ async fn connections(
         })
         .collect();
     Json(json!({ "connections": list })).into_response()
+}
+
+/// The subscriptions feeding `outbox` (one walk of every topic's index), with their topics.
+fn subscriptions_of(state: &AppState, outbox: &Arc<Outbox>) -> Vec<(Arc<str>, Arc<Sub>)> {
+    let mut found = Vec::new();
+    for name in state.hub.topic_names() {
+        let Ok(topic) = state.hub.topic(&name) else {
+            continue;
+        };
+        for sub in topic.subscriptions() {
+            if Arc::ptr_eq(sub.outbox(), outbox) {
+                found.push((Arc::clone(&name), sub));
+            }
+        }
+    }
+    found
 }
 
 /// The queue's address: a connection and its subscriptions share one.
