@@ -231,6 +231,35 @@ class Pushgate(val options: PushgateOptions) : Closeable {
         }
     }
 
+    /**
+     * What was appended to [topic] after [cursor], with one HTTP request and
+     * no socket (`GET /topics/{topic}/records`): for an app woken by a push
+     * notification. One page per call: call again with the returned cursor
+     * while [FetchSinceResult.more] is true. The cursor covers records a
+     * filter left out, and subscribing with it continues live with no gap
+     * and no duplicate. Without a cursor the answer is empty with the head's
+     * cursor: take it before the app sleeps. The token comes from
+     * [PushgateOptions.tokenProvider] (`Authorization: Bearer`); a 503 is
+     * retried after its `Retry-After` (three tries); any other refusal throws
+     * [FetchSinceException] (401 [FetchSinceException.unauthorized], 403
+     * [FetchSinceException.forbidden]).
+     *
+     * ```
+     * var page = pg.fetchSince("prices", prefs.getString("cursor", null), FetchSinceOptions(keys = listOf("AAPL")))
+     * while (true) {
+     *     page.gap?.let { reload(it) }
+     *     page.records.forEach { show(it.key, it.data) }
+     *     if (!page.more) break
+     *     page = pg.fetchSince("prices", page.cursor, FetchSinceOptions(keys = listOf("AAPL")))
+     * }
+     * prefs.edit().putString("cursor", page.cursor).apply()
+     * ```
+     */
+    suspend fun fetchSince(topic: String, cursor: String?, options: FetchSinceOptions = FetchSinceOptions()): FetchSinceResult {
+        require(options.limit == null || options.limit > 0) { "limit must be positive" }
+        return fetchRecords(http, recordsUrl(baseUrl, topic, cursor, options), topic, this.options.tokenProvider, this.options.minDelayMs, this.options.maxDelayMs)
+    }
+
     /** Closes every connection and completes every subscription's flow; no more reconnects. */
     override fun close() {
         locked {
