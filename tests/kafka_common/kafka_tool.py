@@ -235,6 +235,19 @@ def create(a):
     adm = admin(a)
     adm.create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1,
                                 topic_configs=configs)])
+    # CreateTopics returns once the controller has the topic; the broker's
+    # metadata cache learns it a moment later. Wait until Metadata shows it
+    # with a leader for every partition, so a gateway started next finds it.
+    deadline = time.monotonic() + 30
+    while True:
+        described = [t for t in adm.describe_topics([a.topic]) if t.get("name") == a.topic]
+        parts = described[0].get("partitions", []) if described else []
+        if (described and described[0].get("error_code") == 0 and len(parts) == a.partitions
+                and all(p.get("leader_id", -1) >= 0 for p in parts)):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"create: {a.topic} not in the broker's metadata after 30 s: {described}")
+        time.sleep(0.05)
     adm.close()
     print("created", flush=True)
 
