@@ -70,7 +70,7 @@ class GatewayTest {
         val pg = client(gw, transport)
         val sub = pg.subscribe("prices", SubscribeOptions(keys = listOf("AAPL", "NVDA")))
         val got = collect(sub)
-        waitFor("live") { sub.live }
+        waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         val snap = got.records().map { Triple(it.key, it.data!!.get("price").asInt(), it.snapshot) }.sortedBy { it.first }
         assertEquals(listOf(Triple("AAPL", 1, true), Triple("NVDA", 3, true)), snap)
         // Only the last snapshot record carries a resumable cursor.
@@ -176,7 +176,7 @@ class GatewayTest {
         val pg = client(gw)
         val sub = pg.subscribe("one", SubscribeOptions(keys = listOf("fast"), maxRate = 2.0))
         val got = collect(sub)
-        waitFor("live") { sub.live }
+        waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         val t0 = System.currentTimeMillis()
         for (i in 1..40) gw.publish("one", "fast", i)
         val took = (System.currentTimeMillis() - t0) / 1000.0
@@ -257,7 +257,7 @@ class GatewayTest {
         val pg = client(gw)
         val sub = pg.subscribe("small", SubscribeOptions(cursor = old))
         val got = collect(sub)
-        waitFor("live") { sub.live }
+        waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         val reset = got.filterIsInstance<Reset>().single()
         assertEquals("retention", reset.reason)
         assertNotNull(reset.earliest)
@@ -278,7 +278,7 @@ class GatewayTest {
         val events = clientEvents(pg)
         val sub = pg.subscribe("one", SubscribeOptions(keys = listOf("x"), snapshot = false))
         val got = collect(sub)
-        waitFor("live") { sub.live }
+        waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         val sent = (0 until 14).toList()
         for (i in sent) {
             gw.publish("one", "x", i)
@@ -323,7 +323,7 @@ class GatewayTest {
         val hints = clientEvents(pg)
         val sub = pg.subscribe("one")
         val got = collect(sub)
-        waitFor("live") { sub.live }
+        waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         gw.publish("one", "a", 1)
         waitFor("a record") { got.records().size == 1 }
         gw.stop()
