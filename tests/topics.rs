@@ -390,4 +390,16 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
             asked.elapsed()
         );
     }
+
+    // Kafka egress per topic, from librdkafka's statistics (every 5 s): node A
+    // fetched the 40 records of `grow`, each over 20 bytes.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let bytes = metric(a.addr, "pushgate_kafka_fetch_bytes_total").await;
+        if bytes >= 40.0 * 20.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fetch bytes {bytes}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
