@@ -414,10 +414,7 @@ async fn sse(c: &mut Client, sh: &Shared, up: &mut bool) -> End {
     loop {
         // Move what has arrived from `raw` into `body` (de-chunked).
         if chunked {
-            loop {
-                let Some(eol) = memchr::memmem::find(&raw, b"\r\n") else {
-                    break;
-                };
+            while let Some(eol) = memchr::memmem::find(&raw, b"\r\n") {
                 let size = usize::from_str_radix(
                     std::str::from_utf8(&raw[..eol])
                         .unwrap_or("")

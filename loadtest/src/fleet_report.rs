@@ -65,7 +65,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
             let payload = format!(
                 r#"{{"ts":{},"seq":{seq},"even":{},"pad":"fleet-harness-record"}}"#,
                 now_us(),
-                seq % 2 == 0
+                seq.is_multiple_of(2)
             );
             let key = key_name(k);
             let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
