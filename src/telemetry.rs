@@ -31,6 +31,8 @@ pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
 pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
 pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
 pub const KAFKA_BAD_RECORDS: &str = "pushgate_kafka_bad_records_total";
+/// Bytes of records the live consumer fetched from Kafka, per topic (from librdkafka's statistics).
+pub const KAFKA_FETCH_BYTES: &str = "pushgate_kafka_fetch_bytes_total";
 pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
 /// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads that joined an identical one in flight instead.
 pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
@@ -207,6 +209,12 @@ pub fn kafka_lag(topic: &str, partition: u32, lag: u64) {
 }
 
 /// `reason` is "too_large" or "key_not_utf8".
+/// The live consumer's running total of bytes fetched for `topic` (librdkafka
+/// counts from the consumer's start, which is the process's).
+pub fn kafka_fetch_bytes(topic: &str, total: u64) {
+    counter!(KAFKA_FETCH_BYTES, "topic" => topic_label(topic)).absolute(total);
+}
+
 pub fn kafka_bad_record(reason: &'static str) {
     counter!(KAFKA_BAD_RECORDS, "reason" => reason).increment(1);
 }

@@ -330,21 +330,18 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
     }
     assert!(metric(b.addr, "pushgate_kafka_catchup_reads_total").await >= 1.0);
 
-    // A node that has not seen the new partitions yet: the new cursor is
-    // retryable there (not a gap), and the old one still resumes.
+    // A node that has not seen the new partitions yet serves the old cursor
+    // from what it reads (partitions 0 and 1)...
     assert_eq!(
         topics(lagging.addr).await[0].1,
         2,
         "the lagging node still knows 2"
     );
     let mut ws = WsClient::connect(lagging.addr).await;
-    let answer = try_subscribe(&mut ws, json!({"topic": "grow", "cursor": new_cursor})).await;
-    assert_eq!(answer["code"], "unavailable", "{answer}");
     let reply = ws
         .subscribe(json!({"topic": "grow", "cursor": old_cursor, "snapshot": false}))
         .await;
     assert_eq!(reply["recovered"], true);
-    // It serves what it reads (partitions 0 and 1); 2 and 3 follow once it learns of them.
     let known: BTreeSet<u64> = all
         .iter()
         .filter(|r| r.seq.unwrap() >= 10 && r.partition < 2)
@@ -353,4 +350,56 @@ async fn partitions_added_while_nodes_run_reach_subscribers_and_old_cursors_resu
     let got: BTreeSet<u64> = ws.records(known.len()).await.iter().map(seq).collect();
     assert_eq!(got, known);
     ws.expect_silence(Duration::from_millis(300)).await;
+    drop(ws);
+    // ...and the new cursor, naming partitions it has not seen, makes it
+    // refresh its metadata at once (not in 120 s) and resume exactly.
+    let asked = Instant::now();
+    let mut ws = WsClient::connect(lagging.addr).await;
+    let reply = ws
+        .subscribe(json!({"topic": "grow", "cursor": new_cursor, "snapshot": false}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        topics(lagging.addr).await[0].1,
+        4,
+        "the lagging node learned 4"
+    );
+    ws.expect_silence(Duration::from_millis(300)).await;
+
+    // A cursor of this topic naming partitions Kafka does not have (forged or
+    // corrupted): once a refresh confirms the count, `bad_cursor`, not
+    // `unavailable` ("retry shortly") for ever.
+    let forged = Cursor::new(Cursor::decode(&new_cursor).unwrap().epoch, vec![0; 9]).encode();
+    for addr in [a.addr, lagging.addr] {
+        let asked = Instant::now();
+        let mut ws = WsClient::connect(addr).await;
+        let answer = try_subscribe(&mut ws, json!({"topic": "grow", "cursor": forged})).await;
+        assert_eq!(answer["code"], "bad_cursor", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("9 partitions"),
+            "{answer}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+
+    // Kafka egress per topic, from librdkafka's statistics (every 5 s): node A
+    // fetched the 40 records of `grow`, each over 20 bytes.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let bytes = metric(a.addr, "pushgate_kafka_fetch_bytes_total").await;
+        if bytes >= 40.0 * 20.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fetch bytes {bytes}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -13,6 +13,9 @@
 //! `kafka-latency` measures pushgate's added latency over a bare librdkafka
 //! consumer reading the same broker in the same run.
 //!
+//! `fleet-clients`, `fleet-produce`, `fleet-sample` and `fleet-report` are
+//! the parts of the fleet harness, `loadtest/fleet.sh`.
+//!
 //! `delta-bytes` compares bytes on the wire with and without JSON Patch deltas.
 //!
 //! Modules: `client` (subscribers), `delta` (the delta-bytes run), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
@@ -22,6 +25,8 @@
 mod chart;
 mod client;
 mod delta;
+mod fleet;
+mod fleet_report;
 mod grpc;
 mod kafka;
 mod keys;
@@ -85,6 +90,14 @@ enum Cmd {
     KafkaLatency(Box<kafka::KafkaLatencyArgs>),
     /// Bytes on the wire with and without JSON Patch deltas (CDC rows, the demo ticker).
     DeltaBytes(Box<delta::DeltaArgs>),
+    /// Fleet harness (loadtest/fleet.sh): checking, resuming WS/SSE/gRPC clients.
+    FleetClients(Box<fleet::ClientArgs>),
+    /// Fleet harness: records to Kafka with a sequence number per key.
+    FleetProduce(Box<fleet_report::ProduceArgs>),
+    /// Fleet harness: CPU, RSS and metrics of every node, each second.
+    FleetSample(Box<fleet_report::SampleArgs>),
+    /// Fleet harness: the per-scenario report (and --check for CI).
+    FleetReport(Box<fleet_report::ReportArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
@@ -317,6 +330,14 @@ fn main() -> Result<()> {
             rt.shutdown_timeout(Duration::from_millis(200));
             result
         }
+        Cmd::FleetClients(args) => {
+            let r = rt.block_on(fleet::clients(*args));
+            rt.shutdown_timeout(Duration::from_millis(200));
+            r
+        }
+        Cmd::FleetProduce(args) => rt.block_on(fleet_report::produce(*args)),
+        Cmd::FleetSample(args) => rt.block_on(fleet_report::sample(*args)),
+        Cmd::FleetReport(args) => fleet_report::report(*args),
         Cmd::Report(args) => report::main(args),
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
     }

@@ -119,12 +119,25 @@ pub async fn open(
         }
     };
     // Partitions are only ever added: a cursor of this incarnation naming more
-    // than this node knows comes from a node that saw them first. Retrying
-    // after this node's next metadata check resumes it exactly; a gap would not.
+    // than this node knows may come from a node that saw them first. Once this
+    // node's count is confirmed (final, or a metadata refresh started after the
+    // request says so) and still short, no node will ever serve it: bad_cursor.
+    // Unconfirmed, retrying resumes it exactly; a gap would not.
     if let Some(c) = &cursor {
-        if c.epoch == topic.epoch && c.offsets.len() > topic.partition_count() as usize {
-            // Unless this node's counts are final: then no node will ever serve it.
-            if state.source.partition_counts_are_final() {
+        let names_more = |c: &Cursor| {
+            c.epoch == topic.epoch && c.offsets.len() > topic.partition_count() as usize
+        };
+        if names_more(c) {
+            if !state.source.confirm_partition_counts().await {
+                return Err(ClientError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the cursor names partitions of `{}` this node has not seen yet: retry shortly",
+                        truncate(&req.topic)
+                    ),
+                ));
+            }
+            if names_more(c) {
                 return Err(ClientError::new(
                     ErrorCode::BadCursor,
                     format!(
@@ -135,13 +148,6 @@ pub async fn open(
                     ),
                 ));
             }
-            return Err(ClientError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the cursor names partitions of `{}` this node has not seen yet: retry shortly",
-                    truncate(&req.topic)
-                ),
-            ));
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);

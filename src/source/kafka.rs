@@ -23,7 +23,12 @@
 //!   a recreated topic replaces the hub's topic (its subscribers are
 //!   disconnected to resume), a deleted topic a pattern matched is no longer
 //!   served (its subscribers are disconnected with 4004 and it leaves
-//!   `GET /topics`), lag and broker state are published as metrics.
+//!   `GET /topics`), lag and broker state are published as metrics; a resume
+//!   whose cursor names more partitions than known asks for one soon, and is
+//!   answered `bad_cursor` if that refresh confirms the count (see
+//!   [`Source::confirm_partition_counts`]).
+//! - **Egress**: the live consumer's statistics give
+//!   `pushgate_kafka_fetch_bytes_total{topic}` (see [`fetch_stats`]).
 //! - **Catch-up reads** for resumes older than the ring: see [`catchup`].
 //! - **Publish** produces with an idempotent producer, `acks=all`, and Kafka's
 //!   own (murmur2) partitioner, the same as the embedded log and Java clients.
@@ -33,6 +38,7 @@
 mod catchup;
 pub mod debezium;
 pub mod decode;
+mod fetch_stats;
 mod live;
 pub mod meta;
 pub mod security;
@@ -52,6 +58,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use self::catchup::CatchUpReader;
+use self::fetch_stats::FetchStats;
 use self::live::Live;
 use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
 use super::{Source, SourceError};
@@ -65,6 +72,10 @@ use crate::telemetry;
 
 /// How long one metadata or watermark request may take.
 const META_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a resume naming unknown partitions waits for a metadata refresh
+/// (one request, plus the live loop's 200 ms spacing) before `unavailable`.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What `/readyz` names while Kafka is not ready.
 pub const READINESS: &str = "kafka";
@@ -107,6 +118,12 @@ struct Inner {
     denied: RwLock<BTreeMap<String, String>>,
     ready: AtomicBool,
     catchup: CatchUpReader,
+    /// Set by a resume whose cursor names more partitions than this node
+    /// knows; the live thread then refreshes metadata soon.
+    refresh_wanted: AtomicBool,
+    /// When the last successful metadata refresh started: a refresh that
+    /// started after a cursor arrived confirms (or not) its partition count.
+    refreshed: tokio::sync::watch::Sender<Option<Instant>>,
 }
 
 pub struct KafkaSource {
@@ -251,9 +268,16 @@ impl KafkaSource {
             topics: RwLock::new(HashMap::new()),
             denied: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            refresh_wanted: AtomicBool::new(false),
+            refreshed: tokio::sync::watch::channel(None).0,
         });
 
-        let consumer: BaseConsumer = consumer_config(&inner.config, false).create()?;
+        let consumer: BaseConsumer<FetchStats> = consumer_config(&inner.config, false)
+            .set(
+                "statistics.interval.ms",
+                fetch_stats::INTERVAL_MS.to_string(),
+            )
+            .create_with_context(FetchStats)?;
         let worker = Arc::clone(&inner);
         let shutdown_flag = shutdown.clone();
         std::thread::Builder::new()
@@ -460,6 +484,24 @@ impl Source for KafkaSource {
 
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    async fn confirm_partition_counts(&self) -> bool {
+        // Partitions are only ever added: a count described by a refresh that
+        // started after the cursor arrived is at least the one that cursor saw.
+        let asked = Instant::now();
+        let mut refreshed = self.inner.refreshed.subscribe();
+        self.inner.refresh_wanted.store(true, Ordering::Release);
+        let confirmed = async {
+            // The watch's guard is dropped here, not held past this future.
+            refreshed
+                .wait_for(|at| at.is_some_and(|at| at >= asked))
+                .await
+                .is_ok()
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+            .await
+            .unwrap_or(false)
     }
 
     fn unavailable_topics(&self) -> Vec<(String, String)> {

@@ -228,6 +228,15 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// Whether this node's partition counts now cover every cursor issued
+    /// before this call: true where they are final, and on Kafka once a
+    /// metadata refresh started after the call has completed (it waits a few
+    /// seconds at most); false where no such confirmation exists (Kinesis:
+    /// shards split while nodes run) or the refresh failed.
+    async fn confirm_partition_counts(&self) -> bool {
+        self.partition_counts_are_final()
+    }
+
     /// Configured topics the source cannot serve for a lasting reason the
     /// operator must fix (Kafka: ACLs deny READ), with that reason; empty
     /// for sources that have none. Retried by the source: a fix needs no restart.
@@ -324,6 +333,13 @@ impl Source for Opening {
         self.source
             .get()
             .is_some_and(|s| s.partition_counts_are_final())
+    }
+
+    async fn confirm_partition_counts(&self) -> bool {
+        match self.source.get() {
+            Some(s) => s.confirm_partition_counts().await,
+            None => false,
+        }
     }
 
     fn unavailable_topics(&self) -> Vec<(String, String)> {

@@ -7,7 +7,7 @@ use super::*;
 /// The live consumer thread's state.
 pub(super) struct Live {
     inner: Arc<Inner>,
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<FetchStats>>,
     /// Topic name -> hub topic, for the hot path (no lock per record).
     by_name: HashMap<String, Arc<Topic>>,
     /// Topic name -> how its messages are decoded, filled as topics are seen.
@@ -24,7 +24,7 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(inner: Arc<Inner>, consumer: BaseConsumer) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, consumer: BaseConsumer<FetchStats>) -> Self {
         Self {
             inner,
             consumer: Arc::new(consumer),
@@ -55,6 +55,9 @@ impl Live {
             }
             if !self.warm_targets.is_empty() || !self.inner.ready.load(Ordering::Relaxed) {
                 self.check_warm();
+            }
+            if self.inner.refresh_wanted.swap(false, Ordering::AcqRel) {
+                self.refresh_soon = true;
             }
             let every = self.inner.config.metadata_refresh_interval;
             let due = self.last_refresh.elapsed() >= every
@@ -194,6 +197,7 @@ impl Live {
             .keys()
             .cloned()
             .collect();
+        let started = Instant::now();
         let described = discover(self.inner.admin.client(), &self.inner.rules, &known);
         match described {
             Ok(described) => {
@@ -201,6 +205,8 @@ impl Live {
                     self.set_connected(true);
                 }
                 self.apply(described);
+                // After apply: a waiting resume then sees the grown partition count.
+                self.inner.refreshed.send_replace(Some(started));
                 self.publish_lag();
             }
             Err(e) => {
@@ -440,8 +446,15 @@ mod tests {
             topics: RwLock::new(HashMap::new()),
             denied: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(true),
+            refresh_wanted: AtomicBool::new(false),
+            refreshed: tokio::sync::watch::channel(None).0,
         });
-        Live::new(inner, consumer_config(&kc, false).create().unwrap())
+        Live::new(
+            inner,
+            consumer_config(&kc, false)
+                .create_with_context(FetchStats)
+                .unwrap(),
+        )
     }
 
     fn serve(live: &mut Live, name: &str, by_pattern: bool) -> (Arc<Topic>, Arc<Outbox>) {
