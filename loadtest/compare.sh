@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load test: pushgate (embedded log) vs Nchan (nginx module) vs
-# Pushpin, each on its own loopback port, under the same load generator.
+# Pushpin vs Centrifugo, each on its own loopback port, under the same load
+# generator.
 #
 #   loadtest/compare.sh            # full run (about 15 minutes), writes loadtest/RESULTS.md
 #   QUICK=1 loadtest/compare.sh    # small numbers, checks the script end to end
@@ -17,6 +18,18 @@
 #   (d) fanout:    19,000 WebSocket subscribers (the open-file limit is 20,000),
 #                  one key each of 10,000, 10,000 publishes/s uniform over the
 #                  keys (each key about once a second), after Kafkorama's shape
+#   (e) resume:    pushgate and Centrifugo only (the others have no position to
+#                  resume from): the filtered shape at FILTERED_RATE/4, every
+#                  subscriber drops its connection every RESUME_EVERY_MS (first
+#                  drop spread over one period), stays away RESUME_AWAY_MS and
+#                  resumes: pushgate with its cursor, Centrifugo with `recover`,
+#                  offset and epoch; missed, duplicate and unrecovered deliveries
+# Centrifugo (SYSTEMS=centrifugo, or CFUGO=1 to add it to the default list):
+# v6.9.1 from the Go module proxy (`go install` into
+# ${PUSHGATE_CACHE:-~/.cache/pushgate}/centrifugo-6.9.1, once), unidirectional
+# WebSocket and SSE, one channel per key, publishes through /api/batch,
+# history 100 per channel with recovery on in every scenario
+# (loadtest/peers/centrifugo/config.json).
 # Every scenario also runs the floor (loadtest/floor): pushgate's protocol on
 # the same stack with nothing but fan-out; RESULTS.md gives each system's CPU
 # per delivery (user and system) and deliveries per CPU-second as a fraction
@@ -34,8 +47,15 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=${OUT:-$ROOT/loadtest/out/$STAMP}
+if [ "${CFUGO:-0}" = 1 ]; then
+    SYSTEMS=${SYSTEMS:-"floor pushgate nchan pushpin centrifugo"}
+    SCENARIOS=${SCENARIOS:-"idle broadcast filtered fanout resume"}
+fi
 SYSTEMS=${SYSTEMS:-"floor pushgate nchan pushpin"}
 SCENARIOS=${SCENARIOS:-"idle broadcast filtered fanout"}
+RESUME_EVERY_MS=${RESUME_EVERY_MS:-5000}; RESUME_AWAY_MS=${RESUME_AWAY_MS:-500}
+CENTRIFUGO_VERSION=6.9.1
+CFUGO_DIR=${PUSHGATE_CACHE:-$HOME/.cache/pushgate}/centrifugo-$CENTRIFUGO_VERSION
 if [ "$QUICK" = 1 ]; then
     IDLE_CONNS=${IDLE_CONNS:-500}; SUBS=${SUBS:-200}; RATES=${RATES:-"10,50"}; FANOUT_CONNS=${FANOUT_CONNS:-500}
     STEP_SECS=${STEP_SECS:-3}; FILTERED_SECS=${FILTERED_SECS:-4}; SETTLE=${SETTLE:-2}
@@ -47,15 +67,26 @@ else
     FILTERED_RATE=${FILTERED_RATE:-2000}
 fi
 PG_PORT=18080 NCHAN_PORT=18081 PUSHPIN_PORT=18082 PUSHPIN_PUB_PORT=18083 ORIGIN_PORT=18084 FLOOR_PORT=18085
+CFUGO_PORT=18086
 
 log() { echo "== $*" >&2; }
 
 # --- packages and binaries -------------------------------------------------
+has() { case " $SYSTEMS " in *" $1 "*) return 0 ;; esac; return 1; }
 need_install=0
-command -v nginx >/dev/null || need_install=1
-[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_install=1
-command -v pushpin >/dev/null || need_install=1
-command -v zurl >/dev/null || need_install=1
+if has nchan; then
+    command -v nginx >/dev/null || need_install=1
+    [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_install=1
+fi
+if has pushpin; then
+    command -v pushpin >/dev/null || need_install=1
+    command -v zurl >/dev/null || need_install=1
+fi
+if has centrifugo && [ ! -x "$CFUGO_DIR/centrifugo" ]; then
+    log "building Centrifugo v$CENTRIFUGO_VERSION from the Go module proxy into $CFUGO_DIR"
+    mkdir -p "$CFUGO_DIR"
+    (cd /tmp && GOBIN=$CFUGO_DIR go install "github.com/centrifugal/centrifugo/v6@v$CENTRIFUGO_VERSION")
+fi
 if [ "$need_install" = 1 ]; then
     log "installing nginx, libnginx-mod-nchan, pushpin, zurl"
     export DEBIAN_FRONTEND=noninteractive
@@ -152,12 +183,21 @@ start_pushpin() {
     wait_port $ORIGIN_PORT
 }
 
+start_centrifugo() {
+    # Centrifugo's memory engine keeps history in the process; nothing on disk.
+    sed "s/18086/$CFUGO_PORT/" "$ROOT/loadtest/peers/centrifugo/config.json" >"$RUN/centrifugo.json"
+    "$CFUGO_DIR/centrifugo" --config "$RUN/centrifugo.json" >"$RUN/centrifugo.log" 2>&1 &
+    PIDS+=($!); SERVER_PIDS=$!
+    wait_port $CFUGO_PORT
+}
+
 urls() {
     case $1 in
         pushgate) echo "--url http://127.0.0.1:$PG_PORT" ;;
         floor) echo "--url http://127.0.0.1:$FLOOR_PORT" ;;
         nchan) echo "--url http://127.0.0.1:$NCHAN_PORT" ;;
         pushpin) echo "--url http://127.0.0.1:$PUSHPIN_PORT --publish-url http://127.0.0.1:$PUSHPIN_PUB_PORT" ;;
+        centrifugo) echo "--url http://127.0.0.1:$CFUGO_PORT" ;;
     esac
 }
 
@@ -196,6 +236,11 @@ for scenario in $SCENARIOS; do
                         --connect-timeout-secs 180 ;;
                 filtered) run "$system" filtered "$t" --connections "$SUBS" --dist zipf --keys 1000 \
                         --publish-dist uniform --settle-secs 3 --rates "$FILTERED_RATE" --step-secs "$FILTERED_SECS" ;;
+                resume) case $system in pushgate|centrifugo) [ "$t" != grpc ] && \
+                    run "$system" resume "$t" --connections "$SUBS" --dist zipf --keys 1000 \
+                        --publish-dist uniform --settle-secs 3 --rates "$((FILTERED_RATE / 4))" \
+                        --step-secs "$FILTERED_SECS" --drain-secs 3 \
+                        --resume-every-ms "$RESUME_EVERY_MS" --resume-away-ms "$RESUME_AWAY_MS" ;; esac ;;
             esac
         done
     done
@@ -208,6 +253,7 @@ done
     echo "- pushgate: ${PUSHGATE_REV:-$(git -C "$ROOT" rev-parse --short HEAD)}, release build, config loadtest/bench.toml"
     echo "- nginx: $(nginx -v 2>&1 | sed 's/.*: //'), libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), config loadtest/peers/nchan/nginx.conf"
     echo "- Pushpin: $(dpkg-query -W -f='${Version}' pushpin 2>/dev/null), zurl $(dpkg-query -W -f='${Version}' zurl 2>/dev/null), configs loadtest/peers/pushpin/"
+    has centrifugo && echo "- Centrifugo: $(go version -m "$CFUGO_DIR/centrifugo" 2>/dev/null | awk '$1=="mod"{print $3; exit}') ($(go version -m "$CFUGO_DIR/centrifugo" 2>/dev/null | head -1 | awk '{print $2}')), config loadtest/peers/centrifugo/config.json"
     echo "- $(rustc --version)"
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
 } >"$OUT/notes.md"

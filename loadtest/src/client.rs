@@ -1,8 +1,11 @@
 //! Subscribers: one task per connection, WebSocket (tokio-tungstenite) or
-//! SSE (a small HTTP/1.1 reader with a chunked decoder), for pushgate, Nchan
-//! and Pushpin. Each counts deliveries and records latency from the `"ts":`
-//! microsecond timestamp the publisher put in every payload.
+//! SSE (a small HTTP/1.1 reader with a chunked decoder), for pushgate, Nchan,
+//! Pushpin and Centrifugo. Each counts deliveries and records latency from the
+//! `"ts":` microsecond timestamp the publisher put in every payload. With
+//! `resume_every`, each drops its connection now and then and comes back from
+//! its position (pushgate's cursor, Centrifugo's offset and epoch).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +35,44 @@ pub struct ClientConfig {
     pub filters: usize,
     /// pushgate `max_rate` for every subscription.
     pub max_rate: Option<f64>,
+    /// Drop the connection about this often and resume from the position reached.
+    pub resume_every: Option<Duration>,
+    /// Time away between the drop and the reconnect.
+    pub resume_away: Duration,
+}
+
+/// Where a subscriber is in its stream, for resuming.
+#[derive(Default)]
+pub(crate) struct Position {
+    /// pushgate: the last cursor seen.
+    pub cursor: Option<String>,
+    /// Centrifugo: offset and epoch of the channel's stream.
+    pub stream: StreamPos,
+    /// Resume runs only: every `seq` delivered, so a repeat counts as a duplicate.
+    pub seen: Option<HashSet<u64>>,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct StreamPos {
+    pub offset: Option<u64>,
+    pub epoch: Option<String>,
+}
+
+/// Records one delivery; a `seq` seen before on this subscriber is a duplicate.
+pub(crate) fn deliver(
+    conn: usize,
+    ts: u64,
+    seq: Option<u64>,
+    seen: &mut Option<HashSet<u64>>,
+    sh: &Shared,
+) {
+    if let (Some(seen), Some(seq)) = (seen.as_mut(), seq) {
+        if !seen.insert(seq) {
+            bump(&sh.counters.duplicates, 1);
+            return;
+        }
+    }
+    sh.stats.record(conn, ts);
 }
 
 impl ClientConfig {
@@ -69,7 +110,7 @@ pub(crate) async fn connect(cfg: &ClientConfig, conn: usize) -> std::io::Result<
 }
 
 /// Percent-encodes everything but unreserved characters (for a query value).
-fn form_urlencoded(text: &str) -> String {
+pub(crate) fn form_urlencoded(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -97,12 +138,74 @@ pub(crate) fn find_ts(bytes: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// Finds `"seq":<digits>` in `bytes`.
+pub(crate) fn find_seq(bytes: &[u8]) -> Option<u64> {
+    let at = memmem::find(bytes, b"\"seq\":")? + 6;
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The string after the first `"cursor":"` in `bytes` (a pushgate record, `subscribed` or `live`).
+fn find_cursor(bytes: &[u8]) -> Option<String> {
+    let at = memmem::find(bytes, b"\"cursor\":\"")? + 10;
+    let end = memchr::memchr(b'"', &bytes[at..])?;
+    Some(String::from_utf8_lossy(&bytes[at..at + end]).into_owned())
+}
+
+/// When this connection drops on purpose next (resume runs): spread over the
+/// first period so the drops do not come in waves.
+fn next_drop(cfg: &ClientConfig, conn: usize, first: bool) -> Option<tokio::time::Instant> {
+    let every = cfg.resume_every?;
+    let spread = if first {
+        (conn % 997) as f64 / 997.0
+    } else {
+        0.0
+    };
+    Some(tokio::time::Instant::now() + every.mul_f64(1.0 + spread))
+}
+
+/// Sleeps until `at`, forever when there is none.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs one subscriber until the run stops. Never panics on network errors.
 pub async fn subscriber(conn: usize, key: String, cfg: Arc<ClientConfig>, sh: Arc<Shared>) {
-    let result = match cfg.transport {
-        Transport::Ws => ws(conn, &key, &cfg, &sh).await,
-        Transport::Sse => sse(conn, &key, &cfg, &sh).await,
-        Transport::Grpc => crate::grpc::subscribe(conn, &key, &cfg, &sh).await,
+    let mut pos = Position {
+        seen: cfg.resume_every.map(|_| HashSet::new()),
+        ..Position::default()
+    };
+    let mut first = true;
+    let result = loop {
+        let drop_at = next_drop(&cfg, conn, first);
+        first = false;
+        let result = match cfg.transport {
+            Transport::Ws => ws(conn, &key, &cfg, &sh, &mut pos, drop_at).await,
+            Transport::Sse => sse(conn, &key, &cfg, &sh, &mut pos, drop_at).await,
+            Transport::Grpc => crate::grpc::subscribe(conn, &key, &cfg, &sh)
+                .await
+                .map(|()| false),
+        };
+        match result {
+            Ok(true) => {
+                bump(&sh.counters.resumes, 1);
+                tokio::select! {
+                    _ = sh.stop.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(cfg.resume_away) => {}
+                }
+            }
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
     };
     let was_ready = sh.ready[conn].swap(false, Ordering::Relaxed);
     if was_ready {
@@ -142,11 +245,20 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
+/// One WebSocket connection; Ok(true): dropped on purpose at `drop_at`, resume.
+async fn ws(
+    conn: usize,
+    key: &str,
+    cfg: &ClientConfig,
+    sh: &Shared,
+    pos: &mut Position,
+    drop_at: Option<tokio::time::Instant>,
+) -> Result<bool, Failure> {
     let path = match cfg.system {
         System::Pushgate | System::Floor => "/ws".to_owned(),
         System::Nchan => format!("/sub/{key}"),
         System::Pushpin => format!("/ws/{key}"),
+        System::Centrifugo => crate::centrifugo::path("uni_websocket", key, &pos.stream),
     };
     let url = format!("ws://{}{}", cfg.host, path);
     let stream = connect(cfg, conn).await.map_err(|_| Failure::Connect)?;
@@ -171,24 +283,48 @@ async fn ws(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(
         if let Some(rate) = cfg.max_rate {
             sub["max_rate"] = rate.into();
         }
+        if let Some(cursor) = &pos.cursor {
+            sub["cursor"] = cursor.as_str().into();
+        }
         socket
             .send(Message::text(sub.to_string()))
             .await
             .map_err(|_| Failure::Stream)?;
-    } else {
+    } else if cfg.system != System::Centrifugo {
         mark_ready(conn, sh);
     }
+    let pushgate = matches!(cfg.system, System::Pushgate | System::Floor);
     loop {
         let msg = tokio::select! {
-            _ = sh.stop.cancelled() => return Ok(()),
+            _ = sh.stop.cancelled() => return Ok(false),
+            _ = until(drop_at) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                return Ok(true);
+            }
             msg = socket.next() => msg,
         };
         match msg {
+            Some(Ok(Message::Text(text))) if cfg.system == System::Centrifugo => {
+                // Pushes may be joined by newlines in one frame.
+                for push in text.as_bytes().split(|b| *b == b'\n') {
+                    if !push.is_empty() && !crate::centrifugo::handle(push, conn, key, pos, sh) {
+                        return Err(Failure::Status);
+                    }
+                }
+            }
             Some(Ok(Message::Text(text))) => {
                 let bytes = text.as_bytes();
+                if pushgate && pos.seen.is_some() {
+                    if let Some(cursor) = find_cursor(bytes) {
+                        pos.cursor = Some(cursor);
+                    }
+                }
                 if let Some(ts) = find_ts(bytes) {
-                    sh.stats.record(conn, ts);
+                    deliver(conn, ts, find_seq(bytes), &mut pos.seen, sh);
                 } else if memmem::find(bytes, b"\"subscribed\"").is_some() {
+                    if memmem::find(bytes, b"\"recovered\":false").is_some() {
+                        bump(&sh.counters.not_recovered, 1);
+                    }
                     mark_ready(conn, sh);
                 } else if memmem::find(bytes, b"\"error\"").is_some() {
                     return Err(Failure::Status);
@@ -266,7 +402,15 @@ impl Chunked {
     }
 }
 
-async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<(), Failure> {
+/// One SSE stream; Ok(true): dropped on purpose at `drop_at`, resume.
+async fn sse(
+    conn: usize,
+    key: &str,
+    cfg: &ClientConfig,
+    sh: &Shared,
+    pos: &mut Position,
+    drop_at: Option<tokio::time::Instant>,
+) -> Result<bool, Failure> {
     let path = match cfg.system {
         System::Pushgate | System::Floor => {
             let mut path = format!("/sse?topic={}&key={}&snapshot=false", cfg.topic, key);
@@ -278,10 +422,14 @@ async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<
             if let Some(rate) = cfg.max_rate {
                 path.push_str(&format!("&max_rate={rate}"));
             }
+            if let Some(cursor) = &pos.cursor {
+                path.push_str(&format!("&cursor={}", form_urlencoded(cursor)));
+            }
             path
         }
         System::Nchan => format!("/sub/{key}"),
         System::Pushpin => format!("/stream/{key}"),
+        System::Centrifugo => crate::centrifugo::path("uni_sse", key, &pos.stream),
     };
     let mut stream = connect(cfg, conn).await.map_err(|_| Failure::Connect)?;
     let _open = OpenGuard::new(sh);
@@ -298,7 +446,7 @@ async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<
     let mut head: Vec<u8> = Vec::new();
     let header_end = loop {
         let n = tokio::select! {
-            _ = sh.stop.cancelled() => return Ok(()),
+            _ = sh.stop.cancelled() => return Ok(false),
             r = tokio::time::timeout(cfg.handshake_timeout, stream.read(&mut read)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(Failure::Connect),
                 Ok(Ok(n)) => n,
@@ -335,7 +483,8 @@ async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<
             &first
         } else {
             let n = tokio::select! {
-                _ = sh.stop.cancelled() => return Ok(()),
+                _ = sh.stop.cancelled() => return Ok(false),
+                _ = until(drop_at) => return Ok(true),
                 r = stream.read(&mut read) => match r {
                     Ok(0) | Err(_) => return Err(Failure::Stream),
                     Ok(n) => n,
@@ -358,13 +507,37 @@ async fn sse(conn: usize, key: &str, cfg: &ClientConfig, sh: &Shared) -> Result<
         let mut consumed = 0;
         while let Some(nl) = memchr::memchr(b'\n', &body[consumed..]) {
             let line = &body[consumed..consumed + nl];
-            if line.starts_with(b"data:") {
+            if cfg.system == System::Centrifugo {
+                if let Some(push) = line.strip_prefix(b"data:") {
+                    let push = push.strip_prefix(b" ").unwrap_or(push);
+                    if !crate::centrifugo::handle(push, conn, key, pos, sh) {
+                        return Err(Failure::Status);
+                    }
+                }
+            } else if line.starts_with(b"data:") {
                 if let Some(ts) = find_ts(line) {
-                    sh.stats.record(conn, ts);
+                    deliver(conn, ts, find_seq(line), &mut pos.seen, sh);
                 } else if !sh.ready[conn].load(Ordering::Relaxed)
                     && memmem::find(line, b"subscribed").is_some()
                 {
+                    if memmem::find(line, b"\"recovered\":false").is_some() {
+                        bump(&sh.counters.not_recovered, 1);
+                    }
                     mark_ready(conn, sh);
+                } else if pos.seen.is_some() && memmem::find(line, b"\"subscribed\"").is_some() {
+                    if memmem::find(line, b"\"recovered\":false").is_some() {
+                        bump(&sh.counters.not_recovered, 1);
+                    }
+                }
+                if pos.seen.is_some() && pos.cursor.is_none() {
+                    pos.cursor = find_cursor(line);
+                }
+            } else if let Some(id) = line.strip_prefix(b"id:") {
+                if pos.seen.is_some() {
+                    let id = String::from_utf8_lossy(id).trim().to_owned();
+                    if !id.is_empty() {
+                        pos.cursor = Some(id);
+                    }
                 }
             } else if line.starts_with(b"event: subscribed") {
                 mark_ready(conn, sh);

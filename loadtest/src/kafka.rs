@@ -6,6 +6,13 @@
 //! settings) and N WebSocket plus N SSE clients of pushgate (each subscribed
 //! to one key) record receive time minus `ts`. The bare consumer is the floor
 //! this broker allows; pushgate's figure minus the floor is what it adds.
+//!
+//! `--system centrifugo` measures Centrifugo v6's own Kafka consumer the same
+//! way: every record carries pushgate's key as its Kafka key and the header
+//! `centrifugo-channels: <key>`, which Centrifugo's `publication_data_mode`
+//! reads to publish the value into channel `<key>` (internal/consuming/kafka.go),
+//! so one topic serves both. `--server-pid` adds the server's CPU per delivery;
+//! the bare consumer's own thread CPU per record is reported beside it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +23,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig as KafkaClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -60,6 +67,12 @@ pub struct KafkaLatencyArgs {
     /// 127.0.0.x source addresses to spread client connections over.
     #[arg(long, default_value_t = 8)]
     sources: u8,
+    /// Whose clients subscribe: pushgate (`/ws`, `/sse`) or Centrifugo (unidirectional WS and SSE).
+    #[arg(long, value_enum, default_value = "pushgate")]
+    system: System,
+    /// Server process ids (descendants included) for CPU per delivery.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -67,6 +80,14 @@ pub struct KafkaLatencyArgs {
 
 #[derive(Debug, Serialize)]
 pub struct KafkaLatencyResult {
+    /// Whose clients the `pushgate_*` fields measured (the names stay for old results).
+    pub system: System,
+    /// Server CPU over the measured window per delivery (WS + SSE), microseconds.
+    pub server_user_us_per_delivery: f64,
+    pub server_sys_us_per_delivery: f64,
+    /// The bare consumer's thread CPU per record, microseconds.
+    pub bare_consumer_us_per_record: f64,
+    pub deliveries: u64,
     pub rate: u64,
     pub secs: u64,
     pub produced: u64,
@@ -107,12 +128,24 @@ fn ts_of(payload: &[u8]) -> Option<u64> {
 }
 
 /// The bare consumer: pushgate's consumer settings, every partition from the end.
+/// CPU time of the calling thread, microseconds.
+fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Returns the consumer thread; it yields (thread CPU µs, records) over the measured window.
 fn bare_consumer(
     args: &KafkaLatencyArgs,
     measuring: Arc<AtomicBool>,
     hist: Arc<Mutex<Histogram<u64>>>,
     stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<(u64, u64)>> {
     let consumer: BaseConsumer = KafkaClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", format!("latency-floor-{}", std::process::id()))
@@ -143,17 +176,29 @@ fn bare_consumer(
     }
     consumer.assign(&list)?;
     Ok(std::thread::spawn(move || {
+        let (mut cpu_from, mut cpu_us, mut records, mut was) = (0, 0, 0u64, false);
         while !stop.load(Ordering::Relaxed) {
+            let now = measuring.load(Ordering::Relaxed);
+            if now != was {
+                if now {
+                    cpu_from = thread_cpu_us();
+                } else {
+                    cpu_us = thread_cpu_us().saturating_sub(cpu_from);
+                }
+                was = now;
+            }
             if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
                 let received = now_us();
                 if let Some(ts) = msg.payload().and_then(ts_of) {
-                    if measuring.load(Ordering::Relaxed) {
+                    if now {
+                        records += 1;
                         let mut h = hist.lock().expect("histogram");
                         h.saturating_record(received.saturating_sub(ts).max(1));
                     }
                 }
             }
         }
+        (cpu_us, records)
     }))
 }
 
@@ -183,7 +228,17 @@ fn producer(
             }
             let key = key_name(seq as usize % keys);
             let value = format!("{{\"ts\":{},\"seq\":{seq}}}", now_us());
-            let _ = producer.send(BaseRecord::to(&topic).key(&key).payload(&value));
+            // Centrifugo's publication_data_mode takes its channels from this header.
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "centrifugo-channels",
+                value: Some(key.as_str()),
+            });
+            let _ = producer.send(
+                BaseRecord::to(&topic)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers),
+            );
             producer.poll(Duration::ZERO);
             seq += 1;
         }
@@ -206,7 +261,7 @@ fn clients(
         .next()
         .context("resolve --url")?;
     let cfg = Arc::new(ClientConfig {
-        system: System::Pushgate,
+        system: args.system,
         transport,
         server,
         host,
@@ -215,6 +270,8 @@ fn clients(
         handshake_timeout: Duration::from_secs(30),
         filters: 0,
         max_rate: None,
+        resume_every: None,
+        resume_away: Duration::ZERO,
     });
     let shared = Arc::new(Shared {
         stats: Stats::new(),
@@ -272,12 +329,16 @@ pub async fn run(args: KafkaLatencyArgs) -> Result<KafkaLatencyResult> {
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
     let _ = ws.stats.take();
     let _ = sse.stats.take();
+    let cpu_before = crate::procstat::sample(&args.server_pid);
     measuring.store(true, Ordering::Relaxed);
     eprintln!("measuring {} s", args.secs);
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     measuring.store(false, Ordering::Relaxed);
-    let (ws_hist, _) = ws.stats.take();
-    let (sse_hist, _) = sse.stats.take();
+    let (ws_hist, ws_n) = ws.stats.take();
+    let (sse_hist, sse_n) = sse.stats.take();
+    let cpu_after = crate::procstat::sample(&args.server_pid);
+    // Let the consumer thread see the end of the window before it stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let ws_ready = ws.counters.ready.load(Ordering::Relaxed);
     let sse_ready = sse.counters.ready.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -286,10 +347,19 @@ pub async fn run(args: KafkaLatencyArgs) -> Result<KafkaLatencyResult> {
     let produced = tokio::task::spawn_blocking(move || producing.join())
         .await?
         .map_err(|_| anyhow::anyhow!("producer thread panicked"))?;
-    let _ = tokio::task::spawn_blocking(move || consumer.join()).await?;
+    let (bare_cpu_us, bare_records) = tokio::task::spawn_blocking(move || consumer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
     let floor = percentiles(&floor.lock().expect("histogram"));
     let (ws_p, sse_p) = (percentiles(&ws_hist), percentiles(&sse_hist));
+    let deliveries = ws_n + sse_n;
+    let per = |secs: f64| secs * 1e6 / deliveries.max(1) as f64;
     Ok(KafkaLatencyResult {
+        system: args.system,
+        server_user_us_per_delivery: per(cpu_after.user_secs - cpu_before.user_secs),
+        server_sys_us_per_delivery: per(cpu_after.sys_secs - cpu_before.sys_secs),
+        bare_consumer_us_per_record: bare_cpu_us as f64 / bare_records.max(1) as f64,
+        deliveries,
         rate: args.rate,
         secs: args.secs,
         produced,
@@ -306,6 +376,10 @@ pub async fn run(args: KafkaLatencyArgs) -> Result<KafkaLatencyResult> {
 /// Runs, prints the table, writes the JSON.
 pub async fn main(args: KafkaLatencyArgs) -> Result<()> {
     let json = args.json.clone();
+    let name = match args.system {
+        System::Centrifugo => "Centrifugo",
+        _ => "pushgate",
+    };
     let r = run(args).await?;
     let row = |name: &str, p: &Percentiles| {
         format!(
@@ -322,24 +396,28 @@ pub async fn main(args: KafkaLatencyArgs) -> Result<()> {
     println!(
         "{}",
         row(
-            &format!("pushgate WebSocket ({} clients)", r.ws_clients_ready),
+            &format!("{name} WebSocket ({} clients)", r.ws_clients_ready),
             &r.pushgate_ws
         )
     );
     println!(
         "{}",
         row(
-            &format!("pushgate SSE ({} clients)", r.sse_clients_ready),
+            &format!("{name} SSE ({} clients)", r.sse_clients_ready),
             &r.pushgate_sse
         )
     );
     println!(
-        "added by pushgate (WS): p50 {:+.2} ms, p99 {:+.2} ms, p99.9 {:+.2} ms",
+        "added by {name} (WS): p50 {:+.2} ms, p99 {:+.2} ms, p99.9 {:+.2} ms",
         r.added_ws_ms.p50, r.added_ws_ms.p99, r.added_ws_ms.p999
     );
     println!(
-        "added by pushgate (SSE): p50 {:+.2} ms, p99 {:+.2} ms, p99.9 {:+.2} ms",
+        "added by {name} (SSE): p50 {:+.2} ms, p99 {:+.2} ms, p99.9 {:+.2} ms",
         r.added_sse_ms.p50, r.added_sse_ms.p99, r.added_sse_ms.p999
+    );
+    println!(
+        "{name} CPU per delivery: user {:.2} µs + system {:.2} µs ({} deliveries); bare consumer thread: {:.2} µs per record",
+        r.server_user_us_per_delivery, r.server_sys_us_per_delivery, r.deliveries, r.bare_consumer_us_per_record
     );
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;

@@ -22,6 +22,7 @@
 //! (histograms, counters), `procstat` (/proc sampling), `keys`
 //! (distributions), `chart` (SVG), `report` (table, RESULTS.md), `origin`.
 
+mod centrifugo;
 mod chart;
 mod client;
 mod delta;
@@ -35,6 +36,7 @@ mod procstat;
 mod publish;
 mod report;
 mod stats;
+mod versus;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -62,6 +64,8 @@ pub enum System {
     Floor,
     Nchan,
     Pushpin,
+    /// Centrifugo v6: unidirectional WebSocket and SSE, HTTP API (loadtest/src/centrifugo.rs).
+    Centrifugo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -214,6 +218,13 @@ struct RunArgs {
     /// Print no progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Resume scenario (pushgate, Centrifugo): each subscriber drops its connection
+    /// this often (the first drop spread over one period) and resumes from its position.
+    #[arg(long)]
+    resume_every_ms: Option<u64>,
+    /// Resume scenario: time away between a drop and the reconnect.
+    #[arg(long, default_value_t = 500)]
+    resume_away_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +270,13 @@ pub struct Errors {
     pub disconnects: u64,
     pub publish: u64,
     pub publish_dropped: u64,
+    /// Resume runs: reconnects, resumes not honoured, duplicate deliveries.
+    #[serde(default)]
+    pub resumes: u64,
+    #[serde(default)]
+    pub not_recovered: u64,
+    #[serde(default)]
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -385,6 +403,11 @@ async fn run(args: RunArgs) -> Result<bool> {
     if args.transport == Transport::Grpc && args.system != System::Pushgate {
         bail!("--transport grpc is pushgate's own protocol");
     }
+    if args.resume_every_ms.is_some()
+        && !matches!(args.system, System::Pushgate | System::Centrifugo)
+    {
+        bail!("--resume-every-ms: only pushgate and Centrifugo resume from a position");
+    }
     if args.system == System::Pushpin && args.transport == Transport::Ws {
         bail!("Pushpin WebSocket needs a WebSocket-over-HTTP origin; use --transport sse");
     }
@@ -421,6 +444,8 @@ async fn run(args: RunArgs) -> Result<bool> {
         handshake_timeout: Duration::from_secs(30),
         filters: args.filters,
         max_rate: args.max_rate,
+        resume_every: args.resume_every_ms.map(Duration::from_millis),
+        resume_away: Duration::from_millis(args.resume_away_ms),
     });
     let shared = Arc::new(Shared {
         stats: Stats::new(),
@@ -753,6 +778,9 @@ async fn run(args: RunArgs) -> Result<bool> {
             disconnects: load(&c.disconnects),
             publish: load(&counters_arc.publish_errors),
             publish_dropped: load(&counters_arc.publish_dropped),
+            resumes: load(&c.resumes),
+            not_recovered: load(&c.not_recovered),
+            duplicates: load(&c.duplicates),
         },
         timeline,
         elapsed_secs: started.elapsed().as_secs_f64(),
@@ -803,6 +831,13 @@ fn summary(r: &RunResult) -> String {
         r.system, r.transport, r.scenario, r.ready, r.connections, r.connect_secs, r.connect_rate,
         r.rss_per_conn_bytes, r.errors.connect, r.errors.status, r.errors.disconnects, r.errors.publish, r.errors.publish_dropped
     );
+    if r.errors.resumes > 0 {
+        s.push_str(&format!(
+            "
+resumes {}: not recovered {}, duplicate deliveries {}",
+            r.errors.resumes, r.errors.not_recovered, r.errors.duplicates
+        ));
+    }
     if let Some(b) = r.best_step.map(|i| &r.steps[i]) {
         s.push_str(&format!(
             "\nbest step: {} msg/s -> {:.0} deliveries/s, {:.0} per server CPU s (user {:.2} µs + system {:.2} µs per delivery), p99 {:.2} ms",

@@ -2,8 +2,8 @@
 //!
 //! A pacer wakes every few milliseconds, makes the messages now due (each
 //! payload stamped with the current time in microseconds as `"ts"`), groups
-//! them into requests (pushgate and Pushpin take batches; Nchan takes one
-//! message per POST) and hands them to a pool of publisher tasks with
+//! them into requests (pushgate and Pushpin take batches, Centrifugo a
+//! `/api/batch` of `publish` commands; Nchan takes one message per POST) and hands them to a pool of publisher tasks with
 //! keep-alive connections. If every publisher is busy the messages are
 //! counted as dropped rather than queued without bound.
 
@@ -64,6 +64,17 @@ fn build(cfg: &PublishConfig, msgs: &[(usize, String)]) -> Request {
             Request {
                 body,
                 url: format!("{}/topics/{}", cfg.base, cfg.topic),
+                messages: msgs.len() as u64,
+            }
+        }
+        System::Centrifugo => {
+            let named: Vec<(String, &str)> = msgs
+                .iter()
+                .map(|(key, data)| (key_name(*key), data.as_str()))
+                .collect();
+            Request {
+                body: crate::centrifugo::publish_body(&named),
+                url: format!("{}/api/batch", cfg.base),
                 messages: msgs.len() as u64,
             }
         }
@@ -134,8 +145,18 @@ impl Pool {
                     }
                     match builder.send().await {
                         Ok(resp) if resp.status().is_success() => {
-                            let _ = resp.bytes().await;
-                            bump(&counters.published, req.messages);
+                            let body = resp.bytes().await.unwrap_or_default();
+                            // Centrifugo answers a batch with 200 and an `error` per failed command.
+                            if system == System::Centrifugo
+                                && memchr::memmem::find(&body, b"\"error\"").is_some()
+                            {
+                                if first_few() {
+                                    eprintln!("publish: {}", String::from_utf8_lossy(&body));
+                                }
+                                bump(&counters.publish_errors, req.messages);
+                            } else {
+                                bump(&counters.published, req.messages);
+                            }
                         }
                         Ok(resp) => {
                             let status = resp.status();

@@ -302,7 +302,7 @@ pub fn floor_table(results: &BTreeMap<(String, String), RunResult>) -> String {
     let mut out = String::from(
         "| scenario | load (msg/s) | system | user µs / delivery | system µs / delivery | deliveries / CPU-s | fraction of the floor |\n|---|---:|---|---:|---:|---:|---:|\n",
     );
-    let systems = ["floor", "pushgate", "nchan", "pushpin"];
+    let systems = ["floor", "pushgate", "nchan", "pushpin", "centrifugo"];
     let scenarios: std::collections::BTreeSet<&String> = results.keys().map(|(_, sc)| sc).collect();
     for sc in scenarios {
         if sc.starts_with("idle") {
@@ -429,6 +429,7 @@ pub fn main(args: ReportArgs) -> Result<()> {
     let results = load(&args.dir)?;
     let table = table(&results);
     println!("{table}");
+    println!("{}", crate::versus::table(&results));
     if let Some(path) = &args.markdown {
         let mut md = String::from("# pushgate load test: side by side with Nchan and Pushpin\n\n");
         md.push_str("Written by `loadtest/compare.sh` from one run; all three systems ran on the same machine, one after another, under the same load generator. Ratios are the figures to trust; absolute numbers move with the machine and its other load.\n\n");
@@ -443,6 +444,11 @@ pub fn main(args: ReportArgs) -> Result<()> {
         md.push_str("\n### CPU per delivery, against the floor\n\n");
         md.push_str("The floor is `loadtest/floor`: pushgate's wire protocol on the same stack (tokio, hyper, tokio-tungstenite with the same buffer sizes, WebSocket frames written pre-encoded straight to the socket as pushgate does) doing nothing but fan-out of pre-encoded frames, one broadcast channel per key. System CPU is mostly the kernel's socket writes, the same for everyone; user CPU is what each server adds.\n\n");
         md.push_str(&floor_table(&results));
+        let versus = crate::versus::table(&results);
+        if !versus.is_empty() {
+            md.push_str("\n### Centrifugo side by side\n\n");
+            md.push_str(&versus);
+        }
         md.push_str("\n### Every step\n\n");
         md.push_str(&steps_table(&results));
         md.push_str("\n### Errors\n\n");

@@ -91,6 +91,13 @@ pub struct Counters {
     pub ready: AtomicUsize,
     /// Subscriber sockets open right now.
     pub open: AtomicUsize,
+    /// Resume runs: connections dropped on purpose and resumed.
+    pub resumes: AtomicU64,
+    /// Resumes the server could not honour (pushgate `recovered: false`,
+    /// Centrifugo `recovered: false`): the missed records were lost.
+    pub not_recovered: AtomicU64,
+    /// Deliveries of a `seq` the subscriber had already seen (resume runs).
+    pub duplicates: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
