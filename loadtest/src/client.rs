@@ -524,10 +524,11 @@ async fn sse(
                         bump(&sh.counters.not_recovered, 1);
                     }
                     mark_ready(conn, sh);
-                } else if pos.seen.is_some() && memmem::find(line, b"\"subscribed\"").is_some() {
-                    if memmem::find(line, b"\"recovered\":false").is_some() {
-                        bump(&sh.counters.not_recovered, 1);
-                    }
+                } else if pos.seen.is_some()
+                    && memmem::find(line, b"\"subscribed\"").is_some()
+                    && memmem::find(line, b"\"recovered\":false").is_some()
+                {
+                    bump(&sh.counters.not_recovered, 1);
                 }
                 if pos.seen.is_some() && pos.cursor.is_none() {
                     pos.cursor = find_cursor(line);
