@@ -61,14 +61,7 @@ async fn healthz() -> &'static str {
 /// `unavailable_topics`, topic -> cause, for configured topics it may not read);
 /// 503 `{"ready":false,"waiting_for":...}` before that and during a drain.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let waiting_for = if state.shutdown.is_triggered() {
-        "shutdown"
-    } else if !state.source.is_ready() {
-        state.source.waiting_for()
-    } else if !state.auth.revocations.is_loaded() {
-        // A token revoked before this node started must be refused from its first connection.
-        "control_topic"
-    } else {
+    let Some(waiting_for) = state.waiting_for() else {
         // Ready for what it can serve; a topic it cannot (Kafka ACLs) is named
         // with the cause, without taking the node out of the load balancer.
         let unavailable = state.source.unavailable_topics();

@@ -238,6 +238,8 @@ async fn serve_admin(state: &AppState, addr: std::net::SocketAddr) -> Result<(),
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::AdminListen { addr, source })?;
+    // The bound address (the port when `admin.listen` asks for port 0).
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "admin API listening");
     let app = admin::router(state.clone());
     let shutdown = state.shutdown.clone();

@@ -14,7 +14,7 @@ use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::proxy;
 use crate::shutdown::Shutdown;
-use crate::source::Opening;
+use crate::source::{Opening, Source};
 use crate::telemetry;
 
 #[derive(Clone)]
@@ -203,6 +203,31 @@ impl AppState {
             .collect();
         list.sort_by_key(|c| c.id);
         list
+    }
+
+    /// Open streaming connections per transport label (for `GET /admin/stats`;
+    /// one walk of the map, nothing cloned).
+    pub fn connection_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in self.connections.open.iter() {
+            *counts.entry(entry.value().transport).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// What the node waits for before it serves (`/readyz`'s `waiting_for`), or
+    /// `None` when ready: the drain, the source's warm start, the control topic.
+    pub fn waiting_for(&self) -> Option<&'static str> {
+        if self.shutdown.is_triggered() {
+            Some("shutdown")
+        } else if !self.source.is_ready() {
+            Some(self.source.waiting_for())
+        } else if !self.auth.revocations.is_loaded() {
+            // A token revoked before this node started must be refused from its first connection.
+            Some("control_topic")
+        } else {
+            None
+        }
     }
 
     /// Closes connection `id` as a drain would (WebSocket 1012, the SSE

@@ -5,6 +5,7 @@
 //! fan-out to thousands of subscribers costs one counter update.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -58,6 +59,37 @@ const AGE_BUCKETS: &[f64] = &[
 pub const TOPIC_LABELS: usize = 100;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The same counts as a few of the metrics, kept apart for `GET /admin/stats`
+/// (the recorder cannot be read back, and a host application may own it).
+static RECORDS_IN_N: AtomicU64 = AtomicU64::new(0);
+static DELIVERIES_N: AtomicU64 = AtomicU64::new(0);
+static REFUSED_N: AtomicU64 = AtomicU64::new(0);
+static AGE_COUNT_N: AtomicU64 = AtomicU64::new(0);
+static AGE_SUM_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// Totals since the process started, for `GET /admin/stats`: a page computes
+/// rates (and the mean record age) from two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub records_in: u64,
+    pub deliveries: u64,
+    pub connections_refused: u64,
+    /// First writes measured by `pushgate_record_age_seconds`, all transports.
+    pub record_age_count: u64,
+    /// Their ages added up, in microseconds.
+    pub record_age_sum_micros: u64,
+}
+
+pub fn totals() -> Totals {
+    Totals {
+        records_in: RECORDS_IN_N.load(Ordering::Relaxed),
+        deliveries: DELIVERIES_N.load(Ordering::Relaxed),
+        connections_refused: REFUSED_N.load(Ordering::Relaxed),
+        record_age_count: AGE_COUNT_N.load(Ordering::Relaxed),
+        record_age_sum_micros: AGE_SUM_MICROS.load(Ordering::Relaxed),
+    }
+}
 
 /// Installs the Prometheus recorder once per process (a host application may
 /// already have installed its own; then `/metrics` says so).
@@ -118,6 +150,7 @@ pub fn catchup_read(coalesced: bool) {
 
 pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+    REFUSED_N.fetch_add(1, Ordering::Relaxed);
 }
 
 /// `topic`'s label: its name for the first [`TOPIC_LABELS`] topics seen,
@@ -148,6 +181,8 @@ pub fn subscription_closed(topic: &str) {
 /// `age` after its timestamp (once per record and transport).
 pub fn record_age(transport: &'static str, age: Duration) {
     histogram!(RECORD_AGE, "transport" => transport).record(age.as_secs_f64());
+    AGE_COUNT_N.fetch_add(1, Ordering::Relaxed);
+    AGE_SUM_MICROS.fetch_add(age.as_micros() as u64, Ordering::Relaxed);
 }
 
 /// Records behind the source's high watermark, per partition (labels bounded by the partition count).
@@ -159,6 +194,8 @@ pub fn partition_lag(topic: &str, partition: u32, lag: u64) {
 pub fn record_ingested(delivered: usize) {
     counter!(RECORDS_IN).increment(1);
     counter!(DELIVERIES).increment(delivered as u64);
+    RECORDS_IN_N.fetch_add(1, Ordering::Relaxed);
+    DELIVERIES_N.fetch_add(delivered as u64, Ordering::Relaxed);
 }
 
 pub fn slow_disconnect() {

@@ -1,4 +1,4 @@
-//! The operator's API under `/admin`: open connections (listed, closed), what each topic holds, revocations and grant changes (through the control topic), behind a static bearer token.
+//! The operator's API under `/admin`: open connections (listed, closed), what each topic holds, counters, revocations and grant changes (through the control topic), behind a static bearer token; the ops page.
 //!
 //! Off unless `admin.enabled`: every `/admin` path is then 404. The token is
 //! `admin.token`, compared in constant time; a client's JWT is never accepted
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 mod control;
+mod stats;
 pub(crate) use control::spawn_reader;
 
 use crate::hub::{PartitionStats, Sub};
@@ -61,7 +62,12 @@ fn routes(state: &AppState) -> Router<AppState> {
             axum::routing::delete(control::lift),
         )
         .route("/admin/grants", axum::routing::post(control::grants))
+        .route("/admin/stats", get(stats::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        // The page and its script carry no data: served without the token.
+        .route("/admin/ops", get(stats::page))
+        .route("/admin/ops.js", get(stats::script))
+        .route("/admin/ops.css", get(stats::style))
 }
 
 async fn not_found() -> Response {
@@ -230,6 +236,9 @@ fn partition(p: &PartitionStats) -> Value {
         "lag": p.lag(),
         "ring": p.ring.map(|(first, last)| json!({"first": first, "last": last})),
         "view_keys": p.view_keys,
+        // Seconds since the newest record's timestamp: how fresh the topic is.
+        "newest_record_age_seconds": p.newest_timestamp
+            .map(|ts| (stats::now_ms().saturating_sub(ts)).max(0) as f64 / 1000.0),
     })
 }
 

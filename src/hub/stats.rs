@@ -24,6 +24,8 @@ pub struct PartitionStats {
     pub ring: Option<(u64, u64)>,
     /// Keys in the latest-value view.
     pub view_keys: usize,
+    /// The timestamp (Unix milliseconds) of the newest record in the ring.
+    pub newest_timestamp: Option<i64>,
 }
 
 impl PartitionStats {
@@ -74,6 +76,7 @@ impl Topic {
                         .zip(state.ring.back())
                         .map(|(first, last)| (first.offset, last.offset)),
                     view_keys: state.view.len(),
+                    newest_timestamp: state.ring.back().map(|r| r.timestamp()),
                 }
             })
             .collect()
