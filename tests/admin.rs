@@ -274,8 +274,18 @@ async fn topics_list_positions_ring_view_and_lag_as_published() {
             .unwrap_or_else(|| panic!("{name} in {body}"))
             .clone()
     };
-    let one = topic("one");
+    let mut one = topic("one");
     assert_eq!(one["ready"], true);
+    // Seconds since the newest record's timestamp: just published, so fresh.
+    let age = one["partitions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("newest_record_age_seconds")
+        .unwrap();
+    assert!(
+        age.as_f64().is_some_and(|a| (0.0..60.0).contains(&a)),
+        "{age}"
+    );
     assert_eq!(
         one["partitions"],
         json!([{
@@ -283,7 +293,11 @@ async fn topics_list_positions_ring_view_and_lag_as_published() {
             "ring": {"first": 0, "last": 4}, "view_keys": 3,
         }])
     );
-    let small = topic("small");
+    let mut small = topic("small");
+    small["partitions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("newest_record_age_seconds");
     assert_eq!(
         small["partitions"][0],
         json!({
@@ -297,6 +311,7 @@ async fn topics_list_positions_ring_view_and_lag_as_published() {
         assert_eq!(p["next_offset"], 0);
         assert_eq!(p["ring"], Value::Null);
         assert_eq!(p["view_keys"], 0);
+        assert_eq!(p["newest_record_age_seconds"], Value::Null);
     }
     server.stop().await;
 }
