@@ -39,7 +39,8 @@
 //! protocol   client messages, control messages, error and close codes
 //! auth       JWT verification, grants, origin checks, publish rate, revocations
 //! admin      /admin/...: connections, topics; the control topic (revocations and
-//!            grant changes every node reads from the log)
+//!            grant changes every node reads from the log); `admin/stats.rs`:
+//!            GET /admin/stats and the ops page (static/ops.*) at /admin/ops
 //! token_subs the token's `subscribe_on_connect` as subscribe requests (`token-N`, `{sub}`)
 //! proxy      trusted proxies (addresses, CIDR), X-Forwarded-For, PROXY protocol v1/v2
 //! stall      write deadlines: notes when a client's socket stops taking bytes
