@@ -145,12 +145,13 @@ pub(super) fn remove_from_view(state: &mut PartitionState, key: &str) {
     }
 }
 
-/// The view entries `filter` takes (at most `max`), and how many it took in all.
+/// The view entries `filter` takes, unordered (the caller sorts them by key
+/// outside the locks). Only pointers are copied: the snapshot shares the
+/// view's encoded records, so taking it costs 8 bytes per key under the locks.
 pub(super) fn collect_snapshot(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
-    max: usize,
-) -> (Vec<Arc<Record>>, usize) {
+) -> Vec<Arc<Record>> {
     let mut out = Vec::new();
     match (&filter.keys, &filter.prefix) {
         (Some(keys), None) => {
@@ -159,21 +160,19 @@ pub(super) fn collect_snapshot(
                     out.push(Arc::clone(rec));
                 }
             }
-            out.sort_by_key(|r| (r.partition, r.offset));
         }
         _ => {
             for state in guards {
-                for key in state.view_order.values() {
+                out.reserve(state.view.len());
+                for (key, record) in state.view.iter() {
                     if filter.matches(Some(key)) {
-                        out.push(Arc::clone(&state.view[key]));
+                        out.push(Arc::clone(record));
                     }
                 }
             }
         }
     }
-    let found = out.len();
-    out.truncate(max);
-    (out, found)
+    out
 }
 
 /// The view entries of `guards` that `filter` takes and whose key sorts after
