@@ -38,7 +38,7 @@ mod sub;
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
-    collect_snapshot, collect_view, remove_from_view, update_view, Located, Partition,
+    collect_snapshot, collect_view, remove_from_view, replays, update_view, Located, Partition,
     PartitionState, Positions,
 };
 pub use self::stats::PartitionStats;
@@ -777,60 +777,6 @@ impl Topic {
         self.index.remove(sub);
         telemetry::subscription_closed(&self.name);
     }
-}
-
-/// What each partition must replay to bring a subscription from `from` to
-/// `high`: ring records (filtered by key, and with `upto` only keys up to it)
-/// when the ring covers `from`, else a log range. Under the partition locks.
-fn replays(
-    guards: &[MutexGuard<'_, PartitionState>],
-    filter: &Filter,
-    from: &[u64],
-    high: &[u64],
-    lookback: bool,
-    upto: Option<&str>,
-) -> Vec<Replay> {
-    let takes = |key: Option<&str>| {
-        filter.matches(key) && upto.is_none_or(|upto| key.is_some_and(|k| k <= upto))
-    };
-    let mut replay = Vec::new();
-    for (p, state) in guards.iter().enumerate() {
-        let from = from.get(p).copied().unwrap_or(0);
-        if from >= high[p] {
-            continue;
-        }
-        if state.ring.front().is_some_and(|r| r.offset <= from) {
-            let records = state
-                .ring
-                .iter()
-                .filter(|r| r.offset >= from && takes(r.key.as_deref()))
-                .cloned()
-                .collect();
-            let lookback = if lookback {
-                state
-                    .ring
-                    .iter()
-                    .take_while(|r| r.offset < from)
-                    .filter(|r| takes(r.key.as_deref()))
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            replay.push(Replay::Ring {
-                partition: p as u32,
-                records,
-                lookback,
-            });
-        } else {
-            replay.push(Replay::Log {
-                partition: p as u32,
-                from,
-                until: high[p],
-            });
-        }
-    }
-    replay
 }
 
 /// Each partition's place for a version 2 cursor at `offsets` (ordinals):
