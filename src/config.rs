@@ -319,7 +319,7 @@ impl Default for LimitsConfig {
             max_publish_bytes: 1 << 20,
             max_publish_records: 1000,
             max_key_bytes: 1024,
-            max_snapshot_records: 10_000,
+            max_snapshot_records: 0,
             max_connections_per_ip: 1000,
             max_filter_bytes: 4096,
             max_filter_depth: 8,

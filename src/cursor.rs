@@ -16,6 +16,15 @@
 //! `[version = 2][epoch: u64 LE][n: varint]` then per partition
 //! `[tag 0]` (start) | `[tag 1][len: varint][len bytes]` (after that position) | `[tag 2]` (closed).
 //! Version 1 cursors keep decoding exactly as before.
+//!
+//! Either version may end with a snapshot position (`snapshot_after`): a
+//! client cut off mid-snapshot holds every key up to that one (in key
+//! order) at the cursor's position and nothing after it, so a resume
+//! replays the keys up to it and streams the rest of the snapshot:
+//! `[tag 1][len: varint][len bytes of UTF-8 key]` after the partitions.
+//! Carried in the cursor (not beside it) so an SSE `Last-Event-ID`, a
+//! query parameter or a `pushgate-cursor` trailer resumes mid-snapshot
+//! with no client code.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -29,6 +38,10 @@ pub const MAX_POSITION_BYTES: usize = 64;
 pub const MAX_PARTITIONS: usize = 4096;
 /// Longest encoded cursor we try to decode (4096 partitions of 10-byte varints, in base64).
 const MAX_ENCODED_LEN: usize = 56 * 1024;
+/// Longest `snapshot_after` key a cursor may carry.
+pub const MAX_SNAPSHOT_KEY_BYTES: usize = 32 * 1024;
+/// Tag of the trailing snapshot position.
+const TAG_SNAPSHOT_AFTER: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -38,6 +51,9 @@ pub struct Cursor {
     /// Version 2: per partition, where the client stands in the source's own
     /// positions. `None` for a version 1 cursor.
     pub shards: Option<Vec<ShardPos>>,
+    /// Mid-snapshot: the client holds every key up to this one (in key order)
+    /// at this position, and none after it.
+    pub snapshot_after: Option<Box<str>>,
 }
 
 /// One partition's place in a version 2 cursor.
@@ -75,6 +91,7 @@ impl Cursor {
             epoch,
             offsets,
             shards: None,
+            snapshot_after: None,
         }
     }
 
@@ -84,6 +101,7 @@ impl Cursor {
             epoch,
             offsets: Vec::new(),
             shards: Some(shards),
+            snapshot_after: None,
         }
     }
 
@@ -99,7 +117,10 @@ impl Cursor {
             None => encode_into(self.epoch, &self.offsets, &mut out),
             Some(shards) => encode_shards_into(self.epoch, shards, &mut out),
         }
-        out
+        match &self.snapshot_after {
+            Some(key) => with_snapshot_after(&out, key),
+            None => out,
+        }
     }
 
     pub fn decode(text: &str) -> Result<Self, CursorError> {
@@ -152,20 +173,69 @@ impl Cursor {
                     _ => return Err(CursorError::Encoding),
                 });
             }
-            if !input.is_empty() {
-                return Err(CursorError::Trailing);
-            }
-            return Ok(Self::with_shards(epoch, shards));
+            let snapshot_after = read_snapshot_after(&mut input)?;
+            return Ok(Self {
+                snapshot_after,
+                ..Self::with_shards(epoch, shards)
+            });
         }
         let mut offsets = Vec::with_capacity((n as usize).min(input.len()));
         for _ in 0..n {
             offsets.push(read_varint(&mut input)?);
         }
-        if !input.is_empty() {
-            return Err(CursorError::Trailing);
-        }
-        Ok(Self::new(epoch, offsets))
+        let snapshot_after = read_snapshot_after(&mut input)?;
+        Ok(Self {
+            snapshot_after,
+            ..Self::new(epoch, offsets)
+        })
     }
+}
+
+/// The optional trailing snapshot position; anything else left over is an error.
+fn read_snapshot_after(input: &mut &[u8]) -> Result<Option<Box<str>>, CursorError> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    if take_byte(input)? != TAG_SNAPSHOT_AFTER {
+        return Err(CursorError::Trailing);
+    }
+    let len = read_varint(input)?;
+    if len > MAX_SNAPSHOT_KEY_BYTES as u64 {
+        return Err(CursorError::TooLong);
+    }
+    if input.len() < len as usize {
+        return Err(CursorError::Truncated);
+    }
+    let (key, rest) = input.split_at(len as usize);
+    *input = rest;
+    if !input.is_empty() {
+        return Err(CursorError::Trailing);
+    }
+    let key = std::str::from_utf8(key).map_err(|_| CursorError::Encoding)?;
+    Ok(Some(key.into()))
+}
+
+/// Raw bytes of an encoded cursor (one this node made), to which
+/// [`snapshot_cursor`] appends a key per snapshot record.
+pub fn raw(encoded: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD
+        .decode(encoded.as_bytes())
+        .unwrap_or_default()
+}
+
+/// `raw` (a cursor without a snapshot position) with `snapshot_after = key`, encoded.
+pub fn snapshot_cursor(raw: &[u8], key: &str) -> String {
+    let key = key.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len() + 3 + key.len());
+    bytes.extend_from_slice(raw);
+    bytes.push(TAG_SNAPSHOT_AFTER);
+    write_varint(&mut bytes, key.len() as u64);
+    bytes.extend_from_slice(key);
+    URL_SAFE_NO_PAD.encode(&bytes)
+}
+
+fn with_snapshot_after(encoded: &str, key: &str) -> String {
+    snapshot_cursor(&raw(encoded), key)
 }
 
 /// Encodes a version 2 cursor into `out`.
@@ -301,6 +371,40 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             assert_eq!(Cursor::decode(&text).unwrap(), cursor);
         }
+    }
+
+    #[test]
+    fn a_snapshot_position_round_trips_on_both_versions() {
+        let mut v1 = Cursor::new(7, vec![3, 4]);
+        v1.snapshot_after = Some("k\u{e9}y 42".into());
+        let text = v1.encode();
+        assert_eq!(Cursor::decode(&text).unwrap(), v1);
+        assert_eq!(
+            snapshot_cursor(&raw(&Cursor::new(7, vec![3, 4]).encode()), "k\u{e9}y 42"),
+            text
+        );
+        let mut v2 = Cursor::with_shards(7, vec![ShardPos::Start, ShardPos::Closed]);
+        v2.snapshot_after = Some("".into());
+        assert_eq!(Cursor::decode(&v2.encode()).unwrap(), v2);
+        // An unknown trailing tag, a key cut short, bytes after the key.
+        let mut bytes = raw(&Cursor::new(7, vec![3]).encode());
+        bytes.extend_from_slice(&[2, 1, b'a']);
+        assert_eq!(
+            Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)),
+            Err(CursorError::Trailing)
+        );
+        let mut bytes = raw(&Cursor::new(7, vec![3]).encode());
+        bytes.extend_from_slice(&[1, 5, b'a']);
+        assert_eq!(
+            Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)),
+            Err(CursorError::Truncated)
+        );
+        let mut bytes = raw(&Cursor::new(7, vec![3]).encode());
+        bytes.extend_from_slice(&[1, 1, b'a', 0]);
+        assert_eq!(
+            Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)),
+            Err(CursorError::Trailing)
+        );
     }
 
     #[test]

@@ -130,8 +130,8 @@ pub enum Body {
 pub enum Framing {
     /// Live and replayed records: the SSE event carries the cursor as its id.
     Normal,
-    /// Snapshot records: flagged, and only the last one carries an SSE id so an
-    /// `EventSource` that drops mid-snapshot starts over instead of resuming.
+    /// Snapshot records: flagged; each carries an SSE id (its cursor holds the
+    /// snapshot position, so an `EventSource` that drops mid-snapshot resumes it).
     Snapshot { with_id: bool },
 }
 

@@ -24,6 +24,9 @@ pub const WRITE_TIMEOUTS: &str = "pushgate_write_timeouts_total";
 pub const REPLAYED: &str = "pushgate_replayed_records_total";
 pub const GAPS: &str = "pushgate_resume_gaps_total";
 pub const SNAPSHOTS_PARTIAL: &str = "pushgate_snapshots_partial_total";
+/// Catch-ups whose backlog overflowed (a long snapshot under heavy writes)
+/// and that read what it dropped again from the ring or the log.
+pub const CATCHUP_RESYNCS: &str = "pushgate_catchup_resyncs_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
 /// `embedded.durability = "os"`: one background fsync.
@@ -120,6 +123,11 @@ pub fn render() -> String {
 /// "max_snapshot_records" or "view_max_keys".
 pub fn snapshot_partial(reason: &'static str) {
     counter!(SNAPSHOTS_PARTIAL, "reason" => reason).increment(1);
+}
+
+/// A catch-up's backlog overflowed; what it dropped is read again (see [`CATCHUP_RESYNCS`]).
+pub fn catch_up_resync() {
+    counter!(CATCHUP_RESYNCS).increment(1);
 }
 
 /// A revocation read from the control topic, which ended `connections` open connections.

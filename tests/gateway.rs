@@ -337,11 +337,13 @@ async fn snapshot_gives_latest_value_per_key_then_live() {
     assert_eq!(live["data"]["price"], 103);
     assert!(live.get("snapshot").is_none());
 
-    // SSE: the same snapshot; only the last snapshot event carries an id.
+    // SSE: the same snapshot; every snapshot event carries an id (the
+    // first one's resumes the snapshot after its key, the last one's is live).
     let mut sse = server.sse("topic=t&key=AAPL&key=MSFT", None).await;
     sse.next().await;
     let events = sse.records(2).await;
-    assert!(events[0].id.is_none() && events[1].id.is_some());
+    assert!(events[0].id.is_some() && events[1].id.is_some());
+    assert_ne!(events[0].id, events[1].id);
     server.stop().await;
 }
 

@@ -1197,3 +1197,226 @@ async fn an_operator_closes_a_grpc_stream_like_a_drain_and_its_record_age_is_mea
     assert!(end["trailers"]["pushgate-cursor"].is_string(), "{end}");
     server.stop().await;
 }
+
+/// Reads until `live`; returns the records before it.
+async fn until_live(sub: &mut Subscriber) -> Vec<Value> {
+    let mut records = Vec::new();
+    loop {
+        let v = sub.next().await;
+        assert!(v.get("end").is_none(), "ended before live: {v}");
+        match v["type"].as_str() {
+            Some("record") => records.push(v),
+            Some("live") => return records,
+            _ => {}
+        }
+    }
+}
+
+/// Issue 30: a gRPC reader that stops reading mid-snapshot is flow-controlled
+/// (not ended), and a new call with the cursor of the last snapshot record it
+/// got (which carries the snapshot position) continues the snapshot: every
+/// key ends at its latest value, and no key before that position is sent
+/// again unless it changed.
+#[tokio::test]
+async fn a_grpc_reader_paused_mid_snapshot_is_not_ended_and_resumes_where_it_stopped() {
+    if !tiers(&["grpc"]) {
+        return;
+    }
+    let server = TestServer::start_with(
+        "[limits]\npublish_rate = 1000000.0\npublish_burst = 1000000.0\nqueue_bytes = 65536\n",
+    )
+    .await;
+    const KEYS: usize = 12_000;
+    publish_keys(&server, "t", KEYS).await;
+    let mut latest: HashMap<String, Value> = (0..KEYS)
+        .map(|i| (format!("k{i:05}"), json!({"n": i})))
+        .collect();
+    let mut sub =
+        Subscriber::start(server.addr, json!({"topic": "t"}), &["--timeout", "120"]).await;
+    let subscribed = sub.next().await;
+    assert_eq!(subscribed["snapshot"], KEYS as u64, "{subscribed}");
+    assert_eq!(subscribed["snapshot_partial"], false);
+    let (first, _) = sub.records(1_000).await;
+    // Paused: nothing read for 2 s while keys on both sides of the reader's
+    // position change (the pipe to client.py and HTTP/2 windows fill).
+    let changed: Vec<(String, Value)> = (0..KEYS)
+        .step_by(97)
+        .map(|i| (format!("k{i:05}"), json!({"n": i, "changed": true})))
+        .collect();
+    server.publish_batch("t", &changed).await;
+    for (k, v) in &changed {
+        latest.insert(k.clone(), v.clone());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (more, _) = sub.records(1_000).await;
+    assert!(
+        more.iter().all(|r| r["snapshot"] == true),
+        "still in the snapshot after the pause"
+    );
+    let mut seen: Vec<Value> = first.into_iter().chain(more).collect();
+    let last = seen.last().unwrap().clone();
+    let position = last["key"].as_str().unwrap().to_owned();
+    drop(sub);
+
+    let mut resumed = Subscriber::start(
+        server.addr,
+        json!({"topic": "t", "cursor": last["cursor"]}),
+        &["--timeout", "120"],
+    )
+    .await;
+    let rest = until_live(&mut resumed).await;
+    let changed_keys: std::collections::HashSet<&str> =
+        changed.iter().map(|(k, _)| k.as_str()).collect();
+    for r in &rest {
+        let k = r["key"].as_str().unwrap();
+        assert!(
+            k > position.as_str() || changed_keys.contains(k),
+            "{k} (at or before {position}, unchanged) was sent again"
+        );
+    }
+    let snapshot_rest: Vec<&str> = rest
+        .iter()
+        .filter(|r| r["key"].as_str().unwrap() > position.as_str())
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<&str> = snapshot_rest.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        snapshot_rest.len(),
+        "no key after the position twice"
+    );
+    seen.extend(rest);
+    let mut state: HashMap<String, Value> = HashMap::new();
+    for r in &seen {
+        state.insert(r["key"].as_str().unwrap().to_owned(), r["data"].clone());
+    }
+    assert_eq!(state.len(), KEYS, "0 missing");
+    for (k, v) in &latest {
+        assert_eq!(state[k]["n"], v["n"], "{k}");
+        assert_eq!(
+            state[k].get("changed"),
+            v.get("changed"),
+            "{k} is at its latest value"
+        );
+    }
+    server.stop().await;
+}
+
+/// The `cursor` of `topic` in `GET /topics` of the node at `addr`.
+async fn cursor_at(http: &reqwest::Client, addr: std::net::SocketAddr, topic: &str) -> String {
+    let list: Value = http
+        .get(format!("http://{addr}/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == topic)
+        .unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Issue 30: a snapshot cut on node A continues on node B reading the same
+/// Kafka topic: the snapshot position in the cursor means the same keys on
+/// both nodes, so nothing is missing and no unchanged key is sent twice.
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn a_snapshot_cut_on_one_kafka_node_continues_on_another() {
+    if !tiers(&["grpc", "kafka"]) {
+        return;
+    }
+    use kafka_common::*;
+    let broker = Broker::shared();
+    broker.create_topic("snap", 3, &[]).await;
+    let node = |_: ()| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = kafka_config(
+            &broker.addr(),
+            &[("snap", 4096)],
+            "[limits]\npublish_rate = 1000000.0\npublish_burst = 1000000.0\n",
+        );
+        (
+            Process::start(dir.path(), &config, "127.0.0.1:0").await,
+            dir,
+        )
+    };
+    let (a, _da) = node(()).await;
+    let (b, _db) = node(()).await;
+    let http = reqwest::Client::new();
+    const KEYS: usize = 3_000;
+    let a_addr = a.addr;
+    let post = |records: Vec<(String, Value)>| {
+        let http = http.clone();
+        async move {
+            let body = json!({
+                "records": records.iter().map(|(k, d)| json!({"key": k, "data": d})).collect::<Vec<_>>()
+            });
+            let r = http
+                .post(format!("http://{a_addr}/topics/snap"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let mut latest: HashMap<String, Value> = HashMap::new();
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let records: Vec<(String, Value)> = chunk
+            .iter()
+            .map(|i| (format!("k{i:05}"), json!({"n": i})))
+            .collect();
+        latest.extend(records.iter().cloned());
+        post(records).await;
+    }
+    let mut sub = Subscriber::start(a.addr, json!({"topic": "snap"}), &["--timeout", "60"]).await;
+    let subscribed = sub.next().await;
+    assert_eq!(subscribed["snapshot"], KEYS as u64, "{subscribed}");
+    let (first, _) = sub.records(1_000).await;
+    drop(sub);
+    let last = first.last().unwrap().clone();
+    let position = last["key"].as_str().unwrap().to_owned();
+    let changed: Vec<(String, Value)> = (0..KEYS)
+        .step_by(31)
+        .map(|i| (format!("k{i:05}"), json!({"n": i, "changed": true})))
+        .collect();
+    latest.extend(changed.iter().cloned());
+    post(changed.clone()).await;
+    // B has read the log as far as A before the resume is asked of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cursor_at(&http, b.addr, "snap").await != cursor_at(&http, a.addr, "snap").await {
+        assert!(Instant::now() < deadline, "node B never caught up with A");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut resumed = Subscriber::start(
+        b.addr,
+        json!({"topic": "snap", "cursor": last["cursor"]}),
+        &["--timeout", "60"],
+    )
+    .await;
+    let rest = until_live(&mut resumed).await;
+    let changed_keys: std::collections::HashSet<&str> =
+        changed.iter().map(|(k, _)| k.as_str()).collect();
+    for r in &rest {
+        let k = r["key"].as_str().unwrap();
+        assert!(
+            k > position.as_str() || changed_keys.contains(k),
+            "{k} (at or before {position}, unchanged) was sent again by node B"
+        );
+    }
+    let mut state: HashMap<String, Value> = HashMap::new();
+    for r in first.iter().chain(&rest) {
+        state.insert(r["key"].as_str().unwrap().to_owned(), r["data"].clone());
+    }
+    assert_eq!(state.len(), KEYS, "0 missing");
+    for (k, v) in &latest {
+        assert_eq!(&state[k], v, "{k} is at its latest value");
+    }
+}

@@ -37,6 +37,7 @@ mod publish;
 mod report;
 mod stats;
 mod versus;
+mod view_bench;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -103,6 +104,8 @@ enum Cmd {
     /// Fleet harness: the per-scenario report (and --check for CI).
     FleetReport(Box<fleet_report::ReportArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
+    /// Issue 30: a large view streamed to WebSocket and SSE subscribers under writes, checked key by key.
+    ViewBench(Box<view_bench::ViewBenchArgs>),
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
         listen: SocketAddr,
@@ -357,6 +360,14 @@ fn main() -> Result<()> {
         Cmd::FleetSample(args) => rt.block_on(fleet_report::sample(*args)),
         Cmd::FleetReport(args) => fleet_report::report(*args),
         Cmd::Report(args) => report::main(args),
+        Cmd::ViewBench(args) => match rt.block_on(view_bench::main(*args)) {
+            Ok(true) => std::process::exit(0),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("view-bench: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
     }
 }

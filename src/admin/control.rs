@@ -120,8 +120,9 @@ async fn read(state: &AppState, name: &str) {
             }
         }
         let backlog = match reg.sub.go_live() {
-            Ok(backlog) => backlog,
-            Err(_) => continue,
+            Ok(Some(backlog)) => backlog,
+            // Overflowed or closed: register again.
+            _ => continue,
         };
         apply_all(state, &backlog, &mut next, live);
         state.auth.revocations.progress.set(&next);

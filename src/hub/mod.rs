@@ -38,7 +38,7 @@ mod sub;
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
-    collect_snapshot, collect_view, remove_from_view, update_view, Located, Partition,
+    collect_snapshot, collect_view, remove_from_view, replays, update_view, Located, Partition,
     PartitionState, Positions,
 };
 pub use self::stats::PartitionStats;
@@ -63,9 +63,10 @@ pub struct SubscribeOptions<'a> {
     /// Where the client resumes from, if it brought a cursor.
     pub cursor: Option<&'a Cursor>,
     /// Capture the latest value of the requested keys (also taken with a
-    /// cursor, in case the cursor turns out to be unrecoverable)...
+    /// cursor, in case the cursor turns out to be unrecoverable, and always
+    /// for a cursor with a snapshot position)...
     pub snapshot: bool,
-    /// ...at most this many of them.
+    /// ...at most this many of them (0: all; a cut is signalled as partial).
     pub max_snapshot: usize,
     /// Bytes of live records held while the subscription catches up.
     pub backlog_limit: usize,
@@ -148,7 +149,8 @@ pub struct Registration {
     pub sub: Arc<Sub>,
     /// Next offset per partition at the moment the subscription was inserted.
     pub high: Vec<u64>,
-    /// Latest value per requested key, captured at `high`.
+    /// Latest value per requested key, captured at `high`, in key order: an
+    /// immutable list of the view's own records (pointers), streamed by page.
     pub snapshot: Vec<Arc<Record>>,
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
@@ -605,6 +607,10 @@ impl Topic {
         let mut skip_below = None;
         let foreign_cursor =
             cursor.is_some_and(|c| c.epoch != self.epoch || c.offsets.len() > parts.len());
+        // Mid-snapshot resume: only the keys the client already holds are replayed.
+        let upto = cursor
+            .filter(|_| !foreign_cursor)
+            .and_then(|c| c.snapshot_after.as_deref());
         if let (Some(cursor), false) = (cursor, foreign_cursor) {
             if (0..parts.len()).any(|p| cursor.offset(p) > high[p]) {
                 skip_below = Some(
@@ -613,75 +619,34 @@ impl Topic {
                         .collect::<Box<[u64]>>(),
                 );
             }
-            for (p, state) in guards.iter().enumerate() {
-                let from = cursor.offset(p);
-                if from >= high[p] {
-                    continue;
-                }
-                let ring_covers = state.ring.front().is_some_and(|r| r.offset <= from);
-                if ring_covers {
-                    let records: Vec<Arc<Record>> = state
-                        .ring
-                        .iter()
-                        .filter(|r| r.offset >= from && filter.matches(r.key.as_deref()))
-                        .cloned()
-                        .collect();
-                    let lookback = if group.is_some() {
-                        state
-                            .ring
-                            .iter()
-                            .take_while(|r| r.offset < from)
-                            .filter(|r| filter.matches(r.key.as_deref()))
-                            .cloned()
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    replay.push(Replay::Ring {
-                        partition: p as u32,
-                        records,
-                        lookback,
-                    });
-                } else {
-                    replay.push(Replay::Log {
-                        partition: p as u32,
-                        from,
-                        until: high[p],
-                    });
-                }
-            }
+            let from: Vec<u64> = (0..parts.len()).map(|p| cursor.offset(p)).collect();
+            replay = replays(&guards, &filter, &from, &high, group.is_some(), upto);
         }
 
-        let needs_snapshot = snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay));
-        // With a value filter, the snapshot is cut to size after filtering,
-        // outside the locks (parsing values must not hold up ingest).
-        let collect_max = if group.is_some() {
-            usize::MAX
+        let needs_snapshot = (snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay)))
+            || upto.is_some();
+        let mut snapshot = if needs_snapshot {
+            collect_snapshot(&guards, &filter)
         } else {
-            max_snapshot
+            Vec::new()
         };
-        let (mut snapshot, found) = if needs_snapshot {
-            collect_snapshot(&guards, &filter, collect_max)
-        } else {
-            (Vec::new(), 0)
-        };
+        let found = snapshot.len();
         // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
         let evicted = needs_snapshot
             && guards.iter().any(|g| g.evicted)
             && filter.keys.as_ref().is_none_or(|keys| found < keys.len());
-        let mut cut = found - snapshot.len();
 
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             filter,
-            in_step_from: match &skip_below {
-                Some(skip) => high
-                    .iter()
-                    .enumerate()
-                    .map(|(p, h)| (*h).max(skip.get(p).copied().unwrap_or(0)))
-                    .collect(),
-                None => high.clone().into_boxed_slice(),
-            },
+            in_step_from: high
+                .iter()
+                .enumerate()
+                .map(|(p, h)| {
+                    let skip = skip_below.as_ref().and_then(|s| s.get(p).copied());
+                    AtomicU64::new((*h).max(skip.unwrap_or(0)))
+                })
+                .collect(),
             group,
             topic: Arc::clone(&self.name),
             epoch: self.epoch,
@@ -694,10 +659,15 @@ impl Topic {
         });
         self.index.insert(&sub);
         drop(guards);
+        // Outside the locks: parsing values and sorting must not hold up ingest.
         if let Some(spec) = sub.spec() {
-            let admits = |r: &Arc<Record>| spec.admits(r.key.as_deref(), r.data());
-            snapshot.retain(admits);
-            cut = snapshot.len().saturating_sub(max_snapshot);
+            snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
+        }
+        // Key order (bytes of UTF-8): a snapshot position is then one key.
+        snapshot.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut cut = 0;
+        if max_snapshot > 0 && snapshot.len() > max_snapshot {
+            cut = snapshot.len() - max_snapshot;
             snapshot.truncate(max_snapshot);
         }
         let partial = match (cut, evicted) {
@@ -768,6 +738,38 @@ impl Topic {
     #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// A subscription whose backlog overflowed while it caught up (a long
+    /// snapshot under heavy writes) starts over its live part: under the
+    /// partition locks its backlog is emptied and collects again from the
+    /// frontier `high`, and what it dropped, `[from, high)`, is read again from
+    /// the ring or the log like a resume. Nothing is lost and nothing waits
+    /// beyond the backlog's bound. Returns `high` and the replays.
+    pub fn resync(&self, sub: &Sub, from: &[u64]) -> (Vec<u64>, Vec<Replay>) {
+        let parts = self.partitions.read().expect("partitions lock");
+        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
+            .iter()
+            .map(|p| p.state.lock().expect("partition lock"))
+            .collect();
+        let high: Vec<u64> = guards.iter().map(|g| g.next_offset).collect();
+        let from: Vec<u64> = (0..high.len())
+            .map(|p| {
+                let skip = sub.skip_below.as_ref().and_then(|s| s.get(p).copied());
+                from.get(p).copied().unwrap_or(0).max(skip.unwrap_or(0))
+            })
+            .collect();
+        let replay = replays(
+            &guards,
+            &sub.filter,
+            &from,
+            &high,
+            sub.group.is_some(),
+            None,
+        );
+        sub.restart_backlog(&high);
+        drop(guards);
+        (high, replay)
     }
 
     /// Removes a subscription from the index; nothing more is queued for it.
@@ -986,7 +988,7 @@ mod tests {
         assert_eq!(reg.high, vec![1]);
         topic.ingest(&log(0, 1, "a"));
         assert!(drain(&out).is_empty(), "held back until live");
-        let backlog = reg.sub.go_live().unwrap();
+        let backlog = reg.sub.go_live().unwrap().unwrap();
         assert_eq!(
             backlog.iter().map(|r| r.offset).collect::<Vec<_>>(),
             vec![1]

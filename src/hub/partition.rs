@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::sub::Filter;
+use super::Replay;
 use crate::cursor::compare_positions;
 use crate::record::Record;
 
@@ -145,12 +146,13 @@ pub(super) fn remove_from_view(state: &mut PartitionState, key: &str) {
     }
 }
 
-/// The view entries `filter` takes (at most `max`), and how many it took in all.
+/// The view entries `filter` takes, unordered (the caller sorts them by key
+/// outside the locks). Only pointers are copied: the snapshot shares the
+/// view's encoded records, so taking it costs 8 bytes per key under the locks.
 pub(super) fn collect_snapshot(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
-    max: usize,
-) -> (Vec<Arc<Record>>, usize) {
+) -> Vec<Arc<Record>> {
     let mut out = Vec::new();
     match (&filter.keys, &filter.prefix) {
         (Some(keys), None) => {
@@ -159,21 +161,73 @@ pub(super) fn collect_snapshot(
                     out.push(Arc::clone(rec));
                 }
             }
-            out.sort_by_key(|r| (r.partition, r.offset));
         }
         _ => {
             for state in guards {
-                for key in state.view_order.values() {
+                out.reserve(state.view.len());
+                for (key, record) in state.view.iter() {
                     if filter.matches(Some(key)) {
-                        out.push(Arc::clone(&state.view[key]));
+                        out.push(Arc::clone(record));
                     }
                 }
             }
         }
     }
-    let found = out.len();
-    out.truncate(max);
-    (out, found)
+    out
+}
+
+/// What each partition must replay to bring a subscription from `from` to
+/// `high`: ring records (filtered by key, and with `upto` only keys up to it)
+/// when the ring covers `from`, else a log range. Under the partition locks.
+pub(super) fn replays(
+    guards: &[MutexGuard<'_, PartitionState>],
+    filter: &Filter,
+    from: &[u64],
+    high: &[u64],
+    lookback: bool,
+    upto: Option<&str>,
+) -> Vec<Replay> {
+    let takes = |key: Option<&str>| {
+        filter.matches(key) && upto.is_none_or(|upto| key.is_some_and(|k| k <= upto))
+    };
+    let mut replay = Vec::new();
+    for (p, state) in guards.iter().enumerate() {
+        let from = from.get(p).copied().unwrap_or(0);
+        if from >= high[p] {
+            continue;
+        }
+        if state.ring.front().is_some_and(|r| r.offset <= from) {
+            let records = state
+                .ring
+                .iter()
+                .filter(|r| r.offset >= from && takes(r.key.as_deref()))
+                .cloned()
+                .collect();
+            let lookback = if lookback {
+                state
+                    .ring
+                    .iter()
+                    .take_while(|r| r.offset < from)
+                    .filter(|r| takes(r.key.as_deref()))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            replay.push(Replay::Ring {
+                partition: p as u32,
+                records,
+                lookback,
+            });
+        } else {
+            replay.push(Replay::Log {
+                partition: p as u32,
+                from,
+                until: high[p],
+            });
+        }
+    }
+    replay
 }
 
 /// The view entries of `guards` that `filter` takes and whose key sorts after

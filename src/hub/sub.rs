@@ -46,7 +46,9 @@ pub struct Sub {
     /// With `delta`: per partition, the offset from which this subscription
     /// received every record of the group live; a patch whose base is older
     /// would apply to a value it may not hold, so it gets whole data.
-    pub(super) in_step_from: Box<[u64]>,
+    /// Atomics only because a [resync](super::Topic::resync) moves it (under
+    /// the partition locks, like every read of it).
+    pub(super) in_step_from: Box<[AtomicU64]>,
     pub(super) topic: Arc<str>,
     pub(super) epoch: u64,
     pub(super) outbox: Arc<Outbox>,
@@ -85,7 +87,7 @@ impl Sub {
                 if self
                     .in_step_from
                     .get(patch.partition as usize)
-                    .is_some_and(|from| base >= from) =>
+                    .is_some_and(|from| *base >= from.load(Ordering::Relaxed)) =>
             {
                 self.deliver(patch)
             }
@@ -143,10 +145,10 @@ impl Sub {
         }
         backlog.bytes += record.cost();
         if backlog.bytes > self.backlog_limit {
+            // Not a disconnect: the catch-up reads these records again from
+            // the ring or the log (`Topic::resync`) once it gets there.
             backlog.overflowed = true;
             backlog.items = Vec::new();
-            drop(backlog);
-            self.outbox.close(CloseReason::Slow);
             return false;
         }
         backlog.items.push(Arc::clone(record));
@@ -154,18 +156,29 @@ impl Sub {
     }
 
     /// Ends catch-up: returns the live records that arrived meanwhile, and from
-    /// now on records go straight to the outbox. `Err` if the backlog overflowed.
-    pub fn go_live(&self) -> Result<Vec<Arc<Record>>, CloseReason> {
+    /// now on records go straight to the outbox. `Ok(None)` if the backlog
+    /// overflowed: [resync](super::Topic::resync) first.
+    pub fn go_live(&self) -> Result<Option<Vec<Arc<Record>>>, CloseReason> {
         let mut backlog = self.backlog.lock().expect("backlog lock");
-        if backlog.overflowed {
-            return Err(CloseReason::Slow);
-        }
         if let Some(reason) = self.outbox.closed_reason() {
             return Err(reason);
+        }
+        if backlog.overflowed {
+            return Ok(None);
         }
         let items = std::mem::take(&mut backlog.items);
         backlog.bytes = 0;
         self.live.store(true, Ordering::Release);
-        Ok(items)
+        Ok(Some(items))
+    }
+
+    /// The backlog collects again from `high` (called under every partition
+    /// lock, so each record is either before `high` or in the backlog).
+    pub(super) fn restart_backlog(&self, high: &[u64]) {
+        let mut backlog = self.backlog.lock().expect("backlog lock");
+        *backlog = Backlog::default();
+        for (slot, h) in self.in_step_from.iter().zip(high) {
+            slot.fetch_max(*h, Ordering::Relaxed);
+        }
     }
 }

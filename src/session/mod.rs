@@ -195,6 +195,8 @@ pub async fn open(
     let high_cursor = topic.encode_cursor(&reg.high);
     let mut segments = VecDeque::new();
     let mut partial = None;
+    // A cursor with a snapshot position: replay the keys the client holds, then stream the rest.
+    let mut upto = None;
     let (recovered, start_cursor, gap) = match (&cursor, gap_reason) {
         (Some(c), None) => {
             for replay in reg.replay {
@@ -202,7 +204,20 @@ pub async fn open(
             }
             let mut offsets: Vec<u64> = (0..partitions).map(|p| c.offset(p)).collect();
             offsets.truncate(partitions);
-            (true, topic.encode_cursor(&offsets), None)
+            let mut start = topic.encode_cursor(&offsets);
+            if let Some(after) = &c.snapshot_after {
+                let mut rest = reg.snapshot;
+                let sent =
+                    rest.partition_point(|r| r.key.as_deref().is_some_and(|k| k <= &**after));
+                rest.drain(..sent);
+                if !rest.is_empty() {
+                    segments.push_back(Segment::Snapshot(rest, 0));
+                }
+                partial = reg.partial;
+                start = crate::cursor::snapshot_cursor(&crate::cursor::raw(&start), after);
+                upto = Some(after.clone());
+            }
+            (true, start, None)
         }
         (cursor, reason) => {
             let gap = match (cursor, reason) {
@@ -221,7 +236,7 @@ pub async fn open(
                 _ => None,
             };
             if !reg.snapshot.is_empty() {
-                segments.push_back(Segment::Snapshot(reg.snapshot));
+                segments.push_back(Segment::Snapshot(reg.snapshot, 0));
             }
             // Only a snapshot that is sent can be partial (a resume sends none).
             partial = reg.partial;
@@ -231,7 +246,7 @@ pub async fn open(
     let snapshot_len = segments
         .iter()
         .map(|s| match s {
-            Segment::Snapshot(records) => records.len(),
+            Segment::Snapshot(records, _) => records.len(),
             Segment::Replay(_) => 0,
         })
         .sum();
@@ -270,7 +285,11 @@ pub async fn open(
             segments,
             position,
             high,
+            raw_high: crate::cursor::raw(&high_cursor),
             high_cursor,
+            upto,
+            pending: None,
+            resyncs: 0,
             live: false,
             marked: false,
             replayed: 0,
@@ -299,9 +318,22 @@ fn variant(topic: &str, record: &Record, verdict: Verdict) -> Record {
 }
 
 enum Segment {
-    Snapshot(Vec<Arc<Record>>),
+    /// The snapshot taken at registration (the view's own records, in key
+    /// order) and how many of them went out: sent a page at a time, each page
+    /// reframed only when the transport asks for it, i.e. once the previous
+    /// page was written. So the queue never holds more than a page of it, and
+    /// a reader that stops reading stops the snapshot, not the server.
+    Snapshot(Vec<Arc<Record>>, usize),
     Replay(Replay),
 }
+
+/// Snapshot records per page (each page is written before the next is made).
+const SNAPSHOT_PAGE: usize = 256;
+
+/// Times a catch-up may start its live part over (its backlog overflowed)
+/// before the client is disconnected as too slow (close 4001: it resumes
+/// from its cursor). Each time reads what it missed again from the ring or log.
+const MAX_RESYNCS: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -345,6 +377,13 @@ pub struct CatchUp {
     position: Vec<u64>,
     high: Vec<u64>,
     high_cursor: String,
+    /// `high_cursor`'s bytes: each snapshot record's cursor is it plus its key.
+    raw_high: Vec<u8>,
+    /// Resuming mid-snapshot: log replays take only keys up to this one.
+    upto: Option<Box<str>>,
+    /// The backlog taken when the subscription went live, sent after `live`.
+    pending: Option<Vec<Arc<Record>>>,
+    resyncs: u32,
     live: bool,
     marked: bool,
     replayed: usize,
@@ -365,6 +404,12 @@ impl CatchUp {
     /// The subscription's span: what a transport logs about the catch-up goes inside it.
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// The subscription went live: its live records now go to the outbox
+    /// (behind the `live` step and the backlog this catch-up still returns).
+    pub fn went_live(&self) -> bool {
+        self.marked
     }
 
     /// The cursor of everything caught up so far: after [`Step::Live`], the
@@ -408,7 +453,19 @@ impl CatchUp {
             if self.live {
                 return Ok(None);
             }
-            if self.segments.is_empty() && !self.marked {
+            if self.segments.is_empty() {
+                if self.marked {
+                    self.live = true;
+                    return Ok(Some(Step::Records(self.pending.take().unwrap_or_default())));
+                }
+                match self.sub.go_live() {
+                    Err(reason) => return Err(CatchUpError::Closed(reason)),
+                    Ok(None) => {
+                        self.resync()?;
+                        continue;
+                    }
+                    Ok(Some(backlog)) => self.pending = Some(backlog),
+                }
                 self.marked = true;
                 let cursor = self
                     .sub
@@ -421,25 +478,30 @@ impl CatchUp {
                     skipped: self.skipped,
                 }));
             }
-            let Some(segment) = self.segments.pop_front() else {
-                self.live = true;
-                return match self.sub.go_live() {
-                    Ok(backlog) => Ok(Some(Step::Records(backlog))),
-                    Err(reason) => Err(CatchUpError::Closed(reason)),
-                };
-            };
+            let segment = self.segments.pop_front().expect("not empty");
             let batch = match segment {
-                Segment::Snapshot(records) => {
-                    let last = records.len().saturating_sub(1);
-                    records
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| {
-                            let framing = Framing::Snapshot { with_id: i == last };
-                            let r = self.shaped(r);
-                            Arc::new(r.reframe(&self.topic.name, &self.high_cursor, framing))
+                Segment::Snapshot(records, from) => {
+                    let until = (from + SNAPSHOT_PAGE).min(records.len());
+                    let last = records.len() - 1;
+                    let page = (from..until)
+                        .map(|i| {
+                            let r = self.shaped(&records[i]);
+                            // Every snapshot record is a place to resume (its
+                            // key), the last one the position the snapshot is at.
+                            let cursor = match (&r.key, i == last) {
+                                (Some(key), false) => {
+                                    crate::cursor::snapshot_cursor(&self.raw_high, key)
+                                }
+                                _ => self.high_cursor.clone(),
+                            };
+                            let framing = Framing::Snapshot { with_id: true };
+                            Arc::new(r.reframe(&self.topic.name, &cursor, framing))
                         })
-                        .collect()
+                        .collect();
+                    if until < records.len() {
+                        self.segments.push_front(Segment::Snapshot(records, until));
+                    }
+                    page
                 }
                 Segment::Replay(Replay::Ring {
                     partition,
@@ -483,8 +545,15 @@ impl CatchUp {
                     }
                     let sub = Arc::clone(&self.sub);
                     let filter = &sub.filter;
+                    let upto = self.upto.clone();
+                    let takes = |key: Option<&str>| {
+                        filter.matches(key)
+                            && upto
+                                .as_deref()
+                                .is_none_or(|upto| key.is_some_and(|k| k <= upto))
+                    };
                     let mut batch: Vec<Arc<Record>> = Vec::new();
-                    for r in records.iter().filter(|r| filter.matches(r.key.as_deref())) {
+                    for r in records.iter().filter(|r| takes(r.key.as_deref())) {
                         let last = match (&r.key, self.last_of.get(&partition)) {
                             (Some(key), Some(last)) => last.get(key).copied(),
                             _ => None,
@@ -512,6 +581,25 @@ impl CatchUp {
                 return Ok(Some(Step::Records(batch)));
             }
         }
+    }
+
+    /// The backlog overflowed while catching up: read what it dropped again
+    /// from the ring or the log (see [`Topic::resync`]), up to the frontier.
+    fn resync(&mut self) -> Result<(), CatchUpError> {
+        self.resyncs += 1;
+        if self.resyncs > MAX_RESYNCS {
+            return Err(CatchUpError::Closed(CloseReason::Slow));
+        }
+        telemetry::catch_up_resync();
+        let (high, replay) = self.topic.resync(&self.sub, &self.position);
+        self.position.resize(high.len(), 0);
+        self.high_cursor = self.topic.encode_cursor(&high);
+        self.high = high;
+        // The snapshot is done: from here the client holds every key.
+        self.upto = None;
+        self.segments
+            .extend(replay.into_iter().map(Segment::Replay));
+        Ok(())
     }
 
     /// With `resume: "latest"`, keeps only the last record of each key (records

@@ -693,6 +693,12 @@ impl Connection {
             self.guarded(send_text(socket, gap)).await?;
         }
         loop {
+            if !opened.catch_up.went_live() {
+                // The connection's other subscriptions keep flowing during a
+                // long snapshot (until this one goes live, none of its
+                // records are in the outbox, so the order holds).
+                self.flush_outbox(socket).await?;
+            }
             match opened.catch_up.next_batch().await {
                 Ok(Some(Step::Records(batch))) => {
                     socket.get_mut().extend(batch);

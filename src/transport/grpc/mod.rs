@@ -367,7 +367,8 @@ async fn subscribe(
         let mut resume = if recovered || snapshot_len == 0 {
             Resume::Text(cursor.clone())
         } else {
-            // A client cut off mid-snapshot starts over.
+            // Cut off before the first snapshot record: start over (each
+            // snapshot record's cursor then resumes mid-snapshot).
             Resume::None
         };
         yield Ok(event(Kind::Subscribed(proto::Subscribed {
