@@ -218,28 +218,29 @@ impl Inflate {
     /// Takes bytes read from the socket; whole frames become pending bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.raw.extend_from_slice(bytes);
+        // Taken out while frames are handed on from it, put back below.
+        let buffered = std::mem::take(&mut self.raw);
         let mut at = 0;
-        while at < self.raw.len() {
+        while at < buffered.len() {
             if self.mode == Mode::Passthrough {
-                self.ready.extend_from_slice(&self.raw[at..]);
-                at = self.raw.len();
+                self.ready.extend_from_slice(&buffered[at..]);
+                at = buffered.len();
                 break;
             }
-            match parse(&self.raw[at..], self.limit) {
+            match parse(&buffered[at..], self.limit) {
                 Parsed::Incomplete => break,
                 Parsed::TooBig => {
                     // tungstenite refuses the header itself (message too big).
                     self.mode = Mode::Passthrough;
                 }
                 Parsed::Frame(frame) => {
-                    let raw = &self.raw[at..at + frame.len];
+                    let raw = &buffered[at..at + frame.len];
                     at += frame.len;
                     match self.frame(&frame, raw) {
                         Ok(()) => {}
                         Err(Broken::Raw) => {
                             // Handed over as it came: tungstenite refuses it.
-                            let raw = raw.to_vec();
-                            self.ready.extend_from_slice(&raw);
+                            self.ready.extend_from_slice(raw);
                             self.mode = Mode::Passthrough;
                         }
                         Err(Broken::TooBig) => {
@@ -261,6 +262,7 @@ impl Inflate {
                 }
             }
         }
+        self.raw = buffered;
         self.raw.drain(..at);
     }
 
