@@ -136,7 +136,8 @@ fn inflate(mut compressed: Vec<u8>, limit: usize) -> Result<Vec<u8>, Broken> {
                 return Err(Broken::TooBig);
             }
             out.extend_from_slice(&chunk[..wrote]);
-            if status == Status::StreamEnd || (consumed == compressed.len() && wrote < chunk.len()) {
+            if status == Status::StreamEnd || (consumed == compressed.len() && wrote < chunk.len())
+            {
                 return Ok(out);
             }
             if read == 0 && wrote == 0 {

@@ -111,9 +111,9 @@ impl Upgrade {
         compress: bool,
     ) -> (Response, impl Future<Output = Option<Socket>> + Send) {
         let deflate = self.deflate.filter(|_| compress);
-        let inflate = deflate.is_some().then(|| {
-            Inflate::new(config.max_message_size.unwrap_or(usize::MAX))
-        });
+        let inflate = deflate
+            .is_some()
+            .then(|| Inflate::new(config.max_message_size.unwrap_or(usize::MAX)));
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,
             [
