@@ -31,4 +31,4 @@ for _ in $(seq 100); do
   [ -n "$port" ] && break; sleep 0.1
 done
 [ -n "$port" ] || { cat "$work/log"; exit 1; }
-timeout 120 python3 tests/deflate/check.py "http://127.0.0.1:$port"
+${DEFLATE_SCRIPT:-timeout 120 python3 tests/deflate/check.py} "http://127.0.0.1:$port"
