@@ -407,3 +407,93 @@ fn parse(bytes: &[u8], limit: usize) -> Parsed {
         len: at + len,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(value: &str) -> Option<HeaderValue> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_str(value).unwrap(),
+        );
+        negotiate(&headers)
+    }
+
+    #[test]
+    fn offers_are_accepted_or_declined_per_rfc_7692() {
+        assert!(offer("permessage-deflate").is_some());
+        assert!(offer("permessage-deflate; client_max_window_bits").is_some());
+        assert!(
+            offer("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=10")
+                .is_some()
+        );
+        assert!(offer("permessage-deflate; server_max_window_bits=15").is_some());
+        // A smaller server window, bad values, repeats and unknown parameters are declined.
+        assert!(offer("permessage-deflate; server_max_window_bits=10").is_none());
+        assert!(offer("permessage-deflate; client_max_window_bits=16").is_none());
+        assert!(offer(
+            "permessage-deflate; client_no_context_takeover; client_no_context_takeover"
+        )
+        .is_none());
+        assert!(offer("permessage-deflate; foo").is_none());
+        assert!(offer("x-webkit-deflate-frame").is_none());
+        assert!(negotiate(&HeaderMap::new()).is_none());
+    }
+
+    /// A masked client frame.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let (head, used) = crate::record::ws_text_head(payload.len());
+        let mut frame = head[..used as usize].to_vec();
+        frame[0] = first;
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[test]
+    fn a_compressed_fragmented_message_becomes_one_plain_frame() {
+        let text = "abc ".repeat(500);
+        let frame = compressed_frame(text.as_bytes()).expect("it shrinks");
+        assert_eq!(frame[0], 0xc1, "FIN, RSV1, text");
+        let body = &frame[if frame[1] == 126 { 4 } else { 2 }..];
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut inflate = Inflate::new(1 << 20);
+        let mut wire = client_frame(0x41, a); // RSV1, text, not final
+        wire.extend(client_frame(0x89, b"")); // a ping in between
+        wire.extend(client_frame(0x80, b)); // the final continuation
+        for byte in &wire {
+            inflate.feed(std::slice::from_ref(byte)); // one byte at a time
+        }
+        let out = inflate.pending().to_vec();
+        assert_eq!(&out[..6], &client_frame(0x89, b"")[..]);
+        let plain = &out[6..];
+        assert_eq!(plain[0], 0x81);
+        assert!(plain.ends_with(text.as_bytes()));
+    }
+
+    #[test]
+    fn small_frames_stay_plain_and_bad_streams_are_refused() {
+        assert!(compressed_frame(b"{}").is_none());
+        let mut inflate = Inflate::new(1000);
+        inflate.feed(&client_frame(0xc1, b"\xff\xff\xff\xff"));
+        assert_eq!(
+            inflate.pending()[0],
+            0xc1,
+            "left with RSV1 for a protocol error"
+        );
+        let bomb = compressed_frame(&[b'a'; 100_000]).unwrap();
+        let body = &bomb[if bomb[1] == 126 { 4 } else { 2 }..];
+        let mut inflate = Inflate::new(1000);
+        inflate.feed(&client_frame(0xc1, body));
+        let out = inflate.pending();
+        assert_eq!(
+            out[1] & 0x7f,
+            126,
+            "a header over the limit, for close 1009"
+        );
+    }
+}
