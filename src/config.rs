@@ -204,6 +204,18 @@ pub struct WebSocketConfig {
     /// A connection that has not subscribed within this time is closed (4008).
     #[serde(with = "humantime_serde")]
     pub subscribe_timeout: Duration,
+    /// permessage-deflate (RFC 7692) without context takeover: "off", or
+    /// "shared" (each record compressed once, shared by every connection).
+    pub compression: WsCompression,
+}
+
+/// `websocket.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WsCompression {
+    #[default]
+    Off,
+    Shared,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -343,6 +355,7 @@ impl Default for WebSocketConfig {
             write_buffer_bytes: 0,
             allowed_origins: Vec::new(),
             subscribe_timeout: Duration::from_secs(30),
+            compression: WsCompression::Off,
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct Record {
     /// The gRPC `Event` envelope, built by the first gRPC subscriber that
     /// receives this record and shared by every other one.
     grpc: OnceLock<Bytes>,
+    /// The permessage-deflate frame for `ws`, compressed by the first
+    /// compressing WebSocket connection that sends this record and shared by
+    /// every other one; `None` inside when compression would not shrink it.
+    ws_deflated: OnceLock<Option<Bytes>>,
     /// Which transports have written this record (one bit each), and whether
     /// it is a live encoding whose first write per transport is measured
     /// ([`Record::first_write`]); replayed and snapshot copies never are.
@@ -270,6 +274,16 @@ impl Record {
         ]
     }
 
+    /// The compressed WebSocket frame (RSV1 set) for connections that
+    /// negotiated permessage-deflate, compressed once per record; `None` when
+    /// compression does not make it smaller (the plain frame is sent then).
+    /// `compress` (the transport's) runs at most once per record.
+    pub fn ws_deflated(&self, compress: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<&Bytes> {
+        self.ws_deflated
+            .get_or_init(|| compress(self.ws.as_str().as_bytes()))
+            .as_ref()
+    }
+
     /// Bytes this record counts for in a connection's queue.
     pub fn cost(&self) -> usize {
         self.sse.len()
@@ -373,6 +387,7 @@ impl Record {
             timestamp,
             snapshot: matches!(framing, Framing::Snapshot { .. }),
             grpc: OnceLock::new(),
+            ws_deflated: OnceLock::new(),
             written: AtomicU8::new(WRITTEN_ALL),
         }
     }

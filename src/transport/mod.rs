@@ -8,6 +8,7 @@ pub mod records;
 pub mod sse;
 pub mod view;
 pub mod ws;
+pub(crate) mod ws_deflate;
 pub mod ws_io;
 
 use crate::record::{Record, Transport};

@@ -72,7 +72,10 @@ pub async fn handler(
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };
-    let (response, socket) = upgrade.accept(config(&state));
+    let (response, socket) = upgrade.accept(
+        config(&state),
+        state.config.websocket.compression == crate::config::WsCompression::Shared,
+    );
     let tracker = state.shutdown.tracker().clone();
     let connection = Connection::new(state, admission, watch.map(|w| w.0), query.as_deref());
     tracker.clone().spawn(async move {

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::ws_deflate::{compressed_frame, Inflate};
 use crate::record::Record;
 use crate::reply::json_error;
 
@@ -48,6 +49,8 @@ const SLICES: usize = 16;
 pub struct Upgrade {
     accept: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The permessage-deflate answer, if the client offered one we can honour.
+    deflate: Option<HeaderValue>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -89,18 +92,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "this connection cannot be upgraded",
             )
         })?;
-        Ok(Self { accept, on_upgrade })
+        let deflate = super::ws_deflate::negotiate(headers);
+        Ok(Self {
+            accept,
+            on_upgrade,
+            deflate,
+        })
     }
 }
 
 impl Upgrade {
     /// The 101 answer, and the socket it leads to once hyper hands the
     /// connection over (`None` if the client left first).
+    /// With `compress`, permessage-deflate is accepted when the client offered it.
     pub fn accept(
         self,
         config: WebSocketConfig,
+        compress: bool,
     ) -> (Response, impl Future<Output = Option<Socket>> + Send) {
-        let response = (
+        let deflate = self.deflate.filter(|_| compress);
+        let inflate = deflate
+            .is_some()
+            .then(|| Inflate::new(config.max_message_size.unwrap_or(usize::MAX)));
+        let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,
             [
                 (header::CONNECTION, HeaderValue::from_static("upgrade")),
@@ -109,11 +123,17 @@ impl Upgrade {
             ],
         )
             .into_response();
+        if let Some(value) = deflate {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+        }
         let on_upgrade = self.on_upgrade;
         let socket = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = FrameIo::new(TokioIo::new(upgraded));
+                    let mut io = FrameIo::new(TokioIo::new(upgraded));
+                    io.inflate = inflate.map(Box::new);
                     Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
                 }
                 Err(e) => {
@@ -146,6 +166,9 @@ enum Frame {
     Static(&'static [u8]),
     /// A record's text frame, shared with every other subscriber.
     Record(Arc<Record>),
+    /// A record's frame for a connection that negotiated permessage-deflate:
+    /// compressed once per record, shared by every such connection.
+    Deflated(Arc<Record>),
 }
 
 impl Frame {
@@ -154,6 +177,10 @@ impl Frame {
             Frame::Copied(bytes) | Frame::Reply(bytes) => [bytes, &[]],
             Frame::Static(bytes) => [bytes, &[]],
             Frame::Record(record) => record.ws_frame(),
+            Frame::Deflated(record) => match record.ws_deflated(compressed_frame) {
+                Some(frame) => [frame, &[]],
+                None => record.ws_frame(),
+            },
         }
     }
 
@@ -171,6 +198,10 @@ pub struct FrameIo<S> {
     written: usize,
     /// Bytes of `Copied` frames in the queue.
     copied: usize,
+    /// Set when permessage-deflate was negotiated: inbound compressed
+    /// messages are inflated here before tungstenite reads them, and records
+    /// go out compressed.
+    inflate: Option<Box<Inflate>>,
 }
 
 impl<S> FrameIo<S> {
@@ -180,6 +211,7 @@ impl<S> FrameIo<S> {
             queue: VecDeque::new(),
             written: 0,
             copied: 0,
+            inflate: None,
         }
     }
 
@@ -187,7 +219,11 @@ impl<S> FrameIo<S> {
     /// Nothing is written until the next flush.
     pub fn push_record(&mut self, record: Arc<Record>) {
         super::first_write(&record, crate::record::Transport::Ws);
-        self.queue.push_back(Frame::Record(record));
+        if self.inflate.is_some() {
+            self.queue.push_back(Frame::Deflated(record));
+        } else {
+            self.queue.push_back(Frame::Record(record));
+        }
     }
 
     /// Queues a text message of ours (a reply), framed here: tungstenite's
@@ -283,11 +319,33 @@ impl<S: AsyncWrite + Unpin> FrameIo<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for FrameIo<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let Some(inflate) = this.inflate.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        // Frames are parsed whole here; tungstenite reads what they became.
+        loop {
+            let pending = inflate.pending();
+            if !pending.is_empty() {
+                let n = pending.len().min(buf.remaining());
+                buf.put_slice(&pending[..n]);
+                inflate.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 4096];
+            let mut raw = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut raw) {
+                Poll::Ready(Ok(())) if raw.filled().is_empty() => {
+                    return Poll::Ready(Ok(())); // end of stream
+                }
+                Poll::Ready(Ok(())) => inflate.feed(raw.filled()),
+                other => return other,
+            }
+        }
     }
 }
 

@@ -2,7 +2,12 @@
 # WebSocket conformance: the Autobahn|Testsuite fuzzing client against the
 # gateway's WebSocket stack, with its production framing settings (buffer
 # sizes and so on from config/pushgate.toml defaults) and the test-only /echo
-# endpoint. Sections 1-7, 9 and 10. Fails on any FAILED, UNCLEAN or WRONG CODE
+# endpoint. Sections 1-7, 9 and 10, with websocket.compression = "shared"
+# (these sections offer no extension). The permessage-deflate sections 12 and
+# 13 run with AUTOBAHN_CASES='"9.*", "10.*", "12.*", "13.*"'; their outcomes
+# are not in expected.txt yet (a debug-build run of them took over 10 minutes
+# and did not finish in the time this change had), so such a run reports a
+# difference until `--update` records them. Fails on any FAILED, UNCLEAN or WRONG CODE
 # result, and on any difference from tests/autobahn/expected.txt.
 #
 #   tests/autobahn/run.sh            run and compare
@@ -32,6 +37,8 @@ anonymous_subscribe = true
 [limits]
 # Section 9 sends messages of up to 16 MiB; every other framing setting is the production default.
 max_message_bytes = 20000000
+[websocket]
+compression = "shared"
 [testing]
 echo_endpoint = true
 [[topics]]
@@ -50,7 +57,7 @@ cat > "$work/spec.json" <<JSON
 {
   "outdir": "$work/reports",
   "servers": [{"agent": "pushgate", "url": "ws://127.0.0.1:$port/echo"}],
-  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"],
+  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", ${AUTOBAHN_CASES:-"9.*", "10.*"}],
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }

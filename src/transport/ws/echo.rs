@@ -11,7 +11,10 @@ use crate::transport::ws_io::Upgrade;
 
 /// `GET /echo` (only with `testing.echo_endpoint`): echoes every message, for Autobahn.
 pub async fn echo(State(state): State<AppState>, upgrade: Upgrade) -> Response {
-    let (response, socket) = upgrade.accept(config(&state));
+    let (response, socket) = upgrade.accept(
+        config(&state),
+        state.config.websocket.compression == crate::config::WsCompression::Shared,
+    );
     state.shutdown.tracker().spawn(async move {
         let Some(mut socket) = socket.await else {
             return;
