@@ -193,7 +193,7 @@ sleep "$(( RAMP + 10 ))"
 connected() {
     local total=0 n
     for i in $(seq 1 "$NODES"); do
-        n=$(curl -sf --max-time 2 "http://127.0.0.1:$(node_port "$i")/metrics" | awk '$1=="pushgate_connections"{print int($2)}')
+        n=$(curl -sf --max-time 2 "http://127.0.0.1:$(node_port "$i")/metrics" | awk '$1 ~ /^pushgate_connections(\{|$)/ {s+=$2} END{print int(s)}')
         total=$(( total + ${n:-0} ))
     done
     echo "$total"
