@@ -279,8 +279,12 @@ else:
         snapshot = [json.loads(ev["data"][0]) for ev in events[1:3]]
         if not all(s.get("snapshot") is True for s in snapshot):
             problems.append("snapshot records without snapshot: true")
-        if [ev["id"] for ev in events[1:3]] != [None, snapshot[1]["cursor"]]:
-            problems.append(f"snapshot ids {[ev['id'] for ev in events[1:3]]}: only the last should carry its cursor")
+        # Streamed snapshots: every snapshot event's id is its record's cursor
+        # (Last-Event-ID resumes mid-snapshot); the last one's is the live position.
+        if [ev["id"] for ev in events[1:3]] != [s["cursor"] for s in snapshot]:
+            problems.append(f"snapshot ids {[ev['id'] for ev in events[1:3]]}: each should be its record's cursor")
+        elif snapshot[0]["cursor"] == snapshot[1]["cursor"]:
+            problems.append("two snapshot records with the same cursor: the first should resume after its key")
     post("prices", {"key": "A2", "data": {"live": True}}, headers=bearer(PUBLISHER))
     live = reader.until("message")
     record = json.loads(live[-1]["data"][0])
