@@ -124,24 +124,7 @@ async fn subscribe_all(addr: impl ToString, request: Value, extra: &[&str]) -> (
 }
 
 async fn topic_cursor(server: &TestServer, topic: &str) -> String {
-    let list: Value = server
-        .http
-        .get(server.url("/topics"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == topic)
-        .unwrap()["cursor"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    cursor_at(&server.http, server.addr, topic).await
 }
 
 fn assert_partition_order(records: &[Value]) {
