@@ -573,11 +573,7 @@ impl Topic {
         take: Option<usize>,
     ) -> (Vec<Arc<Record>>, Vec<u64>) {
         let parts = self.partitions.read().expect("partitions lock");
-        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
-            .iter()
-            .map(|p| p.state.lock().expect("partition lock"))
-            .collect();
-        let high = guards.iter().map(|g| g.next_offset).collect();
+        let (guards, high) = lock_all(&parts);
         (collect_view(&guards, filter, after, take), high)
     }
 
@@ -597,11 +593,7 @@ impl Topic {
         } = options;
         let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
-        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
-            .iter()
-            .map(|p| p.state.lock().expect("partition lock"))
-            .collect();
-        let high: Vec<u64> = guards.iter().map(|g| g.next_offset).collect();
+        let (guards, high) = lock_all(&parts);
 
         let mut replay = Vec::new();
         let mut skip_below = None;
@@ -748,11 +740,7 @@ impl Topic {
     /// beyond the backlog's bound. Returns `high` and the replays.
     pub fn resync(&self, sub: &Sub, from: &[u64]) -> (Vec<u64>, Vec<Replay>) {
         let parts = self.partitions.read().expect("partitions lock");
-        let guards: Vec<MutexGuard<'_, PartitionState>> = parts
-            .iter()
-            .map(|p| p.state.lock().expect("partition lock"))
-            .collect();
-        let high: Vec<u64> = guards.iter().map(|g| g.next_offset).collect();
+        let (guards, high) = lock_all(&parts);
         let from: Vec<u64> = (0..high.len())
             .map(|p| {
                 let skip = sub.skip_below.as_ref().and_then(|s| s.get(p).copied());
@@ -811,6 +799,17 @@ fn shard_positions(
 
 fn has_log(replay: &[Replay]) -> bool {
     replay.iter().any(|r| matches!(r, Replay::Log { .. }))
+}
+
+/// Every partition's state locked, in partition order, with each one's next
+/// offset: the topic's frontier at that instant.
+fn lock_all(parts: &[Arc<Partition>]) -> (Vec<MutexGuard<'_, PartitionState>>, Vec<u64>) {
+    let guards: Vec<_> = parts
+        .iter()
+        .map(|p| p.state.lock().expect("partition lock"))
+        .collect();
+    let high = guards.iter().map(|g| g.next_offset).collect();
+    (guards, high)
 }
 
 #[cfg(test)]
