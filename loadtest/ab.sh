@@ -10,6 +10,12 @@
 # 100,000 deliveries/s), filtered (5,000 over 1,000 keys, Zipf, 2,000
 # publishes/s). Everything on 127.0.0.1, bounded, stops by itself. Results:
 # loadtest/out/ab/.
+#
+# Two configurations of one binary instead: CONFIG_A / CONFIG_B name config
+# files (default loadtest/bench.toml), and B_TRANSPORT the load generator's
+# transport for side b (default: the same as a's). WebSocket compression:
+#   CONFIG_B=loadtest/bench-deflate.toml B_TRANSPORT=ws-deflate \
+#     loadtest/ab.sh target/release/pushgate target/release/pushgate
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 A=$(realpath "$1"); B=$(realpath "$2")
@@ -19,6 +25,8 @@ SECS="${SECS:-15}"
 TRANSPORTS="${TRANSPORTS:-ws}"
 SCENARIOS="${SCENARIOS:-broadcast filtered}"
 PORT="${PORT:-18095}"
+CONFIG_A=$(realpath "${CONFIG_A:-$ROOT/loadtest/bench.toml}")
+CONFIG_B=$(realpath "${CONFIG_B:-$ROOT/loadtest/bench.toml}")
 LT="$ROOT/target/release/pushgate-loadtest"
 RUN="$(mktemp -d /tmp/pushgate-ab.XXXXXX)"
 mkdir -p "$OUT"
@@ -32,9 +40,9 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$RUN"' EXIT
 
-start() { # BINARY
+start() { # BINARY CONFIG
     rm -rf "$RUN/data"
-    "$1" --config "$ROOT/loadtest/bench.toml" --listen "127.0.0.1:$PORT" --data-dir "$RUN/data" 2>"$RUN/pushgate.log" &
+    "$1" --config "$2" --listen "127.0.0.1:$PORT" --data-dir "$RUN/data" 2>"$RUN/pushgate.log" &
     SERVER=$!
     for _ in $(seq 1 150); do
         curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0
@@ -47,16 +55,17 @@ for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         for t in $TRANSPORTS; do
             for side in a b; do
-                bin=$A; [ $side = b ] && bin=$B
+                bin=$A; config=$CONFIG_A; transport=$t
+                if [ $side = b ]; then bin=$B; config=$CONFIG_B; transport=${B_TRANSPORT:-$t}; fi
                 name="$scenario-$t-$side-r$round"
                 case $scenario in
                     broadcast) args=(--dist hot --rates 20) ;;
                     filtered) args=(--dist zipf --keys 1000 --publish-dist uniform --rates 2000) ;;
                     *) log "unknown scenario $scenario"; exit 2 ;;
                 esac
-                start "$bin"
+                start "$bin" "$config"
                 log "$name"
-                "$LT" run --url "http://127.0.0.1:$PORT" --transport "$t" --server-pid "$SERVER" \
+                "$LT" run --url "http://127.0.0.1:$PORT" --transport "$transport" --server-pid "$SERVER" \
                     --connections 5000 --settle-secs 3 --step-secs "$SECS" --max-secs 300 --quiet \
                     --scenario "$name" --json "$OUT/$name.json" "${args[@]}" >/dev/null
                 stop_server
@@ -72,7 +81,7 @@ def load(n):
     with open(os.path.join(out, n + ".json")) as f:
         r = json.load(f)
     return r, r["steps"][0]
-print(f"{'run':<24}{'deliv/s':>9}{'ratio':>7}{'deliv/CPU s':>13}{'user µs':>9}{'sys µs':>8}{'p50':>7}{'p99':>8}{'idle B/conn':>12}")
+print(f"{'run':<24}{'deliv/s':>9}{'ratio':>7}{'deliv/CPU s':>13}{'user µs':>9}{'sys µs':>8}{'p50':>7}{'p99':>8}{'idle B/conn':>12}{'compressed':>12}")
 for sc in scenarios:
     for t in transports:
         for r in range(1, rounds + 1):
@@ -80,7 +89,7 @@ for sc in scenarios:
                 n = f"{sc}-{t}-{side}-r{r}"
                 res, s = load(n)
                 l = s["latency"]
-                print(f"{n:<24}{s['deliveries_per_sec']:>9.0f}{s['delivery_ratio']:>7.3f}{s['deliveries_per_cpu_sec']:>13.0f}{s['user_us_per_delivery']:>9.2f}{s['sys_us_per_delivery']:>8.2f}{l['p50_ms']:>7.2f}{l['p99_ms']:>8.2f}{res['rss_per_conn_bytes']:>12.0f}")
+                print(f"{n:<24}{s['deliveries_per_sec']:>9.0f}{s['delivery_ratio']:>7.3f}{s['deliveries_per_cpu_sec']:>13.0f}{s['user_us_per_delivery']:>9.2f}{s['sys_us_per_delivery']:>8.2f}{l['p50_ms']:>7.2f}{l['p99_ms']:>8.2f}{res['rss_per_conn_bytes']:>12.0f}{res['errors'].get('compressed', 0):>12}")
             _, a = load(f"{sc}-{t}-a-r{r}"); _, b = load(f"{sc}-{t}-b-r{r}")
             print(f"  round {r}: b/a deliveries per CPU-second {b['deliveries_per_cpu_sec'] / a['deliveries_per_cpu_sec']:.2f}x, user CPU per delivery {b['user_us_per_delivery'] / a['user_us_per_delivery']:.2f}x")
 EOF

@@ -194,6 +194,9 @@ pub async fn subscriber(conn: usize, key: String, cfg: Arc<ClientConfig>, sh: Ar
             Transport::Grpc => crate::grpc::subscribe(conn, &key, &cfg, &sh)
                 .await
                 .map(|()| false),
+            Transport::WsDeflate => crate::ws_deflate::subscribe(conn, &key, &cfg, &sh)
+                .await
+                .map(|()| false),
         };
         match result {
             Ok(true) => {

@@ -38,6 +38,7 @@ mod report;
 mod stats;
 mod versus;
 mod view_bench;
+mod ws_deflate;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ pub enum Transport {
     Sse,
     /// pushgate only: `pushgate.v1.Gateway/Subscribe` over h2c (loadtest/src/grpc.rs).
     Grpc,
+    /// pushgate only: WebSocket with permessage-deflate negotiated (loadtest/src/ws_deflate.rs).
+    #[serde(rename = "ws-deflate")]
+    WsDeflate,
 }
 
 #[derive(Parser)]
@@ -280,6 +284,9 @@ pub struct Errors {
     pub not_recovered: u64,
     #[serde(default)]
     pub duplicates: u64,
+    /// `ws-deflate` runs: deliveries that arrived compressed.
+    #[serde(default)]
+    pub compressed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,6 +420,11 @@ async fn run(args: RunArgs) -> Result<bool> {
     };
     if args.transport == Transport::Grpc && args.system != System::Pushgate {
         bail!("--transport grpc is pushgate's own protocol");
+    }
+    if args.transport == Transport::WsDeflate
+        && (args.system != System::Pushgate || args.resume_every_ms.is_some() || args.filters > 0)
+    {
+        bail!("--transport ws-deflate: pushgate only, without resume runs or filters");
     }
     if args.resume_every_ms.is_some()
         && !matches!(args.system, System::Pushgate | System::Centrifugo)
@@ -792,6 +804,7 @@ async fn run(args: RunArgs) -> Result<bool> {
             resumes: load(&c.resumes),
             not_recovered: load(&c.not_recovered),
             duplicates: load(&c.duplicates),
+            compressed: load(&c.compressed),
         },
         timeline,
         elapsed_secs: started.elapsed().as_secs_f64(),

@@ -98,6 +98,8 @@ pub struct Counters {
     pub not_recovered: AtomicU64,
     /// Deliveries of a `seq` the subscriber had already seen (resume runs).
     pub duplicates: AtomicU64,
+    /// `ws-deflate` runs: deliveries that arrived as permessage-deflate frames.
+    pub compressed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
