@@ -1,0 +1,133 @@
+// A connection dropped mid-snapshot of a 20,000-key view (the real gateway,
+// clients/testdata/gateway-views.toml): the client resubscribes with the
+// cursor of the last snapshot record it delivered, and the snapshot goes on
+// after that key instead of starting over. Checked key by key against the
+// publish answers: every key once as a snapshot record, the changes of each
+// key after its snapshot record exactly (none missing, none twice, none
+// older), the final value of every key the last published, then live records.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Pushgate } from '../dist/index.js';
+import { Gateway, waitFor } from './harness.mjs';
+
+const KEYS = 20000;
+const CUT = 7000; // snapshot records delivered before the drop
+const key = (i) => `k${String(i).padStart(5, '0')}`;
+
+const clients = [];
+after(() => { for (const c of clients) c.close(); });
+
+/** What was published: per key, every {partition, offset, n} in order. */
+class Log {
+  constructor() { this.byKey = new Map(); }
+  async publish(gw, records) {
+    const answer = await gw.publish('view', { records: records.map(([k, n]) => ({ key: k, data: { n, pad: 'x'.repeat(40) } })) });
+    assert.equal(answer.records.length, records.length);
+    records.forEach(([k, n], i) => {
+      const { partition, offset } = answer.records[i];
+      if (!this.byKey.has(k)) this.byKey.set(k, []);
+      this.byKey.get(k).push({ partition, offset, n });
+    });
+  }
+  last(k) { return this.byKey.get(k).at(-1); }
+}
+
+/** Drops the client's connection as a network would (no close handshake). */
+function drop(pg, sub) {
+  if (pg.transport === 'ws') pg._ws.terminate();
+  else pg._streams.get(sub).close(); // aborts the stream's fetch
+}
+
+for (const transport of ['ws', 'sse']) {
+  test(`${transport}: dropped mid-snapshot of ${KEYS} keys, the snapshot goes on after the last key delivered, then live`, async () => {
+    const gw = await new Gateway({ config: 'gateway-views.toml' }).start();
+    try {
+      const log = new Log();
+      for (let b = 0; b < KEYS / 1000; b++) {
+        await log.publish(gw, Array.from({ length: 1000 }, (_, i) => [key(b * 1000 + i), 0]));
+      }
+      const got = new Map(); // key -> delivered [{partition, offset, n, snapshot, replayed}]
+      const subscribed = [];
+      const resumed = [];
+      let snapshotRecords = 0;
+      let dropped = null; // the cursor the client held when its connection dropped
+      let writer = null;
+      const pg = new Pushgate({ url: gw.url, transport, minDelay: 50, maxDelay: 500 });
+      clients.push(pg);
+      const sub = pg.subscribe('view', {
+        onSubscribed: (msg) => {
+          subscribed.push(msg);
+          // Changes while the snapshot streams: updates of keys on both sides
+          // of the cut, and new keys (after every k… key).
+          writer ??= (async () => {
+            for (let b = 0; b < 10; b++) {
+              const batch = Array.from({ length: 200 }, (_, i) => [key(((b * 200 + i) * 37) % KEYS), 1 + b * 1000 + i]);
+              for (let i = 0; i < 10; i++) batch.push([`n${b}-${i}`, b]);
+              await log.publish(gw, batch);
+            }
+          })();
+        },
+        onResumed: (info) => resumed.push(info),
+        onRecord: (r) => {
+          if (!got.has(r.key)) got.set(r.key, []);
+          got.get(r.key).push({ partition: r.partition, offset: r.offset, n: r.data.n, snapshot: !!r.snapshot, replayed: !!r.replayed });
+          if (!r.snapshot) return;
+          snapshotRecords++;
+          // The client's resume point is this snapshot record's cursor.
+          assert.equal(sub.cursor, r.cursor, `the cursor after the snapshot record of ${r.key}`);
+          if (snapshotRecords === CUT && subscribed.length === 1) {
+            dropped = { cursor: sub.cursor, key: r.key };
+            drop(pg, sub);
+          }
+        },
+      });
+      await waitFor(() => dropped, 'the drop mid-snapshot', 60000);
+      await waitFor(() => writer, 'the writer');
+      await writer;
+      // Caught up: live again, and every key at its last published value.
+      const caughtUp = () => sub.live && [...log.byKey].every(([k]) => got.get(k)?.at(-1)?.offset === log.last(k).offset);
+      await waitFor(caughtUp, 'every key at its last published value', 60000);
+
+      assert.equal(subscribed.length, 2, 'one resubscribe');
+      assert.equal(subscribed[0].snapshot, KEYS);
+      assert.equal(subscribed[1].recovered, true, `the snapshot position was honoured: ${JSON.stringify(subscribed[1])}`);
+      const after = [...log.byKey.keys()].filter((k) => k > dropped.key).length;
+      assert.equal(subscribed[1].snapshot, after, 'the resumed snapshot is the keys after the last one delivered');
+      assert.ok(subscribed[1].snapshot > 0 && subscribed[1].snapshot < KEYS, 'resumed mid-snapshot, not started over');
+      assert.equal(snapshotRecords, CUT + subscribed[1].snapshot, 'no snapshot record twice, none missing');
+      if (transport === 'ws') assert.equal(pg.sockets, 2, 'one reconnect');
+
+      // Key by key: one snapshot record at most, then exactly the published
+      // records after it; a key never in a snapshot got all of its records.
+      let replayed = 0;
+      for (const [k, published] of log.byKey) {
+        const d = got.get(k) ?? [];
+        assert.ok(d.length > 0, `key ${k} delivered`);
+        assert.ok(d.filter((r) => r.snapshot).length <= 1, `key ${k}: one snapshot record at most`);
+        assert.ok(!d.slice(1).some((r) => r.snapshot), `key ${k}: its snapshot record first`);
+        const from = d[0].snapshot ? d[0].offset : -1;
+        const want = published.filter((p) => p.offset >= from).map((p) => `${p.partition}/${p.offset}/${p.n}`);
+        assert.deepEqual(d.map((r) => `${r.partition}/${r.offset}/${r.n}`), want, `key ${k}: the records after its snapshot record, exactly`);
+        if (k <= dropped.key) replayed += d.filter((r) => r.replayed).length;
+        else assert.ok(!d.some((r) => r.replayed), `key ${k}: after the cut, nothing replayed`);
+      }
+      assert.equal(resumed.length, 1);
+      assert.equal(resumed[0].missed, replayed, 'resumed: the changes of the held keys replayed');
+
+      // Live after the resumed snapshot.
+      const live = [];
+      for (const k of [key(0), key(KEYS - 1), 'n0-0', 'new-live']) {
+        const a = await gw.publish('view', { key: k, data: { n: -1 } });
+        live.push({ k, offset: a.offset, partition: a.partition });
+      }
+      await waitFor(() => live.every(({ k, offset }) => got.get(k)?.at(-1)?.offset === offset), 'the live records', 10000);
+      for (const { k, offset, partition } of live) {
+        const r = got.get(k).at(-1);
+        assert.deepEqual([r.partition, r.offset, r.n, r.snapshot, r.replayed], [partition, offset, -1, false, false], `live record of ${k}`);
+        assert.equal(got.get(k).filter((x) => x.offset === offset).length, 1, `live record of ${k} once`);
+      }
+      assert.equal(sub.live, true);
+      pg.close();
+    } finally { await gw.close(); }
+  });
+}
