@@ -50,13 +50,18 @@ for (const transport of ['ws', 'sse']) {
       const subscribed = [];
       const resumed = [];
       let snapshotRecords = 0;
-      let dropped = null; // the cursor the client held when its connection dropped
+      let dropped = false;
+      let last = null; // the last snapshot record delivered: {key, cursor}
+      let first = null; // at the resubscribe: snapshot records delivered, the last one
       let writer = null;
       const pg = new Pushgate({ url: gw.url, transport, minDelay: 50, maxDelay: 500 });
       clients.push(pg);
       const sub = pg.subscribe('view', {
         onSubscribed: (msg) => {
           subscribed.push(msg);
+          // Records read before the drop was noticed are delivered too: the cut
+          // is the last snapshot record delivered before the resubscribe.
+          if (subscribed.length === 2) first = { count: snapshotRecords, ...last };
           // Changes while the snapshot streams: updates of keys on both sides
           // of the cut, and new keys (after every k… key).
           writer ??= (async () => {
@@ -73,16 +78,16 @@ for (const transport of ['ws', 'sse']) {
           got.get(r.key).push({ partition: r.partition, offset: r.offset, n: r.data.n, snapshot: !!r.snapshot, replayed: !!r.replayed });
           if (!r.snapshot) return;
           snapshotRecords++;
+          last = { key: r.key, cursor: r.cursor };
           // The client's resume point is this snapshot record's cursor.
           assert.equal(sub.cursor, r.cursor, `the cursor after the snapshot record of ${r.key}`);
-          if (snapshotRecords === CUT && subscribed.length === 1) {
-            dropped = { cursor: sub.cursor, key: r.key };
+          if (snapshotRecords === CUT && !dropped) {
+            dropped = true;
             drop(pg, sub);
           }
         },
       });
-      await waitFor(() => dropped, 'the drop mid-snapshot', 60000);
-      await waitFor(() => writer, 'the writer');
+      await waitFor(() => first, 'the drop mid-snapshot and the resubscribe', 60000);
       await writer;
       // Caught up: live again, and every key at its last published value.
       const caughtUp = () => sub.live && [...log.byKey].every(([k]) => got.get(k)?.at(-1)?.offset === log.last(k).offset);
@@ -91,10 +96,16 @@ for (const transport of ['ws', 'sse']) {
       assert.equal(subscribed.length, 2, 'one resubscribe');
       assert.equal(subscribed[0].snapshot, KEYS);
       assert.equal(subscribed[1].recovered, true, `the snapshot position was honoured: ${JSON.stringify(subscribed[1])}`);
-      const after = [...log.byKey.keys()].filter((k) => k > dropped.key).length;
-      assert.equal(subscribed[1].snapshot, after, 'the resumed snapshot is the keys after the last one delivered');
+      assert.ok(first.count >= CUT && first.count < KEYS, `${first.count} snapshot records before the resubscribe`);
+      assert.equal(subscribed[1].cursor, first.cursor, 'resubscribed from the last snapshot record delivered');
+      const rest = [...log.byKey.keys()].filter((k) => k > first.key).length;
+      // The keys after the last one delivered: all of the first snapshot's, and
+      // the new keys written before the resubscribe (later ones come live).
+      const firstRest = KEYS - first.count;
+      assert.ok(subscribed[1].snapshot >= firstRest && subscribed[1].snapshot <= rest,
+        `the resumed snapshot (${subscribed[1].snapshot}) is the keys after the last one delivered (${firstRest}..${rest})`);
       assert.ok(subscribed[1].snapshot > 0 && subscribed[1].snapshot < KEYS, 'resumed mid-snapshot, not started over');
-      assert.equal(snapshotRecords, CUT + subscribed[1].snapshot, 'no snapshot record twice, none missing');
+      assert.equal(snapshotRecords, first.count + subscribed[1].snapshot, 'no snapshot record twice, none missing');
       if (transport === 'ws') assert.equal(pg.sockets, 2, 'one reconnect');
 
       // Key by key: one snapshot record at most, then exactly the published
@@ -108,12 +119,13 @@ for (const transport of ['ws', 'sse']) {
         const from = d[0].snapshot ? d[0].offset : -1;
         const want = published.filter((p) => p.offset >= from).map((p) => `${p.partition}/${p.offset}/${p.n}`);
         assert.deepEqual(d.map((r) => `${r.partition}/${r.offset}/${r.n}`), want, `key ${k}: the records after its snapshot record, exactly`);
-        if (k <= dropped.key) replayed += d.filter((r) => r.replayed).length;
+        if (k <= first.key) replayed += d.filter((r) => r.replayed).length;
         else assert.ok(!d.some((r) => r.replayed), `key ${k}: after the cut, nothing replayed`);
       }
       assert.equal(resumed.length, 1);
       assert.equal(resumed[0].missed, replayed, 'resumed: the changes of the held keys replayed');
 
+      console.log(`${transport}: ${first.count} snapshot records before the drop, ${subscribed[1].snapshot} after it, ${replayed} changes of held keys replayed`);
       // Live after the resumed snapshot.
       const live = [];
       for (const k of [key(0), key(KEYS - 1), 'n0-0', 'new-live']) {
