@@ -19,9 +19,9 @@ after(() => { for (const c of clients) c.close(); });
 
 /** What was published: per key, every {partition, offset, n} in order. */
 class Log {
-  constructor() { this.byKey = new Map(); }
+  constructor(pad) { this.byKey = new Map(); this.pad = 'x'.repeat(pad); }
   async publish(gw, records) {
-    const answer = await gw.publish('view', { records: records.map(([k, n]) => ({ key: k, data: { n, pad: 'x'.repeat(40) } })) });
+    const answer = await gw.publish('view', { records: records.map(([k, n]) => ({ key: k, data: { n, pad: this.pad } })) });
     assert.equal(answer.records.length, records.length);
     records.forEach(([k, n], i) => {
       const { partition, offset } = answer.records[i];
@@ -32,19 +32,24 @@ class Log {
   last(k) { return this.byKey.get(k).at(-1); }
 }
 
-/** Drops the client's connection as a network would (no close handshake). */
-function drop(pg, sub) {
-  if (pg.transport === 'ws') pg._ws.terminate();
-  else pg._streams.get(sub).close(); // aborts the stream's fetch
-}
+// How the connection is lost mid-snapshot, at the CUT-th snapshot record:
+// the socket or stream dropped by the client as a network would (no close
+// handshake), or the gateway killed (SIGKILL) and started again on the same
+// log (records of 1 KB there, so that what the kernel's socket buffers still
+// hold after the kill is far less than the rest of the snapshot).
+const DROPS = [
+  { transport: 'ws', how: 'socket dropped', pad: 40, cut: CUT },
+  { transport: 'sse', how: 'stream dropped', pad: 40, cut: CUT },
+  { transport: 'ws', how: 'gateway killed and restarted', pad: 1000, cut: 1000, kill: true },
+];
 
-for (const transport of ['ws', 'sse']) {
-  test(`${transport}: dropped mid-snapshot of ${KEYS} keys, the snapshot goes on after the last key delivered, then live`, async () => {
+for (const { transport, how, pad, cut, kill } of DROPS) {
+  test(`${transport}, ${how} mid-snapshot of ${KEYS} keys: the snapshot goes on after the last key delivered, then live`, async () => {
     const gw = await new Gateway({ config: 'gateway-views.toml' }).start();
     try {
-      const log = new Log();
-      for (let b = 0; b < KEYS / 1000; b++) {
-        await log.publish(gw, Array.from({ length: 1000 }, (_, i) => [key(b * 1000 + i), 0]));
+      const log = new Log(pad);
+      for (let b = 0; b < KEYS / 500; b++) {
+        await log.publish(gw, Array.from({ length: 500 }, (_, i) => [key(b * 500 + i), 0]));
       }
       const got = new Map(); // key -> delivered [{partition, offset, n, snapshot, replayed}]
       const subscribed = [];
@@ -54,6 +59,15 @@ for (const transport of ['ws', 'sse']) {
       let last = null; // the last snapshot record delivered: {key, cursor}
       let first = null; // at the resubscribe: snapshot records delivered, the last one
       let writer = null;
+      // Changes while the snapshot streams (after the restart, when killed):
+      // updates of keys on both sides of the cut, and new keys (after every k… key).
+      const write = async () => {
+        for (let b = 0; b < 10; b++) {
+          const batch = Array.from({ length: 200 }, (_, i) => [key(((b * 200 + i) * 37) % KEYS), 1 + b * 1000 + i]);
+          for (let i = 0; i < 10; i++) batch.push([`n${b}-${i}`, b]);
+          await log.publish(gw, batch);
+        }
+      };
       const pg = new Pushgate({ url: gw.url, transport, minDelay: 50, maxDelay: 500 });
       clients.push(pg);
       const sub = pg.subscribe('view', {
@@ -62,15 +76,7 @@ for (const transport of ['ws', 'sse']) {
           // Records read before the drop was noticed are delivered too: the cut
           // is the last snapshot record delivered before the resubscribe.
           if (subscribed.length === 2) first = { count: snapshotRecords, ...last };
-          // Changes while the snapshot streams: updates of keys on both sides
-          // of the cut, and new keys (after every k… key).
-          writer ??= (async () => {
-            for (let b = 0; b < 10; b++) {
-              const batch = Array.from({ length: 200 }, (_, i) => [key(((b * 200 + i) * 37) % KEYS), 1 + b * 1000 + i]);
-              for (let i = 0; i < 10; i++) batch.push([`n${b}-${i}`, b]);
-              await log.publish(gw, batch);
-            }
-          })();
+          if (!kill) writer ??= write();
         },
         onResumed: (info) => resumed.push(info),
         onRecord: (r) => {
@@ -81,12 +87,20 @@ for (const transport of ['ws', 'sse']) {
           last = { key: r.key, cursor: r.cursor };
           // The client's resume point is this snapshot record's cursor.
           assert.equal(sub.cursor, r.cursor, `the cursor after the snapshot record of ${r.key}`);
-          if (snapshotRecords === CUT && !dropped) {
+          if (snapshotRecords === cut && !dropped) {
             dropped = true;
-            drop(pg, sub);
+            if (kill) gw.proc.kill('SIGKILL');
+            else if (transport === 'ws') pg._ws.terminate();
+            else pg._streams.get(sub).close(); // aborts the stream's fetch
           }
         },
       });
+      if (kill) {
+        await waitFor(() => dropped, 'the kill mid-snapshot', 60000);
+        await gw.kill();
+        await gw.restart();
+        writer = write();
+      }
       await waitFor(() => first, 'the drop mid-snapshot and the resubscribe', 60000);
       await writer;
       // Caught up: live again, and every key at its last published value.
@@ -96,7 +110,7 @@ for (const transport of ['ws', 'sse']) {
       assert.equal(subscribed.length, 2, 'one resubscribe');
       assert.equal(subscribed[0].snapshot, KEYS);
       assert.equal(subscribed[1].recovered, true, `the snapshot position was honoured: ${JSON.stringify(subscribed[1])}`);
-      assert.ok(first.count >= CUT && first.count < KEYS, `${first.count} snapshot records before the resubscribe`);
+      assert.ok(first.count >= cut && first.count < KEYS, `${first.count} snapshot records before the resubscribe`);
       assert.equal(subscribed[1].cursor, first.cursor, 'resubscribed from the last snapshot record delivered');
       const rest = [...log.byKey.keys()].filter((k) => k > first.key).length;
       // The keys after the last one delivered: all of the first snapshot's, and
@@ -106,7 +120,7 @@ for (const transport of ['ws', 'sse']) {
         `the resumed snapshot (${subscribed[1].snapshot}) is the keys after the last one delivered (${firstRest}..${rest})`);
       assert.ok(subscribed[1].snapshot > 0 && subscribed[1].snapshot < KEYS, 'resumed mid-snapshot, not started over');
       assert.equal(snapshotRecords, first.count + subscribed[1].snapshot, 'no snapshot record twice, none missing');
-      if (transport === 'ws') assert.equal(pg.sockets, 2, 'one reconnect');
+      if (transport === 'ws' && !kill) assert.equal(pg.sockets, 2, 'one reconnect');
 
       // Key by key: one snapshot record at most, then exactly the published
       // records after it; a key never in a snapshot got all of its records.
