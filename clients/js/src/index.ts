@@ -341,7 +341,11 @@ export class Subscription {
   delta: 'json-patch' | undefined;
   maxRate: number | undefined;
   resume: 'all' | 'latest' | undefined;
-  /** Latest cursor: where a resume starts. Null while a snapshot is still arriving. */
+  /**
+   * Latest cursor: where a resume starts. Mid-snapshot it is the cursor of the
+   * last snapshot record delivered (a snapshot position: the gateway goes on
+   * with the keys after it); null only before the first snapshot record.
+   */
   cursor: string | null;
   /** Whether catch-up is over for the current request (its `live` arrived). */
   live = false;
@@ -425,8 +429,12 @@ export class Subscription {
     this.snapshotPartial = msg.snapshot_partial
       ? { topic: this.topic, reason: String(msg.snapshot_partial_reason ?? ''), skipped: null }
       : null;
-    // Until the whole snapshot is in, a resume must ask for a new snapshot.
-    this.cursor = this._snapshotLeft > 0 ? null : msg.cursor;
+    // A snapshot to come: before its first record nothing is resumable, except
+    // when this request resumed one mid-way (recovered, with a snapshot
+    // position): then `cursor` is that position, to resume again from it.
+    if (this._snapshotLeft === 0) this.cursor = msg.cursor;
+    else if (!(this._resuming && msg.recovered !== false)) this.cursor = null;
+    else this.cursor = msg.cursor ?? this.cursor;
     if (this._resuming && msg.recovered === false) {
       this._pendingReset = true;
       this._catchingUp = false;
@@ -455,10 +463,14 @@ export class Subscription {
       this._reset({ topic: this.topic, reason: null, earliest: null });
     }
     if (rec.snapshot) {
+      // Each snapshot record's cursor resumes the snapshot right after its key
+      // (the last one's is the live position): a drop continues from there.
       this._snapshotLeft = Math.max(0, this._snapshotLeft - 1);
-      if (this._snapshotLeft === 0) this.cursor = rec.cursor;
-    } else {
       this.cursor = rec.cursor;
+    } else {
+      // Changes replayed before the rest of a resumed snapshot carry cursors
+      // without its position: the snapshot position stays the resume point.
+      if (this._snapshotLeft === 0) this.cursor = rec.cursor;
       if (this._catchingUp) {
         rec.replayed = true;
         this._missed++;

@@ -14,8 +14,8 @@ sealed interface PushEvent
  * Persist [resumeCursor] (SharedPreferences, a database) after handling the
  * record and pass it back as [SubscribeOptions.cursor] on the next start:
  * the subscription then resumes right after it, missing nothing and
- * repeating nothing. It is null while a snapshot is still arriving (a
- * subscription dropped mid-snapshot must start over with a snapshot).
+ * repeating nothing. Mid-snapshot it is the snapshot record's cursor: the
+ * snapshot resumes after this key (null only before the first snapshot record).
  */
 class PushRecord(
     val topic: String,

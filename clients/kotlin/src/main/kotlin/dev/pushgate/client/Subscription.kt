@@ -36,7 +36,7 @@ class Subscription internal constructor(
     val maxRate: Double? = options.maxRate
     val resume: String? = options.resume
 
-    /** Where a resume starts: persist it (it is also on every record). Null while a snapshot is still arriving. */
+    /** Where a resume starts: persist it (it is also on every record). Mid-snapshot, the last snapshot record's cursor (null before the first). */
     @Volatile var cursor: String? = options.cursor; internal set
 
     /** Whether catch-up is over for the current request (its `live` arrived). */
@@ -122,9 +122,14 @@ class Subscription internal constructor(
         snapshotPartial = if (msg.path("snapshot_partial").asBoolean(false)) {
             PartialSnapshot(topic, msg.path("snapshot_partial_reason").asText(""), null)
         } else null
-        // Until the whole snapshot is in, a resume must ask for a new snapshot.
-        cursor = if (snapshotLeft > 0) null else msg.text("cursor")
         val recovered = msg.path("recovered").asBoolean(true)
+        // A snapshot to come: nothing is resumable before its first record, except
+        // when this request resumed one mid-way (then `cursor` is that snapshot position).
+        cursor = when {
+            snapshotLeft == 0 -> msg.text("cursor")
+            resuming && recovered -> msg.text("cursor") ?: cursor
+            else -> null
+        }
         if (resuming && !recovered) {
             pendingReset = true
             catchingUp = false
@@ -148,10 +153,12 @@ class Subscription internal constructor(
         var replayed = false
         val recCursor = msg.text("cursor") ?: ""
         if (snap) {
+            // Each snapshot record's cursor resumes the snapshot right after its key.
             snapshotLeft = maxOf(0, snapshotLeft - 1)
-            if (snapshotLeft == 0) cursor = recCursor
-        } else {
             cursor = recCursor
+        } else {
+            // Changes replayed before the rest of a resumed snapshot: its position stays the resume point.
+            if (snapshotLeft == 0) cursor = recCursor
             if (catchingUp) {
                 replayed = true
                 missed++

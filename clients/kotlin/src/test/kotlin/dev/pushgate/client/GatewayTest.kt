@@ -73,8 +73,8 @@ class GatewayTest {
         waitFor("live") { sub.live && got.any { it is Live } } // the collector has caught up too
         val snap = got.records().map { Triple(it.key, it.data!!.get("price").asInt(), it.snapshot) }.sortedBy { it.first }
         assertEquals(listOf(Triple("AAPL", 1, true), Triple("NVDA", 3, true)), snap)
-        // Only the last snapshot record carries a resumable cursor.
-        assertNull(got.records().first().resumeCursor)
+        // Every snapshot record's cursor resumes the snapshot after its key.
+        assertEquals(got.records().first().cursor, got.records().first().resumeCursor)
         assertNotNull(got.records().last().resumeCursor)
         gw.publish("prices", "MSFT", mapOf("price" to 20))
         val a = gw.publish("prices", "AAPL", mapOf("price" to 10))
