@@ -31,7 +31,8 @@ pub struct ViewBenchArgs {
     ws: usize,
     #[arg(long, default_value_t = 1)]
     sse: usize,
-    /// Skip writing the initial keys (the topic already holds them).
+    /// Skip writing the initial keys: the topic already holds them at version 0,
+    /// with no writes since (a run's own writes make the next run's check wrong).
     #[arg(long)]
     no_seed: bool,
     /// Give up after this many seconds.
@@ -309,7 +310,8 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
     while live_at.is_none() || t.elapsed() < live_at.unwrap() + Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rss_max = rss_max.max(rss_kib(args.pid));
-        if live_at.is_none() && tasks.iter().all(|t| t.is_finished()) {
+        // Every subscriber ended before `live`, or the writer failed: report why.
+        if live_at.is_none() && tasks.iter().all(|t| t.is_finished()) || writer.is_finished() {
             break;
         }
         if t.elapsed() > Duration::from_secs(args.max_secs) {

@@ -34,6 +34,9 @@ pub use checks::{admitted, filter_for, parse_cursor, readiness, until_ready, REA
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;
 
+/// Views of at least this many keys are snapshotted off the runtime's worker.
+const LARGE_VIEW: usize = 16_384;
+
 /// Removes the subscription from the index when the connection lets go of it.
 pub struct SubGuard {
     pub topic: Arc<Topic>,
@@ -151,7 +154,7 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register(SubscribeOptions {
+    let options = SubscribeOptions {
         filter,
         spec,
         outbox,
@@ -163,7 +166,19 @@ pub async fn open(
         snapshot: want_snapshot,
         max_snapshot: limits.max_snapshot_records,
         backlog_limit: limits.queue_bytes,
-    });
+    };
+    // Taking a large view's snapshot (a pointer per key, then a sort) takes
+    // milliseconds per hundred thousand keys: off the runtime's worker, so that a
+    // crowd of subscribers to a big view does not stall every other connection.
+    let reg: Registration = if want_snapshot
+        && topic.view_len() >= LARGE_VIEW
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(|| topic.register(options))
+    } else {
+        topic.register(options)
+    };
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
