@@ -33,15 +33,18 @@ mod index;
 mod partition;
 mod rate;
 mod stats;
+mod stored;
 mod sub;
 
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
     collect_snapshot, collect_view, remove_from_view, replays, update_view, Located, Partition,
-    PartitionState, Positions,
+    PartitionState, Positions, ViewBudget,
 };
 pub use self::stats::PartitionStats;
+use self::stored::{finish, Pending};
+pub use self::stored::{read_stored, Snap, StoredError, StoredView};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
@@ -70,6 +73,10 @@ pub struct SubscribeOptions<'a> {
     pub max_snapshot: usize,
     /// Bytes of live records held while the subscription catches up.
     pub backlog_limit: usize,
+    /// The source's own latest record per key, pinned at the hub's current
+    /// position (the embedded log): partitions whose view lacks keys are
+    /// read from it, so the snapshot is complete.
+    pub stored: Option<Arc<dyn StoredView>>,
 }
 
 #[cfg(test)]
@@ -84,6 +91,7 @@ impl SubscribeOptions<'_> {
             snapshot: false,
             max_snapshot: 10,
             backlog_limit: 1 << 20,
+            stored: None,
         }
     }
 }
@@ -112,7 +120,10 @@ pub enum ResolveError {
 #[derive(Debug, Clone, Copy)]
 pub struct TopicSettings {
     pub ring_records: usize,
+    /// Keys per partition's view at most.
     pub view_max_keys: usize,
+    /// Bytes of all the topic's views at most (0: no byte bound).
+    pub view_max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -125,6 +136,8 @@ pub struct Topic {
     /// Identifies this topic incarnation in cursors.
     pub epoch: u64,
     settings: TopicSettings,
+    /// Bytes the views of all partitions count for now (`view_max_bytes`).
+    view_bytes: AtomicU64,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
     /// Groups by canonical spec, so equal specs share one (see `hub::group`).
@@ -150,19 +163,25 @@ pub struct Registration {
     /// Next offset per partition at the moment the subscription was inserted.
     pub high: Vec<u64>,
     /// Latest value per requested key, captured at `high`, in key order: an
-    /// immutable list of the view's own records (pointers), streamed by page.
-    pub snapshot: Vec<Arc<Record>>,
+    /// immutable list of the view's own records (pointers) and of keys read
+    /// from the stored view when their page is sent, streamed by page.
+    pub snapshot: Vec<Snap>,
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
     pub foreign_cursor: bool,
     /// The snapshot lacks keys of the view, and why.
     pub partial: Option<Partial>,
+    /// Keys still to list from the stored view ([`Registration::complete`]).
+    pending: Option<Pending>,
+    /// The stored view the snapshot's stored entries are read from.
+    stored: Option<Arc<dyn StoredView>>,
 }
 
 /// Why a snapshot was cut short: `reason` is `"max_snapshot_records"`
-/// (`skipped` keys matched beyond the cap) or `"view_max_keys"` (a partition
-/// evicted keys from its view: how many of them still exist is not known,
-/// `skipped` is 0).
+/// (`skipped` keys matched beyond the cap), or `"view_max_keys"` or
+/// `"view_max_bytes"` (a partition evicted keys from its view and the source
+/// keeps no latest record per key to read them from: how many of them still
+/// exist is not known, `skipped` is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partial {
     pub reason: &'static str,
@@ -229,6 +248,7 @@ impl Hub {
             name: Arc::from(name),
             epoch,
             settings,
+            view_bytes: AtomicU64::new(0),
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
             groups: Mutex::new(HashMap::new()),
@@ -521,9 +541,14 @@ impl Topic {
             if log.delete {
                 // The entity is gone: a snapshot lists only keys that exist. The
                 // ring keeps the record, so a resume across it replays it.
-                remove_from_view(&mut state, key);
+                remove_from_view(&mut state, key, &self.view_bytes);
             } else if self.settings.view_max_keys > 0 {
-                update_view(&mut state, key, &record, self.settings.view_max_keys);
+                let budget = ViewBudget {
+                    max_keys: self.settings.view_max_keys,
+                    max_bytes: self.settings.view_max_bytes,
+                    used: &self.view_bytes,
+                };
+                update_view(&mut state, key, &record, &budget);
             }
         }
         // Published only after fan-out: a record that reads this frontier into its
@@ -590,6 +615,7 @@ impl Topic {
             snapshot,
             max_snapshot,
             backlog_limit,
+            stored,
         } = options;
         let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
@@ -617,16 +643,18 @@ impl Topic {
 
         let needs_snapshot = (snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay)))
             || upto.is_some();
+        // Partitions whose view lacks keys: read from the stored view if the
+        // source pinned one, else the snapshot may be partial.
+        let (from_store, lacking) = stored::lacking(&guards, needs_snapshot && stored.is_some());
         let mut snapshot = if needs_snapshot {
-            collect_snapshot(&guards, &filter)
+            collect_snapshot(&guards, &filter, &from_store)
         } else {
             Vec::new()
         };
         let found = snapshot.len();
         // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
-        let evicted = needs_snapshot
-            && guards.iter().any(|g| g.evicted)
-            && filter.keys.as_ref().is_none_or(|keys| found < keys.len());
+        let evicted = lacking
+            .filter(|_| needs_snapshot && filter.keys.as_ref().is_none_or(|k| found < k.len()));
 
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
@@ -655,23 +683,19 @@ impl Topic {
         if let Some(spec) = sub.spec() {
             snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
         }
-        // Key order (bytes of UTF-8): a snapshot position is then one key.
-        snapshot.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let mut cut = 0;
-        if max_snapshot > 0 && snapshot.len() > max_snapshot {
-            cut = snapshot.len() - max_snapshot;
-            snapshot.truncate(max_snapshot);
-        }
-        let partial = match (cut, evicted) {
-            (0, false) => None,
-            (0, true) => Some(Partial {
-                reason: "view_max_keys",
-                skipped: 0,
-            }),
-            (skipped, _) => Some(Partial {
-                reason: "max_snapshot_records",
-                skipped,
-            }),
+        let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
+        // With stored partitions, ordering and the cap wait for their keys
+        // (`Registration::complete`, on a blocking thread).
+        let (partial, pending) = match &stored {
+            Some(view) if !from_store.is_empty() => (
+                None,
+                Some(Pending {
+                    view: Arc::clone(view),
+                    partitions: from_store,
+                    max_snapshot,
+                }),
+            ),
+            _ => (finish(&mut snapshot, max_snapshot, evicted), None),
         };
         telemetry::subscription_opened(&self.name);
         // Closed meanwhile (deleted or replaced): `close` may have collected the
@@ -686,6 +710,8 @@ impl Topic {
             replay,
             foreign_cursor,
             partial,
+            pending,
+            stored,
         }
     }
 
@@ -820,6 +846,7 @@ mod tests {
         TopicSettings {
             ring_records: 4,
             view_max_keys: 2,
+            view_max_bytes: 0,
         }
     }
 
@@ -974,6 +1001,85 @@ mod tests {
     }
 
     #[test]
+    fn views_are_bounded_in_bytes_per_topic_and_eviction_without_a_store_is_partial() {
+        let hub = Hub::new();
+        let unbounded = TopicSettings {
+            view_max_bytes: 0,
+            ..settings()
+        };
+        // What one entry of these (same-sized) records counts for.
+        let probe = hub.add_topic("t", 9, 2, unbounded);
+        probe.ingest(&log(0, 0, "a"));
+        let cost = probe.view_bytes() as usize;
+        assert!(cost > 192);
+        let topic = hub.add_topic(
+            "t",
+            9,
+            2,
+            TopicSettings {
+                ring_records: 4,
+                view_max_keys: 100,
+                // Room for three entries across both partitions.
+                view_max_bytes: cost * 3 + cost / 2,
+            },
+        );
+        topic.ingest(&log(0, 0, "a"));
+        topic.ingest(&log(1, 0, "b"));
+        topic.ingest(&log(0, 1, "c"));
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        // A new value of a key replaces its cost.
+        topic.ingest(&log(0, 2, "c"));
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        topic.ingest(&log(0, 3, "d"));
+        assert!(
+            topic.latest("a").is_none(),
+            "the oldest key of the written partition"
+        );
+        assert!(
+            topic.latest("b").is_some(),
+            "the other partition keeps its keys"
+        );
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(1, 1, "b")
+        });
+        assert_eq!(
+            topic.view_bytes(),
+            2 * cost as u64,
+            "a delete frees its bytes"
+        );
+        // No stored view (Kafka, Kinesis): the snapshot says why it lacks keys.
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            max_snapshot: 0,
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
+        assert_eq!(reg.snapshot.len(), 2);
+        assert_eq!(
+            reg.partial,
+            Some(Partial {
+                reason: "view_max_bytes",
+                skipped: 0
+            })
+        );
+        assert!(!reg.needs_store());
+        // Keys evicted for `view_max_keys` are told as such.
+        let hub = Hub::new();
+        let topic = hub.add_topic("k", 9, 1, settings());
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            topic.ingest(&log(0, i as u64, key));
+        }
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
+        assert_eq!(reg.partial.map(|p| p.reason), Some("view_max_keys"));
+    }
+
+    #[test]
     fn catch_up_backlog_then_live_in_order() {
         let hub = Hub::new();
         let topic = hub.add_topic("t", 9, 1, settings());
@@ -1104,11 +1210,7 @@ mod tests {
             snapshot: true,
             ..SubscribeOptions::plain(Filter::all(), out.clone())
         });
-        let keys: Vec<&str> = reg
-            .snapshot
-            .iter()
-            .map(|r| r.key.as_deref().unwrap())
-            .collect();
+        let keys: Vec<&str> = reg.snapshot.iter().map(|r| r.key().unwrap()).collect();
         assert_eq!(keys, vec!["b"], "the snapshot lists only keys that exist");
         let keyed = Filter {
             keys: Some([Arc::from("a")].into_iter().collect()),

@@ -18,7 +18,9 @@ use crate::auth::Grants;
 use crate::cursor::Cursor;
 pub use crate::hub::Partial;
 pub use crate::hub::TOPIC_READY_WAIT;
-use crate::hub::{Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
+use crate::hub::{
+    Registration, Replay, ResolveError, Snap, StoredView, Sub, SubscribeOptions, Topic,
+};
 use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
@@ -151,7 +153,7 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let reg: Registration = topic.register(SubscribeOptions {
+    let mut options = Some(SubscribeOptions {
         filter,
         spec,
         outbox,
@@ -163,11 +165,39 @@ pub async fn open(
         snapshot: want_snapshot,
         max_snapshot: limits.max_snapshot_records,
         backlog_limit: limits.queue_bytes,
+        stored: None,
     });
+    // Registered with the source's stored view pinned at the hub's position
+    // (the embedded log), so keys the in-memory view evicted come from disk.
+    let mut registered = None;
+    state.source.pinned_view(&topic.name, &mut |stored| {
+        if let Some(options) = options.take() {
+            registered = Some(topic.register(SubscribeOptions { stored, ..options }));
+        }
+    });
+    let mut reg: Registration = match (registered, options) {
+        (Some(reg), _) => reg,
+        (None, Some(options)) => topic.register(options),
+        (None, None) => unreachable!("registered or not"),
+    };
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
     };
+    if reg.needs_store() {
+        // Listing the stored keys reads the disk: off the async workers.
+        let (back, listed) = tokio::task::spawn_blocking(move || {
+            let listed = reg.complete();
+            (reg, listed)
+        })
+        .await
+        .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
+        listed.map_err(|e| {
+            ClientError::new(ErrorCode::Unavailable, format!("the log's view: {e}"))
+        })?;
+        reg = back;
+    }
+    let stored = reg.stored_view();
     let partitions = reg.high.len();
 
     let mut gap_reason = reg.foreign_cursor.then_some("epoch").or(forced_gap);
@@ -207,8 +237,7 @@ pub async fn open(
             let mut start = topic.encode_cursor(&offsets);
             if let Some(after) = &c.snapshot_after {
                 let mut rest = reg.snapshot;
-                let sent =
-                    rest.partition_point(|r| r.key.as_deref().is_some_and(|k| k <= &**after));
+                let sent = rest.partition_point(|r| r.key().is_some_and(|k| k <= &**after));
                 rest.drain(..sent);
                 if !rest.is_empty() {
                     segments.push_back(Segment::Snapshot(rest, 0));
@@ -281,6 +310,7 @@ pub async fn open(
             topic,
             sub: reg.sub,
             source: Arc::clone(&state.source) as Arc<dyn Source>,
+            stored,
             reads: Arc::clone(&state.log_reads),
             segments,
             position,
@@ -323,7 +353,7 @@ enum Segment {
     /// reframed only when the transport asks for it, i.e. once the previous
     /// page was written. So the queue never holds more than a page of it, and
     /// a reader that stops reading stops the snapshot, not the server.
-    Snapshot(Vec<Arc<Record>>, usize),
+    Snapshot(Vec<Snap>, usize),
     Replay(Replay),
 }
 
@@ -371,6 +401,8 @@ pub struct CatchUp {
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
+    /// Where the snapshot's stored entries are read from, page by page.
+    stored: Option<Arc<dyn StoredView>>,
     reads: Arc<LogReads>,
     segments: VecDeque<Segment>,
     /// Running resume position: the cursor each replayed record carries.
@@ -483,9 +515,13 @@ impl CatchUp {
                 Segment::Snapshot(records, from) => {
                     let until = (from + SNAPSHOT_PAGE).min(records.len());
                     let last = records.len() - 1;
+                    let mut read = self.read_stored(&records[from..until]).await?.into_iter();
                     let page = (from..until)
                         .map(|i| {
-                            let r = self.shaped(&records[i]);
+                            let r = match &records[i] {
+                                Snap::Held(r) => self.shaped(r),
+                                Snap::Stored { .. } => self.shaped(&read.next().expect("read")),
+                            };
                             // Every snapshot record is a place to resume (its
                             // key), the last one the position the snapshot is at.
                             let cursor = match (&r.key, i == last) {
@@ -581,6 +617,27 @@ impl CatchUp {
                 return Ok(Some(Step::Records(batch)));
             }
         }
+    }
+
+    /// The stored entries of a snapshot page, read from the pinned stored
+    /// view on a blocking thread, in page order.
+    async fn read_stored(&self, page: &[Snap]) -> Result<Vec<Arc<Record>>, CatchUpError> {
+        let keys: Vec<(u32, Arc<str>)> = page
+            .iter()
+            .filter_map(|s| match s {
+                Snap::Stored { partition, key } => Some((*partition, Arc::clone(key))),
+                Snap::Held(_) => None,
+            })
+            .collect();
+        let (Some(view), false) = (self.stored.clone(), keys.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let topic = Arc::clone(&self.topic.name);
+        let lost = |e: String| CatchUpError::Lost(Arc::new(SourceError::Storage(e.into())));
+        tokio::task::spawn_blocking(move || crate::hub::read_stored(&topic, &*view, &keys))
+            .await
+            .map_err(|e| lost(e.to_string()))?
+            .map_err(|e| lost(e.to_string()))
     }
 
     /// The backlog overflowed while catching up: read what it dropped again

@@ -1,0 +1,170 @@
+//! The view as the log keeps it: where a partition's in-memory view lacks keys, a snapshot reads them from the source.
+//!
+//! The in-memory view is a cache. A source that keeps the latest record of
+//! every key itself (the embedded log's `latest` table) hands registration a
+//! [`StoredView`] pinned at exactly the position the hub is at (see
+//! `Source::pinned_view`), and the partitions whose view evicted keys, or was
+//! never filled from the log's start, are read from it: the snapshot is then
+//! complete, and records newer than its position are not in it. A source
+//! without one (Kafka, Kinesis) leaves such a snapshot partial.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+
+use super::partition::PartitionState;
+use super::sub::Filter;
+use super::{Partial, Registration, Topic};
+use crate::record::{Framing, LogRecord, Record};
+
+/// A storage failure while reading a stored view.
+pub type StoredError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The latest record of each key of a topic, as the log keeps it, at one
+/// position (a read transaction of the embedded log): what it answers never
+/// changes while it is held.
+pub trait StoredView: Send + Sync {
+    /// The keys of `partition` that `filter` takes, in key order (bytes of
+    /// UTF-8), with those `admit` refuses (given key and value) left out.
+    fn keys(
+        &self,
+        partition: u32,
+        filter: &Filter,
+        admit: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Result<Vec<Arc<str>>, StoredError>;
+
+    /// The latest record of `key` in `partition`, if the key exists.
+    fn get(&self, partition: u32, key: &str) -> Result<Option<LogRecord>, StoredError>;
+}
+
+impl Topic {
+    /// The warm start did not read `partition` from its start: its view may
+    /// lack keys the log has (a snapshot reads them from the stored view).
+    pub fn mark_incomplete(&self, partition: u32) {
+        let parts = self.partitions.read().expect("partitions lock");
+        if let Some(part) = parts.get(partition as usize) {
+            let mut state = part.state.lock().expect("partition lock");
+            state.evicted.get_or_insert("warm_start");
+        }
+    }
+
+    /// Bytes the views of all partitions count for now (`view_max_bytes`).
+    pub fn view_bytes(&self) -> u64 {
+        self.view_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The partitions whose view lacks keys: all of them to read from the store
+/// when `from_store`, else none and why the first one lacks keys.
+pub(super) fn lacking(
+    guards: &[MutexGuard<'_, PartitionState>],
+    from_store: bool,
+) -> (Vec<u32>, Option<&'static str>) {
+    let mut lacking = guards
+        .iter()
+        .enumerate()
+        .filter_map(|(p, g)| g.evicted.map(|why| (p as u32, why)));
+    if from_store {
+        (lacking.map(|(p, _)| p).collect(), None)
+    } else {
+        (Vec::new(), lacking.next().map(|(_, why)| why))
+    }
+}
+
+/// One record of a snapshot: the view's own (a pointer), or a key read from
+/// the stored view when its page is sent.
+#[derive(Clone)]
+pub enum Snap {
+    Held(Arc<Record>),
+    Stored { partition: u32, key: Arc<str> },
+}
+
+impl Snap {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Snap::Held(r) => r.key.as_deref(),
+            Snap::Stored { key, .. } => Some(key),
+        }
+    }
+}
+
+/// What a registration still has to read from the stored view: the
+/// partitions, the view pinned at `high`, and the snapshot's cap.
+pub(super) struct Pending {
+    pub(super) view: Arc<dyn StoredView>,
+    pub(super) partitions: Vec<u32>,
+    pub(super) max_snapshot: usize,
+}
+
+impl Registration {
+    /// Whether [`complete`](Registration::complete) has keys to read (from
+    /// storage: call it on a blocking thread).
+    pub fn needs_store(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The view the snapshot reads from, if any of it is stored.
+    pub fn stored_view(&self) -> Option<Arc<dyn StoredView>> {
+        self.stored.clone()
+    }
+
+    /// Adds the keys of the partitions read from the stored view to the
+    /// snapshot, then orders and caps it as `register` does. Blocking I/O.
+    pub fn complete(&mut self) -> Result<(), StoredError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let spec = self.sub.spec().cloned();
+        let mut admit =
+            |key: &str, data: &str| spec.as_ref().is_none_or(|s| s.admits(Some(key), data));
+        for &partition in &pending.partitions {
+            for key in pending.view.keys(partition, &self.sub.filter, &mut admit)? {
+                self.snapshot.push(Snap::Stored { partition, key });
+            }
+        }
+        self.partial = finish(&mut self.snapshot, pending.max_snapshot, None);
+        Ok(())
+    }
+}
+
+/// Orders `snapshot` by key and cuts it at `max_snapshot` (0: no cap);
+/// returns why it is partial, if it is (`evicted`: why the view lacks keys).
+pub(super) fn finish(
+    snapshot: &mut Vec<Snap>,
+    max_snapshot: usize,
+    evicted: Option<&'static str>,
+) -> Option<Partial> {
+    // Key order (bytes of UTF-8): a snapshot position is then one key.
+    snapshot.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+    let mut cut = 0;
+    if max_snapshot > 0 && snapshot.len() > max_snapshot {
+        cut = snapshot.len() - max_snapshot;
+        snapshot.truncate(max_snapshot);
+    }
+    match (cut, evicted) {
+        (0, None) => None,
+        (0, Some(reason)) => Some(Partial { reason, skipped: 0 }),
+        (skipped, _) => Some(Partial {
+            reason: "max_snapshot_records",
+            skipped,
+        }),
+    }
+}
+
+/// The records of `keys` (stored entries of one snapshot page) read from
+/// `view`, encoded like a view record. Blocking I/O. A key the pinned view
+/// listed is always there; its absence means damaged storage.
+pub fn read_stored(
+    topic: &str,
+    view: &dyn StoredView,
+    keys: &[(u32, Arc<str>)],
+) -> Result<Vec<Arc<Record>>, StoredError> {
+    keys.iter()
+        .map(|(partition, key)| match view.get(*partition, key)? {
+            Some(log) => Ok(Arc::new(Record::encode(topic, &log, "", Framing::Normal))),
+            None => Err(format!(
+                "key `{key}` of partition {partition} vanished from the stored view"
+            )
+            .into()),
+        })
+        .collect()
+}
