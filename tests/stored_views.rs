@@ -403,3 +403,58 @@ async fn a_restarted_node_and_a_log_from_before_the_table_give_complete_snapshot
     assert_eq!(got, want, "rebuilt from the retained log");
     server.stop().await;
 }
+
+/// The key -> (partition, offset, n) of every page of `GET /topics/{topic}/view?{query}`.
+async fn pages(server: &TestServer, topic: &str, query: &str) -> HashMap<String, (u64, u64, u64)> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("/topics/{topic}/view?limit=1000&{query}");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let r = server.http.get(server.url(&url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        for rec in page["records"].as_array().unwrap() {
+            let key = rec["key"].as_str().unwrap().to_owned();
+            let at = (
+                rec["partition"].as_u64().unwrap(),
+                rec["offset"].as_u64().unwrap(),
+                rec["data"]["n"].as_u64().unwrap(),
+            );
+            assert!(out.insert(key, at).is_none(), "a key on two pages");
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_pages_include_the_keys_memory_evicted() {
+    let server = TestServer::start_with(CONFIG).await;
+    let log = Mutex::new(Log::new("t"));
+    seed(&server, &log, 2500).await;
+    let want = log.lock().unwrap().latest();
+    let (_, snapshot) = ws_snapshot(&server, "t").await;
+    assert_eq!(snapshot, want);
+    assert_eq!(pages(&server, "t", "").await, want, "every key, by page");
+    let k01: HashMap<_, _> = want
+        .iter()
+        .filter(|(k, _)| k.starts_with("k001"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(k01.len(), 1000);
+    assert_eq!(pages(&server, "t", "prefix=k001").await, k01, "by prefix");
+    let named = pages(
+        &server,
+        "t",
+        &format!("key={}&key={}&key=k000000", key(60), key(2499)),
+    )
+    .await;
+    assert_eq!(named.len(), 2, "the deleted key is not listed: {named:?}");
+    assert_eq!(named.get(&key(60)), want.get(&key(60)));
+    server.stop().await;
+}

@@ -44,7 +44,7 @@ use self::partition::{
 };
 pub use self::stats::PartitionStats;
 use self::stored::{finish, Pending};
-pub use self::stored::{read_stored, Snap, StoredError, StoredView};
+pub use self::stored::{read_stored, Snap, StoredError, StoredView, ViewPage};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
@@ -591,15 +591,22 @@ impl Topic {
     /// reads its snapshot and `high`, so a resume from `high` continues exactly.
     ///
     /// [`register`]: Topic::register
+    /// With the source's `stored` view (pinned at this position), the
+    /// partitions whose view lacks keys are left out and named in the
+    /// answer, to be read from it ([`ViewPage::complete`]).
     pub fn view_after(
         &self,
         filter: &Filter,
         after: Option<&str>,
         take: Option<usize>,
-    ) -> (Vec<Arc<Record>>, Vec<u64>) {
+        stored: Option<Arc<dyn StoredView>>,
+    ) -> ViewPage {
         let parts = self.partitions.read().expect("partitions lock");
         let (guards, high) = lock_all(&parts);
-        (collect_view(&guards, filter, after, take), high)
+        let (from_store, _) = stored::lacking(&guards, stored.is_some());
+        let records = collect_view(&guards, filter, after, take, &from_store);
+        let stored = stored.filter(|_| !from_store.is_empty());
+        ViewPage::new(records, high, stored, from_store)
     }
 
     /// Inserts a subscription and captures what it needs before going live.

@@ -292,11 +292,19 @@ pub(super) fn replays(
 /// locks. The view stays a hash map (the ingest path updates it for every
 /// record), so this scans it once, keeping only `take` entries per partition.
 pub(super) fn collect_view(
-    guards: &[MutexGuard<'_, PartitionState>],
+    all: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
     after: Option<&str>,
     take: Option<usize>,
+    skip: &[u32],
 ) -> Vec<Arc<Record>> {
+    // Partitions read from the source's stored view are left out.
+    let guards: Vec<&PartitionState> = all
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| !skip.contains(&(*p as u32)))
+        .map(|(_, g)| &**g)
+        .collect();
     let beyond = |key: &str| after.is_none_or(|after| key > after);
     if let (Some(keys), None) = (&filter.keys, &filter.prefix) {
         // At most `limits.max_keys_per_subscription` lookups.
@@ -316,7 +324,7 @@ pub(super) fn collect_view(
             .collect();
     };
     let mut out = Vec::new();
-    for g in guards {
+    for g in &guards {
         // A max-heap of the `take` smallest keys so far.
         let mut smallest: BinaryHeap<ByKey<'_>> = BinaryHeap::with_capacity(take + 1);
         for (key, record) in g.view.iter() {

@@ -34,6 +34,70 @@ pub trait StoredView: Send + Sync {
 
     /// The latest record of `key` in `partition`, if the key exists.
     fn get(&self, partition: u32, key: &str) -> Result<Option<LogRecord>, StoredError>;
+
+    /// The latest records of `partition` that `filter` takes, keys after
+    /// `after`, in key order, at most `take` of them (all when `None`).
+    fn page(
+        &self,
+        partition: u32,
+        filter: &Filter,
+        after: Option<&str>,
+        take: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoredError>;
+}
+
+/// A page of the view read at one position ([`Topic::view_after`]): the
+/// candidates from memory, the position, and the partitions still to read
+/// from the stored view.
+pub struct ViewPage {
+    /// Unordered across partitions (the caller picks the page from them).
+    pub records: Vec<Arc<Record>>,
+    pub high: Vec<u64>,
+    stored: Option<Arc<dyn StoredView>>,
+    from_store: Vec<u32>,
+}
+
+impl ViewPage {
+    pub(super) fn new(
+        records: Vec<Arc<Record>>,
+        high: Vec<u64>,
+        stored: Option<Arc<dyn StoredView>>,
+        from_store: Vec<u32>,
+    ) -> Self {
+        Self {
+            records,
+            high,
+            stored,
+            from_store,
+        }
+    }
+
+    /// Whether [`complete`](ViewPage::complete) has partitions to read (from
+    /// storage: call it on a blocking thread).
+    pub fn needs_store(&self) -> bool {
+        self.stored.is_some()
+    }
+
+    /// Adds the candidates of the partitions read from the stored view (the
+    /// same `filter`, `after` and `take` as the memory ones). Blocking I/O.
+    pub fn complete(
+        &mut self,
+        topic: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        take: Option<usize>,
+    ) -> Result<(), StoredError> {
+        let Some(view) = self.stored.take() else {
+            return Ok(());
+        };
+        for &partition in &self.from_store {
+            for log in view.page(partition, filter, after, take)? {
+                let record = Record::encode(topic, &log, "", Framing::Normal);
+                self.records.push(Arc::new(record));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Topic {

@@ -31,7 +31,9 @@ use crate::state::AppState;
 use crate::telemetry;
 
 mod checks;
+mod page;
 pub use checks::{admitted, filter_for, parse_cursor, readiness, until_ready, READY_POLL};
+pub use page::view_page;
 
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;

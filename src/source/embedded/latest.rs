@@ -13,6 +13,7 @@
 //! side therefore sees a transaction whose records are exactly those the hub
 //! has ingested: nothing newer than the snapshot's position is in it.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -128,6 +129,60 @@ impl StoredView for PinnedLatest {
             }
             if filter.matches(Some(key)) {
                 take(key, v.value());
+            }
+        }
+        Ok(out)
+    }
+
+    fn page(
+        &self,
+        partition: u32,
+        filter: &Filter,
+        after: Option<&str>,
+        take: Option<usize>,
+    ) -> Result<Vec<LogRecord>, StoredError> {
+        let table = match self.txn.open_table(latest_table(&self.table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(Box::new(e)),
+        };
+        let take = take.unwrap_or(usize::MAX);
+        let record = |v: &[u8]| {
+            let (offset, bytes) = split(v);
+            decode(partition, offset, bytes)
+        };
+        let mut out = Vec::new();
+        if let (Some(keys), None) = (&filter.keys, &filter.prefix) {
+            let mut keys: Vec<&str> = keys
+                .iter()
+                .map(|k| &**k)
+                .filter(|k| after.is_none_or(|a| *k > a))
+                .collect();
+            keys.sort_unstable();
+            for key in keys {
+                if out.len() == take {
+                    break;
+                }
+                if let Some(v) = table.get((partition, key))? {
+                    out.push(record(v.value()));
+                }
+            }
+            return Ok(out);
+        }
+        // From the later of `after` (excluded) and the prefix, to past the prefix.
+        let prefix = filter.prefix.as_deref().filter(|_| filter.keys.is_none());
+        let start = match (after, prefix) {
+            (Some(a), p) if p.is_none_or(|p| a >= p) => Bound::Excluded((partition, a)),
+            (_, p) => Bound::Included((partition, p.unwrap_or(""))),
+        };
+        for entry in table.range::<(u32, &str)>((start, Bound::Unbounded))? {
+            let (k, v) = entry?;
+            let (p, key) = k.value();
+            if p != partition || prefix.is_some_and(|s| !key.starts_with(s)) || out.len() == take {
+                break;
+            }
+            if filter.matches(Some(key)) {
+                out.push(record(v.value()));
             }
         }
         Ok(out)
