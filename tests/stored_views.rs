@@ -458,3 +458,37 @@ async fn view_pages_include_the_keys_memory_evicted() {
     assert_eq!(named.get(&key(60)), want.get(&key(60)));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_mid_way_resumes_with_the_evicted_keys_after_its_last_one() {
+    let server = TestServer::start_with(CONFIG).await;
+    let log = Mutex::new(Log::new("t"));
+    seed(&server, &log, 1200).await;
+    let want = log.lock().unwrap().latest();
+
+    let mut ws = server.ws().await;
+    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
+    assert_eq!(subscribed["snapshot"], want.len(), "{subscribed}");
+    let first = ws.records(400).await;
+    drop(ws);
+    let cursor = first.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    let mut seen = Seen::default();
+    for r in &first {
+        seen.apply(r);
+    }
+    let mut ws = server.ws().await;
+    let resumed = ws.subscribe(json!({"topic": "t", "cursor": cursor})).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let rest = resumed["snapshot"].as_u64().unwrap() as usize;
+    assert_eq!(
+        rest,
+        want.len() - 400,
+        "the keys after the last one held: {resumed}"
+    );
+    for r in ws.records(rest).await {
+        assert_eq!(r["snapshot"], true, "{r}");
+        seen.apply(&r);
+    }
+    assert_eq!(seen.state, want, "every key once, at its latest value");
+    server.stop().await;
+}

@@ -186,20 +186,6 @@ pub async fn open(
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
     };
-    if reg.needs_store() {
-        // Listing the stored keys reads the disk: off the async workers.
-        let (back, listed) = tokio::task::spawn_blocking(move || {
-            let listed = reg.complete();
-            (reg, listed)
-        })
-        .await
-        .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
-        listed.map_err(|e| {
-            ClientError::new(ErrorCode::Unavailable, format!("the log's view: {e}"))
-        })?;
-        reg = back;
-    }
-    let stored = reg.stored_view();
     let partitions = reg.high.len();
 
     let mut gap_reason = reg.foreign_cursor.then_some("epoch").or(forced_gap);
@@ -224,6 +210,26 @@ pub async fn open(
         }
     }
 
+    // Only a snapshot that is sent lists its stored keys (a resume from the
+    // log takes one in case the cursor is unrecoverable, and sends none).
+    let sends_snapshot = match (&cursor, gap_reason) {
+        (Some(c), None) => c.snapshot_after.is_some(),
+        _ => true,
+    };
+    if reg.needs_store() && sends_snapshot {
+        // Listing the stored keys reads the disk: off the async workers.
+        let (back, listed) = tokio::task::spawn_blocking(move || {
+            let listed = reg.complete();
+            (reg, listed)
+        })
+        .await
+        .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
+        listed.map_err(|e| {
+            ClientError::new(ErrorCode::Unavailable, format!("the log's view: {e}"))
+        })?;
+        reg = back;
+    }
+    let stored = reg.stored_view();
     let high_cursor = topic.encode_cursor(&reg.high);
     let mut segments = VecDeque::new();
     let mut partial = None;
