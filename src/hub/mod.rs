@@ -16,7 +16,8 @@
 //! Parts: `partition` (ring and view of one partition), `index` (which
 //! subscriptions a key goes to), `sub` (a subscription's filter and its
 //! catch-up backlog), `group` and `rate` (subscriptions sharing a delivery
-//! spec; `max_rate` conflation). Lock order (docs/ARCHITECTURE.md): a topic's
+//! spec; `max_rate` conflation), `stored` (keys read from a source's stored
+//! view). Lock order (docs/ARCHITECTURE.md): a source's pinned view, a topic's
 //! groups lock (taken alone), its partitions lock, partition states in
 //! partition order, a partition's positions (one at a time), the index (a
 //! DashMap shard or an RwLock), a group's rate lock, then its delta lock (each
