@@ -591,10 +591,11 @@ impl Topic {
     /// of each partition, read under the same partition locks as [`register`]
     /// reads its snapshot and `high`, so a resume from `high` continues exactly.
     ///
-    /// [`register`]: Topic::register
     /// With the source's `stored` view (pinned at this position), the
     /// partitions whose view lacks keys are left out and named in the
     /// answer, to be read from it ([`ViewPage::complete`]).
+    ///
+    /// [`register`]: Topic::register
     pub fn view_after(
         &self,
         filter: &Filter,

@@ -122,8 +122,6 @@ pub(super) struct PartitionState {
     /// `"view_max_bytes"`: keys were evicted; `"warm_start"`: the source did
     /// not read the partition from its start), if it may.
     pub(super) evicted: Option<&'static str>,
-    /// Bytes this partition's view counts for (see [`view_cost`]).
-    pub(super) view_bytes: usize,
 }
 
 /// What one view entry is counted as: the encoded record (its SSE event,
@@ -149,11 +147,10 @@ pub(super) fn update_view(
     budget: &ViewBudget<'_>,
 ) {
     let added = view_cost(key, record);
-    state.view_bytes += added;
     budget.used.fetch_add(added as u64, AtomicOrdering::Relaxed);
     if let Some(old) = state.view.insert(Arc::clone(key), Arc::clone(record)) {
         state.view_order.remove(&old.offset);
-        forget(state, budget.used, view_cost(key, &old));
+        forget(budget.used, view_cost(key, &old));
     }
     state.view_order.insert(record.offset, Arc::clone(key));
     loop {
@@ -173,21 +170,20 @@ pub(super) fn update_view(
             break;
         };
         if let Some(old) = state.view.remove(&oldest) {
-            forget(state, budget.used, view_cost(&oldest, &old));
+            forget(budget.used, view_cost(&oldest, &old));
         }
         state.evicted = Some(reason);
     }
 }
 
-fn forget(state: &mut PartitionState, used: &AtomicU64, cost: usize) {
-    state.view_bytes = state.view_bytes.saturating_sub(cost);
+fn forget(used: &AtomicU64, cost: usize) {
     used.fetch_sub(cost as u64, AtomicOrdering::Relaxed);
 }
 
 pub(super) fn remove_from_view(state: &mut PartitionState, key: &str, used: &AtomicU64) {
     if let Some(old) = state.view.remove(key) {
         state.view_order.remove(&old.offset);
-        forget(state, used, view_cost(key, &old));
+        forget(used, view_cost(key, &old));
     }
 }
 

@@ -177,11 +177,10 @@ pub async fn open(
             registered = Some(topic.register(SubscribeOptions { stored, ..options }));
         }
     });
-    let mut reg: Registration = match (registered, options) {
-        (Some(reg), _) => reg,
-        (None, Some(options)) => topic.register(options),
-        (None, None) => unreachable!("registered or not"),
-    };
+    // A source that did not call back: registered without a stored view.
+    let mut reg: Registration = registered
+        .or_else(|| options.take().map(|options| topic.register(options)))
+        .ok_or_else(|| ClientError::new(ErrorCode::Internal, "registration did not run"))?;
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
