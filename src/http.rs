@@ -85,6 +85,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // Lag is read from the hub at scrape time: a few atomics per partition.
     for name in state.hub.topic_names() {
         if let Ok(topic) = state.hub.topic(&name) {
+            telemetry::view_bytes(&name, topic.view_bytes());
             for (p, lag) in topic.lag().into_iter().enumerate() {
                 if let Some(lag) = lag {
                     telemetry::partition_lag(&name, p as u32, lag);

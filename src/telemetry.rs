@@ -43,6 +43,8 @@ pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
 pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_total";
 /// Records between the source's high watermark and what this node has ingested, per partition (Kafka and the embedded log).
 pub const PARTITION_LAG: &str = "pushgate_partition_lag_records";
+/// Bytes the in-memory views of a topic count for, all partitions (bounded by `view_max_bytes`).
+pub const VIEW_BYTES: &str = "pushgate_view_bytes";
 /// Seconds from a record's timestamp to its first write to a client, per transport (a histogram).
 pub const RECORD_AGE: &str = "pushgate_record_age_seconds";
 /// Revocations applied from the control topic (each record that put one in force).
@@ -120,7 +122,7 @@ pub fn render() -> String {
 }
 
 /// A snapshot sent without every key of the view; `reason` is
-/// "max_snapshot_records" or "view_max_keys".
+/// "max_snapshot_records", "view_max_keys" or "view_max_bytes".
 pub fn snapshot_partial(reason: &'static str) {
     counter!(SNAPSHOTS_PARTIAL, "reason" => reason).increment(1);
 }
@@ -197,6 +199,11 @@ pub fn record_age(transport: &'static str, age: Duration) {
 pub fn partition_lag(topic: &str, partition: u32, lag: u64) {
     gauge!(PARTITION_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
         .set(lag as f64);
+}
+
+/// Bytes a topic's views hold, read at scrape time (like the lag, per topic as the views are).
+pub fn view_bytes(topic: &str, bytes: u64) {
+    gauge!(VIEW_BYTES, "topic" => topic_label(topic)).set(bytes as f64);
 }
 
 pub fn record_ingested(delivered: usize) {

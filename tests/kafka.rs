@@ -841,3 +841,67 @@ async fn a_version_1_cursor_written_byte_by_byte_still_resumes_on_a_kafka_topic(
     }
     ws.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// Kafka keeps no latest record per key that a node reads back by key
+/// (issue 30 item 3, docs/kafka.md "Views and compacted topics"): a snapshot
+/// of a view that evicted keys says so, on WebSocket and SSE.
+#[tokio::test]
+async fn a_snapshot_of_a_view_that_evicted_keys_is_partial_on_kafka() {
+    if !tiers(&["kafka"]) {
+        return;
+    }
+    let broker = Broker::shared();
+    broker.create_topic("evicting", 1, &[]).await;
+    let (node, _dir) = node(
+        &broker,
+        &[("evicting", 64)],
+        &[(
+            "ring_records = 64\n",
+            "ring_records = 64\nview_max_keys = 5\n",
+        )],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe(json!({"topic": "evicting", "snapshot": false}))
+        .await;
+    for i in 0..8 {
+        publish(
+            &http,
+            node.addr,
+            "evicting",
+            &format!("k{i}"),
+            json!({"n": i}),
+        )
+        .await;
+    }
+    // Every record ingested by the node before the snapshot is taken.
+    ws.records(8).await;
+
+    let mut ws = WsClient::connect(node.addr).await;
+    let subscribed = ws.subscribe(json!({"topic": "evicting"})).await;
+    assert_eq!(
+        subscribed["snapshot"], 5,
+        "the 5 keys the view holds: {subscribed}"
+    );
+    assert_eq!(subscribed["snapshot_partial"], true, "{subscribed}");
+    assert_eq!(subscribed["snapshot_partial_reason"], "view_max_keys");
+    let keys: Vec<Value> = ws
+        .records(5)
+        .await
+        .iter()
+        .map(|r| r["key"].clone())
+        .collect();
+    assert_eq!(keys, ["k3", "k4", "k5", "k6", "k7"].map(|k| json!(k)));
+    while ws.lives.is_empty() {
+        ws.expect_silence(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ws.lives[0]["snapshot_skipped"], 0, "{}", ws.lives[0]);
+
+    let mut sse = SseClient::connect(&http, node.addr, "topic=evicting", None).await;
+    let subscribed = sse.next().await.json();
+    assert_eq!(
+        subscribed["snapshot_partial_reason"], "view_max_keys",
+        "{subscribed}"
+    );
+}

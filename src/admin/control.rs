@@ -107,6 +107,7 @@ async fn read(state: &AppState, name: &str) {
             snapshot: false,
             max_snapshot: 0,
             backlog_limit: QUEUE_BYTES,
+            stored: None,
         });
         let registered = Registered(Arc::clone(&topic), Arc::clone(&reg.sub));
         next.resize(reg.high.len(), 0);

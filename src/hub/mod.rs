@@ -16,7 +16,8 @@
 //! Parts: `partition` (ring and view of one partition), `index` (which
 //! subscriptions a key goes to), `sub` (a subscription's filter and its
 //! catch-up backlog), `group` and `rate` (subscriptions sharing a delivery
-//! spec; `max_rate` conflation). Lock order (docs/ARCHITECTURE.md): a topic's
+//! spec; `max_rate` conflation), `stored` (keys read from a source's stored
+//! view). Lock order (docs/ARCHITECTURE.md): a source's pinned view, a topic's
 //! groups lock (taken alone), its partitions lock, partition states in
 //! partition order, a partition's positions (one at a time), the index (a
 //! DashMap shard or an RwLock), a group's rate lock, then its delta lock (each
@@ -24,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use dashmap::DashMap;
 
@@ -33,15 +34,18 @@ mod index;
 mod partition;
 mod rate;
 mod stats;
+mod stored;
 mod sub;
 
 use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
-    collect_snapshot, collect_view, remove_from_view, replays, update_view, Located, Partition,
-    PartitionState, Positions,
+    collect_snapshot, collect_view, lock_all, remove_from_view, replays, update_view, Located,
+    Partition, PartitionState, Positions, ViewBudget,
 };
 pub use self::stats::PartitionStats;
+use self::stored::{finish, Pending, DEFER_SNAPSHOT_AT};
+pub use self::stored::{read_stored, Snap, StoredError, StoredView, ViewPage};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
@@ -70,6 +74,10 @@ pub struct SubscribeOptions<'a> {
     pub max_snapshot: usize,
     /// Bytes of live records held while the subscription catches up.
     pub backlog_limit: usize,
+    /// The source's own latest record per key, pinned at the hub's current
+    /// position (the embedded log): partitions whose view lacks keys are
+    /// read from it, so the snapshot is complete.
+    pub stored: Option<Arc<dyn StoredView>>,
 }
 
 #[cfg(test)]
@@ -84,6 +92,7 @@ impl SubscribeOptions<'_> {
             snapshot: false,
             max_snapshot: 10,
             backlog_limit: 1 << 20,
+            stored: None,
         }
     }
 }
@@ -112,7 +121,10 @@ pub enum ResolveError {
 #[derive(Debug, Clone, Copy)]
 pub struct TopicSettings {
     pub ring_records: usize,
+    /// Keys per partition's view at most.
     pub view_max_keys: usize,
+    /// Bytes of all the topic's views at most (0: no byte bound).
+    pub view_max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -125,6 +137,8 @@ pub struct Topic {
     /// Identifies this topic incarnation in cursors.
     pub epoch: u64,
     settings: TopicSettings,
+    /// Bytes the views of all partitions count for now (`view_max_bytes`).
+    view_bytes: AtomicU64,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
     /// Groups by canonical spec, so equal specs share one (see `hub::group`).
@@ -150,19 +164,25 @@ pub struct Registration {
     /// Next offset per partition at the moment the subscription was inserted.
     pub high: Vec<u64>,
     /// Latest value per requested key, captured at `high`, in key order: an
-    /// immutable list of the view's own records (pointers), streamed by page.
-    pub snapshot: Vec<Arc<Record>>,
+    /// immutable list of the view's own records (pointers) and of keys read
+    /// from the stored view when their page is sent, streamed by page.
+    pub snapshot: Vec<Snap>,
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
     pub foreign_cursor: bool,
     /// The snapshot lacks keys of the view, and why.
     pub partial: Option<Partial>,
+    /// Keys still to list from the stored view ([`Registration::complete`]).
+    pending: Option<Pending>,
+    /// The stored view the snapshot's stored entries are read from.
+    stored: Option<Arc<dyn StoredView>>,
 }
 
 /// Why a snapshot was cut short: `reason` is `"max_snapshot_records"`
-/// (`skipped` keys matched beyond the cap) or `"view_max_keys"` (a partition
-/// evicted keys from its view: how many of them still exist is not known,
-/// `skipped` is 0).
+/// (`skipped` keys matched beyond the cap), or `"view_max_keys"` or
+/// `"view_max_bytes"` (a partition evicted keys from its view and the source
+/// keeps no latest record per key to read them from: how many of them still
+/// exist is not known, `skipped` is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partial {
     pub reason: &'static str,
@@ -229,6 +249,7 @@ impl Hub {
             name: Arc::from(name),
             epoch,
             settings,
+            view_bytes: AtomicU64::new(0),
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
             groups: Mutex::new(HashMap::new()),
@@ -298,16 +319,6 @@ impl Topic {
 
     pub fn partition_count(&self) -> u32 {
         self.partitions.read().expect("partitions lock").len() as u32
-    }
-
-    /// Keys in the view now, over all partitions (each partition locked in turn,
-    /// briefly): how large a snapshot of the whole topic would be.
-    pub fn view_len(&self) -> usize {
-        let parts = self.partitions.read().expect("partitions lock");
-        parts
-            .iter()
-            .map(|p| p.state.lock().expect("partition lock").view.len())
-            .sum()
     }
 
     /// Grows the topic to `count` partitions (partitions are never removed).
@@ -531,9 +542,14 @@ impl Topic {
             if log.delete {
                 // The entity is gone: a snapshot lists only keys that exist. The
                 // ring keeps the record, so a resume across it replays it.
-                remove_from_view(&mut state, key);
+                remove_from_view(&mut state, key, &self.view_bytes);
             } else if self.settings.view_max_keys > 0 {
-                update_view(&mut state, key, &record, self.settings.view_max_keys);
+                let budget = ViewBudget {
+                    max_keys: self.settings.view_max_keys,
+                    max_bytes: self.settings.view_max_bytes,
+                    used: &self.view_bytes,
+                };
+                update_view(&mut state, key, &record, &budget);
             }
         }
         // Published only after fan-out: a record that reads this frontier into its
@@ -575,16 +591,24 @@ impl Topic {
     /// of each partition, read under the same partition locks as [`register`]
     /// reads its snapshot and `high`, so a resume from `high` continues exactly.
     ///
+    /// With the source's `stored` view (pinned at this position), the
+    /// partitions whose view lacks keys are left out and named in the
+    /// answer, to be read from it ([`ViewPage::complete`]).
+    ///
     /// [`register`]: Topic::register
     pub fn view_after(
         &self,
         filter: &Filter,
         after: Option<&str>,
         take: Option<usize>,
-    ) -> (Vec<Arc<Record>>, Vec<u64>) {
+        stored: Option<Arc<dyn StoredView>>,
+    ) -> ViewPage {
         let parts = self.partitions.read().expect("partitions lock");
         let (guards, high) = lock_all(&parts);
-        (collect_view(&guards, filter, after, take), high)
+        let (from_store, _) = stored::lacking(&guards, stored.is_some());
+        let records = collect_view(&guards, filter, after, take, &from_store);
+        let stored = stored.filter(|_| !from_store.is_empty());
+        ViewPage::new(records, high, stored, from_store)
     }
 
     /// Inserts a subscription and captures what it needs before going live.
@@ -600,6 +624,7 @@ impl Topic {
             snapshot,
             max_snapshot,
             backlog_limit,
+            stored,
         } = options;
         let group = spec.map(|spec| self.group_for(spec));
         let parts = self.partitions.read().expect("partitions lock");
@@ -627,16 +652,18 @@ impl Topic {
 
         let needs_snapshot = (snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay)))
             || upto.is_some();
+        // Partitions whose view lacks keys: read from the stored view if the
+        // source pinned one, else the snapshot may be partial.
+        let (from_store, lacking) = stored::lacking(&guards, needs_snapshot && stored.is_some());
         let mut snapshot = if needs_snapshot {
-            collect_snapshot(&guards, &filter)
+            collect_snapshot(&guards, &filter, &from_store)
         } else {
             Vec::new()
         };
         let found = snapshot.len();
         // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
-        let evicted = needs_snapshot
-            && guards.iter().any(|g| g.evicted)
-            && filter.keys.as_ref().is_none_or(|keys| found < keys.len());
+        let evicted = lacking
+            .filter(|_| needs_snapshot && filter.keys.as_ref().is_none_or(|k| found < k.len()));
 
         let sub = Arc::new(Sub {
             id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
@@ -662,26 +689,30 @@ impl Topic {
         self.index.insert(&sub);
         drop(guards);
         // Outside the locks: parsing values and sorting must not hold up ingest.
-        if let Some(spec) = sub.spec() {
-            snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
+        // A large snapshot, or one with stored partitions, is filtered and
+        // ordered by `Registration::complete` on a blocking thread: done here,
+        // a crowd of subscribers to a big view would hold the runtime's workers.
+        let defer =
+            snapshot.len() >= DEFER_SNAPSHOT_AT || stored.is_some() && !from_store.is_empty();
+        if !defer {
+            if let Some(spec) = sub.spec() {
+                snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
+            }
         }
-        // Key order (bytes of UTF-8): a snapshot position is then one key.
-        sort_by_key(&mut snapshot);
-        let mut cut = 0;
-        if max_snapshot > 0 && snapshot.len() > max_snapshot {
-            cut = snapshot.len() - max_snapshot;
-            snapshot.truncate(max_snapshot);
-        }
-        let partial = match (cut, evicted) {
-            (0, false) => None,
-            (0, true) => Some(Partial {
-                reason: "view_max_keys",
-                skipped: 0,
-            }),
-            (skipped, _) => Some(Partial {
-                reason: "max_snapshot_records",
-                skipped,
-            }),
+        let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
+        let (partial, pending) = if defer {
+            let view = stored.as_ref().filter(|_| !from_store.is_empty());
+            (
+                None,
+                Some(Pending {
+                    view: view.cloned(),
+                    partitions: from_store,
+                    max_snapshot,
+                    evicted: if view.is_some() { None } else { evicted },
+                }),
+            )
+        } else {
+            (finish(&mut snapshot, max_snapshot, evicted), None)
         };
         telemetry::subscription_opened(&self.name);
         // Closed meanwhile (deleted or replaced): `close` may have collected the
@@ -696,6 +727,8 @@ impl Topic {
             replay,
             foreign_cursor,
             partial,
+            pending,
+            stored,
         }
     }
 
@@ -811,39 +844,6 @@ fn has_log(replay: &[Replay]) -> bool {
     replay.iter().any(|r| matches!(r, Replay::Log { .. }))
 }
 
-/// Every partition's state locked, in partition order, with each one's next
-/// offset: the topic's frontier at that instant.
-/// Sorts records by key (None first, then the bytes of UTF-8). Each record is
-/// paired with its key's first 8 bytes as one integer, so most comparisons touch
-/// neither the records nor their keys (a million-key snapshot: cache misses,
-/// not comparisons, were the cost).
-fn sort_by_key(records: &mut Vec<Arc<Record>>) {
-    fn prefix(key: Option<&str>) -> u64 {
-        let mut bytes = [0u8; 8];
-        if let Some(k) = key {
-            let n = k.len().min(8);
-            bytes[..n].copy_from_slice(&k.as_bytes()[..n]);
-        }
-        u64::from_be_bytes(bytes)
-    }
-    let mut keyed: Vec<(u64, Arc<Record>)> = records
-        .drain(..)
-        .map(|r| (prefix(r.key.as_deref()), r))
-        .collect();
-    // Equal prefixes (a short key padded with zeros included) fall back to the keys.
-    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key.cmp(&b.1.key)));
-    records.extend(keyed.into_iter().map(|(_, r)| r));
-}
-
-fn lock_all(parts: &[Arc<Partition>]) -> (Vec<MutexGuard<'_, PartitionState>>, Vec<u64>) {
-    let guards: Vec<_> = parts
-        .iter()
-        .map(|p| p.state.lock().expect("partition lock"))
-        .collect();
-    let high = guards.iter().map(|g| g.next_offset).collect();
-    (guards, high)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -852,6 +852,7 @@ mod tests {
         TopicSettings {
             ring_records: 4,
             view_max_keys: 2,
+            view_max_bytes: 0,
         }
     }
 
@@ -866,42 +867,6 @@ mod tests {
             delete: false,
             position: None,
         }
-    }
-
-    #[test]
-    fn snapshot_sort_is_the_order_of_the_keys_bytes() {
-        // Shared 8-byte prefixes, keys shorter than 8 bytes (padded with zeros,
-        // so "a" and "a\0" tie on the prefix), multi-byte UTF-8, and no key.
-        let keys: Vec<Option<&str>> = vec![
-            Some("order-0000012"),
-            Some("order-0000002"),
-            Some("a"),
-            Some("a\0"),
-            Some(""),
-            None,
-            Some("ä"),
-            Some("z"),
-            Some("order-000001"),
-            Some("ab"),
-            Some("order-0000012x"),
-            Some("\u{7f}"),
-            Some("aaaaaaaab"),
-            Some("aaaaaaaa"),
-        ];
-        let mut records: Vec<Arc<Record>> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let mut l = log(0, i as u64, "x");
-                l.key = k.map(Into::into);
-                Arc::new(Record::encode("t", &l, "c", crate::record::Framing::Normal))
-            })
-            .collect();
-        let mut expected: Vec<Option<&str>> = keys.clone();
-        expected.sort();
-        sort_by_key(&mut records);
-        let got: Vec<Option<&str>> = records.iter().map(|r| r.key.as_deref()).collect();
-        assert_eq!(got, expected);
     }
 
     fn drain(outbox: &Outbox) -> Vec<u64> {
@@ -1042,6 +1007,85 @@ mod tests {
     }
 
     #[test]
+    fn views_are_bounded_in_bytes_per_topic_and_eviction_without_a_store_is_partial() {
+        let hub = Hub::new();
+        let unbounded = TopicSettings {
+            view_max_bytes: 0,
+            ..settings()
+        };
+        // What one entry of these (same-sized) records counts for.
+        let probe = hub.add_topic("t", 9, 2, unbounded);
+        probe.ingest(&log(0, 0, "a"));
+        let cost = probe.view_bytes() as usize;
+        assert!(cost > 192);
+        let topic = hub.add_topic(
+            "t",
+            9,
+            2,
+            TopicSettings {
+                ring_records: 4,
+                view_max_keys: 100,
+                // Room for three entries across both partitions.
+                view_max_bytes: cost * 3 + cost / 2,
+            },
+        );
+        topic.ingest(&log(0, 0, "a"));
+        topic.ingest(&log(1, 0, "b"));
+        topic.ingest(&log(0, 1, "c"));
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        // A new value of a key replaces its cost.
+        topic.ingest(&log(0, 2, "c"));
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        topic.ingest(&log(0, 3, "d"));
+        assert!(
+            topic.latest("a").is_none(),
+            "the oldest key of the written partition"
+        );
+        assert!(
+            topic.latest("b").is_some(),
+            "the other partition keeps its keys"
+        );
+        assert_eq!(topic.view_bytes(), 3 * cost as u64);
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(1, 1, "b")
+        });
+        assert_eq!(
+            topic.view_bytes(),
+            2 * cost as u64,
+            "a delete frees its bytes"
+        );
+        // No stored view (Kafka, Kinesis): the snapshot says why it lacks keys.
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            max_snapshot: 0,
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
+        assert_eq!(reg.snapshot.len(), 2);
+        assert_eq!(
+            reg.partial,
+            Some(Partial {
+                reason: "view_max_bytes",
+                skipped: 0
+            })
+        );
+        assert!(!reg.needs_store());
+        // Keys evicted for `view_max_keys` are told as such.
+        let hub = Hub::new();
+        let topic = hub.add_topic("k", 9, 1, settings());
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            topic.ingest(&log(0, i as u64, key));
+        }
+        let out = Arc::new(Outbox::new(1 << 20));
+        let reg = topic.register(SubscribeOptions {
+            snapshot: true,
+            ..SubscribeOptions::plain(Filter::all(), out)
+        });
+        assert_eq!(reg.partial.map(|p| p.reason), Some("view_max_keys"));
+    }
+
+    #[test]
     fn catch_up_backlog_then_live_in_order() {
         let hub = Hub::new();
         let topic = hub.add_topic("t", 9, 1, settings());
@@ -1172,11 +1216,7 @@ mod tests {
             snapshot: true,
             ..SubscribeOptions::plain(Filter::all(), out.clone())
         });
-        let keys: Vec<&str> = reg
-            .snapshot
-            .iter()
-            .map(|r| r.key.as_deref().unwrap())
-            .collect();
+        let keys: Vec<&str> = reg.snapshot.iter().map(|r| r.key().unwrap()).collect();
         assert_eq!(keys, vec!["b"], "the snapshot lists only keys that exist");
         let keyed = Filter {
             keys: Some([Arc::from("a")].into_iter().collect()),

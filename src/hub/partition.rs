@@ -1,12 +1,14 @@
 //! One partition's history on this node: the ring of recent records and the latest value per key (the view), behind one lock.
 //!
-//! The view keeps at most `view_max_keys` keys, evicting the key updated
-//! longest ago; a delete or tombstone removes its key. Snapshots are read from
-//! it under the partition locks a registration holds.
+//! The view keeps at most `view_max_keys` keys per partition and its topic's
+//! views at most `view_max_bytes`, evicting the key updated longest ago; a
+//! delete or tombstone removes its key. Snapshots are read from it under the
+//! partition locks a registration holds; where it evicted keys and the source
+//! keeps the latest record per key itself (the embedded log), from there too.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::sub::Filter;
@@ -116,54 +118,103 @@ pub(super) struct PartitionState {
     pub(super) view: HashMap<Arc<str>, Arc<Record>>,
     /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
     pub(super) view_order: BTreeMap<u64, Arc<str>>,
-    /// A key was ever evicted (`view_max_keys`): a snapshot may lack keys.
-    pub(super) evicted: bool,
+    /// Why the view may lack keys the log has (`"view_max_keys"` or
+    /// `"view_max_bytes"`: keys were evicted; `"warm_start"`: the source did
+    /// not read the partition from its start), if it may.
+    pub(super) evicted: Option<&'static str>,
+}
+
+/// What one view entry is counted as: the encoded record (its SSE event,
+/// which the WebSocket text is a slice of), its key, and a fixed share for
+/// the record's fields and the two map entries.
+pub(super) fn view_cost(key: &str, record: &Record) -> usize {
+    const ENTRY_OVERHEAD: usize = 192;
+    record.cost() + key.len() + ENTRY_OVERHEAD
+}
+
+/// A topic's bounds on its views, and the bytes they hold now (all partitions).
+pub(super) struct ViewBudget<'a> {
+    pub(super) max_keys: usize,
+    /// 0: no byte bound.
+    pub(super) max_bytes: usize,
+    pub(super) used: &'a AtomicU64,
 }
 
 pub(super) fn update_view(
     state: &mut PartitionState,
     key: &Arc<str>,
     record: &Arc<Record>,
-    max_keys: usize,
+    budget: &ViewBudget<'_>,
 ) {
+    let added = view_cost(key, record);
+    budget.used.fetch_add(added as u64, AtomicOrdering::Relaxed);
     if let Some(old) = state.view.insert(Arc::clone(key), Arc::clone(record)) {
         state.view_order.remove(&old.offset);
+        forget(budget.used, view_cost(key, &old));
     }
     state.view_order.insert(record.offset, Arc::clone(key));
-    while state.view.len() > max_keys {
+    loop {
+        let reason = if state.view.len() > budget.max_keys {
+            "view_max_keys"
+        } else if budget.max_bytes > 0
+            && budget.used.load(AtomicOrdering::Relaxed) > budget.max_bytes as u64
+        {
+            // The topic is over its bytes: the partition being written gives
+            // up its oldest keys (the busiest partitions give up the most).
+            "view_max_bytes"
+        } else {
+            break;
+        };
         // Evict the key updated longest ago.
         let Some((_, oldest)) = state.view_order.pop_first() else {
             break;
         };
-        state.view.remove(&oldest);
-        state.evicted = true;
+        if let Some(old) = state.view.remove(&oldest) {
+            forget(budget.used, view_cost(&oldest, &old));
+        }
+        state.evicted = Some(reason);
     }
 }
 
-pub(super) fn remove_from_view(state: &mut PartitionState, key: &str) {
+fn forget(used: &AtomicU64, cost: usize) {
+    used.fetch_sub(cost as u64, AtomicOrdering::Relaxed);
+}
+
+pub(super) fn remove_from_view(state: &mut PartitionState, key: &str, used: &AtomicU64) {
     if let Some(old) = state.view.remove(key) {
         state.view_order.remove(&old.offset);
+        forget(used, view_cost(key, &old));
     }
 }
 
 /// The view entries `filter` takes, unordered (the caller sorts them by key
-/// outside the locks). Only pointers are copied: the snapshot shares the
-/// view's encoded records, so taking it costs 8 bytes per key under the locks.
+/// outside the locks), leaving out the partitions `skip` names (read from the
+/// source's stored view instead). Only pointers are copied: the snapshot
+/// shares the view's encoded records, so taking it costs 8 bytes per key
+/// under the locks.
 pub(super) fn collect_snapshot(
     guards: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
+    skip: &[u32],
 ) -> Vec<Arc<Record>> {
     let mut out = Vec::new();
+    let taken = || {
+        guards
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| !skip.contains(&(*p as u32)))
+            .map(|(_, g)| g)
+    };
     match (&filter.keys, &filter.prefix) {
         (Some(keys), None) => {
             for key in keys {
-                if let Some(rec) = guards.iter().find_map(|g| g.view.get(key)) {
+                if let Some(rec) = taken().find_map(|g| g.view.get(key)) {
                     out.push(Arc::clone(rec));
                 }
             }
         }
         _ => {
-            for state in guards {
+            for state in taken() {
                 out.reserve(state.view.len());
                 for (key, record) in state.view.iter() {
                     if filter.matches(Some(key)) {
@@ -237,11 +288,19 @@ pub(super) fn replays(
 /// locks. The view stays a hash map (the ingest path updates it for every
 /// record), so this scans it once, keeping only `take` entries per partition.
 pub(super) fn collect_view(
-    guards: &[MutexGuard<'_, PartitionState>],
+    all: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
     after: Option<&str>,
     take: Option<usize>,
+    skip: &[u32],
 ) -> Vec<Arc<Record>> {
+    // Partitions read from the source's stored view are left out.
+    let guards: Vec<&PartitionState> = all
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| !skip.contains(&(*p as u32)))
+        .map(|(_, g)| &**g)
+        .collect();
     let beyond = |key: &str| after.is_none_or(|after| key > after);
     if let (Some(keys), None) = (&filter.keys, &filter.prefix) {
         // At most `limits.max_keys_per_subscription` lookups.
@@ -261,7 +320,7 @@ pub(super) fn collect_view(
             .collect();
     };
     let mut out = Vec::new();
-    for g in guards {
+    for g in &guards {
         // A max-heap of the `take` smallest keys so far.
         let mut smallest: BinaryHeap<ByKey<'_>> = BinaryHeap::with_capacity(take + 1);
         for (key, record) in g.view.iter() {
@@ -303,4 +362,17 @@ impl Ord for ByKey<'_> {
     fn cmp(&self, other: &Self) -> Ordering {
         self.0.cmp(other.0)
     }
+}
+
+/// Every partition's state locked, in partition order, with each one's next
+/// offset: the topic's frontier at that instant.
+pub(super) fn lock_all(
+    parts: &[Arc<Partition>],
+) -> (Vec<MutexGuard<'_, PartitionState>>, Vec<u64>) {
+    let guards: Vec<_> = parts
+        .iter()
+        .map(|p| p.state.lock().expect("partition lock"))
+        .collect();
+    let high = guards.iter().map(|g| g.next_offset).collect();
+    (guards, high)
 }

@@ -18,7 +18,9 @@ use crate::auth::Grants;
 use crate::cursor::Cursor;
 pub use crate::hub::Partial;
 pub use crate::hub::TOPIC_READY_WAIT;
-use crate::hub::{Registration, Replay, ResolveError, Sub, SubscribeOptions, Topic};
+use crate::hub::{
+    Registration, Replay, ResolveError, Snap, StoredView, Sub, SubscribeOptions, Topic,
+};
 use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
@@ -29,13 +31,15 @@ use crate::state::AppState;
 use crate::telemetry;
 
 mod checks;
+mod page;
 pub use checks::{admitted, filter_for, parse_cursor, readiness, until_ready, READY_POLL};
+pub use page::view_page;
 
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;
 
-/// Views of at least this many keys are snapshotted off the runtime's worker.
-const LARGE_VIEW: usize = 16_384;
+/// Snapshots being listed from storage or ordered at once, node-wide.
+static SNAPSHOT_PREPARATION: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Removes the subscription from the index when the connection lets go of it.
 pub struct SubGuard {
@@ -154,7 +158,7 @@ pub async fn open(
         }
     }
     let want_snapshot = req.snapshot.unwrap_or(true);
-    let options = SubscribeOptions {
+    let mut options = Some(SubscribeOptions {
         filter,
         spec,
         outbox,
@@ -166,19 +170,20 @@ pub async fn open(
         snapshot: want_snapshot,
         max_snapshot: limits.max_snapshot_records,
         backlog_limit: limits.queue_bytes,
-    };
-    // Taking a large view's snapshot (a pointer per key, then a sort) takes
-    // milliseconds per hundred thousand keys: off the runtime's worker, so that a
-    // crowd of subscribers to a big view does not stall every other connection.
-    let reg: Registration = if want_snapshot
-        && topic.view_len() >= LARGE_VIEW
-        && tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        tokio::task::block_in_place(|| topic.register(options))
-    } else {
-        topic.register(options)
-    };
+        stored: None,
+    });
+    // Registered with the source's stored view pinned at the hub's position
+    // (the embedded log), so keys the in-memory view evicted come from disk.
+    let mut registered = None;
+    state.source.pinned_view(&topic.name, &mut |stored| {
+        if let Some(options) = options.take() {
+            registered = Some(topic.register(SubscribeOptions { stored, ..options }));
+        }
+    });
+    // A source that did not call back: registered without a stored view.
+    let mut reg: Registration = registered
+        .or_else(|| options.take().map(|options| topic.register(options)))
+        .ok_or_else(|| ClientError::new(ErrorCode::Internal, "registration did not run"))?;
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
@@ -207,6 +212,33 @@ pub async fn open(
         }
     }
 
+    // Only a snapshot that is sent lists its stored keys (a resume from the
+    // log takes one in case the cursor is unrecoverable, and sends none).
+    let sends_snapshot = match (&cursor, gap_reason) {
+        (Some(c), None) => c.snapshot_after.is_some(),
+        _ => true,
+    };
+    if reg.needs_store() && sends_snapshot {
+        // Listing the stored keys reads the disk, ordering a large snapshot takes
+        // a core for a while: off the async workers, and a few at a time, so a
+        // crowd subscribing to a big view cannot take every core from the
+        // connections being served.
+        let _turn = SNAPSHOT_PREPARATION
+            .acquire()
+            .await
+            .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
+        let (back, listed) = tokio::task::spawn_blocking(move || {
+            let listed = reg.complete();
+            (reg, listed)
+        })
+        .await
+        .map_err(|e| ClientError::new(ErrorCode::Unavailable, e.to_string()))?;
+        listed.map_err(|e| {
+            ClientError::new(ErrorCode::Unavailable, format!("the log's view: {e}"))
+        })?;
+        reg = back;
+    }
+    let stored = reg.stored_view();
     let high_cursor = topic.encode_cursor(&reg.high);
     let mut segments = VecDeque::new();
     let mut partial = None;
@@ -222,8 +254,7 @@ pub async fn open(
             let mut start = topic.encode_cursor(&offsets);
             if let Some(after) = &c.snapshot_after {
                 let mut rest = reg.snapshot;
-                let sent =
-                    rest.partition_point(|r| r.key.as_deref().is_some_and(|k| k <= &**after));
+                let sent = rest.partition_point(|r| r.key().is_some_and(|k| k <= &**after));
                 rest.drain(..sent);
                 if !rest.is_empty() {
                     segments.push_back(Segment::Snapshot(rest, 0));
@@ -296,6 +327,7 @@ pub async fn open(
             topic,
             sub: reg.sub,
             source: Arc::clone(&state.source) as Arc<dyn Source>,
+            stored,
             reads: Arc::clone(&state.log_reads),
             segments,
             position,
@@ -338,7 +370,7 @@ enum Segment {
     /// reframed only when the transport asks for it, i.e. once the previous
     /// page was written. So the queue never holds more than a page of it, and
     /// a reader that stops reading stops the snapshot, not the server.
-    Snapshot(Vec<Arc<Record>>, usize),
+    Snapshot(Vec<Snap>, usize),
     Replay(Replay),
 }
 
@@ -386,6 +418,8 @@ pub struct CatchUp {
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
+    /// Where the snapshot's stored entries are read from, page by page.
+    stored: Option<Arc<dyn StoredView>>,
     reads: Arc<LogReads>,
     segments: VecDeque<Segment>,
     /// Running resume position: the cursor each replayed record carries.
@@ -498,9 +532,13 @@ impl CatchUp {
                 Segment::Snapshot(records, from) => {
                     let until = (from + SNAPSHOT_PAGE).min(records.len());
                     let last = records.len() - 1;
+                    let mut read = self.read_stored(&records[from..until]).await?.into_iter();
                     let page = (from..until)
                         .map(|i| {
-                            let r = self.shaped(&records[i]);
+                            let r = match &records[i] {
+                                Snap::Held(r) => self.shaped(r),
+                                Snap::Stored { .. } => self.shaped(&read.next().expect("read")),
+                            };
                             // Every snapshot record is a place to resume (its
                             // key), the last one the position the snapshot is at.
                             let cursor = match (&r.key, i == last) {
@@ -596,6 +634,27 @@ impl CatchUp {
                 return Ok(Some(Step::Records(batch)));
             }
         }
+    }
+
+    /// The stored entries of a snapshot page, read from the pinned stored
+    /// view on a blocking thread, in page order.
+    async fn read_stored(&self, page: &[Snap]) -> Result<Vec<Arc<Record>>, CatchUpError> {
+        let keys: Vec<(u32, Arc<str>)> = page
+            .iter()
+            .filter_map(|s| match s {
+                Snap::Stored { partition, key } => Some((*partition, Arc::clone(key))),
+                Snap::Held(_) => None,
+            })
+            .collect();
+        let (Some(view), false) = (self.stored.clone(), keys.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let topic = Arc::clone(&self.topic.name);
+        let lost = |e: String| CatchUpError::Lost(Arc::new(SourceError::Storage(e.into())));
+        tokio::task::spawn_blocking(move || crate::hub::read_stored(&topic, &*view, &keys))
+            .await
+            .map_err(|e| lost(e.to_string()))?
+            .map_err(|e| lost(e.to_string()))
     }
 
     /// The backlog overflowed while catching up: read what it dropped again

@@ -19,8 +19,10 @@
 //!
 //! Layout: table `meta` (`epoch`), table `partitions` topic -> partition
 //! count (every topic the log has, listed or created), table `positions`
-//! (topic, partition) -> next offset, and one table per topic, `records/<topic>`:
-//! (partition, offset) -> `[timestamp i64 LE][key flag u8][key len u32 LE][key][json]`.
+//! (topic, partition) -> next offset, and two tables per topic, `records/<topic>`:
+//! (partition, offset) -> `[timestamp i64 LE][key flag u8][key len u32 LE][key][json]`,
+//! and `latest/<topic>`: (partition, key) -> `[offset u64 LE]` and that
+//! key's latest record as `records` stores it (see `embedded/latest.rs`).
 //!
 //! Topics: the `[[topics]]` listed by name exist from the start. A name a
 //! `[[topics]] pattern` matches is created by its first publish (with that
@@ -37,13 +39,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot};
 
+mod latest;
 mod writer;
 
 use super::{Source, SourceError};
-use crate::hub::{Hub, Topic, TopicSettings};
+use crate::hub::{Hub, StoredView, Topic, TopicSettings};
 use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE_EXTRA};
 use crate::source::embedded_config::Durability as Mode;
 use crate::source::topics::{TopicConfig, TopicRules};
@@ -116,6 +121,11 @@ struct Shared {
     warm_records: u64,
     /// Serializes topic creation, so two first publishes to one name create it once.
     creating: Mutex<()>,
+    /// A read transaction that holds exactly what the hub has ingested: the
+    /// writer holds the write side while it ingests a batch and then stores
+    /// the transaction it opened right after that batch's commit (see
+    /// `embedded/latest.rs`). `None` if it could not be opened.
+    pinned: RwLock<Option<Arc<ReadTransaction>>>,
 }
 
 impl Shared {
@@ -144,6 +154,7 @@ impl Shared {
             TopicSettings {
                 ring_records: tc.ring_records,
                 view_max_keys: tc.view_max_keys,
+                view_max_bytes: tc.view_max_bytes,
             },
         );
         let topic = TopicLog {
@@ -169,6 +180,24 @@ impl Shared {
         // Served only once the log can answer reads of it (catch-up, earliest).
         hub_topic.mark_ready();
         Ok(index)
+    }
+
+    /// Runs `ingest` with the pinned transaction's lock held for writing,
+    /// then pins a read transaction opened before it: what the hub ingests
+    /// is exactly what that transaction holds.
+    fn repin<T>(&self, ingest: impl FnOnce() -> T) -> T {
+        let txn = self.db.begin_read();
+        let mut pinned = self.pinned.write().expect("pinned lock");
+        let out = ingest();
+        *pinned = match txn {
+            Ok(txn) => Some(Arc::new(txn)),
+            Err(e) => {
+                // Snapshots of partitions whose view lacks keys say partial meanwhile.
+                tracing::error!(error = %e, "cannot open a read transaction for snapshots");
+                None
+            }
+        };
+        out
     }
 
     /// Creates `name`, which a `[[topics]] pattern` matches, for its first publish.
@@ -215,6 +244,7 @@ fn record_topic(db: &Database, name: &str, partitions: u32) -> Result<(u32, Vec<
         parts.insert(name, partitions).map_err(storage)?;
         txn.open_table(records_table(&table_name(name)))
             .map_err(storage)?;
+        latest::ensure(&txn, name)?;
         let positions = txn.open_table(POSITIONS).map_err(storage)?;
         let mut next = Vec::new();
         for p in 0..partitions {
@@ -278,10 +308,15 @@ impl EmbeddedLog {
             hub: Arc::clone(hub),
             warm_records: config.source.warm_start_records,
             creating: Mutex::new(()),
+            pinned: RwLock::new(None),
         });
         for topic in prepared {
             shared.register(&topic.name, &topic.config, topic.partitions, topic.next)?;
         }
+        // Before the writer starts: the log holds what the warm start read.
+        // A topic created later is missing from it until the writer's next
+        // batch pins a newer one, which is right: nothing of it is ingested.
+        shared.repin(|| ());
 
         let (appends, rx) = mpsc::channel(1024);
         let writer = Writer {
@@ -421,6 +456,9 @@ fn prepare(
                 .map_err(storage)?;
             txn.open_table(records_table(&table_name(&topic.name)))
                 .map_err(storage)?;
+            if latest::ensure(&txn, &topic.name)? {
+                tracing::info!(topic = %topic.name, "latest record per key rebuilt from the retained log");
+            }
             for p in 0..topic.partitions {
                 let n = positions
                     .get((topic.name.as_str(), p))
@@ -446,6 +484,10 @@ fn warm(db: &Database, topic: &TopicLog, next: &[u64], count: u64) -> Result<(),
         let earliest = first_offset(&table, p)?.unwrap_or(next);
         topic.earliest[p as usize].store(earliest, Ordering::Release);
         let from = next.saturating_sub(count).max(earliest);
+        if from > 0 {
+            // The view holds the keys of the tail only: snapshots read the rest from disk.
+            topic.hub.mark_incomplete(p);
+        }
         for entry in table.range((p, from)..(p, next)).map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             let (_, offset) = k.value();
@@ -635,6 +677,21 @@ impl Source for EmbeddedLog {
     /// One process owns the log: its topics' partition counts are the log's.
     fn partition_counts_are_final(&self) -> bool {
         true
+    }
+
+    fn pinned_view(&self, topic: &str, register: &mut dyn FnMut(Option<Arc<dyn StoredView>>)) {
+        let Some((_, topic)) = self.shared.topic(topic) else {
+            return register(None);
+        };
+        // Held while registering: the writer ingests nothing meanwhile.
+        let pinned = self.shared.pinned.read().expect("pinned lock");
+        let view = pinned.as_ref().map(|txn| {
+            Arc::new(latest::PinnedLatest {
+                txn: Arc::clone(txn),
+                table: latest::latest_name(&topic.name),
+            }) as Arc<dyn StoredView>
+        });
+        register(view);
     }
 
     async fn close(&self) {

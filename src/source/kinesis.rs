@@ -209,6 +209,7 @@ impl KinesisSource {
             let topic_settings = TopicSettings {
                 ring_records: tc.ring_records,
                 view_max_keys: tc.view_max_keys,
+                view_max_bytes: tc.view_max_bytes,
             };
             let topic =
                 hub.add_shard_topic(&name, epoch, 1, topic_settings, kc.position_index_records);

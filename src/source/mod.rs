@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, StoredView};
 use crate::record::{Appended, LogRecord, NewRecord};
 use crate::shutdown::Shutdown;
 use topics::{TopicConfig, TopicRules};
@@ -251,6 +251,15 @@ pub trait Source: Send + Sync + 'static {
             .find_map(|(name, reason)| (name == topic).then_some(reason))
     }
 
+    /// Runs `register` with `topic`'s stored view: the latest record per key
+    /// as the log itself keeps it, pinned at exactly what the hub has
+    /// ingested, and nothing ingested until `register` returns (it must not
+    /// block on anything but the hub's locks). `None` where the source keeps
+    /// none (Kafka, Kinesis: a snapshot of a view that evicted keys is partial).
+    fn pinned_view(&self, _topic: &str, register: &mut dyn FnMut(Option<Arc<dyn StoredView>>)) {
+        register(None)
+    }
+
     /// Called once, after the drain: makes everything acknowledged durable and
     /// records a clean shutdown. Later publishes still work.
     async fn close(&self) {}
@@ -347,5 +356,12 @@ impl Source for Opening {
             .get()
             .map(|s| s.unavailable_topics())
             .unwrap_or_default()
+    }
+
+    fn pinned_view(&self, topic: &str, register: &mut dyn FnMut(Option<Arc<dyn StoredView>>)) {
+        match self.source.get() {
+            Some(s) => s.pinned_view(topic, register),
+            None => register(None),
+        }
     }
 }

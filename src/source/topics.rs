@@ -27,6 +27,10 @@ pub struct TopicConfig {
     pub ring_records: usize,
     /// Latest value kept per key for snapshots, per partition (0 = no snapshots).
     pub view_max_keys: usize,
+    /// Bytes the views of all the topic's partitions may hold together (0 =
+    /// no byte bound); past it the partition being written evicts its keys
+    /// updated longest ago.
+    pub view_max_bytes: usize,
     /// How record values are read (Kafka source): plain JSON, or Debezium change events.
     pub format: RecordFormat,
     /// How a Debezium key struct becomes the record key (`format = "debezium"` only).
@@ -67,6 +71,7 @@ impl Default for TopicConfig {
             retention_age: None,
             ring_records: 1024,
             view_max_keys: 100_000,
+            view_max_bytes: 256 << 20,
             format: RecordFormat::Json,
             key: KeyRule::Field,
         }

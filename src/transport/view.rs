@@ -72,11 +72,12 @@ pub async fn handler(
             .as_ref()
             .is_none_or(|s| s.filter.is_none())
             .then_some(limit + 1);
-        let (mut candidates, high) = topic.view_after(&filter, paging.after.as_deref(), take);
-        let cursor = topic.encode_cursor(&high);
+        let mut page =
+            session::view_page(&state, &topic, &filter, paging.after.as_deref(), take).await?;
+        let cursor = topic.encode_cursor(&page.high);
         Ok::<_, ClientError>(encode_page(
             &topic.name,
-            &mut candidates,
+            &mut page.records,
             spec.as_deref(),
             limit,
             &cursor,

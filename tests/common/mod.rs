@@ -88,7 +88,12 @@ impl TestServer {
 
     /// `extra` is TOML inserted before the topics (e.g. a `[limits]` section).
     pub async fn start_with(extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), extra).await
+    }
+
+    /// Like [`start_with`](Self::start_with) on the log in `dir` (a node
+    /// restarted on the data of a stopped one: take it back from `stop_keeping`).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
         let config =
             Config::from_toml_str(&config_toml(dir.path(), extra), std::iter::empty()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,12 +196,18 @@ impl TestServer {
     }
 
     pub async fn stop(self) {
+        self.stop_keeping().await;
+    }
+
+    /// Stops the server and hands back its data directory.
+    pub async fn stop_keeping(self) -> tempfile::TempDir {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(15), self.handle)
             .await
             .expect("run returns within the grace period")
             .unwrap()
             .unwrap();
+        self.dir
     }
 }
 

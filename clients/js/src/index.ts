@@ -78,8 +78,10 @@ export interface ResetInfo {
 
 /**
  * A snapshot that lacks keys of the view (the gateway never cuts one
- * silently): `reason` is `max_snapshot_records` (the gateway's cap cut it)
- * or `view_max_keys` (keys were evicted from the gateway's view); `skipped`
+ * silently): `reason` is `max_snapshot_records` (the gateway's cap cut it),
+ * or on Kafka and Kinesis `view_max_keys` or `view_max_bytes` (keys were
+ * evicted from the gateway's view; the embedded log reads them from disk
+ * instead); `skipped`
  * is how many keys it left out, known once `live` arrives (null before; 0
  * when only eviction is known). Load the rest by page
  * (`GET /topics/{topic}/view`) or subscribe to fewer keys.

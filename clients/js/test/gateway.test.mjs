@@ -47,7 +47,7 @@ for (const transport of ['ws', 'sse']) {
 
 for (const transport of ['ws', 'sse']) {
   test(`${transport}: a partial snapshot is told (snapshotPartial, onPartialSnapshot, partial_snapshot)`, async () => {
-    const gw = await new Gateway().start();
+    const gw = await new Gateway({ config: 'gateway-partial.toml' }).start();
     try {
       for (let i = 0; i < 5; i++) await gw.publish('tiny_view', { key: `k${i}`, data: { i } });
       const got = [];
@@ -57,10 +57,10 @@ for (const transport of ['ws', 'sse']) {
       pg.on('partial_snapshot', (p) => events.push(p));
       const sub = pg.subscribe('tiny_view', { onRecord: (r) => got.push(r.key), onPartialSnapshot: (p) => told.push({ ...p }) });
       await waitFor(() => sub.live, 'live');
-      assert.deepEqual(got.sort(), ['k2', 'k3', 'k4'], 'the view keeps the 3 keys written last');
-      assert.deepEqual(told, [{ topic: 'tiny_view', reason: 'view_max_keys', skipped: 0 }]);
+      assert.deepEqual(got.sort(), ['k0', 'k1', 'k2'], 'the first 3 keys in key order (max_snapshot_records)');
+      assert.deepEqual(told, [{ topic: 'tiny_view', reason: 'max_snapshot_records', skipped: 2 }]);
       assert.equal(events.length, 1);
-      assert.equal(sub.snapshotPartial.reason, 'view_max_keys');
+      assert.equal(sub.snapshotPartial.reason, 'max_snapshot_records');
       // A complete snapshot: nothing said.
       const whole = pg.subscribe('prices', { keys: ['none'] });
       await waitFor(() => whole.live, 'live');

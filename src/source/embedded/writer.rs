@@ -145,22 +145,25 @@ impl Writer {
             return;
         }
         self.next = next;
-        // Visible to subscribers before the publisher hears back.
-        for (req, out) in batch.into_iter().zip(placed) {
-            let topic = &topics[req.topic];
-            for (rec, at) in req.records.into_iter().zip(&out) {
-                // The log's end, so lag is 0 once ingested.
-                topic.hub.set_high_watermark(at.partition, at.offset + 1);
-                topic.hub.ingest(&stored(
-                    at.partition,
-                    at.offset,
-                    timestamp,
-                    rec.key,
-                    rec.data,
-                ));
+        // Visible to subscribers before the publisher hears back; snapshots
+        // read the latest table in a transaction holding exactly this batch.
+        self.shared.repin(|| {
+            for (req, out) in batch.into_iter().zip(placed) {
+                let topic = &topics[req.topic];
+                for (rec, at) in req.records.into_iter().zip(&out) {
+                    // The log's end, so lag is 0 once ingested.
+                    topic.hub.set_high_watermark(at.partition, at.offset + 1);
+                    topic.hub.ingest(&stored(
+                        at.partition,
+                        at.offset,
+                        timestamp,
+                        rec.key,
+                        rec.data,
+                    ));
+                }
+                let _ = req.reply.send(Ok(out));
             }
-            let _ = req.reply.send(Ok(out));
-        }
+        });
         crate::telemetry::append_latency(started.elapsed());
     }
 
@@ -187,8 +190,21 @@ impl Writer {
                 touched[req.topic] = true;
                 let topic = &topics[req.topic];
                 let mut table = txn.open_table(records_table(&topic.table))?;
+                let latest_name = latest::latest_name(&topic.name);
+                let mut latest = txn.open_table(latest::latest_table(&latest_name))?;
                 for (rec, at) in req.records.iter().zip(out) {
-                    table.insert((at.partition, at.offset), encode(timestamp, rec).as_slice())?;
+                    let bytes = encode(timestamp, rec);
+                    table.insert((at.partition, at.offset), bytes.as_slice())?;
+                    // The latest record per key, in the same transaction: a
+                    // tombstone deletes the key.
+                    if let Some(key) = rec.key.as_deref() {
+                        if &*rec.data == "null" {
+                            latest.remove((at.partition, key))?;
+                        } else {
+                            let value = latest::latest_value(at.offset, &bytes);
+                            latest.insert((at.partition, key), value.as_slice())?;
+                        }
+                    }
                 }
             }
             for (t, topic) in topics.iter().enumerate() {

@@ -229,6 +229,7 @@ impl Live {
             let settings = TopicSettings {
                 ring_records: tc.ring_records,
                 view_max_keys: tc.view_max_keys,
+                view_max_bytes: tc.view_max_bytes,
             };
             let by_pattern = tc.pattern.is_some();
             let known = self.inner.known(&name);
@@ -461,6 +462,7 @@ mod tests {
         let settings = TopicSettings {
             ring_records: 4,
             view_max_keys: 4,
+            view_max_bytes: 0,
         };
         let topic = live.inner.hub.add_topic(name, 7, 2, settings);
         topic.mark_ready();

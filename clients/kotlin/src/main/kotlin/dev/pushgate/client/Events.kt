@@ -66,8 +66,8 @@ data class Reset(val topic: String, val reason: String?, val earliest: String?) 
 data class Resumed(val topic: String, val missed: Long) : PushEvent
 
 /**
- * The snapshot lacks keys of the view (`max_snapshot_records` or
- * `view_max_keys`); [skipped] is how many keys it left out (0 when only
+ * The snapshot lacks keys of the view (`max_snapshot_records`, or on Kafka
+ * and Kinesis `view_max_keys` or `view_max_bytes`); [skipped] is how many keys it left out (0 when only
  * eviction is known, null when the gateway did not say). Load the rest by
  * page (`GET /topics/{topic}/view`) or subscribe to fewer keys.
  */

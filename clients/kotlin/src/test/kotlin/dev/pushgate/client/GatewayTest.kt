@@ -92,16 +92,16 @@ class GatewayTest {
     @ParameterizedTest
     @EnumSource(Transport::class)
     fun `a partial snapshot is told`(transport: Transport) {
-        val gw = gateway()
+        val gw = gateway("gateway-partial.toml")
         for (i in 0 until 5) gw.publish("tiny_view", "k$i", mapOf("i" to i))
         val pg = client(gw, transport)
         val sub = pg.subscribe("tiny_view")
         val got = collect(sub)
         // The Live event is the last of the `live` message's events: everything before it is in.
         waitFor("live") { got.any { it is Live } }
-        assertEquals(listOf("k2", "k3", "k4"), got.records().map { it.key }.sortedBy { it }, "the view keeps the 3 keys written last")
-        assertEquals(listOf(PartialSnapshot("tiny_view", "view_max_keys", 0)), got.filterIsInstance<PartialSnapshot>())
-        assertEquals("view_max_keys", sub.snapshotPartial?.reason)
+        assertEquals(listOf("k0", "k1", "k2"), got.records().map { it.key }.sortedBy { it }, "the first 3 keys in key order (max_snapshot_records)")
+        assertEquals(listOf(PartialSnapshot("tiny_view", "max_snapshot_records", 2)), got.filterIsInstance<PartialSnapshot>())
+        assertEquals("max_snapshot_records", sub.snapshotPartial?.reason)
         val whole = pg.subscribe("prices", SubscribeOptions(keys = listOf("none")))
         val wholeEvents = collect(whole)
         waitFor("live") { wholeEvents.any { it is Live } }
