@@ -48,6 +48,7 @@ use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE
 use crate::source::embedded_config::Durability as Mode;
 use crate::source::topics::{TopicConfig, TopicRules};
 use crate::source::Settings;
+use crate::traces::TraceParent;
 use writer::Writer;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -517,6 +518,7 @@ fn decode(partition: u32, offset: u64, bytes: &[u8]) -> LogRecord {
         timestamp,
         has_key.then(|| Arc::from(key)),
         data.into(),
+        None,
     )
 }
 
@@ -528,6 +530,7 @@ fn stored(
     timestamp: i64,
     key: Option<Arc<str>>,
     data: Box<str>,
+    trace: Option<TraceParent>,
 ) -> LogRecord {
     let delete = &*data == "null";
     LogRecord {
@@ -539,6 +542,7 @@ fn stored(
         extra: delete.then(|| TOMBSTONE_EXTRA.into()),
         delete,
         position: None,
+        trace,
     }
 }
 
