@@ -651,6 +651,36 @@ mod tests {
         assert_eq!(not_live.first_write(Transport::Sse), None);
     }
 
+    /// A sampled record's trace goes with its group variants (their first
+    /// writes are deliveries of the same record), never with replayed copies.
+    #[test]
+    fn the_trace_follows_live_variants_only() {
+        let log = LogRecord {
+            trace: None,
+            partition: 0,
+            offset: 1,
+            timestamp: 1000,
+            key: Some("k".into()),
+            data: "1".into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        let trace = Arc::new(RecordTrace::sampled_for_tests());
+        let live = Record::encode("t", &log, "C", Framing::Normal)
+            .live()
+            .traced(Some(trace));
+        assert!(live.trace().is_some());
+        assert!(live.with_body("t", (Body::Data, "2")).trace().is_some());
+        assert!(live
+            .variant("t", "leave", (Body::None, ""))
+            .trace()
+            .is_some());
+        assert!(live.reframe("t", "D", Framing::Normal).trace().is_none());
+        let untraced = Record::encode("t", &log, "C", Framing::Normal).live();
+        assert!(untraced.with_body("t", (Body::Data, "2")).trace().is_none());
+    }
+
     #[test]
     fn extra_members_survive_reframing() {
         let log = LogRecord {

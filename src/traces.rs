@@ -98,12 +98,10 @@ fn traces_url(endpoint: &str) -> Result<String, ConfigError> {
     match uri.scheme_str() {
         Some("http") => {}
         // reqwest is built without TLS here: say so rather than fail at each export.
-        Some("https") => {
-            return Err(invalid(
-                key,
-                "https is not supported: send to a local collector over http",
-            ))
-        }
+        Some("https") => return Err(invalid(
+            key,
+            "must be an http:// URL (https is not supported: send to a local collector over http)",
+        )),
         _ => {
             return Err(invalid(
                 key,
@@ -320,6 +318,18 @@ pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<TraceParent> {
 pub struct RecordTrace {
     parent: TraceParent,
     fanned_out: SystemTime,
+}
+
+#[cfg(test)]
+impl RecordTrace {
+    /// A trace as a sampled record would carry it.
+    pub fn sampled_for_tests() -> Self {
+        Self {
+            parent: TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .expect("valid"),
+            fanned_out: SystemTime::now(),
+        }
+    }
 }
 
 /// A record's ingest and fan-out spans, open while the hub takes it in.
