@@ -3,16 +3,16 @@
 trace, pushgate continues it, and Jaeger's query API shows the spans.
 
   check.py deliver GATEWAY TOPIC KEY MODE [BROKERS]
-      Subscribes a WebSocket (Python `websockets`) and an SSE stream (urllib) to TOPIC/KEY on
-      GATEWAY, then produces one record with a W3C traceparent whose trace id this script
-      picks: MODE "publish" POSTs it to the publish API with a `traceparent` header; MODE
+      Subscribes a WebSocket (Python `websockets`), an SSE stream (urllib) and a gRPC stream
+      (grpcio: tests/grpc/client.py in tests/grpc/.venv) to TOPIC/KEY on GATEWAY, then
+      produces one record with a W3C traceparent whose trace id this script picks: MODE "publish" POSTs it to the publish API with a `traceparent` header; MODE
       "kafka" sends it to Kafka with kafka-python (tests/kafka_common/kafka_tool.py raw) with
-      a `traceparent` record header. Waits until both clients received it; prints the JSON
+      a `traceparent` record header. Waits until the three clients received it; prints the JSON
       {"trace_id", "parent_span_id"} the producer used.
   check.py jaeger JAEGER SERVICE TRACE_ID PARENT_SPAN_ID
       Polls Jaeger's /api/traces/TRACE_ID (at most 60 s) and asserts: service SERVICE;
       one pushgate.ingest span whose parent is the producer's span; one pushgate.fanout span
-      child of it; one pushgate.deliver span per transport (ws and sse), children of the
+      child of it; one pushgate.deliver span per transport (grpc, sse, ws), children of the
       fan-out span. Then /api/traces?service=SERVICE&operation=pushgate.catch_up must list a
       catch-up span inside a pushgate.connection span of the same trace.
 Prints "N passed, N failed" and exits non-zero on any failure.
@@ -53,6 +53,30 @@ def sse_reader(url, got, ready):
                     return
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def grpc_subscriber(host, topic, key):
+    """tests/grpc/client.py subscribe, until one record; returns the process."""
+    python = os.path.join(HERE, "..", "grpc", ".venv", "bin", "python")
+    request = json.dumps({"topic": topic, "keys": [key], "snapshot": False})
+    return subprocess.Popen(
+        [python, os.path.join(HERE, "..", "grpc", "client.py"), "subscribe", host, request,
+         "--records", "1", "--timeout", "30"],
+        stdout=subprocess.PIPE, text=True)
+
+
+def grpc_wait(proc, kind):
+    """The first event of type `kind` the gRPC subscriber prints (None if it ends first)."""
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("type") == kind:
+            return event
+        if "end" in event:
+            return None
+    return None
+
+
 async def deliver(gateway, topic, key, mode, brokers):
     import websockets
 
@@ -77,6 +101,8 @@ async def deliver(gateway, topic, key, mode, brokers):
                 raise SystemExit(f"subscribe failed: {reply}")
         ok(True, "WebSocket subscription live")
         ok(ready.wait(10), "SSE subscription live")
+        grpc = grpc_subscriber(host, topic, key)
+        ok(grpc_wait(grpc, "live") is not None, "gRPC subscription live")
         value = {"traced": trace_id}
         if mode == "publish":
             body = json.dumps({"key": key, "data": value}).encode()
@@ -99,6 +125,9 @@ async def deliver(gateway, topic, key, mode, brokers):
                 break
     sse.join(15)
     ok(got.get("sse", {}).get("data") == value, "SSE client received the record")
+    record = grpc_wait(grpc, "record")
+    grpc.wait(15)
+    ok(record is not None and record.get("data") == value, f"gRPC client received the record ({record})")
     print(json.dumps({"trace_id": trace_id, "parent_span_id": parent}))
 
 
@@ -120,7 +149,7 @@ def jaeger(base, service, trace_id, parent):
             trace = data[0]
             spans = trace["spans"]
             names = [s["operationName"] for s in spans]
-            if want <= set(names) and names.count("pushgate.deliver") >= 2:
+            if want <= set(names) and names.count("pushgate.deliver") >= 3:
                 break
         time.sleep(1)
     by_name = {}
@@ -145,11 +174,11 @@ def jaeger(base, service, trace_id, parent):
     fanout = by_name.get("pushgate.fanout", [])
     if ok(len(fanout) == 1, f"one fan-out span ({len(fanout)})") and ingest:
         ok(parent_of(fanout[0]) == ingest[0]["spanID"], "the fan-out span is a child of the ingest span")
-        ok((tag(fanout[0], "pushgate.deliveries") or 0) >= 2,
-           f"the fan-out reached both subscriptions (pushgate.deliveries={tag(fanout[0], 'pushgate.deliveries')})")
+        ok((tag(fanout[0], "pushgate.deliveries") or 0) >= 3,
+           f"the fan-out reached the three subscriptions (pushgate.deliveries={tag(fanout[0], 'pushgate.deliveries')})")
     deliver = by_name.get("pushgate.deliver", [])
     transports = sorted(tag(s, "pushgate.transport") for s in deliver)
-    ok(transports == ["sse", "ws"], f"one delivery span per transport: {transports}")
+    ok(transports == ["grpc", "sse", "ws"], f"one delivery span per transport: {transports}")
     if fanout:
         ok(all(parent_of(s) == fanout[0]["spanID"] for s in deliver),
            "the delivery spans are children of the fan-out span")

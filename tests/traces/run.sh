@@ -5,7 +5,8 @@
 #   1. the embedded log: a record published with curl-like urllib and a `traceparent` header;
 #   2. Apache Kafka 4.4 (scripts/kafka-broker): a record produced by kafka-python with a
 #      `traceparent` record header.
-# Each time a WebSocket client (Python websockets) and an SSE client (urllib) receive the
+# Each time a WebSocket client (Python websockets), an SSE client (urllib) and a gRPC client
+# (grpcio, tests/grpc/client.py in tests/grpc/.venv, from scripts/grpc-setup) receive the
 # record, the gateway is stopped (SIGTERM: the drain flushes the spans), and check.py asks
 # Jaeger's query API for the trace id the producer chose: it must hold pushgate's ingest
 # span (child of the producer's span), its fan-out span and one delivery span per transport,
@@ -23,6 +24,7 @@ bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 scripts/jaeger-setup
 jaeger=$(scripts/jaeger-setup --path)
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install --quiet websockets
+[ -x tests/grpc/.venv/bin/python ] || { echo "traces: no tests/grpc/.venv (scripts/grpc-setup)" >&2; exit 2; }
 
 work=$(mktemp -d)
 pids=()
