@@ -4,7 +4,8 @@
 # receiver, and two gateways exporting to it (telemetry.otlp_endpoint, every trace sampled):
 #   1. the embedded log: a record published with curl-like urllib and a `traceparent` header;
 #   2. Apache Kafka 4.4 (scripts/kafka-broker): a record produced by kafka-python with a
-#      `traceparent` record header.
+#      `traceparent` record header, and one published through the gateway's publish API
+#      with a `traceparent` header (its Kafka producer passes it on as a record header).
 # Each time a WebSocket client (Python websockets), an SSE client (urllib) and a gRPC client
 # (grpcio, tests/grpc/client.py in tests/grpc/.venv, from scripts/grpc-setup) receive the
 # record, the gateway is stopped (SIGTERM: the drain flushes the spans), and check.py asks
@@ -106,19 +107,25 @@ telemetry() {
   printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\ntrace_sample_ratio = 1.0\nservice_name = "pushgate-%s"\n' "$otlp_port" "$1"
 }
 
-# check ROUND GATEWAY_NAME URL TOPIC MODE [BROKERS]
+# check ROUND GATEWAY_NAME URL TOPIC "MODE..." [BROKERS]: one traced record per mode (each on a
+# key of its own, to fresh subscribers), then the gateway stops, then Jaeger is asked for each trace.
 check() {
-  local name=$2 url=$3 out ids pid
+  local name=$2 url=$3 out mode all=() ids pid
   echo "== $1"
-  out=$(timeout 120 python3 tests/traces/check.py deliver "$url" "$4" k1 "$5" "${6:-}") || { echo "$out"; cat "$work/$name/gateway.log" >&2; exit 1; }
-  echo "$out"
-  ids=$(grep '^{' <<<"$out" | tail -1)
+  for mode in $5; do
+    out=$(timeout 120 python3 tests/traces/check.py deliver "$url" "$4" "k-$mode" "$mode" "${6:-}") ||
+      { echo "$out"; cat "$work/$name/gateway.log" >&2; exit 1; }
+    echo "$out"
+    all+=("$(grep '^{' <<<"$out" | tail -1)")
+  done
   pid=$(cat "$work/$name.pid")
   kill -TERM "$pid"
   timeout 30 tail --pid="$pid" -f /dev/null || { echo "traces: the $name gateway did not stop" >&2; exit 1; }
-  timeout 120 python3 tests/traces/check.py jaeger "$jaeger_url" "pushgate-$name" \
-    "$(jq -r .trace_id <<<"$ids")" "$(jq -r .parent_span_id <<<"$ids")" ||
-    { cat "$work/$name/gateway.log" >&2; exit 1; }
+  for ids in "${all[@]}"; do
+    timeout 120 python3 tests/traces/check.py jaeger "$jaeger_url" "pushgate-$name" \
+      "$(jq -r .trace_id <<<"$ids")" "$(jq -r .parent_span_id <<<"$ids")" ||
+      { cat "$work/$name/gateway.log" >&2; exit 1; }
+  done
 }
 
 url=$(gateway embedded "[server]
@@ -155,6 +162,6 @@ startup_timeout = \"30s\"
 [[topics]]
 name = \"traced\"
 $(telemetry kafka)")
-  check "Kafka: kafka-python producer with a traceparent record header" kafka "$url" traced kafka "$brokers"
+  check "Kafka: kafka-python producer with a traceparent record header; the publish API, whose producer writes the header" kafka "$url" traced "kafka publish" "$brokers"
 fi
 echo "== traces: passed"
