@@ -20,6 +20,7 @@ pub use crate::source::topics::{
     valid_topic_name, KeyRule, RecordFormat, TopicConfig, TopicPattern, TopicRules,
 };
 pub use crate::source::{InvalidSetting, SourceConfig, SourceKind};
+pub use crate::traces::TelemetryConfig;
 
 /// The demo configuration, compiled in so the binary runs from any directory.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
@@ -84,6 +85,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub kinesis: KinesisConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[admin]`: the operator's API (`/admin/...`), off unless enabled.
@@ -461,6 +463,7 @@ impl Config {
 
     /// Checks that serde cannot express; every error names its key.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
         if let Some(tls) = &self.server.tls {
             for (key, path) in [
                 ("server.tls.cert_file", &tls.cert_file),

@@ -78,6 +78,7 @@ async fn run(state: AppState) {
             records.push(NewRecord {
                 key: Some(Arc::from(symbol.as_str())),
                 data: data.to_string().into_boxed_str(),
+                trace: None,
             });
         }
         if let Err(e) = state.source.publish(&cfg.topic, records).await {

@@ -102,6 +102,7 @@ pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod token_subs;
+pub(crate) mod traces;
 pub(crate) mod transport;
 
 use std::sync::Arc;
@@ -131,6 +132,8 @@ pub enum RunError {
     Auth(#[from] auth::AuthSetupError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Traces(#[from] traces::TracesError),
     #[error("cannot listen on admin.listen {addr}: {source}")]
     AdminListen {
         addr: std::net::SocketAddr,
@@ -147,6 +150,7 @@ pub enum RunError {
 /// `kafka.startup_timeout`, a log that cannot be read) ends the run with its error.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), RunError> {
     telemetry::install();
+    traces::start(&config.telemetry)?;
     let hub = Arc::new(Hub::new());
     let (opening, opened) = source::open(
         &config.source_settings(),
@@ -211,6 +215,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             shutdown.trigger();
             serving.await;
             let _ = tokio::time::timeout(grace, shutdown.drained()).await;
+            traces::shutdown(grace).await;
             return Err(e.into());
         }
         None => {}
@@ -230,6 +235,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             tracing::warn!("the source did not close within the shutdown grace");
         }
     }
+    // Last: the spans of the drain's closing connections go out too.
+    traces::shutdown(grace).await;
     Ok(())
 }
 

@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::traces::TraceParent;
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -40,6 +42,9 @@ pub struct Outbox {
     /// a wake-up per delivery should not take a second lock.
     pending: AtomicBool,
     waker: AtomicWaker,
+    /// The connection's span when traces are on and it is sampled: the
+    /// parent of its subscriptions' catch-up spans.
+    trace: OnceLock<TraceParent>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +61,20 @@ impl Outbox {
             limit,
             pending: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            trace: OnceLock::new(),
         }
+    }
+
+    /// Records the connection's span (see [`Outbox::trace`]).
+    pub fn set_trace(&self, parent: Option<TraceParent>) {
+        if let Some(parent) = parent {
+            let _ = self.trace.set(parent);
+        }
+    }
+
+    /// The connection's span, if traced.
+    pub fn trace(&self) -> Option<&TraceParent> {
+        self.trace.get()
     }
 
     /// Queues `record`; false when the outbox is (now) closed.

@@ -102,11 +102,15 @@ pub async fn handler(
             )
         }
     };
-    let (records, single) =
+    let (mut records, single) =
         match parse_body(&bytes, limits.max_publish_records, limits.max_key_bytes) {
             Ok(parsed) => parsed,
             Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &message),
         };
+    // The publisher's span parents each record's ingest span (traces on only).
+    if let Some(trace) = crate::traces::from_headers(&headers) {
+        records.iter_mut().for_each(|r| r.trace = Some(trace));
+    }
     let caller = caller(&state, &identity, peer, &headers);
     let (topic, appended) =
         match append(&state, &identity, &caller, &topic_name, existing, records).await {
@@ -317,6 +321,7 @@ fn one_record(object: &Map<String, Value>, max_key_bytes: usize) -> Result<NewRe
     Ok(NewRecord {
         key,
         data: data.to_string().into_boxed_str(),
+        trace: None,
     })
 }
 

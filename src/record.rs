@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::traces::{RecordTrace, TraceParent};
+
 /// A record as stored in the log, before it is encoded for clients.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
@@ -32,6 +34,9 @@ pub struct LogRecord {
     /// number, decimal): clients see it as `offset`, a string; `offset` is then
     /// this node's ordinal of the record in its partition.
     pub position: Option<Arc<str>>,
+    /// The producer's span (a W3C `traceparent` the record carried), read
+    /// only while traces are on: the parent of the record's ingest span.
+    pub trace: Option<TraceParent>,
 }
 
 /// The extra members of a tombstone (a record without a value), on every source.
@@ -43,6 +48,9 @@ pub struct NewRecord {
     pub key: Option<Arc<str>>,
     /// Compact JSON text.
     pub data: Box<str>,
+    /// The publisher's span (the request's `traceparent`), passed on to the
+    /// record's ingest span; not stored in the log.
+    pub trace: Option<TraceParent>,
 }
 
 /// Where an appended record landed.
@@ -92,6 +100,9 @@ pub struct Record {
     /// it is a live encoding whose first write per transport is measured
     /// ([`Record::first_write`]); replayed and snapshot copies never are.
     written: AtomicU8,
+    /// A sampled live record's fan-out span, the parent of its first
+    /// delivery per transport (traces on only; `None` otherwise).
+    trace: Option<Arc<RecordTrace>>,
 }
 
 /// A transport that writes records to clients (see [`Record::first_write`]).
@@ -389,6 +400,7 @@ impl Record {
             grpc: OnceLock::new(),
             ws_deflated: OnceLock::new(),
             written: AtomicU8::new(WRITTEN_ALL),
+            trace: None,
         }
     }
 
@@ -399,9 +411,21 @@ impl Record {
         self
     }
 
+    /// Attaches a sampled record's trace (see [`RecordTrace`]).
+    pub fn traced(mut self, trace: Option<Arc<RecordTrace>>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The record's trace, when it is a sampled live record.
+    pub fn trace(&self) -> Option<&RecordTrace> {
+        self.trace.as_deref()
+    }
+
     fn inherit_liveness(&mut self, from: &Record) {
         if from.written.load(Ordering::Relaxed) & LIVE != 0 {
             *self.written.get_mut() = LIVE;
+            self.trace.clone_from(&from.trace);
         }
     }
 
@@ -570,6 +594,7 @@ mod tests {
     #[test]
     fn encodes_once_for_both_transports() {
         let log = LogRecord {
+            trace: None,
             partition: 2,
             offset: 7,
             timestamp: 1000,
@@ -602,6 +627,7 @@ mod tests {
     #[test]
     fn first_write_is_measured_once_per_transport_and_live_encoding() {
         let log = LogRecord {
+            trace: None,
             partition: 0,
             offset: 1,
             timestamp: 1000,
@@ -625,9 +651,40 @@ mod tests {
         assert_eq!(not_live.first_write(Transport::Sse), None);
     }
 
+    /// A sampled record's trace goes with its group variants (their first
+    /// writes are deliveries of the same record), never with replayed copies.
+    #[test]
+    fn the_trace_follows_live_variants_only() {
+        let log = LogRecord {
+            trace: None,
+            partition: 0,
+            offset: 1,
+            timestamp: 1000,
+            key: Some("k".into()),
+            data: "1".into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        let trace = Arc::new(RecordTrace::sampled_for_tests());
+        let live = Record::encode("t", &log, "C", Framing::Normal)
+            .live()
+            .traced(Some(trace));
+        assert!(live.trace().is_some());
+        assert!(live.with_body("t", (Body::Data, "2")).trace().is_some());
+        assert!(live
+            .variant("t", "leave", (Body::None, ""))
+            .trace()
+            .is_some());
+        assert!(live.reframe("t", "D", Framing::Normal).trace().is_none());
+        let untraced = Record::encode("t", &log, "C", Framing::Normal).live();
+        assert!(untraced.with_body("t", (Body::Data, "2")).trace().is_none());
+    }
+
     #[test]
     fn extra_members_survive_reframing() {
         let log = LogRecord {
+            trace: None,
             partition: 0,
             offset: 1,
             timestamp: 5,
@@ -648,6 +705,7 @@ mod tests {
     #[test]
     fn variants_replace_op_and_value_members() {
         let log = LogRecord {
+            trace: None,
             partition: 0,
             offset: 1,
             timestamp: 5,
@@ -706,6 +764,7 @@ mod tests {
             assert_eq!(ours, expected, "length {len}");
         }
         let log = LogRecord {
+            trace: None,
             partition: 0,
             offset: 1,
             timestamp: 0,

@@ -160,6 +160,8 @@ impl AppState {
             }
         }
         telemetry::connection_opened(transport);
+        let span = crate::traces::ConnectionSpan::open(transport, ip, None);
+        outbox.set_trace(span.parent());
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         self.connections.open.insert(
             id,
@@ -180,6 +182,7 @@ impl AppState {
             id,
             peer: ip,
             limited,
+            _span: span,
         })
     }
 
@@ -323,6 +326,8 @@ pub struct ConnectionSlot {
     peer: IpAddr,
     /// Counted against the per-IP limit (not for a trusted proxy's own address).
     limited: bool,
+    /// The connection's trace span (traces on only), ended when the slot is dropped.
+    _span: crate::traces::ConnectionSpan,
 }
 
 impl ConnectionSlot {

@@ -55,6 +55,29 @@ pub const KINESIS_BEHIND: &str = "pushgate_kinesis_millis_behind_latest";
 pub const KINESIS_THROTTLED: &str = "pushgate_kinesis_throttled_total";
 pub const KINESIS_CATCHUP_READS: &str = "pushgate_kinesis_catchup_reads_total";
 
+/// Span names (traces, `[telemetry] otlp_endpoint`; see src/traces.rs).
+/// A record's arrival from the source: its parent is the producer's span
+/// (the record's `traceparent`), when it has one.
+pub const SPAN_INGEST: &str = "pushgate.ingest";
+/// The record handed to every matching subscription (child of the ingest span).
+pub const SPAN_FANOUT: &str = "pushgate.fanout";
+/// From fan-out to the record's first write to a client, once per transport (child of the fan-out span).
+pub const SPAN_DELIVER: &str = "pushgate.deliver";
+/// A streaming connection, from admission to close.
+pub const SPAN_CONNECTION: &str = "pushgate.connection";
+/// A subscription's snapshot and replay, until it is live (child of its connection's span).
+pub const SPAN_CATCH_UP: &str = "pushgate.catch_up";
+/// Span attributes.
+pub const ATTR_TOPIC: &str = "messaging.destination.name";
+pub const ATTR_PARTITION: &str = "pushgate.partition";
+pub const ATTR_OFFSET: &str = "pushgate.offset";
+pub const ATTR_DELIVERIES: &str = "pushgate.deliveries";
+pub const ATTR_TRANSPORT: &str = "pushgate.transport";
+pub const ATTR_PEER: &str = "client.address";
+pub const ATTR_RECOVERED: &str = "pushgate.recovered";
+pub const ATTR_SNAPSHOT: &str = "pushgate.snapshot_records";
+pub const ATTR_REPLAYED: &str = "pushgate.replayed_records";
+
 /// From a few milliseconds (a local log) to minutes (a node far behind).
 const AGE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,

@@ -307,6 +307,7 @@ async fn append(state: &AppState, key: String, value: Value) -> Result<bool, Res
     let record = NewRecord {
         key: Some(key.into()),
         data: value.to_string().into(),
+        trace: None,
     };
     let appended = state
         .source

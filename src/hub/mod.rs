@@ -526,7 +526,15 @@ impl Topic {
                 encode_shards_into(self.epoch, &shards, &mut cursor);
             }
         }
-        let record = Arc::new(Record::encode(&self.name, log, &cursor, Framing::Normal).live());
+        // Traces on: the ingest and fan-out spans (the one branch when off).
+        let spans =
+            crate::traces::ingest(&self.name, log.partition, log.offset, log.trace.as_ref());
+        let trace = spans.as_ref().and_then(|s| s.record.clone());
+        let record = Arc::new(
+            Record::encode(&self.name, log, &cursor, Framing::Normal)
+                .live()
+                .traced(trace),
+        );
 
         state.ring.push_back(Arc::clone(&record));
         while state.ring.len() > self.settings.ring_records {
@@ -557,6 +565,9 @@ impl Topic {
         part.frontier.store(next, Ordering::Release);
         drop(state);
         telemetry::record_ingested(delivered);
+        if let Some(spans) = spans {
+            spans.fanned_out(delivered);
+        }
         delivered
     }
 
@@ -858,6 +869,7 @@ mod tests {
 
     fn log(partition: u32, offset: u64, key: &str) -> LogRecord {
         LogRecord {
+            trace: None,
             partition,
             offset,
             timestamp: 0,

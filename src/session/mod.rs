@@ -81,6 +81,8 @@ pub async fn open(
     outbox: Arc<Outbox>,
 ) -> Result<Opened, ClientError> {
     let limits = &state.config.limits;
+    // The connection's span: the parent of this subscription's catch-up span.
+    let connection_trace = outbox.trace().copied();
     let latest = match req.resume.as_deref() {
         None | Some("all") => false,
         Some("latest") => true,
@@ -324,6 +326,12 @@ pub async fn open(
         partial,
         catch_up: CatchUp {
             span: tracing::Span::current(),
+            trace: crate::traces::CatchUpSpan::open(
+                &topic.name,
+                recovered,
+                snapshot_len,
+                connection_trace.as_ref(),
+            ),
             topic,
             sub: reg.sub,
             source: Arc::clone(&state.source) as Arc<dyn Source>,
@@ -415,6 +423,8 @@ pub struct CatchUp {
     /// The subscription's span (inside its connection's, when the transport
     /// entered one), for the catch-up's reads and what the transport logs about it.
     span: tracing::Span,
+    /// Its trace span (traces on only), ended when it goes live.
+    trace: crate::traces::CatchUpSpan,
     topic: Arc<Topic>,
     sub: Arc<Sub>,
     source: Arc<dyn Source>,
@@ -505,6 +515,7 @@ impl CatchUp {
             if self.segments.is_empty() {
                 if self.marked {
                     self.live = true;
+                    self.trace.live(self.replayed);
                     return Ok(Some(Step::Records(self.pending.take().unwrap_or_default())));
                 }
                 match self.sub.go_live() {

@@ -53,6 +53,7 @@ use crate::record::{partition_for_key, Appended, LogRecord, NewRecord, TOMBSTONE
 use crate::source::embedded_config::Durability as Mode;
 use crate::source::topics::{TopicConfig, TopicRules};
 use crate::source::Settings;
+use crate::traces::TraceParent;
 use writer::Writer;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -559,6 +560,7 @@ fn decode(partition: u32, offset: u64, bytes: &[u8]) -> LogRecord {
         timestamp,
         has_key.then(|| Arc::from(key)),
         data.into(),
+        None,
     )
 }
 
@@ -570,6 +572,7 @@ fn stored(
     timestamp: i64,
     key: Option<Arc<str>>,
     data: Box<str>,
+    trace: Option<TraceParent>,
 ) -> LogRecord {
     let delete = &*data == "null";
     LogRecord {
@@ -581,6 +584,7 @@ fn stored(
         extra: delete.then(|| TOMBSTONE_EXTRA.into()),
         delete,
         position: None,
+        trace,
     }
 }
 

@@ -53,7 +53,7 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -425,10 +425,21 @@ impl Source for KafkaSource {
         let producer = &self.inner.producer;
         let mut pending = Vec::with_capacity(records.len());
         // Queue all first (in order; idempotence keeps per-partition order), then await.
-        for rec in &records {
+        let parents: Vec<Option<String>> = records
+            .iter()
+            .map(|r| r.trace.map(|t| t.header()))
+            .collect();
+        for (rec, parent) in records.iter().zip(&parents) {
             let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(&rec.data);
             if let Some(k) = &rec.key {
                 record = record.key(k);
+            }
+            // The publisher's span travels with the record, so every node's ingest span continues it.
+            if let Some(parent) = parent {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(parent.as_str()),
+                }));
             }
             let future = producer.send_result(record).map_err(|(e, _)| client(e))?;
             pending.push(future);

@@ -743,6 +743,7 @@ fn log_record(r: &aws_sdk_kinesis::types::Record, partition: u32, ordinal: u64) 
         extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
         delete: false,
         position: Some(Arc::from(r.sequence_number())),
+        trace: None,
     }
 }
 

@@ -14,9 +14,13 @@ pub mod ws_io;
 use crate::record::{Record, Transport};
 
 /// Measures `record`'s age at its first write on `transport`
-/// (`pushgate_record_age_seconds`); later writes cost one shared load.
+/// (`pushgate_record_age_seconds`) and, for a sampled record, ends its
+/// delivery span on this transport; later writes cost one shared load.
 pub(crate) fn first_write(record: &Record, transport: Transport) {
     if let Some(age) = record.first_write(transport) {
         crate::telemetry::record_age(transport.label(), age);
+        if let Some(trace) = record.trace() {
+            crate::traces::delivered(trace, transport.label());
+        }
     }
 }

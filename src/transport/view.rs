@@ -212,6 +212,7 @@ mod tests {
 
     fn record(partition: u32, key: &str, timestamp: i64, data: &str) -> Arc<Record> {
         let log = LogRecord {
+            trace: None,
             partition,
             offset: 1,
             timestamp,

@@ -415,6 +415,7 @@ mod tests {
 
     fn record(offset: u64, size: usize) -> Arc<Record> {
         let log = LogRecord {
+            trace: None,
             partition: 0,
             offset,
             timestamp: 0,

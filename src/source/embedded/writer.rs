@@ -159,6 +159,7 @@ impl Writer {
                         timestamp,
                         rec.key,
                         rec.data,
+                        rec.trace,
                     ));
                 }
                 let _ = req.reply.send(Ok(out));

@@ -269,6 +269,7 @@ mod tests {
 
     fn rec(offset: u64) -> LogRecord {
         LogRecord {
+            trace: None,
             partition: 0,
             offset,
             timestamp: 0,

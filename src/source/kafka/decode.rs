@@ -121,15 +121,24 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
             }
         },
     };
+    let mut trace = None;
     if let Some(headers) = msg.headers() {
         if headers.count() > 0 {
             if !extra.is_empty() {
                 extra.push(',');
             }
             extra.push_str("\"headers\":{");
+            // The producer's span, looked for only while traces are on.
+            let traced = crate::traces::on();
             for (i, h) in headers.iter().enumerate() {
                 if i > 0 {
                     extra.push(',');
+                }
+                if traced && h.key == "traceparent" {
+                    trace = h
+                        .value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(crate::traces::TraceParent::parse);
                 }
                 push_json_str(&mut extra, h.key);
                 extra.push(':');
@@ -155,6 +164,7 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
         extra: (!extra.is_empty()).then(|| extra.into_boxed_str()),
         delete,
         position: None,
+        trace,
     })
 }
 

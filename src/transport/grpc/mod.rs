@@ -542,6 +542,7 @@ pub fn check_records(
                 key: r.key.map(|k| Arc::from(k.as_str())),
                 // Compact text, as the other transports carry it.
                 data: value.to_string().into_boxed_str(),
+                trace: None,
             })
         })
         .collect()
