@@ -16,6 +16,8 @@ pub mod embedded_config;
 pub mod kafka;
 #[path = "kafka/config.rs"]
 pub mod kafka_config;
+#[path = "kafka/registry/config.rs"]
+pub mod registry_config;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 #[path = "kinesis/config.rs"]
@@ -87,6 +89,7 @@ pub struct Settings {
     pub rules: TopicRules,
     pub embedded: embedded_config::EmbeddedConfig,
     pub kafka: kafka_config::KafkaConfig,
+    pub schema_registry: registry_config::SchemaRegistryConfig,
     pub kinesis: kinesis_config::KinesisConfig,
 }
 
