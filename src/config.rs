@@ -575,7 +575,10 @@ impl Config {
                 ));
             }
             // Registry-encoded records are read by the Kafka source only.
-            for (field, encoding) in [("encoding", topic.encoding), ("key_encoding", topic.key_encoding)] {
+            for (field, encoding) in [
+                ("encoding", topic.encoding),
+                ("key_encoding", topic.key_encoding),
+            ] {
                 if !encoding.needs_registry() {
                     continue;
                 }
@@ -1113,7 +1116,10 @@ mod tests {
         );
         let without = example.replace("url = \"http://127.0.0.1:8081\"", "");
         let err = Config::from_toml_str(&without, std::iter::empty()).unwrap_err();
-        assert!(err.to_string().contains("needs [schema_registry] url"), "{err}");
+        assert!(
+            err.to_string().contains("needs [schema_registry] url"),
+            "{err}"
+        );
         let cdc = config
             .topic("dbserver1.inventory.customers")
             .expect("example topic");

@@ -85,7 +85,9 @@ fn config(broker: &Broker, registry: &str, topics: &[(&str, &str)]) -> String {
     let mut text = kafka_config(
         &broker.addr(),
         &names,
-        &format!("[schema_registry]\nurl = \"{registry}\"\nretries = 2\nretry_backoff = \"50ms\"\n"),
+        &format!(
+            "[schema_registry]\nurl = \"{registry}\"\nretries = 2\nretry_backoff = \"50ms\"\n"
+        ),
     )
     .replace("[kafka]\n", "[kafka]\ndead_letter_topic = \"reg-dlq\"\n");
     for (name, encodings) in topics {
@@ -116,7 +118,12 @@ fn order_v2(key: &str, tier: &str) -> Value {
 fn keys_and_data(records: &[Value]) -> Vec<(String, Value)> {
     records
         .iter()
-        .map(|r| (r["key"].as_str().unwrap_or("").to_owned(), r["data"].clone()))
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or("").to_owned(),
+                r["data"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -156,7 +163,11 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
         .json()
         .await
         .unwrap();
-    let first = back["records"].as_array().expect("records").first().cloned();
+    let first = back["records"]
+        .as_array()
+        .expect("records")
+        .first()
+        .cloned();
     assert_eq!(
         first.as_ref().map(|r| r["data"].clone()),
         Some(order_v1("k1", 1)),
@@ -171,8 +182,7 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
     gold.subscribe(json!({"topic": "reg-avro", "snapshot": false,
         "filter": {"tier": "gold"}, "fields": ["id", "tier"]}))
         .await;
-    let mut sse =
-        SseClient::connect(&http, node.addr, "topic=reg-avro&snapshot=false", None).await;
+    let mut sse = SseClient::connect(&http, node.addr, "topic=reg-avro&snapshot=false", None).await;
     assert_eq!(sse.next().await.event, "subscribed");
     let mut others = WsClient::connect(node.addr).await;
     for t in ["reg-proto", "reg-json", "reg-akey"] {
@@ -235,8 +245,16 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
     assert_eq!(
         by_topic,
         vec![
-            ("reg-akey".into(), r#"{"id":"kk"}"#.into(), order_v1("kk", 1)),
-            ("reg-json".into(), "j1".into(), json!({"id": "j1", "qty": 3, "tags": ["x"]})),
+            (
+                "reg-akey".into(),
+                r#"{"id":"kk"}"#.into(),
+                order_v1("kk", 1)
+            ),
+            (
+                "reg-json".into(),
+                "j1".into(),
+                json!({"id": "j1", "qty": 3, "tags": ["x"]})
+            ),
             (
                 "reg-proto".into(),
                 "o1".into(),

@@ -16,12 +16,12 @@ pub mod embedded_config;
 pub mod kafka;
 #[path = "kafka/config.rs"]
 pub mod kafka_config;
-#[path = "kafka/registry/config.rs"]
-pub mod registry_config;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 #[path = "kinesis/config.rs"]
 pub mod kinesis_config;
+#[path = "kafka/registry/config.rs"]
+pub mod registry_config;
 pub mod topics;
 
 use std::future::Future;

@@ -122,7 +122,8 @@ def main():
             value = avro1(avro_value(key, 1), ctx)
             k = avro_key({"id": key}, SerializationContext(topic, MessageField.KEY))
         elif kind == "proto":
-            at = timestamp_pb2.Timestamp(seconds=1704164645, nanos=123000000)
+            # The pool's own Timestamp class takes a datetime (2024-01-02T03:04:05.123Z).
+            at = datetime.datetime(2024, 1, 2, 3, 4, 5, 123000, tzinfo=datetime.timezone.utc)
             msg = Order(id=key, qty=9007199254740993, customer=Customer(name="Ada"), tags=["a", "b"],
                         state=1, at=at, blob=b"\xff\x00")
             value = proto(msg, ctx)

@@ -160,23 +160,23 @@ pub fn decode<M: Message>(
                 }
             }
         }
-        (Some(bytes), RecordFormat::Debezium) => match debezium::parse_value(
-            decoded.as_deref().map(str::as_bytes).unwrap_or(bytes),
-        )? {
-            Event::Tombstone => {
-                extra.push_str(TOMBSTONE_EXTRA);
-                delete = true;
-                "null".into()
+        (Some(bytes), RecordFormat::Debezium) => {
+            match debezium::parse_value(decoded.as_deref().map(str::as_bytes).unwrap_or(bytes))? {
+                Event::Tombstone => {
+                    extra.push_str(TOMBSTONE_EXTRA);
+                    delete = true;
+                    "null".into()
+                }
+                Event::Change { op, data, source } => {
+                    extra.push_str("\"op\":\"");
+                    extra.push_str(op.name());
+                    extra.push_str("\",\"source\":");
+                    extra.push_str(&source);
+                    delete = op == debezium::Op::Delete;
+                    data
+                }
             }
-            Event::Change { op, data, source } => {
-                extra.push_str("\"op\":\"");
-                extra.push_str(op.name());
-                extra.push_str("\",\"source\":");
-                extra.push_str(&source);
-                delete = op == debezium::Op::Delete;
-                data
-            }
-        },
+        }
     };
     if let Some(headers) = msg.headers() {
         if headers.count() > 0 {
@@ -241,7 +241,9 @@ mod tests {
         let r = decode(
             &msg(Some(b"k"), Some(b"{ \"a\" :\n 1 }"), None),
             100,
-            Decoding::default(), None)
+            Decoding::default(),
+            None,
+        )
         .unwrap();
         assert_eq!(&*r.data, "{\"a\":1}");
         assert!(r.extra.is_none());
@@ -250,14 +252,18 @@ mod tests {
         let r = decode(
             &msg(Some(b"k"), Some(b"\xff\x00hi"), None),
             100,
-            Decoding::default(), None)
+            Decoding::default(),
+            None,
+        )
         .unwrap();
         assert_eq!(&*r.data, "\"/wBoaQ==\"");
         assert_eq!(r.extra.as_deref(), Some("\"encoding\":\"base64\""));
         let r = decode(
             &msg(Some(b"k"), Some(b"not json"), None),
             100,
-            Decoding::default(), None)
+            Decoding::default(),
+            None,
+        )
         .unwrap();
         assert_eq!(r.extra.as_deref(), Some("\"encoding\":\"base64\""));
         let headers = OwnedHeaders::new()
@@ -269,7 +275,13 @@ mod tests {
                 key: "bin",
                 value: Some(&[0xffu8][..]),
             });
-        let r = decode(&msg(None, None, Some(headers)), 100, Decoding::default(), None).unwrap();
+        let r = decode(
+            &msg(None, None, Some(headers)),
+            100,
+            Decoding::default(),
+            None,
+        )
+        .unwrap();
         assert_eq!(&*r.data, "null");
         assert!(r.key.is_none());
         let extra = r.extra.unwrap();
@@ -287,7 +299,9 @@ mod tests {
             decode(
                 &msg(Some(b"k"), Some(&[b'1'; 101]), None),
                 100,
-                Decoding::default(), None)
+                Decoding::default(),
+                None
+            )
             .unwrap_err(),
             Bad::TooLarge
         );
@@ -295,7 +309,9 @@ mod tests {
             decode(
                 &msg(Some(b"\xff"), Some(b"1"), None),
                 100,
-                Decoding::default(), None)
+                Decoding::default(),
+                None
+            )
             .unwrap_err(),
             Bad::KeyNotUtf8
         );
@@ -321,7 +337,13 @@ mod tests {
             key: "trace",
             value: Some("t1"),
         });
-        let r = decode(&msg(Some(key), Some(value), Some(headers)), 1000, DEBEZIUM, None).unwrap();
+        let r = decode(
+            &msg(Some(key), Some(value), Some(headers)),
+            1000,
+            DEBEZIUM,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.key.as_deref(), Some("1001"));
         assert_eq!(&*r.data, r#"{"email":"a@x","id":1001}"#);
         assert!(!r.delete);
@@ -341,7 +363,9 @@ mod tests {
         let r = decode(
             &msg(Some(br#"{"id":1001}"#), Some(value), None),
             1000,
-            json_key, None)
+            json_key,
+            None,
+        )
         .unwrap();
         assert_eq!(r.key.as_deref(), Some(r#"{"id":1001}"#));
         assert_eq!(
@@ -352,7 +376,13 @@ mod tests {
         assert_eq!(members(&r)["op"], "delete");
 
         // The tombstone that follows a delete.
-        let r = decode(&msg(Some(br#"{"id":1001}"#), None, None), 1000, DEBEZIUM, None).unwrap();
+        let r = decode(
+            &msg(Some(br#"{"id":1001}"#), None, None),
+            1000,
+            DEBEZIUM,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (r.key.as_deref(), &*r.data, r.delete),
             (Some("1001"), "null", true)
@@ -373,8 +403,13 @@ mod tests {
             b"{\"op\":\"x\"}",
             b"{\"op\":\"u\"}",
         ] {
-            let err =
-                decode(&msg(Some(b"{\"id\":1}"), Some(value), None), 1000, DEBEZIUM, None).unwrap_err();
+            let err = decode(
+                &msg(Some(b"{\"id\":1}"), Some(value), None),
+                1000,
+                DEBEZIUM,
+                None,
+            )
+            .unwrap_err();
             assert!(matches!(err, Bad::Envelope(_)), "{err:?}");
             assert_eq!(err.label(), "bad_envelope");
         }
@@ -382,7 +417,9 @@ mod tests {
         assert!(decode(
             &msg(Some(b"k"), Some(b"{\"op\":\"x\"}"), None),
             1000,
-            Decoding::default(), None)
+            Decoding::default(),
+            None
+        )
         .is_ok());
         assert_eq!(
             decode(&msg(Some(b"\xff"), Some(b"{}"), None), 1000, DEBEZIUM, None).unwrap_err(),

@@ -18,6 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION};
+use hyper::{StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -63,8 +71,16 @@ pub enum RegistryError {
     },
     #[error("schema_registry.tls: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot make the schema registry client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(
+        "schema_registry: the username, password or bearer_token cannot be sent in an HTTP header"
+    )]
+    Header,
+    #[error("schema_registry.url {url:?} is not a URL: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
 }
 
 /// A parsed schema, whichever its type.
@@ -103,7 +119,12 @@ impl Cache {
 
     fn insert(&mut self, id: u32, parsed: Arc<Parsed>) {
         if self.map.len() >= self.cap && !self.map.contains_key(&id) {
-            if let Some(oldest) = self.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+            if let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
                 self.map.remove(&oldest);
             }
         }
@@ -112,11 +133,7 @@ impl Cache {
     }
 }
 
-enum Auth {
-    None,
-    Basic(String, String),
-    Bearer(String),
-}
+type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The registry's answer for one schema (by id, or a subject's version).
 #[derive(Deserialize)]
@@ -138,8 +155,10 @@ struct Reference {
 
 pub struct Registry {
     base: String,
-    http: reqwest::Client,
-    auth: Auth,
+    http: Http,
+    /// The `Authorization` header, if any (basic or bearer), marked sensitive.
+    auth: Option<HeaderValue>,
+    timeout: Duration,
     retries: u32,
     backoff: Duration,
     cache: Mutex<Cache>,
@@ -155,26 +174,46 @@ impl Registry {
         config: &SchemaRegistryConfig,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, RegistryError> {
-        let tls = tls_config(config)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .build()?;
+        let base = config.url.trim_end_matches('/').to_owned();
+        base.parse::<Uri>().map_err(|source| RegistryError::Url {
+            url: base.clone(),
+            source,
+        })?;
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_connect_timeout(Some(config.request_timeout));
+        connector.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new()).build(https);
         let auth = if !config.bearer_token.is_empty() {
-            Auth::Bearer(config.bearer_token.expose().to_owned())
+            Some(format!("Bearer {}", config.bearer_token.expose()))
         } else if !config.username.is_empty() {
-            Auth::Basic(
-                config.username.clone(),
-                config.password.expose().to_owned(),
-            )
+            let pair = format!("{}:{}", config.username, config.password.expose());
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
         } else {
-            Auth::None
+            None
         };
+        // A secret with bytes a header cannot carry is refused at start, not per request.
+        let auth = auth
+            .map(|a| HeaderValue::from_str(&a))
+            .transpose()
+            .map_err(|_| RegistryError::Header)?
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Ok(Self {
-            base: config.url.trim_end_matches('/').to_owned(),
+            base,
             http,
             auth,
+            timeout: config.request_timeout,
             retries: config.retries,
             backoff: config.retry_backoff,
             cache: Mutex::new(Cache {
@@ -260,8 +299,9 @@ impl Registry {
             .get(&format!("{}/schemas/ids/{id}", self.base))
             .await?
             .ok_or(SchemaError::Unknown(id))?;
-        let answer: SchemaAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| SchemaError::Unavailable(format!("unexpected answer for schema {id}: {e}")))?;
+        let answer: SchemaAnswer = serde_json::from_slice(&answer).map_err(|e| {
+            SchemaError::Unavailable(format!("unexpected answer for schema {id}: {e}"))
+        })?;
         let kind = answer.schema_type.as_deref().unwrap_or("AVRO").to_owned();
         let mut refs = Vec::new();
         self.references(&answer.references, 0, &mut refs).await?;
@@ -285,13 +325,16 @@ impl Registry {
         refs: &'a [Reference],
         depth: u32,
         out: &'a mut Vec<(String, String)>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SchemaError>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SchemaError>> + Send + 'a>>
+    {
         Box::pin(async move {
             if refs.is_empty() {
                 return Ok(());
             }
             if depth >= MAX_REFERENCE_DEPTH {
-                return Err(SchemaError::Undecodable("schema references nest too deep".into()));
+                return Err(SchemaError::Undecodable(
+                    "schema references nest too deep".into(),
+                ));
             }
             for r in refs {
                 if out.iter().any(|(n, _)| *n == r.name) {
@@ -318,42 +361,60 @@ impl Registry {
         })
     }
 
+    /// One GET: the status and the whole body.
+    async fn request(&self, url: &str) -> Result<(StatusCode, Bytes), String> {
+        let mut req = hyper::Request::get(url).header(
+            ACCEPT,
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let resp = self.http.request(req).await.map_err(|e| {
+            // The connector's cause (refused, TLS, DNS) says more than "client error".
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// GET with retries: the body, `None` for 404, an error when unreachable.
     async fn get(&self, url: &str) -> Result<Option<Vec<u8>>, SchemaError> {
         let mut pause = self.backoff;
         let mut attempt = 0;
         loop {
-            let mut req = self
-                .http
-                .get(url)
-                .header("Accept", "application/vnd.schemaregistry.v1+json, application/json");
-            req = match &self.auth {
-                Auth::None => req,
-                Auth::Basic(u, p) => req.basic_auth(u, Some(p)),
-                Auth::Bearer(t) => req.bearer_auth(t),
-            };
-            let failure = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
+            let failure = match tokio::time::timeout(self.timeout, self.request(url)).await {
+                Err(_) => format!("no answer within {:?}", self.timeout),
+                Ok(Err(e)) => e,
+                Ok(Ok((status, body))) => {
                     if status.is_success() {
-                        match resp.bytes().await {
-                            Ok(body) => {
-                                self.up.store(true, Ordering::Release);
-                                return Ok(Some(body.to_vec()));
-                            }
-                            Err(e) => e.to_string(),
-                        }
-                    } else if status == reqwest::StatusCode::NOT_FOUND {
+                        self.up.store(true, Ordering::Release);
+                        return Ok(Some(body.to_vec()));
+                    } else if status == StatusCode::NOT_FOUND {
                         self.up.store(true, Ordering::Release);
                         return Ok(None);
-                    } else if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                         format!("HTTP {status}")
                     } else {
                         // 401, 403, …: retrying will not help.
-                        return Err(SchemaError::Unavailable(format!("HTTP {status} from {url}")));
+                        return Err(SchemaError::Unavailable(format!(
+                            "HTTP {status} from {url}"
+                        )));
                     }
                 }
-                Err(e) => e.to_string(),
             };
             if attempt >= self.retries {
                 telemetry::schema_registry_failure();
@@ -374,7 +435,9 @@ pub(crate) fn wire_header(bytes: &[u8]) -> Result<(u32, &[u8]), SchemaError> {
         [m, ..] if *m != 0 => Err(SchemaError::Undecodable(format!(
             "magic byte {m}, not 0: not in the schema registry's wire format"
         ))),
-        _ => Err(SchemaError::Undecodable("shorter than the wire header".into())),
+        _ => Err(SchemaError::Undecodable(
+            "shorter than the wire header".into(),
+        )),
     }
 }
 
@@ -425,7 +488,11 @@ mod tests {
         assert_eq!(wire_header(&[0, 0, 0, 1, 2, 9]).unwrap(), (258, &[9u8][..]));
         assert_eq!(wire_header(&[0, 0, 0, 0, 7]).unwrap().1, &[] as &[u8]);
         for bad in [&[][..], &[1, 0, 0, 0, 1], &[0, 0, 1], b"{\"a\":1}"] {
-            assert_eq!(wire_header(bad).unwrap_err().label(), "undecodable", "{bad:?}");
+            assert_eq!(
+                wire_header(bad).unwrap_err().label(),
+                "undecodable",
+                "{bad:?}"
+            );
         }
     }
 
@@ -456,17 +523,24 @@ mod tests {
         let proto = "syntax = \"proto3\";\nmessage M { int32 a = 1; }\n";
         r.insert(9, Parsed::Protobuf(ProtoSchema::parse(proto, &[]).unwrap()));
         // Avro long 3 is zigzag 6.
-        assert_eq!(r.decode(Encoding::Avro, &[0, 0, 0, 0, 7, 6]).unwrap(), r#"{"a":3}"#);
         assert_eq!(
-            r.decode(Encoding::JsonSchema, b"\0\0\0\0\x08{ \"b\" : [1] }").unwrap(),
+            r.decode(Encoding::Avro, &[0, 0, 0, 0, 7, 6]).unwrap(),
+            r#"{"a":3}"#
+        );
+        assert_eq!(
+            r.decode(Encoding::JsonSchema, b"\0\0\0\0\x08{ \"b\" : [1] }")
+                .unwrap(),
             r#"{"b":[1]}"#
         );
         // Message index [0] as the single byte 0, then field 1 = 5.
         assert_eq!(
-            r.decode(Encoding::Protobuf, &[0, 0, 0, 0, 9, 0, 8, 5]).unwrap(),
+            r.decode(Encoding::Protobuf, &[0, 0, 0, 0, 9, 0, 8, 5])
+                .unwrap(),
             r#"{"a":5}"#
         );
-        let wrong = r.decode(Encoding::Protobuf, &[0, 0, 0, 0, 7, 6]).unwrap_err();
+        let wrong = r
+            .decode(Encoding::Protobuf, &[0, 0, 0, 0, 7, 6])
+            .unwrap_err();
         assert_eq!(wrong.label(), "undecodable", "{wrong}");
         assert!(wrong.to_string().contains("AVRO"), "{wrong}");
         let bad = r.decode(Encoding::Avro, &[0, 0, 0, 0, 7]).unwrap_err();

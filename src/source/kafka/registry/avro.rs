@@ -60,7 +60,13 @@ impl AvroSchema {
         }
     }
 
-    fn write(&self, out: &mut String, schema: &Schema, value: Value, depth: u32) -> Result<(), String> {
+    fn write(
+        &self,
+        out: &mut String,
+        schema: &Schema,
+        value: Value,
+        depth: u32,
+    ) -> Result<(), String> {
         if depth > 128 {
             return Err("nested deeper than 128".into());
         }
@@ -72,7 +78,9 @@ impl AvroSchema {
             (Value::Long(i), _) => write!(out, "{i}").expect("string"),
             (Value::Float(f), _) => push_float(out, f as f64),
             (Value::Double(f), _) => push_float(out, f),
-            (Value::Bytes(b), _) | (Value::Fixed(_, b), _) => push_json_str(out, &STANDARD.encode(b)),
+            (Value::Bytes(b), _) | (Value::Fixed(_, b), _) => {
+                push_json_str(out, &STANDARD.encode(b))
+            }
             (Value::String(s), _) => push_json_str(out, &s),
             (Value::Enum(_, symbol), _) => push_json_str(out, &symbol),
             (Value::Union(i, v), Schema::Union(u)) => {
@@ -126,14 +134,28 @@ impl AvroSchema {
             (Value::BigDecimal(d), _) => push_json_str(out, &d.to_string()),
             (Value::Uuid(u), _) => push_json_str(out, &u.to_string()),
             (Value::Date(days), _) => push_json_str(out, &time::date(days as i64)),
-            (Value::TimeMillis(ms), _) => push_json_str(out, &time::time_of_day(ms as i64 * 1_000_000, 3)),
+            (Value::TimeMillis(ms), _) => {
+                push_json_str(out, &time::time_of_day(ms as i64 * 1_000_000, 3))
+            }
             (Value::TimeMicros(us), _) => push_json_str(out, &time::time_of_day(us * 1_000, 6)),
-            (Value::TimestampMillis(v), _) => push_json_str(out, &time::timestamp(v as i128 * 1_000_000, 3, true)),
-            (Value::TimestampMicros(v), _) => push_json_str(out, &time::timestamp(v as i128 * 1_000, 6, true)),
-            (Value::TimestampNanos(v), _) => push_json_str(out, &time::timestamp(v as i128, 9, true)),
-            (Value::LocalTimestampMillis(v), _) => push_json_str(out, &time::timestamp(v as i128 * 1_000_000, 3, false)),
-            (Value::LocalTimestampMicros(v), _) => push_json_str(out, &time::timestamp(v as i128 * 1_000, 6, false)),
-            (Value::LocalTimestampNanos(v), _) => push_json_str(out, &time::timestamp(v as i128, 9, false)),
+            (Value::TimestampMillis(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128 * 1_000_000, 3, true))
+            }
+            (Value::TimestampMicros(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128 * 1_000, 6, true))
+            }
+            (Value::TimestampNanos(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128, 9, true))
+            }
+            (Value::LocalTimestampMillis(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128 * 1_000_000, 3, false))
+            }
+            (Value::LocalTimestampMicros(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128 * 1_000, 6, false))
+            }
+            (Value::LocalTimestampNanos(v), _) => {
+                push_json_str(out, &time::timestamp(v as i128, 9, false))
+            }
             (Value::Duration(d), _) => write!(
                 out,
                 "{{\"months\":{},\"days\":{},\"millis\":{}}}",
@@ -153,7 +175,11 @@ pub(crate) fn push_float(out: &mut String, f: f64) {
     if f.is_nan() {
         out.push_str("\"NaN\"");
     } else if f.is_infinite() {
-        out.push_str(if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
+        out.push_str(if f > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        });
     } else {
         out.push_str(&serde_json::Number::from_f64(f).expect("finite").to_string());
     }
@@ -284,14 +310,26 @@ mod tests {
             ("by".into(), Value::Bytes(vec![0xff, 0])),
             ("fx".into(), Value::Fixed(2, vec![1, 2])),
             ("e".into(), Value::Enum(1, "B".into())),
-            ("u".into(), Value::Union(1, Box::new(Value::String("x".into())))),
+            (
+                "u".into(),
+                Value::Union(1, Box::new(Value::String("x".into()))),
+            ),
             ("un".into(), Value::Union(0, Box::new(Value::Null))),
             ("a".into(), Value::Array(vec![Value::Int(1), Value::Int(2)])),
             (
                 "m".into(),
-                Value::Map([("z".to_owned(), Value::Long(1)), ("a".to_owned(), Value::Long(2))].into()),
+                Value::Map(
+                    [
+                        ("z".to_owned(), Value::Long(1)),
+                        ("a".to_owned(), Value::Long(2)),
+                    ]
+                    .into(),
+                ),
             ),
-            ("dec".into(), Value::Decimal(apache_avro::Decimal::from(vec![0x30, 0x39]))),
+            (
+                "dec".into(),
+                Value::Decimal(apache_avro::Decimal::from(vec![0x30, 0x39])),
+            ),
             ("date".into(), Value::Date(19723)),
             ("tm".into(), Value::TimeMillis(3_723_004)),
             ("ts".into(), Value::TimestampMillis(1_704_164_645_123)),
@@ -315,7 +353,10 @@ mod tests {
                 r#""lt":"1970-01-01T00:00:00.000","uuid":"6ba7b810-9dad-11d1-80b4-00c04fd430c8","again":"AwQ="}"#
             )
         );
-        assert!(parsed.to_json(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        assert!(
+            parsed.to_json(&bytes[..bytes.len() - 1]).is_err(),
+            "truncated"
+        );
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(parsed.to_json(&longer).is_err(), "trailing bytes");

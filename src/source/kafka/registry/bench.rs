@@ -52,7 +52,10 @@ pub fn run(records: usize) -> Vec<(&'static str, usize, f64)> {
     let order = Value::Record(vec![
         ("id".into(), Value::String("order-000123".into())),
         ("qty".into(), Value::Long(7)),
-        ("price".into(), Value::Decimal(apache_avro::Decimal::from(vec![0x01, 0xe2, 0x42]))),
+        (
+            "price".into(),
+            Value::Decimal(apache_avro::Decimal::from(vec![0x01, 0xe2, 0x42])),
+        ),
         ("at".into(), Value::TimestampMillis(1_704_164_645_123)),
         ("state".into(), Value::Enum(1, "PAID".into())),
         (
@@ -61,7 +64,13 @@ pub fn run(records: usize) -> Vec<(&'static str, usize, f64)> {
         ),
         (
             "attrs".into(),
-            Value::Map([("a".to_owned(), Value::Long(1)), ("b".to_owned(), Value::Long(2))].into()),
+            Value::Map(
+                [
+                    ("a".to_owned(), Value::Long(1)),
+                    ("b".to_owned(), Value::Long(2)),
+                ]
+                .into(),
+            ),
         ),
         ("ratio".into(), Value::Double(0.25)),
     ]);
@@ -92,19 +101,18 @@ pub fn run(records: usize) -> Vec<(&'static str, usize, f64)> {
         std::hint::black_box(sink);
         start.elapsed().as_nanos() as f64 / records as f64
     };
-    let decode = |encoding, bytes: &[u8]| {
-        registry
-            .decode(encoding, bytes)
-            .expect("decodes")
-            .len()
-    };
+    let decode = |encoding, bytes: &[u8]| registry.decode(encoding, bytes).expect("decodes").len();
     vec![
         (
             "json (no registry: compacted as on a plain topic)",
             JSON.len(),
             time(&|| crate::record::compact_json(JSON).expect("json").len()),
         ),
-        ("avro", avro_bytes.len(), time(&|| decode(Encoding::Avro, &avro_bytes))),
+        (
+            "avro",
+            avro_bytes.len(),
+            time(&|| decode(Encoding::Avro, &avro_bytes)),
+        ),
         (
             "protobuf",
             proto_bytes.len(),

@@ -178,7 +178,8 @@ message Order {
         let msg = DynamicMessage::deserialize(order, json).unwrap();
         let mut bytes = vec![2, 2]; // [1]
         prost::Message::encode(&msg, &mut bytes).unwrap();
-        let out: serde_json::Value = serde_json::from_str(&schema.to_json(&bytes).unwrap()).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_str(&schema.to_json(&bytes).unwrap()).unwrap();
         assert_eq!(
             out,
             serde_json::json!({

@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(date(19_723), "2024-01-01");
         assert_eq!(time_of_day(0, 3), "00:00:00.000");
         assert_eq!(time_of_day(86_399_999_999_999, 6), "23:59:59.999999");
-        assert_eq!(timestamp(1_704_164_645_123_000_000, 3, true), "2024-01-02T03:04:05.123Z");
+        assert_eq!(
+            timestamp(1_704_164_645_123_000_000, 3, true),
+            "2024-01-02T03:04:05.123Z"
+        );
         assert_eq!(timestamp(-1, 9, false), "1969-12-31T23:59:59.999999999");
         assert_eq!(timestamp(0, 0, true), "1970-01-01T00:00:00Z");
     }
