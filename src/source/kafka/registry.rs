@@ -551,6 +551,40 @@ mod tests {
         assert!(!r.is_up());
     }
 
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// api/conformance/registry/type-mapping.json: bytes made by fastavro and Google's
+    /// protobuf runtime, and the JSON the README's table says they become.
+    #[test]
+    fn the_type_mapping_vector() {
+        let vector: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../api/conformance/registry/type-mapping.json"
+        ))
+        .unwrap();
+        let avro = AvroSchema::parse(&vector["avro"]["schema"].to_string(), &[]).unwrap();
+        for case in vector["avro"]["cases"].as_array().unwrap() {
+            let json = avro.to_json(&hex(case["datum_hex"].as_str().unwrap())).unwrap();
+            let got: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(got, case["json"], "avro: {json}");
+        }
+        let proto = ProtoSchema::parse(vector["protobuf"]["schema"].as_str().unwrap(), &[]).unwrap();
+        for case in vector["protobuf"]["cases"].as_array().unwrap() {
+            // The message-index list as Confluent writes it: zigzag count, zigzag indexes.
+            let indexes = case["message_indexes"].as_array().unwrap();
+            let mut bytes = vec![(indexes.len() * 2) as u8];
+            bytes.extend(indexes.iter().map(|i| (i.as_u64().unwrap() * 2) as u8));
+            bytes.extend(hex(case["message_hex"].as_str().unwrap()));
+            let json = proto.to_json(&bytes).unwrap();
+            let got: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(got, case["json"], "protobuf: {json}");
+        }
+    }
+
     #[test]
     fn the_cache_is_bounded_and_keeps_the_recently_used() {
         let mut c = Cache {
