@@ -1,8 +1,8 @@
 //! Schema-registry encodings on Kafka topics (`encoding`, `key_encoding`, `[schema_registry]`):
 //! records written by confluent-kafka's Avro, Protobuf and JSON Schema serializers (Python,
 //! tests/registry/produce.py, sharing no code with pushgate) through a real registry
-//! (Apicurio Registry, scripts/registry) to Apache Kafka reach WebSocket and SSE clients as
-//! JSON with the README's type mapping; a second Avro schema version added while pushgate
+//! (Apicurio Registry, scripts/registry) to Apache Kafka reach WebSocket, SSE and gRPC
+//! (Python grpcio, tests/grpc/client.py) clients as JSON with the README's type mapping; a second Avro schema version added while pushgate
 //! runs decodes beside the first, and a filter and `fields` on its new field work; records
 //! with an unknown schema id or bytes not in the wire format are counted, dead-lettered and
 //! skipped while later records still arrive; a registry that is down at start keeps the
@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::*;
 use kafka_common::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A registry started by scripts/registry, stopped on drop.
 struct Registry {
@@ -79,6 +80,59 @@ async fn produce(registry: &str, broker: &Broker, steps: &[&str]) {
     );
 }
 
+/// A running `tests/grpc/client.py subscribe` (Python grpcio), read line by line.
+struct Grpc {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Grpc {
+    fn start(addr: std::net::SocketAddr, request: Value) -> Self {
+        let mut child = tokio::process::Command::new(repo().join("tests/grpc/.venv/bin/python"))
+            .arg(repo().join("tests/grpc/client.py"))
+            .arg("subscribe")
+            .arg(addr.to_string())
+            .arg(request.to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tests/grpc/.venv (scripts/grpc-setup)");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            _child: child,
+            lines,
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .expect("a gRPC event within 30 s")
+            .unwrap()
+            .expect("client.py ended early");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v.get("end").is_none(), "the stream ended: {v}");
+        v
+    }
+
+    /// Reads past the snapshot to the `live` marker.
+    async fn until_live(&mut self) {
+        while self.next().await["type"] != "live" {}
+    }
+
+    /// The next `n` records.
+    async fn records(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let v = self.next().await;
+            if v["type"] == "record" {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
 /// The shared Kafka config with a dead-letter topic, the registry, and each topic's encodings.
 fn config(broker: &Broker, registry: &str, topics: &[(&str, &str)]) -> String {
     let names: Vec<(&str, usize)> = topics.iter().map(|(n, _)| (*n, 64)).collect();
@@ -129,7 +183,7 @@ fn keys_and_data(records: &[Value]) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_and_failures() {
-    if !tiers(&["kafka", "registry"]) {
+    if !tiers(&["kafka", "registry", "grpc"]) {
         return;
     }
     let registry = Registry::start(None).await;
@@ -184,6 +238,8 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
         .await;
     let mut sse = SseClient::connect(&http, node.addr, "topic=reg-avro&snapshot=false", None).await;
     assert_eq!(sse.next().await.event, "subscribed");
+    let mut grpc = Grpc::start(node.addr, json!({"topic": "reg-avro"}));
+    grpc.until_live().await;
     let mut others = WsClient::connect(node.addr).await;
     for t in ["reg-proto", "reg-json", "reg-akey"] {
         others
@@ -220,6 +276,11 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
     let events = sse.records(4).await;
     let sse_records: Vec<Value> = events.iter().map(SseEvent::json).collect();
     assert_eq!(keys_and_data(&sse_records), expected, "SSE");
+    assert_eq!(
+        keys_and_data(&grpc.records(4).await),
+        expected,
+        "gRPC"
+    );
     assert_eq!(
         keys_and_data(&gold.records(1).await),
         vec![("k3".to_owned(), json!({"id": "k3", "tier": "gold"}))],
