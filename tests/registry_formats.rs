@@ -2,11 +2,13 @@
 //! records written by confluent-kafka's Avro, Protobuf and JSON Schema serializers (Python,
 //! tests/registry/produce.py, sharing no code with pushgate) through a real registry
 //! (Apicurio Registry, scripts/registry) to Apache Kafka reach WebSocket, SSE and gRPC
-//! (Python grpcio, tests/grpc/client.py) clients as JSON with the README's type mapping; a second Avro schema version added while pushgate
-//! runs decodes beside the first, and a filter and `fields` on its new field work; records
-//! with an unknown schema id or bytes not in the wire format are counted, dead-lettered and
-//! skipped while later records still arrive; a registry that is down at start keeps the
-//! node not ready until it answers.
+//! (Python grpcio, tests/grpc/client.py) clients as JSON with the README's type mapping.
+//! A second Avro schema version registered while pushgate runs decodes beside the first;
+//! a filter and `fields` on the field it added work, and a JSON Patch delta between a
+//! record of each version turns one into the other. Records with an unknown schema id or
+//! bytes not in the wire format are counted, logged with their position, dead-lettered
+//! and skipped while later records still arrive. A registry that is down at start keeps
+//! the node not ready until it answers.
 
 mod common;
 mod kafka_common;
@@ -276,17 +278,52 @@ async fn avro_protobuf_and_json_schema_reach_clients_as_json_through_evolution_a
     let events = sse.records(4).await;
     let sse_records: Vec<Value> = events.iter().map(SseEvent::json).collect();
     assert_eq!(keys_and_data(&sse_records), expected, "SSE");
-    assert_eq!(
-        keys_and_data(&grpc.records(4).await),
-        expected,
-        "gRPC"
-    );
+    assert_eq!(keys_and_data(&grpc.records(4).await), expected, "gRPC");
     assert_eq!(
         keys_and_data(&gold.records(1).await),
         vec![("k3".to_owned(), json!({"id": "k3", "tier": "gold"}))],
         "filter and fields on the field version 2 added"
     );
     gold.expect_silence(Duration::from_millis(300)).await;
+
+    // Deltas across versions: one key written as v2, then as v1 (which lacks `tier`).
+    let mut delta = WsClient::connect(node.addr).await;
+    delta
+        .subscribe(
+            json!({"topic": "reg-avro", "snapshot": false, "keys": ["k6"], "delta": "json-patch"}),
+        )
+        .await;
+    produce(
+        &registry.url,
+        &broker,
+        &["reg-avro=avro2:k6:gold", "reg-avro=avro1:k6:4"],
+    )
+    .await;
+    let [full, patched] = <[Value; 2]>::try_from(delta.records(2).await).unwrap();
+    assert_eq!(
+        full["data"],
+        order_v2("k6", "gold"),
+        "the first is whole: {full}"
+    );
+    let ops = patched["patch"].clone();
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["op"] == "remove" && op["path"] == "/tier"),
+        "v1 has no tier: {ops}"
+    );
+    let mut doc = full["data"].clone();
+    json_patch::patch(
+        &mut doc,
+        &serde_json::from_value::<json_patch::Patch>(ops).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        doc,
+        order_v1("k6", 4),
+        "the patch turns v2 into the v1 record"
+    );
 
     // Protobuf (message index [1], nested message, enum, int64, Timestamp, bytes, a bool
     // at its default), JSON Schema, and an Avro key.

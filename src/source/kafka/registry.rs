@@ -568,11 +568,14 @@ mod tests {
         .unwrap();
         let avro = AvroSchema::parse(&vector["avro"]["schema"].to_string(), &[]).unwrap();
         for case in vector["avro"]["cases"].as_array().unwrap() {
-            let json = avro.to_json(&hex(case["datum_hex"].as_str().unwrap())).unwrap();
+            let json = avro
+                .to_json(&hex(case["datum_hex"].as_str().unwrap()))
+                .unwrap();
             let got: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(got, case["json"], "avro: {json}");
         }
-        let proto = ProtoSchema::parse(vector["protobuf"]["schema"].as_str().unwrap(), &[]).unwrap();
+        let proto =
+            ProtoSchema::parse(vector["protobuf"]["schema"].as_str().unwrap(), &[]).unwrap();
         for case in vector["protobuf"]["cases"].as_array().unwrap() {
             // The message-index list as Confluent writes it: zigzag count, zigzag indexes.
             let indexes = case["message_indexes"].as_array().unwrap();
