@@ -395,6 +395,103 @@ mod tests {
         assert!(m.get("source").is_none());
     }
 
+    /// Debezium's Avro converter through the registry: the key struct and the change
+    /// event decode to JSON first, then the envelope is read as on a JSON topic.
+    #[test]
+    fn debezium_change_events_in_avro() {
+        use super::super::registry::avro::AvroSchema;
+        use super::super::registry::Parsed;
+        use crate::source::registry_config::SchemaRegistryConfig;
+        use apache_avro::types::Value as Avro;
+
+        let key_schema = r#"{"type":"record","name":"Key","namespace":"dbserver1.inventory.customers","fields":[{"name":"id","type":"int"}]}"#;
+        let value_schema = r#"{"type":"record","name":"Envelope","namespace":"dbserver1.inventory.customers","fields":[
+            {"name":"before","type":["null",{"type":"record","name":"Value","fields":[{"name":"id","type":"int"},{"name":"email","type":"string"}]}],"default":null},
+            {"name":"after","type":["null","Value"],"default":null},
+            {"name":"source","type":{"type":"record","name":"Source","namespace":"io.debezium.connector.postgresql","fields":[{"name":"table","type":"string"},{"name":"lsn","type":["null","long"]}]}},
+            {"name":"op","type":"string"},
+            {"name":"ts_ms","type":["null","long"]}]}"#;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = SchemaRegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            retries: 0,
+            ..SchemaRegistryConfig::default()
+        };
+        let registry = Registry::new(&config, rt.handle().clone()).unwrap();
+        registry.insert(
+            1,
+            Parsed::Avro(Box::new(AvroSchema::parse(key_schema, &[]).unwrap())),
+        );
+        registry.insert(
+            2,
+            Parsed::Avro(Box::new(AvroSchema::parse(value_schema, &[]).unwrap())),
+        );
+        let framed = |id: u8, schema: &str, value: Avro| {
+            let schema = apache_avro::Schema::parse_str(schema).unwrap();
+            let mut bytes = vec![0, 0, 0, 0, id];
+            bytes.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+            bytes
+        };
+        let key = framed(
+            1,
+            key_schema,
+            Avro::Record(vec![("id".into(), Avro::Int(1001))]),
+        );
+        let row = Avro::Record(vec![
+            ("id".into(), Avro::Int(1001)),
+            ("email".into(), Avro::String("a@x".into())),
+        ]);
+        let value = framed(
+            2,
+            value_schema,
+            Avro::Record(vec![
+                ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
+                ("after".into(), Avro::Union(1, Box::new(row))),
+                (
+                    "source".into(),
+                    Avro::Record(vec![
+                        ("table".into(), Avro::String("customers".into())),
+                        ("lsn".into(), Avro::Union(1, Box::new(Avro::Long(7)))),
+                    ]),
+                ),
+                ("op".into(), Avro::String("c".into())),
+                ("ts_ms".into(), Avro::Union(1, Box::new(Avro::Long(1)))),
+            ]),
+        );
+        let how = Decoding {
+            encoding: Encoding::Avro,
+            key_encoding: Encoding::Avro,
+            ..DEBEZIUM
+        };
+        let r = decode(
+            &msg(Some(&key), Some(&value), None),
+            1 << 20,
+            how,
+            Some(&registry),
+        )
+        .unwrap();
+        assert_eq!(r.key.as_deref(), Some("1001"), "the key struct's one field");
+        assert_eq!(&*r.data, r#"{"email":"a@x","id":1001}"#);
+        let m = members(&r);
+        assert_eq!(
+            (m["op"].as_str(), m["source"]["lsn"].as_i64()),
+            (Some("create"), Some(7))
+        );
+        // A value that is not in the wire format is a bad record with the registry's reason.
+        let err = decode(
+            &msg(Some(&key), Some(b"{}"), None),
+            1 << 20,
+            how,
+            Some(&registry),
+        )
+        .unwrap_err();
+        assert_eq!(err.label(), "undecodable", "{err}");
+    }
+
     #[test]
     fn debezium_bad_envelopes_are_bad_records() {
         for value in [
