@@ -1,7 +1,8 @@
 //! Protobuf: a registry's `.proto` text compiled (by protox) into descriptors, and a
 //! message decoded (by prost-reflect) into the JSON mapping the README states: proto
-//! field names, every field present (defaults included), 64-bit integers as numbers,
-//! enums by name, bytes base64, well-known types in their proto3 JSON forms.
+//! field names, fields without presence always there (at their default when unset),
+//! 64-bit integers as numbers, enums by name, bytes base64, well-known types in their
+//! proto3 JSON forms.
 
 use std::collections::HashMap;
 
