@@ -257,8 +257,6 @@ pub fn kafka_lag(topic: &str, partition: u32, lag: u64) {
         .set(lag as f64);
 }
 
-/// `reason` is "too_large", "key_not_utf8", "bad_envelope", or for registry encodings
-/// "unknown_schema", "registry_unavailable", "undecodable".
 /// The live consumer's running total of bytes fetched for `topic` (librdkafka
 /// counts from the consumer's start, which is the process's).
 pub fn kafka_fetch_bytes(topic: &str, total: u64) {
@@ -273,6 +271,8 @@ pub fn schema_registry_failure() {
     counter!(SCHEMA_REGISTRY_FAILURES).increment(1);
 }
 
+/// `reason` is "too_large", "key_not_utf8", "bad_envelope", or for registry encodings
+/// "unknown_schema", "registry_unavailable", "undecodable".
 pub fn kafka_bad_record(reason: &'static str) {
     counter!(KAFKA_BAD_RECORDS, "reason" => reason).increment(1);
 }
