@@ -428,12 +428,33 @@ async fn a_registry_down_at_start_keeps_the_node_not_ready_until_it_answers() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    // Kafka is there and the topic is empty: only the registry keeps it from being served.
+    // A record that is not in the wire format, already there: while the registry is
+    // down its partition waits (nothing is skipped), and it is judged once it answers.
+    produce_raw(
+        &broker,
+        "reg-late",
+        &[json!({"key_raw": "early", "value_raw": "not in the wire format"})],
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ready().await, 503, "not ready while the registry is down");
+    assert_eq!(
+        metric(node.addr, "pushgate_kafka_bad_records_total").await,
+        0.0,
+        "held, not skipped, while the registry is down"
+    );
 
     let registry = Registry::start(Some(port)).await;
     node.wait_ready(Duration::from_secs(60)).await;
+    let mut bad = 0.0;
+    for _ in 0..100 {
+        bad = metric(node.addr, "pushgate_kafka_bad_records_total").await;
+        if bad > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bad, 1.0, "read once the registry answered");
     let mut ws = WsClient::connect(node.addr).await;
     ws.subscribe(json!({"topic": "reg-late", "snapshot": false}))
         .await;

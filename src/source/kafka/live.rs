@@ -202,6 +202,11 @@ impl Live {
         if self.warm_targets.iter().any(|e| !reached(e)) {
             if let Ok(positions) = self.consumer.position() {
                 for (t, p, _) in &self.warm_targets {
+                    // A held partition's position is past records it has not ingested
+                    // yet: it is read again from where it was held.
+                    if self.held.contains_key(&(t.name.to_string(), *p as i32)) {
+                        continue;
+                    }
                     let at = positions
                         .find_partition(&t.name, *p as i32)
                         .map(|e| e.offset());
