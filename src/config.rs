@@ -17,7 +17,7 @@ pub use crate::source::embedded_config::EmbeddedConfig;
 pub use crate::source::kafka_config::KafkaConfig;
 pub use crate::source::kinesis_config::KinesisConfig;
 pub use crate::source::topics::{
-    valid_topic_name, KeyRule, RecordFormat, TopicConfig, TopicPattern, TopicRules,
+    valid_topic_name, Encoding, KeyRule, RecordFormat, TopicConfig, TopicPattern, TopicRules,
 };
 pub use crate::source::{InvalidSetting, SourceConfig, SourceKind};
 pub use crate::traces::TelemetryConfig;
@@ -83,6 +83,7 @@ pub struct Config {
     pub demo: DemoConfig,
     pub testing: TestingConfig,
     pub kafka: KafkaConfig,
+    pub schema_registry: crate::source::registry_config::SchemaRegistryConfig,
     pub kinesis: KinesisConfig,
     pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
@@ -576,6 +577,27 @@ impl Config {
                     "\"debezium\" needs source.kind = \"kafka\"",
                 ));
             }
+            // Registry-encoded records are read by the Kafka source only.
+            for (field, encoding) in [
+                ("encoding", topic.encoding),
+                ("key_encoding", topic.key_encoding),
+            ] {
+                if !encoding.needs_registry() {
+                    continue;
+                }
+                if self.source.kind != SourceKind::Kafka {
+                    return Err(invalid(
+                        format!("topics[{i}].{field}"),
+                        format!("\"{}\" needs source.kind = \"kafka\"", encoding.name()),
+                    ));
+                }
+                if !self.schema_registry.is_set() {
+                    return Err(invalid(
+                        format!("topics[{i}].{field}"),
+                        format!("\"{}\" needs [schema_registry] url", encoding.name()),
+                    ));
+                }
+            }
         }
         let positive = [
             ("limits.queue_bytes", self.limits.queue_bytes),
@@ -678,6 +700,7 @@ impl Config {
         }
         if self.source.kind == SourceKind::Kafka {
             self.kafka.validate(&self.topics)?;
+            self.schema_registry.validate()?;
         }
         if self.source.kind == SourceKind::Kinesis {
             self.kinesis.validate(&self.topics)?;
@@ -735,6 +758,7 @@ impl Config {
             topics,
             embedded: self.embedded.clone(),
             kafka: self.kafka.clone(),
+            schema_registry: self.schema_registry.clone(),
             kinesis: self.kinesis.clone(),
         }
     }
@@ -786,7 +810,14 @@ fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<()
     // `true` or `[x]` must not turn into a number, a boolean or an array.
     let verbatim = dotted.starts_with("kafka.sasl.")
         || (dotted.starts_with("kafka.tls.") && dotted != "kafka.tls.enabled")
-        || dotted == "admin.token";
+        || dotted == "admin.token"
+        || matches!(
+            dotted.as_str(),
+            "schema_registry.username"
+                | "schema_registry.password"
+                | "schema_registry.bearer_token"
+        )
+        || dotted.starts_with("schema_registry.tls.");
     let parsed = if verbatim {
         toml::Value::String(value.to_owned())
     } else {
@@ -1075,8 +1106,23 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let example = format!("{}{example}", &kafka[..at]);
+        // The registry-encoded example needs [schema_registry] (commented out above it).
+        let example = format!(
+            "{}{example}\n[schema_registry]\nurl = \"http://127.0.0.1:8081\"\n",
+            &kafka[..at]
+        );
         let config = Config::from_toml_str(&example, std::iter::empty()).unwrap();
+        let orders = config.topic("orders").expect("registry example topic");
+        assert_eq!(
+            (orders.encoding, orders.key_encoding),
+            (Encoding::Avro, Encoding::Json)
+        );
+        let without = example.replace("url = \"http://127.0.0.1:8081\"", "");
+        let err = Config::from_toml_str(&without, std::iter::empty()).unwrap_err();
+        assert!(
+            err.to_string().contains("needs [schema_registry] url"),
+            "{err}"
+        );
         let cdc = config
             .topic("dbserver1.inventory.customers")
             .expect("example topic");
@@ -1324,7 +1370,11 @@ mod documented {
         let kafka = include_str!("../config/kafka.toml");
         let mut missing = Vec::new();
         for (section, key) in keys(&Config::default()) {
-            let text = if section == "kafka" || section.starts_with("kafka.") {
+            let text = if section == "kafka"
+                || section.starts_with("kafka.")
+                || section == "schema_registry"
+                || section.starts_with("schema_registry.")
+            {
                 kafka
             } else {
                 reference

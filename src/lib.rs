@@ -109,6 +109,14 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+/// The decoding cost of each schema-registry encoding: (encoding, bytes per record,
+/// ns per record) over `records` decodes; `loadtest/registry-decode-cost.sh` prints it.
+#[cfg(feature = "kafka")]
+#[doc(hidden)]
+pub fn registry_decode_cost(records: usize) -> Vec<(&'static str, usize, f64)> {
+    source::kafka::registry::bench::run(records)
+}
+
 pub use config::Config;
 /// How long a subscription to a topic still warming up waits before `unavailable` (tests time it).
 pub use hub::TOPIC_READY_WAIT;

@@ -35,6 +35,10 @@ pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
 pub const KAFKA_CONNECTED: &str = "pushgate_kafka_broker_connected";
 pub const KAFKA_LAG: &str = "pushgate_kafka_consumer_lag";
 pub const KAFKA_BAD_RECORDS: &str = "pushgate_kafka_bad_records_total";
+/// Schemas fetched from the schema registry (each id once while it stays cached).
+pub const SCHEMA_FETCHES: &str = "pushgate_schema_registry_fetches_total";
+/// Registry requests that failed after their retries (the record went to the failure track).
+pub const SCHEMA_REGISTRY_FAILURES: &str = "pushgate_schema_registry_failures_total";
 /// Bytes of records the live consumer fetched from Kafka, per topic (from librdkafka's statistics).
 pub const KAFKA_FETCH_BYTES: &str = "pushgate_kafka_fetch_bytes_total";
 pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
@@ -283,13 +287,22 @@ pub fn kafka_lag(topic: &str, partition: u32, lag: u64) {
         .set(lag as f64);
 }
 
-/// `reason` is "too_large" or "key_not_utf8".
 /// The live consumer's running total of bytes fetched for `topic` (librdkafka
 /// counts from the consumer's start, which is the process's).
 pub fn kafka_fetch_bytes(topic: &str, total: u64) {
     counter!(KAFKA_FETCH_BYTES, "topic" => topic_label(topic)).absolute(total);
 }
 
+pub fn schema_fetched() {
+    counter!(SCHEMA_FETCHES).increment(1);
+}
+
+pub fn schema_registry_failure() {
+    counter!(SCHEMA_REGISTRY_FAILURES).increment(1);
+}
+
+/// `reason` is "too_large", "key_not_utf8", "bad_envelope", or for registry encodings
+/// "unknown_schema", "registry_unavailable", "undecodable".
 pub fn kafka_bad_record(reason: &'static str) {
     counter!(KAFKA_BAD_RECORDS, "reason" => reason).increment(1);
 }

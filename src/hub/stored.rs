@@ -311,6 +311,7 @@ mod tests {
                         extra: None,
                         delete: false,
                         position: None,
+                        trace: None,
                     };
                     Snap::Held(Arc::new(Record::encode("t", &log, "c", Framing::Normal)))
                 }

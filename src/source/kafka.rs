@@ -41,6 +41,7 @@ pub mod decode;
 mod fetch_stats;
 mod live;
 pub mod meta;
+pub mod registry;
 pub mod security;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -90,6 +91,8 @@ pub enum KafkaSourceError {
     Security(#[from] security::SecurityError),
     #[error("cannot start the Kafka consumer thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
 }
 
 /// One configured topic as this node knows it.
@@ -104,8 +107,11 @@ struct Known {
 
 struct Inner {
     config: KafkaConfig,
-    /// Which topics this node serves, with which settings and decoding (`format`, `key`).
+    /// Which topics this node serves, with which settings and decoding (`format`, `key`,
+    /// `encoding`, `key_encoding`).
     rules: TopicRules,
+    /// The schema registry, when a topic's key or value is read through it.
+    registry: Option<Arc<registry::Registry>>,
     warm_records: u64,
     hub: Arc<Hub>,
     cluster_id: String,
@@ -188,6 +194,19 @@ impl KafkaSource {
         let admin: BaseConsumer<security::Probe> =
             consumer_config(&kc, false).create_with_context(security::Probe::new(&kc))?;
         let rules = config.rules.clone();
+        // Made (TLS files read) before connecting, so a bad file stops the start at once;
+        // until it has answered, topics read through it are not served.
+        let registry = if rules.uses_registry() {
+            let r = Arc::new(registry::Registry::new(
+                &config.schema_registry,
+                tokio::runtime::Handle::current(),
+            )?);
+            let probe = Arc::clone(&r);
+            tokio::spawn(async move { probe.wait_until_up().await });
+            Some(r)
+        } else {
+            None
+        };
 
         // The first describe proves the broker is there (and takes our TLS and
         // credentials); retry until startup_timeout, then say what went wrong.
@@ -260,6 +279,7 @@ impl KafkaSource {
             catchup: CatchUpReader::new(&kc),
             config: kc,
             rules,
+            registry,
             warm_records: config.source.warm_start_records,
             hub,
             cluster_id,

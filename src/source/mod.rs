@@ -20,6 +20,8 @@ pub mod kafka_config;
 pub mod kinesis;
 #[path = "kinesis/config.rs"]
 pub mod kinesis_config;
+#[path = "kafka/registry/config.rs"]
+pub mod registry_config;
 pub mod topics;
 
 use std::future::Future;
@@ -87,6 +89,7 @@ pub struct Settings {
     pub rules: TopicRules,
     pub embedded: embedded_config::EmbeddedConfig,
     pub kafka: kafka_config::KafkaConfig,
+    pub schema_registry: registry_config::SchemaRegistryConfig,
     pub kinesis: kinesis_config::KinesisConfig,
 }
 

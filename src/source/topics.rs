@@ -35,6 +35,44 @@ pub struct TopicConfig {
     pub format: RecordFormat,
     /// How a Debezium key struct becomes the record key (`format = "debezium"` only).
     pub key: KeyRule,
+    /// How the value's bytes are encoded (Kafka source): as they are (`"json"`), or
+    /// in the schema registry's wire format (`"avro"`, `"protobuf"`, `"json-schema"`),
+    /// decoded to JSON at ingest. `format` (the envelope) applies to the decoded value.
+    pub encoding: Encoding,
+    /// The same for the key; a key decoded from Avro or Protobuf is its JSON text
+    /// (a JSON string: the string itself).
+    pub key_encoding: Encoding,
+}
+
+/// How the bytes of a key or value are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// As they are: JSON (else base64) values, UTF-8 keys.
+    #[default]
+    Json,
+    /// Avro, in the registry's wire format (magic byte 0, 4-byte schema id, datum).
+    Avro,
+    /// Protobuf, in the registry's wire format (with the message-index list).
+    Protobuf,
+    /// JSON after the registry's wire header (the schema id must be known).
+    JsonSchema,
+}
+
+impl Encoding {
+    /// Whether bytes in this encoding carry a schema id the registry must know.
+    pub fn needs_registry(self) -> bool {
+        self != Encoding::Json
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Avro => "avro",
+            Encoding::Protobuf => "protobuf",
+            Encoding::JsonSchema => "json-schema",
+        }
+    }
 }
 
 /// How the records of a topic are read.
@@ -74,6 +112,8 @@ impl Default for TopicConfig {
             view_max_bytes: 256 << 20,
             format: RecordFormat::Json,
             key: KeyRule::Field,
+            encoding: Encoding::Json,
+            key_encoding: Encoding::Json,
         }
     }
 }
@@ -102,6 +142,13 @@ impl TopicRules {
             .iter()
             .filter(|t| t.pattern.is_none())
             .map(|t| t.name.as_str())
+    }
+
+    /// Whether any topic's key or value is read through the schema registry.
+    pub fn uses_registry(&self) -> bool {
+        self.topics
+            .iter()
+            .any(|t| t.encoding.needs_registry() || t.key_encoding.needs_registry())
     }
 
     pub fn has_patterns(&self) -> bool {

@@ -756,6 +756,10 @@ pub const TIERS: &[(&str, &str)] = &[
     ),
     ("kinesis", "kinesalite on Node (scripts/kinesis-setup)"),
     (
+        "registry",
+        "Apicurio Registry and confluent-kafka in tests/registry/.venv (scripts/registry-setup)",
+    ),
+    (
         "grpc",
         "Python grpcio in tests/grpc/.venv, curl and openssl (scripts/grpc-setup)",
     ),

@@ -243,7 +243,12 @@ fn fetch(
                     break;
                 }
                 end = offset + 1;
-                match decode::decode(&msg, inner.config.max_record_bytes, how) {
+                match decode::decode(
+                    &msg,
+                    inner.config.max_record_bytes,
+                    how,
+                    inner.registry.as_deref(),
+                ) {
                     Ok(record) => out.push(record),
                     Err(bad) => crate::telemetry::kafka_bad_record(bad.label()),
                 }

@@ -31,11 +31,12 @@ use base64::Engine;
 use rdkafka::message::{Headers, Message};
 
 use super::debezium::{self, EnvelopeError, Event};
+use super::registry::{Registry, SchemaError};
 use crate::record::{compact_json, push_json_str, LogRecord, TOMBSTONE_EXTRA};
-use crate::source::topics::{KeyRule, RecordFormat, TopicConfig};
+use crate::source::topics::{Encoding, KeyRule, RecordFormat, TopicConfig};
 
 /// Why a record was skipped (a fixed set: [`Bad::label`] is a metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Bad {
     #[error("the value is larger than kafka.max_record_bytes")]
     TooLarge,
@@ -43,23 +44,30 @@ pub enum Bad {
     KeyNotUtf8,
     #[error("not a Debezium change event: {0}")]
     Envelope(#[from] EnvelopeError),
+    #[error("key: {0}")]
+    Key(#[source] SchemaError),
+    #[error("value: {0}")]
+    Value(#[source] SchemaError),
 }
 
 impl Bad {
-    pub fn label(self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Bad::TooLarge => "too_large",
             Bad::KeyNotUtf8 => "key_not_utf8",
             Bad::Envelope(_) => "bad_envelope",
+            Bad::Key(e) | Bad::Value(e) => e.label(),
         }
     }
 }
 
-/// How one topic's records are read: its `format` and `key` settings.
+/// How one topic's records are read: its `format`, `key`, `encoding` and `key_encoding` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Decoding {
     pub format: RecordFormat,
     pub key: KeyRule,
+    pub encoding: Encoding,
+    pub key_encoding: Encoding,
 }
 
 impl Decoding {
@@ -67,11 +75,36 @@ impl Decoding {
         Self {
             format: topic.format,
             key: topic.key,
+            encoding: topic.encoding,
+            key_encoding: topic.key_encoding,
         }
+    }
+
+    /// Whether the key or the value is read through the schema registry.
+    pub fn needs_registry(&self) -> bool {
+        self.encoding.needs_registry() || self.key_encoding.needs_registry()
     }
 }
 
-pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<LogRecord, Bad> {
+/// A registry-encoded key or value as JSON text; `None` when there is no registry
+/// (the config check makes that impossible for a topic that names an encoding).
+fn registry_json(
+    registry: Option<&Registry>,
+    encoding: Encoding,
+    bytes: &[u8],
+) -> Result<String, SchemaError> {
+    match registry {
+        Some(r) => r.decode(encoding, bytes),
+        None => Err(SchemaError::Unavailable("no [schema_registry] url".into())),
+    }
+}
+
+pub fn decode<M: Message>(
+    msg: &M,
+    max_bytes: usize,
+    how: Decoding,
+    registry: Option<&Registry>,
+) -> Result<LogRecord, Bad> {
     let payload = msg.payload();
     if payload.map(<[u8]>::len).unwrap_or(0) > max_bytes {
         return Err(Bad::TooLarge);
@@ -79,12 +112,30 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
     let key = match msg.key() {
         None => None,
         Some(k) => {
-            let text = std::str::from_utf8(k).map_err(|_| Bad::KeyNotUtf8)?;
+            // A decoded key is JSON text: a string key is the string itself.
+            let decoded;
+            let text = if how.key_encoding.needs_registry() {
+                let json = registry_json(registry, how.key_encoding, k).map_err(Bad::Key)?;
+                decoded = match serde_json::from_str::<String>(&json) {
+                    Ok(s) if json.starts_with('"') => s,
+                    _ => json,
+                };
+                decoded.as_str()
+            } else {
+                std::str::from_utf8(k).map_err(|_| Bad::KeyNotUtf8)?
+            };
             match how.format {
                 RecordFormat::Json => Some(Arc::<str>::from(text)),
                 RecordFormat::Debezium => debezium::record_key(text, how.key).map(Arc::from),
             }
         }
+    };
+    // Registry-encoded values are decoded to JSON once, here; `format` applies to that.
+    let decoded: Option<String> = match payload {
+        Some(bytes) if how.encoding.needs_registry() => {
+            Some(registry_json(registry, how.encoding, bytes).map_err(Bad::Value)?)
+        }
+        _ => None,
     };
     let mut extra = String::new();
     let mut delete = false;
@@ -93,6 +144,10 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
             extra.push_str(TOMBSTONE_EXTRA);
             delete = true;
             "null".into()
+        }
+        // Decoded from the registry's encoding: already compact JSON, no second parse.
+        (Some(_), RecordFormat::Json) if decoded.is_some() => {
+            decoded.unwrap_or_default().into_boxed_str()
         }
         (Some(bytes), RecordFormat::Json) => {
             match std::str::from_utf8(bytes).ok().map(compact_json) {
@@ -105,21 +160,23 @@ pub fn decode<M: Message>(msg: &M, max_bytes: usize, how: Decoding) -> Result<Lo
                 }
             }
         }
-        (Some(bytes), RecordFormat::Debezium) => match debezium::parse_value(bytes)? {
-            Event::Tombstone => {
-                extra.push_str(TOMBSTONE_EXTRA);
-                delete = true;
-                "null".into()
+        (Some(bytes), RecordFormat::Debezium) => {
+            match debezium::parse_value(decoded.as_deref().map(str::as_bytes).unwrap_or(bytes))? {
+                Event::Tombstone => {
+                    extra.push_str(TOMBSTONE_EXTRA);
+                    delete = true;
+                    "null".into()
+                }
+                Event::Change { op, data, source } => {
+                    extra.push_str("\"op\":\"");
+                    extra.push_str(op.name());
+                    extra.push_str("\",\"source\":");
+                    extra.push_str(&source);
+                    delete = op == debezium::Op::Delete;
+                    data
+                }
             }
-            Event::Change { op, data, source } => {
-                extra.push_str("\"op\":\"");
-                extra.push_str(op.name());
-                extra.push_str("\",\"source\":");
-                extra.push_str(&source);
-                delete = op == debezium::Op::Delete;
-                data
-            }
-        },
+        }
     };
     let mut trace = None;
     if let Some(headers) = msg.headers() {
@@ -195,6 +252,7 @@ mod tests {
             &msg(Some(b"k"), Some(b"{ \"a\" :\n 1 }"), None),
             100,
             Decoding::default(),
+            None,
         )
         .unwrap();
         assert_eq!(&*r.data, "{\"a\":1}");
@@ -205,6 +263,7 @@ mod tests {
             &msg(Some(b"k"), Some(b"\xff\x00hi"), None),
             100,
             Decoding::default(),
+            None,
         )
         .unwrap();
         assert_eq!(&*r.data, "\"/wBoaQ==\"");
@@ -213,6 +272,7 @@ mod tests {
             &msg(Some(b"k"), Some(b"not json"), None),
             100,
             Decoding::default(),
+            None,
         )
         .unwrap();
         assert_eq!(r.extra.as_deref(), Some("\"encoding\":\"base64\""));
@@ -225,7 +285,13 @@ mod tests {
                 key: "bin",
                 value: Some(&[0xffu8][..]),
             });
-        let r = decode(&msg(None, None, Some(headers)), 100, Decoding::default()).unwrap();
+        let r = decode(
+            &msg(None, None, Some(headers)),
+            100,
+            Decoding::default(),
+            None,
+        )
+        .unwrap();
         assert_eq!(&*r.data, "null");
         assert!(r.key.is_none());
         let extra = r.extra.unwrap();
@@ -243,7 +309,8 @@ mod tests {
             decode(
                 &msg(Some(b"k"), Some(&[b'1'; 101]), None),
                 100,
-                Decoding::default()
+                Decoding::default(),
+                None
             )
             .unwrap_err(),
             Bad::TooLarge
@@ -252,7 +319,8 @@ mod tests {
             decode(
                 &msg(Some(b"\xff"), Some(b"1"), None),
                 100,
-                Decoding::default()
+                Decoding::default(),
+                None
             )
             .unwrap_err(),
             Bad::KeyNotUtf8
@@ -262,6 +330,8 @@ mod tests {
     const DEBEZIUM: Decoding = Decoding {
         format: RecordFormat::Debezium,
         key: KeyRule::Field,
+        encoding: Encoding::Json,
+        key_encoding: Encoding::Json,
     };
 
     fn members(r: &LogRecord) -> serde_json::Value {
@@ -277,7 +347,13 @@ mod tests {
             key: "trace",
             value: Some("t1"),
         });
-        let r = decode(&msg(Some(key), Some(value), Some(headers)), 1000, DEBEZIUM).unwrap();
+        let r = decode(
+            &msg(Some(key), Some(value), Some(headers)),
+            1000,
+            DEBEZIUM,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.key.as_deref(), Some("1001"));
         assert_eq!(&*r.data, r#"{"email":"a@x","id":1001}"#);
         assert!(!r.delete);
@@ -298,6 +374,7 @@ mod tests {
             &msg(Some(br#"{"id":1001}"#), Some(value), None),
             1000,
             json_key,
+            None,
         )
         .unwrap();
         assert_eq!(r.key.as_deref(), Some(r#"{"id":1001}"#));
@@ -309,7 +386,13 @@ mod tests {
         assert_eq!(members(&r)["op"], "delete");
 
         // The tombstone that follows a delete.
-        let r = decode(&msg(Some(br#"{"id":1001}"#), None, None), 1000, DEBEZIUM).unwrap();
+        let r = decode(
+            &msg(Some(br#"{"id":1001}"#), None, None),
+            1000,
+            DEBEZIUM,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (r.key.as_deref(), &*r.data, r.delete),
             (Some("1001"), "null", true)
@@ -322,6 +405,103 @@ mod tests {
         assert!(m.get("source").is_none());
     }
 
+    /// Debezium's Avro converter through the registry: the key struct and the change
+    /// event decode to JSON first, then the envelope is read as on a JSON topic.
+    #[test]
+    fn debezium_change_events_in_avro() {
+        use super::super::registry::avro::AvroSchema;
+        use super::super::registry::Parsed;
+        use crate::source::registry_config::SchemaRegistryConfig;
+        use apache_avro::types::Value as Avro;
+
+        let key_schema = r#"{"type":"record","name":"Key","namespace":"dbserver1.inventory.customers","fields":[{"name":"id","type":"int"}]}"#;
+        let value_schema = r#"{"type":"record","name":"Envelope","namespace":"dbserver1.inventory.customers","fields":[
+            {"name":"before","type":["null",{"type":"record","name":"Value","fields":[{"name":"id","type":"int"},{"name":"email","type":"string"}]}],"default":null},
+            {"name":"after","type":["null","Value"],"default":null},
+            {"name":"source","type":{"type":"record","name":"Source","namespace":"io.debezium.connector.postgresql","fields":[{"name":"table","type":"string"},{"name":"lsn","type":["null","long"]}]}},
+            {"name":"op","type":"string"},
+            {"name":"ts_ms","type":["null","long"]}]}"#;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = SchemaRegistryConfig {
+            url: "http://127.0.0.1:9".into(),
+            retries: 0,
+            ..SchemaRegistryConfig::default()
+        };
+        let registry = Registry::new(&config, rt.handle().clone()).unwrap();
+        registry.insert(
+            1,
+            Parsed::Avro(Box::new(AvroSchema::parse(key_schema, &[]).unwrap())),
+        );
+        registry.insert(
+            2,
+            Parsed::Avro(Box::new(AvroSchema::parse(value_schema, &[]).unwrap())),
+        );
+        let framed = |id: u8, schema: &str, value: Avro| {
+            let schema = apache_avro::Schema::parse_str(schema).unwrap();
+            let mut bytes = vec![0, 0, 0, 0, id];
+            bytes.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+            bytes
+        };
+        let key = framed(
+            1,
+            key_schema,
+            Avro::Record(vec![("id".into(), Avro::Int(1001))]),
+        );
+        let row = Avro::Record(vec![
+            ("id".into(), Avro::Int(1001)),
+            ("email".into(), Avro::String("a@x".into())),
+        ]);
+        let value = framed(
+            2,
+            value_schema,
+            Avro::Record(vec![
+                ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
+                ("after".into(), Avro::Union(1, Box::new(row))),
+                (
+                    "source".into(),
+                    Avro::Record(vec![
+                        ("table".into(), Avro::String("customers".into())),
+                        ("lsn".into(), Avro::Union(1, Box::new(Avro::Long(7)))),
+                    ]),
+                ),
+                ("op".into(), Avro::String("c".into())),
+                ("ts_ms".into(), Avro::Union(1, Box::new(Avro::Long(1)))),
+            ]),
+        );
+        let how = Decoding {
+            encoding: Encoding::Avro,
+            key_encoding: Encoding::Avro,
+            ..DEBEZIUM
+        };
+        let r = decode(
+            &msg(Some(&key), Some(&value), None),
+            1 << 20,
+            how,
+            Some(&registry),
+        )
+        .unwrap();
+        assert_eq!(r.key.as_deref(), Some("1001"), "the key struct's one field");
+        assert_eq!(&*r.data, r#"{"email":"a@x","id":1001}"#);
+        let m = members(&r);
+        assert_eq!(
+            (m["op"].as_str(), m["source"]["lsn"].as_i64()),
+            (Some("create"), Some(7))
+        );
+        // A value that is not in the wire format is a bad record with the registry's reason.
+        let err = decode(
+            &msg(Some(&key), Some(b"{}"), None),
+            1 << 20,
+            how,
+            Some(&registry),
+        )
+        .unwrap_err();
+        assert_eq!(err.label(), "undecodable", "{err}");
+    }
+
     #[test]
     fn debezium_bad_envelopes_are_bad_records() {
         for value in [
@@ -330,8 +510,13 @@ mod tests {
             b"{\"op\":\"x\"}",
             b"{\"op\":\"u\"}",
         ] {
-            let err =
-                decode(&msg(Some(b"{\"id\":1}"), Some(value), None), 1000, DEBEZIUM).unwrap_err();
+            let err = decode(
+                &msg(Some(b"{\"id\":1}"), Some(value), None),
+                1000,
+                DEBEZIUM,
+                None,
+            )
+            .unwrap_err();
             assert!(matches!(err, Bad::Envelope(_)), "{err:?}");
             assert_eq!(err.label(), "bad_envelope");
         }
@@ -339,11 +524,12 @@ mod tests {
         assert!(decode(
             &msg(Some(b"k"), Some(b"{\"op\":\"x\"}"), None),
             1000,
-            Decoding::default()
+            Decoding::default(),
+            None
         )
         .is_ok());
         assert_eq!(
-            decode(&msg(Some(b"\xff"), Some(b"{}"), None), 1000, DEBEZIUM).unwrap_err(),
+            decode(&msg(Some(b"\xff"), Some(b"{}"), None), 1000, DEBEZIUM, None).unwrap_err(),
             Bad::KeyNotUtf8
         );
     }
@@ -390,7 +576,7 @@ mod tests {
             message(None, 19, 1700000060112),
         ];
         for (msg, example) in messages.iter().zip(examples) {
-            let log = decode(msg, 1 << 20, DEBEZIUM).unwrap();
+            let log = decode(msg, 1 << 20, DEBEZIUM, None).unwrap();
             let record =
                 Record::encode("dbserver1.inventory.customers", &log, "…", Framing::Normal);
             assert_eq!(record.ws.as_str(), example);

@@ -21,6 +21,9 @@ pub(super) struct Live {
     refresh_soon: bool,
     connected: bool,
     missing_logged: HashMap<String, bool>,
+    /// Partitions of registry-read topics paused because the registry has not
+    /// answered yet, with the offset to read again from once it has.
+    held: HashMap<(String, i32), i64>,
 }
 
 impl Live {
@@ -36,6 +39,7 @@ impl Live {
             refresh_soon: false,
             connected: true,
             missing_logged: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -52,6 +56,9 @@ impl Live {
                     self.handle(&msg);
                 }
                 Some(Err(e)) => self.on_error(e),
+            }
+            if !self.held.is_empty() && self.registry_up() {
+                self.release();
             }
             if !self.warm_targets.is_empty() || !self.inner.ready.load(Ordering::Relaxed) {
                 self.check_warm();
@@ -85,7 +92,16 @@ impl Live {
                 how
             }
         };
-        match decode::decode(msg, self.inner.config.max_record_bytes, how) {
+        if how.needs_registry() && !self.registry_up() {
+            self.hold(msg);
+            return;
+        }
+        match decode::decode(
+            msg,
+            self.inner.config.max_record_bytes,
+            how,
+            self.inner.registry.as_deref(),
+        ) {
             Ok(mut record) => {
                 if how.format == RecordFormat::Debezium && !record.delete {
                     fill_unavailable(topic, &mut record);
@@ -98,6 +114,49 @@ impl Live {
                 topic.advance(msg.partition() as u32, msg.offset() as u64 + 1);
             }
         }
+    }
+
+    /// Whether the schema registry has answered (true when there is none).
+    fn registry_up(&self) -> bool {
+        self.inner.registry.as_ref().is_none_or(|r| r.is_up())
+    }
+
+    /// Pauses the partition of `msg` (its topic is read through a registry that has not
+    /// answered yet): nothing of it is read until [`Live::release`], so no record goes
+    /// to the failure track for a registry that was merely late at start.
+    fn hold(&mut self, msg: &BorrowedMessage<'_>) {
+        let key = (msg.topic().to_owned(), msg.partition());
+        if self.held.contains_key(&key) {
+            // Fetched before the pause took effect: read again at release.
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&key.0, key.1);
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::warn!(error = %e, topic = %key.0, partition = key.1, "cannot pause a partition");
+        }
+        tracing::info!(topic = %key.0, partition = key.1, offset = msg.offset(), "waiting for the schema registry before reading this partition");
+        self.held.insert(key, msg.offset());
+    }
+
+    /// Reads the held partitions again from where they were held.
+    fn release(&mut self) {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.held.drain() {
+            if let Err(e) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(1),
+            ) {
+                tracing::warn!(error = %e, %topic, partition, "cannot seek a held partition");
+            }
+            list.add_partition(&topic, partition);
+        }
+        if let Err(e) = self.consumer.resume(&list) {
+            tracing::warn!(error = %e, "cannot resume held partitions");
+        }
+        tracing::info!("schema registry answered: reading the held partitions");
     }
 
     fn on_error(&mut self, e: KafkaError) {
@@ -143,6 +202,11 @@ impl Live {
         if self.warm_targets.iter().any(|e| !reached(e)) {
             if let Ok(positions) = self.consumer.position() {
                 for (t, p, _) in &self.warm_targets {
+                    // A held partition's position is past records it has not ingested
+                    // yet: it is read again from where it was held.
+                    if self.held.contains_key(&(t.name.to_string(), *p as i32)) {
+                        continue;
+                    }
                     let at = positions
                         .find_partition(&t.name, *p as i32)
                         .map(|e| e.offset());
@@ -159,8 +223,11 @@ impl Live {
             }
         }
         let mut done: Vec<Arc<Topic>> = Vec::new();
+        let registry_up = self.registry_up();
         for (topic, _, _) in &self.warm_targets {
-            let waiting = pending.iter().any(|t| Arc::ptr_eq(t, topic));
+            // A topic read through a registry that has not answered is not served yet.
+            let waiting = pending.iter().any(|t| Arc::ptr_eq(t, topic))
+                || (!registry_up && self.inner.decoding(&topic.name).needs_registry());
             if !waiting && !done.iter().any(|t| Arc::ptr_eq(t, topic)) {
                 done.push(Arc::clone(topic));
             }
@@ -441,6 +508,7 @@ mod tests {
             producer: base_config(&kc).create().unwrap(),
             config: kc.clone(),
             rules: config.rules.clone(),
+            registry: None,
             warm_records: 10,
             hub,
             cluster_id: "c".into(),
