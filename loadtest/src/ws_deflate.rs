@@ -6,7 +6,7 @@
 
 use flate2::{Decompress, FlushDecompress, Status};
 use memchr::memmem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::client::{connect, deliver, mark_ready, ClientConfig, Failure, OpenGuard, Shared};
@@ -58,6 +58,9 @@ pub(crate) async fn subscribe(
     write_frame(&mut stream, 0x1, sub.to_string().as_bytes())
         .await
         .map_err(|_| Failure::Stream)?;
+    // Buffered reads: a frame header and its payload in one read call, as
+    // tungstenite's reader does for the uncompressed runs.
+    let mut stream = BufReader::with_capacity(4096, stream);
 
     let mut inflater = Decompress::new(false);
     let mut plain = Vec::with_capacity(4096);
@@ -97,7 +100,7 @@ pub(crate) async fn subscribe(
             0x8 => return Err(Failure::Stream),
             0x9 => {
                 let payload = std::mem::take(&mut message);
-                write_frame(&mut stream, 0xA, &payload)
+                write_frame(stream.get_mut(), 0xA, &payload)
                     .await
                     .map_err(|_| Failure::Stream)?;
             }
@@ -129,7 +132,10 @@ fn inflate(
 }
 
 /// Reads one frame's payload, appended to `buf`; returns FIN, RSV1 and the opcode.
-async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(bool, bool, u8)> {
+async fn read_frame(
+    s: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(bool, bool, u8)> {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).await?;
     let len = match h[1] & 0x7f {
