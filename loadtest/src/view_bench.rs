@@ -54,6 +54,7 @@ struct Sub {
     to_live: Option<Duration>,
     snap_secs: f64,
     lives: Arc<AtomicUsize>,
+    since_yield: u32,
 }
 
 impl Sub {
@@ -69,6 +70,7 @@ impl Sub {
             to_live: None,
             snap_secs: 0.0,
             lives,
+            since_yield: 0,
         }
     }
     fn apply(&mut self, r: &serde_json::Value) {
@@ -93,6 +95,21 @@ impl Sub {
             }
         }
         self.state[i] = v;
+    }
+}
+
+impl Sub {
+    /// Lets the other subscribers of this process run every 256 records.
+    /// tokio's cooperative budget counts socket reads, and one read of the SSE
+    /// reader's 1 MiB buffer holds thousands of records: without this, a few
+    /// subscribers kept both workers for seconds while the others' sockets
+    /// filled, and the server closed those for their write timeout.
+    async fn fair_turn(&mut self) {
+        self.since_yield += 1;
+        if self.since_yield >= 256 {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -160,7 +177,10 @@ async fn ws_sub(
         };
         let v: serde_json::Value = serde_json::from_str(&t)?;
         match v["type"].as_str() {
-            Some("record") => sub.apply(&v),
+            Some("record") => {
+                sub.apply(&v);
+                sub.fair_turn().await;
+            }
             Some("subscribed") => subscribed_at = Instant::now(),
             Some("live") => {
                 sub.to_live = Some(started.elapsed());
@@ -215,6 +235,7 @@ async fn sse_sub(
                 "record" | "" => {
                     let v: serde_json::Value = serde_json::from_str(d.trim())?;
                     sub.apply(&v);
+                    sub.fair_turn().await;
                 }
                 _ => {}
             }
