@@ -62,6 +62,12 @@ impl From<InvalidSetting> for ConfigError {
     }
 }
 
+impl From<crate::traces::InvalidTelemetry> for ConfigError {
+    fn from(e: crate::traces::InvalidTelemetry) -> Self {
+        invalid(e.key, e.problem)
+    }
+}
+
 pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

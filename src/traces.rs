@@ -25,7 +25,6 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{invalid, ConfigError};
 use crate::telemetry::{
     ATTR_DELIVERIES, ATTR_OFFSET, ATTR_PARTITION, ATTR_PEER, ATTR_RECOVERED, ATTR_REPLAYED,
     ATTR_SNAPSHOT, ATTR_TOPIC, ATTR_TRANSPORT, SPAN_CATCH_UP, SPAN_CONNECTION, SPAN_DELIVER,
@@ -65,8 +64,21 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// A `[telemetry]` setting that cannot work: its key and what is wrong (the
+/// configuration reports it as its own error; `config` imports this module,
+/// not the other way round).
+#[derive(Debug)]
+pub struct InvalidTelemetry {
+    pub key: &'static str,
+    pub problem: &'static str,
+}
+
+fn invalid(key: &'static str, problem: &'static str) -> InvalidTelemetry {
+    InvalidTelemetry { key, problem }
+}
+
 impl TelemetryConfig {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidTelemetry> {
         if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
             return Err(invalid(
                 "telemetry.trace_sample_ratio",
@@ -90,7 +102,7 @@ impl TelemetryConfig {
 }
 
 /// `<endpoint>/v1/traces`, or the endpoint itself when it already names that path.
-fn traces_url(endpoint: &str) -> Result<String, ConfigError> {
+fn traces_url(endpoint: &str) -> Result<String, InvalidTelemetry> {
     let key = "telemetry.otlp_endpoint";
     let uri: axum::http::Uri = endpoint
         .parse()

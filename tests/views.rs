@@ -3,6 +3,8 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestServer, WAIT};
@@ -242,17 +244,27 @@ async fn a_page_and_a_subscription_from_its_cursor_meet_exactly_under_writes() {
 
     let http = server.http.clone();
     let addr = server.addr;
+    let landed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&landed);
     let writer = tokio::spawn(async move {
         let mut written = Vec::new();
         for i in KEYS..KEYS + WRITES {
             let key = format!("k{:03}", i % KEYS);
             let r = common::publish(&http, addr, "t", &key, json!({"seq": i})).await;
             written.push((offset_of(&r), (key, i as u64)));
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         written
     });
-    // Let some writes land, then take the page in the middle of them.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Let some writes land (however slow the machine), then take the page in
+    // the middle of them.
+    tokio::time::timeout(WAIT, async {
+        while landed.load(Ordering::Relaxed) < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the writer's first records landed");
     let (status, page) = view(&server, "t", "limit=1000").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["next"], Value::Null);

@@ -44,7 +44,7 @@ use self::partition::{
     Partition, PartitionState, Positions, ViewBudget,
 };
 pub use self::stats::PartitionStats;
-use self::stored::{finish, Pending, DEFER_SNAPSHOT_AT};
+use self::stored::Pending;
 pub use self::stored::{read_stored, Snap, StoredError, StoredView, ViewPage};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
@@ -666,7 +666,7 @@ impl Topic {
         // Partitions whose view lacks keys: read from the stored view if the
         // source pinned one, else the snapshot may be partial.
         let (from_store, lacking) = stored::lacking(&guards, needs_snapshot && stored.is_some());
-        let mut snapshot = if needs_snapshot {
+        let snapshot = if needs_snapshot {
             collect_snapshot(&guards, &filter, &from_store)
         } else {
             Vec::new()
@@ -700,31 +700,14 @@ impl Topic {
         self.index.insert(&sub);
         drop(guards);
         // Outside the locks: parsing values and sorting must not hold up ingest.
-        // A large snapshot, or one with stored partitions, is filtered and
-        // ordered by `Registration::complete` on a blocking thread: done here,
-        // a crowd of subscribers to a big view would hold the runtime's workers.
-        let defer =
-            snapshot.len() >= DEFER_SNAPSHOT_AT || stored.is_some() && !from_store.is_empty();
-        if !defer {
-            if let Some(spec) = sub.spec() {
-                snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
-            }
-        }
-        let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
-        let (partial, pending) = if defer {
-            let view = stored.as_ref().filter(|_| !from_store.is_empty());
-            (
-                None,
-                Some(Pending {
-                    view: view.cloned(),
-                    partitions: from_store,
-                    max_snapshot,
-                    evicted: if view.is_some() { None } else { evicted },
-                }),
-            )
-        } else {
-            (finish(&mut snapshot, max_snapshot, evicted), None)
-        };
+        let (snapshot, partial, pending) = stored::prepare(
+            snapshot,
+            &sub,
+            stored.as_ref(),
+            from_store,
+            max_snapshot,
+            evicted,
+        );
         telemetry::subscription_opened(&self.name);
         // Closed meanwhile (deleted or replaced): `close` may have collected the
         // subscriptions before this one was inserted, so close it here.

@@ -13,12 +13,12 @@ use std::sync::{Arc, MutexGuard};
 
 use super::partition::PartitionState;
 use super::sub::Filter;
-use super::{Partial, Registration, Topic};
+use super::{Partial, Registration, Sub, Topic};
 use crate::record::{Framing, LogRecord, Record};
 
 /// Snapshots of at least this many records are filtered and ordered off the
 /// async workers ([`Registration::complete`]).
-pub(super) const DEFER_SNAPSHOT_AT: usize = 16_384;
+const DEFER_SNAPSHOT_AT: usize = 16_384;
 
 /// A storage failure while reading a stored view.
 pub type StoredError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -204,6 +204,39 @@ impl Registration {
         self.partial = finish(&mut self.snapshot, pending.max_snapshot, pending.evicted);
         Ok(())
     }
+}
+
+/// A registration's snapshot as taken under the locks, made ready outside
+/// them: a small one filtered by the subscription's spec and ordered now; a
+/// large one, or one with partitions to read from the stored view, left to
+/// [`Registration::complete`] on a blocking thread (done here, a crowd of
+/// subscribers to a big view would hold the runtime's workers).
+pub(super) fn prepare(
+    mut snapshot: Vec<Arc<Record>>,
+    sub: &Sub,
+    stored: Option<&Arc<dyn StoredView>>,
+    from_store: Vec<u32>,
+    max_snapshot: usize,
+    evicted: Option<&'static str>,
+) -> (Vec<Snap>, Option<Partial>, Option<Pending>) {
+    let view = stored.filter(|_| !from_store.is_empty());
+    if snapshot.len() < DEFER_SNAPSHOT_AT && view.is_none() {
+        if let Some(spec) = sub.spec() {
+            snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
+        }
+    }
+    let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
+    if snapshot.len() < DEFER_SNAPSHOT_AT && view.is_none() {
+        let partial = finish(&mut snapshot, max_snapshot, evicted);
+        return (snapshot, partial, None);
+    }
+    let pending = Pending {
+        view: view.cloned(),
+        partitions: from_store,
+        max_snapshot,
+        evicted: if view.is_some() { None } else { evicted },
+    };
+    (snapshot, None, Some(pending))
 }
 
 /// Orders `snapshot` by key and cuts it at `max_snapshot` (0: no cap);
