@@ -224,12 +224,11 @@ pub(super) fn prepare(
         if let Some(spec) = sub.spec() {
             snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
         }
-    }
-    let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
-    if snapshot.len() < DEFER_SNAPSHOT_AT && view.is_none() {
+        let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
         let partial = finish(&mut snapshot, max_snapshot, evicted);
         return (snapshot, partial, None);
     }
+    let snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
     let pending = Pending {
         view: view.cloned(),
         partitions: from_store,
