@@ -104,8 +104,13 @@ async fn over_connect_rate_a_handshake_is_refused_cheaply_with_retry_after() {
     assert_eq!(r.status(), 401);
 }
 
+/// The in-process servers of this binary share one metrics recorder: the tests
+/// that count catch-up reads run one at a time.
+static CATCHUP_METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_they_missed() {
+    let _alone = CATCHUP_METRICS.lock().await;
     // Topic `one` keeps 64 records in its ring: a resume from offset 10 of 400 reads the log.
     let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
     let records: Vec<(String, Value)> = (0..400)
@@ -163,6 +168,64 @@ async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_th
         "no read was shared by {CLIENTS} simultaneous resumes"
     );
     println!("{CLIENTS} resumes of one range: {reads} log reads, {joined} joined one in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_a_few_records_apart_share_the_earliest_read_in_flight() {
+    let _alone = CATCHUP_METRICS.lock().await;
+    // As after a lost node: each client was live until its own last record, so
+    // their cursors differ by a few records. With one permit the reads queue,
+    // and each later start joins a read that covers it.
+    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
+    let records: Vec<(String, Value)> = (0..400)
+        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .collect();
+    node.publish_batch("one", &records).await;
+    let any = node.publish("one", "k0", json!({"i": 400})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
+    let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
+    const CLIENTS: u64 = 40;
+    let resumes = (0..CLIENTS).map(|c| {
+        let from = 10 + c;
+        let cursor = Cursor::new(epoch, vec![from]).encode();
+        let addr = node.addr;
+        async move {
+            let mut ws = WsClient::connect(addr).await;
+            ws.subscribe(json!({"topic": "one", "cursor": cursor}))
+                .await;
+            let got = ws.records((401 - from) as usize).await;
+            let got: Vec<u64> = got.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+            (from, got)
+        }
+    });
+    let all = futures_util::stream::iter(resumes)
+        .buffer_unordered(CLIENTS as usize)
+        .collect::<Vec<_>>()
+        .await;
+    for (from, got) in &all {
+        let expected: Vec<u64> = (*from..401).collect();
+        assert_eq!(
+            got, &expected,
+            "from {from}: exactly the missed records, in order, once each"
+        );
+    }
+    let reads = metric(&node, "pushgate_catchup_reads_total").await - reads_before;
+    let joined = metric(&node, "pushgate_catchup_reads_coalesced_total").await - joined_before;
+    // One answer each (a read of its own, or its part of one in flight); with
+    // exact-range sharing only, no two of these 40 ranges would ever be shared.
+    assert_eq!(
+        reads + joined,
+        CLIENTS as f64,
+        "reads {reads}, joined {joined}"
+    );
+    assert!(
+        joined > 0.0,
+        "{CLIENTS} resumes from 40 different offsets: {reads} log reads, none joined"
+    );
+    println!("{CLIENTS} resumes from different offsets: {reads} log reads, {joined} joined one in flight");
 }
 
 #[tokio::test]

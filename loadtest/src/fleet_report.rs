@@ -165,13 +165,15 @@ const METRICS: &[&str] = &[
 fn pick(text: &str) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(name) = METRICS.iter().find(|n| line.starts_with(n.trim_end())) else {
+        // The name must end where the line's name ends: `pushgate_connections` is a
+        // prefix of `pushgate_connections_total`.
+        let Some(name) = METRICS.iter().find(|n| {
+            let n = n.trim_end();
+            line.starts_with(n) && matches!(line.as_bytes().get(n.len()), Some(b' ' | b'{'))
+        }) else {
             continue;
         };
         let rest = &line[name.trim_end().len()..];
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
         let mut key = name.trim_end().to_owned();
         for label in ["tier=\"", "reason=\""] {
             if let Some(i) = rest.find(label) {
@@ -447,14 +449,21 @@ pub fn report(args: ReportArgs) -> Result<()> {
             let (Some(first), Some(last)) = (first, last) else {
                 continue;
             };
+            // Summed over consecutive samples: a restarted node's counters start again
+            // from 0 (a drop is counted as a restart, its new value as the increase).
             let d = |k: &str| {
-                let a = first.m.get(k).copied().unwrap_or(0.0);
-                let b = last.m.get(k).copied().unwrap_or(0.0);
-                if b >= a {
-                    b - a
-                } else {
-                    b
-                }
+                ss.windows(2)
+                    .filter(|w| w[0].up && w[1].up)
+                    .map(|w| {
+                        let a = w[0].m.get(k).copied().unwrap_or(0.0);
+                        let b = w[1].m.get(k).copied().unwrap_or(0.0);
+                        if b >= a {
+                            b - a
+                        } else {
+                            b
+                        }
+                    })
+                    .sum::<f64>()
             };
             let peak = |k: &str| {
                 ss.windows(2)
@@ -472,15 +481,20 @@ pub fn report(args: ReportArgs) -> Result<()> {
             };
             let up: Vec<&&NodeSample> = ss.iter().filter(|s| s.up).collect();
             let secs = (last.t - first.t).max(1) as f64 / 1000.0;
-            let cpu = if let (Some(a), Some(b)) = (up.first(), up.last()) {
-                if b.cpu_s >= a.cpu_s {
-                    (b.cpu_s - a.cpu_s) / secs * 100.0
-                } else {
-                    0.0
-                }
-            } else {
-                0.0
-            };
+            // CPU seconds over consecutive samples of a running process (a restart
+            // starts its CPU time again from 0).
+            let cpu = up
+                .windows(2)
+                .map(|w| {
+                    if w[1].cpu_s >= w[0].cpu_s {
+                        w[1].cpu_s - w[0].cpu_s
+                    } else {
+                        w[1].cpu_s
+                    }
+                })
+                .sum::<f64>()
+                / secs
+                * 100.0;
             writeln!(
                 per_node,
                 "| ({}) | {node} | {:.0}% | {:.0} / {:.0} MiB | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} |",
