@@ -42,7 +42,7 @@ pub const SCHEMA_REGISTRY_FAILURES: &str = "pushgate_schema_registry_failures_to
 /// Bytes of records the live consumer fetched from Kafka, per topic (from librdkafka's statistics).
 pub const KAFKA_FETCH_BYTES: &str = "pushgate_kafka_fetch_bytes_total";
 pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
-/// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads that joined an identical one in flight instead.
+/// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads answered by one in flight that covered their start instead.
 pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
 pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_total";
 /// Records between the source's high watermark and what this node has ingested, per partition (Kafka and the embedded log).
