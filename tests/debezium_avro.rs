@@ -83,11 +83,9 @@ impl Pipeline {
         let me = std::process::id().to_string();
         let (pg, connect) = (tempdir(), tempdir());
         let pg_dir = pg.path().to_str().unwrap().to_owned();
+        let pg_args = ["cdc-postgres", "start", &pg_dir, "--watch-pid", &me];
         let (postgres, registry) = tokio::join!(
-            script(
-                &["cdc-postgres", "start", &pg_dir, "--watch-pid", &me],
-                Duration::from_secs(60)
-            ),
+            script(&pg_args, Duration::from_secs(60)),
             script(&["registry", "start"], Duration::from_secs(180)),
         );
         let registry = registry.trim().to_owned();
@@ -362,15 +360,16 @@ fn full_name(schema: &Value) -> String {
     }
 }
 
-/// The names of the fields of the `after` row image of a Debezium envelope schema.
+/// The field names of the row record of a Debezium envelope schema (defined in `before`;
+/// `after` names it).
 fn row_fields(envelope: &Value) -> Vec<String> {
-    let after = envelope["fields"]
+    let before = envelope["fields"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["name"] == "after")
+        .find(|f| f["name"] == "before")
         .unwrap();
-    let row = after["type"]
+    let row = before["type"]
         .as_array()
         .unwrap()
         .iter()
@@ -420,7 +419,7 @@ async fn debezium_avro_through_the_registry_reaches_clients_as_json() {
     let (mut ws, reply) = ws_subscribe(node.addr, 2).await;
     let snapshot = ws.records(2).await;
     let mut reads: Vec<(String, String, Value)> = changes(&snapshot);
-    reads.sort();
+    reads.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         reads,
         vec![
