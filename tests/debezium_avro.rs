@@ -34,7 +34,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::time::Instant;
 
-/// Debezium's topic prefix here: the table's topic is `avro.public.items`.
+/// Debezium's topic prefix of the main test: the table's topic is `avro.public.items`.
 const PREFIX: &str = "avro";
 const TOPIC: &str = "avro.public.items";
 /// Committed updates of one row in the burst (one transaction each).
@@ -70,6 +70,8 @@ async fn script(args: &[&str], within: Duration) -> String {
 /// test process dies).
 struct Pipeline {
     broker: Broker,
+    /// Debezium's `topic.prefix` (each test its own, on the shared broker).
+    prefix: &'static str,
     registry: String,
     registry_port: String,
     pg: tempfile::TempDir,
@@ -79,7 +81,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn start() -> Self {
+    async fn start(prefix: &'static str) -> Self {
         let me = std::process::id().to_string();
         let (pg, connect) = (tempdir(), tempdir());
         let pg_dir = pg.path().to_str().unwrap().to_owned();
@@ -99,6 +101,7 @@ impl Pipeline {
         Self {
             bootstrap: broker.admin_addr(),
             broker,
+            prefix,
             registry,
             registry_port,
             postgres: postgres.trim().to_owned(),
@@ -107,31 +110,37 @@ impl Pipeline {
         }
     }
 
-    /// Starts the worker with the Avro converters; returns once the connector's task runs.
-    async fn start_connect(&self) {
+    /// Starts the worker with the Avro converters and `props` (`KEY=VALUE`) on the
+    /// connector; returns once the connector's task runs.
+    async fn start_connect(&self, props: &[&str]) {
         let me = std::process::id().to_string();
-        script(
-            &[
-                "cdc-connect",
-                "start",
-                self.connect.path().to_str().unwrap(),
-                "--bootstrap",
-                &self.bootstrap,
-                "--postgres",
-                &self.postgres,
-                "--prefix",
-                PREFIX,
-                "--avro",
-                &self.registry,
-                // One partition: the whole table's changes in commit order.
-                "--partitions",
-                "1",
-                "--watch-pid",
-                &me,
-            ],
-            Duration::from_secs(120),
-        )
-        .await;
+        let mut args = vec![
+            "cdc-connect",
+            "start",
+            self.connect.path().to_str().unwrap(),
+            "--bootstrap",
+            &self.bootstrap,
+            "--postgres",
+            &self.postgres,
+            "--prefix",
+            self.prefix,
+            "--avro",
+            &self.registry,
+            // One partition: the whole table's changes in commit order.
+            "--partitions",
+            "1",
+            "--watch-pid",
+            &me,
+        ];
+        for p in props {
+            args.extend(["--prop", p]);
+        }
+        script(&args, Duration::from_secs(120)).await;
+    }
+
+    /// Debezium's topic of table `items`.
+    fn topic(&self) -> String {
+        format!("{}.public.items", self.prefix)
     }
 
     async fn sql(&self, sql: &str) -> String {
@@ -165,7 +174,7 @@ startup_timeout = "20s"
 [schema_registry]
 url = "{registry}"
 [[topics]]
-pattern = "{PREFIX}\\.public\\..*"
+pattern = "{prefix}\\.public\\..*"
 format = "debezium"
 encoding = "avro"
 key_encoding = "avro"
@@ -175,6 +184,7 @@ ping_interval = "600s"
 "#,
             brokers = self.bootstrap,
             registry = self.registry,
+            prefix = self.prefix,
         );
         let process = Process::start(dir.path(), &config, "127.0.0.1:0").await;
         (process, dir)
@@ -258,11 +268,11 @@ impl Grpc {
 }
 
 /// Subscribes over WebSocket once the topic exists and its snapshot holds `rows` rows.
-async fn ws_subscribe(addr: SocketAddr, rows: u64) -> (WsClient, Value) {
+async fn ws_subscribe(addr: SocketAddr, topic: &str, rows: u64) -> (WsClient, Value) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let mut ws = WsClient::connect(addr).await;
-        ws.send(json!({"type": "subscribe", "topic": TOPIC})).await;
+        ws.send(json!({"type": "subscribe", "topic": topic})).await;
         let reply = ws.json().await;
         if reply["type"] == "subscribed" && reply["snapshot"] == rows {
             return (ws, reply);
@@ -399,7 +409,7 @@ async fn debezium_avro_through_the_registry_reaches_clients_as_json() {
         return;
     }
     let started = Instant::now();
-    let pipe = Pipeline::start().await;
+    let pipe = Pipeline::start(PREFIX).await;
     pipe.sql(&format!(
         "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty bigint NOT NULL,
            price numeric(10, 2), ratio double precision, active boolean NOT NULL, born date,
@@ -410,13 +420,13 @@ async fn debezium_avro_through_the_registry_reaches_clients_as_json() {
          INSERT INTO items (id, name, qty, active) VALUES (2, 'bob', 2, false);"
     ))
     .await;
-    pipe.start_connect().await;
+    pipe.start_connect(&[]).await;
     let (node, _node_dir) = pipe.pushgate().await;
 
     // 1. Debezium's initial snapshot: both rows, read, with every column's value.
     let ann = item(1, "ann", 9_007_199_254_740_993, Some("1234.50"), true);
     let bob = item(2, "bob", 2, None, false);
-    let (mut ws, reply) = ws_subscribe(node.addr, 2).await;
+    let (mut ws, reply) = ws_subscribe(node.addr, TOPIC, 2).await;
     let snapshot = ws.records(2).await;
     let mut reads: Vec<(String, String, Value)> = changes(&snapshot);
     reads.sort_by(|a, b| a.0.cmp(&b.0));
@@ -575,7 +585,7 @@ async fn debezium_avro_through_the_registry_reaches_clients_as_json() {
     assert!(row_fields(&v2).contains(&"note".to_owned()), "{v2}");
 
     // 5. A new subscriber's snapshot is the table now, every row decoded; nothing was skipped.
-    let (mut fresh, reply) = ws_subscribe(node.addr, 3).await;
+    let (mut fresh, reply) = ws_subscribe(node.addr, TOPIC, 3).await;
     let n = reply["snapshot"].as_u64().unwrap() as usize;
     let rows: BTreeMap<String, Value> = fresh
         .records(n)
@@ -605,4 +615,71 @@ async fn debezium_avro_through_the_registry_reaches_clients_as_json() {
         "no record skipped"
     );
     eprintln!("done in {:.1?}", started.elapsed());
+}
+
+/// With `time.precision.mode=connect` and `decimal.handling.mode=precise`, Debezium uses
+/// Kafka Connect's own logical types (Date, Time, Timestamp, Decimal), which the converter
+/// writes as Avro logical types (`date`, `time-millis`, `timestamp-millis`, `decimal`), and
+/// clients get strings by the README's mapping; times at millisecond precision.
+#[tokio::test]
+async fn debezium_avro_with_connect_logical_types_gives_date_and_decimal_strings() {
+    if !tiers(&["kafka", "debezium", "registry"]) {
+        return;
+    }
+    let pipe = Pipeline::start("avrotime").await;
+    pipe.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, born date, t time(3), at_ms timestamp(3),
+           at_us timestamp, at_tz timestamptz, price numeric(10, 2));
+         INSERT INTO items VALUES (1, '2024-01-02', '03:04:05.5', '2024-01-02 03:04:05.123',
+           '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05.5+00', 1234.50);",
+    )
+    .await;
+    pipe.start_connect(&[
+        "time.precision.mode=connect",
+        "decimal.handling.mode=precise",
+    ])
+    .await;
+    let (node, _node_dir) = pipe.pushgate().await;
+    let topic = pipe.topic();
+    let (mut ws, _) = ws_subscribe(node.addr, &topic, 1).await;
+    let read = ws.records(1).await;
+    assert_eq!(read[0]["op"], "read", "{}", read[0]);
+    assert_eq!(
+        read[0]["data"],
+        json!({
+            "id": 1, "born": "2024-01-02", "t": "03:04:05.500",
+            "at_ms": "2024-01-02T03:04:05.123Z",
+            // Connect's Timestamp holds milliseconds: the microseconds are cut.
+            "at_us": "2024-01-02T03:04:05.123Z",
+            // TIMESTAMPTZ stays Debezium's ZonedTimestamp string.
+            "at_tz": "2024-01-02T03:04:05.500000Z",
+            "price": "1234.50"
+        })
+    );
+    // Before 1970 (negative days and milliseconds), live.
+    pipe.sql(
+        "INSERT INTO items VALUES (2, '1969-12-31', '23:59:59.999', '1969-12-31 23:59:59.999',
+           NULL, NULL, -0.01)",
+    )
+    .await;
+    let live = ws.records(1).await;
+    assert_eq!(live[0]["op"], "create", "{}", live[0]);
+    assert_eq!(
+        live[0]["data"],
+        json!({
+            "id": 2, "born": "1969-12-31", "t": "23:59:59.999",
+            "at_ms": "1969-12-31T23:59:59.999Z", "at_us": null, "at_tz": null,
+            "price": "-0.01"
+        })
+    );
+    // The value schema the records carry has those logical types.
+    let raw = dump_raw(&pipe.broker, &topic).await;
+    let id = wire_id(raw[0]["value_b64"].as_str().unwrap());
+    let schema = registry_schema(&pipe.registry, id).await.to_string();
+    for logical in ["date", "time-millis", "timestamp-millis", "decimal"] {
+        assert!(
+            schema.contains(&format!("\"logicalType\":\"{logical}\"")),
+            "{logical} in {schema}"
+        );
+    }
 }
