@@ -14,7 +14,9 @@
 //! tombstone), a column added while everything runs (a second schema version), a
 //! multi-statement transaction and a burst of committed updates; then the raw topic itself
 //! (every key and value in the wire format, the ids the registry serves) and a new
-//! subscriber's snapshot. Needs scripts/kafka-setup, scripts/cdc-setup,
+//! subscriber's snapshot. A second test runs Debezium with `time.precision.mode=connect` and
+//! `decimal.handling.mode=precise`, whose Avro logical types reach clients as date, time,
+//! timestamp and decimal strings. Needs scripts/kafka-setup, scripts/cdc-setup,
 //! scripts/registry-setup and scripts/grpc-setup.
 
 mod common;
