@@ -4,8 +4,9 @@
 produce: N records keyed k<i % keys>, value {"seq": i, "t": <send time, s>}, at a rate;
          every record is retried until the broker acknowledges it (acks=all), so a
          broker outage only delays the run. Prints "acked <count>" at the end.
-dump:    every record of a topic as JSON lines {"p","o","key","seq","value","headers"}, then "end"
-         (value: the raw value as text, null for a tombstone; headers: {"name": "value"}).
+dump:    every record of a topic as JSON lines {"p","o","key","seq","value","key_b64",
+         "value_b64","headers"}, then "end" (value: the raw value as text, null for a tombstone;
+         key_b64, value_b64: the exact bytes in base64; headers: {"name": "value"}).
          --expect N: read until N records were seen (at most 30 s) instead of up to the end
          offsets. --isolation read_committed skips aborted transactions (default: read_uncommitted,
          every record in the log).
@@ -141,8 +142,10 @@ def dump(a):
                 except Exception:
                     seq = None
                 print(json.dumps({"p": tp.partition, "o": r.offset,
-                                  "key": r.key.decode() if r.key else None, "seq": seq,
+                                  "key": r.key.decode(errors="replace") if r.key else None, "seq": seq,
+                                  "key_b64": base64.b64encode(r.key).decode() if r.key is not None else None,
                                   "value": r.value.decode(errors="replace") if r.value is not None else None,
+                                  "value_b64": base64.b64encode(r.value).decode() if r.value is not None else None,
                                   "headers": {k: v.decode(errors="replace") if v is not None else None
                                               for k, v in (r.headers or [])}}))
     print("end", flush=True)
