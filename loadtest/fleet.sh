@@ -199,6 +199,29 @@ connected() {
     echo "$total"
 }
 log "connected: $(connected)"
+# CPU seconds used so far by each kind of process (nodes, HAProxy, clients, Kafka,
+# producer) and by the whole machine (/proc/stat, all cores), one line each.
+ticks=$(getconf CLK_TCK)
+cpu_of() {  # pids...
+    local p total=0
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$(( total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
+    done
+    echo "$total"
+}
+cpu_split() {
+    local nodes=() hap=() p
+    for p in "$OUT"/node*.pid; do nodes+=("$(cat "$p")"); done
+    for p in "$OUT"/haproxy*.pid; do hap+=("$(cat "$p")"); done
+    local kafka; kafka=$(cat "$OUT/kafka/broker.pid" 2>/dev/null || echo 0)
+    awk -v t="$ticks" '{printf "nodes %.2f\n", $1 / t}' <<< "$(cpu_of "${nodes[@]}")"
+    awk -v t="$ticks" '{printf "haproxy %.2f\n", $1 / t}' <<< "$(cpu_of "${hap[@]}")"
+    awk -v t="$ticks" '{printf "clients %.2f\n", $1 / t}' <<< "$(cpu_of "${client_pids[@]}")"
+    awk -v t="$ticks" '{printf "kafka %.2f\n", $1 / t}' <<< "$(cpu_of "$kafka")"
+    awk -v t="$ticks" '{printf "producer %.2f\n", $1 / t}' <<< "$(cpu_of "$producer")"
+    awk -v t="$ticks" '/^cpu / {printf "machine %.2f\n", ($2 + $3 + $4 + $7 + $8) / t}' /proc/stat
+}
 event() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-$2}" >> "$OUT/events.tsv"; }
 
 for s in $SCENARIOS; do
@@ -206,7 +229,13 @@ for s in $SCENARIOS; do
     log "scenario $s (connected: $(connected))"
     t0=$(now_ms)
     case $s in
-    a)  sleep "$STEADY"; event a "$t0" "$(now_ms)" "baseline" ;;
+    a)  cpu_split > "$OUT/cpu-a0"
+        sleep "$STEADY"; event a "$t0" "$(now_ms)" "baseline"
+        cpu_split > "$OUT/cpu-a1"
+        # Where the machine's CPU went during the baseline, per kind of process.
+        paste "$OUT/cpu-a0" "$OUT/cpu-a1" | awk -v secs="$(( ($(now_ms) - t0) / 1000 ))" \
+            '{printf "%-10s %5.2f cores\n", $1, ($4 - $2) / secs}' > "$OUT/cpu-baseline.txt"
+        log "CPU during the baseline (cores): $(tr '\n' ' ' < "$OUT/cpu-baseline.txt")" ;;
     b)  for i in $(seq 1 "$NODES"); do
             pid=$(cat "$OUT/node$i.pid"); kill -TERM "$pid"; wait_exit "$pid" 30
             start_node "$i"; wait_ready "$i"

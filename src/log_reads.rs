@@ -23,35 +23,28 @@ type Key = (Arc<str>, u32);
 pub type Read = Result<Arc<Vec<LogRecord>>, Arc<SourceError>>;
 type InFlight = Shared<BoxFuture<'static, Read>>;
 
-/// A read in flight: `[from, until)`, at most `max` records.
+/// A read in flight of `[from, until)`.
 #[derive(Clone)]
 struct Flight {
     from: u64,
     until: u64,
-    max: usize,
     shared: InFlight,
 }
 
-/// The part of `read` (the records of a read of `[read_until)` from at most
-/// `read_max`) that answers a read of `[from, until)` of at most `max`, or
-/// `None` when it does not: an answer starts at `from` with nothing missing,
-/// so an empty one is only given when `read` covered all of `[from, until)`.
-fn answer(
-    read: &[LogRecord],
-    (read_until, read_max): (u64, usize),
-    from: u64,
-    until: u64,
-    max: usize,
-) -> Option<Vec<LogRecord>> {
+/// The part of `read` (every record of its partition from its start to its
+/// last one) that answers a read of `[from, until)` of at most `max`, or
+/// `None` when it does not. An answer is every record from `from` on, so it
+/// is never empty: an empty read means "nothing in the range", and a read
+/// may end short of its own `until` (a source may return part of a range),
+/// so its records say nothing about offsets past its last one.
+fn answer(read: &[LogRecord], from: u64, until: u64, max: usize) -> Option<Vec<LogRecord>> {
     let part: Vec<LogRecord> = read
         .iter()
         .filter(|r| r.offset >= from && r.offset < until)
         .take(max)
         .cloned()
         .collect();
-    // A read that returned fewer than its maximum reached its `until`.
-    let covered_all = read.len() < read_max && until <= read_until;
-    (!part.is_empty() || covered_all).then_some(part)
+    (!part.is_empty()).then_some(part)
 }
 
 pub struct LogReads {
@@ -102,7 +95,7 @@ impl LogReads {
             let result = waiter.shared.clone().await;
             drop(waiter);
             if let Ok(read) = &result {
-                if let Some(part) = answer(read, (flight.until, flight.max), from, until, max) {
+                if let Some(part) = answer(read, from, until, max) {
                     telemetry::catchup_read(true);
                     return Ok(Arc::new(part));
                 }
@@ -127,7 +120,6 @@ impl LogReads {
             in_flight.entry(key.clone()).or_default().push(Flight {
                 from,
                 until,
-                max,
                 shared: shared.clone(),
             });
             shared
@@ -191,35 +183,16 @@ mod tests {
     }
 
     #[test]
-    fn a_joined_read_answers_only_what_it_covers_without_a_gap() {
-        // A read of [10, 20) that returned all of it (gaps in offsets, as compaction leaves).
-        let whole = records([10, 12, 13, 19]);
-        assert_eq!(
-            offsets(answer(&whole, (20, 512), 12, 20, 512)),
-            Some(vec![12, 13, 19])
-        );
-        assert_eq!(
-            offsets(answer(&whole, (20, 512), 12, 20, 2)),
-            Some(vec![12, 13])
-        );
-        // Nothing in [14, 19) and the read covered it: an empty answer is exact.
-        assert_eq!(
-            offsets(answer(&whole, (20, 512), 14, 19, 512)),
-            Some(vec![])
-        );
-        // Wanting past its end: records up to its end are an answer (the caller
-        // reads on from the last one); none are not (that would skip [20, 30)).
-        assert_eq!(
-            offsets(answer(&whole, (20, 512), 12, 30, 512)),
-            Some(vec![12, 13, 19])
-        );
-        assert_eq!(offsets(answer(&whole, (20, 512), 20, 30, 512)), None);
-        // A read cut at its maximum covered only up to its last record.
-        let cut = records([10, 11, 12]);
-        assert_eq!(
-            offsets(answer(&cut, (100, 3), 11, 100, 512)),
-            Some(vec![11, 12])
-        );
-        assert_eq!(offsets(answer(&cut, (100, 3), 13, 100, 512)), None);
+    fn a_joined_read_answers_only_from_its_records_never_with_nothing() {
+        // A read from 10 that returned these (gaps in offsets, as compaction leaves).
+        let read = records([10, 12, 13, 19]);
+        assert_eq!(offsets(answer(&read, 12, 20, 512)), Some(vec![12, 13, 19]));
+        assert_eq!(offsets(answer(&read, 12, 20, 2)), Some(vec![12, 13]));
+        // Wanting past its last record: the records up to it (the caller reads on after it).
+        assert_eq!(offsets(answer(&read, 12, 30, 512)), Some(vec![12, 13, 19]));
+        // Nothing of it in the range: no answer, even where the read may have
+        // covered the range (it may also have ended short of its `until`).
+        assert_eq!(offsets(answer(&read, 14, 19, 512)), None);
+        assert_eq!(offsets(answer(&read, 20, 30, 512)), None);
     }
 }

@@ -200,6 +200,18 @@ impl Client {
         match self.last_seq.get(key).copied() {
             None => {}
             Some(last) if data.seq > last => {
+                if data.seq > last + step && sh.totals.lost.load(Ordering::Relaxed) < 200 {
+                    // The first few, with where they happened, to find their cause.
+                    eprintln!(
+                        "client {} ({:?}, filtered {}): key {key} seq {last} then {} (partition {partition} offset {offset}) at {} ms, connected {:?} ago",
+                        self.id,
+                        self.kind,
+                        self.filtered,
+                        data.seq,
+                        now_us() / 1000,
+                        self.connected_at.map(|t| t.elapsed()),
+                    );
+                }
                 let mut s = last + step;
                 while s < data.seq {
                     if self.missing.len() < 100_000 {

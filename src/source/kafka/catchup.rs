@@ -182,7 +182,13 @@ impl CatchUpReader {
         let (records, end) = result?;
         let mut segment = cache.segment.lock().expect("segment lock");
         segment.store(from, end, records, self.cache_records);
-        Ok(segment.serve(from, until, max).unwrap_or_default())
+        // An empty answer means "nothing in the range": a read that got nothing
+        // at `from` is an error (the resume is retried), never an empty range.
+        segment.serve(from, until, max).ok_or_else(|| {
+            SourceError::Unavailable(format!(
+                "catch-up read of {topic}/{partition} at {from} returned nothing"
+            ))
+        })
     }
 }
 
@@ -210,9 +216,13 @@ fn fetch(
             earliest: low,
         });
     }
-    let until = until.min(high);
-    if from >= until {
-        return Ok((Vec::new(), from));
+    // `until` is below what this node ingested, so below the high watermark it
+    // saw. A lower one now is a broker that restarted and has not yet moved it
+    // up again: the records exist, they are not readable yet.
+    if high < until {
+        return Err(SourceError::Unavailable(format!(
+            "{topic}/{partition}: high watermark {high} below {until} (broker recovering)"
+        )));
     }
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition as i32, Offset::Offset(from as i64))
@@ -233,6 +243,7 @@ fn fetch(
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
+            Some(Ok(msg)) if msg.topic() != topic || msg.partition() != partition as i32 => {}
             Some(Ok(msg)) => {
                 let offset = msg.offset().max(0) as u64;
                 if offset < end {
@@ -253,9 +264,23 @@ fn fetch(
                     Err(bad) => crate::telemetry::kafka_bad_record(bad.label()),
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
+            // The end of the partition. Before `until` with no message, the
+            // offsets left hold none (compacted away, or transaction markers),
+            // unless the broker restarted and its high watermark went back:
+            // asked again, below `until` it is "not readable yet".
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition as i32 => {
+                let (_, high) = inner
+                    .admin
+                    .fetch_watermarks(topic, partition as i32, META_TIMEOUT)
+                    .map_err(super::client)?;
+                if (high.max(0) as u64) < until {
+                    return Err(SourceError::Unavailable(format!(
+                        "{topic}/{partition}: high watermark {high} below {until} (broker recovering)"
+                    )));
+                }
                 end = until;
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) => {
                 return Err(SourceError::Gap {
                     requested: from,
