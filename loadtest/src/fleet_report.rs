@@ -464,6 +464,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
                         }
                     })
                     .sum::<f64>()
+                    + 0.0 // no "-0" for a node that was down
             };
             let peak = |k: &str| {
                 ss.windows(2)
@@ -494,7 +495,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
                 })
                 .sum::<f64>()
                 / secs
-                * 100.0;
+                * 100.0
+                + 0.0;
             writeln!(
                 per_node,
                 "| ({}) | {node} | {:.0}% | {:.0} / {:.0} MiB | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} |",
