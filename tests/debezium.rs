@@ -16,13 +16,12 @@ mod kafka_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use kafka_common::Broker;
+use kafka_common::{repo, script, Broker};
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -31,31 +30,6 @@ use tokio::time::Instant;
 /// commits (it stops earlier, when the test says so).
 const COUNTERS: i64 = 6;
 const MAX_WRITES: i64 = 6000;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `scripts/<args[0]> args[1..]` and returns its stdout; fails the test with its stderr.
-async fn script(args: &[&str], within: Duration) -> String {
-    let out = tokio::time::timeout(
-        within,
-        Command::new(repo().join("scripts").join(args[0]))
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{args:?} took more than {within:?}"))
-    .expect("spawn a script");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Database and Connect worker of one test, on the binary's shared broker;
 /// both stopped on drop (and by their `--watch-pid` watchers if the test

@@ -24,13 +24,12 @@ mod kafka_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use kafka_common::{dump_raw, metric, Broker};
+use kafka_common::{dump_raw, metric, repo, script, Broker};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -41,31 +40,6 @@ const PREFIX: &str = "avro";
 const TOPIC: &str = "avro.public.items";
 /// Committed updates of one row in the burst (one transaction each).
 const BURST: i64 = 60;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `scripts/<args[0]> args[1..]` and returns its stdout; fails the test with its stderr.
-async fn script(args: &[&str], within: Duration) -> String {
-    let out = tokio::time::timeout(
-        within,
-        Command::new(repo().join("scripts").join(args[0]))
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{args:?} took more than {within:?}"))
-    .expect("spawn a script");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The registry, database and Connect worker of the test, on the binary's shared broker;
 /// all stopped on drop (PostgreSQL and Connect also by their `--watch-pid` watchers if the

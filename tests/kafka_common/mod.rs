@@ -719,6 +719,27 @@ pub async fn tool(args: &[&str]) -> String {
     tool_as(Mode::from_env(), args).await
 }
 
+/// Runs `scripts/<args[0]> args[1..]` and returns its stdout; fails the test with its stderr.
+pub async fn script(args: &[&str], within: Duration) -> String {
+    let out = tokio::time::timeout(
+        within,
+        Command::new(repo().join("scripts").join(args[0]))
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{args:?} took more than {within:?}"))
+    .expect("spawn a script");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs the kafka-python tool with `mode`'s security options and returns its stdout.
 pub async fn tool_as(mode: Mode, args: &[&str]) -> String {
     let out = Command::new("python3")
