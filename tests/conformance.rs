@@ -109,6 +109,34 @@ fn compare(expected: &Value, actual: &Value, cursors: &mut Cursors) -> Result<()
     Ok(())
 }
 
+/// The next message, or `None` when the gateway closes with 4002 (the range being
+/// replayed is gone from the log); any other close fails the test.
+async fn next_message_or_lost(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("catch-up")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                check_server_message(&v);
+                return Some(v);
+            }
+            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 4002 => return None,
+            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("websocket error: {e}"),
+            None => panic!("websocket ended"),
+        }
+    }
+}
+
 async fn next_message(
     ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -170,7 +198,7 @@ async fn play(name: &str, vector: &Value, print: bool) -> Result<(), String> {
     let mut got: Vec<Value> = Vec::new();
     // A retention gap needs the log to have dropped the cursor's records first: retry until then.
     let retention_deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    'retention: loop {
         ws.send(Message::Text(request.to_string().into()))
             .await
             .unwrap();
@@ -187,7 +215,21 @@ async fn play(name: &str, vector: &Value, print: bool) -> Result<(), String> {
             tokio::time::Instant::now() < retention_deadline,
             "{name}: the log never dropped the cursor's records"
         );
-        while next_message(&mut ws, WAIT).await.expect("catch-up")["type"] != "live" {}
+        // Retention may drop the range while it is replayed: the gateway then closes
+        // with 4002 (recovery lost), and the wait goes on over a new connection.
+        loop {
+            match next_message_or_lost(&mut ws, WAIT).await {
+                Some(m) if m["type"] == "live" => break,
+                Some(_) => {}
+                None => {
+                    ws = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+                        .await
+                        .unwrap()
+                        .0;
+                    continue 'retention;
+                }
+            }
+        }
         ws.send(Message::Text(
             json!({"type": "unsubscribe", "id": request["id"]})
                 .to_string()
