@@ -65,14 +65,17 @@ fn python() -> std::path::PathBuf {
 
 /// Runs produce.py: each step `TOPIC=KIND:KEY[:ARG]` is one acknowledged record.
 async fn produce(registry: &str, broker: &Broker, steps: &[&str]) {
-    let out = tokio::process::Command::new(python())
+    let run = tokio::process::Command::new(python())
         .arg(repo().join("tests/registry/produce.py"))
         .arg(registry)
         .arg(broker.addr_for(Mode::Plaintext))
         .args(steps)
         .kill_on_drop(true)
-        .output()
+        .output();
+    // Bounded: a test fails, it never hangs the suite.
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
         .await
+        .unwrap_or_else(|_| panic!("produce.py {steps:?} ran for 180 s"))
         .expect("tests/registry/.venv (scripts/registry-setup)");
     assert!(
         out.status.success(),

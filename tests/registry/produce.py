@@ -19,6 +19,7 @@ import datetime
 import decimal
 import json
 import sys
+import time
 
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -89,9 +90,23 @@ def order_classes():
     return get(pool.FindMessageTypeByName("shop.proto.Customer")), get(pool.FindMessageTypeByName("shop.proto.Order"))
 
 
+def retried(serialize, attempts=3):
+    for attempt in range(1, attempts + 1):
+        try:
+            return serialize()
+        except Exception as e:  # the registry client's timeouts and connection errors
+            if attempt == attempts:
+                raise
+            print(f"produce.py: serialization failed ({e!r}); again", file=sys.stderr)
+            time.sleep(1)
+
+
 def main():
     url, brokers, steps = sys.argv[1], sys.argv[2], sys.argv[3:]
-    registry = SchemaRegistryClient({"url": url})
+    # Bounded requests, each serialization tried three times (registering a schema again
+    # is idempotent): with no timeout, one request the registry never answered, right
+    # after it started, hung a CI run.
+    registry = SchemaRegistryClient({"url": url, "timeout": 15})
     producer = Producer({"bootstrap.servers": brokers, "message.timeout.ms": 20000})
     # Subjects per topic (TopicNameStrategy), registered on first use.
     avro1 = AvroSerializer(registry, json.dumps(AVRO_V1))
@@ -113,22 +128,22 @@ def main():
         ctx = SerializationContext(topic, MessageField.VALUE)
         k = key.encode()
         if kind == "avro1":
-            value = avro1(avro_value(key, arg[0] if arg else 1), ctx)
+            value = retried(lambda: avro1(avro_value(key, arg[0] if arg else 1), ctx))
         elif kind == "avro2":
             v = avro_value(key, 2)
             v["tier"] = arg[0] if arg else "standard"
-            value = avro2(v, ctx)
+            value = retried(lambda: avro2(v, ctx))
         elif kind == "avrokey":
-            value = avro1(avro_value(key, 1), ctx)
-            k = avro_key({"id": key}, SerializationContext(topic, MessageField.KEY))
+            value = retried(lambda: avro1(avro_value(key, 1), ctx))
+            k = retried(lambda: avro_key({"id": key}, SerializationContext(topic, MessageField.KEY)))
         elif kind == "proto":
             # The pool's own Timestamp class takes a datetime (2024-01-02T03:04:05.123Z).
             at = datetime.datetime(2024, 1, 2, 3, 4, 5, 123000, tzinfo=datetime.timezone.utc)
             msg = Order(id=key, qty=9007199254740993, customer=Customer(name="Ada"), tags=["a", "b"],
                         state=1, at=at, blob=b"\xff\x00")
-            value = proto(msg, ctx)
+            value = retried(lambda: proto(msg, ctx))
         elif kind == "json":
-            value = jsonser({"id": key, "qty": 3, "tags": ["x"]}, ctx)
+            value = retried(lambda: jsonser({"id": key, "qty": 3, "tags": ["x"]}, ctx))
         elif kind == "unknown":
             value = b"\x00" + (2_000_000_000).to_bytes(4, "big") + b"\x02"
         elif kind == "garbage":
