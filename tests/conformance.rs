@@ -109,27 +109,29 @@ fn compare(expected: &Value, actual: &Value, cursors: &mut Cursors) -> Result<()
     Ok(())
 }
 
-/// The next message, or `None` when the gateway closes with 4002 (the range being
-/// replayed is gone from the log); any other close fails the test.
-async fn next_message_or_lost(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    within: Duration,
-) -> Option<Value> {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the gateway sent next: a message, nothing within the time, or a close.
+enum Next {
+    Message(Value),
+    Nothing,
+    Closed(Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>),
+}
+
+async fn next(ws: &mut Ws, within: Duration) -> Next {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("catch-up")
-        {
+        let Ok(got) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            return Next::Nothing;
+        };
+        match got {
             Some(Ok(Message::Text(t))) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
                 check_server_message(&v);
-                return Some(v);
+                return Next::Message(v);
             }
-            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 4002 => return None,
-            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(Message::Close(frame))) => return Next::Closed(frame),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("websocket error: {e}"),
             None => panic!("websocket ended"),
@@ -137,25 +139,22 @@ async fn next_message_or_lost(
     }
 }
 
-async fn next_message(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    within: Duration,
-) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.ok()? {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                check_server_message(&v);
-                return Some(v);
-            }
-            Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("websocket error: {e}"),
-            None => panic!("websocket ended"),
-        }
+/// The next message, or `None` when the gateway closes with 4002 (the range being
+/// replayed is gone from the log); any other close fails the test.
+async fn next_message_or_lost(ws: &mut Ws, within: Duration) -> Option<Value> {
+    match next(ws, within).await {
+        Next::Message(v) => Some(v),
+        Next::Nothing => panic!("catch-up"),
+        Next::Closed(Some(frame)) if u16::from(frame.code) == 4002 => None,
+        Next::Closed(frame) => panic!("closed: {frame:?}"),
+    }
+}
+
+async fn next_message(ws: &mut Ws, within: Duration) -> Option<Value> {
+    match next(ws, within).await {
+        Next::Message(v) => Some(v),
+        Next::Nothing => None,
+        Next::Closed(frame) => panic!("closed: {frame:?}"),
     }
 }
 
