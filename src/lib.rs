@@ -117,6 +117,13 @@ pub fn registry_decode_cost(records: usize) -> Vec<(&'static str, usize, f64)> {
     source::kafka::registry::bench::run(records)
 }
 
+/// The view's own cost (memory per key, ingest time per update, what concurrent
+/// snapshots add); `examples/view_cost.rs` prints it.
+#[doc(hidden)]
+pub fn view_cost(keys: usize, updates: usize, snapshots: usize) -> hub::bench::ViewCost {
+    hub::bench::run(keys, updates, snapshots)
+}
+
 pub use config::Config;
 /// How long a subscription to a topic still warming up waits before `unavailable` (tests time it).
 pub use hub::TOPIC_READY_WAIT;

@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use dashmap::DashMap;
 
+#[doc(hidden)]
+pub mod bench;
 mod group;
 mod index;
 mod partition;

@@ -167,6 +167,11 @@ pub(super) struct Pending {
 }
 
 impl Registration {
+    /// How many records the snapshot holds (after [`complete`](Registration::complete)).
+    pub fn snapshot_len(&self) -> usize {
+        self.snapshot.len()
+    }
+
     /// Whether [`complete`](Registration::complete) has work left: keys to read
     /// from storage, or a large snapshot to filter and order (CPU-bound: call it
     /// on a blocking thread).
