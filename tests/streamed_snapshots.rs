@@ -234,6 +234,67 @@ async fn ws_streams_30000_keys_with_an_exact_seam_and_a_paused_reader_is_not_dis
     assert!(!metrics.contains("pushgate_slow_disconnects_total 1"));
 }
 
+/// A reader slower than the writes for the whole of its snapshot (it reads a
+/// thousand records, then pauses), with pings every 300 ms: its backlog
+/// overflows again and again, and the ping rule's two intervals pass many
+/// times over while the server only writes to it. It is neither closed as too
+/// slow (4001) nor as idle (4008: its pongs wait unread behind the snapshot;
+/// the old code closed it so as soon as it went live), and it gets every
+/// record exactly once with an exact seam.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
+    let config = format!("{CONFIG}[websocket]\nping_interval = \"300ms\"\n");
+    let server = Arc::new(TestServer::start_with(&config).await);
+    let log = Arc::new(Mutex::new(Log::default()));
+    seed(&server, &log, 20_000).await;
+
+    let mut ws = server.ws().await;
+    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
+    assert!(subscribed["snapshot"].as_u64().unwrap() >= 20_000);
+    let writes = writer(Arc::clone(&server), Arc::clone(&log), 20_000, 200);
+    let mut seen = Seen::default();
+    let started = tokio::time::Instant::now();
+    let mut read = 0;
+    while ws.lives.is_empty() {
+        match ws.event_within(WAIT).await {
+            Some(common::WsEvent::Json(v)) => seen.apply(&v),
+            Some(common::WsEvent::Closed(code)) => panic!("closed ({code:?}) mid-snapshot"),
+            None => panic!("nothing for {WAIT:?} mid-snapshot"),
+        }
+        read += 1;
+        if read % 1000 == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the snapshot outlasted the ping rule's 600 ms many times over"
+    );
+    writes.await.unwrap();
+    ws_until_caught_up(&mut ws, &mut seen, &log).await;
+    // Live, still answering pings: not closed as idle.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < quiet_until {
+        if let Some(common::WsEvent::Closed(code)) =
+            ws.event_within(Duration::from_millis(200)).await
+        {
+            panic!("closed ({code:?}) after the snapshot");
+        }
+    }
+    seen.check(&log.lock().unwrap());
+    let metrics = server.metrics_text().await;
+    let resyncs: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pushgate_catchup_resyncs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the backlog overflowed mid-snapshot and was read again from the log");
+    assert!(resyncs >= 1.0, "{resyncs}");
+    assert!(
+        !metrics.contains("pushgate_slow_disconnects_total 1"),
+        "not disconnected as too slow"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_30000_keys_with_an_exact_seam_under_writes() {
     let server = Arc::new(TestServer::start_with(CONFIG).await);

@@ -93,11 +93,15 @@ pub fn run(keys: usize, updates: usize, snapshots: usize) -> ViewCost {
     for _ in 0..snapshots {
         let outbox = Arc::new(Outbox::new(1 << 20));
         let mut reg = topic.register(SubscribeOptions {
+            filter: Filter::default(),
+            spec: None,
+            outbox,
+            cursor: None,
             snapshot: true,
             max_snapshot: 0,
             // Live records are dropped at once (a resync would read them).
             backlog_limit: 0,
-            ..SubscribeOptions::plain(Filter::default(), outbox)
+            stored: None,
         });
         reg.complete().expect("no stored view");
         held.push(reg);

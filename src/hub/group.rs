@@ -104,7 +104,7 @@ pub(super) struct Dispatch<'a> {
     epoch: u64,
     record: &'a Arc<Record>,
     /// The partition's latest value per key, not yet updated with `record`.
-    view: &'a HashMap<Arc<str>, Arc<Record>>,
+    view: &'a super::snapshot::View,
     /// `None` inside: not JSON.
     data: Lazy<Option<Value>>,
     /// The key's previous value: `None` when the view has none.
@@ -124,7 +124,7 @@ impl<'a> Dispatch<'a> {
         topic: &'a str,
         epoch: u64,
         record: &'a Arc<Record>,
-        view: &'a HashMap<Arc<str>, Arc<Record>>,
+        view: &'a super::snapshot::View,
     ) -> Self {
         Self {
             topic,

@@ -1,6 +1,5 @@
 //! The subscription index of one topic: which subscriptions a record with a given key goes to.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -159,7 +158,7 @@ impl SubIndex {
         topic: &str,
         epoch: u64,
         record: &Arc<Record>,
-        view: &HashMap<Arc<str>, Arc<Record>>,
+        view: &super::snapshot::View,
     ) -> usize {
         let mut dispatch = Dispatch::new(topic, epoch, record, view);
         let mut delivered = self.all.read().expect("index lock").dispatch(&mut dispatch);

@@ -35,6 +35,7 @@ mod group;
 mod index;
 mod partition;
 mod rate;
+mod snapshot;
 mod stats;
 mod stored;
 mod sub;
@@ -45,9 +46,10 @@ use self::partition::{
     collect_snapshot, collect_view, lock_all, remove_from_view, replays, update_view, Located,
     Partition, PartitionState, Positions, ViewBudget,
 };
+pub use self::snapshot::Snapshot;
 pub use self::stats::PartitionStats;
-use self::stored::Pending;
 pub use self::stored::{read_stored, Snap, StoredError, StoredView, ViewPage};
+use self::stored::{Pending, Taken};
 use self::sub::{Backlog, NEXT_SUB_ID};
 pub use self::sub::{Filter, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
@@ -165,10 +167,11 @@ pub struct Registration {
     pub sub: Arc<Sub>,
     /// Next offset per partition at the moment the subscription was inserted.
     pub high: Vec<u64>,
-    /// Latest value per requested key, captured at `high`, in key order: an
-    /// immutable list of the view's own records (pointers) and of keys read
-    /// from the stored view when their page is sent, streamed by page.
-    pub snapshot: Vec<Snap>,
+    /// Latest value per requested key, captured at `high`, streamed by page
+    /// in key order: clones of the partitions' persistent views, or a list of
+    /// the view's own records (pointers) and of keys read from the stored
+    /// view when their page is sent (see `hub::snapshot`).
+    pub snapshot: Snapshot,
     pub replay: Vec<Replay>,
     /// The cursor cannot be honoured at all (another epoch, unknown partitions).
     pub foreign_cursor: bool,
@@ -668,12 +671,23 @@ impl Topic {
         // Partitions whose view lacks keys: read from the stored view if the
         // source pinned one, else the snapshot may be partial.
         let (from_store, lacking) = stored::lacking(&guards, needs_snapshot && stored.is_some());
-        let snapshot = if needs_snapshot {
-            collect_snapshot(&guards, &filter, &from_store)
-        } else {
-            Vec::new()
+        // A whole topic or a key prefix, without a value filter, from memory
+        // alone: one clone of each partition's view (no copy per key).
+        let shares = from_store.is_empty()
+            && filter.keys.is_none()
+            && group.as_ref().is_none_or(|g| g.spec.filter.is_none());
+        let (snapshot, found) = match (needs_snapshot, shares) {
+            (false, _) => (Taken::Collected(Vec::new()), 0),
+            (true, true) => {
+                let views = guards.iter().map(|g| g.view.clone()).collect();
+                (Taken::Shared(views), 0)
+            }
+            (true, false) => {
+                let collected = collect_snapshot(&guards, &filter, &from_store);
+                let found = collected.len();
+                (Taken::Collected(collected), found)
+            }
         };
-        let found = snapshot.len();
         // Evicted keys matter to a snapshot of all (or some) keys, or of named keys not all found.
         let evicted = lacking
             .filter(|_| needs_snapshot && filter.keys.as_ref().is_none_or(|k| found < k.len()));
@@ -1213,8 +1227,11 @@ mod tests {
             snapshot: true,
             ..SubscribeOptions::plain(Filter::all(), out.clone())
         });
-        let keys: Vec<&str> = reg.snapshot.iter().map(|r| r.key().unwrap()).collect();
-        assert_eq!(keys, vec!["b"], "the snapshot lists only keys that exist");
+        assert_eq!(
+            reg.snapshot.keys(),
+            vec!["b"],
+            "the snapshot lists only keys that exist"
+        );
         let keyed = Filter {
             keys: Some([Arc::from("a")].into_iter().collect()),
             prefix: None,

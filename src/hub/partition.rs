@@ -7,10 +7,12 @@
 //! keeps the latest record per key itself (the embedded log), from there too.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::snapshot::View;
 use super::sub::Filter;
 use super::Replay;
 use crate::cursor::compare_positions;
@@ -115,7 +117,9 @@ impl Positions {
 pub(super) struct PartitionState {
     pub(super) next_offset: u64,
     pub(super) ring: VecDeque<Arc<Record>>,
-    pub(super) view: HashMap<Arc<str>, Arc<Record>>,
+    /// The latest record per key, ordered by key and persistent: a snapshot
+    /// is a clone of it (see `hub::snapshot`).
+    pub(super) view: View,
     /// Offset -> key of every view entry, oldest first, for eviction and ordered snapshots.
     pub(super) view_order: BTreeMap<u64, Arc<str>>,
     /// Why the view may lack keys the log has (`"view_max_keys"` or
@@ -285,8 +289,8 @@ pub(super) fn replays(
 /// `after` (all of them when `None`), unordered: from each partition its
 /// first `take` such keys in key order (every one when `None`). The topic's
 /// first `take` keys are among them; a page is picked from these outside the
-/// locks. The view stays a hash map (the ingest path updates it for every
-/// record), so this scans it once, keeping only `take` entries per partition.
+/// locks. Each view is ordered by key, so this reads `take` entries per
+/// partition from a key range.
 pub(super) fn collect_view(
     all: &[MutexGuard<'_, PartitionState>],
     filter: &Filter,
@@ -307,61 +311,31 @@ pub(super) fn collect_view(
         return keys
             .iter()
             .filter(|key| beyond(key))
-            .flat_map(|key| guards.iter().filter_map(move |g| g.view.get(key)))
+            .flat_map(|key| guards.iter().filter_map(move |g| g.view.get::<str>(key)))
             .cloned()
             .collect();
     }
-    let Some(take) = take else {
-        return guards
-            .iter()
-            .flat_map(|g| g.view.iter())
-            .filter(|(key, _)| beyond(key) && filter.matches(Some(key)))
-            .map(|(_, record)| Arc::clone(record))
-            .collect();
+    let take = take.unwrap_or(usize::MAX);
+    // A prefix alone is one key range, from the prefix on.
+    let prefix = filter.prefix.as_deref().filter(|_| filter.keys.is_none());
+    let start = match (after, prefix) {
+        (Some(after), Some(p)) if after < p => Bound::Included(p),
+        (Some(after), _) => Bound::Excluded(after),
+        (None, Some(p)) => Bound::Included(p),
+        (None, None) => Bound::Unbounded,
     };
     let mut out = Vec::new();
     for g in &guards {
-        // A max-heap of the `take` smallest keys so far.
-        let mut smallest: BinaryHeap<ByKey<'_>> = BinaryHeap::with_capacity(take + 1);
-        for (key, record) in g.view.iter() {
-            if !beyond(key)
-                || smallest.len() == take && smallest.peek().is_some_and(|top| **key >= *top.0)
-            {
-                continue;
-            }
-            if filter.matches(Some(key)) {
-                smallest.push(ByKey(key, record));
-                if smallest.len() > take {
-                    smallest.pop();
-                }
-            }
-        }
-        out.extend(smallest.into_iter().map(|e| Arc::clone(e.1)));
+        out.extend(
+            g.view
+                .range::<_, str>((start, Bound::Unbounded))
+                .take_while(|(key, _)| prefix.is_none_or(|p| key.starts_with(p)))
+                .filter(|(key, _)| filter.matches(Some(key)))
+                .take(take)
+                .map(|(_, record)| Arc::clone(record)),
+        );
     }
     out
-}
-
-/// A view entry ordered by its key alone.
-struct ByKey<'a>(&'a str, &'a Arc<Record>);
-
-impl PartialEq for ByKey<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl Eq for ByKey<'_> {}
-
-impl PartialOrd for ByKey<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByKey<'_> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.cmp(other.0)
-    }
 }
 
 /// Every partition's state locked, in partition order, with each one's next

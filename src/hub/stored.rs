@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::partition::PartitionState;
+use super::snapshot::{Snapshot, View};
 use super::sub::Filter;
 use super::{Partial, Registration, Sub, Topic};
 use crate::record::{Framing, LogRecord, Record};
@@ -158,6 +159,8 @@ impl Snap {
 /// What a registration still has to read from the stored view: the
 /// partitions, the view pinned at `high`, and the snapshot's cap.
 pub(super) struct Pending {
+    /// The view's entries taken under the locks, to filter and order.
+    pub(super) list: Vec<Snap>,
     /// None: a large snapshot held in memory, only to filter and order.
     pub(super) view: Option<Arc<dyn StoredView>>,
     pub(super) partitions: Vec<u32>,
@@ -166,17 +169,26 @@ pub(super) struct Pending {
     pub(super) evicted: Option<&'static str>,
 }
 
-impl Registration {
-    /// How many records the snapshot holds (after [`complete`](Registration::complete)).
-    pub fn snapshot_len(&self) -> usize {
-        self.snapshot.len()
-    }
+/// What registration took from the partitions' views under the locks.
+pub(super) enum Taken {
+    /// Clones of every partition's view (a whole topic or a key prefix, no
+    /// value filter, nothing read from a stored view): streamed from them.
+    Shared(Vec<View>),
+    /// The entries `filter` takes, unordered: listed, sorted and capped.
+    Collected(Vec<Arc<Record>>),
+}
 
+impl Registration {
     /// Whether [`complete`](Registration::complete) has work left: keys to read
     /// from storage, or a large snapshot to filter and order (CPU-bound: call it
     /// on a blocking thread).
     pub fn needs_store(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// How many records the snapshot holds (after [`complete`](Registration::complete)).
+    pub fn snapshot_len(&self) -> usize {
+        self.snapshot.len()
     }
 
     /// The view the snapshot reads from, if any of it is stored.
@@ -190,9 +202,10 @@ impl Registration {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
+        let mut list = pending.list;
         let spec = self.sub.spec().cloned();
         if let Some(spec) = &spec {
-            self.snapshot.retain(|s| match s {
+            list.retain(|s| match s {
                 Snap::Held(r) => spec.admits(r.key.as_deref(), r.data()),
                 Snap::Stored { .. } => true,
             });
@@ -202,45 +215,55 @@ impl Registration {
                 |key: &str, data: &str| spec.as_ref().is_none_or(|s| s.admits(Some(key), data));
             for &partition in &pending.partitions {
                 for key in view.keys(partition, &self.sub.filter, &mut admit)? {
-                    self.snapshot.push(Snap::Stored { partition, key });
+                    list.push(Snap::Stored { partition, key });
                 }
             }
         }
-        self.partial = finish(&mut self.snapshot, pending.max_snapshot, pending.evicted);
+        self.partial = finish(&mut list, pending.max_snapshot, pending.evicted);
+        self.snapshot = Snapshot::listed(list);
         Ok(())
     }
 }
 
 /// A registration's snapshot as taken under the locks, made ready outside
-/// them: a small one filtered by the subscription's spec and ordered now; a
-/// large one, or one with partitions to read from the stored view, left to
+/// them: shared views counted (a key prefix is counted by its key range); a
+/// small list filtered by the subscription's spec and ordered now; a large
+/// one, or one with partitions to read from the stored view, left to
 /// [`Registration::complete`] on a blocking thread (done here, a crowd of
 /// subscribers to a big view would hold the runtime's workers).
 pub(super) fn prepare(
-    mut snapshot: Vec<Arc<Record>>,
+    taken: Taken,
     sub: &Sub,
     stored: Option<&Arc<dyn StoredView>>,
     from_store: Vec<u32>,
     max_snapshot: usize,
     evicted: Option<&'static str>,
-) -> (Vec<Snap>, Option<Partial>, Option<Pending>) {
+) -> (Snapshot, Option<Partial>, Option<Pending>) {
+    let snapshot = match taken {
+        Taken::Shared(views) => {
+            let (snapshot, cut) = Snapshot::shared(views, sub.filter.prefix.clone(), max_snapshot);
+            return (snapshot, partial_of(cut, evicted), None);
+        }
+        Taken::Collected(snapshot) => snapshot,
+    };
     let view = stored.filter(|_| !from_store.is_empty());
+    let mut snapshot = snapshot;
     if snapshot.len() < DEFER_SNAPSHOT_AT && view.is_none() {
         if let Some(spec) = sub.spec() {
             snapshot.retain(|r| spec.admits(r.key.as_deref(), r.data()));
         }
-        let mut snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
-        let partial = finish(&mut snapshot, max_snapshot, evicted);
-        return (snapshot, partial, None);
+        let mut list: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
+        let partial = finish(&mut list, max_snapshot, evicted);
+        return (Snapshot::listed(list), partial, None);
     }
-    let snapshot: Vec<Snap> = snapshot.into_iter().map(Snap::Held).collect();
     let pending = Pending {
+        list: snapshot.into_iter().map(Snap::Held).collect(),
         view: view.cloned(),
         partitions: from_store,
         max_snapshot,
         evicted: if view.is_some() { None } else { evicted },
     };
-    (snapshot, None, Some(pending))
+    (Snapshot::empty(), None, Some(pending))
 }
 
 /// Orders `snapshot` by key and cuts it at `max_snapshot` (0: no cap);
@@ -257,6 +280,11 @@ pub(super) fn finish(
         cut = snapshot.len() - max_snapshot;
         snapshot.truncate(max_snapshot);
     }
+    partial_of(cut, evicted)
+}
+
+/// Why a snapshot is partial: `cut` keys beyond its cap, or keys its view evicted.
+fn partial_of(cut: usize, evicted: Option<&'static str>) -> Option<Partial> {
     match (cut, evicted) {
         (0, None) => None,
         (0, Some(reason)) => Some(Partial { reason, skipped: 0 }),

@@ -19,7 +19,7 @@ use crate::cursor::Cursor;
 pub use crate::hub::Partial;
 pub use crate::hub::TOPIC_READY_WAIT;
 use crate::hub::{
-    Registration, Replay, ResolveError, Snap, StoredView, Sub, SubscribeOptions, Topic,
+    Registration, Replay, ResolveError, Snap, Snapshot, StoredView, Sub, SubscribeOptions, Topic,
 };
 use crate::log_reads::LogReads;
 use crate::outbox::{CloseReason, Outbox};
@@ -256,10 +256,9 @@ pub async fn open(
             let mut start = topic.encode_cursor(&offsets);
             if let Some(after) = &c.snapshot_after {
                 let mut rest = reg.snapshot;
-                let sent = rest.partition_point(|r| r.key().is_some_and(|k| k <= &**after));
-                rest.drain(..sent);
+                rest.skip_through(after);
                 if !rest.is_empty() {
-                    segments.push_back(Segment::Snapshot(rest, 0));
+                    segments.push_back(Segment::Snapshot(rest));
                 }
                 partial = reg.partial;
                 start = crate::cursor::snapshot_cursor(&crate::cursor::raw(&start), after);
@@ -284,7 +283,7 @@ pub async fn open(
                 _ => None,
             };
             if !reg.snapshot.is_empty() {
-                segments.push_back(Segment::Snapshot(reg.snapshot, 0));
+                segments.push_back(Segment::Snapshot(reg.snapshot));
             }
             // Only a snapshot that is sent can be partial (a resume sends none).
             partial = reg.partial;
@@ -294,7 +293,7 @@ pub async fn open(
     let snapshot_len = segments
         .iter()
         .map(|s| match s {
-            Segment::Snapshot(records, _) => records.len(),
+            Segment::Snapshot(snapshot) => snapshot.len(),
             Segment::Replay(_) => 0,
         })
         .sum();
@@ -344,7 +343,7 @@ pub async fn open(
             high_cursor,
             upto,
             pending: None,
-            resyncs: 0,
+            resyncs: Resyncs::default(),
             live: false,
             marked: false,
             replayed: 0,
@@ -373,22 +372,55 @@ fn variant(topic: &str, record: &Record, verdict: Verdict) -> Record {
 }
 
 enum Segment {
-    /// The snapshot taken at registration (the view's own records, in key
-    /// order) and how many of them went out: sent a page at a time, each page
-    /// reframed only when the transport asks for it, i.e. once the previous
-    /// page was written. So the queue never holds more than a page of it, and
-    /// a reader that stops reading stops the snapshot, not the server.
-    Snapshot(Vec<Snap>, usize),
+    /// The snapshot taken at registration (what it has left to send, in key
+    /// order): sent a page at a time, each page read and reframed only when
+    /// the transport asks for it, i.e. once the previous page was written. So
+    /// the queue never holds more than a page of it, and a reader that stops
+    /// reading stops the snapshot, not the server.
+    Snapshot(Snapshot),
     Replay(Replay),
 }
 
 /// Snapshot records per page (each page is written before the next is made).
 const SNAPSHOT_PAGE: usize = 256;
 
-/// Times a catch-up may start its live part over (its backlog overflowed)
-/// before the client is disconnected as too slow (close 4001: it resumes
-/// from its cursor). Each time reads what it missed again from the ring or log.
+/// Times in a row a catch-up may start its live part over (its backlog
+/// overflowed) without gaining on the log before the client is disconnected
+/// as too slow (close 4001: it resumes from its cursor). See [`Resyncs`].
 const MAX_RESYNCS: u32 = 16;
+
+/// Whether a catch-up that starts its live part over is gaining on the log.
+///
+/// A subscription's backlog of live records is bounded by the connection's
+/// queue (`limits.queue_bytes`); a long snapshot, or a long replay, outlasts
+/// it under writes. The backlog is then dropped and its range read again from
+/// the ring or the log ([`Topic::resync`]): the log bounds it, not memory. Each
+/// resync replays what was written during the previous round, its `gap`. The
+/// first (what was written during the snapshot or the first replay) is not
+/// held against the client, however large; after it, a round whose gap is
+/// smaller than the one before is progress (the reader outpaces the writes and
+/// goes live in a few rounds), and only [`MAX_RESYNCS`] rounds in a row
+/// without progress (a reader slower than the topic's write rate, which would
+/// never catch up) end it.
+#[derive(Debug, Default)]
+struct Resyncs {
+    /// The previous round's gap (none before the first resync).
+    last_gap: Option<u64>,
+    /// Rounds in a row whose gap did not shrink.
+    stalled: u32,
+}
+
+impl Resyncs {
+    /// Notes a resync that replays `gap` records; false once the catch-up has
+    /// stopped gaining for too long.
+    fn note(&mut self, gap: u64) -> bool {
+        match self.last_gap.replace(gap) {
+            Some(last) if gap >= last => self.stalled += 1,
+            _ => self.stalled = 0,
+        }
+        self.stalled <= MAX_RESYNCS
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -442,7 +474,8 @@ pub struct CatchUp {
     upto: Option<Box<str>>,
     /// The backlog taken when the subscription went live, sent after `live`.
     pending: Option<Vec<Arc<Record>>>,
-    resyncs: u32,
+    /// Whether its resyncs still gain on the log.
+    resyncs: Resyncs,
     live: bool,
     marked: bool,
     replayed: usize,
@@ -540,19 +573,22 @@ impl CatchUp {
             }
             let segment = self.segments.pop_front().expect("not empty");
             let batch = match segment {
-                Segment::Snapshot(records, from) => {
-                    let until = (from + SNAPSHOT_PAGE).min(records.len());
-                    let last = records.len() - 1;
-                    let mut read = self.read_stored(&records[from..until]).await?.into_iter();
-                    let page = (from..until)
-                        .map(|i| {
-                            let r = match &records[i] {
+                Segment::Snapshot(mut snapshot) => {
+                    let entries = snapshot.next_page(SNAPSHOT_PAGE);
+                    let done = snapshot.is_empty() || entries.is_empty();
+                    let last = entries.len().saturating_sub(1);
+                    let mut read = self.read_stored(&entries).await?.into_iter();
+                    let page = entries
+                        .iter()
+                        .enumerate()
+                        .map(|(i, entry)| {
+                            let r = match entry {
                                 Snap::Held(r) => self.shaped(r),
                                 Snap::Stored { .. } => self.shaped(&read.next().expect("read")),
                             };
                             // Every snapshot record is a place to resume (its
                             // key), the last one the position the snapshot is at.
-                            let cursor = match (&r.key, i == last) {
+                            let cursor = match (&r.key, done && i == last) {
                                 (Some(key), false) => {
                                     crate::cursor::snapshot_cursor(&self.raw_high, key)
                                 }
@@ -562,8 +598,8 @@ impl CatchUp {
                             Arc::new(r.reframe(&self.topic.name, &cursor, framing))
                         })
                         .collect();
-                    if until < records.len() {
-                        self.segments.push_front(Segment::Snapshot(records, until));
+                    if !done {
+                        self.segments.push_front(Segment::Snapshot(snapshot));
                     }
                     page
                 }
@@ -671,12 +707,16 @@ impl CatchUp {
     /// The backlog overflowed while catching up: read what it dropped again
     /// from the ring or the log (see [`Topic::resync`]), up to the frontier.
     fn resync(&mut self) -> Result<(), CatchUpError> {
-        self.resyncs += 1;
-        if self.resyncs > MAX_RESYNCS {
-            return Err(CatchUpError::Closed(CloseReason::Slow));
-        }
         telemetry::catch_up_resync();
         let (high, replay) = self.topic.resync(&self.sub, &self.position);
+        let gap = high
+            .iter()
+            .enumerate()
+            .map(|(p, h)| h.saturating_sub(self.position.get(p).copied().unwrap_or(0)))
+            .sum();
+        if !self.resyncs.note(gap) {
+            return Err(CatchUpError::Closed(CloseReason::Slow));
+        }
         self.position.resize(high.len(), 0);
         self.high_cursor = self.topic.encode_cursor(&high);
         self.high = high;
@@ -831,5 +871,35 @@ impl CatchUp {
             *slot = offset + 1;
         }
         self.topic.encode_cursor(&self.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_end_a_catch_up_only_when_it_stops_gaining() {
+        let mut r = Resyncs::default();
+        // The first round (the snapshot's minutes of writes) is never held against it.
+        assert!(r.note(10_000_000));
+        // A reader faster than the writes: each round shorter, as many as it takes.
+        for gap in (1..10_000u64).rev() {
+            assert!(r.note(gap), "shrinking gap {gap}");
+        }
+        // A reader slower than the writes: the gap stops shrinking.
+        for _ in 0..MAX_RESYNCS {
+            assert!(r.note(5000));
+        }
+        assert!(
+            !r.note(5000),
+            "{MAX_RESYNCS} rounds in a row without progress"
+        );
+        // One round of progress starts the count over.
+        let mut r = Resyncs::default();
+        for round in 0..100u64 {
+            let gap = if round % 2 == 0 { 100 } else { 99 };
+            assert!(r.note(gap), "alternating gains keep it going");
+        }
     }
 }

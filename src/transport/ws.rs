@@ -739,6 +739,13 @@ impl Connection {
                 }
             }
         }
+        // This loop wrote and never read: the client's frames (its pongs among
+        // them) wait unread in the socket until it ends, and no ping went out
+        // meanwhile. Its silence was ours, so the idle rule (4008) counts from
+        // here; during the catch-up every write had to make progress within
+        // `limits.write_timeout` instead, which is the liveness a reader of a
+        // long snapshot shows.
+        self.last_seen = Instant::now();
         self.ever_subscribed = true;
         if self.subs.capacity() == 0 {
             // Most connections hold one subscription: room for one, not Vec's four.

@@ -1,0 +1,308 @@
+//! A registration's snapshot, streamed by page in key order: shared clones of the partitions' views, or a list.
+//!
+//! Each partition's view is a persistent ordered map ([`View`]): a clone is a
+//! pointer and a count, and shares every node with the view until the view
+//! changes one (only that path is copied). So a snapshot of a whole topic,
+//! or of a key prefix, is one clone per partition taken under the
+//! registration's locks: it reflects exactly that position, costs no memory
+//! per key however many subscribers take one, and is already in key order;
+//! each page is read from the clones by key range and merged across
+//! partitions. The memory concurrent snapshots hold is the view's nodes and
+//! records that changed since they were taken, shared by all of them.
+//!
+//! Snapshots that must evaluate each value (a value filter), name keys, or
+//! read partitions from the source's stored view are a [`Snap`] list, sorted
+//! once, as before.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::stored::Snap;
+use crate::record::Record;
+
+/// The latest record of each key of one partition, in key order.
+pub type View = imbl::OrdMap<Arc<str>, Arc<Record>>;
+
+/// What a snapshot streams, in key order, a page at a time.
+#[derive(Clone)]
+pub struct Snapshot {
+    source: Source,
+    /// Records left to send (the cap applied).
+    left: usize,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// Clones of the partitions' views; keys starting with `prefix` (all when
+    /// `None`), after `after`.
+    Shared {
+        views: Vec<View>,
+        prefix: Option<Box<str>>,
+        after: Option<Arc<str>>,
+    },
+    /// A sorted list and how much of it went out.
+    Listed(Vec<Snap>, usize),
+}
+
+impl Snapshot {
+    /// A snapshot with nothing to send.
+    pub fn empty() -> Self {
+        Self::listed(Vec::new())
+    }
+
+    /// A sorted, capped list.
+    pub(super) fn listed(list: Vec<Snap>) -> Self {
+        Self {
+            left: list.len(),
+            source: Source::Listed(list, 0),
+        }
+    }
+
+    /// The views' keys starting with `prefix`, at most `cap` of them (0: all);
+    /// and how many the cap left out.
+    pub(super) fn shared(views: Vec<View>, prefix: Option<Box<str>>, cap: usize) -> (Self, usize) {
+        let total: usize = match &prefix {
+            None => views.iter().map(View::len).sum(),
+            Some(p) => views.iter().map(|v| with_prefix(v, p, None).count()).sum(),
+        };
+        let left = if cap > 0 { total.min(cap) } else { total };
+        let snapshot = Self {
+            source: Source::Shared {
+                views,
+                prefix,
+                after: None,
+            },
+            left,
+        };
+        (snapshot, total - left)
+    }
+
+    /// Records left to send.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Every key it has left to send, in order (a copy is paged through).
+    #[cfg(test)]
+    pub fn keys(&self) -> Vec<String> {
+        let mut rest = self.clone();
+        let mut keys = Vec::new();
+        loop {
+            let page = rest.next_page(3);
+            if page.is_empty() {
+                return keys;
+            }
+            keys.extend(page.iter().map(|s| s.key().unwrap_or_default().to_owned()));
+        }
+    }
+
+    /// Leaves out the keys up to `after` (a client resuming mid-snapshot holds them).
+    pub fn skip_through(&mut self, after: &str) {
+        let sent = match &mut self.source {
+            Source::Listed(list, at) => {
+                let sent = list[*at..].partition_point(|r| r.key().is_some_and(|k| k <= after));
+                *at += sent;
+                sent
+            }
+            Source::Shared {
+                views,
+                prefix,
+                after: from,
+            } => {
+                let lower = from.as_deref();
+                if lower.is_some_and(|l| after <= l) {
+                    return;
+                }
+                // The keys in (the last one skipped or sent, `after`].
+                let range = (
+                    lower.map_or(Bound::Unbounded, Bound::Excluded),
+                    Bound::Included(after),
+                );
+                let sent = views
+                    .iter()
+                    .map(|v| match prefix {
+                        None => v.range::<_, str>(range).count(),
+                        Some(p) => with_prefix(v, p, lower)
+                            .take_while(|(k, _)| &***k <= after)
+                            .count(),
+                    })
+                    .sum();
+                *from = Some(Arc::from(after));
+                sent
+            }
+        };
+        self.left = self.left.saturating_sub(sent);
+    }
+
+    /// The next page of at most `n` entries, in key order; empty when done.
+    pub fn next_page(&mut self, n: usize) -> Vec<Snap> {
+        let n = n.min(self.left);
+        let page: Vec<Snap> = match &mut self.source {
+            Source::Listed(list, at) => {
+                let until = (*at + n).min(list.len());
+                let page = list[*at..until].to_vec();
+                *at = until;
+                page
+            }
+            Source::Shared {
+                views,
+                prefix,
+                after,
+            } => {
+                // Each partition's first `n` keys after the last one sent: the
+                // topic's first `n` are among them.
+                let prefix = prefix.as_deref();
+                let mut merged: Vec<(&Arc<str>, &Arc<Record>)> = Vec::new();
+                for view in views.iter() {
+                    let from = after.as_deref();
+                    match prefix {
+                        None => {
+                            let range = (
+                                from.map_or(Bound::Unbounded, Bound::Excluded),
+                                Bound::Unbounded,
+                            );
+                            merged.extend(view.range::<_, str>(range).take(n));
+                        }
+                        Some(p) => merged.extend(with_prefix(view, p, from).take(n)),
+                    }
+                }
+                merged.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                merged.truncate(n);
+                let page: Vec<Snap> = merged
+                    .iter()
+                    .map(|(_, r)| Snap::Held(Arc::clone(r)))
+                    .collect();
+                if let Some((key, _)) = merged.last() {
+                    *after = Some(Arc::clone(key));
+                }
+                page
+            }
+        };
+        self.left -= page.len();
+        if self.left == 0 {
+            // Done: let go of the views' nodes (or the list) now, not when the
+            // subscription ends.
+            self.source = Source::Listed(Vec::new(), 0);
+        }
+        page
+    }
+}
+
+/// The entries of `view` whose keys start with `prefix` and sort after `after`.
+fn with_prefix<'a>(
+    view: &'a View,
+    prefix: &'a str,
+    after: Option<&str>,
+) -> impl Iterator<Item = (&'a Arc<str>, &'a Arc<Record>)> + 'a {
+    // Keys with a prefix are one range, from the prefix itself on.
+    let start = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    view.range::<_, str>((start, Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{Filter, Hub, SubscribeOptions, TopicSettings};
+    use crate::outbox::Outbox;
+    use crate::record::LogRecord;
+
+    fn log(partition: u32, offset: u64, key: &str, n: u64) -> LogRecord {
+        LogRecord {
+            partition,
+            offset,
+            timestamp: 0,
+            key: Some(key.into()),
+            data: format!("{n}").into(),
+            extra: None,
+            delete: false,
+            position: None,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_snapshot_pages_in_key_order_at_its_position() {
+        let hub = Hub::new();
+        let settings = TopicSettings {
+            ring_records: 8,
+            view_max_keys: 100,
+            view_max_bytes: 0,
+        };
+        let topic = hub.add_topic("t", 1, 3, settings);
+        let mut next = [0u64; 3];
+        let mut write = |i: usize, n: u64| {
+            let p = i % 3;
+            topic.ingest(&log(p as u32, next[p], &format!("k{i:02}"), n));
+            next[p] += 1;
+        };
+        for i in 0..30 {
+            write(i, 0);
+        }
+        let register = |filter: Filter, max: usize| {
+            topic.register(SubscribeOptions {
+                snapshot: true,
+                max_snapshot: max,
+                ..SubscribeOptions::plain(filter, Arc::new(Outbox::new(1 << 20)))
+            })
+        };
+        let all = register(Filter::default(), 0);
+        let prefixed = register(
+            Filter {
+                keys: None,
+                prefix: Some("k1".into()),
+            },
+            0,
+        );
+        let capped = register(Filter::default(), 7);
+        assert!(!all.needs_store(), "no list to sort: the views are shared");
+        // Written after: updates of taken keys, a delete, new keys.
+        for i in 0..40 {
+            write(i, 1);
+        }
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(0, next[0], "k00", 2)
+        });
+        let want: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(all.snapshot.len(), 30);
+        assert_eq!(all.snapshot.keys(), want, "all keys, in order, as taken");
+        let mut pages = all.snapshot.clone();
+        let values: Vec<String> = std::iter::from_fn(|| {
+            let page = pages.next_page(4);
+            (!page.is_empty()).then_some(page)
+        })
+        .flatten()
+        .map(|s| match s {
+            super::Snap::Held(r) => r.data().to_owned(),
+            super::Snap::Stored { .. } => unreachable!("nothing stored"),
+        })
+        .collect();
+        assert_eq!(values, vec!["0"; 30], "the values at registration");
+        assert!(pages.is_empty());
+        assert_eq!(prefixed.snapshot.len(), 10);
+        assert_eq!(prefixed.snapshot.keys(), want[10..20].to_vec());
+        assert_eq!(capped.snapshot.len(), 7);
+        assert_eq!(capped.snapshot.keys(), want[..7].to_vec());
+        assert_eq!(capped.partial.map(|p| p.skipped), Some(23));
+        // A resume mid-snapshot: the keys after the one the client holds.
+        let mut rest = all.snapshot.clone();
+        rest.skip_through("k11");
+        assert_eq!(rest.len(), 18);
+        assert_eq!(rest.keys(), want[12..].to_vec());
+        let mut rest = prefixed.snapshot.clone();
+        rest.skip_through("k04");
+        assert_eq!(rest.keys(), want[10..20].to_vec(), "before the prefix");
+        rest.skip_through("k15");
+        assert_eq!(rest.len(), 4);
+        assert_eq!(rest.keys(), want[16..20].to_vec());
+    }
+}
