@@ -715,6 +715,7 @@ impl CatchUp {
             .map(|(p, h)| h.saturating_sub(self.position.get(p).copied().unwrap_or(0)))
             .sum();
         if !self.resyncs.note(gap) {
+            telemetry::slow_disconnect();
             return Err(CatchUpError::Closed(CloseReason::Slow));
         }
         self.position.resize(high.len(), 0);
