@@ -238,9 +238,9 @@ async fn ws_streams_30000_keys_with_an_exact_seam_and_a_paused_reader_is_not_dis
 /// thousand records, then pauses), with pings every 300 ms: its backlog
 /// overflows again and again, and the ping rule's two intervals pass many
 /// times over while the server only writes to it. It is neither closed as too
-/// slow (4001) nor as idle (4008: its pongs wait unread behind the snapshot;
-/// the old code closed it so as soon as it went live), and it gets every
-/// record exactly once with an exact seam.
+/// slow (4001) nor as idle (4008: the connection reads nothing during a
+/// catch-up, so its pongs wait unread; the rule counts from the catch-up's
+/// end), and it gets every record exactly once with an exact seam.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
     let config = format!("{CONFIG}[websocket]\nping_interval = \"300ms\"\n");
