@@ -122,6 +122,11 @@ pub const ADMIN_TOKEN_MIN: usize = 16;
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Connections the kernel queues before they are accepted (`listen(2)`'s
+    /// backlog; the kernel caps it at `net.core.somaxconn`). A reconnect storm
+    /// sends thousands of handshakes at once: a connection beyond the queue
+    /// waits for the client's SYN retry, one second or more.
+    pub listen_backlog: u32,
     /// Folder served at `/` instead of the page built into the binary; empty
     /// to serve no page. Not set: the built-in page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -305,6 +310,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
             static_dir: None,
             shutdown_grace: Duration::from_secs(10),
             drain_spread: Duration::from_secs(2),

@@ -66,6 +66,20 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
+/// Binds `addr` with a listen queue of `backlog` connections (tokio's own
+/// `TcpListener::bind` queues 128: a storm of reconnects overflows it).
+pub fn bind_listener(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's bind does: a restarted node rebinds while old sockets linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves `app` on `listener` until `shutdown` is triggered, over TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
