@@ -14,7 +14,8 @@
 # unidirectional SSE clients subscribe to. Its consumer polls with
 # fetch_max_wait 10ms, as pushgate's fetch_wait_max_ms (its default is 500ms,
 # which only matters when the topic is idle). Each run has its own bare consumer
-# (the floor) and the server's CPU per delivery.
+# (the floor) and the server's CPU per delivery. A third run measures pushgate
+# again (kafka-latency-again.*): the broker warms up during the first.
 #
 # Starts an Apache Kafka 4.4 node (scripts/kafka-broker: KRaft, PLAINTEXT, 1 GiB
 # heap, G1 with full JIT unless KAFKA_JVM_OPTS says otherwise) and one pushgate
@@ -89,23 +90,26 @@ name = "lat"
 ring_records = 1024
 view_max_keys = 10000
 TOML
-RUST_LOG=warn "$PUSHGATE_BIN" --config "$OUT/pushgate.toml" 2>"$OUT/pushgate.log" &
-PG_PID=$!
-pids+=("$PG_PID")
-for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null || { echo "pushgate never ready" >&2; exit 1; }
-
-timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "$BROKER" --topic lat \
-    --url "http://127.0.0.1:$PG_PORT" --rate "$RATE" --keys "$KEYS" \
-    --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
-    --server-pid "$PG_PID" --json "$OUT/kafka-latency.json" | tee "$OUT/kafka-latency.md"
-
-if [ "${CFUGO:-0}" = 1 ]; then
+# measure_pushgate SUFFIX: a fresh pushgate, one measured run, stopped.
+measure_pushgate() {
+    RUST_LOG=warn "$PUSHGATE_BIN" --config "$OUT/pushgate.toml" 2>>"$OUT/pushgate.log" &
+    PG_PID=$!
+    pids+=("$PG_PID")
+    for _ in $(seq 1 300); do
+        curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null || { echo "pushgate never ready" >&2; exit 1; }
+    timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "$BROKER" --topic lat \
+        --url "http://127.0.0.1:$PG_PORT" --rate "$RATE" --keys "$KEYS" \
+        --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
+        --server-pid "$PG_PID" --json "$OUT/kafka-latency$1.json" | tee "$OUT/kafka-latency$1.md"
     kill "$PG_PID" 2>/dev/null || true
     wait "$PG_PID" 2>/dev/null || true
+}
+measure_pushgate ""
+
+if [ "${CFUGO:-0}" = 1 ]; then
     CFUGO_DIR=${PUSHGATE_CACHE:-$HOME/.cache/pushgate}/centrifugo-6.9.1
     if [ ! -x "$CFUGO_DIR/centrifugo" ]; then
         mkdir -p "$CFUGO_DIR"
@@ -140,5 +144,10 @@ PY
         --url "http://127.0.0.1:$CF_PORT" --rate "$RATE" --keys "$KEYS" \
         --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
         --server-pid "$CF_PID" --json "$OUT/kafka-latency-centrifugo.json" | tee "$OUT/kafka-latency-centrifugo.md"
+    kill "$CF_PID" 2>/dev/null || true
+    wait "$CF_PID" 2>/dev/null || true
+    # pushgate again: the broker was still warming up (JIT) during the first run,
+    # so Centrifugo is compared with the runs on either side of it.
+    measure_pushgate "-again"
 fi
 echo "results in $OUT" >&2
