@@ -122,10 +122,7 @@ pub const ADMIN_TOKEN_MIN: usize = 16;
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// Connections the kernel queues before they are accepted (`listen(2)`'s
-    /// backlog; the kernel caps it at `net.core.somaxconn`). A reconnect storm
-    /// sends thousands of handshakes at once: a connection beyond the queue
-    /// waits for the client's SYN retry, one second or more.
+    /// `listen(2)`'s backlog (capped at `net.core.somaxconn`): a reconnect storm beyond it waits for SYN retries.
     pub listen_backlog: u32,
     /// Folder served at `/` instead of the page built into the binary; empty
     /// to serve no page. Not set: the built-in page.
