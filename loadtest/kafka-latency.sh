@@ -90,6 +90,18 @@ name = "lat"
 ring_records = 1024
 view_max_keys = 10000
 TOML
+# measure NAME PID ARGS...: one measured run against the server PID (stopped after),
+# written to $OUT/NAME.json and NAME.md.
+measure() {
+    local name=$1 pid=$2
+    shift 2
+    timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "$BROKER" --rate "$RATE" --keys "$KEYS" \
+        --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
+        --server-pid "$pid" --json "$OUT/$name.json" "$@" | tee "$OUT/$name.md"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 # measure_pushgate SUFFIX: a fresh pushgate, one measured run, stopped.
 measure_pushgate() {
     RUST_LOG=warn "$PUSHGATE_BIN" --config "$OUT/pushgate.toml" 2>>"$OUT/pushgate.log" &
@@ -100,12 +112,7 @@ measure_pushgate() {
         sleep 0.1
     done
     curl -sf "http://127.0.0.1:$PG_PORT/readyz" >/dev/null || { echo "pushgate never ready" >&2; exit 1; }
-    timeout 900 "$LOADTEST_BIN" kafka-latency --brokers "$BROKER" --topic lat \
-        --url "http://127.0.0.1:$PG_PORT" --rate "$RATE" --keys "$KEYS" \
-        --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
-        --server-pid "$PG_PID" --json "$OUT/kafka-latency$1.json" | tee "$OUT/kafka-latency$1.md"
-    kill "$PG_PID" 2>/dev/null || true
-    wait "$PG_PID" 2>/dev/null || true
+    measure "kafka-latency$1" "$PG_PID" --topic lat --url "http://127.0.0.1:$PG_PORT"
 }
 measure_pushgate ""
 
@@ -139,13 +146,8 @@ PY
     pids+=("$CF_PID")
     wait_port "$CF_PORT"
     # A longer warm-up: the first records of the run wait for the consumer group's join.
-    timeout 900 "$LOADTEST_BIN" kafka-latency --system centrifugo --brokers "$BROKER" --topic latcf \
-        --warmup-secs 10 \
-        --url "http://127.0.0.1:$CF_PORT" --rate "$RATE" --keys "$KEYS" \
-        --ws-clients "$CLIENTS" --sse-clients "$CLIENTS" --secs "$SECS" \
-        --server-pid "$CF_PID" --json "$OUT/kafka-latency-centrifugo.json" | tee "$OUT/kafka-latency-centrifugo.md"
-    kill "$CF_PID" 2>/dev/null || true
-    wait "$CF_PID" 2>/dev/null || true
+    measure kafka-latency-centrifugo "$CF_PID" --system centrifugo --topic latcf --warmup-secs 10 \
+        --url "http://127.0.0.1:$CF_PORT"
     # pushgate again: the broker was still warming up (JIT) during the first run,
     # so Centrifugo is compared with the runs on either side of it.
     measure_pushgate "-again"
