@@ -847,7 +847,11 @@ pub async fn clients(args: ClientArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let live = sh.totals.live.load(Ordering::Relaxed);
         if live != live_shown {
-            eprintln!("fleet-clients: live {live}/{} at {} ms", args.clients, now_us() / 1000);
+            eprintln!(
+                "fleet-clients: live {live}/{} at {} ms",
+                args.clients,
+                now_us() / 1000
+            );
             live_shown = live;
         }
         if let Ok(text) = std::fs::read_to_string(&args.stop_file) {
