@@ -247,3 +247,64 @@ async fn a_cursor_naming_partitions_the_topic_does_not_have_is_a_bad_cursor() {
         "not `unavailable` for ever: {reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_resumes_of_a_few_keys_take_a_recent_read_and_get_exactly_their_keys_records() {
+    let _alone = CATCHUP_METRICS.lock().await;
+    // As after a cold restart: resumes arrive one after another, each after the
+    // previous one's read is done (so none is in flight to join), and each
+    // wants a few keys of the range. The first reads the log; the others take
+    // the recent read through its key index.
+    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
+    let records: Vec<(String, Value)> = (0..400)
+        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .collect();
+    node.publish_batch("one", &records).await;
+    // Offset 400, keyed like the others (400 % 7 == 1).
+    let any = node.publish("one", "k1", json!({"i": 400})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    let key_of = |i: u64| format!("k{}", i % 7);
+    let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
+    let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
+    let wants: [(u64, &[&str]); 5] = [
+        (10, &["k3"]),
+        (10, &["k1", "k5"]),
+        (57, &["k0", "k6", "k2"]),
+        (200, &["k4"]),
+        (10, &["k3", "nobody"]),
+    ];
+    for (from, keys) in wants {
+        let cursor = Cursor::new(epoch, vec![from]).encode();
+        let mut ws = node.ws().await;
+        ws.subscribe(json!({"topic": "one", "keys": keys, "cursor": cursor}))
+            .await;
+        let expected: Vec<u64> = (from..401)
+            .filter(|&i| keys.contains(&key_of(i).as_str()))
+            .collect();
+        let got: Vec<u64> = ws
+            .records(expected.len())
+            .await
+            .iter()
+            .map(|r| {
+                let offset = r["offset"].as_u64().unwrap();
+                assert_eq!(r["key"], key_of(offset), "{r}");
+                offset
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "from {from}, keys {keys:?}: exactly their records, in order"
+        );
+        // Nothing more: the `live` that ends the replay counts exactly these.
+        ws.expect_silence(Duration::from_millis(300)).await;
+        let live = ws.lives.last().expect("a live message");
+        assert_eq!(live["replayed"], expected.len(), "{live}");
+    }
+    let reads = metric(&node, "pushgate_catchup_reads_total").await - reads_before;
+    let joined = metric(&node, "pushgate_catchup_reads_coalesced_total").await - joined_before;
+    // Offsets 0-400: one read of the block that holds them all, shared by the rest.
+    assert_eq!(reads, 1.0, "reads {reads}, joined {joined}");
+    assert_eq!(joined, 4.0, "reads {reads}, joined {joined}");
+}
