@@ -170,21 +170,29 @@ async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_th
     println!("{CLIENTS} resumes of one range: {reads} log reads, {joined} joined one in flight");
 }
 
+/// A node with one catch-up permit (reads queue) and topic `one` holding 401
+/// records: `{"i": i}` keyed `k{i % 7}` at offsets 0..400, then offset 400
+/// keyed `last`. Returns the node and the topic's epoch.
+async fn one_permit_node_with_401_records(last: &str) -> (TestServer, u64) {
+    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
+    let records: Vec<(String, Value)> = (0..400)
+        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .collect();
+    node.publish_batch("one", &records).await;
+    let any = node.publish("one", last, json!({"i": 400})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    (node, epoch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_a_few_records_apart_share_the_earliest_read_in_flight() {
     let _alone = CATCHUP_METRICS.lock().await;
     // As after a lost node: each client was live until its own last record, so
     // their cursors differ by a few records. With one permit the reads queue,
     // and each later start joins a read that covers it.
-    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
-    let records: Vec<(String, Value)> = (0..400)
-        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
-        .collect();
-    node.publish_batch("one", &records).await;
-    let any = node.publish("one", "k0", json!({"i": 400})).await;
-    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
-        .unwrap()
-        .epoch;
+    let (node, epoch) = one_permit_node_with_401_records("k0").await;
     let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
     let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
     const CLIENTS: u64 = 40;
@@ -255,16 +263,8 @@ async fn later_resumes_of_a_few_keys_take_a_recent_read_and_get_exactly_their_ke
     // previous one's read is done (so none is in flight to join), and each
     // wants a few keys of the range. The first reads the log; the others take
     // the recent read through its key index.
-    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
-    let records: Vec<(String, Value)> = (0..400)
-        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
-        .collect();
-    node.publish_batch("one", &records).await;
     // Offset 400, keyed like the others (400 % 7 == 1).
-    let any = node.publish("one", "k1", json!({"i": 400})).await;
-    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
-        .unwrap()
-        .epoch;
+    let (node, epoch) = one_permit_node_with_401_records("k1").await;
     let key_of = |i: u64| format!("k{}", i % 7);
     let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
     let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
