@@ -122,6 +122,8 @@ pub const ADMIN_TOKEN_MIN: usize = 16;
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// `listen(2)`'s backlog (capped at `net.core.somaxconn`): a reconnect storm beyond it waits for SYN retries.
+    pub listen_backlog: u32,
     /// Folder served at `/` instead of the page built into the binary; empty
     /// to serve no page. Not set: the built-in page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -305,6 +307,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_backlog: 4096,
             static_dir: None,
             shutdown_grace: Duration::from_secs(10),
             drain_spread: Duration::from_secs(2),

@@ -127,6 +127,7 @@ pub fn view_cost(keys: usize, updates: usize, snapshots: usize) -> hub::bench::V
 pub use config::Config;
 /// How long a subscription to a topic still warming up waits before `unavailable` (tests time it).
 pub use hub::TOPIC_READY_WAIT;
+pub use server::bind_listener;
 /// RFC 6902 patches between two JSON values, as `delta` subscriptions receive them.
 pub use shaping::delta;
 pub use shutdown::Shutdown;
@@ -258,8 +259,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 /// Serves the admin routes alone on `admin.listen` until the drain starts.
 /// A plain axum server: its clients are operators, not the public.
 async fn serve_admin(state: &AppState, addr: std::net::SocketAddr) -> Result<(), RunError> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = server::bind_listener(addr, state.config.server.listen_backlog)
         .map_err(|source| RunError::AdminListen { addr, source })?;
     // The bound address (the port when `admin.listen` asks for port 0).
     let addr = listener.local_addr().unwrap_or(addr);

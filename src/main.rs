@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use pushgate::config::Overrides;
 use pushgate::{Config, Listeners, Shutdown};
@@ -65,8 +64,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let listener = pushgate::bind_listener(config.server.listen, config.server.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let scheme = if config.server.tls.is_some() {
             "https"

@@ -66,6 +66,20 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
+/// Binds `addr` with a listen queue of `backlog` connections (tokio's own
+/// `TcpListener::bind` queues 128: a storm of reconnects overflows it).
+pub fn bind_listener(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's bind does: a restarted node rebinds while old sockets linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves `app` on `listener` until `shutdown` is triggered, over TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
@@ -155,12 +169,23 @@ pub async fn serve(
                     SIZE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&task), "bare SSE task future"));
                     conn_shutdown.tracker().spawn(task);
                 }
-                Conn::Plain(io) => serve_connection(io, protocol, watch, peer, app, conn_shutdown, timeouts).await,
+                // HTTP/2 in a task of its own as well: this one is sized for
+                // the opening and an HTTP/1.1 connection, which an HTTP/2
+                // connection (a gRPC stream's) would otherwise keep for its life.
+                Conn::Plain(io) if protocol == Protocol::Http2 => {
+                    let task = serve_http2(io, watch, peer, app, conn_shutdown.clone(), timeouts);
+                    static SIZE: std::sync::Once = std::sync::Once::new();
+                    SIZE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&task), "HTTP/2 connection task future"));
+                    conn_shutdown.tracker().spawn(task);
+                }
+                Conn::Tls(io) if protocol == Protocol::Http2 => {
+                    let task = serve_http2(*io, watch, peer, app, conn_shutdown.clone(), timeouts);
+                    conn_shutdown.tracker().spawn(task);
+                }
+                Conn::Plain(io) => serve_http1(io, watch, peer, app, conn_shutdown, timeouts).await,
                 // Boxed: a TLS connection's state is larger, and inline it would
                 // make every cleartext connection's task as large.
-                Conn::Tls(io) => {
-                    Box::pin(serve_connection(*io, protocol, watch, peer, app, conn_shutdown, timeouts)).await
-                }
+                Conn::Tls(io) => Box::pin(serve_http1(*io, watch, peer, app, conn_shutdown, timeouts)).await,
             }
         });
     }
@@ -276,9 +301,24 @@ macro_rules! drive {
     };
 }
 
-async fn serve_connection<IO>(
+/// The service every connection's requests go to: `$app`, with the peer's
+/// address and the write watch as extensions; `$started` is set by the first request.
+macro_rules! service {
+    ($app:ident, $peer:ident, $watch:ident, $started:ident) => {{
+        let watch = $watch.clone();
+        let started = Arc::clone(&$started);
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            started.store(true, Ordering::Relaxed);
+            req.extensions_mut().insert(ConnectInfo($peer));
+            req.extensions_mut().insert(watch.clone());
+            $app.clone().oneshot(req)
+        })
+    }};
+}
+
+/// Serves an HTTP/1.1 connection (a WebSocket leaves it at the upgrade, for a task of its own).
+async fn serve_http1<IO>(
     stream: IO,
-    protocol: Protocol,
     watch: WriteWatch,
     peer: SocketAddr,
     app: Router,
@@ -287,46 +327,45 @@ async fn serve_connection<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Set once the first request's head has arrived (either protocol).
     let started = Arc::new(AtomicBool::new(false));
-    let service = {
-        let watch = watch.clone();
-        let started = Arc::clone(&started);
-        hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            started.store(true, Ordering::Relaxed);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(watch.clone());
-            app.clone().oneshot(req)
-        })
-    };
-    let io = TokioIo::new(stream);
-    // HTTP/1.1's header timer covers its request heads; on HTTP/2 the
-    // preface, SETTINGS and first HEADERS must arrive within the same time.
+    let service = service!(app, peer, watch, started);
+    // hyper's header timer covers the request heads.
+    let first_request = std::future::pending::<()>();
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    drive!(conn, first_request, watch, peer, shutdown, timeouts);
+}
+
+/// Serves an HTTP/2 connection, in a task of its own: an idle one (a gRPC
+/// stream's) keeps this future, hyper's connection (boxed) and its streams.
+async fn serve_http2<IO>(
+    stream: IO,
+    watch: WriteWatch,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: Shutdown,
+    timeouts: Timeouts,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Set once the first request's head has arrived.
+    let started = Arc::new(AtomicBool::new(false));
+    let service = service!(app, peer, watch, started);
+    // The preface, SETTINGS and first HEADERS must arrive within the header timeout.
     let first_request = async {
-        if protocol == Protocol::Http2 {
-            tokio::time::sleep(timeouts.header_read).await;
-        }
-        if protocol == Protocol::Http1 || started.load(Ordering::Relaxed) {
+        tokio::time::sleep(timeouts.header_read).await;
+        if started.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
-    match protocol {
-        Protocol::Http1 => {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeouts.header_read)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            drive!(conn, first_request, watch, peer, shutdown, timeouts);
-        }
-        Protocol::Http2 => {
-            // Boxed: inline, hyper's HTTP/2 connection would make every
-            // connection task (HTTP/1.1 ones included) as large as itself.
-            let mut conn = Box::pin(http2_builder(&shutdown).serve_connection(io, service));
-            drive!(conn, first_request, watch, peer, shutdown, timeouts);
-        }
-    }
+    // Boxed: the connection's state is hyper's and h2's, sized for them.
+    let mut conn =
+        Box::pin(http2_builder(&shutdown).serve_connection(TokioIo::new(stream), service));
+    drive!(conn, first_request, watch, peer, shutdown, timeouts);
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,16 +56,19 @@ impl Shutdown {
     /// node's clients reconnect elsewhere over that interval, not all at once.
     /// Small while waiting (the delay's timer exists only once the drain began).
     pub fn my_turn(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let cancelled = self.token.clone().cancelled_owned();
+        // A combinator, not an `async` block: the block kept the cancellation
+        // future twice (captured, then moved into its await): 160 bytes against
+        // 88, in every idle connection's task.
         let spread = Arc::clone(&self.spread_ms);
-        async move {
-            cancelled.await;
+        self.token.clone().cancelled_owned().then(move |()| {
             let spread = spread.load(Ordering::Relaxed);
-            if spread > 0 {
-                let delay = Duration::from_millis(rand::random_range(0..spread));
-                Box::pin(tokio::time::sleep(delay)).await;
+            let delay = (spread > 0).then(|| Duration::from_millis(rand::random_range(0..spread)));
+            async move {
+                if let Some(delay) = delay {
+                    Box::pin(tokio::time::sleep(delay)).await;
+                }
             }
-        }
+        })
     }
 
     pub fn tracker(&self) -> &TaskTracker {

@@ -170,21 +170,29 @@ async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_th
     println!("{CLIENTS} resumes of one range: {reads} log reads, {joined} joined one in flight");
 }
 
+/// A node with one catch-up permit (reads queue) and topic `one` holding 401
+/// records: `{"i": i}` keyed `k{i % 7}` at offsets 0..400, then offset 400
+/// keyed `last`. Returns the node and the topic's epoch.
+async fn one_permit_node_with_401_records(last: &str) -> (TestServer, u64) {
+    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
+    let records: Vec<(String, Value)> = (0..400)
+        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .collect();
+    node.publish_batch("one", &records).await;
+    let any = node.publish("one", last, json!({"i": 400})).await;
+    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
+        .unwrap()
+        .epoch;
+    (node, epoch)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_a_few_records_apart_share_the_earliest_read_in_flight() {
     let _alone = CATCHUP_METRICS.lock().await;
     // As after a lost node: each client was live until its own last record, so
     // their cursors differ by a few records. With one permit the reads queue,
     // and each later start joins a read that covers it.
-    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
-    let records: Vec<(String, Value)> = (0..400)
-        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
-        .collect();
-    node.publish_batch("one", &records).await;
-    let any = node.publish("one", "k0", json!({"i": 400})).await;
-    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
-        .unwrap()
-        .epoch;
+    let (node, epoch) = one_permit_node_with_401_records("k0").await;
     let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
     let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
     const CLIENTS: u64 = 40;
@@ -246,4 +254,57 @@ async fn a_cursor_naming_partitions_the_topic_does_not_have_is_a_bad_cursor() {
         reply["code"], "bad_cursor",
         "not `unavailable` for ever: {reply}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_resumes_of_a_few_keys_take_a_recent_read_and_get_exactly_their_keys_records() {
+    let _alone = CATCHUP_METRICS.lock().await;
+    // As after a cold restart: resumes arrive one after another, each after the
+    // previous one's read is done (so none is in flight to join), and each
+    // wants a few keys of the range. The first reads the log; the others take
+    // the recent read through its key index.
+    // Offset 400, keyed like the others (400 % 7 == 1).
+    let (node, epoch) = one_permit_node_with_401_records("k1").await;
+    let key_of = |i: u64| format!("k{}", i % 7);
+    let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
+    let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
+    let wants: [(u64, &[&str]); 5] = [
+        (10, &["k3"]),
+        (10, &["k1", "k5"]),
+        (57, &["k0", "k6", "k2"]),
+        (200, &["k4"]),
+        (10, &["k3", "nobody"]),
+    ];
+    for (from, keys) in wants {
+        let cursor = Cursor::new(epoch, vec![from]).encode();
+        let mut ws = node.ws().await;
+        ws.subscribe(json!({"topic": "one", "keys": keys, "cursor": cursor}))
+            .await;
+        let expected: Vec<u64> = (from..401)
+            .filter(|&i| keys.contains(&key_of(i).as_str()))
+            .collect();
+        let got: Vec<u64> = ws
+            .records(expected.len())
+            .await
+            .iter()
+            .map(|r| {
+                let offset = r["offset"].as_u64().unwrap();
+                assert_eq!(r["key"], key_of(offset), "{r}");
+                offset
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "from {from}, keys {keys:?}: exactly their records, in order"
+        );
+        // Nothing more: the `live` that ends the replay counts exactly these.
+        ws.expect_silence(Duration::from_millis(300)).await;
+        let live = ws.lives.last().expect("a live message");
+        assert_eq!(live["replayed"], expected.len(), "{live}");
+    }
+    let reads = metric(&node, "pushgate_catchup_reads_total").await - reads_before;
+    let joined = metric(&node, "pushgate_catchup_reads_coalesced_total").await - joined_before;
+    // Offsets 0-400: one read of the block that holds them all, shared by the rest.
+    assert_eq!(reads, 1.0, "reads {reads}, joined {joined}");
+    assert_eq!(joined, 4.0, "reads {reads}, joined {joined}");
 }

@@ -558,6 +558,7 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     // 600 records at about 150 a second over 8 keys, while shard 0 splits and
     // its two children then merge back into one.
     const N: u64 = 600;
+    const AFTER: u64 = 60;
     let mut load = k.spawn_tool(
         "s",
         &[
@@ -617,8 +618,29 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
         .expect("the load finished")
         .unwrap();
     assert!(status.success());
-    let puts = parse_puts(&load_lines.await.unwrap());
+    let mut puts = parse_puts(&load_lines.await.unwrap());
     assert_eq!(puts.len() as u64, N);
+    // More records after the merge, so the merged child certainly gets some
+    // however long the split and merge took (on a loaded machine the load
+    // above could end before the merge).
+    let after = k
+        .tool(
+            "s",
+            &[
+                "put",
+                "--count",
+                &AFTER.to_string(),
+                "--start",
+                &N.to_string(),
+                "--keys",
+                "8",
+                "--batch",
+                "10",
+            ],
+        )
+        .await;
+    puts.extend(parse_puts(&after));
+    assert_eq!(puts.len() as u64, N + AFTER);
     let shards_used: HashSet<u32> = puts.iter().map(|p| p.shard).collect();
     for shard in [0, 1, 2, 3, 4] {
         assert!(
@@ -634,7 +656,7 @@ async fn split_then_merge_under_load_loses_and_repeats_nothing_and_keeps_key_ord
     );
 
     // Every record exactly once, and each key's records in the order they were put.
-    let got = collect_exactly(&mut all, &(0..N).collect()).await;
+    let got = collect_exactly(&mut all, &(0..N + AFTER).collect()).await;
     let mut last_of: HashMap<String, u64> = HashMap::new();
     for r in &got {
         let key = r["key"].as_str().unwrap().to_owned();

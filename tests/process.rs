@@ -118,6 +118,37 @@ async fn no_config_runs_the_demo_with_the_page() {
     assert_eq!(node.wait(Duration::from_secs(10)).await, Some(0));
 }
 
+/// The listener queues `server.listen_backlog` connections (4096 by default,
+/// capped by the kernel's somaxconn), not tokio's 128: under a reconnect storm
+/// a connection beyond the queue waits a second for its SYN retry.
+#[tokio::test]
+async fn the_listen_queue_is_the_configured_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let mut node = Process::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data]).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // ss (iproute2, installed by scripts/setup): a listening socket's Send-Q is its backlog.
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", node.addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no listening socket in {text:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, somaxconn.min(4096), "ss said {text:?}");
+    assert!(backlog > 128 || somaxconn <= 128);
+    node.sigterm();
+    assert_eq!(node.wait(Duration::from_secs(10)).await, Some(0));
+}
+
 /// Started from another directory, the binary still serves its page (built
 /// in), and its log to a pipe carries no ANSI colour codes.
 #[tokio::test]

@@ -91,14 +91,17 @@ enum End {
     Stop,
 }
 
-/// One outage: wall-clock ms down and up (0: never resumed), refusals in it
-/// and the longest run of refusals in a row.
+/// One outage: wall-clock ms down and up (0: never resumed), when the resume
+/// was caught up (the server's `live`; 0: not seen), and refusals in it.
 #[derive(Serialize, Deserialize, Clone, Copy)]
 pub struct Outage {
     pub client: u32,
     pub kind: u8,
     pub down: u64,
     pub up: u64,
+    /// Wall-clock ms of the `live` message that ended the resume's replay.
+    #[serde(default)]
+    pub live: u64,
     pub refusals: u32,
 }
 
@@ -138,6 +141,8 @@ struct Totals {
     reordered: AtomicU64,
     gaps: AtomicU64,
     refusals: AtomicU64,
+    /// Clients whose current connection has had its `live` (caught up).
+    live: AtomicU64,
 }
 
 struct Shared {
@@ -163,6 +168,8 @@ struct Client {
     missing: HashSet<(String, u64)>,
     last_offset: HashMap<u32, u64>,
     connected_at: Option<Instant>,
+    /// Wall-clock ms of this connection's `live` (caught up), if it came.
+    live_at: Option<u64>,
     max_in_a_row: u32,
 }
 
@@ -185,6 +192,14 @@ struct Payload {
 }
 
 impl Client {
+    /// The server's `live`: this connection's replay is over.
+    fn went_live(&mut self, sh: &Shared) {
+        if self.live_at.is_none() {
+            self.live_at = Some(now_us() / 1000);
+            sh.totals.live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn record(
         &mut self,
         sh: &Shared,
@@ -276,6 +291,7 @@ impl Client {
                 }
                 *up = true;
             }
+            Some("live") => self.went_live(sh),
             Some("gap") => {
                 sh.totals.gaps.fetch_add(1, Ordering::Relaxed);
                 self.last_seq.clear();
@@ -665,6 +681,7 @@ async fn grpc(c: &mut Client, sh: &Shared, up: &mut bool) -> End {
                             c.record(sh, &key, p, o, &cur, &d);
                         }
                     }
+                    3 => c.went_live(sh),
                     4 => {
                         sh.totals.gaps.fetch_add(1, Ordering::Relaxed);
                         c.last_seq.clear();
@@ -698,12 +715,16 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
             if let Some(mut o) = outage.take() {
                 let at = c.connected_at.map(|t| t.elapsed()).unwrap_or_default();
                 o.up = (now_us() / 1000).saturating_sub(at.as_millis() as u64);
+                o.live = c.live_at.unwrap_or(0);
                 sh.outages.lock().expect("outages").push(o);
             }
             attempt = 0;
             in_a_row = 0;
         }
         c.connected_at = None;
+        if c.live_at.take().is_some() {
+            sh.totals.live.fetch_sub(1, Ordering::Relaxed);
+        }
         let delay = match end {
             End::Stop => break,
             End::Refused(hint) => {
@@ -715,6 +736,7 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                     kind: c.kind as u8,
                     down: now_us() / 1000,
                     up: 0,
+                    live: 0,
                     refusals: 0,
                 });
                 o.refusals += 1;
@@ -730,6 +752,7 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                     kind: c.kind as u8,
                     down: now_us() / 1000,
                     up: 0,
+                    live: 0,
                     refusals: 0,
                 });
                 // Dropped after being up: a fresh outage, the backoff starts over.
@@ -811,15 +834,26 @@ pub async fn clients(args: ClientArgs) -> Result<()> {
             missing: HashSet::new(),
             last_offset: HashMap::new(),
             connected_at: None,
+            live_at: None,
             max_in_a_row: 0,
         };
         let delay = Duration::from_secs_f64(args.ramp_secs * i as f64 / args.clients.max(1) as f64);
         tasks.push(tokio::spawn(run_client(c, Arc::clone(&sh), delay)));
     }
-    // Progress, and the stop file.
+    // Progress (a line each time the number of caught-up clients changes), and the stop file.
     let started = Instant::now();
+    let mut live_shown = u64::MAX;
     let counts_path = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let live = sh.totals.live.load(Ordering::Relaxed);
+        if live != live_shown {
+            eprintln!(
+                "fleet-clients: live {live}/{} at {} ms",
+                args.clients,
+                now_us() / 1000
+            );
+            live_shown = live;
+        }
         if let Ok(text) = std::fs::read_to_string(&args.stop_file) {
             if !text.trim().is_empty() {
                 break Some(PathBuf::from(text.trim()));

@@ -19,9 +19,10 @@ use crate::cursor::Cursor;
 pub use crate::hub::Partial;
 pub use crate::hub::TOPIC_READY_WAIT;
 use crate::hub::{
-    Registration, Replay, ResolveError, Snap, Snapshot, StoredView, Sub, SubscribeOptions, Topic,
+    Filter, Registration, Replay, ResolveError, Snap, Snapshot, StoredView, Sub, SubscribeOptions,
+    Topic,
 };
-use crate::log_reads::LogReads;
+use crate::log_reads::{LogReads, Part, INDEXED_KEYS};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::{ClientError, ErrorCode, SubscribeRequest};
 use crate::record::{Body, Framing, LogRecord, Record};
@@ -358,6 +359,20 @@ pub async fn open(
     })
 }
 
+/// The records of `part` that `filter` takes, in offset order. A few keys
+/// (a resume after a cold restart has a handful) are looked up in the read's
+/// key index, a lookup per key; other filters test every record.
+fn of_filter<'a>(part: &'a Part, filter: &'a Filter) -> Vec<&'a LogRecord> {
+    match (&filter.keys, &filter.prefix) {
+        (Some(keys), None) if keys.len() <= INDEXED_KEYS => part.of_keys(keys.iter().map(|k| &**k)),
+        _ => part
+            .records()
+            .iter()
+            .filter(|r| filter.matches(r.key.as_deref()))
+            .collect(),
+    }
+}
+
 pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -511,19 +526,15 @@ impl CatchUp {
     }
 
     /// One read of the log (up to `LOG_CHUNK` records), shared with identical
-    /// reads in flight, in a `catch_up_read` span.
-    async fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        until: u64,
-    ) -> Result<Arc<Vec<LogRecord>>, CatchUpError> {
+    /// reads in flight and recent ones, in a `catch_up_read` span.
+    async fn read(&self, partition: u32, from: u64, until: u64) -> Result<Part, CatchUpError> {
         let span = tracing::info_span!(parent: &self.span, "catch_up_read", partition, from, until);
         let records = self
             .reads
             .read(
                 &self.source,
                 &self.topic.name,
+                self.topic.epoch,
                 partition,
                 from,
                 until,
@@ -634,7 +645,8 @@ impl CatchUp {
                         let last = self.last_offsets(partition, from, until).await?;
                         self.last_of.insert(partition, last);
                     }
-                    let records = self.read(partition, from, until).await?;
+                    let part = self.read(partition, from, until).await?;
+                    let records = part.records();
                     let next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
                     if next_from < until {
                         self.segments.push_front(Segment::Replay(Replay::Log {
@@ -647,13 +659,14 @@ impl CatchUp {
                     let filter = &sub.filter;
                     let upto = self.upto.clone();
                     let takes = |key: Option<&str>| {
-                        filter.matches(key)
-                            && upto
-                                .as_deref()
-                                .is_none_or(|upto| key.is_some_and(|k| k <= upto))
+                        upto.as_deref()
+                            .is_none_or(|upto| key.is_some_and(|k| k <= upto))
                     };
+                    let picked = of_filter(&part, filter)
+                        .into_iter()
+                        .filter(|r| takes(r.key.as_deref()));
                     let mut batch: Vec<Arc<Record>> = Vec::new();
-                    for r in records.iter().filter(|r| takes(r.key.as_deref())) {
+                    for r in picked {
                         let last = match (&r.key, self.last_of.get(&partition)) {
                             (Some(key), Some(last)) => last.get(key).copied(),
                             _ => None,
@@ -680,6 +693,9 @@ impl CatchUp {
             if !batch.is_empty() {
                 return Ok(Some(Step::Records(batch)));
             }
+            // Reads answered from memory do not wait: a resume of a few keys
+            // can pass many of them in a row without a record to send.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
@@ -764,15 +780,13 @@ impl CatchUp {
     ) -> Result<HashMap<Arc<str>, u64>, CatchUpError> {
         let mut last = HashMap::new();
         while from < until {
-            let records = self.read(partition, from, until).await?;
-            let Some(end) = records.last().map(|r| r.offset + 1) else {
+            let part = self.read(partition, from, until).await?;
+            let Some(end) = part.records().last().map(|r| r.offset + 1) else {
                 break;
             };
-            for r in records.iter() {
+            for r in of_filter(&part, &self.sub.filter) {
                 if let Some(key) = &r.key {
-                    if self.sub.filter.matches(Some(key)) {
-                        last.insert(Arc::clone(key), r.offset);
-                    }
+                    last.insert(Arc::clone(key), r.offset);
                 }
             }
             from = end;

@@ -134,7 +134,8 @@ enum Event {
     Outbox,
     Shutdown,
     Timer,
-    Message(Option<Result<Message, WsError>>),
+    /// The error boxed: the event lives across the awaits of its handling.
+    Message(Option<Result<Message, Box<WsError>>>),
 }
 
 /// Why the connection loop ended, and what is left to send.
@@ -299,14 +300,14 @@ impl Connection {
                         _ = self.outbox.ready() => Event::Outbox,
                         _ = &mut shutdown_signal => Event::Shutdown,
                         _ = &mut timer => Event::Timer,
-                        message = socket.next() => Event::Message(message),
+                        message = socket.next() => Event::Message(message.map(|m| m.map_err(Box::new))),
                     }
                 } else {
                     tokio::select! {
                         biased;
                         _ = &mut shutdown_signal => Event::Shutdown,
                         _ = &mut timer => Event::Timer,
-                        message = socket.next() => Event::Message(message),
+                        message = socket.next() => Event::Message(message.map(|m| m.map_err(Box::new))),
                         _ = self.outbox.ready() => Event::Outbox,
                     }
                 };

@@ -356,34 +356,51 @@ async fn subscribe(
         gap,
         snapshot_len,
         partial,
-        mut catch_up,
+        catch_up,
         enforced: _,
     } = opened;
-    let grace = state.config.auth.expiry_grace;
-    let shutdown = state.shutdown.clone();
-    let stream = async_stream::stream! {
-        let _slot = slot;
-        let _guard = guard;
-        let mut resume = if recovered || snapshot_len == 0 {
-            Resume::Text(cursor.clone())
-        } else {
-            // Cut off before the first snapshot record: start over (each
-            // snapshot record's cursor then resumes mid-snapshot).
-            Resume::None
-        };
-        yield Ok(event(Kind::Subscribed(proto::Subscribed {
-            topic: topic_name.to_string(),
-            cursor,
-            recovered,
-            snapshot: snapshot_len as u32,
-            snapshot_partial: partial.is_some(),
-            snapshot_partial_reason: partial.map(|p| p.reason.to_owned()).unwrap_or_default(),
+    // An idle stream is mostly its body's state (the `Box` below), so it keeps
+    // little, as SSE's stream does: the opening events are built here, the
+    // catch-up is boxed and freed once live, the timers are boxed, and of the
+    // identity only the expiry is kept.
+    let resume = if recovered || snapshot_len == 0 {
+        Resume::Text(cursor.clone())
+    } else {
+        // Cut off before the first snapshot record: start over (each
+        // snapshot record's cursor then resumes mid-snapshot).
+        Resume::None
+    };
+    let mut opening = vec![event(Kind::Subscribed(proto::Subscribed {
+        topic: topic_name.to_string(),
+        cursor,
+        recovered,
+        snapshot: snapshot_len as u32,
+        snapshot_partial: partial.is_some(),
+        snapshot_partial_reason: partial.map(|p| p.reason.to_owned()).unwrap_or_default(),
+    }))];
+    if let Some((reason, earliest)) = gap {
+        opening.push(event(Kind::Gap(proto::Gap {
+            reason: reason.to_owned(),
+            earliest,
         })));
-        if let Some((reason, earliest)) = gap {
-            yield Ok(event(Kind::Gap(proto::Gap { reason: reason.to_owned(), earliest })));
+    }
+    let mut catch_up = Box::new(catch_up);
+    // The stream must own these, or the subscription and the slot end at once.
+    let held = Box::new((slot, guard));
+    let grace = state.config.auth.expiry_grace;
+    let expires = identity
+        .time_left()
+        .map(|left| tokio::time::Instant::now() + left);
+    // Its turn in the drain (see `Shutdown::my_turn`); created once, boxed.
+    let mut shutdown_signal = Box::pin(state.shutdown.my_turn());
+    let stream = async_stream::stream! {
+        let _held = held;
+        let mut resume = resume;
+        for frame in opening {
+            yield Ok(frame);
         }
         loop {
-            match catch_up.next_batch().await {
+            match Box::pin(catch_up.next_batch()).await {
                 Ok(Some(Step::Records(batch))) => {
                     for record in batch {
                         resume.sent(&record);
@@ -416,29 +433,25 @@ async fn subscribe(
                 }
             }
         }
+        // Live: the catch-up (its span included) is not needed again.
+        drop(catch_up);
         // The token's expiry: a TokenExpiring event then, the end of the stream `grace` later.
-        let mut expiry = identity.time_left().map(|left| tokio::time::Instant::now() + left);
+        // Boxed: most tokens (and anonymous access) never get here.
+        let mut expiry: Option<Pin<Box<tokio::time::Sleep>>> =
+            expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut warned = false;
-        // Its turn in the drain (see `Shutdown::my_turn`).
-        let shutdown_signal = shutdown.my_turn();
-        tokio::pin!(shutdown_signal);
-        let mut batch = Vec::new();
         loop {
             // Drain on every turn so a wake-up taken by another branch is not lost.
+            // A fresh Vec each time: an idle stream keeps no buffer from its last burst.
+            let mut batch = Vec::new();
             if let Err(reason) = outbox.drain_into(&mut batch) {
                 yield Err(closed(reason, resume.cursor()));
                 return;
             }
-            for record in batch.drain(..) {
+            for record in batch {
                 resume.sent(&record);
                 yield Ok(envelope(&topic_name, &record));
             }
-            let timer = async {
-                match expiry {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown_signal => {
@@ -450,7 +463,12 @@ async fn subscribe(
                     ));
                     return;
                 }
-                _ = timer => {
+                _ = async {
+                    match expiry.as_mut() {
+                        Some(at) => at.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if warned {
                         yield Err(status(
                             Code::Unauthenticated,
@@ -461,7 +479,7 @@ async fn subscribe(
                         return;
                     }
                     warned = true;
-                    expiry = Some(tokio::time::Instant::now() + grace);
+                    expiry = Some(Box::pin(tokio::time::sleep_until(tokio::time::Instant::now() + grace)));
                     yield Ok(event(Kind::TokenExpiring(proto::TokenExpiring {
                         grace_ms: grace.as_millis() as u64,
                     })));
@@ -470,6 +488,13 @@ async fn subscribe(
             }
         }
     };
+    static SIZE: std::sync::Once = std::sync::Once::new();
+    SIZE.call_once(|| {
+        tracing::debug!(
+            bytes = std::mem::size_of_val(&stream),
+            "gRPC Subscribe stream"
+        )
+    });
     Ok(Box::pin(stream))
 }
 
