@@ -103,12 +103,13 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let watch = WriteWatch::new();
+        watch.set_socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let app = app.clone();
         let state = state.clone();
         let conn_shutdown = shutdown.clone();
         let tls = tls.clone();
         shutdown.tracker().spawn(async move {
-            let watch = WriteWatch::new();
             // Which protocol, within the header deadline: the first bytes in
             // cleartext, ALPN after a TLS handshake.
             let proxied = state.config.server.proxy_protocol

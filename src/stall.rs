@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,6 +34,13 @@ struct Inner {
     blocked_since: AtomicU64,
     /// Woken when the connection becomes blocked.
     blocked: Notify,
+    /// The TCP socket's descriptor plus one (0: none known, e.g. a pipe in a
+    /// test), for [`WriteWatch::backlog_taken`].
+    fd: AtomicI32,
+    /// The bytes the peer had acknowledged at the last [`WriteWatch::backlog`],
+    /// and when (on [`now_ms`]'s clock; 0 = not looked yet) that count last grew.
+    acked: AtomicU64,
+    taken_at: AtomicU64,
 }
 
 /// A coarse monotonic clock in milliseconds, never 0.
@@ -45,6 +52,64 @@ fn now_ms() -> u64 {
 impl WriteWatch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The connection's TCP socket, which [`Self::backlog`] asks about.
+    /// It must outlive every use of this watch: the connection owns both.
+    #[cfg(unix)]
+    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
+        self.inner.fd.store(fd.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Whether bytes are on their way to the peer (unsent or unacknowledged
+    /// in the kernel), and if so how long ago it was last seen taking some:
+    /// acknowledging more than at the previous call. A client reading a
+    /// backlog sends its replies (a WebSocket pong) only once it has read up
+    /// to them. Progress is seen only at calls and comes in bursts (a
+    /// receiver reopens its window by large steps), so call it at a steady
+    /// pace and allow it seconds. None: nothing in flight, or the kernel
+    /// cannot say.
+    pub fn backlog(&self) -> Option<Duration> {
+        let (acked, in_flight) = self.tcp_progress()?;
+        let before = self.inner.acked.swap(acked, Ordering::Relaxed);
+        let now = now_ms();
+        if acked != before || self.inner.taken_at.load(Ordering::Relaxed) == 0 {
+            self.inner.taken_at.store(now, Ordering::Relaxed);
+        }
+        let taken_at = self.inner.taken_at.load(Ordering::Relaxed);
+        in_flight.then(|| Duration::from_millis(now.saturating_sub(taken_at)))
+    }
+
+    /// The bytes the peer acknowledged so far and whether any are unacknowledged or unsent.
+    #[cfg(target_os = "linux")]
+    fn tcp_progress(&self) -> Option<(u64, bool)> {
+        let fd = self.inner.fd.load(Ordering::Relaxed).checked_sub(1)?;
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `tcp_info` is plain data, and getsockopt writes at most
+        // `len` bytes into it; the descriptor stays open while its connection
+        // (which owns this watch) lives.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some((
+            info.tcpi_bytes_acked,
+            info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+        ))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn tcp_progress(&self) -> Option<(u64, bool)> {
+        None
     }
 
     /// A write could not go out: the socket is full.

@@ -235,17 +235,19 @@ async fn ws_streams_30000_keys_with_an_exact_seam_and_a_paused_reader_is_not_dis
 }
 
 /// A reader slower than the writes for the whole of its snapshot (it reads a
-/// thousand records, then pauses), with pings every 2 s: its backlog
-/// overflows, and the ping rule's two intervals pass while the server only
-/// writes to it. (With 300 ms pings it is closed with 4008 just after its
-/// catch-up: the ping sent then waits behind megabytes in the socket
-/// buffers, which this reader takes longer than two intervals to read.) It is neither closed as too
-/// slow (4001) nor as idle (4008: the connection reads nothing during a
-/// catch-up, so its pongs wait unread; the rule counts from the catch-up's
-/// end), and it gets every record exactly once with an exact seam.
+/// thousand records, then pauses), with pings every 300 ms: its backlog
+/// overflows, and the ping rule's two intervals pass many times while the
+/// server only writes to it. When its catch-up ends the socket buffers still
+/// hold megabytes, which it takes longer than two intervals to read, and its
+/// pongs wait behind them. It is neither closed as too slow (4001) nor as
+/// idle (4008: the rule counts from the catch-up's end, and a peer still
+/// acknowledging a backlog is not idle), and it gets every record exactly
+/// once with an exact seam.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
-    let config = format!("{CONFIG}[websocket]\nping_interval = \"2s\"\n");
+    // Short pings: when its catch-up ends, the reader still has more in the
+    // socket buffers than it reads in two intervals, so its pongs come late.
+    let config = format!("{CONFIG}[websocket]\nping_interval = \"300ms\"\n");
     let server = Arc::new(TestServer::start_with(&config).await);
     let log = Arc::new(Mutex::new(Log::default()));
     seed(&server, &log, 30_000).await;
@@ -272,8 +274,17 @@ async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
     }
     assert!(
         started.elapsed() > Duration::from_secs(5),
-        "the snapshot outlasted the ping rule's two intervals (4 s)"
+        "the snapshot outlasted the ping rule's two intervals (600 ms)"
     );
+    // Live now, so no longer slow: a live reader that falls behind the writes
+    // by a whole queue is closed with 4001, by design.
+    while !writes.is_finished() {
+        match ws.event_within(Duration::from_millis(200)).await {
+            Some(common::WsEvent::Json(v)) => seen.apply(&v),
+            Some(common::WsEvent::Closed(code)) => panic!("closed ({code:?}) once live"),
+            None => {}
+        }
+    }
     writes.await.unwrap();
     ws_until_caught_up(&mut ws, &mut seen, &log).await;
     // Live, still answering pings: not closed as idle.
@@ -297,6 +308,30 @@ async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
         !metrics.contains("pushgate_slow_disconnects_total 1"),
         "not disconnected as too slow"
     );
+}
+
+/// The other side of the rule above: a client that stops reading and
+/// answering (it never polls its socket, so it sends no pong) while nothing
+/// more is on its way to it is still closed as idle (4008) after two ping
+/// intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_pings_is_closed_as_idle() {
+    let config = format!("{CONFIG}[websocket]\nping_interval = \"300ms\"\n");
+    let server = Arc::new(TestServer::start_with(&config).await);
+    let log = Arc::new(Mutex::new(Log::default()));
+    seed(&server, &log, 100).await;
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "t"})).await;
+    // Not polled: no pong goes out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "not closed as idle");
+        if let Some(common::WsEvent::Closed(code)) = ws.event_within(WAIT).await {
+            assert_eq!(code, Some(4008));
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
