@@ -8,7 +8,9 @@
 //! per key however many subscribers take one, and is already in key order;
 //! each page is read from the clones by key range and merged across
 //! partitions. The memory concurrent snapshots hold is the view's nodes and
-//! records that changed since they were taken, shared by all of them.
+//! records that changed since they were taken, shared by all of them; each
+//! page sent is removed from the clone (a path copy), so what a snapshot
+//! already sent no longer keeps them.
 //!
 //! Snapshots that must evaluate each value (a value filter), name keys, or
 //! read partitions from the source's stored view are a [`Snap`] list, sorted
@@ -156,28 +158,39 @@ impl Snapshot {
                 // Each partition's first `n` keys after the last one sent: the
                 // topic's first `n` are among them.
                 let prefix = prefix.as_deref();
-                let mut merged: Vec<(&Arc<str>, &Arc<Record>)> = Vec::new();
-                for view in views.iter() {
+                let mut merged: Vec<(usize, &Arc<str>, &Arc<Record>)> = Vec::new();
+                for (i, view) in views.iter().enumerate() {
                     let from = after.as_deref();
+                    let tagged = |(k, r)| (i, k, r);
                     match prefix {
                         None => {
                             let range = (
                                 from.map_or(Bound::Unbounded, Bound::Excluded),
                                 Bound::Unbounded,
                             );
-                            merged.extend(view.range::<_, str>(range).take(n));
+                            merged.extend(view.range::<_, str>(range).take(n).map(tagged));
                         }
-                        Some(p) => merged.extend(with_prefix(view, p, from).take(n)),
+                        Some(p) => merged.extend(with_prefix(view, p, from).take(n).map(tagged)),
                     }
                 }
-                merged.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                merged.sort_unstable_by(|a, b| a.1.cmp(b.1));
                 merged.truncate(n);
                 let page: Vec<Snap> = merged
                     .iter()
-                    .map(|(_, r)| Snap::Held(Arc::clone(r)))
+                    .map(|(_, _, r)| Snap::Held(Arc::clone(r)))
                     .collect();
-                if let Some((key, _)) = merged.last() {
+                let sent: Vec<(usize, Arc<str>)> =
+                    merged.iter().map(|(i, k, _)| (*i, Arc::clone(k))).collect();
+                if let Some((_, key)) = sent.last() {
                     *after = Some(Arc::clone(key));
+                }
+                // What went out leaves this clone, so the records and nodes
+                // the view has replaced since are freed as soon as every
+                // snapshot holding them has sent them, not when the last one
+                // ends: concurrent snapshots of a view under writes hold what
+                // changed ahead of the slowest, not all of it.
+                for (i, key) in sent {
+                    views[i].remove::<str>(&key);
                 }
                 page
             }
@@ -304,5 +317,41 @@ mod tests {
         rest.skip_through("k15");
         assert_eq!(rest.len(), 4);
         assert_eq!(rest.keys(), want[16..20].to_vec());
+    }
+
+    /// A page sent lets go of its records: one the view replaced since the
+    /// snapshot was taken is freed once every snapshot holding it sent it.
+    #[test]
+    fn a_sent_page_lets_go_of_the_records_it_held() {
+        let hub = Hub::new();
+        let settings = TopicSettings {
+            ring_records: 8,
+            view_max_keys: 100,
+            view_max_bytes: 0,
+        };
+        let topic = hub.add_topic("t", 1, 1, settings);
+        for i in 0..10u64 {
+            topic.ingest(&log(0, i, &format!("k{i}"), 0));
+        }
+        let old = topic.latest("k1").unwrap();
+        let mut snapshot = topic
+            .register(SubscribeOptions {
+                snapshot: true,
+                ..SubscribeOptions::plain(Filter::default(), Arc::new(Outbox::new(1 << 20)))
+            })
+            .snapshot;
+        topic.ingest(&log(0, 10, "k1", 1));
+        // The test, the ring and the snapshot hold it; the view no longer does.
+        let held = Arc::strong_count(&old);
+        let page = snapshot.next_page(3);
+        assert_eq!(page.len(), 3);
+        drop(page);
+        assert_eq!(
+            Arc::strong_count(&old),
+            held - 1,
+            "the snapshot let go of k1 once sent"
+        );
+        let rest: Vec<String> = snapshot.keys();
+        assert_eq!(rest, (3..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
     }
 }
