@@ -9,6 +9,11 @@ use clap::Parser;
 use pushgate::config::Overrides;
 use pushgate::{Config, Listeners, Shutdown};
 
+/// `--features mimalloc`: mimalloc instead of glibc's malloc (see Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A push gateway: streams a log (an embedded log, Kafka or Kinesis) to WebSocket, SSE and gRPC clients, with key and value filters and resume by cursor.
 ///
 /// With no --config it runs the demo: loopback only, anonymous access, a

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 #[doc(hidden)]
 pub mod bench;
@@ -387,8 +388,10 @@ impl Topic {
             return 0;
         }
         let next = log.offset + 1;
-        let mut cursor = String::with_capacity(16 + parts.len() * 4);
-        let offsets: Vec<u64> = parts
+        // Scratch kept per thread: the text is copied into the record's encodings.
+        let mut cursor = CURSOR_TEXT.take();
+        cursor.clear();
+        let offsets: SmallVec<[u64; 8]> = parts
             .iter()
             .map(|q| {
                 if q.id == part.id {
@@ -423,6 +426,7 @@ impl Topic {
                 .live()
                 .traced(trace),
         );
+        CURSOR_TEXT.set(cursor);
 
         state.ring.push_back(Arc::clone(&record));
         while state.ring.len() > self.settings.ring_records {
@@ -701,6 +705,12 @@ impl Topic {
         self.index.remove(sub);
         telemetry::subscription_closed(&self.name);
     }
+}
+
+thread_local! {
+    /// [`Topic::ingest`]'s cursor text, reused from record to record on the
+    /// source's thread instead of allocated for each.
+    static CURSOR_TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 fn has_log(replay: &[Replay]) -> bool {

@@ -36,6 +36,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::Response;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -319,7 +320,9 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
         io::Write::write_fmt(&mut cursor, format_args!("{len:X}\r\n"))?;
         cursor.position() as usize
     };
-    let mut slices = Vec::with_capacity(count + 2);
+    // Inline for up to two frames (a record's frame and the chunk framing
+    // fit four): this future is boxed per write, and that box is the only allocation.
+    let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::with_capacity(count + 2);
     if chunked {
         slices.push(IoSlice::new(&line[..line_len]));
     }

@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
+use smallvec::SmallVec;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tracing::Instrument;
 
@@ -202,20 +203,23 @@ pub async fn prepare(
     })
 }
 
+/// A batch of records drained from an outbox: one, the usual case, inline.
+pub type Batch = SmallVec<[Arc<Record>; 1]>;
+
 /// What the event stream yields: pre-encoded frames, or a batch of records
 /// to go out together (their `sse` bytes, shared with every other subscriber).
 pub enum Chunk {
     Frame(Bytes),
     Frames(Vec<Bytes>),
-    Records(Vec<Arc<Record>>),
+    Records(Batch),
 }
 
 impl Chunk {
     /// The frames, in order.
     pub fn into_frames(self) -> impl Iterator<Item = Bytes> {
         let (frames, records) = match self {
-            Chunk::Frame(frame) => (vec![frame], Vec::new()),
-            Chunk::Frames(frames) => (frames, Vec::new()),
+            Chunk::Frame(frame) => (vec![frame], Batch::new()),
+            Chunk::Frames(frames) => (frames, Batch::new()),
             Chunk::Records(records) => (Vec::new(), records),
         };
         frames
@@ -309,7 +313,7 @@ impl Ready {
             yield Chunk::Frames(opening);
             loop {
                 match Box::pin(start.catch_up.next_batch()).await {
-                    Ok(Some(Step::Records(batch))) => yield Chunk::Records(batch),
+                    Ok(Some(Step::Records(batch))) => yield Chunk::Records(Batch::from_vec(batch)),
                     Ok(Some(Step::Live { replayed, cursor, compacted, skipped })) => {
                         let live = protocol::live(&start.id, &start.topic_name, replayed, cursor.as_deref(), compacted, skipped);
                         match cursor {
@@ -338,18 +342,22 @@ impl Ready {
             keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 // Drain on every turn so a wake-up taken by another branch is not lost.
-                // A fresh Vec each time: an idle stream keeps no buffer from its last burst.
-                let mut batch = Vec::new();
-                if let Err(reason) = outbox.drain_into(&mut batch) {
-                    // Too slow: end the stream; EventSource reconnects with its last id.
-                    if let Some(last) = last_event(reason, &ending) {
-                        yield Chunk::Frame(last);
+                // A fresh batch each time: an idle stream keeps no buffer from its
+                // last burst, and one record (the usual batch) needs none.
+                // In a block of its own: the batch is not kept across the wait below.
+                {
+                    let mut batch = Batch::new();
+                    if let Err(reason) = outbox.drain_into(&mut batch) {
+                        // Too slow: end the stream; EventSource reconnects with its last id.
+                        if let Some(last) = last_event(reason, &ending) {
+                            yield Chunk::Frame(last);
+                        }
+                        return;
                     }
-                    return;
-                }
-                if !batch.is_empty() {
-                    batch.iter().for_each(|r| super::first_write(r, crate::record::Transport::Sse));
-                    yield Chunk::Records(batch);
+                    if !batch.is_empty() {
+                        batch.iter().for_each(|r| super::first_write(r, crate::record::Transport::Sse));
+                        yield Chunk::Records(batch);
+                    }
                 }
                 tokio::select! {
                     biased;

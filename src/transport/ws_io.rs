@@ -185,19 +185,73 @@ impl Frame {
     }
 
     fn len(&self) -> usize {
-        let [a, b] = self.parts();
+        Self::sum(self.parts())
+    }
+
+    fn sum([a, b]: [&[u8]; 2]) -> usize {
         a.len() + b.len()
+    }
+}
+
+/// The frames waiting for the socket, in order. A record's frame that finds
+/// the queue empty waits in `head`, a pointer's room, and allocates nothing:
+/// a subscriber that gets a record now and then (one a second in the fan-out
+/// scenario) allocated and freed a `VecDeque` buffer per delivery, because an
+/// idle connection keeps no buffer. `head`, when set, is the front.
+#[derive(Default)]
+struct Frames {
+    head: Option<Arc<Record>>,
+    rest: VecDeque<Frame>,
+}
+
+impl Frames {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.rest.is_empty()
+    }
+
+    fn push_back(&mut self, frame: Frame) {
+        match frame {
+            Frame::Record(record) if self.is_empty() => self.head = Some(record),
+            frame => self.rest.push_back(frame),
+        }
+    }
+
+    /// Each frame's two slices, front first.
+    fn parts(&self) -> impl Iterator<Item = [&[u8]; 2]> {
+        let head = self.head.as_deref().map(Record::ws_frame);
+        head.into_iter().chain(self.rest.iter().map(Frame::parts))
+    }
+
+    fn front_len(&self) -> Option<usize> {
+        match &self.head {
+            Some(record) => Some(Frame::sum(record.ws_frame())),
+            None => self.rest.front().map(Frame::len),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Frame> {
+        match self.head.take() {
+            Some(record) => Some(Frame::Record(record)),
+            None => self.rest.pop_front(),
+        }
+    }
+
+    /// Gives back the buffer of a burst: an idle connection holds none.
+    fn release(&mut self) {
+        if self.rest.is_empty() {
+            self.rest = VecDeque::new();
+        }
     }
 }
 
 /// The socket under tungstenite, with the frame queue in front of it.
 pub struct FrameIo<S> {
     io: S,
-    queue: VecDeque<Frame>,
-    /// Bytes of the front frame already written.
-    written: usize,
-    /// Bytes of `Copied` frames in the queue.
-    copied: usize,
+    queue: Frames,
+    /// Bytes of the front frame already written (below a frame's length).
+    written: u32,
+    /// Bytes of `Copied` frames in the queue (at most [`COPIED_LIMIT`] and one write).
+    copied: u32,
     /// Set when permessage-deflate was negotiated: inbound compressed
     /// messages are inflated here before tungstenite reads them, and records
     /// go out compressed.
@@ -208,7 +262,7 @@ impl<S> FrameIo<S> {
     pub fn new(io: S) -> Self {
         Self {
             io,
-            queue: VecDeque::new(),
+            queue: Frames::default(),
             written: 0,
             copied: 0,
             inflate: None,
@@ -249,7 +303,7 @@ impl<S> FrameIo<S> {
     }
 
     fn push_copy(&mut self, bytes: &[u8]) {
-        self.copied += bytes.len();
+        self.copied += bytes.len() as u32;
         self.queue.push_back(Frame::Copied(bytes.to_vec()));
     }
 
@@ -258,23 +312,21 @@ impl<S> FrameIo<S> {
         while n > 0 {
             let front = self
                 .queue
-                .front()
+                .front_len()
                 .expect("written bytes came from the queue");
-            let left = front.len() - self.written;
+            let left = front - self.written as usize;
             if n < left {
-                self.written += n;
+                self.written += n as u32;
                 return;
             }
             n -= left;
             self.written = 0;
             if let Some(Frame::Copied(bytes)) = self.queue.pop_front() {
-                self.copied -= bytes.len();
+                self.copied -= bytes.len() as u32;
             }
         }
-        if self.queue.is_empty() {
-            // An idle connection holds no queue at all; a burst allocates one.
-            self.queue = VecDeque::new();
-        }
+        // An idle connection holds no queue at all; a burst allocates one.
+        self.queue.release();
     }
 }
 
@@ -293,9 +345,9 @@ impl<S: AsyncWrite + Unpin> FrameIo<S> {
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); SLICES * 2];
             let mut count = 0;
-            let mut skip = self.written;
-            for frame in self.queue.iter().take(SLICES) {
-                for part in frame.parts() {
+            let mut skip = self.written as usize;
+            for parts in self.queue.parts().take(SLICES) {
+                for part in parts {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -364,7 +416,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
             }
         }
         if this.has_queued() {
-            if this.copied + buf.len() > COPIED_LIMIT {
+            if this.copied as usize + buf.len() > COPIED_LIMIT {
                 // The drain above registered for the socket's next room.
                 return Poll::Pending;
             }
@@ -452,6 +504,34 @@ mod tests {
         std::future::poll_fn(move |cx| Pin::new(&mut *io).poll_flush(cx))
     }
 
+    /// A record's frame that finds the queue empty takes no buffer (one
+    /// delivery, no allocation); what follows queues behind it, in order.
+    #[test]
+    fn a_lone_record_waits_without_a_buffer() {
+        let mut io = FrameIo::new(());
+        let first = record(1, 10);
+        io.push_record(Arc::clone(&first));
+        assert!(io.queue.head.is_some());
+        assert_eq!(io.queue.rest.capacity(), 0, "no buffer for one frame");
+        io.push_ping();
+        io.push_record(record(2, 20));
+        let fronts: Vec<Vec<u8>> = io.queue.parts().map(|[a, b]| [a, b].concat()).collect();
+        assert_eq!(fronts.len(), 3);
+        assert_eq!(fronts[0], first.ws_frame().concat());
+        assert_eq!(fronts[1], vec![0x89, 0x00]);
+        assert_eq!(io.queue.front_len(), Some(fronts[0].len()));
+        assert!(matches!(io.queue.pop_front(), Some(Frame::Record(r)) if Arc::ptr_eq(&r, &first)));
+        assert!(matches!(io.queue.pop_front(), Some(Frame::Static(_))));
+        assert!(matches!(io.queue.pop_front(), Some(Frame::Record(_))));
+        assert!(io.queue.is_empty());
+        io.queue.release();
+        assert_eq!(
+            io.queue.rest.capacity(),
+            0,
+            "an idle connection keeps no buffer"
+        );
+    }
+
     /// Record frames and tungstenite's frames reach a client (tungstenite's own
     /// client, which checks every frame) whole and in the order they were sent,
     /// through a pipe far smaller than one frame, so every write is partial.
@@ -532,7 +612,7 @@ mod tests {
             }
         };
         tokio::join!(pinger, reader);
-        let copied = server.get_ref().copied;
+        let copied = server.get_ref().copied as usize;
         assert!(copied > 0, "pongs were queued");
         assert!(copied <= COPIED_LIMIT, "queued {copied} bytes of pongs");
     }

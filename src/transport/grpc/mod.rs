@@ -442,15 +442,19 @@ async fn subscribe(
         let mut warned = false;
         loop {
             // Drain on every turn so a wake-up taken by another branch is not lost.
-            // A fresh Vec each time: an idle stream keeps no buffer from its last burst.
-            let mut batch = Vec::new();
-            if let Err(reason) = outbox.drain_into(&mut batch) {
-                yield Err(closed(reason, resume.cursor()));
-                return;
-            }
-            for record in batch {
-                resume.sent(&record);
-                yield Ok(envelope(&topic_name, &record));
+            // A fresh batch each time: an idle stream keeps no buffer from its
+            // last burst, and one record (the usual batch) needs none.
+            // In a block of its own: the batch is not kept across the wait below.
+            {
+                let mut batch = crate::transport::sse::Batch::new();
+                if let Err(reason) = outbox.drain_into(&mut batch) {
+                    yield Err(closed(reason, resume.cursor()));
+                    return;
+                }
+                for record in batch {
+                    resume.sent(&record);
+                    yield Ok(envelope(&topic_name, &record));
+                }
             }
             tokio::select! {
                 biased;
