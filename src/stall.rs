@@ -35,12 +35,13 @@ struct Inner {
     /// Woken when the connection becomes blocked.
     blocked: Notify,
     /// The TCP socket's descriptor plus one (0: none known, e.g. a pipe in a
-    /// test), for [`WriteWatch::backlog_taken`].
+    /// test), for [`WriteWatch::last_read`].
     fd: AtomicI32,
-    /// The bytes the peer had acknowledged at the last [`WriteWatch::backlog`],
-    /// and when (on [`now_ms`]'s clock; 0 = not looked yet) that count last grew.
-    acked: AtomicU64,
-    taken_at: AtomicU64,
+    /// What [`WriteWatch::last_read`] saw last ([`TcpSeen::packed`]; 0 =
+    /// not looked yet), and when (on [`now_ms`]'s clock; 0 = never) it last
+    /// saw the peer reading.
+    seen: AtomicU64,
+    read_at: AtomicU64,
 }
 
 /// A coarse monotonic clock in milliseconds, never 0.
@@ -54,42 +55,46 @@ impl WriteWatch {
         Self::default()
     }
 
-    /// The connection's TCP socket, which [`Self::backlog`] asks about.
+    /// The connection's TCP socket, which [`Self::last_read`] asks about.
     /// It must outlive every use of this watch: the connection owns both.
     #[cfg(unix)]
     pub fn set_socket(&self, fd: std::os::fd::RawFd) {
         self.inner.fd.store(fd.saturating_add(1), Ordering::Relaxed);
     }
 
-    /// Whether bytes are on their way to the peer (unsent or unacknowledged
-    /// in the kernel), and if so how long ago it was last seen taking some:
-    /// acknowledging more than at the previous call. A client reading a
-    /// backlog sends its replies (a WebSocket pong) only once it has read up
-    /// to them. Progress is seen only at calls and comes in bursts (a
-    /// receiver reopens its window by large steps), so call it at a steady
-    /// pace and allow it seconds. None: nothing in flight, or the kernel
-    /// cannot say.
-    pub fn backlog(&self) -> Option<Duration> {
-        let (acked, in_flight) = self.tcp_progress()?;
-        let before = self.inner.acked.swap(acked, Ordering::Relaxed);
+    /// How long ago the peer's application was last seen reading, by its
+    /// kernel (`TCP_INFO`) between this call and the previous one: its
+    /// receive window grew (it read from its receive buffer), or it
+    /// acknowledged more while bytes were on their way to it (its window
+    /// was shut until it read). A client reading a backlog sends its replies
+    /// (a WebSocket pong) only once it has read up to them; one that stopped
+    /// reading shows neither. Seen only at calls, so call it at a steady
+    /// pace. None: never seen reading, or the kernel cannot say.
+    pub fn last_read(&self) -> Option<Duration> {
         let now = now_ms();
-        if acked != before || self.inner.taken_at.load(Ordering::Relaxed) == 0 {
-            self.inner.taken_at.store(now, Ordering::Relaxed);
+        if let Some(seen) = self.tcp_progress() {
+            let before = self.inner.seen.swap(seen.packed(), Ordering::Relaxed);
+            if before != 0 && seen.reading_since(TcpSeen::unpacked(before)) {
+                self.inner.read_at.store(now, Ordering::Relaxed);
+            }
         }
-        let taken_at = self.inner.taken_at.load(Ordering::Relaxed);
-        in_flight.then(|| Duration::from_millis(now.saturating_sub(taken_at)))
+        match self.inner.read_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(now.saturating_sub(at))),
+        }
     }
 
-    /// The bytes the peer acknowledged so far and whether any are unacknowledged or unsent.
+    /// What the kernel says of the connection's sending side.
     #[cfg(target_os = "linux")]
-    fn tcp_progress(&self) -> Option<(u64, bool)> {
+    fn tcp_progress(&self) -> Option<TcpSeen> {
         let fd = self.inner.fd.load(Ordering::Relaxed).checked_sub(1)?;
         if fd < 0 {
             return None;
         }
         // SAFETY: `tcp_info` is plain data, and getsockopt writes at most
-        // `len` bytes into it; the descriptor stays open while its connection
-        // (which owns this watch) lives.
+        // `len` bytes into it (an older kernel fewer: the rest stays 0); the
+        // descriptor stays open while its connection (which owns this
+        // watch) lives.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let rc = unsafe {
@@ -101,14 +106,16 @@ impl WriteWatch {
                 &mut len,
             )
         };
-        (rc == 0).then_some((
-            info.tcpi_bytes_acked,
-            info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
-        ))
+        (rc == 0).then_some(TcpSeen {
+            // The low 31 bits: enough to see a change between two calls.
+            acked: (info.tcpi_bytes_acked & 0x7fff_ffff) as u32,
+            window: info.tcpi_snd_wnd & 0x7fff_ffff,
+            in_flight: info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn tcp_progress(&self) -> Option<(u64, bool)> {
+    fn tcp_progress(&self) -> Option<TcpSeen> {
         None
     }
 
@@ -144,6 +151,40 @@ impl WriteWatch {
                 Some(waited) if waited >= limit => return,
                 Some(waited) => tokio::time::sleep(limit - waited).await,
             }
+        }
+    }
+}
+
+/// One look at a connection's sending side (`TCP_INFO`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TcpSeen {
+    /// Bytes the peer acknowledged (low 31 bits).
+    acked: u32,
+    /// The receive window the peer last advertised.
+    window: u32,
+    /// Bytes unsent or unacknowledged.
+    in_flight: bool,
+}
+
+impl TcpSeen {
+    /// Whether the peer's application read between `before` and this look.
+    fn reading_since(self, before: TcpSeen) -> bool {
+        self.window > before.window || (before.in_flight && self.acked != before.acked)
+    }
+
+    /// Never 0 (the in-flight bit or the marker bit is set).
+    fn packed(self) -> u64 {
+        (u64::from(self.window) << 32)
+            | (u64::from(self.in_flight) << 31)
+            | u64::from(self.acked)
+            | (1 << 63)
+    }
+
+    fn unpacked(v: u64) -> Self {
+        Self {
+            window: ((v >> 32) & 0x7fff_ffff) as u32,
+            in_flight: v & (1 << 31) != 0,
+            acked: (v & 0x7fff_ffff) as u32,
         }
     }
 }

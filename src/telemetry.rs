@@ -32,6 +32,8 @@ pub const SNAPSHOTS_PARTIAL: &str = "pushgate_snapshots_partial_total";
 pub const CATCHUP_RESYNCS: &str = "pushgate_catchup_resyncs_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
+/// Write transactions the embedded log committed (batches of publishes, background fsyncs, retention passes).
+pub const LOG_COMMITS: &str = "pushgate_log_commits_total";
 /// `embedded.durability = "os"`: one background fsync.
 pub const SYNC_SECONDS: &str = "pushgate_log_sync_seconds";
 pub const CLIENT_ERRORS: &str = "pushgate_client_errors_total";
@@ -340,6 +342,11 @@ pub fn append_latency(elapsed: Duration) {
         Some(hot) => hot.append.record(elapsed.as_secs_f64()),
         None => histogram!(APPEND_SECONDS).record(elapsed.as_secs_f64()),
     }
+}
+
+/// One write transaction of the embedded log committed (see [`LOG_COMMITS`]).
+pub fn log_commit() {
+    counter!(LOG_COMMITS).increment(1);
 }
 
 pub fn log_sync_latency(elapsed: Duration) {

@@ -255,7 +255,9 @@ async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
     let mut ws = server.ws().await;
     let subscribed = ws.subscribe(json!({"topic": "t"})).await;
     assert!(subscribed["snapshot"].as_u64().unwrap() >= 30_000);
-    let writes = writer(Arc::clone(&server), Arc::clone(&log), 30_000, 200);
+    // 10,000 writes, over well before the snapshot is: a reader slower than
+    // writes that go on is closed (4001 after 16 resyncs without progress).
+    let writes = writer(Arc::clone(&server), Arc::clone(&log), 30_000, 100);
     let mut seen = Seen::default();
     let started = tokio::time::Instant::now();
     let mut read = 0;

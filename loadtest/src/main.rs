@@ -16,6 +16,9 @@
 //! `fleet-clients`, `fleet-produce`, `fleet-sample` and `fleet-report` are
 //! the parts of the fleet harness, `loadtest/fleet.sh`.
 //!
+//! `publish-bench` measures the server's CPU per published record and the
+//! publish latency at fixed rates, one record per request.
+//!
 //! `delta-bytes` compares bytes on the wire with and without JSON Patch deltas.
 //!
 //! Modules: `client` (subscribers), `delta` (the delta-bytes run), `kafka` (the Kafka latency run), `publish` (paced publishing), `stats`
@@ -34,6 +37,7 @@ mod keys;
 mod origin;
 mod procstat;
 mod publish;
+mod publish_bench;
 mod report;
 mod stats;
 mod versus;
@@ -107,6 +111,8 @@ enum Cmd {
     FleetSample(Box<fleet_report::SampleArgs>),
     /// Fleet harness: the per-scenario report (and --check for CI).
     FleetReport(Box<fleet_report::ReportArgs>),
+    /// Issue 29 item 5: one record per request at fixed rates; server CPU per record and publish latency.
+    PublishBench(Box<publish_bench::PublishBenchArgs>),
     /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     /// Issue 30: a large view streamed to WebSocket and SSE subscribers under writes, checked key by key.
     ViewBench(Box<view_bench::ViewBenchArgs>),
@@ -375,6 +381,15 @@ fn main() -> Result<()> {
                 std::process::exit(2)
             }
         },
+        Cmd::PublishBench(args) => {
+            let result = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(900), publish_bench::main(*args))
+                    .await
+                    .unwrap_or_else(|_| bail!("publish-bench exceeded 900 s"))
+            });
+            rt.shutdown_timeout(Duration::from_millis(200));
+            result
+        }
         Cmd::GripOrigin { listen, max_secs } => rt.block_on(origin::serve(listen, max_secs)),
     }
 }

@@ -8,7 +8,10 @@
 //! runs on the writer thread between batches.
 //!
 //! Durability (`embedded.durability`): with `"fsync"` (the default) every
-//! batch is fsynced before fan-out. With `"os"` a batch is committed without
+//! batch is fsynced before fan-out. With `embedded.commit_wait` set (off by
+//! default), while publishes arrive at least two per that span, the writer
+//! holds each batch open that long for more, so they share the commit and
+//! its fsync (`embedded/writer.rs`). With `"os"` a batch is committed without
 //! an fsync, fanned out and acknowledged at once; the writer fsyncs whenever
 //! it has nothing waiting, and at least every [`OS_SYNC_EVERY`] under load.
 //! The `meta` flag `unsynced` is set (durably) while such a run is open and
@@ -329,6 +332,9 @@ impl EmbeddedLog {
             fast: mode == Mode::Os,
             unsynced: false,
             last_sync: Instant::now(),
+            commit_wait: config.embedded.commit_wait,
+            arrivals: 0.0,
+            last_pick: Instant::now(),
         };
         std::thread::Builder::new()
             .name("pushgate-log-writer".into())

@@ -328,14 +328,13 @@ impl Connection {
                         Timer::Ping => {
                             let interval = self.state.config.websocket.ping_interval;
                             // A client still reading a backlog answers pings only
-                            // once it reaches them: while bytes are on their way to
-                            // it, it is held to the write timeout instead, as during
-                            // a catch-up. Asked at every ping, to see progress.
-                            let backlog = self.watch.backlog();
-                            let taking = backlog.is_some_and(|since| {
+                            // once it reaches them: while its kernel shows it
+                            // reading, it is held to the write timeout instead, as
+                            // during a catch-up. Asked at every ping, to see reads.
+                            let reading = self.watch.last_read().is_some_and(|since| {
                                 since < self.state.config.limits.write_timeout
                             });
-                            if self.last_seen.elapsed() > interval * 2 && !taking {
+                            if self.last_seen.elapsed() > interval * 2 && !reading {
                                 break Ending::Close(
                                     close::IDLE,
                                     "no frames from client for two ping intervals",

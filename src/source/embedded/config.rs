@@ -18,6 +18,11 @@ pub struct EmbeddedConfig {
     pub cache_bytes: usize,
     /// When a publish is acknowledged and fanned out: after its fsync, or before.
     pub durability: Durability,
+    /// With `durability = "fsync"`: how long the writer holds a batch open for
+    /// more publishes (one commit and fsync for all of them) while publishes
+    /// arrive at least two per this span; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub commit_wait: Duration,
 }
 
 /// `embedded.durability`.
@@ -33,6 +38,12 @@ pub enum Durability {
     Os,
 }
 
+/// `embedded.commit_wait`'s default: off. A publisher that waits for each
+/// answer before it sends the next would get fewer publishes through with a wait.
+pub const DEFAULT_COMMIT_WAIT: Duration = Duration::ZERO;
+/// The longest `embedded.commit_wait` accepted: every publish may wait this long.
+pub const MAX_COMMIT_WAIT: Duration = Duration::from_millis(100);
+
 /// The smallest `embedded.cache_bytes` accepted: below this redb thrashes.
 pub const MIN_EMBEDDED_CACHE_BYTES: usize = 1 << 20;
 
@@ -43,6 +54,7 @@ impl Default for EmbeddedConfig {
             retention_check_interval: Duration::from_secs(1),
             cache_bytes: 64 << 20,
             durability: Durability::Fsync,
+            commit_wait: DEFAULT_COMMIT_WAIT,
         }
     }
 }
@@ -59,6 +71,9 @@ impl EmbeddedConfig {
                 "embedded.cache_bytes",
                 format!("must be at least {MIN_EMBEDDED_CACHE_BYTES} (1 MiB)"),
             ));
+        }
+        if self.commit_wait > MAX_COMMIT_WAIT {
+            return Err(invalid("embedded.commit_wait", "must be at most 100ms"));
         }
         Ok(())
     }

@@ -14,31 +14,71 @@ pub(super) struct Writer {
     /// Batches were committed since the last fsync.
     pub(super) unsynced: bool,
     pub(super) last_sync: Instant,
+    /// `embedded.commit_wait` (used with `durability = "fsync"` only).
+    pub(super) commit_wait: Duration,
+    /// Appends per second reaching the writer, smoothed over about
+    /// [`ARRIVALS_SMOOTHING`] seconds; decides whether a batch waits for more.
+    pub(super) arrivals: f64,
+    /// When the previous batch's first append was picked up.
+    pub(super) last_pick: Instant,
+}
+
+/// A batch waits `commit_wait` for more only when at least this many more
+/// appends are expected meanwhile: fewer would add latency for little saving.
+const LINGER_ARRIVALS: f64 = 2.0;
+/// Seconds over which the arrival rate is smoothed.
+const ARRIVALS_SMOOTHING: f64 = 0.1;
+
+/// Moves `next` and every message already queued into `batch` (up to
+/// [`MAX_BATCH`]); stops at a `Close`, which it puts in `close`.
+fn drain(
+    rx: &mut mpsc::Receiver<Message>,
+    mut next: Option<Message>,
+    batch: &mut Vec<Append>,
+    close: &mut Option<oneshot::Sender<()>>,
+) {
+    while let Some(message) = next {
+        match message {
+            Message::Append(append) => batch.push(append),
+            Message::Tick => {}
+            Message::Close(reply) => {
+                *close = Some(reply);
+                return;
+            }
+        }
+        if batch.len() >= MAX_BATCH {
+            return;
+        }
+        next = rx_next(rx);
+    }
+}
+
+fn rx_next(rx: &mut mpsc::Receiver<Message>) -> Option<Message> {
+    rx.try_recv().ok()
 }
 
 impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         // Ends when every sender is gone: the log was dropped.
         while let Some(first) = rx.blocking_recv() {
+            let picked = Instant::now();
             let mut batch = Vec::new();
             let mut close = None;
-            let mut next = Some(first);
-            while let Some(message) = next {
-                match message {
-                    Message::Append(append) => batch.push(append),
-                    Message::Tick => {}
-                    Message::Close(reply) => {
-                        close = Some(reply);
-                        break;
-                    }
+            drain(&mut rx, Some(first), &mut batch, &mut close);
+            if close.is_none() && !batch.is_empty() && batch.len() < MAX_BATCH && self.linger() {
+                // Publishes are arriving faster than one per `commit_wait`:
+                // wait that long for more and commit (and fsync) them together.
+                let deadline = picked + self.commit_wait;
+                let now = Instant::now();
+                if deadline > now {
+                    std::thread::sleep(deadline - now);
                 }
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
-                next = rx.try_recv().ok();
+                let next = rx_next(&mut rx);
+                drain(&mut rx, next, &mut batch, &mut close);
             }
+            self.count_arrivals(picked, batch.len());
             if !batch.is_empty() {
-                self.append(batch);
+                self.append(batch, picked);
             }
             self.maybe_retain();
             if let Some(reply) = close {
@@ -53,6 +93,28 @@ impl Writer {
             self.sync();
         }
         tracing::debug!("log writer stopped");
+    }
+
+    /// Whether to hold the batch open: only fsynced batches (an `"os"` commit
+    /// is cheap) and only while at least [`LINGER_ARRIVALS`] more publishes
+    /// are expected within `commit_wait`, so a lone publish never waits.
+    fn linger(&self) -> bool {
+        !self.fast
+            && !self.commit_wait.is_zero()
+            && self.arrivals * self.commit_wait.as_secs_f64() >= LINGER_ARRIVALS
+    }
+
+    /// Updates the smoothed rate of appends from a batch of `n` picked up at
+    /// `picked`: a long gap since the previous batch replaces the old rate
+    /// (after a quiet spell the first publishes do not wait).
+    fn count_arrivals(&mut self, picked: Instant, n: usize) {
+        let gap = picked
+            .saturating_duration_since(self.last_pick)
+            .as_secs_f64()
+            .max(1e-6);
+        self.last_pick = picked;
+        let weight = 1.0 - (-gap / ARRIVALS_SMOOTHING).exp();
+        self.arrivals += weight * (n as f64 / gap - self.arrivals);
     }
 
     /// Makes every batch committed so far durable (one fsync).
@@ -91,6 +153,7 @@ impl Writer {
             meta.insert("unsynced", 0)?;
         }
         txn.commit()?;
+        crate::telemetry::log_commit();
         Ok(())
     }
 
@@ -105,8 +168,9 @@ impl Writer {
         topics
     }
 
-    fn append(&mut self, batch: Vec<Append>) {
-        let started = Instant::now();
+    /// Commits `batch` (its first append picked up at `started`), fans it
+    /// out and answers its publishers.
+    fn append(&mut self, batch: Vec<Append>, started: Instant) {
         let timestamp = now_ms();
         let topics = self.topics();
         let mut next = self.next.clone();
@@ -186,37 +250,40 @@ impl Writer {
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         {
             let mut positions = txn.open_table(POSITIONS)?;
-            let mut touched = vec![false; topics.len()];
-            for (req, out) in batch.iter().zip(placed) {
-                touched[req.topic] = true;
-                let topic = &topics[req.topic];
+            // Each topic's tables are opened once per batch: its appends in
+            // batch order (the stable sort keeps it), so the latest record
+            // per key is the last one written.
+            let mut order: Vec<usize> = (0..batch.len()).collect();
+            order.sort_by_key(|&i| batch[i].topic);
+            for group in order.chunk_by(|&a, &b| batch[a].topic == batch[b].topic) {
+                let t = batch[group[0]].topic;
+                let topic = &topics[t];
                 let mut table = txn.open_table(records_table(&topic.table))?;
                 let latest_name = latest::latest_name(&topic.name);
                 let mut latest = txn.open_table(latest::latest_table(&latest_name))?;
-                for (rec, at) in req.records.iter().zip(out) {
-                    let bytes = encode(timestamp, rec);
-                    table.insert((at.partition, at.offset), bytes.as_slice())?;
-                    // The latest record per key, in the same transaction: a
-                    // tombstone deletes the key.
-                    if let Some(key) = rec.key.as_deref() {
-                        if &*rec.data == "null" {
-                            latest.remove((at.partition, key))?;
-                        } else {
-                            let value = latest::latest_value(at.offset, &bytes);
-                            latest.insert((at.partition, key), value.as_slice())?;
+                for &i in group {
+                    for (rec, at) in batch[i].records.iter().zip(&placed[i]) {
+                        let bytes = encode(timestamp, rec);
+                        table.insert((at.partition, at.offset), bytes.as_slice())?;
+                        // The latest record per key, in the same transaction: a
+                        // tombstone deletes the key.
+                        if let Some(key) = rec.key.as_deref() {
+                            if &*rec.data == "null" {
+                                latest.remove((at.partition, key))?;
+                            } else {
+                                let value = latest::latest_value(at.offset, &bytes);
+                                latest.insert((at.partition, key), value.as_slice())?;
+                            }
                         }
                     }
                 }
-            }
-            for (t, topic) in topics.iter().enumerate() {
-                if touched[t] {
-                    for (p, n) in next[t].iter().enumerate() {
-                        positions.insert((topic.name.as_str(), p as u32), *n)?;
-                    }
+                for (p, n) in next[t].iter().enumerate() {
+                    positions.insert((topic.name.as_str(), p as u32), *n)?;
                 }
             }
         }
         txn.commit()?;
+        crate::telemetry::log_commit();
         self.unsynced |= self.fast;
         Ok(())
     }
@@ -270,6 +337,7 @@ impl Writer {
         }
         // Fsynced (redb's default): batches committed before it are durable too.
         txn.commit()?;
+        crate::telemetry::log_commit();
         self.unsynced = false;
         for (t, p, cut) in updates {
             topics[t].earliest[p as usize].store(cut, Ordering::Release);
