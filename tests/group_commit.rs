@@ -17,7 +17,9 @@ const KEYS: u64 = 50;
 const CONFIG: &str = "[embedded]\ncommit_wait = \"20ms\"\ndurability = \"fsync\"\n\
                       [limits]\npublish_rate = 100000.0\npublish_burst = 100000.0\n";
 
-fn metric(text: &str, name: &str) -> f64 {
+/// The value of the unlabelled metric `name` in the node's `/metrics` now.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
@@ -39,15 +41,7 @@ async fn concurrent_publishes_share_commits_and_keep_offsets_order_and_durabilit
         .await;
 
     let metrics_url = format!("http://{addr}/metrics");
-    let commits_before = metric(
-        &reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "pushgate_log_commits_total",
-    );
+    let commits_before = metric(&metrics_url, "pushgate_log_commits_total").await;
     let http = reqwest::Client::new();
     let answers = futures_util::future::join_all((0..PUBLISHES).map(|i| {
         let http = http.clone();
@@ -64,15 +58,7 @@ async fn concurrent_publishes_share_commits_and_keep_offsets_order_and_durabilit
         }
     }))
     .await;
-    let commits = metric(
-        &reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "pushgate_log_commits_total",
-    ) - commits_before;
+    let commits = metric(&metrics_url, "pushgate_log_commits_total").await - commits_before;
 
     // Each publish its own offset, together exactly 0..PUBLISHES.
     let offset_of: BTreeMap<u64, u64> = answers.iter().copied().collect();
