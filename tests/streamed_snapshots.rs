@@ -202,6 +202,24 @@ async fn ws_until_caught_up(ws: &mut common::WsClient, seen: &mut Seen, log: &Mu
     }
 }
 
+/// Reads on until `writes` is done: a client that stopped reading while a
+/// slow machine still wrote would meet the write timeout, which is not what
+/// these tests are about.
+async fn read_while_writing(
+    ws: &mut common::WsClient,
+    seen: &mut Seen,
+    writes: tokio::task::JoinHandle<()>,
+) {
+    while !writes.is_finished() {
+        match ws.event_within(Duration::from_millis(200)).await {
+            Some(common::WsEvent::Json(v)) => seen.apply(&v),
+            Some(common::WsEvent::Closed(code)) => panic!("closed ({code:?}) mid-stream"),
+            None => {}
+        }
+    }
+    writes.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_streams_30000_keys_with_an_exact_seam_and_a_paused_reader_is_not_disconnected() {
     let server = Arc::new(TestServer::start_with(CONFIG).await);
@@ -221,7 +239,7 @@ async fn ws_streams_30000_keys_with_an_exact_seam_and_a_paused_reader_is_not_dis
     // Stop reading mid-snapshot (well inside the write timeout) while the
     // writer goes on: far more than the 64 KiB queue arrives meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    writes.await.unwrap();
+    read_while_writing(&mut ws, &mut seen, writes).await;
     ws_until_caught_up(&mut ws, &mut seen, &log).await;
     assert_eq!(seen.snapshot_keys.len() as u64, n);
     assert!(ws.lives[0].get("snapshot_skipped").is_none());
@@ -280,14 +298,7 @@ async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
     );
     // Live now, so no longer slow: a live reader that falls behind the writes
     // by a whole queue is closed with 4001, by design.
-    while !writes.is_finished() {
-        match ws.event_within(Duration::from_millis(200)).await {
-            Some(common::WsEvent::Json(v)) => seen.apply(&v),
-            Some(common::WsEvent::Closed(code)) => panic!("closed ({code:?}) once live"),
-            None => {}
-        }
-    }
-    writes.await.unwrap();
+    read_while_writing(&mut ws, &mut seen, writes).await;
     ws_until_caught_up(&mut ws, &mut seen, &log).await;
     // Live, still answering pings: not closed as idle.
     let quiet_until = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -95,7 +95,11 @@ impl Sub {
         }
     }
     fn apply(&mut self, r: &Rec<'_>) {
-        let Some(i) = r.key.as_deref().and_then(|k| k.get(1..)?.parse::<usize>().ok()) else {
+        let Some(i) = r
+            .key
+            .as_deref()
+            .and_then(|k| k.get(1..)?.parse::<usize>().ok())
+        else {
             return;
         };
         let v = r.data.as_ref().and_then(|d| d.v).unwrap_or(0) as u32;

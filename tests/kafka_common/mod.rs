@@ -769,17 +769,23 @@ fn tool_stderr() -> &'static std::sync::Mutex<std::collections::HashMap<u32, Str
 /// Waits (bounded) for a `spawn_tool` child to exit, and checks it succeeded.
 pub async fn wait_exit(child: &mut Child, within: Duration) {
     let id = child.id().unwrap_or_default();
-    let status = tokio::time::timeout(within, child.wait())
-        .await
-        .expect("load generator finished in time")
-        .unwrap();
+    let stderr = || {
+        tool_stderr()
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .unwrap_or_default()
+    };
+    let Ok(status) = tokio::time::timeout(within, child.wait()).await else {
+        panic!(
+            "load generator not finished in {within:?}; its last lines: {}",
+            stderr()
+        );
+    };
+    let status = status.unwrap();
     // Let the drain task take the last lines.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stderr = tool_stderr()
-        .lock()
-        .unwrap()
-        .remove(&id)
-        .unwrap_or_default();
+    let stderr = stderr();
     assert!(
         status.success(),
         "load generator failed ({status}): {stderr}"
