@@ -66,8 +66,9 @@ struct Rec<'a> {
     kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     key: Option<std::borrow::Cow<'a, str>>,
+    /// `true` on snapshot records; a count on `subscribed`.
     #[serde(default)]
-    snapshot: bool,
+    snapshot: Option<serde_json::Value>,
     #[serde(default)]
     data: Option<RecData>,
 }
@@ -106,7 +107,7 @@ impl Sub {
         if i >= self.state.len() {
             return;
         }
-        if r.snapshot {
+        if r.snapshot == Some(serde_json::Value::Bool(true)) {
             self.snapshot += 1;
             if self.snap_seen[i] || self.state[i] != NONE {
                 self.dup_snapshot += 1;
