@@ -357,8 +357,9 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
     while live_at.is_none() || t.elapsed() < live_at.unwrap() + Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rss_max = rss_max.max(rss_kib(args.pid));
-        // Every subscriber ended before `live`, or the writer failed: report why.
-        if live_at.is_none() && tasks.iter().all(|t| t.is_finished()) || writer.is_finished() {
+        // A subscriber ended (they end only when told, or on an error), or
+        // the writer failed: report why now, not after --max-secs.
+        if tasks.iter().any(|t| t.is_finished()) || writer.is_finished() {
             break;
         }
         if t.elapsed() > Duration::from_secs(args.max_secs) {
