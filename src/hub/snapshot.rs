@@ -242,15 +242,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_shared_snapshot_pages_in_key_order_at_its_position() {
-        let hub = Hub::new();
+    /// Topic "t" with `partitions` partitions, a small ring, all keys in the view.
+    fn small_topic(hub: &Hub, partitions: u32) -> Arc<super::super::Topic> {
         let settings = TopicSettings {
             ring_records: 8,
             view_max_keys: 100,
             view_max_bytes: 0,
         };
-        let topic = hub.add_topic("t", 1, 3, settings);
+        hub.add_topic("t", 1, partitions, settings)
+    }
+
+    #[test]
+    fn a_shared_snapshot_pages_in_key_order_at_its_position() {
+        let hub = Hub::new();
+        let topic = small_topic(&hub, 3);
         let mut next = [0u64; 3];
         let mut write = |i: usize, n: u64| {
             let p = i % 3;
@@ -324,12 +329,7 @@ mod tests {
     #[test]
     fn a_sent_page_lets_go_of_the_records_it_held() {
         let hub = Hub::new();
-        let settings = TopicSettings {
-            ring_records: 8,
-            view_max_keys: 100,
-            view_max_bytes: 0,
-        };
-        let topic = hub.add_topic("t", 1, 1, settings);
+        let topic = small_topic(&hub, 1);
         for i in 0..10u64 {
             topic.ingest(&log(0, i, &format!("k{i}"), 0));
         }
