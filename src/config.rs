@@ -198,6 +198,10 @@ pub struct LimitsConfig {
     pub connect_burst: f64,
     /// Catch-up reads from the log running at once; more resumes queue.
     pub catchup_concurrency: usize,
+    /// Bytes of records of recent catch-up reads kept node-wide for resumes
+    /// that come a little later (oldest dropped first). 0: none kept; a
+    /// resume still joins a read in flight.
+    pub catchup_cache_bytes: usize,
     /// A connection whose socket takes no bytes for this long while a write waits is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -354,6 +358,7 @@ impl Default for LimitsConfig {
             connect_rate: 0.0,
             connect_burst: 500.0,
             catchup_concurrency: 32,
+            catchup_cache_bytes: 32 << 20,
             write_timeout: Duration::from_secs(10),
         }
     }

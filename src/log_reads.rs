@@ -36,12 +36,6 @@ type Fetched = Result<Arc<Chunk>, Arc<SourceError>>;
 type InFlight = Shared<BoxFuture<'static, Fetched>>;
 pub type Read = Result<Part, Arc<SourceError>>;
 
-/// Records of recent reads kept node-wide (oldest dropped first) for resumes
-/// that come a little later, when the read is no longer in flight to be
-/// joined: 64 blocks, 8 per partition of an 8-partition topic being replayed,
-/// some 25 MB of records of 200 bytes.
-const RECENT_RECORDS: usize = 131_072;
-
 /// Reads of the log are of aligned blocks of this many offsets (a resume
 /// takes its part of one, `max` records from its start at most).
 const BLOCK: usize = 2048;
@@ -56,6 +50,8 @@ pub const INDEXED_KEYS: usize = 64;
 pub struct Chunk {
     from: u64,
     records: Vec<LogRecord>,
+    /// What its records hold in memory, about (see [`record_bytes`]).
+    bytes: usize,
     /// Each key's records: their indexes in `records`, ascending.
     index: OnceLock<HashMap<Arc<str>, Vec<u32>>>,
 }
@@ -64,6 +60,7 @@ impl Chunk {
     fn new(from: u64, records: Vec<LogRecord>) -> Self {
         Self {
             from,
+            bytes: records.iter().map(record_bytes).sum(),
             records,
             index: OnceLock::new(),
         }
@@ -85,6 +82,19 @@ impl Chunk {
             index
         })
     }
+}
+
+/// The memory one read record holds: the struct and its own allocations,
+/// each with the allocator's 16 bytes. A key is counted although reads of
+/// the same key may share it: the bound errs on the safe side.
+fn record_bytes(r: &LogRecord) -> usize {
+    const ALLOC: usize = 16;
+    let owned = |len: usize| if len == 0 { 0 } else { len + ALLOC };
+    std::mem::size_of::<LogRecord>()
+        + owned(r.data.len())
+        + r.key.as_ref().map_or(0, |k| owned(k.len() + 16))
+        + r.extra.as_ref().map_or(0, |e| owned(e.len()))
+        + r.position.as_ref().map_or(0, |p| owned(p.len() + 16))
 }
 
 /// The records of one read that answer one resume: `chunk.records[start..end]`.
@@ -179,13 +189,18 @@ impl PartitionReads {
 struct Reads {
     partitions: HashMap<Key, PartitionReads>,
     order: VecDeque<(Key, Arc<Chunk>)>,
-    records: usize,
+    /// What the recent reads hold, and the most they may.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Reads {
-    /// Keeps `chunk` among the recent reads, dropping the oldest beyond `RECENT_RECORDS`.
+    /// Keeps `chunk` among the recent reads, dropping the oldest beyond
+    /// `max_bytes`. The bound is in bytes, not records: reads of large
+    /// values (a view's catch-up after a long snapshot) would otherwise
+    /// hold tens of MB for resumes that may never come.
     fn keep(&mut self, key: &Key, chunk: &Arc<Chunk>) {
-        if chunk.records.is_empty() {
+        if chunk.records.is_empty() || chunk.bytes > self.max_bytes {
             return;
         }
         let reads = self.partitions.entry(key.clone()).or_default();
@@ -194,13 +209,13 @@ impl Reads {
                 return;
             }
         }
-        self.records += chunk.records.len();
+        self.bytes += chunk.bytes;
         self.order.push_back((key.clone(), Arc::clone(chunk)));
-        while self.records > RECENT_RECORDS {
+        while self.bytes > self.max_bytes {
             let Some((key, old)) = self.order.pop_front() else {
                 break;
             };
-            self.records -= old.records.len();
+            self.bytes -= old.bytes;
             if let Some(reads) = self.partitions.get_mut(&key) {
                 if reads
                     .recent
@@ -214,6 +229,7 @@ impl Reads {
                 }
             }
         }
+        telemetry::catchup_cache_bytes(self.bytes);
     }
 }
 
@@ -223,10 +239,14 @@ pub struct LogReads {
 }
 
 impl LogReads {
-    pub fn new(concurrency: usize) -> Self {
+    /// `concurrency` reads at once; recent reads kept up to `cache_bytes`.
+    pub fn new(concurrency: usize, cache_bytes: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            reads: Mutex::new(Reads::default()),
+            reads: Mutex::new(Reads {
+                max_bytes: cache_bytes,
+                ..Reads::default()
+            }),
         }
     }
 
@@ -469,10 +489,16 @@ mod tests {
 
     #[test]
     fn recent_reads_are_bounded_node_wide_and_the_closest_one_answers() {
-        let mut reads = Reads::default();
-        let key = |p: u32| -> Key { ("t".into(), 1, p) };
         let per = 4096u64;
-        let n = (RECENT_RECORDS as u64 / per) * 2;
+        let chunk_bytes = Chunk::new(0, records(0..per)).bytes;
+        assert!(chunk_bytes > per as usize * std::mem::size_of::<LogRecord>());
+        // Room for eight reads.
+        let mut reads = Reads {
+            max_bytes: chunk_bytes * 8,
+            ..Reads::default()
+        };
+        let key = |p: u32| -> Key { ("t".into(), 1, p) };
+        let n = 16;
         for i in 0..n {
             let from = i * per;
             reads.keep(
@@ -480,8 +506,8 @@ mod tests {
                 &Arc::new(Chunk::new(from, records(from..from + per))),
             );
         }
-        assert!(reads.records <= RECENT_RECORDS);
-        assert_eq!(reads.order.len(), RECENT_RECORDS / per as usize);
+        assert!(reads.bytes <= reads.max_bytes);
+        assert_eq!(reads.order.len(), 8);
         let p1 = &reads.partitions[&key(1)];
         assert!(p1.recent(per).is_none(), "the oldest reads were dropped");
         let last = (n - 1) * per;
@@ -494,8 +520,51 @@ mod tests {
         );
         // The same read kept twice counts once.
         let again = Arc::clone(chunk);
-        let before = reads.records;
+        let before = reads.bytes;
         reads.keep(&key(1), &again);
-        assert_eq!(reads.records, before);
+        assert_eq!(reads.bytes, before);
+    }
+
+    #[test]
+    fn the_bound_counts_bytes_so_large_values_keep_fewer_reads() {
+        let per = 512u64;
+        let small_bytes = Chunk::new(0, records(0..per)).bytes;
+        // Records about three times as large: a read of them counts as three.
+        let big = |from: u64| {
+            let mut list = records(from..from + per);
+            for r in &mut list {
+                r.data = "x".repeat(2 * small_bytes / per as usize).into();
+            }
+            Arc::new(Chunk::new(from, list))
+        };
+        let mut reads = Reads {
+            max_bytes: small_bytes * 4,
+            ..Reads::default()
+        };
+        let key: Key = ("t".into(), 1, 0);
+        for i in 0..4 {
+            reads.keep(
+                &key,
+                &Arc::new(Chunk::new(i * per, records(i * per..(i + 1) * per))),
+            );
+        }
+        assert_eq!(reads.order.len(), 4, "four small reads fit");
+        reads.keep(&key, &big(4 * per));
+        assert!(reads.bytes <= reads.max_bytes);
+        assert!(
+            reads.order.len() <= 2,
+            "a large read pushed out more than one"
+        );
+        assert!(Arc::ptr_eq(
+            &reads.order.back().unwrap().1,
+            reads.partitions[&key].recent(4 * per).unwrap()
+        ));
+        // A read larger than the whole bound is not kept; nothing is dropped for it.
+        let mut none = Reads {
+            max_bytes: 1000,
+            ..Reads::default()
+        };
+        none.keep(&key, &big(0));
+        assert!(none.order.is_empty() && none.bytes == 0);
     }
 }

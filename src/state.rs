@@ -96,7 +96,10 @@ impl AppState {
             config.limits.publish_rate,
             config.limits.publish_burst,
         ));
-        let log_reads = Arc::new(LogReads::new(config.limits.catchup_concurrency));
+        let log_reads = Arc::new(LogReads::new(
+            config.limits.catchup_concurrency,
+            config.limits.catchup_cache_bytes,
+        ));
         let connect_limiter = Arc::new(ConnectLimiter::new(
             config.limits.connect_rate,
             config.limits.connect_burst,

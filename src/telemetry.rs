@@ -50,6 +50,8 @@ pub const KAFKA_CATCHUP_READS: &str = "pushgate_kafka_catchup_reads_total";
 /// Catch-up range reads sent to the log for resuming clients; `_coalesced`: reads answered by one in flight that covered their start instead.
 pub const CATCHUP_READS: &str = "pushgate_catchup_reads_total";
 pub const CATCHUP_READS_COALESCED: &str = "pushgate_catchup_reads_coalesced_total";
+/// Bytes of records held by recent catch-up reads node-wide (bounded by `limits.catchup_cache_bytes`).
+pub const CATCHUP_CACHE_BYTES: &str = "pushgate_catchup_cache_bytes";
 /// Records between the source's high watermark and what this node has ingested, per partition (Kafka and the embedded log).
 pub const PARTITION_LAG: &str = "pushgate_partition_lag_records";
 /// Bytes the in-memory views of a topic count for, all partitions (bounded by `view_max_bytes`).
@@ -231,6 +233,10 @@ pub fn connection_closed(transport: &'static str) {
 
 /// `reason` is one of a fixed set: "limit", "draining".
 /// A resume's range read: sent to the log, or joined to one in flight.
+pub fn catchup_cache_bytes(bytes: usize) {
+    gauge!(CATCHUP_CACHE_BYTES).set(bytes as f64);
+}
+
 pub fn catchup_read(coalesced: bool) {
     if coalesced {
         counter!(CATCHUP_READS_COALESCED).increment(1);

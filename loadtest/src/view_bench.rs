@@ -1,4 +1,4 @@
-//! `view-bench` (issue 30 item 5): a large view streamed to WebSocket and SSE subscribers while records are written, checked key by key.
+//! `view-bench` (issue 30 item 5): a large view streamed to WebSocket, SSE and gRPC subscribers while records are written, checked key by key.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub struct ViewBenchArgs {
     ws: usize,
     #[arg(long, default_value_t = 1)]
     sse: usize,
+    /// gRPC subscribers (`pushgate.v1.Gateway/Subscribe` over h2c).
+    #[arg(long, default_value_t = 0)]
+    grpc: usize,
     /// Skip writing the initial keys: the topic already holds them at version 0,
     /// with no writes since (a run's own writes make the next run's check wrong).
     #[arg(long)]
@@ -96,18 +99,20 @@ impl Sub {
         }
     }
     fn apply(&mut self, r: &Rec<'_>) {
-        let Some(i) = r
-            .key
-            .as_deref()
-            .and_then(|k| k.get(1..)?.parse::<usize>().ok())
-        else {
+        let v = r.data.as_ref().and_then(|d| d.v).unwrap_or(0);
+        let snapshot = r.snapshot == Some(serde_json::Value::Bool(true));
+        self.apply_one(r.key.as_deref(), v, snapshot);
+    }
+
+    fn apply_one(&mut self, key: Option<&str>, v: u64, snapshot: bool) {
+        let Some(i) = key.and_then(|k| k.get(1..)?.parse::<usize>().ok()) else {
             return;
         };
-        let v = r.data.as_ref().and_then(|d| d.v).unwrap_or(0) as u32;
+        let v = v as u32;
         if i >= self.state.len() {
             return;
         }
-        if r.snapshot == Some(serde_json::Value::Bool(true)) {
+        if snapshot {
             self.snapshot += 1;
             if self.snap_seen[i] || self.state[i] != NONE {
                 self.dup_snapshot += 1;
@@ -271,6 +276,147 @@ async fn sse_sub(
     }
 }
 
+/// Reads a protobuf varint at `at`, moving past it.
+fn pb_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The fields of one protobuf message: (field number, varint value or the
+/// bytes of a length-delimited field). Other wire types end the walk.
+fn pb_fields(b: &[u8]) -> Vec<(u64, u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let Some(tag) = pb_varint(b, &mut at) else {
+            break;
+        };
+        match tag & 7 {
+            0 => match pb_varint(b, &mut at) {
+                Some(v) => out.push((tag >> 3, v, &b[..0])),
+                None => break,
+            },
+            2 => {
+                let Some(len) = pb_varint(b, &mut at) else {
+                    break;
+                };
+                let Some(body) = b.get(at..at + len as usize) else {
+                    break;
+                };
+                at += len as usize;
+                out.push((tag >> 3, 0, body));
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// One gRPC subscriber: `Subscribe { topic }` (the snapshot is on by
+/// default), its `Event`s decoded here with no code shared with the server.
+async fn grpc_sub(
+    args: ViewBenchArgs,
+    mut sub: Sub,
+    done: Arc<AtomicBool>,
+    latest: Arc<Vec<AtomicU32>>,
+) -> Result<Sub> {
+    use bytes::{Buf, Bytes, BytesMut};
+    let stream = tokio::net::TcpStream::connect(&args.addr).await?;
+    let started = Instant::now();
+    let mut subscribed_at = started;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, Bytes>(stream)
+        .await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await?;
+    let req = http::Request::post(format!(
+        "http://{}/pushgate.v1.Gateway/Subscribe",
+        args.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())?;
+    let (response, mut send) = client.send_request(req, false)?;
+    let mut msg = vec![0x0a];
+    let mut len = args.topic.len();
+    while len >= 0x80 {
+        msg.push(len as u8 | 0x80);
+        len >>= 7;
+    }
+    msg.push(len as u8);
+    msg.extend_from_slice(args.topic.as_bytes());
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    send.send_data(Bytes::from(framed), true)?;
+    let response = tokio::time::timeout(Duration::from_secs(10), response).await??;
+    if response.status() != 200 {
+        bail!("{}: HTTP {}", sub.name, response.status());
+    }
+    let mut body = response.into_body();
+    let mut buf = BytesMut::new();
+    let result = loop {
+        let data = match tokio::time::timeout(Duration::from_secs(2), body.data()).await {
+            Ok(Some(d)) => d?,
+            Ok(None) => break Err(anyhow::anyhow!("{}: the stream ended", sub.name)),
+            Err(_) => {
+                if done.load(Ordering::Relaxed) && caught_up(&sub, &latest) {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        let _ = body.flow_control().release_capacity(data.len());
+        buf.extend_from_slice(&data);
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            buf.advance(5);
+            let event = buf.split_to(len);
+            for (field, _, inner) in pb_fields(&event) {
+                match field {
+                    1 => subscribed_at = Instant::now(),
+                    2 => {
+                        let (mut key, mut v, mut snapshot) = (None, 0, false);
+                        for (f, n, b) in pb_fields(inner) {
+                            match f {
+                                2 => key = std::str::from_utf8(b).ok(),
+                                7 => v = serde_json::from_slice::<RecData>(b)?.v.unwrap_or(0),
+                                8 => snapshot = n != 0,
+                                _ => {}
+                            }
+                        }
+                        sub.apply_one(key, v, snapshot);
+                        sub.fair_turn().await;
+                    }
+                    3 => {
+                        sub.to_live = Some(started.elapsed());
+                        sub.snap_secs = subscribed_at.elapsed().as_secs_f64();
+                        sub.lives.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    driver.abort();
+    result.map(|()| sub)
+}
+
 fn caught_up(sub: &Sub, latest: &[AtomicU32]) -> bool {
     sub.to_live.is_some()
         && latest
@@ -320,6 +466,14 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
             latest.clone(),
         )));
     }
+    for n in 0..args.grpc {
+        tasks.push(tokio::spawn(grpc_sub(
+            args.clone(),
+            Sub::new(format!("grpc{n}"), args.keys, lives.clone()),
+            done.clone(),
+            latest.clone(),
+        )));
+    }
     // The writer: `rate` records a second, 10 batches a second, each key's version one more.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -365,7 +519,7 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
         if t.elapsed() > Duration::from_secs(args.max_secs) {
             bail!("no live within --max-secs");
         }
-        if live_at.is_none() && lives.load(Ordering::Relaxed) == args.ws + args.sse {
+        if live_at.is_none() && lives.load(Ordering::Relaxed) == args.ws + args.sse + args.grpc {
             live_at = Some(t.elapsed());
         }
     }
@@ -407,4 +561,26 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
         (rss_max.saturating_sub(rss_base)) / 1024
     );
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_fields_are_walked_with_varints_and_lengths() {
+        // Record { key: "k1" (2), data_json: {"v":7} (7), snapshot: true (8), offset: 300 (4) }
+        let mut record = vec![0x12, 2, b'k', b'1', 0x3a, 7];
+        record.extend_from_slice(br#"{"v":7}"#);
+        record.extend_from_slice(&[0x40, 1, 0x20, 0xac, 0x02]);
+        let fields = pb_fields(&record);
+        assert_eq!(fields.len(), 4);
+        assert_eq!((fields[0].0, fields[0].2), (2, &b"k1"[..]));
+        assert_eq!((fields[1].0, fields[1].2), (7, &br#"{"v":7}"#[..]));
+        assert_eq!((fields[2].0, fields[2].1), (8, 1));
+        assert_eq!((fields[3].0, fields[3].1), (4, 300));
+        // Cut inside the second field's length: only the whole first one is read.
+        assert_eq!(pb_fields(&record[..5]).len(), 1);
+        assert_eq!(pb_fields(&record[..8]).len(), 1);
+    }
 }
