@@ -35,6 +35,13 @@ pub use page::view_page;
 /// Records read from the log per catch-up step.
 const LOG_CHUNK: usize = 512;
 
+/// A catch-up step from the log ends once its records cost this many bytes
+/// (the rest of the read is taken again, from the recent reads, by the next
+/// step). Each connection catching up holds its step's records until the
+/// socket takes them: 512 records of a few hundred bytes were ~360 KB per
+/// connection, and 50 connections ending long snapshots at once held 18 MB.
+const STEP_BYTES: usize = 128 << 10;
+
 /// Snapshots being listed from storage or ordered at once, node-wide.
 static SNAPSHOT_PREPARATION: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
@@ -356,14 +363,8 @@ impl CatchUp {
                     }
                     let part = self.read(partition, from, until).await?;
                     let records = part.records();
-                    let next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
-                    if next_from < until {
-                        self.segments.push_front(Segment::Replay(Replay::Log {
-                            partition,
-                            from: next_from,
-                            until,
-                        }));
-                    }
+                    let mut next_from = records.last().map(|r| r.offset + 1).unwrap_or(until);
+                    let mut bytes = 0;
                     let sub = Arc::clone(&self.sub);
                     let filter = &sub.filter;
                     let upto = self.upto.clone();
@@ -376,6 +377,10 @@ impl CatchUp {
                         .filter(|r| takes(r.key.as_deref()));
                     let mut batch: Vec<Arc<Record>> = Vec::new();
                     for r in picked {
+                        if bytes >= STEP_BYTES {
+                            next_from = r.offset;
+                            break;
+                        }
                         let last = match (&r.key, self.last_of.get(&partition)) {
                             (Some(key), Some(last)) => last.get(key).copied(),
                             _ => None,
@@ -388,10 +393,17 @@ impl CatchUp {
                         let cursor = self.advance(partition, r.offset);
                         if let Some(record) = self.through_filter_log(r, &cursor) {
                             let record = self.shaped(&record);
+                            bytes += record.cost();
                             batch.push(self.delta(record));
                         }
                     }
-                    if next_from >= until {
+                    if next_from < until {
+                        self.segments.push_front(Segment::Replay(Replay::Log {
+                            partition,
+                            from: next_from,
+                            until,
+                        }));
+                    } else {
                         self.position[partition as usize] = until;
                     }
                     telemetry::replayed("log", batch.len());
