@@ -364,7 +364,16 @@ async fn sse_streams_30000_keys_with_an_exact_seam_under_writes() {
         assert!(ev.id.is_some(), "every snapshot event has an id");
         seen.apply(&ev.json());
     }
+    // A pause mid-snapshot, then reading on while the writer finishes: a
+    // client that stops reading until the writer is done (which takes longer
+    // on a loaded machine) meets the server's write timeout.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    while !writes.is_finished() {
+        if let Some(ev) = sse.next_within(Duration::from_millis(200)).await {
+            seen.apply(&ev.json());
+        }
+        assert!(!sse.ended, "the stream ended while the writer ran");
+    }
     writes.await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT * 4;
     loop {

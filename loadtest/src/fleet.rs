@@ -506,14 +506,14 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+pub(crate) fn field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     out.push(tag);
     varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
 /// Protobuf fields of `buf`: (number, varint value, bytes value).
-fn pb_fields(mut buf: &[u8]) -> Vec<(u32, u64, &[u8])> {
+pub(crate) fn pb_fields(mut buf: &[u8]) -> Vec<(u32, u64, &[u8])> {
     fn read_varint(buf: &mut &[u8]) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {

@@ -33,7 +33,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// One gRPC message framed: compression flag, big-endian length, bytes.
-fn framed(message: &[u8]) -> Bytes {
+pub(crate) fn framed(message: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(message.len() + 5);
     out.push(0);
     out.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -42,7 +42,7 @@ fn framed(message: &[u8]) -> Bytes {
 }
 
 /// Splits complete gRPC messages off the front of `buf`.
-fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
+pub(crate) fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
     if buf.len() < 5 {
         return None;
     }

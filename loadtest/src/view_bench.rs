@@ -276,50 +276,6 @@ async fn sse_sub(
     }
 }
 
-/// Reads a protobuf varint at `at`, moving past it.
-fn pb_varint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// The fields of one protobuf message: (field number, varint value or the
-/// bytes of a length-delimited field). Other wire types end the walk.
-fn pb_fields(b: &[u8]) -> Vec<(u64, u64, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < b.len() {
-        let Some(tag) = pb_varint(b, &mut at) else {
-            break;
-        };
-        match tag & 7 {
-            0 => match pb_varint(b, &mut at) {
-                Some(v) => out.push((tag >> 3, v, &b[..0])),
-                None => break,
-            },
-            2 => {
-                let Some(len) = pb_varint(b, &mut at) else {
-                    break;
-                };
-                let Some(body) = b.get(at..at + len as usize) else {
-                    break;
-                };
-                at += len as usize;
-                out.push((tag >> 3, 0, body));
-            }
-            _ => break,
-        }
-    }
-    out
-}
-
 /// One gRPC subscriber: `Subscribe { topic }` (the snapshot is on by
 /// default), its `Event`s decoded here with no code shared with the server.
 async fn grpc_sub(
@@ -328,7 +284,7 @@ async fn grpc_sub(
     done: Arc<AtomicBool>,
     latest: Arc<Vec<AtomicU32>>,
 ) -> Result<Sub> {
-    use bytes::{Buf, Bytes, BytesMut};
+    use bytes::{Bytes, BytesMut};
     let stream = tokio::net::TcpStream::connect(&args.addr).await?;
     let started = Instant::now();
     let mut subscribed_at = started;
@@ -349,18 +305,9 @@ async fn grpc_sub(
     .header("te", "trailers")
     .body(())?;
     let (response, mut send) = client.send_request(req, false)?;
-    let mut msg = vec![0x0a];
-    let mut len = args.topic.len();
-    while len >= 0x80 {
-        msg.push(len as u8 | 0x80);
-        len >>= 7;
-    }
-    msg.push(len as u8);
-    msg.extend_from_slice(args.topic.as_bytes());
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&msg);
-    send.send_data(Bytes::from(framed), true)?;
+    let mut msg = Vec::new();
+    crate::fleet::field(&mut msg, 0x0a, args.topic.as_bytes());
+    send.send_data(crate::grpc::framed(&msg), true)?;
     let response = tokio::time::timeout(Duration::from_secs(10), response).await??;
     if response.status() != 200 {
         bail!("{}: HTTP {}", sub.name, response.status());
@@ -380,19 +327,13 @@ async fn grpc_sub(
         };
         let _ = body.flow_control().release_capacity(data.len());
         buf.extend_from_slice(&data);
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 5 + len {
-                break;
-            }
-            buf.advance(5);
-            let event = buf.split_to(len);
-            for (field, _, inner) in pb_fields(&event) {
+        while let Some(event) = crate::grpc::next_message(&mut buf) {
+            for (field, _, inner) in crate::fleet::pb_fields(&event) {
                 match field {
                     1 => subscribed_at = Instant::now(),
                     2 => {
                         let (mut key, mut v, mut snapshot) = (None, 0, false);
-                        for (f, n, b) in pb_fields(inner) {
+                        for (f, n, b) in crate::fleet::pb_fields(inner) {
                             match f {
                                 2 => key = std::str::from_utf8(b).ok(),
                                 7 => v = serde_json::from_slice::<RecData>(b)?.v.unwrap_or(0),
@@ -565,11 +506,10 @@ pub async fn main(args: ViewBenchArgs) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn protobuf_fields_are_walked_with_varints_and_lengths() {
-        // Record { key: "k1" (2), data_json: {"v":7} (7), snapshot: true (8), offset: 300 (4) }
+    fn protobuf_fields_of_a_record_are_walked_with_varints_and_lengths() {
+        use crate::fleet::pb_fields;
+        // What grpc_sub reads of a Record { key: "k1" (2), data_json: {"v":7} (7), snapshot: true (8), offset: 300 (4) }
         let mut record = vec![0x12, 2, b'k', b'1', 0x3a, 7];
         record.extend_from_slice(br#"{"v":7}"#);
         record.extend_from_slice(&[0x40, 1, 0x20, 0xac, 0x02]);
