@@ -361,7 +361,7 @@ impl Default for LimitsConfig {
             connect_rate: 0.0,
             connect_burst: 500.0,
             catchup_concurrency: 32,
-            catchup_cache_bytes: 16 << 20,
+            catchup_cache_bytes: 64 << 20,
             write_timeout: Duration::from_secs(10),
         }
     }
