@@ -177,17 +177,9 @@ async fn resumes_of_the_same_range_share_their_log_reads_and_get_exactly_what_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_of_large_records_from_the_log_comes_in_bounded_steps_exactly() {
     let _alone = CATCHUP_METRICS.lock().await;
-    let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
     // 400 records of ~2 KB at offsets 0..400: 780 KB to replay from offset 10.
     let pad = "x".repeat(2000);
-    let records: Vec<(String, Value)> = (0..400)
-        .map(|i| (format!("k{}", i % 7), json!({"i": i, "pad": pad})))
-        .collect();
-    node.publish_batch("one", &records).await;
-    let any = node.publish("one", "k0", json!({"i": 400})).await;
-    let epoch = Cursor::decode(any["cursor"].as_str().unwrap())
-        .unwrap()
-        .epoch;
+    let (node, epoch) = node_with_401_records("k0", |i| json!({"i": i, "pad": pad})).await;
     let cursor = Cursor::new(epoch, vec![10]).encode();
     let reads_before = metric(&node, "pushgate_catchup_reads_total").await;
     let joined_before = metric(&node, "pushgate_catchup_reads_coalesced_total").await;
@@ -217,9 +209,14 @@ async fn a_resume_of_large_records_from_the_log_comes_in_bounded_steps_exactly()
 /// records: `{"i": i}` keyed `k{i % 7}` at offsets 0..400, then offset 400
 /// keyed `last`. Returns the node and the topic's epoch.
 async fn one_permit_node_with_401_records(last: &str) -> (TestServer, u64) {
+    node_with_401_records(last, |i| json!({"i": i})).await
+}
+
+/// The same node, the first 400 records' values made by `value(i)`.
+async fn node_with_401_records(last: &str, value: impl Fn(u64) -> Value) -> (TestServer, u64) {
     let node = TestServer::start_with("[limits]\ncatchup_concurrency = 1\n").await;
     let records: Vec<(String, Value)> = (0..400)
-        .map(|i| (format!("k{}", i % 7), json!({"i": i})))
+        .map(|i| (format!("k{}", i % 7), value(i)))
         .collect();
     node.publish_batch("one", &records).await;
     let any = node.publish("one", last, json!({"i": 400})).await;

@@ -586,11 +586,7 @@ async fn grpc(c: &mut Client, sh: &Shared, up: &mut bool) -> End {
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
     framed.extend_from_slice(&m);
-    let Ok(req) = http::Request::post(format!("http://{}/pushgate.v1.Gateway/Subscribe", c.server))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-    else {
+    let Ok(req) = crate::grpc::subscribe_call(&c.server.to_string()) else {
         return End::Dropped;
     };
     let Ok((response, mut send)) = client.send_request(req, false) else {

@@ -41,6 +41,14 @@ pub(crate) fn framed(message: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The HTTP/2 request that opens `pushgate.v1.Gateway/Subscribe` on `host`.
+pub(crate) fn subscribe_call(host: &str) -> http::Result<http::Request<()>> {
+    http::Request::post(format!("http://{host}/pushgate.v1.Gateway/Subscribe"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+}
+
 /// Splits complete gRPC messages off the front of `buf`.
 pub(crate) fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
     if buf.len() < 5 {
@@ -75,11 +83,7 @@ pub(crate) async fn subscribe(
     };
     tokio::pin!(connection);
     let mut client = client.ready().await.map_err(|_| Failure::Connect)?;
-    let req = http::Request::post(format!("http://{}/pushgate.v1.Gateway/Subscribe", cfg.host))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|_| Failure::Connect)?;
+    let req = subscribe_call(&cfg.host).map_err(|_| Failure::Connect)?;
     let (response, mut send) = client
         .send_request(req, false)
         .map_err(|_| Failure::Connect)?;

@@ -297,13 +297,7 @@ async fn grpc_sub(
         let _ = connection.await;
     });
     let mut client = client.ready().await?;
-    let req = http::Request::post(format!(
-        "http://{}/pushgate.v1.Gateway/Subscribe",
-        args.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())?;
+    let req = crate::grpc::subscribe_call(&args.addr)?;
     let (response, mut send) = client.send_request(req, false)?;
     let mut msg = Vec::new();
     crate::fleet::field(&mut msg, 0x0a, args.topic.as_bytes());

@@ -36,8 +36,8 @@ pub use page::view_page;
 const LOG_CHUNK: usize = 512;
 
 /// A catch-up step from the log ends once its records cost this many bytes
-/// (the rest of the read is taken again, from the recent reads, by the next
-/// step). Each connection catching up holds its step's records until the
+/// (the next step takes the rest of the read again, from the recent reads or
+/// the log). Each connection catching up holds its step's records until the
 /// socket takes them: 512 records of a few hundred bytes were ~360 KB per
 /// connection, and 50 connections ending long snapshots at once held 18 MB.
 const STEP_BYTES: usize = 128 << 10;
