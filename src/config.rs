@@ -205,6 +205,11 @@ pub struct LimitsConfig {
     /// that come a little later (oldest dropped first). 0: none kept; a
     /// resume still joins a read in flight.
     pub catchup_cache_bytes: usize,
+    /// A snapshot streaming from clones of the views moves on to the views as
+    /// they are now once they have let go of (replaced, deleted) more than
+    /// this many bytes of entries since it was taken, which it may be alone
+    /// in holding. 0: it never moves.
+    pub snapshot_hold_bytes: usize,
     /// A connection whose socket takes no bytes for this long while a write waits is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -362,6 +367,7 @@ impl Default for LimitsConfig {
             connect_burst: 500.0,
             catchup_concurrency: 32,
             catchup_cache_bytes: 64 << 20,
+            snapshot_hold_bytes: 16 << 20,
             write_timeout: Duration::from_secs(10),
         }
     }

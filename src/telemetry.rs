@@ -30,6 +30,9 @@ pub const SNAPSHOTS_PARTIAL: &str = "pushgate_snapshots_partial_total";
 /// Catch-ups whose backlog overflowed (a long snapshot under heavy writes)
 /// and that read what it dropped again from the ring or the log.
 pub const CATCHUP_RESYNCS: &str = "pushgate_catchup_resyncs_total";
+/// Streaming snapshots moved on to the views as they are now, so as not to
+/// hold more than `limits.snapshot_hold_bytes` of what the views let go.
+pub const SNAPSHOTS_MOVED: &str = "pushgate_snapshots_moved_total";
 pub const PUBLISH_SECONDS: &str = "pushgate_publish_seconds";
 pub const APPEND_SECONDS: &str = "pushgate_log_append_seconds";
 /// Write transactions the embedded log committed (batches of publishes, background fsyncs, retention passes).
@@ -213,6 +216,11 @@ pub fn snapshot_partial(reason: &'static str) {
 /// A catch-up's backlog overflowed; what it dropped is read again (see [`CATCHUP_RESYNCS`]).
 pub fn catch_up_resync() {
     counter!(CATCHUP_RESYNCS).increment(1);
+}
+
+/// A streaming snapshot moved on to the views as they are now (see [`SNAPSHOTS_MOVED`]).
+pub fn snapshot_moved() {
+    counter!(SNAPSHOTS_MOVED).increment(1);
 }
 
 /// A revocation read from the control topic, which ended `connections` open connections.

@@ -599,3 +599,127 @@ async fn sse_last_event_id_resumes_mid_snapshot() {
     }
     check_resumed(&first, &second, &log.lock().unwrap());
 }
+
+/// A counter's value in `/metrics` text (0 when it was never counted).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A snapshot read slowly while the writer replaces keys moves on to the
+/// views as they are now each time they let go of more than
+/// `limits.snapshot_hold_bytes` (64 KiB here) since it was taken: the keys it
+/// already sent get their changes up to there, then the rest of the snapshot
+/// follows from the newer view. Key by key the seam stays exact: each key's
+/// snapshot record is a published record, and the changes after it come
+/// once, in order, none older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_snapshot_that_holds_too_much_moves_on_with_an_exact_seam() {
+    let config = format!("{CONFIG}snapshot_hold_bytes = 65536\n");
+    let server = Arc::new(TestServer::start_with(&config).await);
+    let log = Arc::new(Mutex::new(Log::default()));
+    seed(&server, &log, 30_000).await;
+
+    let mut ws = server.ws().await;
+    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
+    let n = subscribed["snapshot"].as_u64().unwrap();
+    assert!(n >= 30_000, "{subscribed}");
+    let writes = writer(Arc::clone(&server), Arc::clone(&log), 30_000, 60);
+    // Changes of keys already sent come between snapshot records after a move.
+    let mut seen = Seen {
+        resumed: true,
+        ..Seen::default()
+    };
+    for r in ws.records(1000).await {
+        seen.apply(&r);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    read_while_writing(&mut ws, &mut seen, writes).await;
+    ws_until_caught_up(&mut ws, &mut seen, &log).await;
+    seen.check(&log.lock().unwrap());
+    // The writer's new keys sort after the seeded ones: a moved snapshot has them.
+    assert!(seen.snapshot_keys.len() as u64 >= n);
+    let metrics = server.metrics_text().await;
+    let moved = counter(&metrics, "pushgate_snapshots_moved_total");
+    assert!(moved >= 1.0, "the snapshot moved on: {moved}");
+    // Some key's changes came before the last snapshot record: what a move shows.
+    let last_snapshot_key = seen.snapshot_keys.last().unwrap();
+    assert!(
+        seen.changes.keys().any(|k| k < last_snapshot_key),
+        "changes of keys sent before the move"
+    );
+}
+
+/// A client resuming mid-snapshot first gets the changes of the keys it
+/// holds; each of those records is a place to resume too. A client cut right
+/// after one resumes from its cursor and still gets the rest of the
+/// snapshot (the cursor carries the snapshot's key), not just later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_cut_on_a_change_replayed_mid_snapshot_still_gets_the_rest_of_it() {
+    let server = TestServer::start_with(CONFIG).await;
+    let log = Mutex::new(Log::default());
+    seed(&server, &log, 3000).await;
+
+    let mut ws = server.ws().await;
+    ws.subscribe(json!({"topic": "t"})).await;
+    let mut first = Seen::default();
+    let got = ws.records(1200).await;
+    for r in &got {
+        first.apply(r);
+    }
+    let cursor = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+    write_between(&server, &log).await;
+
+    // The second connection: cut on the first replayed change.
+    let mut ws = server.ws().await;
+    let resumed = ws.subscribe(json!({"topic": "t", "cursor": cursor})).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let change = ws.records(1).await.remove(0);
+    assert_ne!(
+        change["snapshot"], true,
+        "changes of held keys come first: {change}"
+    );
+    let mut held = first.state.clone();
+    let key = change["key"].as_str().unwrap().to_owned();
+    held.insert(
+        key,
+        (
+            change["partition"].as_u64().unwrap(),
+            change["offset"].as_u64().unwrap(),
+            change["data"]["n"].as_u64().unwrap(),
+        ),
+    );
+    let cursor = change["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+
+    let mut ws = server.ws().await;
+    let resumed = ws.subscribe(json!({"topic": "t", "cursor": cursor})).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let last = first.snapshot_keys.last().unwrap().clone();
+    let after_cut = log
+        .lock()
+        .unwrap()
+        .by_key
+        .keys()
+        .filter(|k| **k > last)
+        .count();
+    assert_eq!(
+        resumed["snapshot"], after_cut,
+        "the rest of the snapshot: {resumed}"
+    );
+    let before = Seen {
+        state: held,
+        ..Seen::default()
+    };
+    let mut third = Seen {
+        resumed: true,
+        ..Seen::default()
+    };
+    ws_until_caught_up_from(&mut ws, &mut third, &before, &log).await;
+    assert_eq!(third.snapshot_keys.len(), after_cut);
+    assert!(third.snapshot_keys.iter().all(|k| *k > last));
+}

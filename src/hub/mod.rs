@@ -46,7 +46,7 @@ use self::group::Group;
 use self::index::SubIndex;
 use self::partition::{
     collect_snapshot, collect_view, lock_all, remove_from_view, replays, update_view, Located,
-    Partition, PartitionState, Positions, ViewBudget,
+    Partition, PartitionState, Positions, ViewBudget, ViewBytes,
 };
 pub use self::snapshot::Snapshot;
 pub use self::stats::PartitionStats;
@@ -143,8 +143,8 @@ pub struct Topic {
     /// Identifies this topic incarnation in cursors.
     pub epoch: u64,
     settings: TopicSettings,
-    /// Bytes the views of all partitions count for now (`view_max_bytes`).
-    view_bytes: AtomicU64,
+    /// Bytes the views of all partitions count for now (`view_max_bytes`), and have let go.
+    view_bytes: ViewBytes,
     partitions: RwLock<Vec<Arc<Partition>>>,
     index: SubIndex,
     /// Groups by canonical spec, so equal specs share one (see `hub::group`).
@@ -256,7 +256,7 @@ impl Hub {
             name: Arc::from(name),
             epoch,
             settings,
-            view_bytes: AtomicU64::new(0),
+            view_bytes: ViewBytes::default(),
             partitions: RwLock::new(Vec::new()),
             index: SubIndex::default(),
             groups: Mutex::new(HashMap::new()),
@@ -447,7 +447,7 @@ impl Topic {
                 let budget = ViewBudget {
                     max_keys: self.settings.view_max_keys,
                     max_bytes: self.settings.view_max_bytes,
-                    used: &self.view_bytes,
+                    bytes: &self.view_bytes,
                 };
                 update_view(&mut state, key, &record, &budget);
             }
@@ -567,7 +567,8 @@ impl Topic {
             (false, _) => (Taken::Collected(Vec::new()), 0),
             (true, true) => {
                 let views = guards.iter().map(|g| g.view.clone()).collect();
-                (Taken::Shared(views), 0)
+                let let_go = self.view_bytes.let_go.load(Ordering::Relaxed);
+                (Taken::Shared(views, let_go), 0)
             }
             (true, false) => {
                 let collected = collect_snapshot(&guards, &filter, &from_store);
@@ -681,12 +682,7 @@ impl Topic {
     pub fn resync(&self, sub: &Sub, from: &[u64]) -> (Vec<u64>, Vec<Replay>) {
         let parts = self.partitions.read().expect("partitions lock");
         let (guards, high) = lock_all(&parts);
-        let from: Vec<u64> = (0..high.len())
-            .map(|p| {
-                let skip = sub.skip_below.as_ref().and_then(|s| s.get(p).copied());
-                from.get(p).copied().unwrap_or(0).max(skip.unwrap_or(0))
-            })
-            .collect();
+        let from = sub.replay_from(from, high.len());
         let replay = replays(
             &guards,
             &sub.filter,
@@ -698,6 +694,44 @@ impl Topic {
         sub.restart_backlog(&high);
         drop(guards);
         (high, replay)
+    }
+
+    /// Moves a streaming snapshot that sent every key through `after` onto the
+    /// views as they are now: the new position, the replays that bring the
+    /// keys it already sent from `from` (its position) to there, and the rest
+    /// of it, from new clones. Its backlog restarts there, as in a resync. The
+    /// client sees what a resume mid-snapshot shows (`snapshot_after`); the
+    /// old clones, and what the views let go that only they held, are freed.
+    /// `None` (it stays as it is) for a capped snapshot, when the partitions
+    /// changed, or when a view lacks keys now (they would be left out).
+    pub fn rebase(
+        &self,
+        sub: &Sub,
+        snapshot: &Snapshot,
+        after: &str,
+        from: &[u64],
+    ) -> Option<(Vec<u64>, Vec<Replay>, Snapshot)> {
+        let parts = self.partitions.read().expect("partitions lock");
+        let (guards, high) = lock_all(&parts);
+        if high.len() != from.len() || guards.iter().any(|g| g.evicted.is_some()) {
+            return None;
+        }
+        let views = guards.iter().map(|g| g.view.clone()).collect();
+        let let_go = self.view_bytes.let_go.load(Ordering::Relaxed);
+        let rest = snapshot.moved_to(views, let_go)?;
+        let from = sub.replay_from(from, high.len());
+        let filter = &sub.filter;
+        let replay = replays(
+            &guards,
+            filter,
+            &from,
+            &high,
+            sub.group.is_some(),
+            Some(after),
+        );
+        sub.restart_backlog(&high);
+        drop(guards);
+        Some((high, replay, rest))
     }
 
     /// Removes a subscription from the index; nothing more is queued for it.

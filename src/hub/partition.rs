@@ -136,12 +136,22 @@ pub(super) fn view_cost(key: &str, record: &Record) -> usize {
     record.cost() + key.len() + ENTRY_OVERHEAD
 }
 
+/// What a topic's views count in bytes ([`view_cost`] of each entry), all partitions.
+#[derive(Default)]
+pub(super) struct ViewBytes {
+    /// Held now (`view_max_bytes`).
+    pub(super) used: AtomicU64,
+    /// Let go since the topic began: entries replaced, deleted or evicted. A
+    /// snapshot's clone taken when this was lower may still hold them.
+    pub(super) let_go: AtomicU64,
+}
+
 /// A topic's bounds on its views, and the bytes they hold now (all partitions).
 pub(super) struct ViewBudget<'a> {
     pub(super) max_keys: usize,
     /// 0: no byte bound.
     pub(super) max_bytes: usize,
-    pub(super) used: &'a AtomicU64,
+    pub(super) bytes: &'a ViewBytes,
 }
 
 pub(super) fn update_view(
@@ -151,17 +161,20 @@ pub(super) fn update_view(
     budget: &ViewBudget<'_>,
 ) {
     let added = view_cost(key, record);
-    budget.used.fetch_add(added as u64, AtomicOrdering::Relaxed);
+    budget
+        .bytes
+        .used
+        .fetch_add(added as u64, AtomicOrdering::Relaxed);
     if let Some(old) = state.view.insert(Arc::clone(key), Arc::clone(record)) {
         state.view_order.remove(&old.offset);
-        forget(budget.used, view_cost(key, &old));
+        forget(budget.bytes, view_cost(key, &old));
     }
     state.view_order.insert(record.offset, Arc::clone(key));
     loop {
         let reason = if state.view.len() > budget.max_keys {
             "view_max_keys"
         } else if budget.max_bytes > 0
-            && budget.used.load(AtomicOrdering::Relaxed) > budget.max_bytes as u64
+            && budget.bytes.used.load(AtomicOrdering::Relaxed) > budget.max_bytes as u64
         {
             // The topic is over its bytes: the partition being written gives
             // up its oldest keys (the busiest partitions give up the most).
@@ -174,20 +187,21 @@ pub(super) fn update_view(
             break;
         };
         if let Some(old) = state.view.remove(&oldest) {
-            forget(budget.used, view_cost(&oldest, &old));
+            forget(budget.bytes, view_cost(&oldest, &old));
         }
         state.evicted = Some(reason);
     }
 }
 
-fn forget(used: &AtomicU64, cost: usize) {
-    used.fetch_sub(cost as u64, AtomicOrdering::Relaxed);
+fn forget(bytes: &ViewBytes, cost: usize) {
+    bytes.used.fetch_sub(cost as u64, AtomicOrdering::Relaxed);
+    bytes.let_go.fetch_add(cost as u64, AtomicOrdering::Relaxed);
 }
 
-pub(super) fn remove_from_view(state: &mut PartitionState, key: &str, used: &AtomicU64) {
+pub(super) fn remove_from_view(state: &mut PartitionState, key: &str, bytes: &ViewBytes) {
     if let Some(old) = state.view.remove(key) {
         state.view_order.remove(&old.offset);
-        forget(used, view_cost(key, &old));
+        forget(bytes, view_cost(key, &old));
     }
 }
 

@@ -41,6 +41,11 @@ enum Source {
         views: Vec<View>,
         prefix: Option<Box<str>>,
         after: Option<Arc<str>>,
+        /// The topic's count of view bytes let go when the clones were taken:
+        /// what was let go since, the clones may hold.
+        let_go_at: u64,
+        /// A cap applies (`left` counts down to it).
+        capped: bool,
     },
     /// A sorted list and how much of it went out.
     Listed(Vec<Snap>, usize),
@@ -62,7 +67,12 @@ impl Snapshot {
 
     /// The views' keys starting with `prefix`, at most `cap` of them (0: all);
     /// and how many the cap left out.
-    pub(super) fn shared(views: Vec<View>, prefix: Option<Box<str>>, cap: usize) -> (Self, usize) {
+    pub(super) fn shared(
+        views: Vec<View>,
+        let_go_at: u64,
+        prefix: Option<Box<str>>,
+        cap: usize,
+    ) -> (Self, usize) {
         let total: usize = match &prefix {
             None => views.iter().map(View::len).sum(),
             Some(p) => views.iter().map(|v| with_prefix(v, p, None).count()).sum(),
@@ -73,10 +83,59 @@ impl Snapshot {
                 views,
                 prefix,
                 after: None,
+                let_go_at,
+                capped: cap > 0,
             },
             left,
         };
         (snapshot, total - left)
+    }
+
+    /// When it streams from clones that may hold more than `hold` bytes the
+    /// views have let go since (`let_go` now): the last key it sent, where it
+    /// can move on to the views as they are now ([`Snapshot::moved_to`]).
+    pub fn holding_too_much(&self, let_go: u64, hold: u64) -> Option<Arc<str>> {
+        match &self.source {
+            Source::Shared {
+                after: Some(after),
+                let_go_at,
+                capped: false,
+                ..
+            } if hold > 0 && self.left > 0 && let_go.saturating_sub(*let_go_at) > hold => {
+                Some(Arc::clone(after))
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts what the views let go from `let_go` on (it could not move).
+    pub fn held_from(&mut self, let_go: u64) {
+        if let Source::Shared { let_go_at, .. } = &mut self.source {
+            *let_go_at = let_go;
+        }
+    }
+
+    /// The rest of it, after the last key it sent, from `views` (newer clones
+    /// of the same partitions, taken when the count of bytes let go was
+    /// `let_go_at`): its old clones, and what only they held, are let go.
+    /// `None` for a capped snapshot or when the partitions changed.
+    pub(super) fn moved_to(&self, views: Vec<View>, let_go_at: u64) -> Option<Self> {
+        let Source::Shared {
+            views: old,
+            prefix,
+            after: Some(after),
+            capped: false,
+            ..
+        } = &self.source
+        else {
+            return None;
+        };
+        if views.len() != old.len() {
+            return None;
+        }
+        let (mut moved, _) = Self::shared(views, let_go_at, prefix.clone(), 0);
+        moved.skip_through(after);
+        Some(moved)
     }
 
     /// Records left to send.
@@ -114,6 +173,7 @@ impl Snapshot {
                 views,
                 prefix,
                 after: from,
+                ..
             } => {
                 let lower = from.as_deref();
                 if lower.is_some_and(|l| after <= l) {
@@ -154,6 +214,7 @@ impl Snapshot {
                 views,
                 prefix,
                 after,
+                ..
             } => {
                 // Each partition's first `n` keys after the last one sent: the
                 // topic's first `n` are among them.
@@ -353,5 +414,90 @@ mod tests {
         );
         let rest: Vec<String> = snapshot.keys();
         assert_eq!(rest, (3..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    }
+
+    /// Past `hold` bytes let go since it was taken, a snapshot that sent some
+    /// keys moves on: the changes of the keys it sent are replayed from its
+    /// position to the new one, the rest comes from the view as it is now
+    /// (new keys in, deleted ones out), and its old clones let go of what
+    /// only they held. A capped snapshot stays as it is.
+    #[test]
+    fn a_snapshot_holding_too_much_moves_on_to_the_view_as_it_is_now() {
+        let hub = Hub::new();
+        let topic = small_topic(&hub, 1);
+        for i in 0..10u64 {
+            topic.ingest(&log(0, i, &format!("k{i}"), 0));
+        }
+        let register = |max_snapshot| {
+            topic.register(SubscribeOptions {
+                snapshot: true,
+                max_snapshot,
+                ..SubscribeOptions::plain(Filter::default(), Arc::new(Outbox::new(1 << 20)))
+            })
+        };
+        let reg = register(0);
+        let capped = register(9);
+        let (sub, mut snapshot) = (reg.sub, reg.snapshot);
+        assert_eq!(reg.high, vec![10]);
+        let sent: Vec<String> = snapshot
+            .next_page(3)
+            .iter()
+            .map(|s| s.key().unwrap().to_owned())
+            .collect();
+        assert_eq!(sent, ["k0", "k1", "k2"]);
+        assert_eq!(snapshot.holding_too_much(topic.view_let_go(), 1), None);
+        let old_k5 = topic.latest("k5").unwrap();
+        topic.ingest(&log(0, 10, "k1", 1));
+        topic.ingest(&log(0, 11, "k5", 1));
+        topic.ingest(&log(0, 12, "k99", 1));
+        topic.ingest(&LogRecord {
+            delete: true,
+            ..log(0, 13, "k7", 1)
+        });
+        let let_go = topic.view_let_go();
+        assert!(let_go > 0);
+        assert_eq!(
+            snapshot.holding_too_much(let_go, let_go),
+            None,
+            "not past the bound"
+        );
+        let after = snapshot.holding_too_much(let_go, 1).expect("past it");
+        assert_eq!(&*after, "k2");
+        assert_eq!(capped.snapshot.holding_too_much(let_go, 1), None, "capped");
+
+        let (high, replay, rest) = topic.rebase(&sub, &snapshot, &after, &reg.high).unwrap();
+        assert_eq!(high, vec![14]);
+        let replayed: Vec<(String, u64)> = replay
+            .iter()
+            .flat_map(|r| match r {
+                super::super::Replay::Ring { records, .. } => records.clone(),
+                super::super::Replay::Log { .. } => panic!("the ring holds them"),
+            })
+            .map(|r| (r.key.as_deref().unwrap().to_owned(), r.offset))
+            .collect();
+        assert_eq!(replayed, [("k1".to_owned(), 10)], "only the keys sent");
+        assert_eq!(rest.keys(), ["k3", "k4", "k5", "k6", "k8", "k9", "k99"]);
+        let held = Arc::strong_count(&old_k5);
+        drop(snapshot);
+        assert_eq!(
+            Arc::strong_count(&old_k5),
+            held - 1,
+            "the old clone let go of k5"
+        );
+        let mut rest = rest;
+        let k5 = rest
+            .next_page(3)
+            .into_iter()
+            .find_map(|s| match s {
+                super::Snap::Held(r) if r.key.as_deref() == Some("k5") => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(k5.data(), "1", "the value now");
+        assert_eq!(
+            rest.holding_too_much(topic.view_let_go(), 1),
+            None,
+            "counted from the move"
+        );
     }
 }

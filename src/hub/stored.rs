@@ -118,7 +118,12 @@ impl Topic {
 
     /// Bytes the views of all partitions count for now (`view_max_bytes`).
     pub fn view_bytes(&self) -> u64 {
-        self.view_bytes.load(Ordering::Relaxed)
+        self.view_bytes.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of view entries let go (replaced, deleted, evicted) since the topic began.
+    pub fn view_let_go(&self) -> u64 {
+        self.view_bytes.let_go.load(Ordering::Relaxed)
     }
 }
 
@@ -172,8 +177,9 @@ pub(super) struct Pending {
 /// What registration took from the partitions' views under the locks.
 pub(super) enum Taken {
     /// Clones of every partition's view (a whole topic or a key prefix, no
-    /// value filter, nothing read from a stored view): streamed from them.
-    Shared(Vec<View>),
+    /// value filter, nothing read from a stored view): streamed from them;
+    /// and the topic's count of view bytes let go when they were taken.
+    Shared(Vec<View>, u64),
     /// The entries `filter` takes, unordered: listed, sorted and capped.
     Collected(Vec<Arc<Record>>),
 }
@@ -240,8 +246,9 @@ pub(super) fn prepare(
     evicted: Option<&'static str>,
 ) -> (Snapshot, Option<Partial>, Option<Pending>) {
     let snapshot = match taken {
-        Taken::Shared(views) => {
-            let (snapshot, cut) = Snapshot::shared(views, sub.filter.prefix.clone(), max_snapshot);
+        Taken::Shared(views, let_go_at) => {
+            let prefix = sub.filter.prefix.clone();
+            let (snapshot, cut) = Snapshot::shared(views, let_go_at, prefix, max_snapshot);
             return (snapshot, partial_of(cut, evicted), None);
         }
         Taken::Collected(snapshot) => snapshot,

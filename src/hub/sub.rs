@@ -172,6 +172,17 @@ impl Sub {
         Ok(Some(items))
     }
 
+    /// Where a replay of each of `partitions` starts for a subscription at
+    /// `from`: never below the positions its cursor was ahead of.
+    pub(super) fn replay_from(&self, from: &[u64], partitions: usize) -> Vec<u64> {
+        (0..partitions)
+            .map(|p| {
+                let skip = self.skip_below.as_ref().and_then(|s| s.get(p).copied());
+                from.get(p).copied().unwrap_or(0).max(skip.unwrap_or(0))
+            })
+            .collect()
+    }
+
     /// The backlog collects again from `high` (called under every partition
     /// lock, so each record is either before `high` or in the backlog).
     pub(super) fn restart_backlog(&self, high: &[u64]) {

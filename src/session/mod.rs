@@ -201,8 +201,12 @@ pub struct CatchUp {
     high_cursor: String,
     /// `high_cursor`'s bytes: each snapshot record's cursor is it plus its key.
     raw_high: Vec<u8>,
-    /// Resuming mid-snapshot: log replays take only keys up to this one.
+    /// Resuming mid-snapshot, or after the snapshot moved: replays take only
+    /// keys up to this one (and their cursors carry it).
     upto: Option<Box<str>>,
+    /// `limits.snapshot_hold_bytes`: the snapshot moves on to the views as
+    /// they are now once they let go of more than this since it was taken.
+    hold: u64,
     /// The backlog taken when the subscription went live, sent after `live`.
     pending: Option<Vec<Arc<Record>>>,
     /// Whether its resyncs still gain on the log.
@@ -301,6 +305,20 @@ impl CatchUp {
             let segment = self.segments.pop_front().expect("not empty");
             let batch = match segment {
                 Segment::Snapshot(mut snapshot) => {
+                    let let_go = self.topic.view_let_go();
+                    if let Some(after) = snapshot.holding_too_much(let_go, self.hold) {
+                        let moved = self
+                            .topic
+                            .rebase(&self.sub, &snapshot, &after, &self.position);
+                        match moved {
+                            Some((high, replay, rest)) => {
+                                self.moved(high, replay, rest, &after);
+                                continue;
+                            }
+                            // It cannot move: counted again from here.
+                            None => snapshot.held_from(let_go),
+                        }
+                    }
                     let entries = snapshot.next_page(SNAPSHOT_PAGE);
                     let done = snapshot.is_empty() || entries.is_empty();
                     let last = entries.len().saturating_sub(1);
@@ -405,6 +423,8 @@ impl CatchUp {
                         }));
                     } else {
                         self.position[partition as usize] = until;
+                        // A later replay of this partition (a resync) reads its own range ahead.
+                        self.last_of.remove(&partition);
                     }
                     telemetry::replayed("log", batch.len());
                     self.replayed += batch.len();
@@ -439,6 +459,22 @@ impl CatchUp {
             .await
             .map_err(|e| lost(e.to_string()))?
             .map_err(|e| lost(e.to_string()))
+    }
+
+    /// The snapshot moved on to the views as they are now ([`Topic::rebase`]):
+    /// the keys through `after` are brought there by `replay`, then `rest` follows.
+    fn moved(&mut self, high: Vec<u64>, replay: Vec<Replay>, rest: Snapshot, after: &str) {
+        telemetry::snapshot_moved();
+        self.high_cursor = self.topic.encode_cursor(&high);
+        self.raw_high = crate::cursor::raw(&self.high_cursor);
+        self.high = high;
+        self.upto = Some(after.into());
+        if !rest.is_empty() {
+            self.segments.push_front(Segment::Snapshot(rest));
+        }
+        for r in replay.into_iter().rev() {
+            self.segments.push_front(Segment::Replay(r));
+        }
     }
 
     /// The backlog overflowed while catching up: read what it dropped again
@@ -606,7 +642,13 @@ impl CatchUp {
         if let Some(slot) = self.position.get_mut(partition as usize) {
             *slot = offset + 1;
         }
-        self.topic.encode_cursor(&self.position)
+        let cursor = self.topic.encode_cursor(&self.position);
+        match &self.upto {
+            // Mid-snapshot the client holds only the keys through `upto`: a
+            // resume from here must send it the rest of the snapshot too.
+            Some(upto) => crate::cursor::snapshot_cursor(&crate::cursor::raw(&cursor), upto),
+            None => cursor,
+        }
     }
 }
 

@@ -278,6 +278,7 @@ pub async fn open(
             raw_high: crate::cursor::raw(&high_cursor),
             high_cursor,
             upto,
+            hold: limits.snapshot_hold_bytes as u64,
             pending: None,
             resyncs: Resyncs::default(),
             live: false,

@@ -515,8 +515,11 @@ export class Subscription {
 
   /** @internal The gateway's `live` marker: `replayed` records were replayed before it. */
   _caughtUp(msg: Msg): void {
-    // With a filter, `live` carries a cursor past records the filter left out.
-    if (msg.cursor && this._snapshotLeft === 0) this.cursor = msg.cursor;
+    // The snapshot is over, whatever `subscribed` counted (one that moved on
+    // to a newer view sends the keys that view has). With a filter, `live`
+    // carries a cursor past records the filter left out.
+    this._snapshotLeft = 0;
+    if (msg.cursor) this.cursor = msg.cursor;
     this.live = true;
     const partial = this.snapshotPartial;
     if (partial) {

@@ -220,9 +220,12 @@ class Subscription internal constructor(
 
     /** The gateway's `live` marker: `replayed` records were replayed before it. */
     internal fun onLive(msg: ObjectNode, box: Outbox) {
-        // With a filter, `live` carries a cursor past records the filter left out.
+        // The snapshot is over, whatever `subscribed` counted (one that moved on
+        // to a newer view sends the keys that view has). With a filter, `live`
+        // carries a cursor past records the filter left out.
+        snapshotLeft = 0
         val c = msg.text("cursor")
-        if (c != null && snapshotLeft == 0) cursor = c
+        if (c != null) cursor = c
         live = true
         snapshotPartial?.let { p ->
             val skipped = msg.get("snapshot_skipped")?.takeIf { it.isNumber }?.asLong()
