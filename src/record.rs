@@ -5,7 +5,7 @@
 //! the same buffer. Fan-out clones two reference counts, never the bytes.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -90,8 +90,10 @@ pub struct Record {
     /// A snapshot record (the latest value of its key), not a change.
     snapshot: bool,
     /// The gRPC `Event` envelope, built by the first gRPC subscriber that
-    /// receives this record and shared by every other one.
-    grpc: OnceLock<Bytes>,
+    /// receives this record and shared by every other one; let go when the
+    /// record leaves the ring ([`Record::let_go_of_envelope`]), as the view
+    /// may keep the record long after its delivery.
+    grpc: Mutex<Option<Bytes>>,
     /// The permessage-deflate frame for `ws`, compressed by the first
     /// compressing WebSocket connection that sends this record and shared by
     /// every other one; `None` inside when compression would not shrink it.
@@ -232,7 +234,19 @@ impl Record {
     /// The record's gRPC envelope: `build` runs once per record, the first
     /// time a gRPC subscriber receives it; later calls share its bytes.
     pub fn grpc_envelope(&self, build: impl FnOnce(&Self) -> Bytes) -> Bytes {
-        self.grpc.get_or_init(|| build(self)).clone()
+        let mut slot = self.grpc.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert_with(|| build(self)).clone()
+    }
+
+    /// Frees the gRPC envelope, if one was built: the record's deliveries are
+    /// over (it left the ring), and a view that keeps it as its key's latest
+    /// value would otherwise hold both encodings for as long (about 320 bytes
+    /// per key for a 200-byte value). A late subscriber builds it again.
+    pub fn let_go_of_envelope(&self) {
+        self.grpc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// What the value member holds.
@@ -397,7 +411,7 @@ impl Record {
             extra_end: extra_end as u32,
             timestamp,
             snapshot: matches!(framing, Framing::Snapshot { .. }),
-            grpc: OnceLock::new(),
+            grpc: Mutex::new(None),
             ws_deflated: OnceLock::new(),
             written: AtomicU8::new(WRITTEN_ALL),
             trace: None,

@@ -430,7 +430,9 @@ impl Topic {
 
         state.ring.push_back(Arc::clone(&record));
         while state.ring.len() > self.settings.ring_records {
-            state.ring.pop_front();
+            if let Some(old) = state.ring.pop_front() {
+                old.let_go_of_envelope();
+            }
         }
         state.next_offset = next;
         // Fan-out before the view takes the record: groups with a value
@@ -872,6 +874,31 @@ mod tests {
             Arc::ptr_eq(&got[0], &topic.latest("a").unwrap()),
             "the view holds the same bytes"
         );
+    }
+
+    #[test]
+    fn a_record_that_left_the_ring_lets_go_of_its_grpc_envelope() {
+        let hub = Hub::new();
+        let topic = hub.add_topic("t", 9, 1, settings());
+        topic.ingest(&log(0, 0, "a"));
+        let built = std::cell::Cell::new(0);
+        let envelope = |r: &Record| {
+            built.set(built.get() + 1);
+            let _ = r;
+            bytes::Bytes::from_static(b"envelope")
+        };
+        let a = topic.latest("a").unwrap();
+        a.grpc_envelope(envelope);
+        a.grpc_envelope(envelope);
+        assert_eq!(built.get(), 1, "built once while in the ring");
+        // Four more records push "a" out of the ring (4); the view keeps it.
+        for offset in 1..=4 {
+            topic.ingest(&log(0, offset, "b"));
+        }
+        let still = topic.latest("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &still), "the view holds the same record");
+        still.grpc_envelope(envelope);
+        assert_eq!(built.get(), 2, "the envelope was let go, so built again");
     }
 
     #[test]

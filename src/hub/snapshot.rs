@@ -422,6 +422,23 @@ mod tests {
     /// (new keys in, deleted ones out), and its old clones let go of what
     /// only they held. A capped snapshot stays as it is.
     #[test]
+    fn every_change_counts_the_tree_path_a_clone_keeps() {
+        let hub = Hub::new();
+        let topic = small_topic(&hub, 1);
+        topic.ingest(&log(0, 0, "k0", 0));
+        let before = topic.view_let_go();
+        // A new key replaces no entry, but under a clone it copies a path.
+        topic.ingest(&log(0, 1, "k1", 0));
+        let path = topic.view_let_go() - before;
+        assert_eq!(path, super::super::partition::path_copy_cost(1) as u64);
+        // Deeper views copy longer paths: one node per level of about 12.
+        let cost = super::super::partition::path_copy_cost;
+        assert_eq!(cost(12), cost(1));
+        assert_eq!(cost(250_000), 5 * cost(1));
+        assert!(cost(1_000_000) > cost(250_000));
+    }
+
+    #[test]
     fn a_snapshot_holding_too_much_moves_on_to_the_view_as_it_is_now() {
         let hub = Hub::new();
         let topic = small_topic(&hub, 1);
