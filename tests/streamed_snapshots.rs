@@ -96,7 +96,9 @@ struct Seen {
     snap_at: HashMap<String, (u64, u64)>,
     /// Per key, the (partition, offset) of the records received as changes.
     changes: HashMap<String, Vec<(u64, u64)>>,
-    /// Resumed mid-snapshot: the held keys' changes come first, then the rest of the snapshot.
+    /// Resumed mid-snapshot, or a snapshot that may move on
+    /// (`limits.snapshot_hold_bytes`): the sent keys' changes come first,
+    /// then the rest of the snapshot.
     resumed: bool,
 }
 
@@ -276,7 +278,12 @@ async fn ws_slow_snapshot_reader_is_kept_and_gets_an_exact_seam() {
     // 10,000 writes, over well before the snapshot is: a reader slower than
     // writes that go on is closed (4001 after 16 resyncs without progress).
     let writes = writer(Arc::clone(&server), Arc::clone(&log), 30_000, 100);
-    let mut seen = Seen::default();
+    // Those writes let go of more than the default snapshot_hold_bytes (the
+    // entries and the tree paths they copy), so the snapshot moves on.
+    let mut seen = Seen {
+        resumed: true,
+        ..Seen::default()
+    };
     let started = tokio::time::Instant::now();
     let mut read = 0;
     while ws.lives.is_empty() {
@@ -433,6 +440,25 @@ fn check_resumed(first: &Seen, second: &Seen, log: &Log) {
     }
 }
 
+/// Seeds 3,000 keys, reads 1,200 snapshot records over WebSocket and drops
+/// the connection, then writes (`write_between`): what was seen, and the
+/// cursor of the last record.
+async fn cut_after_1200_of_3000(server: &TestServer, log: &Mutex<Log>) -> (Seen, String) {
+    seed(server, log, 3000).await;
+    let mut ws = server.ws().await;
+    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
+    assert_eq!(subscribed["snapshot"], 3000);
+    let mut first = Seen::default();
+    let got = ws.records(1200).await;
+    for r in &got {
+        first.apply(r);
+    }
+    let cursor = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+    write_between(server, log).await;
+    (first, cursor)
+}
+
 async fn write_between(server: &TestServer, log: &Mutex<Log>) {
     // Updates of keys on both sides of any cut, and new keys.
     for b in 0..5u64 {
@@ -452,19 +478,7 @@ async fn write_between(server: &TestServer, log: &Mutex<Log>) {
 async fn ws_cut_mid_snapshot_resumes_where_it_stopped() {
     let server = TestServer::start_with(CONFIG).await;
     let log = Mutex::new(Log::default());
-    seed(&server, &log, 3000).await;
-
-    let mut ws = server.ws().await;
-    let subscribed = ws.subscribe(json!({"topic": "t"})).await;
-    assert_eq!(subscribed["snapshot"], 3000);
-    let mut first = Seen::default();
-    let got = ws.records(1200).await;
-    for r in &got {
-        first.apply(r);
-    }
-    let cursor = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
-    drop(ws);
-    write_between(&server, &log).await;
+    let (first, cursor) = cut_after_1200_of_3000(&server, &log).await;
 
     let mut ws = server.ws().await;
     let resumed = ws.subscribe(json!({"topic": "t", "cursor": cursor})).await;
@@ -661,18 +675,7 @@ async fn ws_snapshot_that_holds_too_much_moves_on_with_an_exact_seam() {
 async fn ws_cut_on_a_change_replayed_mid_snapshot_still_gets_the_rest_of_it() {
     let server = TestServer::start_with(CONFIG).await;
     let log = Mutex::new(Log::default());
-    seed(&server, &log, 3000).await;
-
-    let mut ws = server.ws().await;
-    ws.subscribe(json!({"topic": "t"})).await;
-    let mut first = Seen::default();
-    let got = ws.records(1200).await;
-    for r in &got {
-        first.apply(r);
-    }
-    let cursor = got.last().unwrap()["cursor"].as_str().unwrap().to_owned();
-    drop(ws);
-    write_between(&server, &log).await;
+    let (first, cursor) = cut_after_1200_of_3000(&server, &log).await;
 
     // The second connection: cut on the first replayed change.
     let mut ws = server.ws().await;
