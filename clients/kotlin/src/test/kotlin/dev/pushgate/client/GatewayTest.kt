@@ -109,6 +109,66 @@ class GatewayTest {
         assertTrue(wholeEvents.none { it is PartialSnapshot })
     }
 
+    // A snapshot that moves on (the gateway's limits.snapshot_hold_bytes is 1
+    // byte in gateway-moves.toml): keys deleted while it streams are not
+    // sent, so fewer snapshot records come than `subscribed` counted. The
+    // client still ends with exactly the view, and from `live` on it takes
+    // each record's cursor (it used to wait for the count to reach zero).
+    @ParameterizedTest
+    @EnumSource(Transport::class)
+    fun `a snapshot that moved on past deleted keys, then live cursors`(transport: Transport) {
+        val gw = gateway("gateway-moves.toml")
+        val keys = 100_000
+        val deletedFrom = 90_000
+        fun key(i: Int) = "k%05d".format(i)
+        // About 350 bytes a record: more than the sockets' buffers hold.
+        val pad = "x".repeat(200)
+        for (b in 0 until keys / 1000) {
+            gw.publishAll("view", (0 until 1000).map { mapOf("key" to key(b * 1000 + it), "data" to mapOf("n" to 0, "pad" to pad)) })
+        }
+        val pg = client(gw, transport)
+        val sub = pg.subscribe("view")
+        val held = ConcurrentHashMap<String, Int>()
+        var counted = -1
+        var snapshotRecords = 0
+        var wrote = false
+        scope.launch {
+            sub.events.collect { ev ->
+                when (ev) {
+                    is Subscribed -> counted = ev.snapshot
+                    is PushRecord -> {
+                        if (ev.snapshot) snapshotRecords++
+                        val data = ev.data
+                        if (data == null || data.isNull) held.remove(ev.key!!) else held[ev.key!!] = data.get("n").asInt()
+                        if (!wrote) {
+                            // Written while this collector holds the client's
+                            // reading back (its buffer fills): the snapshot
+                            // cannot run ahead of the writes.
+                            wrote = true
+                            gw.publishAll(
+                                "view",
+                                (deletedFrom until keys).map { mapOf("key" to key(it), "data" to null) } +
+                                    (0 until 10).map { mapOf("key" to key(it), "data" to mapOf("n" to 1)) },
+                            )
+                        }
+                    }
+                    else -> {}
+                }
+            }
+        }
+        waitFor("live", 60_000) { sub.live }
+        waitFor("the view as it is", 30_000) { held.size == deletedFrom && (0 until 10).all { held[key(it)] == 1 } }
+        assertEquals(keys, counted, "subscribed counted the view as it was")
+        assertTrue(snapshotRecords < keys, "the deleted keys were not sent: $snapshotRecords")
+        val moved = Regex("(?m)^pushgate_snapshots_moved_total (\\d+)").find(gw.metrics())?.groupValues?.get(1)?.toInt() ?: 0
+        assertTrue(moved >= 1, "the snapshot moved on")
+        for (i in 0 until deletedFrom) assertEquals(if (i < 10) 1 else 0, held[key(i)], key(i))
+        // Live: the subscription's cursor is the live record's.
+        val a = gw.publish("view", key(42), mapOf("n" to 2))
+        waitFor("the live record") { held[key(42)] == 2 }
+        waitFor("the live cursor taken") { sub.cursor == a.get("cursor").asText() }
+    }
+
     @Test
     fun `a persisted cursor resumes on the next start - exactly the missed records, replayed`() {
         val gw = gateway()

@@ -139,6 +139,24 @@ class Gateway(config: String = "gateway.toml", private val token: (() -> String)
         return json.readTree(res.body())
     }
 
+    /** The gateway's `/metrics` text. */
+    fun metrics(): String {
+        val req = HttpRequest.newBuilder(URI("$url/metrics")).timeout(Duration.ofSeconds(10)).GET().build()
+        return http.send(req, HttpResponse.BodyHandlers.ofString()).body()
+    }
+
+    /** Publishes `{"records": records}` in one request (a `data` of null deletes its key). */
+    fun publishAll(topic: String, records: List<Map<String, Any?>>) {
+        val body = json.writeValueAsString(mapOf("records" to records))
+        val req = HttpRequest.newBuilder(URI("$url/topics/$topic"))
+            .timeout(Duration.ofSeconds(30))
+            .header("Content-Type", "application/json")
+            .POST(HttpRequest.BodyPublishers.ofString(body))
+        token?.let { req.header("Authorization", "Bearer ${it()}") }
+        val res = http.send(req.build(), HttpResponse.BodyHandlers.ofString())
+        check(res.statusCode() == 200) { "publish $topic: ${res.statusCode()} ${res.body()}" }
+    }
+
     override fun close() {
         kill()
         dataDir.deleteRecursively()
