@@ -127,34 +127,29 @@ class Gateway(config: String = "gateway.toml", private val token: (() -> String)
     }
 
     /** Publishes one record; the gateway's answer (`partition`, `offset`, `cursor`). */
-    fun publish(topic: String, key: String?, data: Any?): JsonNode {
-        val body = json.writeValueAsString(mapOf("key" to key, "data" to data))
+    fun publish(topic: String, key: String?, data: Any?): JsonNode =
+        json.readTree(post(topic, mapOf("key" to key, "data" to data), Duration.ofSeconds(10)))
+
+    /** Publishes `{"records": records}` in one request (a `data` of null deletes its key). */
+    fun publishAll(topic: String, records: List<Map<String, Any?>>) {
+        post(topic, mapOf("records" to records), Duration.ofSeconds(30))
+    }
+
+    private fun post(topic: String, body: Any, timeout: Duration): String {
         val req = HttpRequest.newBuilder(URI("$url/topics/$topic"))
-            .timeout(Duration.ofSeconds(10))
+            .timeout(timeout)
             .header("Content-Type", "application/json")
-            .POST(HttpRequest.BodyPublishers.ofString(body))
+            .POST(HttpRequest.BodyPublishers.ofString(json.writeValueAsString(body)))
         token?.let { req.header("Authorization", "Bearer ${it()}") }
         val res = http.send(req.build(), HttpResponse.BodyHandlers.ofString())
         check(res.statusCode() == 200) { "publish $topic: ${res.statusCode()} ${res.body()}" }
-        return json.readTree(res.body())
+        return res.body()
     }
 
     /** The gateway's `/metrics` text. */
     fun metrics(): String {
         val req = HttpRequest.newBuilder(URI("$url/metrics")).timeout(Duration.ofSeconds(10)).GET().build()
         return http.send(req, HttpResponse.BodyHandlers.ofString()).body()
-    }
-
-    /** Publishes `{"records": records}` in one request (a `data` of null deletes its key). */
-    fun publishAll(topic: String, records: List<Map<String, Any?>>) {
-        val body = json.writeValueAsString(mapOf("records" to records))
-        val req = HttpRequest.newBuilder(URI("$url/topics/$topic"))
-            .timeout(Duration.ofSeconds(30))
-            .header("Content-Type", "application/json")
-            .POST(HttpRequest.BodyPublishers.ofString(body))
-        token?.let { req.header("Authorization", "Bearer ${it()}") }
-        val res = http.send(req.build(), HttpResponse.BodyHandlers.ofString())
-        check(res.statusCode() == 200) { "publish $topic: ${res.statusCode()} ${res.body()}" }
     }
 
     override fun close() {
