@@ -240,7 +240,7 @@ impl Record {
 
     /// Frees the gRPC envelope, if one was built: the record's deliveries are
     /// over (it left the ring), and a view that keeps it as its key's latest
-    /// value would otherwise hold both encodings for as long (about 320 bytes
+    /// value would otherwise hold both encodings for as long (about 280 bytes
     /// per key for a 200-byte value). A late subscriber builds it again.
     pub fn let_go_of_envelope(&self) {
         self.grpc

@@ -882,9 +882,8 @@ mod tests {
         let topic = hub.add_topic("t", 9, 1, settings());
         topic.ingest(&log(0, 0, "a"));
         let built = std::cell::Cell::new(0);
-        let envelope = |r: &Record| {
+        let envelope = |_: &Record| {
             built.set(built.get() + 1);
-            let _ = r;
             bytes::Bytes::from_static(b"envelope")
         };
         let a = topic.latest("a").unwrap();

@@ -184,15 +184,16 @@ pub(super) fn update_view(
         .bytes
         .used
         .fetch_add(added as u64, AtomicOrdering::Relaxed);
+    // A new key replaces no entry but still copies its path.
     let path = path_copy_cost(state.view.len());
-    budget
-        .bytes
-        .let_go
-        .fetch_add(path as u64, AtomicOrdering::Relaxed);
-    if let Some(old) = state.view.insert(Arc::clone(key), Arc::clone(record)) {
-        state.view_order.remove(&old.offset);
-        forget(budget.bytes, view_cost(key, &old), 0);
-    }
+    let replaced = match state.view.insert(Arc::clone(key), Arc::clone(record)) {
+        Some(old) => {
+            state.view_order.remove(&old.offset);
+            view_cost(key, &old)
+        }
+        None => 0,
+    };
+    forget(budget.bytes, replaced, path);
     state.view_order.insert(record.offset, Arc::clone(key));
     loop {
         let reason = if state.view.len() > budget.max_keys {

@@ -416,11 +416,6 @@ mod tests {
         assert_eq!(rest, (3..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
     }
 
-    /// Past `hold` bytes let go since it was taken, a snapshot that sent some
-    /// keys moves on: the changes of the keys it sent are replayed from its
-    /// position to the new one, the rest comes from the view as it is now
-    /// (new keys in, deleted ones out), and its old clones let go of what
-    /// only they held. A capped snapshot stays as it is.
     #[test]
     fn every_change_counts_the_tree_path_a_clone_keeps() {
         let hub = Hub::new();
@@ -438,6 +433,11 @@ mod tests {
         assert!(cost(1_000_000) > cost(250_000));
     }
 
+    /// Past `hold` bytes let go since it was taken, a snapshot that sent some
+    /// keys moves on: the changes of the keys it sent are replayed from its
+    /// position to the new one, the rest comes from the view as it is now
+    /// (new keys in, deleted ones out), and its old clones let go of what
+    /// only they held. A capped snapshot stays as it is.
     #[test]
     fn a_snapshot_holding_too_much_moves_on_to_the_view_as_it_is_now() {
         let hub = Hub::new();
