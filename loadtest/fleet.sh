@@ -10,6 +10,9 @@
 #   SCENARIOS="a b c" CLIENTS=1000 loadtest/fleet.sh
 #   FLEET_CI=1 loadtest/fleet.sh                       # CI: 3 nodes, 1,500 clients, (b) and (c),
 #                                                      #     exit 1 unless 0 lost/dup/reordered
+#                                                      #     and every client resumed within
+#                                                      #     WITHIN s of its outage and of the
+#                                                      #     scenario's end (FLEET_CHECK=1: the same)
 #
 # Parts (all on 127.0.0.1 ports, all stopped at the end, every wait bounded):
 # - Apache Kafka 4.4 (scripts/kafka-broker), topic `fleet` with PARTITIONS partitions;

@@ -103,6 +103,13 @@ pub struct Outage {
     #[serde(default)]
     pub live: u64,
     pub refusals: u32,
+    /// Connection attempts in the outage, the one that resumed included.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Wall-clock ms the attempt that resumed began (its connect), so the
+    /// report can tell time spent backing off from time spent being served.
+    #[serde(default)]
+    pub tried: u64,
 }
 
 /// What a process reports.
@@ -701,6 +708,11 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
     let mut in_a_row = 0u32;
     loop {
         let mut up = false;
+        let tried = now_us() / 1000;
+        if let Some(o) = outage.as_mut() {
+            o.attempts += 1;
+            o.tried = tried;
+        }
         let end = match c.kind {
             Kind::Ws => ws(&mut c, &sh, &mut up).await,
             Kind::Sse => sse(&mut c, &sh, &mut up).await,
@@ -734,6 +746,8 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                     up: 0,
                     live: 0,
                     refusals: 0,
+                    attempts: 0,
+                    tried: 0,
                 });
                 o.refusals += 1;
                 let jitter = rand::rng().random_range(0..=sh.args.backoff_base_ms.max(1));
@@ -750,6 +764,8 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                     up: 0,
                     live: 0,
                     refusals: 0,
+                    attempts: 0,
+                    tried: 0,
                 });
                 // Dropped after being up: a fresh outage, the backoff starts over.
                 backoff(&sh.args, attempt)

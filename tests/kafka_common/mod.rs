@@ -1046,7 +1046,8 @@ pub fn haproxy_config(port: u16, backends: &[SocketAddr]) -> String {
         } else if trimmed.starts_with("server ") {
             continue;
         } else if trimmed.starts_with("default-server ") {
-            cfg.push_str("    default-server inter 200ms fall 2 rise 2\n");
+            cfg.push_str(&line.replace("inter 1s", "inter 200ms"));
+            cfg.push('\n');
         } else if trimmed.starts_with("maxconn ") {
             cfg.push_str("    maxconn 4096\n");
         } else {
