@@ -156,7 +156,7 @@ for j in $(seq 1 "$HAPROXIES"); do
             echo "backend $b"
             sed -n '/^backend nodes/,$p' "$shipped" | grep -v '^backend\|^ *server '
             for i in $(seq 1 "$NODES"); do
-                if [ "$b" = grpc_nodes ]; then proto=" proto h2"; else proto=""; fi
+                if [ "$b" = grpc_nodes ]; then proto=" proto h2 check-proto h1"; else proto=""; fi
                 echo "    server node$i 127.0.0.1:$(node_port "$i") check$proto"
             done
         done

@@ -191,37 +191,44 @@ fn pick(text: &str) -> BTreeMap<String, f64> {
 
 pub async fn sample(args: SampleArgs) -> Result<()> {
     use std::io::Write;
+    // A node in a reconnect storm answers /metrics late: the nodes are asked
+    // side by side, each with most of a second's tick, so one slow node
+    // neither loses the others' samples nor its own.
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(800))
+        .timeout(Duration::from_millis(2500))
         .build()?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !args.stop_file.exists() {
         tick.tick().await;
-        for spec in &args.nodes {
+        let asks = args.nodes.iter().filter_map(|spec| {
             let mut parts = spec.splitn(3, '=');
-            let (Some(name), Some(pidfile), Some(url)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let mut s = NodeSample {
-                t: now_us() / 1000,
-                node: name.to_owned(),
-                ..Default::default()
-            };
-            let pid = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|p| p.trim().parse().ok());
-            if let Some((cpu, rss)) = pid.and_then(proc_cpu_rss) {
-                s.cpu_s = cpu;
-                s.rss_kb = rss;
-                s.up = true;
-            }
-            if let Ok(r) = http.get(format!("{url}/metrics")).send().await {
-                if let Ok(text) = r.text().await {
-                    s.m = pick(&text);
+            let (name, pidfile, url) = (parts.next()?, parts.next()?, parts.next()?);
+            let http = http.clone();
+            Some(async move {
+                let mut s = NodeSample {
+                    t: now_us() / 1000,
+                    node: name.to_owned(),
+                    ..Default::default()
+                };
+                let pid = std::fs::read_to_string(pidfile)
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok());
+                if let Some((cpu, rss)) = pid.and_then(proc_cpu_rss) {
+                    s.cpu_s = cpu;
+                    s.rss_kb = rss;
+                    s.up = true;
                 }
-            }
+                if let Ok(r) = http.get(format!("{url}/metrics")).send().await {
+                    if let Ok(text) = r.text().await {
+                        s.m = pick(&text);
+                    }
+                }
+                s
+            })
+        });
+        for s in futures_util::future::join_all(asks).await {
             writeln!(out, "{}", serde_json::to_string(&s)?)?;
         }
         out.flush()?;
