@@ -388,25 +388,16 @@ pub fn report(args: ReportArgs) -> Result<()> {
             .iter()
             .filter(|o| o.down >= e.start && o.down <= e.end + 2000)
             .collect();
-        let mut resumed: Vec<u64> = mine
-            .iter()
-            .filter(|o| o.up > 0)
-            .map(|o| o.up.saturating_sub(e.reference.max(e.start)))
-            .collect();
-        resumed.sort_unstable();
+        // One figure per resumed outage, sorted (for percentiles).
+        let of_resumed = |f: &dyn Fn(&Outage) -> u64| {
+            let mut v: Vec<u64> = mine.iter().filter(|o| o.up > 0).map(|o| f(o)).collect();
+            v.sort_unstable();
+            v
+        };
+        let resumed = of_resumed(&|o| o.up.saturating_sub(e.reference.max(e.start)));
         // Each client's own wait: from its outage (or the restart) to its resume.
-        let mut waits: Vec<u64> = mine
-            .iter()
-            .filter(|o| o.up > 0)
-            .map(|o| o.up.saturating_sub(o.down.max(e.reference)))
-            .collect();
-        waits.sort_unstable();
-        let mut attempts: Vec<u64> = mine
-            .iter()
-            .filter(|o| o.up > 0)
-            .map(|o| o.attempts as u64)
-            .collect();
-        attempts.sort_unstable();
+        let waits = of_resumed(&|o| o.up.saturating_sub(o.down.max(e.reference)));
+        let attempts = of_resumed(&|o| o.attempts as u64);
         let after_end = mine
             .iter()
             .map(|o| o.up.saturating_sub(e.end.max(e.reference)))
