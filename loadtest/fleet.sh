@@ -29,6 +29,7 @@
 #   keys each, every 4th with the filter {"even":true}; every record checked (lost,
 #   duplicated, reordered per key and partition), reconnects with full-jitter backoff
 #   (250 ms base, 5 s cap) or Retry-After, resumes from its cursor;
+# - NODE_LOG: the nodes' RUST_LOG (default warn), e.g. "warn,pushgate::server=debug";
 # - `pushgate-loadtest fleet-sample`: each node's CPU, RSS and metrics every second.
 # At the end `pushgate-loadtest fleet-report` writes $OUT/fleet.md (table, per-node figures,
 # an ASCII chart of resumed clients per scenario).
@@ -38,7 +39,7 @@ ROOT=$PWD
 if [ -n "${FLEET_CI:-}" ]; then
     : "${NODES:=3}" "${CLIENTS:=1500}" "${CLIENT_PROCS:=2}" "${HAPROXIES:=1}"
     : "${SCENARIOS:=b c}" "${STEADY:=8}" "${RATE:=600}" "${DRAIN_SPREAD:=2s}" "${RAMP:=6}"
-    : "${WITHIN:=30}"
+    : "${WITHIN:=45}"
 fi
 NODES=${NODES:-4}
 CLIENTS=${CLIENTS:-4000}
@@ -123,7 +124,7 @@ view_max_keys = 10000
 TOML
 done
 start_node() {
-    RUST_LOG=warn "$PUSHGATE_BIN" --config "$OUT/node$1.toml" >>"$OUT/node$1.log" 2>&1 &
+    RUST_LOG="${NODE_LOG:-warn}" "$PUSHGATE_BIN" --config "$OUT/node$1.toml" >>"$OUT/node$1.log" 2>&1 &
     echo $! > "$OUT/node$1.pid"
 }
 wait_ready() {
