@@ -112,16 +112,17 @@ pub async fn open(
     });
     // Registered with the source's stored view pinned at the hub's position
     // (the embedded log), so keys the in-memory view evicted come from disk.
-    let mut registered = None;
-    state.source.pinned_view(&topic.name, &mut |stored| {
-        if let Some(options) = options.take() {
-            registered = Some(topic.register(SubscribeOptions { stored, ..options }));
-        }
-    });
-    // A source that did not call back: registered without a stored view.
-    let mut reg: Registration = registered
-        .or_else(|| options.take().map(|options| topic.register(options)))
-        .ok_or_else(|| ClientError::new(ErrorCode::Internal, "registration did not run"))?;
+    let mut reg: Registration = off_the_worker(|| {
+        let mut registered = None;
+        state.source.pinned_view(&topic.name, &mut |stored| {
+            if let Some(options) = options.take() {
+                registered = Some(topic.register(SubscribeOptions { stored, ..options }));
+            }
+        });
+        // A source that did not call back: registered without a stored view.
+        registered.or_else(|| options.take().map(|options| topic.register(options)))
+    })
+    .ok_or_else(|| ClientError::new(ErrorCode::Internal, "registration did not run"))?;
     let guard = SubGuard {
         topic: Arc::clone(&topic),
         sub: Arc::clone(&reg.sub),
@@ -293,4 +294,21 @@ pub async fn open(
         },
         enforced,
     })
+}
+
+/// Runs a registration, which takes every partition lock of its topic (the
+/// ingest's too) and scans the ring under them. In a reconnect storm many
+/// wait for those locks at once; waiting on an async worker stalled every
+/// connection on it, health checks and `/metrics` included (seen with gdb
+/// in a 4,000-client balancer restart: both workers in `lock_all`, the
+/// ingest thread behind them). On a multi-thread runtime the worker hands
+/// its other tasks on first. (A per-topic async turn before it, to keep
+/// the waiting threads few, made resumes in the storm three times slower:
+/// each hand-over of the turn waits for a busy worker to poll its task.)
+fn off_the_worker<R>(register: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(register),
+        _ => register(),
+    }
 }
