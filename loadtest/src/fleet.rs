@@ -112,6 +112,22 @@ pub struct Outage {
     pub tried: u64,
 }
 
+impl Outage {
+    /// An outage of `c` that begins now.
+    fn began(c: &Client) -> Self {
+        Outage {
+            client: c.id as u32,
+            kind: c.kind as u8,
+            down: now_us() / 1000,
+            up: 0,
+            live: 0,
+            refusals: 0,
+            attempts: 0,
+            tried: 0,
+        }
+    }
+}
+
 /// What a process reports.
 #[derive(Serialize, Deserialize, Default)]
 pub struct ClientReport {
@@ -708,10 +724,9 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
     let mut in_a_row = 0u32;
     loop {
         let mut up = false;
-        let tried = now_us() / 1000;
         if let Some(o) = outage.as_mut() {
             o.attempts += 1;
-            o.tried = tried;
+            o.tried = now_us() / 1000;
         }
         let end = match c.kind {
             Kind::Ws => ws(&mut c, &sh, &mut up).await,
@@ -739,16 +754,7 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                 sh.totals.refusals.fetch_add(1, Ordering::Relaxed);
                 in_a_row += 1;
                 c.max_in_a_row = c.max_in_a_row.max(in_a_row);
-                let o = outage.get_or_insert(Outage {
-                    client: c.id as u32,
-                    kind: c.kind as u8,
-                    down: now_us() / 1000,
-                    up: 0,
-                    live: 0,
-                    refusals: 0,
-                    attempts: 0,
-                    tried: 0,
-                });
+                let o = outage.get_or_insert_with(|| Outage::began(&c));
                 o.refusals += 1;
                 let jitter = rand::rng().random_range(0..=sh.args.backoff_base_ms.max(1));
                 match hint {
@@ -757,16 +763,7 @@ async fn run_client(mut c: Client, sh: Arc<Shared>, start_delay: Duration) -> Cl
                 }
             }
             End::Dropped => {
-                outage.get_or_insert(Outage {
-                    client: c.id as u32,
-                    kind: c.kind as u8,
-                    down: now_us() / 1000,
-                    up: 0,
-                    live: 0,
-                    refusals: 0,
-                    attempts: 0,
-                    tried: 0,
-                });
+                outage.get_or_insert_with(|| Outage::began(&c));
                 // Dropped after being up: a fresh outage, the backoff starts over.
                 backoff(&sh.args, attempt)
             }
