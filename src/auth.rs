@@ -769,11 +769,14 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     fn filter(keys: Option<&[&str]>, prefix: Option<&str>) -> Filter {
         Filter {
-            keys: keys.map(|k| k.iter().map(|s| Arc::from(*s)).collect::<HashSet<_>>()),
+            keys: keys.map(|k| {
+                k.iter()
+                    .map(|s| Arc::from(*s))
+                    .collect::<crate::hub::KeySet>()
+            }),
             prefix: prefix.map(Into::into),
         }
     }

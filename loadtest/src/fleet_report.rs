@@ -160,6 +160,8 @@ const METRICS: &[&str] = &[
     "pushgate_catchup_reads_total",
     "pushgate_catchup_reads_coalesced_total",
     "pushgate_kafka_fetch_bytes_total",
+    // Summed over transports, one key per bucket (`le`).
+    "pushgate_record_age_seconds_bucket",
 ];
 
 fn pick(text: &str) -> BTreeMap<String, f64> {
@@ -175,7 +177,7 @@ fn pick(text: &str) -> BTreeMap<String, f64> {
         };
         let rest = &line[name.trim_end().len()..];
         let mut key = name.trim_end().to_owned();
-        for label in ["tier=\"", "reason=\""] {
+        for label in ["tier=\"", "reason=\"", "le=\""] {
             if let Some(i) = rest.find(label) {
                 let v = &rest[i + label.len()..];
                 key.push(':');
@@ -511,6 +513,36 @@ pub fn report(args: ReportArgs) -> Result<()> {
                     })
                     .fold(0.0, f64::max)
             };
+            // The node's own view of live latency: from a record's timestamp to
+            // its first write to a client, the p99 bucket's bound over the window.
+            let age_p99 = {
+                let mut bounds: Vec<(f64, &str)> = ss
+                    .iter()
+                    .flat_map(|s| s.m.keys())
+                    .filter_map(|k| {
+                        let le = k.strip_prefix("pushgate_record_age_seconds_bucket:")?;
+                        let bound = if le == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            le.parse().ok()?
+                        };
+                        Some((bound, k.as_str()))
+                    })
+                    .collect();
+                bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+                bounds.dedup_by(|a, b| a.1 == b.1);
+                let total = bounds.last().map_or(0.0, |(_, k)| d(k));
+                bounds
+                    .iter()
+                    .find(|(_, k)| total > 0.0 && d(k) >= 0.99 * total)
+                    .map_or("-".to_owned(), |(b, _)| {
+                        if b.is_finite() {
+                            format!("≤ {:.0} ms", b * 1000.0)
+                        } else {
+                            "over the last bound".to_owned()
+                        }
+                    })
+            };
             let up: Vec<&&NodeSample> = ss.iter().filter(|s| s.up).collect();
             let secs = (last.t - first.t).max(1) as f64 / 1000.0;
             // CPU seconds over consecutive samples of a running process (a restart
@@ -530,7 +562,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
                 + 0.0;
             writeln!(
                 per_node,
-                "| ({}) | {node} | {:.0}% | {:.0} / {:.0} MiB | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} |",
+                "| ({}) | {node} | {:.0}% | {:.0} / {:.0} MiB | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {age_p99} |",
                 e.name,
                 cpu,
                 up.first().map_or(0.0, |s| s.rss_kb as f64 / 1024.0),
@@ -547,9 +579,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
             )?;
         }
     }
-    writeln!(md, "\nPer node and scenario (window: the event until 5 s after it ends; CPU of one core; RSS at the window's start / peak; connections at its end; handshakes per second admitted / refused (`connect_rate`) at the busiest second; records replayed from the ring / from the log / resumes given a gap; catch-up reads sent / joined one in flight; MB fetched from Kafka):\n")?;
-    writeln!(md, "| scenario | node | CPU | RSS | conns | handshakes/s ok / refused | replayed ring / log / gaps | log reads / coalesced | Kafka MB |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "\nPer node and scenario (window: the event until 5 s after it ends; CPU of one core; RSS at the window's start / peak; connections at its end; handshakes per second admitted / refused (`connect_rate`) at the busiest second; records replayed from the ring / from the log / resumes given a gap; catch-up reads sent / joined one in flight; MB fetched from Kafka; the node's p99 of `pushgate_record_age_seconds`, a record's timestamp to its first write to a client, as the bound of its bucket):\n")?;
+    writeln!(md, "| scenario | node | CPU | RSS | conns | handshakes/s ok / refused | replayed ring / log / gaps | log reads / coalesced | Kafka MB | record age p99 |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     md.push_str(&per_node);
     writeln!(md, "\nResumed clients over time:\n\n```\n{charts}```")?;
     print!("{md}");

@@ -113,9 +113,9 @@ enum Cmd {
     FleetReport(Box<fleet_report::ReportArgs>),
     /// Issue 29 item 5: one record per request at fixed rates; server CPU per record and publish latency.
     PublishBench(Box<publish_bench::PublishBenchArgs>),
-    /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
-    /// Issue 30: a large view streamed to WebSocket and SSE subscribers under writes, checked key by key.
+    /// Issue 30: a large view streamed to WebSocket, SSE and gRPC subscribers under writes, checked key by key.
     ViewBench(Box<view_bench::ViewBenchArgs>),
+    /// A minimal GRIP origin for Pushpin: answers GET /stream/KEY with Grip-Hold: stream.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:7998")]
         listen: SocketAddr,

@@ -53,7 +53,7 @@ pub use self::stats::PartitionStats;
 pub use self::stored::{read_stored, Snap, StoredError, StoredView, ViewPage};
 use self::stored::{Pending, Taken};
 use self::sub::{Backlog, NEXT_SUB_ID};
-pub use self::sub::{Filter, Sub};
+pub use self::sub::{Filter, KeySet, Sub};
 use crate::cursor::{decimal_to_position, encode_into, encode_shards_into, Cursor, ShardPos};
 use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, LogRecord, Record};
@@ -202,8 +202,8 @@ pub enum Replay {
     Ring {
         partition: u32,
         records: Vec<Arc<Record>>,
-        /// With a value filter: the ring's records of those keys from before
-        /// the cursor, which tell whether the client's values matched.
+        /// With a value filter: the latest ring record of each of those keys
+        /// from before the cursor, which tells whether the client's value matched.
         lookback: Vec<Arc<Record>>,
     },
     /// Older than the ring: read `[from, until)` from the source.
@@ -552,7 +552,8 @@ impl Topic {
                 );
             }
             let from: Vec<u64> = (0..parts.len()).map(|p| cursor.offset(p)).collect();
-            replay = replays(&guards, &filter, &from, &high, group.is_some(), upto);
+            let values = group.as_ref().is_some_and(|g| g.spec.filter.is_some());
+            replay = replays(&guards, &filter, &from, &high, values, upto);
         }
 
         let needs_snapshot = (snapshot && (cursor.is_none() || foreign_cursor || has_log(&replay)))
@@ -690,7 +691,7 @@ impl Topic {
             &sub.filter,
             &from,
             &high,
-            sub.group.is_some(),
+            sub.filters_values(),
             None,
         );
         sub.restart_backlog(&high);
@@ -728,7 +729,7 @@ impl Topic {
             filter,
             &from,
             &high,
-            sub.group.is_some(),
+            sub.filters_values(),
             Some(after),
         );
         sub.restart_backlog(&high);
@@ -1194,6 +1195,59 @@ mod tests {
     fn spec(filter: serde_json::Value) -> Arc<Spec> {
         let f = crate::shaping::ValueFilter::compile(&filter, &Default::default()).unwrap();
         Arc::new(Spec::new(Some(f), None, None, false).unwrap())
+    }
+
+    #[test]
+    fn a_value_filtered_resume_looks_back_at_each_keys_latest_record_only() {
+        let hub = Hub::new();
+        let topic = hub.add_topic(
+            "t",
+            9,
+            1,
+            TopicSettings {
+                ring_records: 16,
+                ..settings()
+            },
+        );
+        let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
+        // a b a c b a | from 6: d a
+        for (offset, key) in ["a", "b", "a", "c", "b", "a", "d", "a"].iter().enumerate() {
+            topic.ingest(&log(0, offset as u64, key));
+        }
+        let cursor = Cursor::new(9, vec![6]);
+        let replay_of = |filter: Filter, spec: Option<Arc<Spec>>| {
+            let reg = topic.register(SubscribeOptions {
+                spec,
+                cursor: Some(&cursor),
+                ..SubscribeOptions::plain(filter, Arc::new(Outbox::new(1 << 20)))
+            });
+            match reg.replay.into_iter().next() {
+                Some(Replay::Ring {
+                    records, lookback, ..
+                }) => (
+                    records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    lookback.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                ),
+                _ => panic!("a ring replay"),
+            }
+        };
+        let ab = || Filter {
+            keys: keys(&["a", "b"]),
+            prefix: None,
+        };
+        let filtered = || Some(spec(serde_json::json!({"n": {"gte": 1}})));
+        // a's latest before 6 is 5, b's is 4, in ring order.
+        assert_eq!(replay_of(ab(), filtered()), (vec![7], vec![4, 5]));
+        // Every key of the topic: the latest of each.
+        assert_eq!(
+            replay_of(Filter::all(), filtered()),
+            (vec![6, 7], vec![3, 4, 5])
+        );
+        // No value filter (or no spec): no look back at all.
+        assert_eq!(replay_of(ab(), None), (vec![7], vec![]));
+        let fields = crate::shaping::Fields::new(&["n".to_owned()], 10).unwrap();
+        let projected = Arc::new(Spec::new(None, Some(fields), None, false).unwrap());
+        assert_eq!(replay_of(ab(), Some(projected)), (vec![7], vec![]));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! keeps the latest record per key itself (the embedded log), from there too.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -299,20 +299,18 @@ pub(super) fn replays(
             continue;
         }
         if state.ring.front().is_some_and(|r| r.offset <= from) {
+            // The ring is in offset order: a resume from near its end (the
+            // usual one) looks at what it missed, not at the whole ring, which
+            // matters because this runs under every partition lock.
+            let start = state.ring.partition_point(|r| r.offset < from);
             let records = state
                 .ring
-                .iter()
-                .filter(|r| r.offset >= from && takes(r.key.as_deref()))
+                .range(start..)
+                .filter(|r| takes(r.key.as_deref()))
                 .cloned()
                 .collect();
             let lookback = if lookback {
-                state
-                    .ring
-                    .iter()
-                    .take_while(|r| r.offset < from)
-                    .filter(|r| takes(r.key.as_deref()))
-                    .cloned()
-                    .collect()
+                latest_before(&state.ring, start, &takes, filter.key_count())
             } else {
                 Vec::new()
             };
@@ -330,6 +328,34 @@ pub(super) fn replays(
         }
     }
     replay
+}
+
+/// The latest record of each key `takes` admits among the ring's first `end`
+/// records, in ring order: all a value filter needs to know whether the
+/// client's values matched at its cursor (a key's earlier records are
+/// overwritten by its latest). Read from the end, it stops once each of
+/// `keys` keys (a filter naming them) is found, so a resume of a few keys
+/// recently written does not read the whole ring under the locks.
+fn latest_before(
+    ring: &VecDeque<Arc<Record>>,
+    end: usize,
+    takes: &impl Fn(Option<&str>) -> bool,
+    keys: Option<usize>,
+) -> Vec<Arc<Record>> {
+    let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+    let mut out = Vec::new();
+    for r in ring.range(..end).rev() {
+        let key = r.key.as_deref();
+        if !takes(key) || key.is_some_and(|k| !seen.insert(k)) {
+            continue;
+        }
+        out.push(Arc::clone(r));
+        if keys.is_some_and(|n| seen.len() >= n) {
+            break;
+        }
+    }
+    out.reverse();
+    out
 }
 
 /// The view entries of `guards` that `filter` takes and whose key sorts after

@@ -10,10 +10,16 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::record::{Framing, Record};
 use crate::shaping::Spec;
 
+/// A subscription's keys. Matched against every record a resume reads from
+/// the ring, under the partition locks: foldhash (seeded per process, so
+/// still no chosen-collision flood) instead of SipHash, which took a third of
+/// a node's CPU in a reconnect storm.
+pub type KeySet = HashSet<Arc<str>, foldhash::fast::RandomState>;
+
 /// Which keys a subscription receives.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    pub keys: Option<HashSet<Arc<str>>>,
+    pub keys: Option<KeySet>,
     pub prefix: Option<Box<str>>,
 }
 
@@ -25,6 +31,14 @@ impl Filter {
 
     pub fn is_all(&self) -> bool {
         self.keys.is_none() && self.prefix.is_none()
+    }
+
+    /// How many keys the filter names when it takes those keys alone (no prefix).
+    pub fn key_count(&self) -> Option<usize> {
+        match (&self.keys, &self.prefix) {
+            (Some(keys), None) => Some(keys.len()),
+            _ => None,
+        }
     }
 
     pub fn matches(&self, key: Option<&str>) -> bool {
@@ -77,6 +91,12 @@ impl Sub {
     /// The delivery spec this subscription shares with its group, if any.
     pub fn spec(&self) -> Option<&Arc<Spec>> {
         self.group.as_ref().map(|g| &g.spec)
+    }
+
+    /// Its delivery spec has a value filter (a replay then needs the keys'
+    /// values from before the cursor).
+    pub(super) fn filters_values(&self) -> bool {
+        self.spec().is_some_and(|s| s.filter.is_some())
     }
 
     /// Queues what the group sends for a record: the patch when this

@@ -1,6 +1,5 @@
 //! The checks every subscription (and view page) passes before it is served: its key filter and delivery spec within the limits and grants, its cursor, and whether its topic is ready on this node.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filte
             Some(
                 keys.iter()
                     .map(|k| Arc::from(k.as_str()))
-                    .collect::<HashSet<_>>(),
+                    .collect::<crate::hub::KeySet>(),
             )
         }
     };

@@ -38,6 +38,7 @@
 mod catchup;
 pub mod debezium;
 pub mod decode;
+mod earliest;
 mod fetch_stats;
 mod live;
 pub mod meta;
@@ -59,6 +60,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use self::catchup::CatchUpReader;
+use self::earliest::EarliestCache;
 use self::fetch_stats::FetchStats;
 use self::live::Live;
 use self::meta::{describe_topics, list_topics, topic_epoch, Described, MetaError};
@@ -124,6 +126,8 @@ struct Inner {
     denied: RwLock<BTreeMap<String, String>>,
     ready: AtomicBool,
     catchup: CatchUpReader,
+    /// Each topic's low watermarks, shared by the resumes of one second.
+    earliest: EarliestCache,
     /// Set by a resume whose cursor names more partitions than this node
     /// knows; the live thread then refreshes metadata soon.
     refresh_wanted: AtomicBool,
@@ -277,6 +281,7 @@ impl KafkaSource {
 
         let inner = Arc::new(Inner {
             catchup: CatchUpReader::new(&kc),
+            earliest: EarliestCache::default(),
             config: kc,
             rules,
             registry,
@@ -497,20 +502,28 @@ impl Source for KafkaSource {
 
     async fn earliest(&self, topic: &str) -> Result<Vec<u64>, SourceError> {
         let partitions = self.inner.partitions(topic)?;
-        let inner = Arc::clone(&self.inner);
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            (0..partitions)
-                .map(|p| {
-                    inner
-                        .admin
-                        .fetch_watermarks(&topic, p as i32, META_TIMEOUT)
-                        .map(|(low, _)| low.max(0) as u64)
-                        .map_err(client)
+        let ask = || {
+            let inner = Arc::clone(&self.inner);
+            let topic = topic.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    (0..partitions)
+                        .map(|p| {
+                            inner
+                                .admin
+                                .fetch_watermarks(&topic, p as i32, META_TIMEOUT)
+                                .map(|(low, _)| low.max(0) as u64)
+                                .map_err(client)
+                        })
+                        .collect()
                 })
-                .collect()
-        })
-        .await?
+                .await?
+            }
+        };
+        let mut low = self.inner.earliest.get(topic, ask).await?;
+        // Partitions added since the answer was taken begin at 0.
+        low.resize(low.len().max(partitions as usize), 0);
+        Ok(low)
     }
 
     fn is_ready(&self) -> bool {

@@ -379,6 +379,7 @@ impl Live {
                     if let Some(old) = known {
                         tracing::warn!(topic = %name, "topic was recreated (new topic id): new epoch, subscribers resume");
                         old.hub.close();
+                        self.inner.earliest.forget(&name);
                         self.warm_targets
                             .retain(|(t, _, _)| !Arc::ptr_eq(t, &old.hub));
                     }
@@ -502,6 +503,7 @@ mod tests {
         let kc = config.kafka.clone();
         let inner = Arc::new(Inner {
             catchup: CatchUpReader::new(&kc),
+            earliest: Default::default(),
             admin: consumer_config(&kc, false)
                 .create_with_context(security::Probe::new(&kc))
                 .unwrap(),
