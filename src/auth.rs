@@ -771,14 +771,14 @@ mod tests {
     use super::*;
 
     fn filter(keys: Option<&[&str]>, prefix: Option<&str>) -> Filter {
-        Filter {
-            keys: keys.map(|k| {
+        Filter::new(
+            keys.map(|k| {
                 k.iter()
                     .map(|s| Arc::from(*s))
                     .collect::<crate::hub::KeySet>()
             }),
-            prefix: prefix.map(Into::into),
-        }
+            prefix.map(Into::into),
+        )
     }
 
     #[test]

@@ -105,6 +105,18 @@ pub struct Record {
     /// A sampled live record's fan-out span, the parent of its first
     /// delivery per transport (traces on only; `None` otherwise).
     trace: Option<Arc<RecordTrace>>,
+    /// [`key_hash`] of `key` (0 without one): a resume matches thousands of
+    /// ring records against its keys under the partition locks, and this
+    /// spares reading each record's key. 32 bits fit in the struct's padding.
+    key_hash: u32,
+}
+
+/// The process's hash of a record key, as [`Record::key_hash`] keeps it
+/// (foldhash with a seed chosen once per process).
+pub fn key_hash(key: &str) -> u32 {
+    use std::hash::BuildHasher;
+    static STATE: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+    STATE.get_or_init(Default::default).hash_one(key) as u32
 }
 
 /// A transport that writes records to clients (see [`Record::first_write`]).
@@ -310,6 +322,11 @@ impl Record {
     }
 
     /// Bytes this record counts for in a connection's queue.
+    /// See [`key_hash`]; 0 without a key.
+    pub fn key_hash(&self) -> u32 {
+        self.key_hash
+    }
+
     pub fn cost(&self) -> usize {
         self.sse.len()
     }
@@ -395,6 +412,7 @@ impl Record {
         let ws = Utf8Bytes::try_from(sse.slice(ws_start..ws_end)).expect("built from a String");
         let (ws_head, ws_head_len) = ws_text_head(ws.len());
         Record {
+            key_hash: key.as_deref().map_or(0, key_hash),
             partition,
             offset,
             position,

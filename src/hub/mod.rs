@@ -428,12 +428,7 @@ impl Topic {
         );
         CURSOR_TEXT.set(cursor);
 
-        state.ring.push_back(Arc::clone(&record));
-        while state.ring.len() > self.settings.ring_records {
-            if let Some(old) = state.ring.pop_front() {
-                old.let_go_of_envelope();
-            }
-        }
+        state.push_ring(&record, self.settings.ring_records);
         state.next_offset = next;
         // Fan-out before the view takes the record: groups with a value
         // filter compare the new value with the key's previous one.
@@ -814,19 +809,13 @@ mod tests {
         let both = Arc::new(Outbox::new(1 << 20));
         let all = Arc::new(Outbox::new(1 << 20));
         let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
-        let filter = Filter {
-            keys: keys(&["a"]),
-            prefix: None,
-        };
+        let filter = Filter::new(keys(&["a"]), None);
         topic
             .register(SubscribeOptions::plain(filter, keyed.clone()))
             .sub
             .go_live()
             .unwrap();
-        let filter = Filter {
-            keys: keys(&["ab"]),
-            prefix: Some("a".into()),
-        };
+        let filter = Filter::new(keys(&["ab"]), Some("a".into()));
         topic
             .register(SubscribeOptions::plain(filter, both.clone()))
             .sub
@@ -1156,10 +1145,7 @@ mod tests {
             vec!["b"],
             "the snapshot lists only keys that exist"
         );
-        let keyed = Filter {
-            keys: Some([Arc::from("a")].into_iter().collect()),
-            prefix: None,
-        };
+        let keyed = Filter::new(Some([Arc::from("a")].into_iter().collect()), None);
         let reg = topic.register(SubscribeOptions {
             snapshot: true,
             ..SubscribeOptions::plain(keyed, out.clone())
@@ -1198,6 +1184,34 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_takes_a_record_as_it_matches_its_key() {
+        let record = |key: Option<&str>| {
+            Record::encode(
+                "t",
+                &LogRecord {
+                    key: key.map(Into::into),
+                    ..log(0, 0, "")
+                },
+                "c",
+                Framing::Normal,
+            )
+        };
+        let keys = |k: &[&str]| Some(k.iter().map(|s| Arc::from(*s)).collect());
+        let filters = [
+            Filter::new(keys(&["a", "bb"]), None),
+            Filter::new(None, Some("b".into())),
+            Filter::new(keys(&["a"]), Some("b".into())),
+            Filter::all(),
+        ];
+        for key in [Some("a"), Some("bb"), Some("b"), Some("c"), Some(""), None] {
+            let r = record(key);
+            for f in &filters {
+                assert_eq!(f.takes(&r), f.matches(key), "{key:?} {f:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_value_filtered_resume_looks_back_at_each_keys_latest_record_only() {
         let hub = Hub::new();
         let topic = hub.add_topic(
@@ -1231,10 +1245,7 @@ mod tests {
                 _ => panic!("a ring replay"),
             }
         };
-        let ab = || Filter {
-            keys: keys(&["a", "b"]),
-            prefix: None,
-        };
+        let ab = || Filter::new(keys(&["a", "b"]), None);
         let filtered = || Some(spec(serde_json::json!({"n": {"gte": 1}})));
         // a's latest before 6 is 5, b's is 4, in ring order.
         assert_eq!(replay_of(ab(), filtered()), (vec![7], vec![4, 5]));
@@ -1268,17 +1279,11 @@ mod tests {
         // list and the prefix list: one group.
         let (all, s1) = register(Filter::all(), spec(serde_json::json!({"n": {"gte": 1}})));
         let (keyed, s2) = register(
-            Filter {
-                keys: keys(&["a"]),
-                prefix: None,
-            },
+            Filter::new(keys(&["a"]), None),
             spec(serde_json::json!({"and": [{"n": {"gte": 1}}]})),
         );
         let (prefixed, s3) = register(
-            Filter {
-                keys: None,
-                prefix: Some("a".into()),
-            },
+            Filter::new(None, Some("a".into())),
             spec(serde_json::json!({"n": {"gte": 1}})),
         );
         let (other, s4) = register(Filter::all(), spec(serde_json::json!({"n": {"lt": 1}})));

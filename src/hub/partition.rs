@@ -117,6 +117,11 @@ impl Positions {
 pub(super) struct PartitionState {
     pub(super) next_offset: u64,
     pub(super) ring: VecDeque<Arc<Record>>,
+    /// Each ring record's [`Record::key_hash`], in the same order: a resume
+    /// naming keys scans these 4-byte hashes under the partition locks, not
+    /// thousands of records scattered over the heap. Kept by
+    /// [`PartitionState::push_ring`].
+    ring_hashes: VecDeque<u32>,
     /// The latest record per key, ordered by key and persistent: a snapshot
     /// is a clone of it (see `hub::snapshot`).
     pub(super) view: View,
@@ -126,6 +131,46 @@ pub(super) struct PartitionState {
     /// `"view_max_bytes"`: keys were evicted; `"warm_start"`: the source did
     /// not read the partition from its start), if it may.
     pub(super) evicted: Option<&'static str>,
+}
+
+impl PartitionState {
+    /// Appends `record` to the ring, dropping its oldest records beyond `max`.
+    pub(super) fn push_ring(&mut self, record: &Arc<Record>, max: usize) {
+        self.ring.push_back(Arc::clone(record));
+        self.ring_hashes.push_back(record.key_hash());
+        while self.ring.len() > max {
+            self.ring_hashes.pop_front();
+            if let Some(old) = self.ring.pop_front() {
+                old.let_go_of_envelope();
+            }
+        }
+    }
+
+    /// The ring's records from index `start` on that `takes` admits; with
+    /// `hashes` (the keys a filter names), only those whose kept key hash is
+    /// one of them are looked at.
+    fn ring_from(
+        &self,
+        start: usize,
+        hashes: Option<&[u32]>,
+        takes: &impl Fn(&Record) -> bool,
+    ) -> Vec<Arc<Record>> {
+        match hashes {
+            Some(hashes) => self
+                .ring_hashes
+                .range(start..)
+                .zip(self.ring.range(start..))
+                .filter(|(h, r)| hashes.binary_search(h).is_ok() && takes(r))
+                .map(|(_, r)| Arc::clone(r))
+                .collect(),
+            None => self
+                .ring
+                .range(start..)
+                .filter(|r| takes(r))
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// What one view entry is counted as: the encoded record (its SSE event,
@@ -289,8 +334,8 @@ pub(super) fn replays(
     lookback: bool,
     upto: Option<&str>,
 ) -> Vec<Replay> {
-    let takes = |key: Option<&str>| {
-        filter.matches(key) && upto.is_none_or(|upto| key.is_some_and(|k| k <= upto))
+    let takes = |r: &Record| {
+        filter.takes(r) && upto.is_none_or(|upto| r.key.as_deref().is_some_and(|k| k <= upto))
     };
     let mut replay = Vec::new();
     for (p, state) in guards.iter().enumerate() {
@@ -303,14 +348,9 @@ pub(super) fn replays(
             // usual one) looks at what it missed, not at the whole ring, which
             // matters because this runs under every partition lock.
             let start = state.ring.partition_point(|r| r.offset < from);
-            let records = state
-                .ring
-                .range(start..)
-                .filter(|r| takes(r.key.as_deref()))
-                .cloned()
-                .collect();
+            let records = state.ring_from(start, filter.key_hashes(), &takes);
             let lookback = if lookback {
-                latest_before(&state.ring, start, &takes, filter.key_count())
+                latest_before(state, start, &takes, filter)
             } else {
                 Vec::new()
             };
@@ -336,17 +376,24 @@ pub(super) fn replays(
 /// overwritten by its latest). Read from the end, it stops once each of
 /// `keys` keys (a filter naming them) is found, so a resume of a few keys
 /// recently written does not read the whole ring under the locks.
-fn latest_before(
-    ring: &VecDeque<Arc<Record>>,
+fn latest_before<'a>(
+    state: &'a PartitionState,
     end: usize,
-    takes: &impl Fn(Option<&str>) -> bool,
-    keys: Option<usize>,
+    takes: &impl Fn(&Record) -> bool,
+    filter: &Filter,
 ) -> Vec<Arc<Record>> {
-    let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+    let keys = filter.key_count();
+    let hashes = filter.key_hashes();
+    let mut seen: HashSet<&'a str, foldhash::fast::RandomState> = HashSet::default();
     let mut out = Vec::new();
-    for r in ring.range(..end).rev() {
-        let key = r.key.as_deref();
-        if !takes(key) || key.is_some_and(|k| !seen.insert(k)) {
+    let candidates = state
+        .ring_hashes
+        .range(..end)
+        .zip(state.ring.range(..end))
+        .rev()
+        .filter(|(h, _)| hashes.is_none_or(|hashes| hashes.binary_search(h).is_ok()));
+    for (_, r) in candidates {
+        if !takes(r) || r.key.as_deref().is_some_and(|k| !seen.insert(k)) {
             continue;
         }
         out.push(Arc::clone(r));
@@ -422,4 +469,54 @@ pub(super) fn lock_all(
         .collect();
     let high = guards.iter().map(|g| g.next_offset).collect();
     (guards, high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Framing, LogRecord};
+
+    fn record(offset: u64, key: &str) -> Arc<Record> {
+        let log = LogRecord {
+            trace: None,
+            partition: 0,
+            offset,
+            timestamp: 0,
+            key: Some(key.into()),
+            data: "1".into(),
+            extra: None,
+            delete: false,
+            position: None,
+        };
+        Arc::new(Record::encode("t", &log, "c", Framing::Normal))
+    }
+
+    #[test]
+    fn the_rings_key_hashes_follow_its_records_and_pick_the_same_ones() {
+        let mut state = PartitionState::default();
+        let keys = ["a", "b", "c", "a", "d", "b", "a", "e", "c", "a"];
+        for (offset, key) in keys.iter().enumerate() {
+            state.push_ring(&record(offset as u64, key), 6);
+        }
+        assert_eq!(state.ring.len(), 6);
+        assert_eq!(state.ring_hashes.len(), 6);
+        for (h, r) in state.ring_hashes.iter().zip(&state.ring) {
+            assert_eq!(*h, r.key_hash());
+        }
+        let filter = Filter::new(
+            Some(["a", "c"].iter().map(|k| Arc::from(*k)).collect()),
+            None,
+        );
+        let takes = |r: &Record| filter.takes(r);
+        let offsets = |v: Vec<Arc<Record>>| v.iter().map(|r| r.offset).collect::<Vec<_>>();
+        // Ring holds offsets 4..10; from index 1 (offset 5) on, keys a or c.
+        assert_eq!(
+            offsets(state.ring_from(1, filter.key_hashes(), &takes)),
+            vec![6, 8, 9]
+        );
+        // Without the hashes (a prefix or every key), the same records.
+        assert_eq!(offsets(state.ring_from(1, None, &takes)), vec![6, 8, 9]);
+        // Looking back from offset 8: a's latest is 6, c's is not in the ring.
+        assert_eq!(offsets(latest_before(&state, 4, &takes, &filter)), vec![6]);
+    }
 }

@@ -334,13 +334,7 @@ mod tests {
             })
         };
         let all = register(Filter::default(), 0);
-        let prefixed = register(
-            Filter {
-                keys: None,
-                prefix: Some("k1".into()),
-            },
-            0,
-        );
+        let prefixed = register(Filter::new(None, Some("k1".into())), 0);
         let capped = register(Filter::default(), 7);
         assert!(!all.needs_store(), "no list to sort: the views are shared");
         // Written after: updates of taken keys, a delete, new keys.

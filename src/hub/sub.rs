@@ -2,12 +2,12 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::group::{Group, Outcome};
 use crate::cursor::Cursor;
 use crate::outbox::{CloseReason, Outbox};
-use crate::record::{Framing, Record};
+use crate::record::{self, Framing, Record};
 use crate::shaping::Spec;
 
 /// A subscription's keys. Matched against every record a resume reads from
@@ -21,6 +21,8 @@ pub type KeySet = HashSet<Arc<str>, foldhash::fast::RandomState>;
 pub struct Filter {
     pub keys: Option<KeySet>,
     pub prefix: Option<Box<str>>,
+    /// The keys' [`record::key_hash`]es, sorted, made on first use.
+    hashes: OnceLock<Box<[u32]>>,
 }
 
 impl Filter {
@@ -39,6 +41,40 @@ impl Filter {
             (Some(keys), None) => Some(keys.len()),
             _ => None,
         }
+    }
+
+    /// A filter of `keys` and `prefix` (either may be absent).
+    pub fn new(keys: Option<KeySet>, prefix: Option<Box<str>>) -> Self {
+        Self {
+            keys,
+            prefix,
+            hashes: OnceLock::new(),
+        }
+    }
+
+    /// [`Filter::matches`] for an encoded record: with named keys alone, a
+    /// record whose kept key hash is none of theirs is left out without
+    /// reading its key.
+    pub fn takes(&self, record: &Record) -> bool {
+        let (Some(keys), Some(hashes)) = (&self.keys, self.key_hashes()) else {
+            return self.matches(record.key.as_deref());
+        };
+        hashes.binary_search(&record.key_hash()).is_ok()
+            && record.key.as_deref().is_some_and(|k| keys.contains(k))
+    }
+
+    /// With named keys alone (no prefix): their [`record::key_hash`]es,
+    /// sorted. A record whose kept hash is not among them is not taken.
+    pub(crate) fn key_hashes(&self) -> Option<&[u32]> {
+        let (Some(keys), None) = (&self.keys, &self.prefix) else {
+            return None;
+        };
+        let hashes = self.hashes.get_or_init(|| {
+            let mut h: Vec<u32> = keys.iter().map(|k| record::key_hash(k)).collect();
+            h.sort_unstable();
+            h.into()
+        });
+        Some(hashes)
     }
 
     pub fn matches(&self, key: Option<&str>) -> bool {

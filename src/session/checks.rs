@@ -55,7 +55,7 @@ pub fn filter_for(req: &SubscribeRequest, limits: &LimitsConfig) -> Result<Filte
         Some(p) => Some(p.clone().into_boxed_str()),
         None => None,
     };
-    Ok(Filter { keys, prefix })
+    Ok(Filter::new(keys, prefix))
 }
 
 /// Builds the delivery spec of a request: the client's value filter ANDed
