@@ -1,3 +1,4 @@
+# Usage: python3 cpumon.py SECONDS > cpu-per-second.txt  (machine busy cores, then the top commands by CPU)
 # Per second: machine busy cores, and per-command CPU (cores) for the top processes.
 import os,time,sys
 hz=os.sysconf('SC_CLK_TCK')
