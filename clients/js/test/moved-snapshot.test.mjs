@@ -73,10 +73,11 @@ for (const transport of ['ws', 'sse']) {
       await gw.publish('view', { key: key(42), data: { n: 2 } });
       await waitFor(() => sub.received === before + 1, 'the live record');
       assert.equal(held.get(key(42)), 2);
-      const live = await new Promise((ok) => {
-        pg.on('record', (r) => ok(r));
-        gw.publish('view', { key: key(43), data: { n: 2 } });
-      });
+      // The record can come before the publish's own answer: both are
+      // awaited, or the answer would be cut off when the gateway closes.
+      const got = new Promise((ok) => pg.on('record', (r) => ok(r)));
+      await gw.publish('view', { key: key(43), data: { n: 2 } });
+      const live = await got;
       await waitFor(() => sub.cursor === live.cursor, 'the live cursor taken');
       pg.close();
     } finally { await gw.close(); }
