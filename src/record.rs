@@ -321,12 +321,12 @@ impl Record {
             .as_ref()
     }
 
-    /// Bytes this record counts for in a connection's queue.
     /// See [`key_hash`]; 0 without a key.
     pub fn key_hash(&self) -> u32 {
         self.key_hash
     }
 
+    /// Bytes this record counts for in a connection's queue.
     pub fn cost(&self) -> usize {
         self.sse.len()
     }

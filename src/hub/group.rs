@@ -38,6 +38,12 @@ pub(super) struct Outcome {
 }
 
 impl Group {
+    /// Its spec has a value filter: a replay then needs the keys' values
+    /// from before the cursor.
+    pub(super) fn filters_values(&self) -> bool {
+        self.spec.filter.is_some()
+    }
+
     pub(super) fn new(id: u64, spec: Arc<Spec>) -> Self {
         let rate = spec.max_rate.map(Rate::new);
         let delta = spec.delta.then(|| Mutex::new(HashMap::new()));

@@ -547,7 +547,7 @@ impl Topic {
                 );
             }
             let from: Vec<u64> = (0..parts.len()).map(|p| cursor.offset(p)).collect();
-            let values = group.as_ref().is_some_and(|g| g.spec.filter.is_some());
+            let values = group.as_ref().is_some_and(|g| g.filters_values());
             replay = replays(&guards, &filter, &from, &high, values, upto);
         }
 

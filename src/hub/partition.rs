@@ -382,8 +382,9 @@ fn latest_before<'a>(
     takes: &impl Fn(&Record) -> bool,
     filter: &Filter,
 ) -> Vec<Arc<Record>> {
-    let keys = filter.key_count();
     let hashes = filter.key_hashes();
+    // One hash per named key: how many keys to find before stopping.
+    let keys = hashes.map(<[u32]>::len);
     let mut seen: HashSet<&'a str, foldhash::fast::RandomState> = HashSet::default();
     let mut out = Vec::new();
     let candidates = state

@@ -35,14 +35,6 @@ impl Filter {
         self.keys.is_none() && self.prefix.is_none()
     }
 
-    /// How many keys the filter names when it takes those keys alone (no prefix).
-    pub fn key_count(&self) -> Option<usize> {
-        match (&self.keys, &self.prefix) {
-            (Some(keys), None) => Some(keys.len()),
-            _ => None,
-        }
-    }
-
     /// A filter of `keys` and `prefix` (either may be absent).
     pub fn new(keys: Option<KeySet>, prefix: Option<Box<str>>) -> Self {
         Self {
@@ -129,10 +121,9 @@ impl Sub {
         self.group.as_ref().map(|g| &g.spec)
     }
 
-    /// Its delivery spec has a value filter (a replay then needs the keys'
-    /// values from before the cursor).
+    /// See [`Group::filters_values`].
     pub(super) fn filters_values(&self) -> bool {
-        self.spec().is_some_and(|s| s.filter.is_some())
+        self.group.as_ref().is_some_and(|g| g.filters_values())
     }
 
     /// Queues what the group sends for a record: the patch when this
