@@ -230,6 +230,9 @@ pub struct WebSocketConfig {
     /// permessage-deflate (RFC 7692) without context takeover: "off", or
     /// "shared" (each record compressed once, shared by every connection).
     pub compression: WsCompression,
+    /// The fan-out loop writes a record's frame to an idle cleartext socket
+    /// itself, instead of waking the connection's task to write it.
+    pub direct_writes: bool,
 }
 
 /// `websocket.compression`.
@@ -382,6 +385,7 @@ impl Default for WebSocketConfig {
             allowed_origins: Vec::new(),
             subscribe_timeout: Duration::from_secs(30),
             compression: WsCompression::Off,
+            direct_writes: true,
         }
     }
 }

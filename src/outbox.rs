@@ -5,8 +5,17 @@
 //! would take the queue past its byte limit closes the outbox as
 //! [`CloseReason::Slow`]; the writer then disconnects the client, which resumes
 //! from its cursor.
+//!
+//! A writer may open a [`Direct`] path while it waits with nothing queued: a
+//! push then writes the record to the socket at once, from the fan-out loop,
+//! and the writer's task is not woken at all. Only what the socket does not
+//! take (all of it, or the rest of a frame) is queued and wakes the writer,
+//! which first [claims](Outbox::claim) the socket back. The queue's lock
+//! orders the two: a direct write happens under it, only while the queue is
+//! empty and the writer has said it is idle.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,6 +61,46 @@ struct Inner {
     queue: VecDeque<Arc<Record>>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The socket pushes may write to, while `open`.
+    direct: Option<Box<dyn Direct>>,
+    /// Set by the writer when it waits with nothing queued; cleared by
+    /// [`Outbox::claim`] and by a push the socket did not take whole.
+    open: bool,
+    /// Bytes of the queue's front record already written by a push: the
+    /// writer must send the rest of that frame before anything else.
+    partial: u32,
+}
+
+/// A socket a push may write a record's frame to at once (a cleartext
+/// WebSocket). Implemented by the transport, which knows the framing.
+pub trait Direct: Send + Sync {
+    /// Writes as much of `record`'s frame as the socket takes now, without
+    /// blocking, and returns how much that was (0 when it would block or
+    /// failed: the writer then meets the error itself).
+    fn write_now(&self, record: &Record) -> usize;
+    /// The length of `record`'s frame.
+    fn frame_len(&self, record: &Record) -> usize;
+}
+
+impl fmt::Debug for dyn Direct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Direct")
+    }
+}
+
+impl Inner {
+    /// Drops what is queued on close, except a frame a push began to write:
+    /// the writer finishes it, so its close frame starts at a frame boundary.
+    fn discard(&mut self) {
+        let started = (self.partial > 0).then(|| self.queue.pop_front()).flatten();
+        self.queue = VecDeque::new();
+        self.bytes = 0;
+        self.open = false;
+        if let Some(record) = started {
+            self.bytes = record.cost();
+            self.queue.push_back(record);
+        }
+    }
 }
 
 impl Outbox {
@@ -87,12 +136,23 @@ impl Outbox {
         // One record larger than the whole limit still goes through an empty queue.
         if inner.bytes + cost > self.limit && !inner.queue.is_empty() {
             inner.closed = Some(CloseReason::Slow);
-            inner.queue = VecDeque::new();
-            inner.bytes = 0;
+            inner.discard();
             drop(inner);
             crate::telemetry::slow_disconnect();
             self.signal();
             return false;
+        }
+        if inner.open {
+            if let Some(direct) = &inner.direct {
+                // The writer is idle and nothing is queued (see `open_direct`).
+                let written = direct.write_now(record);
+                if written == direct.frame_len(record) {
+                    crate::telemetry::direct_write();
+                    return true;
+                }
+                inner.open = false;
+                inner.partial = written as u32;
+            }
         }
         inner.bytes += cost;
         inner.queue.push_back(Arc::clone(record));
@@ -110,8 +170,7 @@ impl Outbox {
         let mut inner = self.inner.lock().expect("outbox lock");
         if inner.closed.is_none() {
             inner.closed = Some(reason);
-            inner.queue = VecDeque::new();
-            inner.bytes = 0;
+            inner.discard();
             drop(inner);
             if reason == CloseReason::Slow {
                 crate::telemetry::slow_disconnect();
@@ -126,9 +185,44 @@ impl Outbox {
         self.signal();
     }
 
+    /// Lets pushes write to `direct` (see [`Outbox::open_direct`]), or no
+    /// longer (`None`: before the socket closes, so no push writes to a
+    /// descriptor that may be reused).
+    pub fn set_direct(&self, direct: Option<Box<dyn Direct>>) {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        inner.open = false;
+        inner.direct = direct;
+    }
+
+    /// The writer is about to wait with nothing of its own queued: pushes may
+    /// write to the socket until the next [`Outbox::claim`]. False (and not
+    /// opened) when records are queued, the outbox is closed or no socket is set.
+    pub fn open_direct(&self) -> bool {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        inner.open = inner.direct.is_some() && inner.queue.is_empty() && inner.closed.is_none();
+        inner.open
+    }
+
+    /// The writer takes the socket back before it writes anything itself: no
+    /// push writes to it from now on. Returns the record whose frame a push
+    /// wrote only in part, with the bytes written: it must go first.
+    pub fn claim(&self) -> Option<(Arc<Record>, usize)> {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        inner.open = false;
+        if inner.partial == 0 {
+            return None;
+        }
+        let written = std::mem::take(&mut inner.partial) as usize;
+        let record = inner.queue.pop_front()?;
+        inner.bytes -= record.cost().min(inner.bytes);
+        Some((record, written))
+    }
+
     /// Moves everything queued into `out`. `Err` once the outbox is closed.
+    /// A writer with a direct path [claims](Outbox::claim) first.
     pub fn drain_into(&self, out: &mut impl Extend<Arc<Record>>) -> Result<(), CloseReason> {
         let mut inner = self.inner.lock().expect("outbox lock");
+        debug_assert_eq!(inner.partial, 0, "claimed before draining");
         if let Some(reason) = inner.closed {
             return Err(reason);
         }

@@ -132,6 +132,7 @@ pub async fn serve(
                                 return Ok((Conn::BareSse(stream, Box::new(head)), protocol));
                             }
                         }
+                        watch.set_cleartext();
                         Ok((Conn::Plain(Watched::new(stream, watch.clone())), protocol))
                     }
                     Some(tls) => {

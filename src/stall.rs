@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ struct Inner {
     /// The TCP socket's descriptor plus one (0: none known, e.g. a pipe in a
     /// test), for [`WriteWatch::last_read`].
     fd: AtomicI32,
+    /// Whether bytes written to `fd` reach the client as they are (no TLS).
+    cleartext: AtomicBool,
     /// What [`WriteWatch::last_read`] saw last ([`TcpSeen::packed`]; 0 =
     /// not looked yet), and when (on [`now_ms`]'s clock; 0 = never) it last
     /// saw the peer reading.
@@ -60,6 +62,22 @@ impl WriteWatch {
     #[cfg(unix)]
     pub fn set_socket(&self, fd: std::os::fd::RawFd) {
         self.inner.fd.store(fd.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Marks the socket as carrying the client's bytes as they are (no TLS
+    /// on it), so a WebSocket may write records to it directly.
+    pub fn set_cleartext(&self) {
+        self.inner.cleartext.store(true, Ordering::Relaxed);
+    }
+
+    /// The socket's descriptor when it is cleartext (see [`Self::set_cleartext`]).
+    #[cfg(unix)]
+    pub fn cleartext_socket(&self) -> Option<std::os::fd::RawFd> {
+        if !self.inner.cleartext.load(Ordering::Relaxed) {
+            return None;
+        }
+        let fd = self.inner.fd.load(Ordering::Relaxed).checked_sub(1)?;
+        (fd >= 0).then_some(fd)
     }
 
     /// How long ago the peer's application was last seen reading, by its

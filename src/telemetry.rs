@@ -22,6 +22,10 @@ pub const CONNECTIONS_REFUSED: &str = "pushgate_connections_refused_total";
 pub const SUBSCRIPTIONS: &str = "pushgate_subscriptions";
 pub const RECORDS_IN: &str = "pushgate_records_in_total";
 pub const DELIVERIES: &str = "pushgate_deliveries_total";
+/// WebSocket record frames the fan-out loop wrote to an idle socket itself
+/// (`websocket.direct_writes`), not through the connection's task; the rest
+/// of `pushgate_deliveries_total` went through the task.
+pub const DIRECT_WRITES: &str = "pushgate_ws_direct_writes_total";
 pub const SLOW_DISCONNECTS: &str = "pushgate_slow_disconnects_total";
 pub const WRITE_TIMEOUTS: &str = "pushgate_write_timeouts_total";
 pub const REPLAYED: &str = "pushgate_replayed_records_total";
@@ -112,6 +116,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 struct Hot {
     records_in: Counter,
     deliveries: Counter,
+    direct_writes: Counter,
     /// `pushgate_record_age_seconds`, by [`crate::record::Transport`] label.
     age_ws: Histogram,
     age_sse: Histogram,
@@ -174,6 +179,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let _ = HOT.set(Hot {
                 records_in: counter!(RECORDS_IN),
                 deliveries: counter!(DELIVERIES),
+                direct_writes: counter!(DIRECT_WRITES),
                 age_ws: histogram!(RECORD_AGE, "transport" => "ws"),
                 age_sse: histogram!(RECORD_AGE, "transport" => "sse"),
                 age_grpc: histogram!(RECORD_AGE, "transport" => "grpc"),
@@ -323,6 +329,14 @@ pub fn record_ingested(delivered: usize) {
     }
     RECORDS_IN_N.fetch_add(1, Ordering::Relaxed);
     DELIVERIES_N.fetch_add(delivered as u64, Ordering::Relaxed);
+}
+
+/// One record frame written by the fan-out loop (see [`DIRECT_WRITES`]).
+pub fn direct_write() {
+    match hot() {
+        Some(hot) => hot.direct_writes.increment(1),
+        None => counter!(DIRECT_WRITES).increment(1),
+    }
 }
 
 pub fn slow_disconnect() {

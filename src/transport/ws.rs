@@ -271,6 +271,11 @@ impl Connection {
             tokio::pin!(shutdown_signal);
             let timer = tokio::time::sleep_until(next_ping);
             tokio::pin!(timer);
+            if self.state.config.websocket.direct_writes {
+                if let Some(fd) = self.watch.cleartext_socket() {
+                    socket.get_mut().attach(&self.outbox, fd);
+                }
+            }
             let ending: Ending = loop {
                 if self.on_connect.is_some() {
                     if let Err(ending) = Box::pin(self.subscribe_from_token(&mut socket)).await {
@@ -294,6 +299,11 @@ impl Connection {
                 // polled again; their wakers stay registered. After 16 such turns in
                 // a row the others go first once, so a busy outbox cannot starve
                 // reads, pings or a drain.
+                // While it waits with nothing queued, the fan-out loop writes
+                // live records to the socket itself (cleartext, no compression);
+                // whatever wakes it takes the socket back first, so everything
+                // it does below (replies, snapshots, pings) is ordered as before.
+                socket.get_mut().open_direct();
                 let event = if self.records_first < 16 {
                     tokio::select! {
                         biased;
@@ -311,6 +321,7 @@ impl Connection {
                         _ = self.outbox.ready() => Event::Outbox,
                     }
                 };
+                socket.get_mut().claim();
                 self.records_first = match event {
                     Event::Outbox if self.records_first < 16 => self.records_first + 1,
                     _ => 0,
@@ -509,6 +520,8 @@ impl Connection {
     }
 
     async fn flush_outbox(&mut self, socket: &mut Socket) -> Result<(), Ending> {
+        // The rest of a frame the fan-out loop began goes first.
+        socket.get_mut().claim();
         // Straight into the socket's frame queue: no batch in between.
         if let Err(reason) = self.outbox.drain_into(socket.get_mut()) {
             let (code, text) = Ending::of(reason);

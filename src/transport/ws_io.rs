@@ -10,10 +10,18 @@
 //! queue of whole frames. It takes each write of tungstenite's whole or not at
 //! all, so tungstenite never holds part of a frame, and a record appended to
 //! the queue always starts at a frame boundary.
+//!
+//! On a cleartext connection without compression, the hub may also write a
+//! record's frame itself while the connection waits with nothing queued
+//! ([`Direct`]): [`FrameIo::open_direct`] allows it, and every write of
+//! `FrameIo`'s own first [claims](FrameIo::claim) the socket back, taking
+//! over the rest of a frame the hub wrote only in part.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::ws_deflate::{compressed_frame, Inflate};
+use crate::outbox::{Direct, Outbox};
 use crate::record::Record;
 use crate::reply::json_error;
 
@@ -256,6 +265,11 @@ pub struct FrameIo<S> {
     /// messages are inflated here before tungstenite reads them, and records
     /// go out compressed.
     inflate: Option<Box<Inflate>>,
+    /// The outbox whose pushes may write to this socket (see [`FrameIo::attach`]).
+    direct: Option<Arc<Outbox>>,
+    /// Whether this side holds the socket: no push writes to it until
+    /// [`FrameIo::open_direct`] hands it out again.
+    claimed: bool,
 }
 
 impl<S> FrameIo<S> {
@@ -266,12 +280,56 @@ impl<S> FrameIo<S> {
             written: 0,
             copied: 0,
             inflate: None,
+            direct: None,
+            claimed: true,
+        }
+    }
+
+    /// Lets `outbox`'s pushes write records straight to `fd`, the socket
+    /// under `io`, while the connection waits (not with compression: records
+    /// go out deflated then). The path is closed again when this drops,
+    /// before the socket does. The caller vouches that `fd` is the cleartext
+    /// TCP socket `io` writes to.
+    pub fn attach(&mut self, outbox: &Arc<Outbox>, fd: RawFd) -> bool {
+        if self.inflate.is_some() || self.direct.is_some() {
+            return false;
+        }
+        outbox.set_direct(Some(Box::new(DirectSocket { fd })));
+        self.direct = Some(Arc::clone(outbox));
+        self.claimed = true;
+        true
+    }
+
+    /// The connection is about to wait: with nothing queued here, pushes may
+    /// write to the socket until the next [`FrameIo::claim`].
+    pub fn open_direct(&mut self) {
+        if let Some(outbox) = &self.direct {
+            if self.claimed && self.queue.is_empty() && outbox.open_direct() {
+                self.claimed = false;
+            }
+        }
+    }
+
+    /// Takes the socket back from the pushes before anything else is written
+    /// or queued here; the rest of a frame a push wrote in part goes first.
+    pub fn claim(&mut self) {
+        if self.claimed {
+            return;
+        }
+        self.claimed = true;
+        let Some(outbox) = &self.direct else { return };
+        if let Some((record, written)) = outbox.claim() {
+            // The path was open only while this queue was empty.
+            debug_assert!(self.queue.is_empty());
+            self.queue.push_back(Frame::Record(record));
+            self.written = written as u32;
         }
     }
 
     /// Queues a record's frame behind everything already written or queued.
     /// Nothing is written until the next flush.
     pub fn push_record(&mut self, record: Arc<Record>) {
+        self.claim();
         super::first_write(&record, crate::record::Transport::Ws);
         if self.inflate.is_some() {
             self.queue.push_back(Frame::Deflated(record));
@@ -284,6 +342,7 @@ impl<S> FrameIo<S> {
     /// write buffer is then never allocated for a connection that only
     /// gets replies, records and pings.
     pub fn push_text(&mut self, text: &str) {
+        self.claim();
         let (head, used) = crate::record::ws_text_head(text.len());
         let mut frame = Vec::with_capacity(used as usize + text.len());
         frame.extend_from_slice(&head[..used as usize]);
@@ -294,6 +353,7 @@ impl<S> FrameIo<S> {
 
     /// Queues a ping with no payload.
     pub fn push_ping(&mut self) {
+        self.claim();
         self.queue.push_back(Frame::Static(&[0x89, 0x00]));
     }
 
@@ -303,6 +363,7 @@ impl<S> FrameIo<S> {
     }
 
     fn push_copy(&mut self, bytes: &[u8]) {
+        self.claim();
         self.copied += bytes.len() as u32;
         self.queue.push_back(Frame::Copied(bytes.to_vec()));
     }
@@ -330,6 +391,45 @@ impl<S> FrameIo<S> {
     }
 }
 
+impl<S> Drop for FrameIo<S> {
+    /// Closes the direct path before `io` (and its descriptor) goes.
+    fn drop(&mut self) {
+        if let Some(outbox) = self.direct.take() {
+            outbox.set_direct(None);
+        }
+    }
+}
+
+/// A cleartext WebSocket's TCP socket, written by the fan-out loop.
+struct DirectSocket {
+    fd: RawFd,
+}
+
+impl Direct for DirectSocket {
+    fn write_now(&self, record: &Record) -> usize {
+        let [head, payload] = record.ws_frame();
+        // SAFETY: the descriptor is the connection's open socket for as long
+        // as this exists: the outbox writes only under its lock, and its
+        // `FrameIo` removes this under that lock before the socket closes.
+        // `ManuallyDrop`: borrowed, never closed here.
+        let socket = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(self.fd) });
+        // Non-blocking (tokio set it so): a full socket answers `WouldBlock`.
+        match (&*socket).write_vectored(&[IoSlice::new(head), IoSlice::new(payload)]) {
+            Ok(n) => {
+                if n > 0 {
+                    super::first_write(record, crate::record::Transport::Ws);
+                }
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn frame_len(&self, record: &Record) -> usize {
+        Frame::sum(record.ws_frame())
+    }
+}
+
 /// Records drained from an outbox go straight into the queue.
 impl<S> Extend<Arc<Record>> for FrameIo<S> {
     fn extend<I: IntoIterator<Item = Arc<Record>>>(&mut self, records: I) {
@@ -342,6 +442,7 @@ impl<S> Extend<Arc<Record>> for FrameIo<S> {
 impl<S: AsyncWrite + Unpin> FrameIo<S> {
     /// Writes queued frames until the queue is empty (`Ready`) or the socket is full (`Pending`).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.claim();
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); SLICES * 2];
             let mut count = 0;
@@ -410,6 +511,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.claim();
         if this.has_queued() {
             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                 return Poll::Ready(Err(e));
@@ -459,6 +561,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::CloseReason;
     use crate::record::{Framing, LogRecord};
     use crate::transport::ws::poll_once;
     use futures_util::{SinkExt, StreamExt};
@@ -497,8 +600,8 @@ mod tests {
         (server, client)
     }
 
-    fn flush(
-        server: &mut WebSocketStream<FrameIo<DuplexStream>>,
+    fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+        server: &mut WebSocketStream<FrameIo<S>>,
     ) -> impl Future<Output = io::Result<()>> + '_ {
         let io = server.get_mut();
         std::future::poll_fn(move |cx| Pin::new(&mut *io).poll_flush(cx))
@@ -615,5 +718,240 @@ mod tests {
         let copied = server.get_ref().copied as usize;
         assert!(copied > 0, "pongs were queued");
         assert!(copied <= COPIED_LIMIT, "queued {copied} bytes of pongs");
+    }
+
+    /// A loopback TCP pair: the server side under `FrameIo` (with a small
+    /// send buffer, so it fills), the client as tungstenite's client.
+    async fn tcp_pair() -> (
+        WebSocketStream<FrameIo<tokio::net::TcpStream>>,
+        RawFd,
+        WebSocketStream<tokio::net::TcpStream>,
+    ) {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server, _) = accepted.unwrap();
+        let client = client.unwrap();
+        // As the server sets it for every connection (Nagle would hold small frames).
+        server.set_nodelay(true).unwrap();
+        client.set_nodelay(true).unwrap();
+        let small = 4096i32;
+        {
+            let fd = server.as_raw_fd();
+            // SAFETY: a valid socket and an int option of the right size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&small as *const i32).cast(),
+                    std::mem::size_of::<i32>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        let fd = server.as_raw_fd();
+        let server =
+            WebSocketStream::from_raw_socket(FrameIo::new(server), Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (server, fd, client)
+    }
+
+    /// Reads `n` text messages, past pings (tungstenite's client checks every frame).
+    async fn read_texts(
+        client: &mut WebSocketStream<tokio::net::TcpStream>,
+        n: usize,
+    ) -> Vec<String> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), client.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+                Ok(Some(Ok(Message::Ping(_)))) => {}
+                other => panic!("after {} messages: {other:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// While the connection waits, a push writes the record's frame itself:
+    /// the writer is not woken and nothing is queued. Once the connection
+    /// claims the socket, pushes queue again.
+    #[tokio::test]
+    async fn an_idle_socket_takes_a_push_directly() {
+        let (mut server, fd, mut client) = tcp_pair().await;
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        assert!(server.get_mut().attach(&outbox, fd));
+        server.get_mut().open_direct();
+        let first = record(1, 10);
+        assert!(outbox.push(&first));
+        assert_eq!(outbox.queued_bytes(), 0, "written, not queued");
+        assert!(
+            poll_once(Box::pin(outbox.ready())).await.is_pending(),
+            "the writer was not woken"
+        );
+        assert_eq!(
+            read_texts(&mut client, 1).await,
+            vec![first.ws.as_str().to_string()]
+        );
+        server.get_mut().claim();
+        let second = record(2, 10);
+        assert!(outbox.push(&second));
+        assert!(outbox.queued_bytes() > 0, "claimed: the push queued");
+        assert!(poll_once(Box::pin(outbox.ready())).await.is_ready());
+        // Frames of its own still queued: the path stays shut.
+        let mut batch = Vec::new();
+        outbox.drain_into(&mut batch).unwrap();
+        server.get_mut().extend(batch);
+        server.get_mut().open_direct();
+        assert!(outbox.push(&record(3, 10)));
+        assert!(
+            outbox.queued_bytes() > 0,
+            "queued behind the writer's own frame"
+        );
+        // Dropping the socket's `FrameIo` closes the path before the descriptor.
+        drop(server);
+        assert!(!outbox.open_direct(), "no socket to write to any more");
+    }
+
+    /// A socket that turns full in the middle of a frame: the push queues the
+    /// record with the bytes it wrote, the writer claims it and sends only the
+    /// rest, and every frame (records, replies, pings) reaches the client
+    /// whole and in order. A close after that keeps the started frame.
+    #[tokio::test]
+    async fn a_socket_that_fills_mid_frame_hands_the_rest_to_the_writer() {
+        let (mut server, fd, mut client) = tcp_pair().await;
+        let outbox = Arc::new(Outbox::new(64 << 20));
+        assert!(server.get_mut().attach(&outbox, fd));
+        server.get_mut().open_direct();
+        let records: Vec<_> = (0..8).map(|i| record(i, 50_000 + i as usize)).collect();
+        for r in &records {
+            assert!(outbox.push(r));
+        }
+        assert!(
+            outbox.queued_bytes() > 0,
+            "the socket did not take everything"
+        );
+        assert!(
+            poll_once(Box::pin(outbox.ready())).await.is_ready(),
+            "the writer was woken"
+        );
+        server.get_mut().claim();
+        assert!(
+            server.get_ref().written > 0,
+            "the rest of a started frame goes first"
+        );
+        // The slow-client close drops the queue but keeps the started frame.
+        outbox.close(CloseReason::Slow);
+        assert!(server.get_ref().has_queued());
+        let started = match server.get_ref().queue.head.as_ref() {
+            Some(r) => records.iter().position(|x| Arc::ptr_eq(x, r)).unwrap(),
+            None => panic!("the started frame is at the front"),
+        };
+        server.get_mut().push_text("after");
+        let writer = async {
+            flush(&mut server).await.unwrap();
+            server
+        };
+        let expected: Vec<String> = records[..=started]
+            .iter()
+            .map(|r| r.ws.as_str().to_string())
+            .chain(["after".to_string()])
+            .collect();
+        let n = expected.len();
+        let (_server, got) = tokio::join!(writer, read_texts(&mut client, n));
+        assert_eq!(got, expected);
+    }
+
+    /// Pushes from another thread race the connection's own writes (replies
+    /// and pings between claims, like the connection's loop): every frame
+    /// reaches the client whole, records in push order, replies intact, and
+    /// both paths were taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_and_the_writers_own_frames_stay_in_order_under_contention() {
+        let (mut server, fd, mut client) = tcp_pair().await;
+        let outbox = Arc::new(Outbox::new(64 << 20));
+        assert!(server.get_mut().attach(&outbox, fd));
+        const RECORDS: u64 = 3000;
+        // Mostly small, every fifth large: large frames are the ones a full socket cuts.
+        fn size_of(i: u64) -> usize {
+            (i as usize * 53) % 3000 + if i % 5 == 0 { 6_000 } else { 0 }
+        }
+        let pusher = {
+            let outbox = Arc::clone(&outbox);
+            std::thread::spawn(move || {
+                for i in 0..RECORDS {
+                    assert!(outbox.push(&record(i, size_of(i))));
+                    if i % 2 == 0 {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                }
+            })
+        };
+        let writer = async move {
+            let mut drained = 0usize;
+            let mut replies = 0usize;
+            let mut turn = 0u64;
+            loop {
+                server.get_mut().open_direct();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(1), outbox.ready()).await;
+                server.get_mut().claim();
+                let mut batch = Vec::new();
+                outbox.drain_into(&mut batch).unwrap();
+                drained += batch.len();
+                server.get_mut().extend(batch);
+                turn += 1;
+                if turn % 7 == 0 {
+                    server.get_mut().push_text(&format!("reply {replies}"));
+                    replies += 1;
+                }
+                if turn % 11 == 0 {
+                    server.get_mut().push_ping();
+                }
+                flush(&mut server).await.unwrap();
+                if pusher.is_finished()
+                    && outbox.queued_bytes() == 0
+                    && !server.get_ref().has_queued()
+                {
+                    break;
+                }
+            }
+            server.get_mut().push_text("end");
+            flush(&mut server).await.unwrap();
+            // Kept open until the client has read everything (closing it
+            // with the client's pongs unread would reset the connection).
+            (server, drained, replies)
+        };
+        let reader = async move {
+            let mut next_record = 0u64;
+            let mut next_reply = 0usize;
+            loop {
+                // Pauses now and then, so the small socket fills mid-frame.
+                if next_record % 500 == 499 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                let text = read_texts(&mut client, 1).await.pop().unwrap();
+                if text == "end" {
+                    return (next_record, next_reply);
+                }
+                if let Some(n) = text.strip_prefix("reply ") {
+                    assert_eq!(n.parse::<usize>().unwrap(), next_reply);
+                    next_reply += 1;
+                    continue;
+                }
+                assert_eq!(text, record(next_record, size_of(next_record)).ws.as_str());
+                next_record += 1;
+            }
+        };
+        let ((_server, drained, replies), (records, got_replies)) = tokio::join!(writer, reader);
+        assert_eq!(records, RECORDS, "every record, in order");
+        assert_eq!(got_replies, replies);
+        assert!(drained > 0, "some records went through the writer");
+        assert!(
+            (drained as u64) < RECORDS,
+            "some records were written by the pushes"
+        );
     }
 }
