@@ -92,13 +92,7 @@ async fn what_follows_a_record_is_exactly_what_its_cursor_resumes_whatever_the_f
                         json!({"key": format!("k{}", seq % KEYS), "data": {"seq": seq, "hot": seq % KEYS % 4 == 3}})
                     })
                     .collect();
-                let r = http
-                    .post(&url)
-                    .json(&json!({ "records": records }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                post_records(&http, &url, records).await;
             }
         }));
     }

@@ -40,13 +40,7 @@ async fn deliver_beside_replies(server: &TestServer, ws: &mut WsClient, topic: &
                 let records: Vec<Value> = (from..(from + 5).min(n))
                     .map(|seq| json!({"key": format!("k{}", seq % 4), "data": {"seq": seq}}))
                     .collect();
-                let r = http
-                    .post(&url)
-                    .json(&json!({ "records": records }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                post_records(&http, &url, records).await;
                 // Spaced, so the connection is often idle when a record comes.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }

@@ -759,6 +759,21 @@ mod tests {
         (server, fd, client)
     }
 
+    /// A TCP pair whose server side has lent its socket to a new outbox.
+    async fn lent(
+        limit: usize,
+    ) -> (
+        WebSocketStream<FrameIo<tokio::net::TcpStream>>,
+        WebSocketStream<tokio::net::TcpStream>,
+        Arc<Outbox>,
+    ) {
+        let (mut server, fd, client) = tcp_pair().await;
+        let outbox = Arc::new(Outbox::new(limit));
+        assert!(server.get_mut().attach(&outbox, fd));
+        server.get_mut().open_direct();
+        (server, client, outbox)
+    }
+
     /// Reads `n` text messages, past pings (tungstenite's client checks every frame).
     async fn read_texts(
         client: &mut WebSocketStream<tokio::net::TcpStream>,
@@ -780,10 +795,7 @@ mod tests {
     /// claims the socket, pushes queue again.
     #[tokio::test]
     async fn an_idle_socket_takes_a_push_directly() {
-        let (mut server, fd, mut client) = tcp_pair().await;
-        let outbox = Arc::new(Outbox::new(1 << 20));
-        assert!(server.get_mut().attach(&outbox, fd));
-        server.get_mut().open_direct();
+        let (mut server, mut client, outbox) = lent(1 << 20).await;
         let first = record(1, 10);
         assert!(outbox.push(&first));
         assert_eq!(outbox.queued_bytes(), 0, "written, not queued");
@@ -821,10 +833,7 @@ mod tests {
     /// whole and in order. A close after that keeps the started frame.
     #[tokio::test]
     async fn a_socket_that_fills_mid_frame_hands_the_rest_to_the_writer() {
-        let (mut server, fd, mut client) = tcp_pair().await;
-        let outbox = Arc::new(Outbox::new(64 << 20));
-        assert!(server.get_mut().attach(&outbox, fd));
-        server.get_mut().open_direct();
+        let (mut server, mut client, outbox) = lent(64 << 20).await;
         let records: Vec<_> = (0..8).map(|i| record(i, 50_000 + i as usize)).collect();
         for r in &records {
             assert!(outbox.push(r));

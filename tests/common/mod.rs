@@ -266,6 +266,17 @@ pub async fn publish(
     r.json().await.unwrap()
 }
 
+/// POSTs `records` (`{"key", "data"}` objects) to `url` (a topic's publish URL); asserts 200.
+pub async fn post_records(http: &reqwest::Client, url: &str, records: Vec<Value>) {
+    let r = http
+        .post(url)
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// `live` markers seen so far (set aside, not returned as messages).
