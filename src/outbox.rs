@@ -75,11 +75,10 @@ struct Inner {
 /// WebSocket). Implemented by the transport, which knows the framing.
 pub trait Direct: Send + Sync {
     /// Writes as much of `record`'s frame as the socket takes now, without
-    /// blocking, and returns how much that was (0 when it would block or
-    /// failed: the writer then meets the error itself).
-    fn write_now(&self, record: &Record) -> usize;
-    /// The length of `record`'s frame.
-    fn frame_len(&self, record: &Record) -> usize;
+    /// blocking. `Err` with the bytes written when that was not the whole
+    /// frame (0 when it would block or failed: the writer then meets the
+    /// error itself).
+    fn write_now(&self, record: &Record) -> Result<(), usize>;
 }
 
 impl fmt::Debug for dyn Direct {
@@ -145,11 +144,10 @@ impl Outbox {
         if inner.open {
             if let Some(direct) = &inner.direct {
                 // The writer is idle and nothing is queued (see `open_direct`).
-                let written = direct.write_now(record);
-                if written == direct.frame_len(record) {
+                let Err(written) = direct.write_now(record) else {
                     crate::telemetry::direct_write();
                     return true;
-                }
+                };
                 inner.open = false;
                 inner.partial = written as u32;
             }

@@ -294,16 +294,16 @@ impl Connection {
                 }
                 // Which event the timer is set for; its deadline is the timer's own.
                 let armed = deadline.1;
-                // Records first: on a wake-up by the outbox (nearly every one under
-                // load) the read side, the timer and the shutdown signal are not
-                // polled again; their wakers stay registered. After 16 such turns in
-                // a row the others go first once, so a busy outbox cannot starve
-                // reads, pings or a drain.
                 // While it waits with nothing queued, the fan-out loop writes
                 // live records to the socket itself (cleartext, no compression);
                 // whatever wakes it takes the socket back first, so everything
                 // it does below (replies, snapshots, pings) is ordered as before.
                 socket.get_mut().open_direct();
+                // Records first: on a wake-up by the outbox (nearly every one under
+                // load) the read side, the timer and the shutdown signal are not
+                // polled again; their wakers stay registered. After 16 such turns in
+                // a row the others go first once, so a busy outbox cannot starve
+                // reads, pings or a drain.
                 let event = if self.records_first < 16 {
                     tokio::select! {
                         biased;

@@ -406,7 +406,7 @@ struct DirectSocket {
 }
 
 impl Direct for DirectSocket {
-    fn write_now(&self, record: &Record) -> usize {
+    fn write_now(&self, record: &Record) -> Result<(), usize> {
         let [head, payload] = record.ws_frame();
         // SAFETY: the descriptor is the connection's open socket for as long
         // as this exists: the outbox writes only under its lock, and its
@@ -414,19 +414,17 @@ impl Direct for DirectSocket {
         // `ManuallyDrop`: borrowed, never closed here.
         let socket = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(self.fd) });
         // Non-blocking (tokio set it so): a full socket answers `WouldBlock`.
-        match (&*socket).write_vectored(&[IoSlice::new(head), IoSlice::new(payload)]) {
-            Ok(n) => {
-                if n > 0 {
-                    super::first_write(record, crate::record::Transport::Ws);
-                }
-                n
-            }
-            Err(_) => 0,
+        let written = (&*socket)
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+            .unwrap_or(0);
+        if written > 0 {
+            super::first_write(record, crate::record::Transport::Ws);
         }
-    }
-
-    fn frame_len(&self, record: &Record) -> usize {
-        Frame::sum(record.ws_frame())
+        if written == head.len() + payload.len() {
+            Ok(())
+        } else {
+            Err(written)
+        }
     }
 }
 
